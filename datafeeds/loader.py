@@ -1,0 +1,418 @@
+"""Load an OHLCV sample or file (.csv, .csv.gz, .parquet) into a validated float64 frame."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
+
+from datafeeds.errors import DataError
+from datafeeds.samples import _is_sample, _unknown_sample, file_sha256, sample_info
+
+_LOG = logging.getLogger(__name__)
+
+_PRICES = ("open", "high", "low", "close")
+_OHLCV = (*_PRICES, "volume")
+_SUFFIXES = (".csv.gz", ".csv", ".parquet")
+
+# Normalised header (lower case, runs of space/_/-/./<> collapsed to one space) -> role.
+_ALIASES = {
+    "open": "open",
+    "high": "high",
+    "low": "low",
+    "close": "close",
+    "volume": "volume",
+    "vol": "volume",
+    "datetime": "datetime",
+    "date time": "datetime",
+    "timestamp": "datetime",
+    "time stamp": "datetime",
+    "date": "date",
+    "time": "time",
+    "adj close": "adj close",
+    "adjclose": "adj close",
+    "adjusted close": "adj close",
+}
+_TIME_ROLES = ("datetime", "date", "time")
+
+
+@dataclass
+class _Table:
+    """Columns as numpy arrays plus where each row came from, for error messages."""
+
+    file: str
+    unit: str  # "line" (CSV: 1-based line in the file, header = 1) or "row" (parquet: 1-based)
+    lines: np.ndarray
+    time_col: str = "datetime"
+    ts: np.ndarray | None = None
+    cols: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the caller to emit
+
+    def where(self, pos: int) -> str:
+        loc = f"{self.unit} {int(self.lines[pos])}"
+        if self.ts is not None and not np.isnat(self.ts[pos]):
+            loc += f" ({pd.Timestamp(self.ts[pos])})"
+        return loc
+
+    def header(self) -> str:
+        return "line 1 (header)" if self.unit == "line" else "schema"
+
+    def first(self, mask: np.ndarray) -> int:
+        """Position of the offending row that comes first in the file."""
+        hits = np.flatnonzero(mask)
+        return int(hits[np.argmin(self.lines[hits])])
+
+    def error(self, problem: str, *, pos: int | None = None, column: str | None = None,
+              fix: str | None = None, header: bool = False) -> DataError:
+        row = self.header() if header else (None if pos is None else self.where(pos))
+        return DataError(problem, file=self.file, row=row, column=column, fix=fix)
+
+
+def load_ohlcv(
+    source: str | os.PathLike,
+    *,
+    start: object = None,
+    end: object = None,
+    min_rows: int = 1,
+) -> pd.DataFrame:
+    """Load a bundled sample (see `list_samples()`) or a .csv/.csv.gz/.parquet file, validated.
+
+    Returns float64 columns open, high, low, close, volume, then any other numeric columns
+    (non-numeric ones are dropped), indexed by a tz-naive, strictly increasing DatetimeIndex
+    named ``datetime``; ``attrs["source"]`` and ``attrs["sha256"]`` record the input.
+
+    Conventions:
+    - Headers are matched case-insensitively: date/datetime/timestamp/time, or separate Date
+      and Time columns (combined); open/high/low/close; volume or vol. A parquet file may
+      carry the timestamps as its index.
+    - ``Adj Close`` is ignored: prices are used as given, never adjusted.
+    - A file without a volume column gets volume 0.0 and a warning.
+    - tz-aware timestamps are converted to UTC and the zone is dropped.
+    - Unsorted rows are sorted with a warning; any other defect raises `DataError`.
+    - ``start``/``end`` are inclusive; an ``end`` string covers its whole resolution like
+      ``df.loc``: ``end="2006-01-31"`` keeps that whole day on intraday data.
+    - ``min_rows``: fewer rows than this (after slicing) is a `DataError`.
+    """
+    path, label, source_name = _resolve(source)
+    lo = _parse_bound(start, "start", label)
+    hi = _parse_bound(end, "end", label)
+    if lo is not None and hi is not None and lo > hi:
+        raise DataError(f"start {start} is after end {end}", file=label, fix="swap start and end")
+    if isinstance(min_rows, bool) or not isinstance(min_rows, (int, np.integer)) or min_rows < 1:
+        raise DataError(f"min_rows must be an integer >= 1, got {min_rows!r}", file=label,
+                        fix="pass min_rows=1 or more")
+
+    t = _read(path, label)
+    _validate(t)
+    df = pd.DataFrame(t.cols, index=pd.DatetimeIndex(t.ts, name="datetime"))
+    df = _slice(df, lo, hi, start, end, label)
+    if len(df) < min_rows:
+        raise DataError(
+            f"only {len(df)} rows{_period_text(start, end)}, need min_rows={min_rows}",
+            file=label, fix="widen start/end or use a longer file",
+        )
+    for note in t.notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    df.attrs["source"] = source_name
+    df.attrs["sha256"] = file_sha256(path)
+    return df
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _resolve(source: object) -> tuple[Path, str, str]:
+    """(file path, label for messages, value for attrs["source"])."""
+    if _is_sample(source):
+        return Path(sample_info(source)["path"]), f"sample {source!r}", source
+    if not isinstance(source, (str, os.PathLike)):
+        raise DataError(f"source must be a sample name or a path, got {type(source).__name__}",
+                        fix="pass a name from list_samples() or a file path")
+    path = Path(source).expanduser()
+    text = os.fspath(source)
+    if not path.exists():
+        looks_like_name = isinstance(source, str) and not path.suffix and not re.search(r"[\\/]", text)
+        if looks_like_name:
+            raise _unknown_sample(source)
+        raise DataError("file not found", file=str(path.absolute()),
+                        fix="check the path (or pass a name from list_samples())")
+    path = path.resolve()
+    if path.is_dir():
+        raise DataError("is a directory, not a file", file=str(path), fix="pass the data file inside it")
+    if not path.name.lower().endswith(_SUFFIXES):
+        raise DataError(f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}",
+                        file=str(path), fix="convert it to .csv, .csv.gz or .parquet")
+    return path, str(path), str(path)
+
+
+def _read(path: Path, label: str) -> _Table:
+    try:
+        if path.name.lower().endswith(".parquet"):
+            raw = pd.read_parquet(path)
+            raw = _parquet_index_to_column(raw)
+            t = _Table(label, "row", np.arange(1, len(raw) + 1))
+        else:
+            # Blank lines kept (then dropped below) so row i stays on file line i + 2.
+            raw = pd.read_csv(path, skip_blank_lines=False, low_memory=False)
+            t = _Table(label, "line", np.arange(2, len(raw) + 2))
+            blank = raw.isna().all(axis=1).to_numpy()
+            if blank.any():
+                raw = raw.loc[~blank]
+                t.lines = t.lines[~blank]
+    except pd.errors.EmptyDataError:
+        raise DataError("empty file: no header and no rows", file=label,
+                        fix="write a header line (datetime,open,high,low,close,volume) and data rows") from None
+    except pd.errors.ParserError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        row = f"line {m.group(1)}" if m else None
+        raise DataError(f"malformed CSV ({_short(exc)})", file=label, row=row,
+                        fix="make every row have the same number of comma-separated fields as the header") from None
+    except UnicodeDecodeError:
+        raise DataError("not a UTF-8 text file", file=label, fix="save it as UTF-8 CSV") from None
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read the file ({_short(exc)})", file=label,
+                        fix="check that it is an intact .csv, .csv.gz or .parquet file") from None
+    if raw.shape[1] == 0:
+        raise DataError("empty file: no columns", file=label, fix="write a header line and data rows")
+    if len(raw) == 0:
+        raise DataError("no data rows, only a header", file=label, row=t.header(), fix="add data rows")
+    _columns_into(t, raw)
+    return t
+
+
+def _parquet_index_to_column(raw: pd.DataFrame) -> pd.DataFrame:
+    if isinstance(raw.index, pd.RangeIndex):
+        return raw
+    name = raw.index.name
+    if isinstance(raw.index, pd.DatetimeIndex) and "datetime" not in raw.columns:
+        name = "datetime"  # a datetime index is the timestamp column, whatever its name
+    elif name is None or name in raw.columns:
+        name = "index"
+    return raw.rename_axis(name).reset_index()
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _norm(name: object) -> str:
+    return re.sub(r"[\s_.\-<>]+", " ", str(name).lower()).strip()
+
+
+def _columns_into(t: _Table, raw: pd.DataFrame) -> None:
+    """Map headers to roles, parse timestamps and numbers into `t`."""
+    roles: dict[str, str] = {}
+    for col in raw.columns:
+        role = _ALIASES.get(_norm(col))
+        if role is None:
+            continue
+        if role in roles:
+            raise t.error(f"columns {roles[role]!r} and {col!r} both mean {role!r}", column=str(col),
+                          header=True, fix="drop or rename one of them")
+        roles[role] = col
+    found = ", ".join(map(str, raw.columns))
+    if len(raw.columns) == 1 and re.search(r"[;\t|]", str(raw.columns[0])):
+        raise t.error(f"only one column {raw.columns[0]!r}: the file is not comma-separated",
+                      header=True, column=str(raw.columns[0]), fix="convert it to comma-separated CSV")
+
+    _timestamps_into(t, raw, roles, found)
+
+    for name in _PRICES:
+        if name not in roles:
+            raise t.error(f"required column missing (found: {found})", column=name, header=True,
+                          fix=f"add it or rename the matching header to {name!r}")
+        t.cols[name] = _numbers(t, raw[roles[name]], str(roles[name]))
+    if "volume" in roles:
+        t.cols["volume"] = _numbers(t, raw[roles["volume"]], str(roles["volume"]))
+    else:
+        t.cols["volume"] = np.zeros(len(raw))
+        t.notes.append(f"{t.file}: no volume column (found: {found}); volume set to 0.0 on every row")
+    if "adj close" in roles:
+        _LOG.debug("%s: ignoring %r (prices are not adjusted)", t.file, roles["adj close"])
+
+    used = set(roles.values())
+    for col in raw.columns:
+        if col in used:
+            continue
+        s = raw[col]
+        if _norm(col).startswith("unnamed"):
+            _LOG.debug("%s: dropping unnamed column %r (a saved index?)", t.file, col)
+        elif str(col) in t.cols:
+            raise t.error("duplicate column name", column=str(col), header=True, fix="rename one of them")
+        elif is_numeric_dtype(s) or is_bool_dtype(s):
+            t.cols[str(col)] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            _LOG.debug("%s: dropping non-numeric column %r (dtype %s)", t.file, col, s.dtype)
+
+
+def _timestamps_into(t: _Table, raw: pd.DataFrame, roles: dict[str, str], found: str) -> None:
+    if "datetime" in roles:
+        col = roles["datetime"]
+        text, label = raw[col], str(col)
+    elif "date" in roles and "time" in roles:
+        d, tm = raw[roles["date"]], raw[roles["time"]]
+        both = d.notna() & tm.notna()
+        text = (d.astype(str) + " " + tm.astype(str)).where(both)
+        label = f"{roles['date']}+{roles['time']}"
+    elif "date" in roles or "time" in roles:
+        col = roles.get("date", roles.get("time"))
+        text, label = raw[col], str(col)
+    else:
+        raise t.error(f"no timestamp column (found: {found})", column="datetime", header=True,
+                      fix="name it datetime, date, timestamp or time (or give Date and Time columns)")
+    t.time_col = label
+    ts = _to_naive_datetime64(text)
+    bad = np.isnat(ts)
+    if bad.any():
+        pos = t.first(bad)
+        value = text.iloc[pos]
+        problem = "missing timestamp" if pd.isna(value) else f"cannot parse timestamp {str(value)!r}"
+        raise t.error(problem, pos=pos, column=label,
+                      fix="use one format throughout, e.g. 2020-01-31 or 2020-01-31 09:30:00")
+    t.ts = ts
+
+
+def _to_naive_datetime64(values: pd.Series) -> np.ndarray:
+    """Parse to datetime64 (NaT where unparsable); tz-aware input -> UTC, zone dropped."""
+    if is_datetime64_any_dtype(values):
+        s = values
+    else:
+        if is_numeric_dtype(values) and not is_bool_dtype(values):
+            # Integer dates like 20200131; floats appear when blank cells forced a float column.
+            values = values.astype("Int64").astype("string") if _integral(values) else values.astype("string")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas' "could not infer format" chatter
+            s = pd.to_datetime(values, utc=True, errors="coerce")
+            if (s.isna() & values.notna()).any():
+                s = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    if s.dt.tz is not None:
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    return s.to_numpy()
+
+
+def _integral(values: pd.Series) -> bool:
+    v = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    v = v[~np.isnan(v)]
+    return bool(np.all(v == np.round(v)))
+
+
+def _numbers(t: _Table, s: pd.Series, column: str) -> np.ndarray:
+    if is_numeric_dtype(s) or is_bool_dtype(s):
+        return s.to_numpy(dtype=np.float64, na_value=np.nan)
+    coerced = pd.to_numeric(s, errors="coerce")
+    bad = (coerced.isna() & s.notna()).to_numpy()
+    if bad.any():
+        pos = t.first(bad)
+        raise t.error(f"{str(s.iloc[pos])!r} is not a number", pos=pos, column=column,
+                      fix="use plain numbers with a '.' decimal point and no thousands separator")
+    return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _validate(t: _Table) -> None:
+    """Sort (with a warning) and check the bars; first offending row in file order is reported."""
+    ts = t.ts
+    back = ts[1:] < ts[:-1]
+    if back.any():
+        i = int(np.argmax(back)) + 1
+        t.notes.append(
+            f"{t.file}, {t.where(i)}: rows are not in time order (earlier than {t.unit} "
+            f"{int(t.lines[i - 1])}); sorted them by timestamp"
+        )
+        order = np.argsort(ts, kind="stable")
+        t.ts, t.lines = ts[order], t.lines[order]
+        t.cols = {k: v[order] for k, v in t.cols.items()}
+        ts = t.ts
+
+    dup = np.zeros(len(ts), dtype=bool)
+    dup[1:] = ts[1:] == ts[:-1]
+    if dup.any():
+        pos = t.first(dup)
+        raise t.error(f"duplicate timestamp (same as {t.unit} {int(t.lines[pos - 1])})", pos=pos,
+                      column=t.time_col, fix="remove or merge the duplicate rows")
+
+    prices = np.column_stack([t.cols[c] for c in _PRICES])
+    _check_cells(t, prices, ~np.isfinite(prices), _PRICES, "price is {v}", "fill or remove the row")
+    _check_cells(t, prices, prices <= 0, _PRICES, "non-positive price {v}", "prices must be > 0; fix or remove the row")
+
+    o, h, lo, c = (t.cols[k] for k in _PRICES)
+    top, bottom = np.maximum(o, c), np.minimum(o, c)
+    bad = (h < lo) | (h < top) | (lo > bottom)
+    if bad.any():
+        i = t.first(bad)
+        if h[i] < lo[i]:
+            problem, col = f"high {h[i]:g} is below low {lo[i]:g}", "high"
+        elif h[i] < top[i]:
+            problem, col = f"high {h[i]:g} is below max(open, close) {top[i]:g}", "high"
+        else:
+            problem, col = f"low {lo[i]:g} is above min(open, close) {bottom[i]:g}", "low"
+        raise t.error(problem, pos=i, column=col, fix="correct the bar or remove the row")
+
+    vol = t.cols["volume"][:, None]
+    _check_cells(t, vol, ~np.isfinite(vol), ("volume",), "volume is {v}", "use 0 where volume is unknown")
+    _check_cells(t, vol, vol < 0, ("volume",), "negative volume {v:g}", "volume must be >= 0; fix or remove the row")
+
+
+def _check_cells(t: _Table, values: np.ndarray, bad: np.ndarray, names: tuple[str, ...],
+                 problem: str, fix: str) -> None:
+    rows = bad.any(axis=1)
+    if rows.any():
+        i = t.first(rows)
+        j = int(np.argmax(bad[i]))
+        raise t.error(problem.format(v=values[i, j]), pos=i, column=names[j], fix=fix)
+
+
+# --------------------------------------------------------------------------- period
+
+
+def _parse_bound(value: object, name: str, label: str) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        ts = pd.NaT
+    if pd.isna(ts):
+        raise DataError(f"{name}={value!r} is not a timestamp", file=label,
+                        fix=f"pass {name} like '2020-01-31' or '2020-01-31 09:30'")
+    if ts.tzinfo is not None:
+        return ts.tz_convert("UTC").tz_localize(None)
+    if name == "end" and isinstance(value, str):
+        # A date string means the whole day (a month string the whole month), as df.loc does.
+        try:
+            period = pd.Period(value)
+        except (ValueError, TypeError):
+            return ts
+        if period.start_time == ts:
+            return period.end_time
+    return ts
+
+
+def _slice(df: pd.DataFrame, lo, hi, start, end, label: str) -> pd.DataFrame:
+    if lo is None and hi is None:
+        return df
+    idx = df.index
+    a = 0 if lo is None else int(idx.searchsorted(lo, side="left"))
+    b = len(idx) if hi is None else int(idx.searchsorted(hi, side="right"))
+    if a >= b:
+        raise DataError(
+            f"period{_period_text(start, end)} selects no rows; the file covers {idx[0]} to {idx[-1]}",
+            file=label, fix="choose start/end inside that range",
+        )
+    return df.iloc[a:b]
+
+
+def _period_text(start: object, end: object) -> str:
+    if start is None and end is None:
+        return ""
+    return f" from {start if start is not None else 'the start'} to {end if end is not None else 'the end'}"

@@ -1,0 +1,31 @@
+"""The pipeline flows one way: a lower package never imports a higher one."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["datafeeds", "labeling", "agents", "strategies", "engine"]
+
+
+def _imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_no_upward_imports(package):
+    higher = set(LAYERS[LAYERS.index(package) + 1 :])
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {sorted(_imported_packages(path) & higher)}"
+        for path in (ROOT / package).rglob("*.py")
+        if _imported_packages(path) & higher
+    }
+    assert not offenders, f"upward imports: {sorted(offenders)}"
