@@ -1,0 +1,199 @@
+"""Triple Barrier Method labels (AFML ch.3) with ATR-scaled horizontal barriers."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numba import njit
+
+from .atr import _atr_nb, _check_period
+
+log = logging.getLogger(__name__)
+
+_REQUIRED_COLUMNS = ("high", "low", "close")
+
+
+@dataclass(frozen=True)
+class TBMConfig:
+    """Triple Barrier parameters; barriers are multiples of ATR around the event close."""
+
+    pt: float = 1.5  # upper (profit-taking) barrier = close + pt * ATR
+    sl: float = 1.5  # lower (stop-loss) barrier = close - sl * ATR
+    horizon: int = 20  # vertical barrier: bars after the event bar
+    atr_period: int = 14  # Wilder ATR period used to scale the barriers
+
+    def __post_init__(self):
+        for name in ("pt", "sl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"TBMConfig.{name} must be a positive finite number, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"TBMConfig.{name} must be a positive finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "horizon", _check_period(self.horizon, "TBMConfig.horizon"))
+        object.__setattr__(self, "atr_period", _check_period(self.atr_period, "TBMConfig.atr_period"))
+
+    def to_dict(self) -> dict:
+        """Plain dict of the fields (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TBMConfig":
+        """Inverse of `to_dict`; unknown keys are an error, missing keys take the defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"TBMConfig.from_dict: unknown key(s) {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+@njit(cache=True)
+def _triple_barrier_nb(high, low, close, atr, pt, sl, horizon):
+    """First barrier touched after every bar t.
+
+    Returns (touch_idx int64, barrier int8, touch_price float64), one entry per bar; left-out
+    events (ATR NaN, or t + horizon past the last bar) get touch_idx -1, barrier 0, price NaN.
+    """
+    n = close.shape[0]
+    touch_idx = np.full(n, -1, dtype=np.int64)
+    barrier = np.zeros(n, dtype=np.int8)
+    touch_price = np.full(n, np.nan)
+    for t in range(n - horizon):
+        a = atr[t]
+        if np.isnan(a):
+            continue
+        upper = close[t] + pt * a
+        lower = close[t] - sl * a
+        end = t + horizon
+        touch_idx[t] = end
+        touch_price[t] = close[end]
+        for j in range(t + 1, end + 1):
+            # Lower is checked first: when one bar spans both barriers, the order inside the bar is
+            # unknown and we assume the worst (stop before target).
+            if low[j] <= lower:
+                touch_idx[t] = j
+                barrier[t] = -1
+                touch_price[t] = lower
+                break
+            if high[j] >= upper:
+                touch_idx[t] = j
+                barrier[t] = 1
+                touch_price[t] = upper
+                break
+    return touch_idx, barrier, touch_price
+
+
+def _validate_bars(df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """high, low, close as float64 arrays after checking the frame; ValueError naming the problem."""
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"df must be a pandas DataFrame of OHLC bars, got {type(df).__name__}")
+    missing = [c for c in _REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"df is missing column(s) {missing}; triple_barrier_labels needs {list(_REQUIRED_COLUMNS)}")
+    if not isinstance(df.index, pd.DatetimeIndex):
+        raise ValueError(
+            f"df must have a DatetimeIndex, got {type(df.index).__name__}; load bars with datafeeds.load_ohlcv "
+            "or set_index on the timestamp column"
+        )
+    if len(df.index) > 1:
+        diffs = np.diff(df.index.asi8)
+        if (diffs <= 0).any():
+            pos = int(np.flatnonzero(diffs <= 0)[0]) + 1
+            raise ValueError(
+                f"df index must be strictly increasing; row {pos} ({df.index[pos]}) is not after "
+                f"row {pos - 1} ({df.index[pos - 1]}); sort and de-duplicate the bars first"
+            )
+    arrays = []
+    for col in _REQUIRED_COLUMNS:
+        try:
+            arr = np.ascontiguousarray(df[col].to_numpy(dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"column {col!r} is not numeric ({exc})") from exc
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"column {col!r} has {int(bad.sum())} non-finite value(s), first at {df.index[pos]}; "
+                "drop or fill them before labelling"
+            )
+        arrays.append(arr)
+    return arrays[0], arrays[1], arrays[2]
+
+
+def triple_barrier_labels(
+    df: pd.DataFrame,
+    *,
+    pt: float = 1.5,
+    sl: float = 1.5,
+    horizon: int = 20,
+    atr_period: int = 14,
+    config: TBMConfig | None = None,
+) -> pd.DataFrame:
+    """Triple Barrier label for every bar that has an ATR and a full horizon ahead.
+
+    Conventions: reference price = close[t]; upper = close[t] + pt*ATR[t], lower = close[t] - sl*ATR[t]
+    (ATR from `labeling.atr`, known at t's close); the path is bars t+1..t+horizon, an upper touch is
+    high >= upper, a lower touch is low <= lower; if one bar touches both, the lower counts (pessimistic).
+    No touch -> vertical barrier at t+horizon. Events with NaN ATR (the first `atr_period` bars) or with
+    t+horizon > N-1 (the last `horizon` bars) are left out.
+
+    Returns a frame indexed by event timestamp (`datetime`) with columns `label` (int8: 1 iff the upper
+    barrier came first), `t1` (timestamp of the touch or of the vertical barrier; the label span is
+    [t, t1], which purging needs), `ret` (touch_price / close[t] - 1), `barrier` (int8: +1 upper,
+    -1 lower, 0 vertical). touch_price is the barrier price even when the bar gapped through it: the
+    labels say which barrier was hit, not at what price a stop would have filled.
+    Pass either `config` or the keyword parameters, not both.
+    """
+    if config is None:
+        config = TBMConfig(pt=pt, sl=sl, horizon=horizon, atr_period=atr_period)
+    elif not isinstance(config, TBMConfig):
+        raise ValueError(f"config must be a TBMConfig or None, got {type(config).__name__}")
+    elif (pt, sl, horizon, atr_period) != (1.5, 1.5, 20, 14):
+        raise ValueError("pass either config=TBMConfig(...) or pt/sl/horizon/atr_period keywords, not both")
+
+    high, low, close = _validate_bars(df)
+    a = _atr_nb(high, low, close, config.atr_period)
+    touch_idx, barrier, touch_price = _triple_barrier_nb(high, low, close, a, config.pt, config.sl, config.horizon)
+
+    events = np.flatnonzero(touch_idx >= 0)
+    if events.size == 0:
+        log.warning(
+            "triple_barrier_labels: no events in %d bars (need more than atr_period + horizon = %d)",
+            len(df), config.atr_period + config.horizon,
+        )
+    index = df.index[events]
+    index = index.rename("datetime")
+    b = barrier[events]
+    out = pd.DataFrame(
+        {
+            "label": (b == 1).astype(np.int8),
+            "t1": df.index[touch_idx[events]].to_numpy(),
+            "ret": touch_price[events] / close[events] - 1.0,
+            "barrier": b,
+        },
+        index=index,
+    )
+    out.attrs["tbm"] = config.to_dict()
+    return out
+
+
+def label_spans(labels: pd.DataFrame, bars_index: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(event bar positions, label-end bar positions) as int64 arrays, positions in `bars_index`.
+
+    These feed `labeling.splits`, which works on bar positions.
+    """
+    if not {"t1"} <= set(labels.columns):
+        raise ValueError("labels must be the output of triple_barrier_labels (needs a 't1' column)")
+    bars_index = pd.DatetimeIndex(bars_index)
+    ev = bars_index.get_indexer(labels.index)
+    t1 = bars_index.get_indexer(pd.DatetimeIndex(labels["t1"]))
+    for name, pos, stamps in (("event", ev, labels.index), ("t1", t1, labels["t1"])):
+        if (pos < 0).any():
+            first = np.asarray(stamps)[int(np.flatnonzero(pos < 0)[0])]
+            raise ValueError(f"label_spans: {name} timestamp {first} is not in bars_index; pass the index of the bars that were labelled")
+    return ev.astype(np.int64), t1.astype(np.int64)
