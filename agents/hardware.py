@@ -1,0 +1,392 @@
+"""What this process may really use (cgroup CPU/memory limits, CUDA) and a training profile to fit it.
+
+A container reports the HOST's cores and RAM through os.cpu_count() and /proc/meminfo; its cgroup
+holds the real limits (e.g. 488 MB of RAM on a 1 TB host), so both are read and the smaller wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_UNLIMITED_V1 = 2**60  # cgroup v1 writes ~2**63 rounded to a page for "no limit"
+# Beast thresholds, nominal 16 GB / 32 GB: cards and hosts report a bit less than the label
+# (a "16 GB" T4 reports 15.8e9 bytes), so the cut-offs sit below the nominal sizes.
+_BEAST_GPU_BYTES = 15 * 10**9
+_BEAST_RAM_BYTES = 30 * 10**9
+_WORKER_OVERHEAD_BYTES = 200 * 2**20  # a DataLoader worker: interpreter + torch, private pages
+# Floats kept per (sample, bar, layer) for backward: ~24 d_model-wide tensors (qkv, norms, residuals,
+# dropout masks), 4 attention maps of n_heads * L, 4 MLP-wide ones. Calibrated on CPU: the default
+# model at batch 1024, L 64 peaked at +1.6 GB RSS during training steps; this formula gives 1.6 GB.
+_ACT_D_MODEL, _ACT_ATTENTION, _ACT_FEEDFORWARD = 24, 4, 4
+_FIT_FRACTION = 0.8  # leave 20% of available memory for the allocator, page cache, the unexpected
+
+
+class HardwareError(RuntimeError):
+    """The machine lacks what a run needs (CUDA, memory); the message says what to change."""
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    name: str
+    total_memory: int  # bytes
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU, memory and GPUs available to this process, cgroup limits applied."""
+
+    cpu_count: int  # logical CPUs of the host (os.cpu_count)
+    affinity: int  # CPUs this process may be scheduled on
+    cpu_quota: float | None  # cgroup CPU quota in CPUs (quota / period); None = unlimited
+    mem_total: int  # host RAM, bytes (/proc/meminfo MemTotal)
+    mem_limit: int | None  # cgroup memory limit, bytes; None = unlimited
+    mem_available: int  # bytes this process can still allocate: min(limit - usage, MemAvailable)
+    cuda_devices: tuple[CudaDevice, ...] = ()
+    cgroup_version: int | None = None  # 1, 2 or None (no cgroup found)
+
+    @property
+    def effective_cpus(self) -> int:
+        """min(affinity, ceil(quota)), at least 1."""
+        cpus = self.affinity
+        if self.cpu_quota is not None:
+            cpus = min(cpus, math.ceil(self.cpu_quota))
+        return max(1, cpus)
+
+    @property
+    def container_memory(self) -> int:
+        """RAM the container may hold in total: the cgroup limit, else the host's RAM."""
+        return self.mem_total if self.mem_limit is None else min(self.mem_limit, self.mem_total)
+
+    @property
+    def has_cuda(self) -> bool:
+        return bool(self.cuda_devices)
+
+    @property
+    def max_gpu_memory(self) -> int:
+        return max((d.total_memory for d in self.cuda_devices), default=0)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Data-loading and precision settings for a training run."""
+
+    name: str  # "beast" or "safe"
+    batch_size: int
+    num_workers: int  # DataLoader worker processes; 0 = batches built in the main process
+    pin_memory: bool
+    amp: bool  # mixed precision (CUDA only)
+    device: str  # "cpu" or "cuda"
+    reason: str  # why this profile, and any warning about what the machine lacks
+
+
+# -- detection ---------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read(path)
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return None
+
+
+def _meminfo(proc_root: Path) -> dict[str, int]:
+    """/proc/meminfo as bytes per key."""
+    out: dict[str, int] = {}
+    text = _read(proc_root / "meminfo") or ""
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+    return out
+
+
+def _own_cgroups(proc_root: Path) -> dict[str, str]:
+    """Controller -> cgroup path of this process ("" key = the v2 unified hierarchy)."""
+    out: dict[str, str] = {}
+    for line in (_read(proc_root / "self" / "cgroup") or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            out[""] = path
+        for c in controllers.split(","):
+            if c:
+                out[c] = path
+    return out
+
+
+def _chain(mount: Path, rel: str | None) -> list[Path]:
+    """The process's cgroup dir under ``mount`` and its ancestors up to ``mount``, leaf first.
+
+    Falls back to ``mount`` alone when the path is unknown or not visible (e.g. a cgroup namespace
+    already makes the container's cgroup the root).
+    """
+    if rel:
+        leaf = mount / rel.strip("/")
+        if leaf.is_dir():
+            chain = [leaf]
+            while chain[-1] != mount and mount in chain[-1].parents:
+                chain.append(chain[-1].parent)
+            return chain
+    return [mount]
+
+
+def _working_set(directory: Path, usage: int, inactive_key: str) -> int:
+    # Usage counts page cache; inactive file pages are reclaimed before an OOM kill, so like
+    # docker/kubelet subtract them to get the memory really in use.
+    stat = _read(directory / "memory.stat") or ""
+    for line in stat.splitlines():
+        key, _, value = line.partition(" ")
+        if key == inactive_key and value.strip().isdigit():
+            return max(0, usage - int(value))
+    return usage
+
+
+def _cgroup_v2(root: Path, own: dict[str, str]) -> tuple[float | None, int | None, int | None]:
+    """(cpu quota in CPUs, memory limit, memory in use) from a unified hierarchy."""
+    chain = _chain(root, own.get(""))
+    quota: float | None = None
+    limit: int | None = None
+    usage: int | None = None
+    for d in chain:  # a limit anywhere up the tree applies
+        cpu_max = (_read(d / "cpu.max") or "").split()
+        if len(cpu_max) == 2 and cpu_max[0] != "max":
+            try:
+                q = int(cpu_max[0]) / int(cpu_max[1])
+                quota = q if quota is None else min(quota, q)
+            except (ValueError, ZeroDivisionError):
+                pass
+        mem_max = _read(d / "memory.max")
+        if mem_max and mem_max != "max" and mem_max.isdigit():
+            limit = int(mem_max) if limit is None else min(limit, int(mem_max))
+        if usage is None:
+            current = _read_int(d / "memory.current")
+            if current is not None:
+                usage = _working_set(d, current, "inactive_file")
+    return quota, limit, usage
+
+
+def _cgroup_v1(root: Path, own: dict[str, str]) -> tuple[float | None, int | None, int | None]:
+    """(cpu quota in CPUs, memory limit, memory in use) from per-controller hierarchies."""
+    quota: float | None = None
+    cpu_mount = next((root / m for m in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (root / m).is_dir()), None)
+    if cpu_mount is not None:
+        for d in _chain(cpu_mount, own.get("cpu")):
+            q, p = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+            if q is not None and p and q > 0:  # -1 = unlimited
+                quota = q / p if quota is None else min(quota, q / p)
+    limit: int | None = None
+    usage: int | None = None
+    mem_mount = root / "memory"
+    if mem_mount.is_dir():
+        for d in _chain(mem_mount, own.get("memory")):
+            lim = _read_int(d / "memory.limit_in_bytes")
+            if lim is not None and lim < _UNLIMITED_V1:
+                limit = lim if limit is None else min(limit, lim)
+            if usage is None:
+                current = _read_int(d / "memory.usage_in_bytes")
+                if current is not None:
+                    usage = _working_set(d, current, "total_inactive_file")
+    return quota, limit, usage
+
+
+def _cuda_devices() -> tuple[CudaDevice, ...]:
+    if not torch.cuda.is_available():
+        return ()
+    devices = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        devices.append(CudaDevice(name=props.name, total_memory=int(props.total_memory)))
+    return tuple(devices)
+
+
+def detect(cgroup_root: str | os.PathLike = "/sys/fs/cgroup", proc_root: str | os.PathLike = "/proc") -> Resources:
+    """Resources of this process; the roots are parameters so tests can point at fake trees."""
+    cgroup_root, proc_root = Path(cgroup_root), Path(proc_root)
+    cpu_count = os.cpu_count() or 1
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        affinity = cpu_count
+    meminfo = _meminfo(proc_root)
+    mem_total = meminfo.get("MemTotal", 0)
+    host_available = meminfo.get("MemAvailable", meminfo.get("MemFree", mem_total))
+
+    own = _own_cgroups(proc_root)
+    if (cgroup_root / "cgroup.controllers").is_file():
+        version: int | None = 2
+        quota, limit, usage = _cgroup_v2(cgroup_root, own)
+    elif (cgroup_root / "memory").is_dir() or (cgroup_root / "cpu").is_dir():
+        version = 1
+        quota, limit, usage = _cgroup_v1(cgroup_root, own)
+    else:
+        version, quota, limit, usage = None, None, None, None
+
+    available = host_available
+    if limit is not None:
+        available = min(available, max(0, limit - (usage or 0)))
+    resources = Resources(
+        cpu_count=cpu_count,
+        affinity=affinity,
+        cpu_quota=quota,
+        mem_total=mem_total,
+        mem_limit=limit,
+        mem_available=available,
+        cuda_devices=_cuda_devices(),
+        cgroup_version=version,
+    )
+    log.debug("detected resources: %s", resources)
+    return resources
+
+
+# -- decisions -----------------------------------------------------------------------------------
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _beast_shortfalls(resources: Resources) -> list[str]:
+    missing = []
+    if not resources.has_cuda:
+        missing.append("no CUDA GPU")
+    elif resources.max_gpu_memory < _BEAST_GPU_BYTES:
+        missing.append(f"largest GPU has {_gib(resources.max_gpu_memory)} (< 16 GB)")
+    if resources.container_memory < _BEAST_RAM_BYTES:
+        missing.append(f"container RAM is {_gib(resources.container_memory)} (< 32 GB)")
+    return missing
+
+
+def choose_profile(resources: Resources, requested: str = "auto", *, gpu: bool = False) -> Profile:
+    """Pick "beast" (big GPU and RAM) or "safe"; an explicit request wins, with a warning in ``reason``.
+
+    ``gpu=True`` asks for CUDA in the safe profile too and raises HardwareError if there is none.
+    """
+    if requested not in ("auto", "beast", "safe"):
+        raise ValueError(f"profile must be 'auto', 'beast' or 'safe', got {requested!r}")
+    if gpu and not resources.has_cuda:
+        raise HardwareError(
+            "a GPU was requested but no CUDA device is available: "
+            "drop the GPU option or install a CUDA build of torch"
+        )
+    missing = _beast_shortfalls(resources)
+    name = requested if requested != "auto" else ("safe" if missing else "beast")
+    if name == "beast":
+        cuda = resources.has_cuda
+        if requested == "auto":
+            reason = f"auto: GPU with {_gib(resources.max_gpu_memory)} and {_gib(resources.container_memory)} RAM"
+        elif missing:
+            reason = "beast requested although it does not fit: " + "; ".join(missing)
+            log.warning("profile %s", reason)
+        else:
+            reason = "beast requested"
+        return Profile("beast", 1024, 8, pin_memory=cuda, amp=cuda, device="cuda" if cuda else "cpu", reason=reason)
+    device = "cuda" if gpu else "cpu"
+    if requested == "safe":
+        reason = "safe requested"
+    else:
+        reason = "auto: beast needs a >= 16 GB GPU and >= 32 GB RAM; " + "; ".join(missing)
+    return Profile("safe", 64, 0, pin_memory=False, amp=False, device=device, reason=reason)
+
+
+def require_cuda() -> None:
+    """Raise HardwareError unless torch can use a CUDA device."""
+    if not torch.cuda.is_available():
+        raise HardwareError(
+            f"CUDA is not available to torch {torch.__version__} (CPU-only build or no GPU visible): "
+            "run without the GPU option or install a CUDA build of torch"
+        )
+
+
+def estimate_train_memory(
+    n_rows: int,
+    n_features: int,
+    seq_len: int,
+    batch_size: int,
+    model_params: int,
+    num_workers: int,
+    *,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    dim_feedforward: int = 128,
+) -> int:
+    """Rough peak bytes of a training run: data, batches in flight, activations, weights + Adam."""
+    for name, value in (("n_rows", n_rows), ("n_features", n_features), ("seq_len", seq_len),
+                        ("batch_size", batch_size), ("model_params", model_params)):
+        if value < 1:
+            raise ValueError(f"estimate_train_memory: {name} must be >= 1, got {value}")
+    if num_workers < 0:
+        raise ValueError(f"estimate_train_memory: num_workers must be >= 0, got {num_workers}")
+    f32 = 4
+    features = n_rows * n_features * f32
+    # A DataLoader keeps prefetch_factor=2 batches per worker in flight; no workers = one batch.
+    batches = max(1, 2 * num_workers) * batch_size * seq_len * n_features * f32
+    per_position = _ACT_D_MODEL * d_model + _ACT_ATTENTION * n_heads * seq_len + _ACT_FEEDFORWARD * dim_feedforward
+    activations = n_layers * batch_size * seq_len * per_position * f32
+    weights = model_params * f32 * 4  # weights, gradients, Adam's two moments
+    workers = num_workers * _WORKER_OVERHEAD_BYTES
+    return int(features + batches + activations + weights + workers)
+
+
+def check_fits(estimate: int, resources: Resources) -> None:
+    """Raise HardwareError if ``estimate`` bytes exceed 80% of the memory still available."""
+    budget = _FIT_FRACTION * resources.mem_available
+    if estimate > budget:
+        where = f"container limit {_gib(resources.mem_limit)}" if resources.mem_limit is not None else "host"
+        raise HardwareError(
+            f"training needs ~{_gib(estimate)} but only {_gib(resources.mem_available)} is available "
+            f"({where}; budget 80% = {_gib(int(budget))}): lower the batch size, seq_len or the number "
+            "of workers, or use the safe profile"
+        )
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker setup: one thread each.
+
+    N workers each starting an OpenMP pool sized to the host's cores oversubscribe a small container
+    and can deadlock after fork; one thread per worker avoids both.
+    """
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def configure_main_threads(resources: Resources) -> int:
+    """Use as many intra-op threads as the process may really run (cgroup quota, affinity)."""
+    n = resources.effective_cpus
+    torch.set_num_threads(n)
+    return n
+
+
+def describe(resources: Resources) -> str:
+    """One paragraph for logs and run reports."""
+    r = resources
+    quota = "no CPU quota" if r.cpu_quota is None else f"CPU quota {r.cpu_quota:g}"
+    limit = "no memory limit" if r.mem_limit is None else f"memory limit {_gib(r.mem_limit)}"
+    cgroup = f"cgroup v{r.cgroup_version}" if r.cgroup_version else "no cgroup found"
+    if r.cuda_devices:
+        gpus = ", ".join(f"{d.name} ({_gib(d.total_memory)})" for d in r.cuda_devices)
+    else:
+        gpus = "no CUDA GPU"
+    return (
+        f"{r.effective_cpus} usable CPUs (host {r.cpu_count}, affinity {r.affinity}, {quota}); "
+        f"{_gib(r.mem_available)} RAM available (host {_gib(r.mem_total)}, {limit}, {cgroup}); {gpus}."
+    )

@@ -1,0 +1,60 @@
+"""Print an agent's model card: ``python -m agents.inspect models/agent1.onnx [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .metadata import AgentFileError
+from .runtime import OnnxAgent
+
+
+def _num(x, spec=".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def model_card(agent: OnnxAgent) -> str:
+    """A human-readable summary of what the agent is, what it saw, and how well it did."""
+    m, ds, meta = agent.meta["metrics"], agent.meta["dataset"], agent.meta
+    lb, pr, mc = m.get("label_balance", {}), m.get("val_at_threshold", {}), meta["model"]
+    lines = [
+        f"agent       {agent.path}  (tbm-backtest {meta['package_version']}, format {meta['format_version']})",
+        f"model       TransformerAgent d_model={mc.get('d_model')} heads={mc.get('n_heads')} layers={mc.get('n_layers')}"
+        f"  seq_len={agent.seq_len}  warm-up {agent.warmup} bars",
+        f"features    {', '.join(agent.feature_names)}",
+        f"labels      TBM pt={agent.tbm.pt} sl={agent.tbm.sl} horizon={agent.tbm.horizon} atr_period={agent.tbm.atr_period}",
+        f"data        {ds['name']}  sha256 {ds['sha256'][:16]}...",
+        f"            train {ds['train'][0]} .. {ds['train'][1]}",
+        f"            validation {ds['validation'][0]} .. {ds['validation'][1]}",
+        f"            last bar seen {ds['last_bar_used']}; out-of-sample from {ds.get('holdout_start')}",
+        f"balance     train positive rate {_num(lb.get('train_positive_rate'), '.3f')} ({lb.get('train_events')} events),"
+        f" validation {_num(lb.get('val_positive_rate'), '.3f')} ({lb.get('val_events')})",
+        f"loss        train {_num(m.get('train_loss'))} vs no-skill baseline {_num(m.get('baseline_train_loss'))}",
+        f"            validation {_num(m.get('val_loss'))} vs no-skill baseline {_num(m.get('baseline_val_loss'))}",
+        f"AUC         validation {_num(m.get('val_auc'), '.3f')}; adversarial (train vs validation features)"
+        f" {_num(m.get('adversarial_auc'), '.3f')}, 0.5 = no drift",
+        f"threshold   {agent.threshold:.4f} ({m.get('threshold_rule', 'given')}); at it on validation: precision"
+        f" {_num(pr.get('precision'), '.3f')}, recall {_num(pr.get('recall'), '.3f')}, signal rate {_num(pr.get('signal_rate'), '.3f')}",
+        f"training    {m.get('epochs_run')} epochs, best {m.get('best_epoch')}",
+        f"command     {meta['training_command']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agents.inspect", description="Print the model card of an exported agent.")
+    p.add_argument("model", help="path to an .onnx agent, e.g. models/agent1.onnx")
+    p.add_argument("--json", action="store_true", help="print the full metadata as JSON instead")
+    args = p.parse_args(argv)
+    try:
+        agent = OnnxAgent.load(args.model)
+    except AgentFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(agent.meta, indent=2) if args.json else model_card(agent))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

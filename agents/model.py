@@ -1,0 +1,110 @@
+"""Transformer encoder over a window of bar features -> one logit per window.
+
+Read top to bottom: project features to d_model, add positions, encode, take the last step,
+normalise, map to a logit. Window-level: the logit depends on the given (L, F) window only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+_POSITIONAL = ("learned", "sinusoidal")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a TransformerAgent; JSON round-trip via to_dict/from_dict."""
+
+    n_features: int  # F, columns of the feature matrix
+    seq_len: int  # L, bars per window
+    d_model: int = 64  # width of the residual stream
+    n_heads: int = 4  # attention heads; must divide d_model
+    n_layers: int = 2  # encoder layers
+    dim_feedforward: int = 128  # hidden width of each layer's MLP
+    dropout: float = 0.1  # on embeddings, attention and MLP; inactive in eval()
+    positional: str = "learned"  # "learned" (a trained (L, d_model) table) or "sinusoidal" (fixed)
+    norm_first: bool = True  # pre-LN layers: steadier training without warm-up tricks
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "seq_len", "d_model", "n_heads", "n_layers", "dim_feedforward"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.positional not in _POSITIONAL:
+            raise ValueError(f"ModelConfig.positional must be one of {_POSITIONAL}, got {self.positional!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+
+def sinusoidal_positions(seq_len: int, d_model: int) -> torch.Tensor:
+    """Vaswani et al. (2017) table (L, d_model): sin on even channels, cos on odd ones."""
+    position = torch.arange(seq_len, dtype=torch.float32)[:, None]  # (L, 1)
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))  # (ceil(D/2),)
+    table = torch.zeros(seq_len, d_model)  # (L, D)
+    table[:, 0::2] = torch.sin(position * freq)  # (L, ceil(D/2))
+    table[:, 1::2] = torch.cos(position * freq[: d_model // 2])  # (L, floor(D/2))
+    return table
+
+
+class TransformerAgent(nn.Module):
+    """(B, L, F) float32 windows -> (B,) logits of P(label == 1)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.input_proj = nn.Linear(c.n_features, c.d_model)
+        if c.positional == "learned":
+            self.pos = nn.Parameter(torch.randn(c.seq_len, c.d_model) * 0.02)  # (L, D)
+        else:
+            # Not persistent: rebuilt from the config, so state_dicts stay the same across both kinds.
+            self.register_buffer("pos", sinusoidal_positions(c.seq_len, c.d_model), persistent=False)
+        self.drop = nn.Dropout(c.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model=c.d_model,
+            nhead=c.n_heads,
+            dim_feedforward=c.dim_feedforward,
+            dropout=c.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=c.norm_first,
+        )
+        # enable_nested_tensor=False: padding-free windows gain nothing from it, and it blocks ONNX export.
+        self.encoder = nn.TransformerEncoder(layer, num_layers=c.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if x.ndim != 3 or x.shape[1] != c.seq_len or x.shape[2] != c.n_features:
+            raise ValueError(
+                f"TransformerAgent expects windows of shape (B, {c.seq_len}, {c.n_features}), got {tuple(x.shape)}"
+            )
+        h = self.input_proj(x)  # (B, L, D)
+        h = self.drop(h + self.pos)  # (B, L, D) + (L, D)
+        h = self.encoder(h)  # (B, L, D)
+        h = self.norm(h[:, -1])  # (B, D): the last bar's state summarises the window
+        return self.head(h).squeeze(-1)  # (B, 1) -> (B,)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

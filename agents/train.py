@@ -1,0 +1,506 @@
+"""Train a TransformerAgent on Triple Barrier labels and export it as a self-describing ONNX file.
+
+    python -m agents.train                       # bundled sp500, last 20% held out for backtests
+    python -m agents.train --epochs 1 --out /tmp/quick.onnx
+    python -m agents.train --data my.csv --end 2020-12-31 --gpu
+
+Steps: load -> features -> TBM labels -> chronological train/validation split purged by the label
+horizon -> normalisation fitted on train only -> AdamW + FocalLoss with early stopping, checkpoint
+every epoch -> metrics beside the no-skill baseline -> ONNX export with parity check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from datafeeds import DataError, load_ohlcv
+from labeling import TBMConfig, purged_train_val_split, triple_barrier_labels
+
+from . import metadata as _meta
+from .checkpoint import load_checkpoint, save_checkpoint
+from .dataset import LazySequenceDataset
+from .evaluation import adversarial_auc, precision_recall, roc_auc, suggest_threshold
+from .export import export_agent
+from .features import FeatureSpec, compute_features
+from .hardware import HardwareError, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory, require_cuda, worker_init_fn
+from .losses import FocalLoss
+from .model import ModelConfig, TransformerAgent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (recorded in the exported agent)."""
+
+    data: str = "sp500"  # bundled sample name or a CSV/Parquet path
+    start: str | None = None  # first bar used (inclusive)
+    end: str | None = None  # last bar of the loaded period (inclusive)
+    holdout: float = 0.2  # last fraction of the loaded bars never touched, kept for backtests
+    features: tuple[str, ...] | None = None  # feature names; None = the default set
+    seq_len: int = 64  # bars per window
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    dropout: float = 0.1
+    epochs: int = 20  # upper bound; early stopping usually ends sooner
+    patience: int = 4  # epochs without validation improvement before stopping
+    batch_size: int | None = None  # None: the hardware profile's
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    val_fraction: float = 0.2  # last fraction of the labelled events used for validation
+    seed: int = 0
+    pt: float = 1.5  # take-profit barrier, in ATRs
+    sl: float = 1.5  # stop-loss barrier, in ATRs
+    horizon: int = 20  # vertical barrier, in bars
+    atr_period: int = 14
+    focal_alpha: float | None = 0.25  # weight of positives; None = unweighted
+    focal_gamma: float = 2.0
+    threshold: float | None = None  # None: chosen from training predictions
+    profile: str = "auto"  # auto | beast | safe
+    gpu: bool = False  # require CUDA
+
+    def __post_init__(self):
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("seq_len", "epochs", "patience", "d_model", "n_heads", "n_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
+        if self.profile not in ("auto", "beast", "safe"):
+            raise ValueError(f"--profile must be auto, beast or safe, got {self.profile!r}")
+        self.tbm  # validates pt/sl/horizon/atr_period
+        self.feature_spec  # unknown feature names fail here, with a suggestion
+        self.model_config(1)  # validates d_model/n_heads/dropout
+
+    @property
+    def tbm(self) -> TBMConfig:
+        return TBMConfig(pt=self.pt, sl=self.sl, horizon=self.horizon, atr_period=self.atr_period)
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec.default() if self.features is None else FeatureSpec.from_names(list(self.features))
+
+    def model_config(self, n_features: int) -> ModelConfig:
+        return ModelConfig(
+            n_features=n_features, seq_len=self.seq_len, d_model=self.d_model,
+            n_heads=self.n_heads, n_layers=self.n_layers, dropout=self.dropout,
+        )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["features"] = None if self.features is None else list(self.features)
+        return d
+
+    # fields that may differ when resuming (they do not change what an epoch computes)
+    RESUMABLE_CHANGES = ("epochs", "patience", "profile")
+
+
+@dataclass
+class Prepared:
+    """Normalised features, labels and the purged train/validation windows."""
+
+    x: np.ndarray  # (N, F) float32, normalised with training statistics
+    y: np.ndarray  # (N,) float32, NaN where a bar has no label
+    names: list[str]
+    spec: FeatureSpec
+    mean: np.ndarray
+    std: np.ndarray
+    train_ends: np.ndarray  # bar positions of training windows' last bars (= labelled bars)
+    val_ends: np.ndarray
+    index: pd.DatetimeIndex
+    holdout_start: pd.Timestamp | None
+    source: str
+    sha256: str
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Load, featurise, label and split; raises DataError/ValueError with a clear message."""
+    df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
+    cut = len(df) - int(round(len(df) * cfg.holdout))
+    holdout_start = df.index[cut] if cut < len(df) else None
+    fit = df.iloc[:cut]
+    spec = cfg.feature_spec.pinned(df.columns)
+    min_bars = spec.warmup + cfg.seq_len + cfg.horizon + 2
+    if len(fit) < min_bars:
+        raise ValueError(
+            f"{cfg.data}: {len(fit)} bars before the holdout, but seq_len {cfg.seq_len} + feature warm-up "
+            f"{spec.warmup} + horizon {cfg.horizon} need at least {min_bars}; use more data or lower --seq-len"
+        )
+    x, names = compute_features(fit, spec)
+    labels = triple_barrier_labels(fit, config=cfg.tbm)
+    pos = fit.index.get_indexer(labels.index)
+    t1 = fit.index.get_indexer(labels["t1"])
+    usable = pos >= spec.warmup + cfg.seq_len - 1  # a full window of finite features ends there
+    if not usable.any():
+        raise ValueError(f"{cfg.data}: no labelled bar has a full {cfg.seq_len}-bar window of features; lower --seq-len")
+    train_ends, val_ends = purged_train_val_split(pos[usable], t1[usable], cfg.val_fraction, purge=cfg.horizon)
+
+    # normalisation from the bars the training windows cover, never from validation
+    lo, hi = int(train_ends.min()) - cfg.seq_len + 1, int(train_ends.max()) + 1
+    mean = np.nanmean(x[lo:hi].astype(np.float64), axis=0)
+    std = np.nanstd(x[lo:hi].astype(np.float64), axis=0)
+    std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. zero volume) stays 0, not NaN
+    xn = ((x - mean) / std).astype(np.float32)
+
+    y = np.full(len(fit), np.nan, dtype=np.float32)
+    y[pos] = labels["label"].to_numpy(np.float32)
+    return Prepared(
+        x=xn, y=y, names=names, spec=spec, mean=mean, std=std,
+        train_ends=train_ends, val_ends=val_ends, index=fit.index, holdout_start=holdout_start,
+        source=str(df.attrs.get("source", cfg.data)), sha256=str(df.attrs.get("sha256", "")),
+    )
+
+
+def _predict(model, ds: LazySequenceDataset, device, batch_size=1024) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for xb, _ in ds.iter_batches(batch_size):
+            out.append(model(xb.to(device)).float().cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def _loss_of(loss_fn, logits: np.ndarray, y: np.ndarray) -> float:
+    return float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y.astype(np.float64))))
+
+
+def _epoch_batches(ds, batch_size, seed, epoch, num_workers, pin_memory):
+    """Shuffled batches for one epoch; the order depends only on (seed, epoch) so a resumed run replays it."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if num_workers == 0:
+        yield from ds.iter_batches(batch_size, shuffle=True, generator=gen)
+        return
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, generator=gen, num_workers=num_workers,
+        pin_memory=pin_memory, worker_init_fn=worker_init_fn, persistent_workers=False,
+    )
+    yield from loader
+
+
+def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path, resume: bool = False,
+        on_epoch=None, stop_after: int | None = None, progress: bool = True) -> dict:
+    """Train with early stopping, checkpointing every epoch; return the result with the best weights.
+
+    ``stop_after`` ends the run after that many epochs of this call (as if killed), for tests.
+    """
+    resources = detect()
+    if cfg.gpu:
+        require_cuda()
+    profile = choose_profile(resources, cfg.profile, gpu=cfg.gpu)
+    device = torch.device(profile.device)
+    batch_size = cfg.batch_size or profile.batch_size
+    configure_main_threads(resources)
+
+    torch.manual_seed(cfg.seed)
+    model = TransformerAgent(cfg.model_config(len(prep.names))).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    mc = model.config
+    need = estimate_train_memory(len(prep.x), len(prep.names), cfg.seq_len, batch_size, n_params, profile.num_workers,
+                                 d_model=mc.d_model, n_layers=mc.n_layers, n_heads=mc.n_heads,
+                                 dim_feedforward=mc.dim_feedforward)
+    check_fits(need, resources)
+
+    loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp = profile.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    train_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.train_ends)
+    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
+    y_val = prep.y[prep.val_ends].astype(np.float64)
+
+    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "best_weights": None, "bad_epochs": 0, "history": []}
+    ckpt = load_checkpoint(checkpoint_dir) if resume else None
+    if resume and ckpt is None:
+        log.warning("--resume: no checkpoint in %s; starting from scratch", checkpoint_dir)
+    if ckpt is not None:
+        _check_resumable(ckpt["config"], cfg)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state = ckpt["state"]
+        log.info("resumed from %s at epoch %d", checkpoint_dir, state["epoch"])
+
+    epochs_run = 0
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"]
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws depend on the epoch alone
+        model.train()
+        t0, total, count = time.perf_counter(), 0.0, 0
+        bar = tqdm(total=len(train_ds), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="win",
+                   disable=None if progress else True, leave=False, file=sys.stderr)
+        for xb, yb in _epoch_batches(train_ds, batch_size, cfg.seed, epoch, profile.num_workers, profile.pin_memory):
+            xb = xb.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True).float()
+            with torch.autocast(device.type, enabled=amp):
+                logits = model(xb)
+            loss = loss_fn(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            total += loss.item() * len(yb)
+            count += len(yb)
+            bar.update(len(yb))
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        val_loss = _loss_of(loss_fn, _predict(model, val_ds, device), y_val)
+        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": val_loss,
+                  "seconds": time.perf_counter() - t0}
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        if val_loss < state["best_val"] - 1e-6:
+            state.update(best_val=val_loss, best_epoch=epoch + 1, bad_epochs=0,
+                         best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        save_checkpoint(checkpoint_dir, {
+            "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(), "state": state,
+        })
+        if on_epoch:
+            on_epoch(record, state)
+        epochs_run += 1
+        if stop_after is not None and epochs_run >= stop_after:
+            return {"interrupted": True, "state": state}
+
+    model.load_state_dict(state["best_weights"])
+    model = model.cpu().eval()
+    return {"interrupted": False, "model": model, "state": state, "profile": profile,
+            "batch_size": batch_size, "resources": resources}
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if diff:
+        raise ValueError(
+            "--resume: the checkpoint was made with different settings "
+            + ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in diff)
+            + "; rerun with the original options or without --resume"
+        )
+
+
+def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
+    """Metrics stored in the agent card: every loss next to its no-skill baseline."""
+    loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    train_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.train_ends)
+    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
+    y_tr = prep.y[prep.train_ends].astype(np.float64)
+    y_va = prep.y[prep.val_ends].astype(np.float64)
+    z_tr = _predict(model, train_ds, torch.device("cpu"))
+    z_va = _predict(model, val_ds, torch.device("cpu"))
+    base_rate = float(y_tr.mean())
+    p_tr, p_va = 1 / (1 + np.exp(-z_tr)), 1 / (1 + np.exp(-z_va))
+    threshold = cfg.threshold if cfg.threshold is not None else suggest_threshold(p_tr, base_rate)
+    return {
+        "train_loss": _loss_of(loss_fn, z_tr, y_tr),
+        "val_loss": _loss_of(loss_fn, z_va, y_va),
+        # the no-skill model: always predict the training base rate
+        "baseline_train_loss": loss_fn.baseline(torch.from_numpy(y_tr), base_rate),
+        "baseline_val_loss": loss_fn.baseline(torch.from_numpy(y_va), base_rate),
+        "val_auc": roc_auc(y_va, z_va),
+        "train_auc": roc_auc(y_tr, z_tr),
+        "threshold": threshold,
+        "threshold_rule": "given" if cfg.threshold is not None else "train signal rate = train base rate",
+        "val_at_threshold": precision_recall(y_va, p_va, threshold),
+        "label_balance": {"train_positive_rate": base_rate, "val_positive_rate": float(y_va.mean()),
+                          "train_events": int(len(y_tr)), "val_events": int(len(y_va))},
+        # features at each labelled bar: does validation look like training?
+        "adversarial_auc": adversarial_auc(prep.x[prep.train_ends], prep.x[prep.val_ends], seed=cfg.seed),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "history": history,
+    }
+
+
+def build_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, metrics: dict, command: str) -> dict:
+    idx = prep.index
+    train_lo = int(prep.train_ends.min()) - cfg.seq_len + 1
+    return {
+        "format": _meta.FORMAT,
+        "format_version": _meta.FORMAT_VERSION,
+        "package_version": _meta.package_version(),
+        "torch_version": torch.__version__,
+        "input_name": "x",
+        "output_name": "logit",
+        "output": "logit of P(upper barrier touched first); probability = sigmoid(logit)",
+        "features": prep.spec.to_dict(),
+        "feature_names": prep.names,
+        "seq_len": cfg.seq_len,
+        "warmup": prep.spec.warmup + cfg.seq_len - 1,
+        "normalisation": {"mean": prep.mean.tolist(), "std": prep.std.tolist()},
+        "tbm": cfg.tbm.to_dict(),
+        "threshold": float(metrics["threshold"]),
+        "model": model.config.to_dict(),
+        "dataset": {
+            "name": cfg.data,
+            "source": prep.source,
+            "sha256": prep.sha256,
+            "first_bar": str(idx[0]),
+            "last_bar_used": str(idx[-1]),  # nothing after this bar was seen in training
+            "holdout_start": None if prep.holdout_start is None else str(prep.holdout_start),
+            "train": [str(idx[train_lo]), str(idx[int(prep.train_ends.max())])],
+            "validation": [str(idx[int(prep.val_ends.min())]), str(idx[int(prep.val_ends.max())])],
+        },
+        "metrics": metrics,
+        "train_config": cfg.to_dict(),
+        "training_command": command,
+    }
+
+
+@dataclass
+class TrainResult:
+    card: dict  # the metadata written into the ONNX file
+    model: TransformerAgent  # best weights, eval mode, on CPU
+    prep: Prepared
+
+
+def train(cfg: TrainConfig, out: Path, *, checkpoint_dir: Path, resume: bool = False, command: str = "",
+          on_epoch=None, stop_after: int | None = None, progress: bool = True) -> TrainResult | None:
+    """The whole pipeline, ending with ``out`` written; None if stopped early by ``stop_after`` (tests)."""
+    if cfg.gpu:
+        require_cuda()  # fail before loading anything
+    prep = prepare(cfg)
+    res = fit(cfg, prep, checkpoint_dir=checkpoint_dir, resume=resume, on_epoch=on_epoch,
+              stop_after=stop_after, progress=progress)
+    if res["interrupted"]:
+        return None
+    model, state = res["model"], res["state"]
+    metrics = evaluate(cfg, prep, model, state["best_epoch"], state["history"])
+    metrics["profile"] = {"name": res["profile"].name, "reason": res["profile"].reason, "batch_size": res["batch_size"]}
+    card = build_card(cfg, prep, model, metrics, command)
+    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
+    example, _ = val_ds.batch(np.arange(min(len(val_ds), 64)))  # parity is checked on real validation windows
+    export_agent(model, card, out, example.numpy())
+    return TrainResult(card=card, model=model, prep=prep)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m agents.train",
+        description="Train a TransformerAgent on Triple Barrier labels and export it to ONNX. "
+        "Defaults train on the bundled S&P 500 sample, holding out its last 20%% for backtests.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=d.data, help="bundled sample name (see datafeeds.list_samples()) or a CSV/Parquet path")
+    g.add_argument("--start", default=None, help="first date to load, e.g. 2005-01-01")
+    g.add_argument("--end", default=None, help="last date to load; later bars are never seen")
+    g.add_argument("--holdout", type=float, default=d.holdout, help="last fraction of loaded bars kept unseen for out-of-sample backtests")
+    g.add_argument("--features", default=None, help="comma-separated feature names (default: the full default set)")
+    g = p.add_argument_group("labels (Triple Barrier)")
+    g.add_argument("--pt", type=float, default=d.pt, help="take-profit barrier in ATRs")
+    g.add_argument("--sl", type=float, default=d.sl, help="stop-loss barrier in ATRs")
+    g.add_argument("--horizon", type=int, default=d.horizon, help="vertical barrier in bars")
+    g = p.add_argument_group("model and training")
+    g.add_argument("--seq-len", type=int, default=d.seq_len, help="bars per input window")
+    g.add_argument("--d-model", type=int, default=d.d_model)
+    g.add_argument("--n-heads", type=int, default=d.n_heads)
+    g.add_argument("--n-layers", type=int, default=d.n_layers)
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
+    g.add_argument("--patience", type=int, default=d.patience, help="epochs without validation improvement before stopping")
+    g.add_argument("--batch-size", type=int, default=None, help="default: the hardware profile's")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="last fraction of labelled events used for validation")
+    g.add_argument("--focal-alpha", type=float, default=d.focal_alpha, help="focal loss weight of positives; negative = none")
+    g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help="focal loss focusing parameter (0 = cross-entropy)")
+    g.add_argument("--threshold", type=float, default=None, help="signal threshold stored in the agent (default: chosen on training predictions)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("hardware and output")
+    g.add_argument("--gpu", action="store_true", help="train on CUDA; exits at once if CUDA is absent")
+    g.add_argument("--profile", default=d.profile, choices=["auto", "beast", "safe"], help="hardware profile (auto detects GPU memory and the container's RAM)")
+    g.add_argument("--out", default="models/agent1.onnx", help="where to write the ONNX agent")
+    g.add_argument("--checkpoint-dir", default=None, help="default: checkpoints/<out name>/")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    features = None if args.features is None else tuple(f.strip() for f in args.features.split(",") if f.strip())
+    return TrainConfig(
+        data=args.data, start=args.start, end=args.end, holdout=args.holdout, features=features,
+        seq_len=args.seq_len, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers,
+        dropout=args.dropout, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+        lr=args.lr, val_fraction=args.val_fraction, seed=args.seed, pt=args.pt, sl=args.sl,
+        horizon=args.horizon, focal_alpha=None if args.focal_alpha is not None and args.focal_alpha < 0 else args.focal_alpha,
+        focal_gamma=args.focal_gamma, threshold=args.threshold, profile=args.profile, gpu=args.gpu,
+    )
+
+
+def _fmt(x, spec=".4f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path("checkpoints") / out.stem
+    command = "python -m agents.train" + ("" if not argv else " " + shlex.join(argv))
+    try:
+        if args.gpu:
+            require_cuda()
+        cfg = config_from_args(args)
+        res = detect()
+        profile = choose_profile(res, cfg.profile, gpu=cfg.gpu)
+        print(f"hardware: {profile.name} profile ({profile.reason})")
+
+        def on_epoch(rec, state):
+            print(f"epoch {rec['epoch']:>3}: train loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}"
+                  f"  ({rec['seconds']:.1f}s){'  *best' if state['best_epoch'] == rec['epoch'] else ''}")
+
+        card = train(cfg, out, checkpoint_dir=ckpt_dir, resume=args.resume, command=command,
+                     on_epoch=on_epoch, progress=not args.quiet).card
+    except (DataError, HardwareError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: {command} --resume", file=sys.stderr)
+        return 130
+    m = card["metrics"]
+    lb = m["label_balance"]
+    ds = card["dataset"]
+    pr = m["val_at_threshold"]
+    print(f"\nwrote {out}")
+    print(f"data        {ds['name']}  train {ds['train'][0][:10]}..{ds['train'][1][:10]}"
+          f"  validation {ds['validation'][0][:10]}..{ds['validation'][1][:10]}  holdout from {str(ds['holdout_start'])[:10]}")
+    print(f"labels      train positive rate {lb['train_positive_rate']:.3f} ({lb['train_events']} events)"
+          f"  val {lb['val_positive_rate']:.3f} ({lb['val_events']})")
+    print(f"loss        train {m['train_loss']:.4f} (baseline {m['baseline_train_loss']:.4f})"
+          f"  val {m['val_loss']:.4f} (baseline {m['baseline_val_loss']:.4f})  best epoch {m['best_epoch']}")
+    print(f"val AUC     {_fmt(m['val_auc'], '.3f')}   adversarial AUC {_fmt(m['adversarial_auc'], '.3f')} (0.5 = no drift)")
+    print(f"threshold   {m['threshold']:.4f}  val precision {_fmt(pr['precision'], '.3f')}  recall {_fmt(pr['recall'], '.3f')}"
+          f"  signal rate {_fmt(pr['signal_rate'], '.3f')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

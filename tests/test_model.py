@@ -1,0 +1,145 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agents.model import ModelConfig, TransformerAgent, sinusoidal_positions
+
+
+def _tiny(**kw) -> ModelConfig:
+    base = dict(n_features=5, seq_len=12, d_model=16, n_heads=2, n_layers=1, dim_feedforward=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_output_shape_and_finite(positional):
+    torch.manual_seed(0)
+    model = TransformerAgent(_tiny(positional=positional)).eval()
+    for batch in (1, 9):
+        out = model(torch.randn(batch, 12, 5))
+        assert out.shape == (batch,) and out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+
+
+def test_eval_is_deterministic_and_train_mode_uses_dropout():
+    torch.manual_seed(0)
+    model = TransformerAgent(_tiny(dropout=0.5))
+    x = torch.randn(4, 12, 5)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    model.train()
+    with torch.no_grad():
+        c, d = model(x), model(x)
+    assert not torch.equal(c, d)
+
+
+def test_each_prediction_depends_only_on_its_own_window():
+    torch.manual_seed(0)
+    model = TransformerAgent(_tiny()).eval()
+    x = torch.randn(6, 12, 5)
+    with torch.no_grad():
+        full = model(x)
+        alone = torch.stack([model(x[i : i + 1])[0] for i in range(6)])
+        x2 = x.clone()
+        x2[3] = torch.randn(12, 5)  # change one window only
+        changed = model(x2)
+    torch.testing.assert_close(full, alone, rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.cat([changed[:3], changed[4:]]), torch.cat([full[:3], full[4:]]))
+    assert changed[3] != full[3]
+
+
+def test_all_bars_of_the_window_influence_the_logit():
+    torch.manual_seed(0)
+    model = TransformerAgent(_tiny()).eval()
+    x = torch.randn(1, 12, 5, requires_grad=True)
+    model(x).sum().backward()
+    per_bar = x.grad.abs().sum(dim=2)[0]  # (L,)
+    assert (per_bar > 0).all()  # the first bar matters too, through attention
+
+
+def test_parameter_count_matches_formula():
+    c = ModelConfig(n_features=16, seq_len=64)  # defaults: d 64, 4 heads, 2 layers, ff 128
+    model = TransformerAgent(c)
+    d, ff = c.d_model, c.dim_feedforward
+    per_layer = (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d) + 2 * 2 * d
+    expected = (16 * d + d) + 64 * d + c.n_layers * per_layer + 2 * d + (d + 1)
+    assert model.num_parameters() == expected == 72_321
+    sin = TransformerAgent(ModelConfig(n_features=16, seq_len=64, positional="sinusoidal"))
+    assert sin.num_parameters() == expected - 64 * d  # the table is a fixed buffer
+    assert "pos" not in sin.state_dict()
+
+
+def test_sinusoidal_table_values():
+    table = sinusoidal_positions(3, 4)
+    assert table.shape == (3, 4)
+    expected = [[math.sin(p), math.cos(p), math.sin(p / 100), math.cos(p / 100)] for p in range(3)]
+    np.testing.assert_allclose(table.numpy(), expected, atol=1e-6)
+    odd = sinusoidal_positions(2, 5)  # odd width: 3 sin channels, 2 cos channels
+    f1, f2 = 10000 ** (-2 / 5), 10000 ** (-4 / 5)
+    np.testing.assert_allclose(
+        odd[1].numpy(), [math.sin(1), math.cos(1), math.sin(f1), math.cos(f1), math.sin(f2)], atol=1e-6
+    )
+
+
+def test_wrong_input_shape_names_expected_shape():
+    model = TransformerAgent(_tiny())
+    with pytest.raises(ValueError, match=r"\(B, 12, 5\)"):
+        model(torch.randn(2, 11, 5))
+    with pytest.raises(ValueError, match=r"\(B, 12, 5\)"):
+        model(torch.randn(12, 5))
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"d_model": 10, "n_heads": 3}, "divisible"),
+        ({"n_layers": 0}, "n_layers"),
+        ({"seq_len": -1}, "seq_len"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"positional": "rope"}, "positional"),
+        ({"n_features": 2.0}, "n_features"),
+    ],
+)
+def test_config_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny(**kw)
+
+
+def test_config_json_round_trip():
+    c = _tiny(positional="sinusoidal", dropout=0.0)
+    assert ModelConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError, match="unknown keys"):
+        ModelConfig.from_dict({**c.to_dict(), "n_head": 2})
+    with pytest.raises(AttributeError):
+        c.d_model = 8  # frozen
+
+
+def test_onnx_export_dynamic_batch_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = TransformerAgent(_tiny()).eval()
+    path = tmp_path / "agent.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(3, 12, 5),),
+        str(path),
+        dynamo=True,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+        verbose=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        x = torch.randn(batch, 12, 5)
+        (got,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert got.shape == (batch,)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

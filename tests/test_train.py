@@ -1,0 +1,163 @@
+"""The trainer: honest metrics, purged split, checkpoints that resume to the same model, clear CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents import train as train_mod
+from agents.checkpoint import load_checkpoint
+from datafeeds import load_ohlcv
+from agents.runtime import OnnxAgent
+from agents.train import TrainConfig, fit, main, prepare
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_card_reports_losses_beside_the_no_skill_baseline(tiny_agent):
+    path, result = tiny_agent
+    m = result.card["metrics"]
+    for key in ("train_loss", "val_loss", "baseline_train_loss", "baseline_val_loss", "adversarial_auc", "val_auc"):
+        assert isinstance(m[key], float) and math.isfinite(m[key]), key
+    y_val = result.prep.y[result.prep.val_ends]
+    assert m["label_balance"]["val_events"] == len(y_val)
+    assert m["label_balance"]["val_positive_rate"] == pytest.approx(float(np.mean(y_val)))
+    # the baseline is the focal loss of always predicting the training base rate
+    from agents.losses import FocalLoss
+
+    base = m["label_balance"]["train_positive_rate"]
+    expected = FocalLoss(alpha=0.25, gamma=2.0).baseline(torch.tensor(y_val, dtype=torch.float32), base)
+    assert m["baseline_val_loss"] == pytest.approx(expected, rel=1e-6)
+    assert 0.0 <= m["threshold"] <= 1.0
+    assert len(m["history"]) == m["epochs_run"] == TINY["epochs"]
+
+
+def test_split_is_purged_and_chronological(tiny_agent):
+    _, result = tiny_agent
+    prep = result.prep
+    assert prep.train_ends.max() < prep.val_ends.min()
+    # every training label (span t..t+horizon) ends before validation starts, with >= horizon bars between
+    assert prep.val_ends.min() - prep.train_ends.max() - 1 >= TINY["horizon"]
+
+
+def test_normalisation_uses_training_bars_only(tmp_path):
+    df = load_ohlcv("sp500", start=TINY["start"], end=TINY["end"])
+    base = prepare(TrainConfig(**{**TINY, "data": _write(df, tmp_path / "a.csv")}))
+    # scramble every bar after the training windows: validation and holdout
+    changed = df.copy()
+    after = slice(int(base.train_ends.max()) + TINY["horizon"] + 1, None)
+    changed.iloc[after, :4] = changed.iloc[after, :4].to_numpy()[::-1] * 1.7
+    other = prepare(TrainConfig(**{**TINY, "data": _write(changed, tmp_path / "b.csv")}))
+    np.testing.assert_array_equal(other.train_ends, base.train_ends)
+    np.testing.assert_array_equal(other.mean, base.mean)
+    np.testing.assert_array_equal(other.std, base.std)
+    rows = base.x[base.train_ends.min() - TINY["seq_len"] + 1 : base.train_ends.max() + 1].astype(np.float64)
+    np.testing.assert_allclose(rows.mean(axis=0), 0.0, atol=1e-5)
+
+
+def _write(df, path):
+    df.to_csv(path)
+    return str(path)
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    prep = prepare(cfg)
+    full = fit(cfg, prep, checkpoint_dir=tmp_path / "a", progress=False)
+    assert fit(cfg, prep, checkpoint_dir=tmp_path / "b", stop_after=1, progress=False)["interrupted"]
+    assert load_checkpoint(tmp_path / "b")["state"]["epoch"] == 1
+    resumed = fit(cfg, prep, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    assert resumed["state"]["history"] == [
+        {**h, "seconds": r["seconds"]} for h, r in zip(full["state"]["history"], resumed["state"]["history"])
+    ]
+    for (name, a), (_, b) in zip(full["model"].state_dict().items(), resumed["model"].state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_different_settings(tmp_path):
+    cfg = TrainConfig(**TINY)
+    prep = prepare(cfg)
+    fit(cfg, prep, checkpoint_dir=tmp_path, stop_after=1, progress=False)
+    other = TrainConfig(**{**TINY, "lr": 1e-2})
+    with pytest.raises(ValueError, match=r"different settings lr=0.0003 \(now 0.01\)"):
+        fit(other, prep, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def _cli(*args):
+    return ["--data", "sp500", "--start", TINY["start"], "--end", TINY["end"], "--holdout", "0.25",
+            "--seq-len", "16", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--batch-size", "64",
+            "--horizon", "10", "--quiet", *args]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    """A real kill -9 after the first checkpoint, then --resume, ends with the uninterrupted weights."""
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, "-m", "agents.train", *_cli("--epochs", "3", "--patience", "5",
+           "--out", str(tmp_path / "a.onnx"), "--checkpoint-dir", str(ck))]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (ck / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(ck)["state"]["epoch"]
+    assert killed_at < 3, "the run finished before it could be killed"
+    assert not (tmp_path / "a.onnx").exists()
+    done = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = load_checkpoint(ck)["state"]
+
+    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    reference = fit(cfg, prepare(cfg), checkpoint_dir=tmp_path / "ref", progress=False)
+    assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in reference["state"]["history"]]
+    for name, value in reference["model"].state_dict().items():
+        assert torch.equal(resumed["best_weights"][name], value), name
+
+
+def test_gpu_flag_without_cuda_fails_fast():
+    assert not torch.cuda.is_available()
+    done = subprocess.run([sys.executable, "-m", "agents.train", "--gpu"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CUDA" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seq-len", "900", "--end", "2012-12-31"], "lower --seq-len"),
+        (["--features", "rsi,macdd"], "did you mean 'macd'"),
+        (["--data", "sp5000"], "did you mean 'sp500'"),
+        (["--horizon", "3000"], "horizon"),
+        (["--val-fraction", "1.5"], "--val-fraction"),
+        (["--lr", "-1"], "--lr"),
+    ],
+)
+def test_bad_options_exit_2_with_one_clear_line(args, message, capsys, tmp_path):
+    base = ["--start", "2009-01-01", "--end", "2016-12-31", "--out", str(tmp_path / "x.onnx"), "--quiet"]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_command_line_training_writes_an_agent_the_runtime_loads(tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    assert main(_cli("--epochs", "1", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ck"))) == 0
+    printed = capsys.readouterr().out
+    assert "baseline" in printed and "hardware: safe profile" in printed
+    agent = OnnxAgent.load(out)
+    assert agent.meta["training_command"].startswith("python -m agents.train --data sp500")
+    assert agent.meta["dataset"]["sha256"] and agent.meta["dataset"]["holdout_start"]
+    json.dumps(agent.meta)  # the whole card is plain JSON
