@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from datafeeds import DataError, load_ohlcv
-from labeling import TBMConfig, purged_train_val_split, triple_barrier_labels
+from labeling import TBMConfig, events_within, purged_train_val_split, triple_barrier_labels
 
 from . import metadata as _meta
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -135,39 +135,62 @@ class Prepared:
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
-    """Load, featurise, label and split; raises DataError/ValueError with a clear message."""
+    """Load, cut the holdout, featurise, label and split; raises DataError/ValueError with a clear message."""
     df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
     cut = len(df) - int(round(len(df) * cfg.holdout))
-    holdout_start = df.index[cut] if cut < len(df) else None
-    fit = df.iloc[:cut]
+    fit_df = df.iloc[:cut]
+    pos, t1, x, names, spec, y = _featurise_and_label(cfg, fit_df, what="bars before the holdout")
+    train_ends, val_ends = purged_train_val_split(pos, t1, cfg.val_fraction, purge=cfg.horizon)
+    return _assemble(cfg, fit_df, x, names, spec, y, train_ends, val_ends,
+                     holdout_start=df.index[cut] if cut < len(df) else None)
+
+
+def prepare_segments(cfg: TrainConfig, df: pd.DataFrame, train: range, val: range | None) -> Prepared:
+    """Prepare explicit bar segments of ``df`` (walk-forward folds): events whose whole label span
+    lies inside ``train`` train, those inside ``val`` validate; nothing after the last segment is used."""
+    stop = (val or train).stop
+    part = df.iloc[:stop]
+    pos, t1, x, names, spec, y = _featurise_and_label(cfg, part, what="bars up to the segment end")
+    train_ends = events_within(pos, t1, train)
+    val_ends = events_within(pos, t1, val) if val is not None else np.array([], dtype=np.int64)
+    if train_ends.size == 0:
+        raise ValueError(f"no labelled training window inside bars {train.start}..{train.stop - 1}; use longer segments")
+    if val is not None and val_ends.size == 0:
+        raise ValueError(f"no labelled validation window inside bars {val.start}..{val.stop - 1}; use longer segments")
+    return _assemble(cfg, part, x, names, spec, y, train_ends, val_ends,
+                     holdout_start=df.index[stop] if stop < len(df) else None)
+
+
+def _featurise_and_label(cfg: TrainConfig, df: pd.DataFrame, *, what: str):
+    """Features, labels and the label spans of the events that have a full window of features."""
     spec = cfg.feature_spec.pinned(df.columns)
     min_bars = spec.warmup + cfg.seq_len + cfg.horizon + 2
-    if len(fit) < min_bars:
+    if len(df) < min_bars:
         raise ValueError(
-            f"{cfg.data}: {len(fit)} bars before the holdout, but seq_len {cfg.seq_len} + feature warm-up "
+            f"{cfg.data}: {len(df)} {what}, but seq_len {cfg.seq_len} + feature warm-up "
             f"{spec.warmup} + horizon {cfg.horizon} need at least {min_bars}; use more data or lower --seq-len"
         )
-    x, names = compute_features(fit, spec)
-    labels = triple_barrier_labels(fit, config=cfg.tbm)
-    pos = fit.index.get_indexer(labels.index)
-    t1 = fit.index.get_indexer(labels["t1"])
+    x, names = compute_features(df, spec)
+    labels = triple_barrier_labels(df, config=cfg.tbm)
+    pos = df.index.get_indexer(labels.index)
+    t1 = df.index.get_indexer(labels["t1"])
     usable = pos >= spec.warmup + cfg.seq_len - 1  # a full window of finite features ends there
     if not usable.any():
         raise ValueError(f"{cfg.data}: no labelled bar has a full {cfg.seq_len}-bar window of features; lower --seq-len")
-    train_ends, val_ends = purged_train_val_split(pos[usable], t1[usable], cfg.val_fraction, purge=cfg.horizon)
+    y = np.full(len(df), np.nan, dtype=np.float32)
+    y[pos] = labels["label"].to_numpy(np.float32)
+    return pos[usable], t1[usable], x, names, spec, y
 
+
+def _assemble(cfg, df, x, names, spec, y, train_ends, val_ends, *, holdout_start) -> Prepared:
     # normalisation from the bars the training windows cover, never from validation
     lo, hi = int(train_ends.min()) - cfg.seq_len + 1, int(train_ends.max()) + 1
     mean = np.nanmean(x[lo:hi].astype(np.float64), axis=0)
     std = np.nanstd(x[lo:hi].astype(np.float64), axis=0)
     std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. zero volume) stays 0, not NaN
-    xn = ((x - mean) / std).astype(np.float32)
-
-    y = np.full(len(fit), np.nan, dtype=np.float32)
-    y[pos] = labels["label"].to_numpy(np.float32)
     return Prepared(
-        x=xn, y=y, names=names, spec=spec, mean=mean, std=std,
-        train_ends=train_ends, val_ends=val_ends, index=fit.index, holdout_start=holdout_start,
+        x=((x - mean) / std).astype(np.float32), y=y, names=names, spec=spec, mean=mean, std=std,
+        train_ends=train_ends, val_ends=val_ends, index=df.index, holdout_start=holdout_start,
         source=str(df.attrs.get("source", cfg.data)), sha256=str(df.attrs.get("sha256", "")),
     )
 
@@ -198,11 +221,14 @@ def _epoch_batches(ds, batch_size, seed, epoch, num_workers, pin_memory):
     yield from loader
 
 
-def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path, resume: bool = False,
+def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume: bool = False,
         on_epoch=None, stop_after: int | None = None, progress: bool = True) -> dict:
     """Train with early stopping, checkpointing every epoch; return the result with the best weights.
 
-    ``stop_after`` ends the run after that many epochs of this call (as if killed), for tests.
+    With no validation windows it runs exactly ``cfg.epochs`` epochs and keeps the last weights
+    (the walk-forward refit on train+validation). ``checkpoint_dir=None`` skips checkpoints (tuning
+    trials). ``on_epoch(record, state)`` may raise to stop (Optuna pruning). ``stop_after`` ends the
+    run after that many epochs of this call (as if killed), for tests.
     """
     resources = detect()
     if cfg.gpu:
@@ -230,7 +256,7 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path, resume: bool 
     y_val = prep.y[prep.val_ends].astype(np.float64)
 
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "best_weights": None, "bad_epochs": 0, "history": []}
-    ckpt = load_checkpoint(checkpoint_dir) if resume else None
+    ckpt = load_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
     if resume and ckpt is None:
         log.warning("--resume: no checkpoint in %s; starting from scratch", checkpoint_dir)
     if ckpt is not None:
@@ -266,20 +292,21 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path, resume: bool 
             bar.update(len(yb))
             bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
-        val_loss = _loss_of(loss_fn, _predict(model, val_ds, device), y_val)
+        val_loss = _loss_of(loss_fn, _predict(model, val_ds, device), y_val) if len(val_ds) else None
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": val_loss,
                   "seconds": time.perf_counter() - t0}
         state["history"].append(record)
         state["epoch"] = epoch + 1
-        if val_loss < state["best_val"] - 1e-6:
-            state.update(best_val=val_loss, best_epoch=epoch + 1, bad_epochs=0,
+        if val_loss is None or val_loss < state["best_val"] - 1e-6:  # no validation: keep the latest
+            state.update(best_val=math.inf if val_loss is None else val_loss, best_epoch=epoch + 1, bad_epochs=0,
                          best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         else:
             state["bad_epochs"] += 1
-        save_checkpoint(checkpoint_dir, {
-            "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(), "state": state,
-        })
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, {
+                "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(), "state": state,
+            })
         if on_epoch:
             on_epoch(record, state)
         epochs_run += 1
@@ -474,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hardware: {profile.name} profile ({profile.reason})")
 
         def on_epoch(rec, state):
-            print(f"epoch {rec['epoch']:>3}: train loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}"
+            print(f"epoch {rec['epoch']:>3}: train loss {rec['train_loss']:.4f}  val loss {_fmt(rec['val_loss'])}"
                   f"  ({rec['seconds']:.1f}s){'  *best' if state['best_epoch'] == rec['epoch'] else ''}")
 
         card = train(cfg, out, checkpoint_dir=ckpt_dir, resume=args.resume, command=command,
