@@ -1,0 +1,15 @@
+"""Backtest runner, performance statistics and plots."""
+
+from engine.metrics import compute_stats, drawdown, infer_periods_per_year, periods_per_year_rule
+from engine.plotting import plot_backtest
+from engine.runner import BacktestResult, run_backtest
+
+__all__ = [
+    "BacktestResult",
+    "compute_stats",
+    "drawdown",
+    "infer_periods_per_year",
+    "periods_per_year_rule",
+    "plot_backtest",
+    "run_backtest",
+]

@@ -1,0 +1,186 @@
+"""Performance statistics of an equity curve and its trade list.
+
+Conventions (all returns are per-bar simple returns of the equity curve, rf = 0):
+- ``cagr``: ``(end / start) ** (1 / years) - 1`` with ``years`` the calendar time between the first
+  and last timestamp in days / 365.25 (not bars / periods_per_year).
+- ``ann_volatility``: ``std(r, ddof=1) * sqrt(ppy)``; ``sharpe``: ``mean(r) / std(r, ddof=1) * sqrt(ppy)``.
+- ``sortino``: ``mean(r) / dd * sqrt(ppy)`` with downside deviation ``dd = sqrt(mean(min(r, 0) ** 2))``
+  over *all* bars (target 0), not only the losing ones.
+- ``max_drawdown``: most negative ``equity / running_max - 1`` (a fraction <= 0).
+- ``max_drawdown_duration_*``: longest stretch from a running peak to the first bar back at or above
+  it (or to the last bar if never recovered), in bars and in calendar days.
+- Undefined ratios (zero volatility, no losing trade, no trades, ...) are ``None`` so that the
+  dict is JSON-safe: every value is a Python ``int``, ``float``, ``str`` or ``None``, never NaN/inf.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+# Trading days per year assumed when a sample is too short to count bars per calendar year.
+TRADING_DAYS_PER_YEAR = 252
+_DAYS_PER_YEAR = 365.25
+_SECONDS_PER_YEAR = _DAYS_PER_YEAR * 86_400.0
+
+
+def infer_periods_per_year(index: pd.DatetimeIndex) -> float:
+    """Bars per year of a bar index, by the rule of :func:`periods_per_year_rule`."""
+    return _infer_periods_per_year(index)[0]
+
+
+def periods_per_year_rule(index: pd.DatetimeIndex) -> str:
+    """One line saying which rule :func:`infer_periods_per_year` used for ``index`` (for configs)."""
+    return _infer_periods_per_year(index)[1]
+
+
+def _infer_periods_per_year(index: pd.DatetimeIndex) -> tuple[float, str]:
+    # Spans of at least a year: count the bar intervals actually observed per calendar year
+    # (~252 for equity dailies, ~260 for FX dailies, bars/day * days/year for intraday).
+    # Shorter spans: median bars per calendar date * 252 trading days (1 bar/day -> 252).
+    if not isinstance(index, pd.DatetimeIndex):
+        raise TypeError(f"infer_periods_per_year needs a DatetimeIndex, got {type(index).__name__}")
+    if len(index) < 2:
+        raise ValueError(f"infer_periods_per_year needs at least 2 timestamps, got {len(index)}")
+    years = (index[-1] - index[0]).total_seconds() / _SECONDS_PER_YEAR
+    if years >= 1.0:
+        ppy = (len(index) - 1) / years
+        return float(ppy), f"observed bars per calendar year: (n_bars - 1) / years = {ppy:.2f}"
+    per_day = float(pd.Series(1, index=index).groupby(index.normalize()).size().median())
+    ppy = per_day * TRADING_DAYS_PER_YEAR
+    return ppy, (
+        f"span < 1 year: median bars per date ({per_day:g}) * {TRADING_DAYS_PER_YEAR} = {ppy:.2f}"
+    )
+
+
+def compute_stats(
+    equity: pd.Series,
+    trades: pd.DataFrame | None = None,
+    *,
+    periods_per_year: float | None = None,
+    exposure: float | None = None,
+) -> dict:
+    """Return/risk/trade statistics of an equity curve (see the module docstring for conventions).
+
+    ``periods_per_year`` defaults to :func:`infer_periods_per_year` of the equity index;
+    ``exposure`` (fraction of bars in the market) defaults to one computed from the trades'
+    entry/exit times (bars with ``entry_time <= t < exit_time``).
+    """
+    eq = _check_equity(equity)
+    ppy = float(periods_per_year) if periods_per_year is not None else infer_periods_per_year(eq.index)
+    if not ppy > 0:
+        raise ValueError(f"periods_per_year must be > 0, got {periods_per_year}")
+    values = eq.to_numpy(dtype=np.float64)
+    r = values[1:] / values[:-1] - 1.0
+
+    years = (eq.index[-1] - eq.index[0]).total_seconds() / _SECONDS_PER_YEAR
+    total_return = values[-1] / values[0] - 1.0
+    cagr = (values[-1] / values[0]) ** (1.0 / years) - 1.0 if years > 0 and values[-1] > 0 else None
+
+    std = float(np.std(r, ddof=1)) if len(r) >= 2 else math.nan
+    mean = float(np.mean(r)) if len(r) else math.nan
+    downside = float(np.sqrt(np.mean(np.minimum(r, 0.0) ** 2))) if len(r) else math.nan
+    sqrt_ppy = math.sqrt(ppy)
+
+    mdd, dd_bars, dd_days = _max_drawdown(values, eq.index)
+
+    if trades is not None and len(trades):
+        pnl = trades["pnl"].to_numpy(dtype=np.float64)
+        gross_profit = float(pnl[pnl > 0].sum())
+        gross_loss = float(-pnl[pnl < 0].sum())
+        n_trades = int(len(pnl))
+        win_rate = float((pnl > 0).mean())
+        profit_factor = gross_profit / gross_loss if gross_loss > 0 else None
+        avg_trade_return = float(trades["ret"].mean())
+    else:
+        n_trades, win_rate, profit_factor, avg_trade_return = 0, None, None, None
+    if exposure is None:
+        exposure = _exposure_from_trades(eq.index, trades)
+
+    return _json_safe(
+        {
+            "start": str(eq.index[0]),
+            "end": str(eq.index[-1]),
+            "n_bars": int(len(eq)),
+            "start_value": values[0],
+            "end_value": values[-1],
+            "total_return": total_return,
+            "cagr": cagr,
+            "ann_volatility": std * sqrt_ppy,
+            "sharpe": mean / std * sqrt_ppy if std > 0 else None,
+            "sortino": mean / downside * sqrt_ppy if downside > 0 else None,
+            "max_drawdown": mdd,
+            "max_drawdown_duration_bars": dd_bars,
+            "max_drawdown_duration_days": dd_days,
+            "calmar": cagr / abs(mdd) if cagr is not None and mdd < 0 else None,
+            "n_trades": n_trades,
+            "win_rate": win_rate,
+            "profit_factor": profit_factor,
+            "avg_trade_return": avg_trade_return,
+            "exposure": exposure,
+            "periods_per_year": ppy,
+        }
+    )
+
+
+def drawdown(equity: pd.Series) -> pd.Series:
+    """Drawdown fraction (<= 0) of an equity curve relative to its running maximum."""
+    eq = _check_equity(equity)
+    return eq / eq.cummax() - 1.0
+
+
+def _check_equity(equity: pd.Series) -> pd.Series:
+    if not isinstance(equity, pd.Series) or not isinstance(equity.index, pd.DatetimeIndex):
+        raise TypeError("equity must be a pd.Series with a DatetimeIndex (BacktestResult.equity)")
+    if len(equity) < 2:
+        raise ValueError(f"equity needs at least 2 bars to compute statistics, got {len(equity)}")
+    values = equity.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError("equity must be finite and > 0 on every bar (the account was wiped out?)")
+    return equity.astype(np.float64)
+
+
+def _max_drawdown(values: np.ndarray, index: pd.DatetimeIndex) -> tuple[float, int, float]:
+    peak = np.maximum.accumulate(values)
+    mdd = float(np.min(values / peak - 1.0))
+    # Longest underwater spell: from the bar of a peak to the first bar at or above that peak.
+    best_bars, best_days = 0, 0.0
+    peak_i = 0
+    for i in range(1, len(values)):
+        if values[i] >= values[peak_i]:
+            if i - peak_i > max(best_bars, 1):  # i - peak_i == 1: never under water
+                best_bars = i - peak_i
+                best_days = (index[i] - index[peak_i]).total_seconds() / 86_400.0
+            peak_i = i
+    last = len(values) - 1
+    if last > peak_i and last - peak_i > best_bars:  # still under water at the end
+        best_bars = last - peak_i
+        best_days = (index[last] - index[peak_i]).total_seconds() / 86_400.0
+    return mdd, int(best_bars), float(best_days)
+
+
+def _exposure_from_trades(index: pd.DatetimeIndex, trades: pd.DataFrame | None) -> float:
+    if trades is None or not len(trades):
+        return 0.0
+    held = np.zeros(len(index), dtype=bool)
+    reasons = trades["exit_reason"] if "exit_reason" in trades else [None] * len(trades)
+    for entry, exit_, reason in zip(trades["entry_time"], trades["exit_time"], reasons):
+        held |= (index >= entry) & (index < exit_)
+        if reason == "end_of_data":
+            held |= index == exit_  # a synthetic exit at the last close: that bar was held
+    return float(held.mean())
+
+
+def _json_safe(stats: dict) -> dict:
+    out = {}
+    for key, value in stats.items():
+        if isinstance(value, (np.integer,)):
+            value = int(value)
+        elif isinstance(value, (float, np.floating)):
+            value = float(value)
+            if not math.isfinite(value):
+                value = None
+        out[key] = value
+    return out

@@ -1,0 +1,246 @@
+"""Run one backtrader backtest of a strategy on OHLCV data and collect equity, trades and statistics.
+
+Causality: the ATR (and the caller's signal) are computed on the *full* data, then ``start``/``end``
+slice the period traded, so indicator warm-up uses real history without seeing the future.
+Costs: ``commission`` is a fraction of traded value per side (backtrader ``COMM_PERC``, percabs);
+``slippage`` is ``broker.set_slippage_perc``: buys fill ``slippage`` higher and sells lower, capped at
+the bar's high/low, also on fills at the open (market orders, gaps through barriers).
+Fills: Cerebro runs with cheat-on-open so strategies size an entry decided at close[t] at the open of
+t+1, its fill price (notional sizing, see ``strategies.agent``); market orders still fill at that open.
+Equity is the broker value at each bar's close; its last value is net of the synthetic end_of_data
+exit's costs. Exposure = fraction of bars with a position at the close.
+Benchmark: a :class:`~strategies.BuyAndHold` backtest over the same bars with the same cash and costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from os import PathLike
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+import datafeeds
+import labeling
+from engine.metrics import compute_stats, infer_periods_per_year, periods_per_year_rule
+from strategies import TRADE_FIELDS, BuyAndHold, get_strategy
+
+log = logging.getLogger(__name__)
+
+TRADE_COLUMNS = list(TRADE_FIELDS)
+
+
+@dataclasses.dataclass
+class BacktestResult:
+    """Everything one backtest produced; ``data`` is the OHLCV of the bars traded."""
+
+    equity: pd.Series  # broker value at each bar's close (DatetimeIndex)
+    trades: pd.DataFrame  # one row per closed trade, columns TRADE_COLUMNS
+    signal: pd.Series | None  # probability used per bar (batch line or live agent), None for baselines
+    stats: dict  # engine.metrics.compute_stats of equity and trades
+    benchmark_stats: dict | None  # same for buy-and-hold over the same bars and costs
+    benchmark_equity: pd.Series | None
+    config: dict  # what was run, JSON-safe
+    periods_per_year: float
+    data: pd.DataFrame  # OHLCV of the backtest period
+    position: pd.Series  # units held at each bar's close
+
+
+class _ValueRecorder(bt.Analyzer):
+    """Broker value and position size at every bar's close (also during a strategy's warm-up)."""
+
+    def start(self):
+        self.values: list[float] = []
+        self.sizes: list[float] = []
+
+    def next(self):
+        self.values.append(self.strategy.broker.getvalue())
+        self.sizes.append(self.strategy.position.size)
+
+
+def run_backtest(
+    data: pd.DataFrame | str | PathLike,
+    strategy: str | type[bt.Strategy],
+    *,
+    cash: float = 100_000,
+    commission: float = 0.0005,
+    slippage: float = 0.0,
+    start=None,
+    end=None,
+    signal: pd.Series | np.ndarray | None = None,
+    atr: pd.Series | np.ndarray | None = None,
+    atr_period: int = 14,
+    periods_per_year: float | None = None,
+    benchmark: bool = True,
+    **params,
+) -> BacktestResult:
+    """Backtest ``strategy`` (a name in ``strategies.STRATEGIES`` or a class) on ``data``.
+
+    ``data``: a ``datafeeds.load_ohlcv`` frame, a sample name or a path. ``signal``: probabilities
+    aligned to ``data`` (for the agent strategy). ``atr`` overrides ``labeling.atr(..., atr_period)``
+    (tests use it to set barriers by hand). ``periods_per_year`` defaults to
+    ``infer_periods_per_year`` of the full data. ``params`` go to the strategy.
+    """
+    t0 = time.perf_counter()
+    df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
+    strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    if not (isinstance(strat_cls, type) and issubclass(strat_cls, bt.Strategy)):
+        raise TypeError(f"strategy must be a name or a bt.Strategy subclass, got {strategy!r}")
+    _check_params(strat_cls, params)
+    if cash <= 0 or commission < 0 or not 0 <= slippage < 1:
+        raise ValueError(f"need cash > 0, commission >= 0, 0 <= slippage < 1; got {cash}, {commission}, {slippage}")
+
+    live = bool(params.get("live", False))
+    uses_signal = bool(getattr(strat_cls, "reads_signal", False))
+    sig = _align(signal, df, "signal") if signal is not None else None
+    if uses_signal and sig is None and not live:
+        raise ValueError(
+            f"{strat_cls.__name__} reads probabilities: pass signal= (a Series aligned to the data, "
+            "e.g. OnnxAgent.predict_proba(df)) or live=True with agent="
+        )
+    if sig is not None and ((sig < 0) | (sig > 1)).any():
+        raise ValueError("signal holds values outside [0, 1]: pass probabilities (NaN = no signal)")
+    atr_full = (
+        _align(atr, df, "atr") if atr is not None
+        else pd.Series(labeling.atr(df["high"], df["low"], df["close"], atr_period), index=df.index)
+    )
+
+    period = df.loc[start:end]
+    if len(period) < 2:
+        raise ValueError(f"start={start!r}, end={end!r} leave {len(period)} bar(s) of {len(df)}: need >= 2")
+    if live and "agent_history" not in params:
+        params["agent_history"] = df.loc[df.index < period.index[0], ["open", "high", "low", "close", "volume"]]
+    ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(df.index)
+
+    lines = {"atr": atr_full.loc[period.index].to_numpy()}
+    if uses_signal:
+        lines["signal"] = (
+            sig.loc[period.index].to_numpy() if sig is not None else np.full(len(period), np.nan)
+        )
+    strat, run_seconds = _run_cerebro(period, strat_cls, lines, cash, commission, slippage, params)
+
+    rec = strat.analyzers.getbyname("values")
+    if len(rec.values) != len(period):
+        raise RuntimeError(f"recorded {len(rec.values)} equity values for {len(period)} bars")
+    equity = pd.Series(rec.values, index=period.index, name="equity", dtype=np.float64)
+    equity.iloc[-1] -= strat.eod_cost  # the synthetic end_of_data exit's slippage and commission
+    position = pd.Series(rec.sizes, index=period.index, name="position", dtype=np.float64)
+    trades = _trades_frame(strat.trade_log, period.index)
+    used_signal = (
+        pd.Series(getattr(strat, "probs", lines.get("signal")), index=period.index, name="signal", dtype=np.float64)
+        if uses_signal else None
+    )
+
+    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()))
+    stats["rejected_entries"] = int(strat.n_rejected)
+    bench_stats = bench_equity = None
+    if benchmark:
+        bench = (
+            None if strat_cls is BuyAndHold and not params else
+            run_backtest(period, BuyAndHold, cash=cash, commission=commission, slippage=slippage,
+                         atr=atr_full.loc[period.index], periods_per_year=ppy, benchmark=False)
+        )
+        bench_equity = equity if bench is None else bench.equity
+        bench_stats = stats if bench is None else bench.stats
+
+    config = {
+        "strategy": strat_cls.__name__,
+        "params": {  # every strategy parameter in effect, defaults included
+            k: _jsonable(v) for k, v in strat.p._getkwargs().items() if k not in ("agent", "agent_history")
+        },
+        "data_source": str(df.attrs.get("source", "DataFrame")),
+        "data_sha256": df.attrs.get("sha256"),
+        "start": str(period.index[0]),
+        "end": str(period.index[-1]),
+        "n_bars": int(len(period)),
+        "cash": float(cash),
+        "commission": float(commission),
+        "commission_model": "fraction of traded value per side (COMM_PERC, percabs)",
+        "slippage": float(slippage),
+        "slippage_model": "set_slippage_perc: buys up, sells down, capped at high/low, incl. opens",
+        "atr": "override" if atr is not None else f"labeling.atr(period={atr_period}) on the full data",
+        "live": live,
+        "periods_per_year": ppy,
+        "periods_per_year_rule": (
+            "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}"
+        ),
+        "benchmark": "BuyAndHold backtest, same bars, cash and costs" if benchmark else None,
+        "rejected_entries": int(strat.n_rejected),
+        "backtrader": bt.__version__,
+        "run_seconds": run_seconds,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    log.info("%s on %s: %d bars %s..%s, %d trades, %.2fs", config["strategy"], config["data_source"],
+             len(period), config["start"], config["end"], len(trades), config["total_seconds"])
+    return BacktestResult(
+        equity=equity, trades=trades, signal=used_signal, stats=stats, benchmark_stats=bench_stats,
+        benchmark_equity=bench_equity, config=config, periods_per_year=ppy, data=period, position=position,
+    )
+
+
+def _run_cerebro(period, strat_cls, lines, cash, commission, slippage, params):
+    # cheat-on-open: strategies size an entry decided at close[t] in next_open of t+1 (open known);
+    # the market order still fills at that open, exactly as without it.
+    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True, optreturn=False, cheat_on_open=True)
+    cerebro.adddata(datafeeds.to_backtrader(period, **lines))
+    cerebro.broker.set_coo(True)
+    cerebro.broker.setcash(float(cash))
+    cerebro.broker.setcommission(commission=float(commission), commtype=bt.CommInfoBase.COMM_PERC,
+                                 percabs=True, stocklike=True)
+    if slippage:
+        cerebro.broker.set_slippage_perc(float(slippage), slip_open=True, slip_limit=True,
+                                         slip_match=True, slip_out=False)
+    cerebro.addstrategy(strat_cls, **params)
+    cerebro.addanalyzer(_ValueRecorder, _name="values")
+    t0 = time.perf_counter()
+    strat = cerebro.run()[0]
+    return strat, time.perf_counter() - t0
+
+
+def _check_params(strat_cls, params: dict) -> None:
+    known = set(strat_cls.params._getkeys())
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(
+            f"{strat_cls.__name__} has no parameter(s) {unknown}; its parameters: {sorted(known)}"
+        )
+
+
+def _align(values, df: pd.DataFrame, name: str) -> pd.Series:
+    """A float Series on ``df.index`` from an array of len(df) or a Series indexed by df's timestamps."""
+    if isinstance(values, pd.Series):
+        if values.index.equals(df.index):
+            return values.astype(np.float64)
+        extra = values.index.difference(df.index)
+        if len(extra):
+            raise ValueError(
+                f"{name} has {len(extra)} timestamp(s) not in the data, first {extra[0]}: "
+                f"compute it from the same data frame"
+            )
+        return values.astype(np.float64).reindex(df.index)
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (len(df),):
+        raise ValueError(f"{name} has shape {arr.shape}, expected ({len(df)},) like the data")
+    return pd.Series(arr, index=df.index)
+
+
+def _trades_frame(log_rows: list[dict], index: pd.DatetimeIndex) -> pd.DataFrame:
+    trades = pd.DataFrame(log_rows, columns=TRADE_COLUMNS)
+    if len(trades):
+        # Timestamps from the frame's own index (backtrader's float dates can round microseconds).
+        trades["entry_time"] = index[trades["entry_bar"].to_numpy(dtype=np.int64)]
+        trades["exit_time"] = index[trades["exit_bar"].to_numpy(dtype=np.int64)]
+    for col in ("entry_bar", "exit_bar", "bars_held"):
+        trades[col] = trades[col].astype(np.int64)
+    return trades
+
+
+def _jsonable(value):
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)

@@ -1,0 +1,15 @@
+"""backtrader strategies: the agent's triple-barrier strategy and baselines, all logging their trades."""
+
+from strategies.agent import EXIT_REASONS, TRADE_FIELDS, TradeLogStrategy, TransformerAgentStrategy
+from strategies.baselines import STRATEGIES, BuyAndHold, SmaCross, get_strategy
+
+__all__ = [
+    "EXIT_REASONS",
+    "STRATEGIES",
+    "TRADE_FIELDS",
+    "BuyAndHold",
+    "SmaCross",
+    "TradeLogStrategy",
+    "TransformerAgentStrategy",
+    "get_strategy",
+]
