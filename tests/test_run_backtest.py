@@ -1,0 +1,138 @@
+"""run_backtest.py: the main command works on a fresh install, and every user error is one line + exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pandas as pd
+import pytest
+
+import run_backtest
+from agents.metadata import METADATA_KEY
+from datafeeds import load_ohlcv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(argv, capsys):
+    code = run_backtest.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_main_command_on_the_shipped_agent_is_out_of_sample(tmp_path):
+    plot, report = tmp_path / "eq.png", tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "run_backtest.py", "--agent", "models/agent1.onnx", "--plot", str(plot), "--report", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "buy & hold" in done.stdout and "Sharpe" in done.stdout
+    assert "IN-SAMPLE" not in done.stderr
+    assert plot.stat().st_size > 20_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads(report.read_text())
+    meta = {p.key: p.value for p in onnx.load(str(ROOT / "models/agent1.onnx")).metadata_props}
+    last_seen = json.loads(meta[METADATA_KEY])["dataset"]["last_bar_used"]
+    assert rep["bars"]["datetime"][0] > last_seen  # out-of-sample by default
+    assert rep["stats"]["n_trades"] == len(rep["trades"])
+    assert len(rep["bars"]["equity"]) == len(rep["bars"]["signal"]) == len(rep["bars"]["datetime"])
+    assert rep["benchmark_stats"]["n_trades"] == 1
+    assert rep["config"]["commission"] == 0.0005
+
+
+def test_report_round_trips_the_result(tiny_agent, tmp_path, capsys):
+    path, _ = tiny_agent
+    report = tmp_path / "r.json"
+    code, out, err = _run(["--agent", str(path), "--report", str(report), "--no-plot", "--threshold", "0.3"], capsys)
+    assert code == 0, err
+    rep = json.loads(report.read_text())
+    equity = pd.Series(rep["bars"]["equity"], index=pd.to_datetime(rep["bars"]["datetime"]))
+    assert equity.iloc[-1] == pytest.approx(rep["stats"]["end_value"])
+    assert rep["config"]["params"]["threshold"] == 0.3
+    assert {t["exit_reason"] for t in rep["trades"]} <= {"take_profit", "stop_loss", "time_limit", "end_of_data"}
+
+
+def test_in_sample_period_is_flagged(tiny_agent, capsys):
+    code, out, err = _run(["--agent", str(tiny_agent[0]), "--start", "2012-01-01", "--end", "2012-12-31", "--no-plot"], capsys)
+    assert code == 0
+    assert "IN-SAMPLE" in err
+
+
+def test_live_mode_gives_the_same_trades_as_batch(tiny_agent, tmp_path, capsys):
+    args = ["--agent", str(tiny_agent[0]), "--start", "2015-06-01", "--end", "2015-12-31", "--no-plot", "--threshold", "0.3"]
+    assert run_backtest.main(args + ["--report", str(tmp_path / "b.json")]) == 0
+    assert run_backtest.main(args + ["--live", "--report", str(tmp_path / "l.json")]) == 0
+    batch, live = (json.loads((tmp_path / n).read_text()) for n in ("b.json", "l.json"))
+    assert batch["trades"] and batch["trades"] == live["trades"]
+    assert batch["bars"]["equity"] == live["bars"]["equity"]
+
+
+def _agent_needing_book(src: Path, dst: Path) -> Path:
+    proto = onnx.load(str(src))
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            card = json.loads(prop.value)
+            for feat in card["features"]["features"]:
+                if feat["name"] == "obi":
+                    feat["params"]["source"] = "book"
+            prop.value = json.dumps(card)
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.fixture
+def short_csv(tmp_path):
+    path = tmp_path / "short.csv"
+    load_ohlcv("sp500").iloc[:100].to_csv(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda a, d: ["--agent", str(d / "missing.onnx")], "agent file not found"),
+        (lambda a, d: ["--agent", str(_junk(d))], "not an ONNX model"),
+        (lambda a, d: ["--agent", str(_agent_needing_book(a, d / "book.onnx"))], "needs column(s) ['bid_size', 'ask_size']"),
+        (lambda a, d: ["--agent", str(a), "--data", "sp5000"], "did you mean 'sp500'"),
+        (lambda a, d: ["--agent", str(a), "--data", str(d / "short.csv")], "bars of warm-up"),
+        (lambda a, d: ["--agent", str(a), "--start", "2030-01-01"], "need at least 2"),
+        (lambda a, d: ["--agent", str(a), "--start", "yesterday-ish"], "not a date"),
+        (lambda a, d: ["--agent", str(a), "--strategy", "smacros"], "did you mean 'smacross'"),
+        (lambda a, d: ["--agent", str(a), "--cash", "-5"], "--cash -5.0: must be a positive amount"),
+        (lambda a, d: ["--agent", str(a), "--threshold", "1.5"], "--threshold"),
+        (lambda a, d: ["--agent", str(a), "--horizon", "0"], "--horizon"),
+        (lambda a, d: ["--agent", str(a), "--commission", "-0.1"], "--commission"),
+        (lambda a, d: ["--agent", str(a), "--plot", str(d / "x.jpg")], ".png"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tiny_agent, tmp_path, short_csv, capsys, make_args, message):
+    code, out, err = _run(make_args(tiny_agent[0], tmp_path) + ["--no-plot"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def _junk(d: Path) -> Path:
+    path = d / "junk.onnx"
+    path.write_bytes(b"\x00garbage")
+    return path
+
+
+def test_unknown_option_is_a_usage_error():
+    done = subprocess.run([sys.executable, "run_backtest.py", "--agnet", "x"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr
+
+
+def test_baselines_run_by_name_without_an_agent(tmp_path, capsys):
+    code, out, err = _run(["--strategy", "buyhold", "--agent", str(tmp_path / "none.onnx"), "--data", "nasdaq",
+                           "--start", "2018-01-01", "--no-plot"], capsys)
+    assert code == 2  # an explicitly named agent that does not exist is still an error
+    code, out, err = _run(["--strategy", "smacross", "--data", "nasdaq", "--start", "2018-01-01", "--no-plot"], capsys)
+    assert code == 0, err
+    assert "smacross" in out and "buy & hold" in out
