@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .dataset import LazySequenceDataset
 from .evaluation import adversarial_auc, precision_recall, roc_auc, suggest_threshold
 from .export import export_agent
-from .features import FeatureSpec, compute_features
+from .features import FEATURES, FeatureSpec, compute_features
 from .hardware import HardwareError, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory, require_cuda, worker_init_fn
 from .losses import FocalLoss
 from .model import ModelConfig, TransformerAgent
@@ -50,7 +50,10 @@ class TrainConfig:
     start: str | None = None  # first bar used (inclusive)
     end: str | None = None  # last bar of the loaded period (inclusive)
     holdout: float = 0.2  # last fraction of the loaded bars never touched, kept for backtests
-    features: tuple[str, ...] | None = None  # feature names; None = the default set
+    # Fractional differentiation is left out by default: with its window capped at 100 bars it keeps
+    # much of the price level, so training and validation features drift apart (adversarial AUC
+    # 0.96 with it vs 0.83 without on sp500). Add it back with --features.
+    features: tuple[str, ...] | None = ("log_ret", "rsi", "macd", "atr", "volume_z", "obi")  # None: FeatureSpec.default()
     seq_len: int = 64  # bars per window
     d_model: int = 64
     n_heads: int = 4
@@ -439,7 +442,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--start", default=None, help="first date to load, e.g. 2005-01-01")
     g.add_argument("--end", default=None, help="last date to load; later bars are never seen")
     g.add_argument("--holdout", type=float, default=d.holdout, help="last fraction of loaded bars kept unseen for out-of-sample backtests")
-    g.add_argument("--features", default=None, help="comma-separated feature names (default: the full default set)")
+    g.add_argument("--features", default=",".join(d.features),
+                   help=f"comma-separated feature names, from: {', '.join(FEATURES)}")
     g = p.add_argument_group("labels (Triple Barrier)")
     g.add_argument("--pt", type=float, default=d.pt, help="take-profit barrier in ATRs")
     g.add_argument("--sl", type=float, default=d.sl, help="stop-loss barrier in ATRs")

@@ -79,8 +79,13 @@ def _signal_panel(ax, result) -> None:
     else:
         ax.plot(result.signal.index, result.signal.to_numpy(), color="tab:blue", lw=0.7, label="probability")
         threshold = result.config.get("params", {}).get("threshold", 0.5)
-        ax.axhline(threshold, color="tab:red", ls="--", lw=0.9, label=f"threshold {threshold:g}")
-        ax.set_ylim(-0.02, 1.02)
+        ax.axhline(threshold, color="tab:red", ls="--", lw=0.9, label=f"threshold {threshold:.4g}")
+        # zoom on where the probabilities live: agents trained with focal loss rarely span [0, 1]
+        values = result.signal.dropna().to_numpy()
+        lo = min(values.min(), threshold) if values.size else 0.0
+        hi = max(values.max(), threshold) if values.size else 1.0
+        pad = max(0.02, 0.1 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
         ax.legend(loc="upper left", fontsize=8)
     ax.set_ylabel("signal")
     ax.grid(alpha=0.3)

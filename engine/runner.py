@@ -10,6 +10,8 @@ t+1, its fill price (notional sizing, see ``strategies.agent``); market orders s
 Equity is the broker value at each bar's close; its last value is net of the synthetic end_of_data
 exit's costs. Exposure = fraction of bars with a position at the close.
 Benchmark: a :class:`~strategies.BuyAndHold` backtest over the same bars with the same cash and costs.
+Engines: ``engine="backtrader"`` (default, the reference) or ``"fast"`` (:mod:`engine.fastsim`, the agent
+strategy only, same result to rounding).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import pandas as pd
 import datafeeds
 import labeling
 from engine.metrics import compute_stats, infer_periods_per_year, periods_per_year_rule
-from strategies import TRADE_FIELDS, BuyAndHold, get_strategy
+from strategies import TRADE_FIELDS, BuyAndHold, TransformerAgentStrategy, get_strategy
 
 log = logging.getLogger(__name__)
 
 TRADE_COLUMNS = list(TRADE_FIELDS)
+ENGINES = ("backtrader", "fast")  # run_backtest(engine=...): the reference, and engine.fastsim
 
 
 @dataclasses.dataclass
@@ -75,6 +78,7 @@ def run_backtest(
     atr_period: int = 14,
     periods_per_year: float | None = None,
     benchmark: bool = True,
+    engine: str = "backtrader",
     **params,
 ) -> BacktestResult:
     """Backtest ``strategy`` (a name in ``strategies.STRATEGIES`` or a class) on ``data``.
@@ -82,14 +86,35 @@ def run_backtest(
     ``data``: a ``datafeeds.load_ohlcv`` frame, a sample name or a path. ``signal``: probabilities
     aligned to ``data`` (for the agent strategy). ``atr`` overrides ``labeling.atr(..., atr_period)``
     (tests use it to set barriers by hand). ``periods_per_year`` defaults to
-    ``infer_periods_per_year`` of the full data. ``params`` go to the strategy.
+    ``infer_periods_per_year`` of the full data. ``params`` go to the strategy. ``engine="fast"``
+    runs the agent strategy (batch signal only) through :func:`engine.fastsim.simulate` instead.
     """
     t0 = time.perf_counter()
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
     strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if not (isinstance(strat_cls, type) and issubclass(strat_cls, bt.Strategy)):
         raise TypeError(f"strategy must be a name or a bt.Strategy subclass, got {strategy!r}")
     _check_params(strat_cls, params)
+    if engine == "fast":
+        if strat_cls is not TransformerAgentStrategy:
+            raise ValueError(
+                f"engine='fast' simulates only the agent strategy (TransformerAgentStrategy), not "
+                f"{strat_cls.__name__}: use engine='backtrader' for it"
+            )
+        if params.get("live", False):
+            raise ValueError(
+                "engine='fast' needs a batch signal=, not live=True: use engine='backtrader' for live agents"
+            )
+        if signal is None:
+            raise ValueError("engine='fast' needs signal= (probabilities aligned to the data)")
+        from engine.fastsim import simulate  # imported here: engine.fastsim imports this module
+
+        fast_params = {k: v for k, v in params.items() if k not in ("live", "agent", "agent_history")}
+        return simulate(df, signal, atr=atr, cash=cash, commission=commission, slippage=slippage,
+                        start=start, end=end, atr_period=atr_period, periods_per_year=periods_per_year,
+                        benchmark=benchmark, **fast_params)
     if cash <= 0 or commission < 0 or not 0 <= slippage < 1:
         raise ValueError(f"need cash > 0, commission >= 0, 0 <= slippage < 1; got {cash}, {commission}, {slippage}")
 
@@ -148,6 +173,7 @@ def run_backtest(
 
     config = {
         "strategy": strat_cls.__name__,
+        "engine": "backtrader",
         "params": {  # every strategy parameter in effect, defaults included
             k: _jsonable(v) for k, v in strat.p._getkwargs().items() if k not in ("agent", "agent_history")
         },

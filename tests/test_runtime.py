@@ -94,7 +94,7 @@ def test_card_carries_everything_needed(agent, tiny_agent):
     meta = agent.meta
     assert meta["seq_len"] == TINY["seq_len"] and agent.warmup == meta["warmup"]
     assert agent.tbm.horizon == TINY["horizon"] and agent.tbm.pt == 1.5
-    assert len(meta["normalisation"]["mean"]) == len(agent.feature_names) == len(agent.spec.columns) == 9
+    assert len(meta["normalisation"]["mean"]) == len(agent.feature_names) == len(agent.spec.columns) == 8
     ds = meta["dataset"]
     assert ds["name"] == "sp500" and len(ds["sha256"]) == 64
     assert ds["train"][0] < ds["train"][1] < ds["validation"][0] < ds["validation"][1] <= ds["last_bar_used"]
