@@ -240,11 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         run = prepare_run(args)
-        kwargs = dict(cash=args.cash, commission=args.commission, slippage=args.slippage, start=run["start"],
-                      end=run["end"], signal=run["signal"], atr_period=run["atr_period"], **run["params"])
-        if args.engine != "backtrader":
-            kwargs["engine"] = args.engine
-        result = run_backtest(run["history"], args.strategy, **kwargs)
+        result = run_backtest(run["history"], args.strategy, cash=args.cash, commission=args.commission,
+                              slippage=args.slippage, start=run["start"], end=run["end"], signal=run["signal"],
+                              atr_period=run["atr_period"], engine=args.engine, **run["params"])
     except (UsageError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -71,6 +71,16 @@ def test_live_mode_gives_the_same_trades_as_batch(tiny_agent, tmp_path, capsys):
     assert batch["bars"]["equity"] == live["bars"]["equity"]
 
 
+def test_fast_engine_gives_the_backtrader_trades(tiny_agent, tmp_path):
+    args = ["--agent", str(tiny_agent[0]), "--no-plot", "--threshold", "0.3", "--slippage", "0.0002"]
+    assert run_backtest.main(args + ["--report", str(tmp_path / "bt.json")]) == 0
+    assert run_backtest.main(args + ["--engine", "fast", "--report", str(tmp_path / "fast.json")]) == 0
+    bt_rep, fast_rep = (json.loads((tmp_path / n).read_text()) for n in ("bt.json", "fast.json"))
+    assert len(bt_rep["trades"]) > 5
+    assert pd.DataFrame(fast_rep["trades"]).equals(pd.DataFrame(bt_rep["trades"]))
+    assert fast_rep["bars"]["equity"] == pytest.approx(bt_rep["bars"]["equity"], rel=1e-9)
+
+
 def _agent_needing_book(src: Path, dst: Path) -> Path:
     proto = onnx.load(str(src))
     for prop in proto.metadata_props:
@@ -87,7 +97,7 @@ def _agent_needing_book(src: Path, dst: Path) -> Path:
 @pytest.fixture
 def short_csv(tmp_path):
     path = tmp_path / "short.csv"
-    load_ohlcv("sp500").iloc[:100].to_csv(path)
+    load_ohlcv("sp500").iloc[:50].to_csv(path)  # fewer bars than the tiny agent's warm-up
     return path
 
 
