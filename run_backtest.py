@@ -21,8 +21,7 @@ import numpy as np
 import pandas as pd
 
 from agents import AgentFileError, OnnxAgent
-from agents.export import write_atomic
-from datafeeds import DataError, load_ohlcv
+from datafeeds import DataError, load_ohlcv, write_atomic
 from engine import plot_backtest, run_backtest
 from strategies import STRATEGIES, get_strategy
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .export import write_atomic
+from datafeeds import write_atomic
 
 CHECKPOINT_NAME = "last.pt"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
+from datafeeds import write_atomic
 
 from . import metadata as _meta
 
@@ -72,19 +73,3 @@ def export_agent(model: torch.nn.Module, card: dict, path: str | os.PathLike, ex
 
     write_atomic(path, blob)
     return path
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

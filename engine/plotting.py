@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from os import PathLike
 from pathlib import Path
 
@@ -13,6 +12,7 @@ matplotlib.use("Agg")  # headless; backtrader's own plotting forces TkAgg and fa
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from datafeeds import write_atomic  # noqa: E402
 from engine.metrics import drawdown  # noqa: E402
 
 _EXIT_COLOURS = {
@@ -43,15 +43,9 @@ def plot_backtest(result, path: str | PathLike, *, title: str | None = None) -> 
         _drawdown_panel(axes[3], result)
         fig.suptitle(title, fontsize=12)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format="png", dpi=110)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        write_atomic(path, buffer.getvalue())
     finally:
         plt.close(fig)
     return path

@@ -551,3 +551,30 @@ def test_bad_frame_rejected():
         to_backtrader(df)
     with pytest.raises(DataError, match="expected a pandas DataFrame"):
         to_backtrader(np.zeros((3, 5)))
+
+
+def test_write_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
+    from datafeeds import write_atomic
+
+    target = tmp_path / "sub" / "out.bin"
+    write_atomic(target, b"first")
+    write_atomic(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("datafeeds.atomic.os.replace", broken_replace)
+    with pytest.raises(OSError):
+        write_atomic(target, b"third")
+    assert target.read_bytes() == b"second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]  # no temp file left behind
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
