@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 import pandas as pd
 import backtrader as bt
+from backtrader.utils import date2num
 
 from datafeeds.errors import DataError
 
@@ -15,6 +18,40 @@ _RESERVED = (
     frozenset(_BASE.datafields) | frozenset(_BASE.params._getkeys()) | frozenset(dir(_BASE))
     | {"p", "l", "data", "datas", "owner", "env", "cerebro"}  # set on instances, not in dir()
 )
+
+
+class _ArrayPandasData(_BASE):
+    """PandasData that reads each row from arrays cached at start() instead of one ``.iloc`` per value.
+
+    Same values and the same ``load()`` path (filters, from/to dates, time zones) as the stock feed,
+    whose ``_load`` spends most of a preload in pandas scalar indexing (one lookup per line per bar).
+    """
+
+    def start(self):
+        super().start()  # resolves self._colmapping to column positions
+        frame = self.p.dataname
+        fields = [f for f in self.getlinealiases() if f != "datetime" and self._colmapping[f] is not None]
+        self._targets = [getattr(self.lines, f) for f in fields]
+        self._values = frame.iloc[:, [self._colmapping[f] for f in fields]].to_numpy(dtype=np.float64)
+        # Timestamps in the index (as to_backtrader builds it): the stock conversion, done once per row here.
+        self._dtnums = (
+            array.array("d", map(date2num, frame.index.to_pydatetime()))
+            if self._colmapping["datetime"] is None else None
+        )
+
+    def _load(self):
+        if self._dtnums is None:
+            return super()._load()
+        self._idx += 1
+        if self._idx >= len(self._values):
+            return False
+        for line, value in zip(self._targets, self._values[self._idx].tolist()):
+            line[0] = value
+        self.lines.datetime[0] = self._dtnums[self._idx]
+        return True
+
+
+# () -> the stock class: a plain OHLCV feed is exactly bt.feeds.PandasData
 _CLASSES: dict[tuple[str, ...], type] = {(): _BASE}
 
 
@@ -70,7 +107,7 @@ def _feed_class(names: tuple[str, ...]) -> type:
             "lines": names,
             "params": tuple((n, None) for n in names),  # None = column absent unless passed
         }
-        cls = type(_BASE)(f"PandasData_{'_'.join(names)}", (_BASE,), namespace)
+        cls = type(_BASE)(f"PandasData_{'_'.join(names)}", (_ArrayPandasData,), namespace)
         _CLASSES[names] = cls
     return cls
 

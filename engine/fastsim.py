@@ -16,9 +16,8 @@ Speed (benchmarks/bench_fastsim.py, 100k bars, 2-core EPYC): kernel ~6 ms, whole
 (statistics and frames), backtrader ~56 s.
 Arithmetic follows backtrader's own order of float operations (cash, commission, ``order.executed.price
 = units * price / units``), so results agree to rounding (tests: rtol 1e-9, in practice bit-equal).
-One deliberate difference: with ``horizon=1`` the time exit is ordered on the fill bar, before the
-barrier orders are accepted; backtrader then cannot cancel them and a stale stop later opens a short.
-Here the barriers are simply never worked and the position leaves at the next open.
+With ``horizon=1`` the time exit is ordered at the fill bar's close, so neither engine works the
+barriers: the position leaves at the next open.
 """
 
 from __future__ import annotations

@@ -228,6 +228,12 @@ class TransformerAgentStrategy(TradeLogStrategy):
                     f"datafeeds.to_backtrader(df, {line}=...) or use engine.run_backtest"
                 )
         self.probs: list[float] = []  # the probability used at each bar (batch or live)
+        # Line buffers resolved once: ``line[0]`` is this bar's value, without the per-bar attribute
+        # lookup through the feed's lines (a measurable share of a backtest's pure-Python overhead).
+        self._atr_line = self.data.lines.atr
+        self._signal_line = None if self.p.live else self.data.lines.signal
+        self._threshold = self.p.threshold
+        self._horizon = self.p.horizon
 
     def start(self):
         super().start()
@@ -241,24 +247,31 @@ class TransformerAgentStrategy(TradeLogStrategy):
     def next(self):
         # Look-ahead guard: only [0] (this bar) or negative indices; with preload, [1] would
         # silently return the next bar's value.
-        d = self.data
-        if self.p.live:
+        if self._signal_line is None:  # live
+            d = self.data
             prob = float(self.p.agent.update(
                 _bar_dict(self._now(), d.open[0], d.high[0], d.low[0], d.close[0], d.volume[0])
             ))
         else:
-            prob = float(d.signal[0])
+            prob = float(self._signal_line[0])
         self.probs.append(prob)
 
         if self._open is not None:  # in a trade: only the time barrier is ours to check
-            if self._bar() - self._open["entry_bar"] + 1 >= self.p.horizon:
+            if self._bar() - self._open["entry_bar"] + 1 >= self._horizon:
                 self._exit_market(TIME_LIMIT)
             return
-        atr = float(d.atr[0])
-        if self._is_flat() and prob >= self.p.threshold and atr > 0:  # NaN compares False
-            self._enter(atr=atr)
+        # Cheapest test first; NaN compares False, so no-signal bars stop here.
+        if prob >= self._threshold and self._is_flat():
+            atr = float(self._atr_line[0])
+            if atr > 0:
+                self._enter(atr=atr)
 
     def _on_entry_filled(self, order):
+        if self._horizon <= 1:
+            # The time exit is ordered at this very bar's close and fills at the next open, before a
+            # barrier could ever be checked; submitting them anyway would leave orders backtrader
+            # cannot cancel yet (still Submitted), which later fill against no position.
+            return
         entry, atr, size = order.executed.price, self._open["atr"], order.executed.size
         # Stop first: FIFO processing makes it win when one bar spans both barriers.
         stop = self.sell(exectype=bt.Order.Stop, price=entry - self.p.sl * atr, size=size)

@@ -44,7 +44,7 @@ def _replace_line(lineno, new):
 
 def test_public_names():
     assert sorted(datafeeds.__all__) == sorted(
-        ["load_ohlcv", "list_samples", "sample_info", "file_sha256", "DataError", "to_backtrader"]
+        ["load_ohlcv", "list_samples", "sample_info", "file_sha256", "DataError", "to_backtrader", "write_atomic"]
     )
     assert issubclass(DataError, ValueError)
 

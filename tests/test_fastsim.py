@@ -168,14 +168,16 @@ def test_slippage_caps_match_backtrader(name):
 
 
 def test_horizon_one_exits_at_the_next_open_without_barriers():
-    # backtrader differs here (see engine.fastsim): the fill bar's barrier orders are not yet accepted
-    # when the time exit cancels them, and a stale stop later opens a short.
+    # the time exit is ordered at the fill bar's close, so no barrier is ever worked (both engines)
     df = _bars(overrides={5: (100.2, 103.0, 97.0, 100.0), 12: (100.0, 100.2, 98.0, 99.0)})
     res = _fast(df, _signal(20, 3), horizon=1)
     t = res.trades.iloc[0]
     assert len(res.trades) == 1
     assert (t["entry_bar"], t["exit_bar"], t["exit_reason"], t["exit_price"]) == (4, 5, "time_limit", 100.2)
     assert (res.position.iloc[5:] == 0).all()
+    kw = dict(signal=_signal(20, 3), atr=np.full(len(df), 1.0), cash=CASH, commission=COMM, benchmark=False,
+              horizon=1)
+    _assert_same(res, run_backtest(df, "agent", **kw))
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -1,0 +1,279 @@
+"""Benchmark: the agent strategy on backtrader against backtrader's own floor, plus signal generation.
+
+Bars: real sp500 daily bars resampled with replacement (each drawn bar brings its close-to-close log
+return, its open/high/low offsets from its close and its volume, jointly), on a minute index so that
+100k bars stay inside pandas' timestamp range. Runs, all over feeds built by ``datafeeds.to_backtrader``
+with the same ``atr`` and ``signal`` lines (but (a0)), preload + runonce, stdstats=False:
+(a)  a bare strategy (``next()`` does nothing) in a plain Cerebro: backtrader's floor;
+(a0) the same over a stock ``bt.feeds.PandasData`` of the OHLCV alone (what backtrader's docs measure);
+(a') the same bare strategy through ``engine.run_backtest`` (cheat-on-open, equity recorder, ATR, stats);
+(r)  a minimal strategy that replays the agent run's exact orders (entry, stop, OCO limit, time exit)
+     through ``run_backtest``: what backtrader's order handling alone costs for that order flow;
+(b)  ``run_backtest(df, "agent", signal=AR(1) probabilities)``, split into cerebro.run and the rest;
+(f)  the same through ``run_backtest(..., engine="fast")`` (engine.fastsim), checked trade for trade;
+(c)  ``OnnxAgent.predict_proba`` of the shipped agent on a prefix of the same bars (warm-up excluded),
+     extrapolated linearly to all bars (batch inference is linear in the number of windows).
+Wall and CPU seconds are both shown: the machine may be shared, and CPU time of these single-threaded
+backtests is the steadier number. Acceptance target: (b) cerebro.run <= 1.5x (a).
+
+    python benchmarks/bench_backtest.py [--bars 100000 --seed 0 --repeat 1 --signal-rate 0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+import datafeeds
+import labeling
+from engine import run_backtest
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.5  # acceptance: agent strategy on precomputed signals <= 1.5x the bare pass
+AGENT_WARMUP = 162  # NaN bars at the start of the synthetic signal, like agent1's warm-up
+
+
+def bootstrap_bars(src: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """n bars whose (log return, open/high/low offsets to close, volume) are drawn jointly from real bars."""
+    c = src["close"].to_numpy(float)
+    r = np.log(c[1:] / c[:-1])
+    offsets = np.log(src[["open", "high", "low"]].to_numpy(float)[1:] / c[1:, None])
+    volume = src["volume"].to_numpy(float)[1:]
+    pick = np.random.default_rng(seed).integers(0, r.size, size=n)
+    close = c[0] * np.exp(np.cumsum(r[pick]))
+    o, h, lo = (close * np.exp(offsets[pick, k]) for k in range(3))
+    index = pd.date_range("2000-01-03", periods=n, freq="min", name="datetime")
+    df = pd.DataFrame({"open": o, "high": h, "low": lo, "close": close, "volume": volume[pick]}, index=index)
+    df.attrs["source"] = f"sp500 bootstrap n={n} seed={seed}"
+    return df
+
+
+def ar1_probs(n: int, seed: int, phi: float = 0.95, scale: float = 0.35) -> np.ndarray:
+    """Persistent probabilities: the logistic of an AR(1) logit; NaN for the first AGENT_WARMUP bars."""
+    eps = np.random.default_rng(seed + 1).normal(0.0, scale, size=n)
+    z = np.empty(n)
+    z[0] = eps[0] / np.sqrt(1 - phi**2)
+    for i in range(1, n):
+        z[i] = phi * z[i - 1] + eps[i]
+    p = 1.0 / (1.0 + np.exp(-z))
+    p[:AGENT_WARMUP] = np.nan
+    return p
+
+
+class _Bare(bt.Strategy):
+    # the attributes engine.run_backtest reads from our strategies (strategies.TradeLogStrategy)
+    trade_log: list = []
+    n_rejected = 0
+    eod_cost = 0.0
+
+    def next(self):
+        pass
+
+
+class _Replay(_Bare):
+    """Places exactly the orders of a finished agent run, with no bookkeeping of its own."""
+
+    params = (("entries", None), ("time_exits", None))  # signal bar -> (size, stop, take); exit-decision bars
+
+    def __init__(self):
+        self._todo = self._plan = None
+        self._entry_ref = None
+        self._exits = []
+
+    def next(self):
+        bar = len(self) - 1
+        if bar in self.p.entries:
+            self._todo = self.p.entries[bar]
+        elif bar in self.p.time_exits:
+            for order in self._exits:
+                self.cancel(order)
+            self._exits = []
+            self.close()
+
+    def next_open(self):
+        if self._todo is not None:
+            self._entry_ref = self.buy(size=self._todo[0]).ref
+            self._plan, self._todo = self._todo, None
+
+    def notify_order(self, order):
+        if order.ref == self._entry_ref and order.status == order.Completed:
+            _, stop, take = self._plan
+            size = order.executed.size
+            s = self.sell(exectype=bt.Order.Stop, price=stop, size=size)
+            self._exits = [s, self.sell(exectype=bt.Order.Limit, price=take, size=size, oco=s)]
+
+
+def replay_plan(trades: pd.DataFrame, pt: float, sl: float) -> dict:
+    """_Replay parameters from an agent run's trade list (barriers from the executed entry price)."""
+    entries = {
+        int(t.entry_bar) - 1: (t.size, t.entry_price - sl * t.atr, t.entry_price + pt * t.atr)
+        for t in trades.itertuples()
+    }
+    time_exits = {int(t.exit_bar) - 1 for t in trades.itertuples() if t.exit_reason == "time_limit"}
+    return {"entries": entries, "time_exits": time_exits}
+
+
+def plain_cerebro_run(df: pd.DataFrame, lines: dict) -> tuple[float, float]:
+    """(wall, cpu) seconds of cerebro.run with the bare strategy and no engine around it.
+
+    No lines: ``to_backtrader`` returns a stock ``bt.feeds.PandasData`` (one ``.iloc`` per value loaded).
+    """
+    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True, optreturn=False)
+    cerebro.adddata(datafeeds.to_backtrader(df, **lines))
+    cerebro.addstrategy(_Bare)
+    w, c = time.perf_counter(), time.process_time()
+    cerebro.run()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def engine_run(df: pd.DataFrame, strategy, **kwargs):
+    """(wall, cpu, cerebro.run wall, result) of one run_backtest call."""
+    w, c = time.perf_counter(), time.process_time()
+    res = run_backtest(df, strategy, benchmark=False, **kwargs)
+    return time.perf_counter() - w, time.process_time() - c, res.config["run_seconds"], res
+
+
+def fast_run(df: pd.DataFrame, probs: np.ndarray, atr: np.ndarray, params: dict):
+    """(wall, cpu, result) of run_backtest with engine="fast" (engine.fastsim)."""
+    w, c = time.perf_counter(), time.process_time()
+    res = run_backtest(df, "agent", signal=probs, atr=atr, engine="fast", benchmark=False, **params)
+    return time.perf_counter() - w, time.process_time() - c, res
+
+
+def best_of(fn, repeat: int):
+    """Run fn() `repeat` times; elementwise minimum of the numeric leading fields, last extra field kept."""
+    runs = [fn() for _ in range(repeat)]
+    k = sum(isinstance(v, float) for v in runs[0])
+    return [min(r[i] for r in runs) for i in range(k)] + list(runs[-1][k:])
+
+
+def machine_info() -> str:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"cpu: {model}; logical cores: {os.cpu_count()} (usable: {usable}); python {platform.python_version()}, "
+            f"backtrader {bt.__version__}, numpy {np.__version__}, pandas {pd.__version__}")
+
+
+def load_avg() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else "load average n/a"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bars", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the minimum is reported")
+    ap.add_argument("--signal-rate", type=float, default=0.3,
+                    help="fraction of bars whose probability reaches the threshold (agent1: 0.29 on validation)")
+    ap.add_argument("--agent", default=str(ROOT / "models" / "agent1.onnx"))
+    ap.add_argument("--signal-bars", type=int, default=20_000,
+                    help="bars of the prefix timed for (c), extrapolated to --bars; 0 = all bars")
+    args = ap.parse_args()
+    if not 0 < args.signal_rate < 1 or args.bars <= AGENT_WARMUP + 100:
+        ap.error(f"need 0 < --signal-rate < 1 and --bars > {AGENT_WARMUP + 100}")
+
+    print(machine_info())
+    print(f"at start: {load_avg()}")
+    df = bootstrap_bars(datafeeds.load_ohlcv("sp500"), args.bars, args.seed)
+    n = len(df)
+    probs = ar1_probs(n, args.seed)
+    threshold = float(np.nanquantile(probs, 1 - args.signal_rate))
+    params = dict(threshold=threshold, pt=1.5, sl=1.5, horizon=20)
+
+    labeling.atr(df["high"].iloc[:100], df["low"].iloc[:100], df["close"].iloc[:100], 14)  # warm-up
+    t0 = time.perf_counter()
+    atr = labeling.atr(df["high"], df["low"], df["close"], 14)
+    t_atr = time.perf_counter() - t0
+    lines = {"atr": atr, "signal": probs}
+    t0 = time.perf_counter()
+    datafeeds.to_backtrader(df, **lines)
+    t_feed = time.perf_counter() - t0
+
+    w_a0, c_a0 = best_of(lambda: plain_cerebro_run(df, {}), args.repeat)
+    w_a, c_a = best_of(lambda: plain_cerebro_run(df, lines), args.repeat)
+    w_ea, c_ea, r_ea, _ = best_of(lambda: engine_run(df, _Bare, atr=atr), args.repeat)
+    w_b, c_b, r_b, res = best_of(lambda: engine_run(df, "agent", signal=probs, atr=atr, **params), args.repeat)
+    trades = res.trades
+    w_r, c_r, r_r, rep = best_of(lambda: engine_run(df, _Replay, atr=atr, **replay_plan(trades, 1.5, 1.5)),
+                                 args.repeat)
+    # The replay must reproduce the agent's fills: same equity at every close but the last (the
+    # agent's synthetic end_of_data exit adjusts only the last value).
+    same = np.allclose(rep.equity.to_numpy()[:-1], res.equity.to_numpy()[:-1], rtol=1e-12, atol=1e-9)
+
+    run_backtest(df.iloc[:2000], "agent", signal=probs[:2000], atr=atr[:2000], engine="fast",
+                 benchmark=False, **params)  # warm-up: numba cache load or compile
+    w_f, c_f, fast = best_of(lambda: fast_run(df, probs, atr, params), args.repeat)
+    fast_same = len(fast.trades) == len(trades) and np.allclose(
+        fast.equity.to_numpy(), res.equity.to_numpy(), rtol=1e-9, atol=1e-6)
+
+    t_load = t_warm = t_pred = float("nan")
+    m = n if args.signal_bars <= 0 else min(n, args.signal_bars)
+    if Path(args.agent).is_file():
+        from agents.runtime import OnnxAgent
+
+        t0 = time.perf_counter()
+        agent = OnnxAgent.load(args.agent)
+        t_load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        agent.predict_proba(df.iloc[: agent.warmup + 1024])  # numba cache load, ORT allocations
+        t_warm = time.perf_counter() - t0
+        prefix = df.iloc[:m]
+
+        def predict():
+            t0 = time.perf_counter()
+            agent.predict_proba(prefix)
+            return (time.perf_counter() - t0,)
+        (t_pred,) = best_of(predict, args.repeat)
+        t_pred *= n / m
+    else:
+        print(f"agent file {args.agent} not found: skipping (c)")
+
+    print(f"bars: {n:,} bootstrapped from sp500 daily (seed {args.seed}), minute index; AR(1) probabilities, "
+          f"threshold {threshold:.4f} reached on {np.nanmean(probs >= threshold):.1%} of bars")
+    print(f"agent run: {len(trades):,} trades (one per {n / max(1, len(trades)):.1f} bars), "
+          f"exposure {res.stats.get('exposure', float('nan')):.1%}; replay reproduces its equity: {same}; "
+          f"fast engine: {len(fast.trades):,} trades, same equity: {fast_same}")
+    print(f"\n{'measurement':56s} {'wall s':>8s} {'cpu s':>8s} {'bars/s':>9s} {'wall/(a)':>9s} {'cpu/(a)':>8s}")
+
+    def row(name, w, c=float("nan")):
+        cpu = f"{c:8.2f}" if c == c else f"{'':8s}"
+        rc = f"{c / c_a:8.2f}" if c == c else ""
+        print(f"{name:56s} {w:8.2f} {cpu} {n / w:9,.0f} {w / w_a:9.2f} {rc}")
+
+    row("(a0) as (a), stock PandasData of OHLCV only: cerebro.run", w_a0, c_a0)
+    row("(a)  bare next(), plain Cerebro: cerebro.run", w_a, c_a)
+    row("(a') bare next() via run_backtest: total", w_ea, c_ea)
+    row("       of which cerebro.run", r_ea)
+    row("(r)  replay of the agent's orders via run_backtest: total", w_r, c_r)
+    row("       of which cerebro.run", r_r)
+    row("(b)  agent strategy via run_backtest: total", w_b, c_b)
+    row("       of which cerebro.run", r_b)
+    row("       of which ATR, checks, feed build, frames, stats", w_b - r_b)
+    row("(f)  agent strategy via run_backtest(engine='fast'): total", w_f, c_f)
+    row("(c)  OnnxAgent.predict_proba" + (f" ({m:,}-bar prefix, scaled)" if m < n else ""), t_pred)
+    print(f"pieces of (b)'s rest timed alone: labeling.atr {t_atr * 1e3:.1f} ms, to_backtrader {t_feed * 1e3:.1f} ms; "
+          f"(c) excludes agent load {t_load:.2f} s and a warm-up call {t_warm:.2f} s")
+    print(f"repeat: {args.repeat} (minimum reported); at end: {load_avg()}")
+    verdict = "meets" if max(r_b / w_a, c_b / c_a) <= TARGET_RATIO else "misses"
+    print(f"\nacceptance ({verdict} the <= {TARGET_RATIO}x target): agent strategy / bare pass (a) = "
+          f"{r_b / w_a:.2f}x wall (cerebro.run), {c_b / c_a:.2f}x cpu (run_backtest total); same harness "
+          f"(b)/(a') = {c_b / c_ea:.2f}x cpu; the agent's own Python over backtrader's cost of its orders "
+          f"(b)/(r) = {c_b / c_r:.2f}x cpu; fast engine: {c_f / c_a:.3f}x cpu of (a)")
+
+
+if __name__ == "__main__":
+    main()
