@@ -126,24 +126,23 @@ class OnnxAgent:
     def reset(self) -> None:
         """Forget streamed history (start of a new live session)."""
         keep = self.warmup + 1 + STREAM_HISTORY
-        self._bars = deque(maxlen=keep)
-        self._times = deque(maxlen=keep)
+        self._columns = {name: deque(maxlen=keep) for name in self.required_columns}
+        self._n = 0
 
     def update(self, bar) -> float:
-        """Feed one closed bar (mapping or Series with open/high/low/close/volume [+ extras], and
-        optionally ``datetime``); return its probability, NaN while warming up."""
+        """Feed one closed bar (a mapping or Series with the agent's required columns, e.g.
+        open/high/low/close/volume); return its probability, NaN while warming up."""
         get = bar.get if hasattr(bar, "get") else (lambda k, d=None: getattr(bar, k, d))
-        row = {}
-        for name in self.required_columns:
-            value = get(name, None)
-            if value is None:
-                raise ValueError(f"streamed bar lacks column '{name}' that agent {self.path} needs")
-            row[name] = float(value)
-        self._bars.append(row)
-        self._times.append(get("datetime", len(self._times)))
-        if len(self._bars) <= self.warmup:
+        values = [get(name, None) for name in self.required_columns]
+        missing = [n for n, v in zip(self.required_columns, values) if v is None]
+        if missing:
+            raise ValueError(f"streamed bar lacks column(s) {missing} that agent {self.path} needs")
+        for name, value in zip(self.required_columns, values):
+            self._columns[name].append(float(value))
+        self._n += 1
+        if self._n <= self.warmup:
             return float("nan")
-        frame = pd.DataFrame(list(self._bars), index=pd.RangeIndex(len(self._bars)))
+        frame = pd.DataFrame({name: np.fromiter(col, float, len(col)) for name, col in self._columns.items()})
         x = self._normalised_features(frame)[-self.seq_len :]  # (L, F)
         if np.isnan(x).any():
             return float("nan")
