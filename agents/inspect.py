@@ -26,7 +26,8 @@ def model_card(agent: OnnxAgent) -> str:
         f"labels      TBM pt={agent.tbm.pt} sl={agent.tbm.sl} horizon={agent.tbm.horizon} atr_period={agent.tbm.atr_period}",
         f"data        {ds['name']}  sha256 {ds['sha256'][:16]}...",
         f"            train {ds['train'][0]} .. {ds['train'][1]}",
-        f"            validation {ds['validation'][0]} .. {ds['validation'][1]}",
+        f"            validation {ds['validation'][0]} .. {ds['validation'][1]}" if ds.get("validation")
+        else "            validation: none (refit on train + validation)",
         f"            last bar seen {ds['last_bar_used']}; out-of-sample from {ds.get('holdout_start')}",
         f"balance     train positive rate {_num(lb.get('train_positive_rate'), '.3f')} ({lb.get('train_events')} events),"
         f" validation {_num(lb.get('val_positive_rate'), '.3f')} ({lb.get('val_events')})",
@@ -39,6 +40,10 @@ def model_card(agent: OnnxAgent) -> str:
         f"training    {m.get('epochs_run')} epochs, best {m.get('best_epoch')}",
         f"command     {meta['training_command']}",
     ]
+    wf = meta.get("walk_forward")
+    if wf:
+        lines.append(f"walk-fwd    study {wf.get('study')} fold {wf.get('fold')}, test {wf.get('test', ['?', '?'])[0]} .."
+                     f" {wf.get('test', ['?', '?'])[1]}, best trial {wf.get('best_trial')}: {wf.get('params')}")
     return "\n".join(lines)
 
 

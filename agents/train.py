@@ -393,7 +393,9 @@ def build_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, metric
             "last_bar_used": str(idx[-1]),  # nothing after this bar was seen in training
             "holdout_start": None if prep.holdout_start is None else str(prep.holdout_start),
             "train": [str(idx[train_lo]), str(idx[int(prep.train_ends.max())])],
-            "validation": [str(idx[int(prep.val_ends.min())]), str(idx[int(prep.val_ends.max())])],
+            # None for a refit that trains on its validation block too (walk-forward)
+            "validation": ([str(idx[int(prep.val_ends.min())]), str(idx[int(prep.val_ends.max())])]
+                           if len(prep.val_ends) else None),
         },
         "metrics": metrics,
         "train_config": cfg.to_dict(),

@@ -1,0 +1,100 @@
+"""Deflated Sharpe Ratio: the paper's worked example, hand-computed cases and input checks."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from engine.deflated_sharpe import (
+    EULER_GAMMA,
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
+    moments,
+    probabilistic_sharpe_ratio,
+    sharpe_ratio,
+)
+
+
+def test_paper_worked_example():
+    # Bailey & Lopez de Prado (2014), numerical example: N=100 trials, V[SR]=1/2 (annualised),
+    # SR=2.5 annualised, T=1250 daily returns, skew=-3, kurtosis=10 -> SR0=0.1132, DSR=0.9004 (daily)
+    sr = 2.5 / math.sqrt(250)
+    sr0 = expected_max_sharpe(100, 0.5 / 250)
+    assert sr0 == pytest.approx(0.1132, abs=5e-5)
+    assert probabilistic_sharpe_ratio(sr, sr0, 1250, -3.0, 10.0) == pytest.approx(0.9004, abs=5e-5)
+
+
+def test_expected_max_sharpe_by_hand():
+    # N=10, V=0.04: sqrt(V)=0.2; Phi^-1(0.9)=1.2815516, Phi^-1(1-1/(10e))=Phi^-1(0.9632121)=1.7897...
+    z1 = NormalDist().inv_cdf(0.9)
+    z2 = NormalDist().inv_cdf(1 - 1 / (10 * math.e))
+    assert z1 == pytest.approx(1.2815516, abs=1e-6)
+    expected = 0.2 * ((1 - EULER_GAMMA) * z1 + EULER_GAMMA * z2)
+    assert expected_max_sharpe(10, 0.04) == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(0.2 * (0.4227843 * 1.2815516 + 0.5772157 * z2), rel=1e-6)
+
+
+def test_no_selection_means_benchmark_zero():
+    assert expected_max_sharpe(1, 0.3) == 0.0
+    assert expected_max_sharpe(50, 0.0) == 0.0
+    # more trials -> higher bar to clear
+    assert expected_max_sharpe(2, 0.01) < expected_max_sharpe(10, 0.01) < expected_max_sharpe(1000, 0.01)
+
+
+def test_psr_of_normal_returns_against_zero():
+    # skew 0, kurt 3: denominator sqrt(1 + SR^2 / 2); SR=0.1, T=101 -> z = 0.1 * 10 / sqrt(1.005)
+    z = 0.1 * 10 / math.sqrt(1.005)
+    assert probabilistic_sharpe_ratio(0.1, 0.0, 101, 0.0, 3.0) == pytest.approx(NormalDist().cdf(z), rel=1e-12)
+    assert probabilistic_sharpe_ratio(0.1, 0.1, 101, 0.0, 3.0) == pytest.approx(0.5)
+
+
+def test_sharpe_and_moments_of_a_tiny_series():
+    r = [0.01, -0.02, 0.03, 0.0]
+    mean, std = 0.005, math.sqrt(((0.005) ** 2 + 0.025**2 + 0.025**2 + 0.005**2) / 3)
+    assert sharpe_ratio(r) == pytest.approx(mean / std, rel=1e-12)
+    # symmetric deviations (+-0.005, +-0.025) -> skew 0; kurtosis m4/m2^2 by hand
+    m2 = (2 * 0.005**2 + 2 * 0.025**2) / 4
+    m4 = (2 * 0.005**4 + 2 * 0.025**4) / 4
+    skew, kurt = moments(r)
+    assert skew == pytest.approx(0.0, abs=1e-12)
+    assert kurt == pytest.approx(m4 / m2**2, rel=1e-12)
+    assert sharpe_ratio([0.01, 0.01, 0.01]) is None
+
+
+def test_deflated_sharpe_ratio_from_returns_matches_the_pieces():
+    rng = np.random.default_rng(0)
+    r = rng.normal(0.001, 0.01, 500)
+    trial_srs = [0.05, 0.1, -0.02, 0.08, None]  # None: a pruned trial, counted in N only
+    out = deflated_sharpe_ratio(r, trial_srs, n_trials=5)
+    var = float(np.var([0.05, 0.1, -0.02, 0.08], ddof=1))
+    assert out["var_trial_sharpe"] == pytest.approx(var)
+    assert out["sr0"] == pytest.approx(expected_max_sharpe(5, var))
+    skew, kurt = moments(r)
+    assert out["dsr"] == pytest.approx(probabilistic_sharpe_ratio(sharpe_ratio(r), out["sr0"], 500, skew, kurt))
+    assert out["n_obs"] == 500 and out["n_trials"] == 5
+    # a bigger search for the same result deflates it more
+    assert deflated_sharpe_ratio(r, trial_srs, n_trials=500)["dsr"] < out["dsr"]
+
+
+def test_flat_returns_have_no_dsr():
+    out = deflated_sharpe_ratio([0.0, 0.0, 0.0], [0.1, 0.2])
+    assert out["dsr"] is None and out["sharpe"] is None
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: expected_max_sharpe(0, 0.1), "n_trials"),
+        (lambda: expected_max_sharpe(3, -1.0), "var_sharpe"),
+        (lambda: probabilistic_sharpe_ratio(0.1, 0.0, 1, 0.0, 3.0), "n_obs"),
+        (lambda: probabilistic_sharpe_ratio(0.1, 0.0, 10, 0.0, 0.5), "kurtosis"),
+        (lambda: sharpe_ratio([0.1, float("nan")]), "NaN"),
+        (lambda: deflated_sharpe_ratio([0.01, 0.02, 0.0], [0.1, 0.2, 0.3], n_trials=2), "below"),
+    ],
+)
+def test_bad_input_is_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
