@@ -35,7 +35,7 @@ from .dataset import LazySequenceDataset
 from .evaluation import adversarial_auc, precision_recall, roc_auc, suggest_threshold
 from .export import export_agent
 from .features import FEATURES, FeatureSpec, compute_features
-from .hardware import HardwareError, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory, require_cuda, worker_init_fn
+from .hardware import HardwareError, Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory, require_cuda, worker_init_fn
 from .losses import FocalLoss
 from .model import ModelConfig, TransformerAgent
 
@@ -225,7 +225,7 @@ def _epoch_batches(ds, batch_size, seed, epoch, num_workers, pin_memory):
 
 
 def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume: bool = False,
-        on_epoch=None, stop_after: int | None = None, progress: bool = True) -> dict:
+        on_epoch=None, stop_after: int | None = None, progress: bool = True, profile: Profile | None = None) -> dict:
     """Train with early stopping, checkpointing every epoch; return the result with the best weights.
 
     With no validation windows it runs exactly ``cfg.epochs`` epochs and keeps the last weights
@@ -236,7 +236,7 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
     resources = detect()
     if cfg.gpu:
         require_cuda()
-    profile = choose_profile(resources, cfg.profile, gpu=cfg.gpu)
+    profile = profile or choose_profile(resources, cfg.profile, gpu=cfg.gpu)
     device = torch.device(profile.device)
     batch_size = cfg.batch_size or profile.batch_size
     configure_main_threads(resources)
@@ -411,13 +411,14 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, out: Path, *, checkpoint_dir: Path, resume: bool = False, command: str = "",
-          on_epoch=None, stop_after: int | None = None, progress: bool = True) -> TrainResult | None:
+          on_epoch=None, stop_after: int | None = None, progress: bool = True,
+          profile: Profile | None = None) -> TrainResult | None:
     """The whole pipeline, ending with ``out`` written; None if stopped early by ``stop_after`` (tests)."""
     if cfg.gpu:
         require_cuda()  # fail before loading anything
     prep = prepare(cfg)
     res = fit(cfg, prep, checkpoint_dir=checkpoint_dir, resume=resume, on_epoch=on_epoch,
-              stop_after=stop_after, progress=progress)
+              stop_after=stop_after, progress=progress, profile=profile)
     if res["interrupted"]:
         return None
     model, state = res["model"], res["state"]
@@ -511,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"  ({rec['seconds']:.1f}s){'  *best' if state['best_epoch'] == rec['epoch'] else ''}")
 
         card = train(cfg, out, checkpoint_dir=ckpt_dir, resume=args.resume, command=command,
-                     on_epoch=on_epoch, progress=not args.quiet).card
+                     on_epoch=on_epoch, progress=not args.quiet, profile=profile).card
     except (DataError, HardwareError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
