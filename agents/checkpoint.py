@@ -27,4 +27,9 @@ def load_checkpoint(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / CHECKPOINT_NAME
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or foreign files raise anything from OSError to UnpicklingError
+        raise ValueError(
+            f"{path}: not a readable training checkpoint ({type(exc).__name__}); delete it or run without --resume"
+        ) from None

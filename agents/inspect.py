@@ -31,8 +31,11 @@ def model_card(agent: OnnxAgent) -> str:
         f"            last bar seen {ds['last_bar_used']}; out-of-sample from {ds.get('holdout_start')}",
         f"balance     train positive rate {_num(lb.get('train_positive_rate'), '.3f')} ({lb.get('train_events')} events),"
         f" validation {_num(lb.get('val_positive_rate'), '.3f')} ({lb.get('val_events')})",
-        f"loss        train {_num(m.get('train_loss'))} vs no-skill baseline {_num(m.get('baseline_train_loss'))}",
-        f"            validation {_num(m.get('val_loss'))} vs no-skill baseline {_num(m.get('baseline_val_loss'))}",
+        f"focal loss  train {_num(m.get('train_loss'))} vs no-skill baseline {_num(m.get('baseline_train_loss'))}"
+        f" (base rate), {_num(m.get('best_constant_train_loss'))} (best constant p={_num(m.get('best_constant_p'), '.3f')})",
+        f"            validation {_num(m.get('val_loss'))} vs no-skill baseline {_num(m.get('baseline_val_loss'))}"
+        f" (base rate), {_num(m.get('best_constant_val_loss'))} (best constant)",
+        f"log-loss    validation {_num(m.get('val_logloss'))} vs {_num(m.get('baseline_val_logloss'))} (base rate)",
         f"AUC         validation {_num(m.get('val_auc'), '.3f')}; adversarial (train vs validation features)"
         f" {_num(m.get('adversarial_auc'), '.3f')}, 0.5 = no drift",
         f"threshold   {agent.threshold:.4f} ({m.get('threshold_rule', 'given')}); at it on validation: precision"

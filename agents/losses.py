@@ -77,6 +77,29 @@ def constant_prediction_loss(
     return float(focal_loss(logits, targets, alpha, gamma, "mean"))
 
 
+def best_constant_probability(targets: torch.Tensor, alpha: float | None = 0.25, gamma: float = 2.0) -> float:
+    """The constant probability with the lowest mean focal loss on ``targets``.
+
+    Under focal loss this is not the base rate (alpha re-weights the classes, gamma discounts
+    confident hits), so it is the honest no-skill bar: a model must beat it to show any skill.
+    """
+    targets = torch.as_tensor(targets, dtype=torch.float64)
+    if targets.numel() == 0 or bool(torch.all(targets == targets[0])):
+        raise ValueError("targets of a single class have no meaningful constant baseline")
+
+    def loss(z: float) -> float:
+        return float(focal_loss(torch.full_like(targets, z), targets, alpha, gamma, "mean"))
+
+    lo, hi = -12.0, 12.0  # logits; the mean loss of a constant is unimodal in it
+    for _ in range(80):  # golden-section search: the bracket shrinks to ~1e-15
+        a, b = hi - 0.618033988749895 * (hi - lo), lo + 0.618033988749895 * (hi - lo)
+        if loss(a) <= loss(b):
+            hi = b
+        else:
+            lo = a
+    return 1.0 / (1.0 + math.exp(-(lo + hi) / 2))
+
+
 class FocalLoss(nn.Module):
     """nn.Module form of :func:`focal_loss`; gamma=0, alpha=None is exactly BCEWithLogitsLoss."""
 

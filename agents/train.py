@@ -33,10 +33,10 @@ from . import metadata as _meta
 from .checkpoint import load_checkpoint, save_checkpoint
 from .dataset import LazySequenceDataset
 from .evaluation import adversarial_auc, precision_recall, roc_auc, suggest_threshold
-from .export import export_agent
+from .export import ExportError, export_agent
 from .features import FEATURES, FeatureSpec, compute_features
 from .hardware import HardwareError, Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory, require_cuda, worker_init_fn
-from .losses import FocalLoss
+from .losses import FocalLoss, best_constant_probability
 from .model import ModelConfig, TransformerAgent
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,12 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
+            raise ValueError(f"--focal-alpha must be in [0, 1] (or negative for none), got {self.focal_alpha}")
+        if not (self.focal_gamma >= 0 and math.isfinite(self.focal_gamma)):
+            raise ValueError(f"--focal-gamma must be >= 0, got {self.focal_gamma}")
         if self.profile not in ("auto", "beast", "safe"):
             raise ValueError(f"--profile must be auto, beast or safe, got {self.profile!r}")
         self.tbm  # validates pt/sl/horizon/atr_period
@@ -144,6 +150,13 @@ def prepare(cfg: TrainConfig) -> Prepared:
     fit_df = df.iloc[:cut]
     pos, t1, x, names, spec, y = _featurise_and_label(cfg, fit_df, what="bars before the holdout")
     train_ends, val_ends = purged_train_val_split(pos, t1, cfg.val_fraction, purge=cfg.horizon)
+    for name, ends in (("training", train_ends), ("validation", val_ends)):
+        classes = np.unique(y[ends])
+        if classes.size < 2:
+            raise ValueError(
+                f"{cfg.data}: every {name} label is {int(classes[0])} with --pt {cfg.pt} --sl {cfg.sl} "
+                f"--horizon {cfg.horizon}; nothing to learn: use barriers the price can reach"
+            )
     return _assemble(cfg, fit_df, x, names, spec, y, train_ends, val_ends,
                      holdout_start=df.index[cut] if cut < len(df) else None)
 
@@ -239,13 +252,13 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
     profile = profile or choose_profile(resources, cfg.profile, gpu=cfg.gpu)
     device = torch.device(profile.device)
     batch_size = cfg.batch_size or profile.batch_size
-    configure_main_threads(resources)
+    threads = configure_main_threads(resources)
 
     torch.manual_seed(cfg.seed)
     model = TransformerAgent(cfg.model_config(len(prep.names))).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
     mc = model.config
-    need = estimate_train_memory(len(prep.x), len(prep.names), cfg.seq_len, batch_size, n_params, profile.num_workers,
+    need = estimate_train_memory(len(prep.x), len(prep.names), cfg.seq_len, batch_size, model.num_parameters(),
+                                 profile.num_workers,
                                  d_model=mc.d_model, n_layers=mc.n_layers, n_heads=mc.n_heads,
                                  dim_feedforward=mc.dim_feedforward)
     check_fits(need, resources)
@@ -253,6 +266,8 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp = profile.amp and device.type == "cuda"
+    # what, besides the config, decides the numbers an epoch produces; a resume must match it
+    run = {"batch_size": batch_size, "device": device.type, "amp": amp, "threads": threads, "data_sha256": prep.sha256}
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     train_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.train_ends)
     val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
@@ -263,7 +278,7 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
     if resume and ckpt is None:
         log.warning("--resume: no checkpoint in %s; starting from scratch", checkpoint_dir)
     if ckpt is not None:
-        _check_resumable(ckpt["config"], cfg)
+        _check_resumable(ckpt, cfg, run, checkpoint_dir)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -307,7 +322,7 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
             state["bad_epochs"] += 1
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, {
-                "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "config": cfg.to_dict(), "run": run, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict(), "state": state,
             })
         if on_epoch:
@@ -322,15 +337,22 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
             "batch_size": batch_size, "resources": resources}
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
-    now = cfg.to_dict()
-    diff = [k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != now[k]]
+def _check_resumable(ckpt: dict, cfg: TrainConfig, run: dict, directory) -> None:
+    """Refuse a resume that would not continue the same computation."""
+    saved, now = ckpt.get("config", {}), cfg.to_dict()
+    diff = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in now
+            if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    saved_run = ckpt.get("run", {})
+    diff += [f"{k}={saved_run.get(k)!r} (now {run[k]!r})" for k in ("batch_size", "device", "amp", "data_sha256")
+             if saved_run.get(k) != run[k]]
     if diff:
         raise ValueError(
-            "--resume: the checkpoint was made with different settings "
-            + ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in diff)
-            + "; rerun with the original options or without --resume"
+            f"--resume: the checkpoint in {directory} was made with different settings " + ", ".join(diff)
+            + "; rerun with the original options (e.g. --batch-size) or without --resume"
         )
+    if saved_run.get("threads") != run["threads"]:
+        log.warning("resuming with %s CPU threads where the checkpoint used %s: float results may differ slightly",
+                    run["threads"], saved_run.get("threads"))
 
 
 def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
@@ -345,12 +367,22 @@ def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epo
     base_rate = float(y_tr.mean())
     p_tr, p_va = 1 / (1 + np.exp(-z_tr)), 1 / (1 + np.exp(-z_va))
     threshold = cfg.threshold if cfg.threshold is not None else suggest_threshold(p_tr, base_rate)
+    # No-skill references, all fitted on training labels and scored on each set: the base rate (the
+    # issue's baseline, and the best constant under log-loss) and, for focal loss, the best constant,
+    # which lies elsewhere; a model beating only the base rate under focal loss may just be recalibrated.
+    p_const = best_constant_probability(torch.from_numpy(y_tr), cfg.focal_alpha, cfg.focal_gamma)
+    bce = FocalLoss(alpha=None, gamma=0.0)  # = binary cross-entropy (log-loss)
     return {
         "train_loss": _loss_of(loss_fn, z_tr, y_tr),
         "val_loss": _loss_of(loss_fn, z_va, y_va),
-        # the no-skill model: always predict the training base rate
+        "val_loss_note": "from the epoch with the lowest validation loss (early stopping): optimistic",
         "baseline_train_loss": loss_fn.baseline(torch.from_numpy(y_tr), base_rate),
         "baseline_val_loss": loss_fn.baseline(torch.from_numpy(y_va), base_rate),
+        "best_constant_p": p_const,
+        "best_constant_train_loss": loss_fn.baseline(torch.from_numpy(y_tr), p_const),
+        "best_constant_val_loss": loss_fn.baseline(torch.from_numpy(y_va), p_const),
+        "val_logloss": _loss_of(bce, z_va, y_va),
+        "baseline_val_logloss": bce.baseline(torch.from_numpy(y_va), base_rate),
         "val_auc": roc_auc(y_va, z_va),
         "train_auc": roc_auc(y_tr, z_tr),
         "threshold": threshold,
@@ -437,7 +469,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m agents.train",
         description="Train a TransformerAgent on Triple Barrier labels and export it to ONNX. "
-        "Defaults train on the bundled S&P 500 sample, holding out its last 20%% for backtests.",
+        "Defaults train on the bundled S&P 500 sample, holding out its last 20% for backtests.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
@@ -459,18 +491,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=d.dropout)
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--patience", type=int, default=d.patience, help="epochs without validation improvement before stopping")
-    g.add_argument("--batch-size", type=int, default=None, help="default: the hardware profile's")
+    g.add_argument("--batch-size", type=int, default=None, help="windows per step; None = the hardware profile's")
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="last fraction of labelled events used for validation")
     g.add_argument("--focal-alpha", type=float, default=d.focal_alpha, help="focal loss weight of positives; negative = none")
     g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help="focal loss focusing parameter (0 = cross-entropy)")
-    g.add_argument("--threshold", type=float, default=None, help="signal threshold stored in the agent (default: chosen on training predictions)")
+    g.add_argument("--threshold", type=float, default=None, help="signal threshold stored in the agent; None = the training-set quantile that signals as often as positives occur")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("hardware and output")
     g.add_argument("--gpu", action="store_true", help="train on CUDA; exits at once if CUDA is absent")
     g.add_argument("--profile", default=d.profile, choices=["auto", "beast", "safe"], help="hardware profile (auto detects GPU memory and the container's RAM)")
     g.add_argument("--out", default="models/agent1.onnx", help="where to write the ONNX agent")
-    g.add_argument("--checkpoint-dir", default=None, help="default: checkpoints/<out name>/")
+    g.add_argument("--checkpoint-dir", default=None, help="where checkpoints go; None = checkpoints/<out name>/")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -516,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, HardwareError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ExportError as exc:
+        print(f"error: {exc} (the last checkpoint is kept in {ckpt_dir})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: {command} --resume", file=sys.stderr)
         return 130
@@ -528,8 +563,11 @@ def main(argv: list[str] | None = None) -> int:
           f"  validation {ds['validation'][0][:10]}..{ds['validation'][1][:10]}  holdout from {str(ds['holdout_start'])[:10]}")
     print(f"labels      train positive rate {lb['train_positive_rate']:.3f} ({lb['train_events']} events)"
           f"  val {lb['val_positive_rate']:.3f} ({lb['val_events']})")
-    print(f"loss        train {m['train_loss']:.4f} (baseline {m['baseline_train_loss']:.4f})"
-          f"  val {m['val_loss']:.4f} (baseline {m['baseline_val_loss']:.4f})  best epoch {m['best_epoch']}")
+    print(f"focal loss  train {m['train_loss']:.4f}  val {m['val_loss']:.4f} (best epoch {m['best_epoch']})")
+    print(f"  no skill  base rate: train {m['baseline_train_loss']:.4f}  val {m['baseline_val_loss']:.4f};"
+          f"  best constant p={m['best_constant_p']:.3f}: train {m['best_constant_train_loss']:.4f}"
+          f"  val {m['best_constant_val_loss']:.4f}")
+    print(f"log-loss    val {m['val_logloss']:.4f} (base rate {m['baseline_val_logloss']:.4f})")
     print(f"val AUC     {_fmt(m['val_auc'], '.3f')}   adversarial AUC {_fmt(m['adversarial_auc'], '.3f')} (0.5 = no drift)")
     print(f"threshold   {m['threshold']:.4f}  val precision {_fmt(pr['precision'], '.3f')}  recall {_fmt(pr['recall'], '.3f')}"
           f"  signal rate {_fmt(pr['signal_rate'], '.3f')}")

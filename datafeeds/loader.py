@@ -163,10 +163,16 @@ def _read(path: Path, label: str) -> _Table:
             # Blank lines kept (then dropped below) so row i stays on file line i + 2.
             raw = pd.read_csv(path, skip_blank_lines=False, low_memory=False)
             t = _Table(label, "line", np.arange(2, len(raw) + 2))
+            for col in map(str, raw.columns):  # read_csv renames a repeated header "close" to "close.1"
+                m = re.fullmatch(r"(.+)\.\d+", col)
+                if m and m.group(1) in raw.columns:
+                    raise t.error("duplicate column name", column=m.group(1), header=True, fix="rename one of them")
             blank = raw.isna().all(axis=1).to_numpy()
             if blank.any():
                 raw = raw.loc[~blank]
                 t.lines = t.lines[~blank]
+    except DataError:
+        raise
     except pd.errors.EmptyDataError:
         raise DataError("empty file: no header and no rows", file=label,
                         fix="write a header line (datetime,open,high,low,close,volume) and data rows") from None
@@ -262,9 +268,16 @@ def _timestamps_into(t: _Table, raw: pd.DataFrame, roles: dict[str, str], found:
         both = d.notna() & tm.notna()
         text = (d.astype(str) + " " + tm.astype(str)).where(both)
         label = f"{roles['date']}+{roles['time']}"
-    elif "date" in roles or "time" in roles:
-        col = roles.get("date", roles.get("time"))
+    elif "date" in roles:
+        col = roles["date"]
         text, label = raw[col], str(col)
+    elif "time" in roles:
+        col = roles["time"]
+        text, label = raw[col], str(col)
+        first = str(text.dropna().iloc[0]) if text.notna().any() else ""
+        if len(first) <= 8 and ":" in first:  # "09:30" or "09:30:00": pandas would stamp it with today's date
+            raise t.error(f"column holds times of day only ({first!r}), no dates", pos=0, column=label,
+                          fix="add a date column (Date + Time are combined) or full timestamps")
     else:
         raise t.error(f"no timestamp column (found: {found})", column="datetime", header=True,
                       fix="name it datetime, date, timestamp or time (or give Date and Time columns)")

@@ -578,3 +578,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("datetime,open,high,low,close,close,volume\n2020-01-01,1,2,0.5,1.5,1.5,10\n", r"line 1 \(header\), column 'close': duplicate column name"),
+        ("time,open,high,low,close,volume\n09:30,1,2,0.5,1.5,10\n", r"line 2, column 'time': column holds times of day only"),
+    ],
+)
+def test_repeated_header_and_time_only_column_are_refused(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_ohlcv(path)

@@ -115,3 +115,17 @@ def test_constant_prediction_baseline():
     assert FocalLoss(None, 0.0).baseline(y, p=0.5) > entropy
     with pytest.raises(ValueError, match="base_rate"):
         FocalLoss().baseline(torch.zeros(4))
+
+
+def test_best_constant_beats_the_base_rate_under_focal_loss_and_equals_it_under_log_loss():
+    from agents.losses import best_constant_probability, constant_prediction_loss
+
+    y = torch.tensor([1.0] * 40 + [0.0] * 60)
+    grid = np.linspace(0.001, 0.999, 9981)
+    losses = [constant_prediction_loss(float(p), y, 0.25, 2.0) for p in grid]
+    p = best_constant_probability(y, 0.25, 2.0)
+    assert p == pytest.approx(grid[int(np.argmin(losses))], abs=2e-4)
+    assert constant_prediction_loss(p, y, 0.25, 2.0) < constant_prediction_loss(0.4, y, 0.25, 2.0)
+    assert best_constant_probability(y, None, 0.0) == pytest.approx(0.4, abs=1e-6)
+    with pytest.raises(ValueError, match="single class"):
+        best_constant_probability(torch.zeros(5))

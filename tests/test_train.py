@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from agents import train as train_mod
 from agents.checkpoint import load_checkpoint
 from datafeeds import load_ohlcv
 from agents.runtime import OnnxAgent
+from agents.hardware import choose_profile, detect
 from agents.train import TrainConfig, fit, main, prepare
 from conftest import TINY
 
@@ -39,6 +41,11 @@ def test_card_reports_losses_beside_the_no_skill_baseline(tiny_agent):
     base = m["label_balance"]["train_positive_rate"]
     expected = FocalLoss(alpha=0.25, gamma=2.0).baseline(torch.tensor(y_val, dtype=torch.float32), base)
     assert m["baseline_val_loss"] == pytest.approx(expected, rel=1e-6)
+    # under focal loss the base rate is not the best constant: the honest no-skill bar is lower
+    assert m["best_constant_train_loss"] <= m["baseline_train_loss"]
+    assert abs(m["best_constant_p"] - base) > 0.01
+    # log-loss is reported beside its own base-rate baseline
+    assert math.isfinite(m["val_logloss"]) and math.isfinite(m["baseline_val_logloss"])
     assert 0.0 <= m["threshold"] <= 1.0
     assert len(m["history"]) == m["epochs_run"] == TINY["epochs"]
 
@@ -94,6 +101,20 @@ def test_resume_refuses_different_settings(tmp_path):
         fit(other, prep, checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
+def test_resume_refuses_a_different_batch_size_and_names_a_broken_checkpoint(tmp_path):
+    cfg = TrainConfig(**TINY)
+    prep = prepare(cfg)
+    fit(cfg, prep, checkpoint_dir=tmp_path, stop_after=1, progress=False)
+    other = TrainConfig(**{**TINY, "batch_size": None})  # the profile's batch size (64 here) is fine...
+    fit(other, prep, checkpoint_dir=tmp_path / "copy", stop_after=1, progress=False)
+    with pytest.raises(ValueError, match=r"batch_size=64 \(now 1024\)"):
+        fit(other, prep, checkpoint_dir=tmp_path, resume=True, progress=False,
+            profile=dataclasses.replace(choose_profile(detect(), "safe"), batch_size=1024))
+    (tmp_path / "last.pt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="last.pt: not a readable training checkpoint .*; delete it or run without --resume"):
+        fit(cfg, prep, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
 def _cli(*args):
     return ["--data", "sp500", "--start", TINY["start"], "--end", TINY["end"], "--holdout", "0.25",
             "--seq-len", "16", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--batch-size", "64",
@@ -143,6 +164,9 @@ def test_gpu_flag_without_cuda_fails_fast():
         (["--horizon", "3000"], "horizon"),
         (["--val-fraction", "1.5"], "--val-fraction"),
         (["--lr", "-1"], "--lr"),
+        (["--pt", "50", "--sl", "50"], "every training label is 0"),
+        (["--seed", "-1"], "--seed"),
+        (["--focal-alpha", "2"], "--focal-alpha"),
     ],
 )
 def test_bad_options_exit_2_with_one_clear_line(args, message, capsys, tmp_path):
@@ -156,7 +180,7 @@ def test_command_line_training_writes_an_agent_the_runtime_loads(tmp_path, capsy
     out = tmp_path / "cli.onnx"
     assert main(_cli("--epochs", "1", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ck"))) == 0
     printed = capsys.readouterr().out
-    assert "baseline" in printed and "hardware: safe profile" in printed
+    assert "no skill" in printed and "best constant" in printed and "hardware: safe profile" in printed
     agent = OnnxAgent.load(out)
     assert agent.meta["training_command"].startswith("python -m agents.train --data sp500")
     assert agent.meta["dataset"]["sha256"] and agent.meta["dataset"]["holdout_start"]
