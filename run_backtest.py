@@ -67,8 +67,9 @@ def _check_options(args) -> None:
         get_strategy(args.strategy)
     except ValueError as exc:
         raise UsageError(f"--strategy: {exc}") from None
+    fin = math.isfinite
     checks = [
-        ("--cash", args.cash, args.cash > 0, "a positive amount"),
+        ("--cash", args.cash, fin(args.cash) and args.cash > 0, "a positive amount"),
         ("--commission", args.commission, 0 <= args.commission < 1, "a fraction in [0, 1)"),
         ("--slippage", args.slippage, 0 <= args.slippage < 1, "a fraction in [0, 1)"),
         ("--threshold", args.threshold, args.threshold is None or 0 <= args.threshold <= 1, "a probability in [0, 1]"),
@@ -85,6 +86,12 @@ def _check_options(args) -> None:
         raise UsageError("--engine fast simulates the agent strategy only; use --engine backtrader for baselines")
     if args.live and args.strategy != "agent":
         raise UsageError("--live streams bars through the agent; it needs --strategy agent")
+    if args.live and args.engine == "fast":
+        raise UsageError("--live streams bars through backtrader; drop --engine fast")
+    if args.strategy != "agent":
+        given = [name for name in ("threshold", "pt", "sl", "horizon") if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0]} sets the agent strategy; --strategy {args.strategy} does not use it")
 
 
 def _load_agent(args) -> OnnxAgent | None:
@@ -117,19 +124,23 @@ def prepare_run(args):
         raise UsageError(f"--data: {exc}") from None
     start, end = _timestamp(args.start, "--start"), _timestamp(args.end, "--end")
     notes = []
-    last_seen = pd.Timestamp(agent.meta["dataset"]["last_bar_used"]) if agent else None
-    same_data = agent is not None and (
-        data_name == agent.meta["dataset"]["name"] or df.attrs.get("sha256") == agent.meta["dataset"]["sha256"]
-    )
-    if start is None and same_data:
-        after = df.index[df.index > last_seen]
-        if len(after) == 0:
-            raise UsageError(f"{data_name} has no bars after the agent's training data (last bar seen {last_seen}); "
-                             "pass --start to backtest in-sample or use newer data")
-        start = after[0]
-    if same_data and (start is None or start <= last_seen):
-        notes.append(f"warning: the period overlaps the agent's training data (up to {last_seen.date()}): "
-                     "results are IN-SAMPLE")
+    if agent is not None:
+        # out-of-sample by date, whatever the data: markets move together, so an agent trained on one
+        # index up to 2014 has seen the 2014 regime of every other
+        first_seen = pd.Timestamp(agent.meta["dataset"]["first_bar"])
+        last_seen = pd.Timestamp(agent.meta["dataset"]["last_bar_used"])
+        if start is None:
+            after = df.index[df.index > last_seen]
+            if len(after) == 0:
+                raise UsageError(f"{data_name} ends {df.index[-1].date()}, before the agent's training data does "
+                                 f"({last_seen.date()}); pass --start to backtest in-sample or use newer data")
+            start = after[0]
+        period_end = min(end, df.index[-1]) if end is not None else df.index[-1]
+        if start <= last_seen and period_end >= first_seen:
+            same = data_name == agent.meta["dataset"]["name"] or df.attrs.get("sha256") == agent.meta["dataset"]["sha256"]
+            notes.append(f"warning: the period overlaps the agent's training period ({first_seen.date()} .. "
+                         f"{last_seen.date()}{'' if same else ', on ' + agent.meta['dataset']['name']}): "
+                         "results are IN-SAMPLE")
     history = df.loc[:end] if end is not None else df
     period = history.loc[start:] if start is not None else history
     if len(period) < 2:
@@ -242,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_backtest(run["history"], args.strategy, cash=args.cash, commission=args.commission,
                               slippage=args.slippage, start=run["start"], end=run["end"], signal=run["signal"],
                               atr_period=run["atr_period"], engine=args.engine, **run["params"])
-    except (UsageError, DataError) as exc:
+    except (UsageError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for note in run["notes"]:
@@ -254,15 +265,21 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(result.equity)} bars), cash {args.cash:,.0f}, commission {args.commission:g}, "
               f"slippage {args.slippage:g}" + (f", threshold {run['params']['threshold']:.4f}" if run["params"] else ""))
     print(results_table(result, label))
-    if not args.no_plot:
-        plot = Path(args.plot or f"reports/{label}_{Path(str(run['data_name'])).stem}.png")
-        plot_backtest(result, plot, title=f"{label} on {run['data_name']}")
-        if not args.quiet:
-            print(f"plot: {plot}")
-    if args.report:
-        write_atomic(args.report, json.dumps(build_report(result, run, args), indent=1, allow_nan=False).encode())
-        if not args.quiet:
-            print(f"report: {args.report}")
+    target = args.report
+    try:
+        if not args.no_plot:
+            plot = target = Path(args.plot or f"reports/{label}_{Path(str(run['data_name'])).stem}.png")
+            plot_backtest(result, plot, title=f"{label} on {run['data_name']}")
+            if not args.quiet:
+                print(f"plot: {plot}")
+        if args.report:
+            target = args.report
+            write_atomic(args.report, json.dumps(build_report(result, run, args), indent=1, allow_nan=False).encode())
+            if not args.quiet:
+                print(f"report: {args.report}")
+    except OSError as exc:
+        print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -89,8 +89,11 @@ class TradeLogStrategy(bt.Strategy):
 
     def _enter(self, **info) -> None:
         """Decide at this close to buy at the next open; ``info`` (e.g. atr) goes to the trade record."""
+        notional = self.p.size_frac * self.broker.getvalue()
+        if notional <= 0.0:  # nothing left to invest (costs have eaten the account)
+            return
         self._intent = {"signal_time": self._now(), "atr": math.nan, **info}
-        self._notional = self.p.size_frac * self.broker.getvalue()
+        self._notional = notional
 
     def start(self):
         if not (self.cerebro.p.cheat_on_open and self.broker.p.coo):
@@ -107,6 +110,9 @@ class TradeLogStrategy(bt.Strategy):
         unit_cost = price + self.broker.getcommissioninfo(self.data).getcommission(1.0, price)
         # backtrader rejects (Margin) a fill costing a hair more than the cash: keep _CASH_EPS spare
         order = self.buy(size=self._notional / unit_cost * (1.0 - _CASH_EPS))
+        if order is None:  # backtrader refuses a zero size: the account can no longer buy anything
+            self._intent = None
+            return
         self._live[order.ref] = order
         self._entry_ref = order.ref
         self._pending_entry, self._intent = self._intent, None
@@ -120,6 +126,8 @@ class TradeLogStrategy(bt.Strategy):
             self.cancel(order)  # immediate in the backtest broker (also cancels its OCO sibling)
         self._live.clear()
         order = self.close()
+        if order is None:  # no units held (a zero-size fill): nothing to sell
+            return
         self._live[order.ref] = order
         self._reason[order.ref] = reason
 

@@ -97,7 +97,7 @@ def _agent_needing_book(src: Path, dst: Path) -> Path:
 @pytest.fixture
 def short_csv(tmp_path):
     path = tmp_path / "short.csv"
-    load_ohlcv("sp500").iloc[:50].to_csv(path)  # fewer bars than the tiny agent's warm-up
+    load_ohlcv("sp500", start="2017-01-01").iloc[:50].to_csv(path)  # after training, shorter than warm-up
     return path
 
 
@@ -117,6 +117,10 @@ def short_csv(tmp_path):
         (lambda a, d: ["--agent", str(a), "--horizon", "0"], "--horizon"),
         (lambda a, d: ["--agent", str(a), "--commission", "-0.1"], "--commission"),
         (lambda a, d: ["--agent", str(a), "--plot", str(d / "x.jpg")], ".png"),
+        (lambda a, d: ["--agent", str(a), "--cash", "inf"], "--cash inf"),
+        (lambda a, d: ["--agent", str(a), "--live", "--engine", "fast"], "drop --engine fast"),
+        (lambda a, d: ["--agent", str(a), "--strategy", "buyhold", "--pt", "2"], "--pt sets the agent strategy"),
+        (lambda a, d: ["--agent", str(a), "--data", "stoxx50_1d"], "before the agent's training data does"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tiny_agent, tmp_path, short_csv, capsys, make_args, message):
@@ -146,3 +150,18 @@ def test_baselines_run_by_name_without_an_agent(tmp_path, capsys):
     code, out, err = _run(["--strategy", "smacross", "--data", "nasdaq", "--start", "2018-01-01", "--no-plot"], capsys)
     assert code == 0, err
     assert "smacross" in out and "buy & hold" in out
+
+
+def test_unwritable_outputs_are_one_line_errors(tiny_agent, capsys):
+    code, out, err = _run(["--agent", str(tiny_agent[0]), "--plot", "/proc/nowhere/x.png", "--quiet"], capsys)
+    assert code == 2 and err.strip() == "error: cannot write /proc/nowhere/x.png: No such file or directory"
+
+
+def test_other_data_defaults_to_after_the_training_period_too(tiny_agent, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    code, out, err = _run(["--agent", str(tiny_agent[0]), "--data", "nasdaq", "--no-plot", "--report", str(report)], capsys)
+    assert code == 0 and "IN-SAMPLE" not in err
+    last_seen = tiny_agent[1].card["dataset"]["last_bar_used"]
+    assert json.loads(report.read_text())["bars"]["datetime"][0] > last_seen
+    code, out, err = _run(["--agent", str(tiny_agent[0]), "--data", "nasdaq", "--start", "2010-01-01", "--no-plot"], capsys)
+    assert code == 0 and "IN-SAMPLE" in err and "on sp500" in err
