@@ -37,10 +37,10 @@ import labeling
 from engine.metrics import compute_stats, infer_periods_per_year, periods_per_year_rule
 from engine.runner import BacktestResult, _align, _jsonable, _trades_frame
 from strategies import EXIT_REASONS, TRADE_FIELDS
+from strategies.base import CASH_EPS
 
 log = logging.getLogger(__name__)
 
-_CASH_EPS = 1e-9  # strategies.agent._CASH_EPS: sizing headroom so rounding never exceeds the cash
 # Exit-reason codes of the kernel: positions in strategies.EXIT_REASONS.
 _TP = EXIT_REASONS.index("take_profit")
 _SL = EXIT_REASONS.index("stop_loss")
@@ -112,7 +112,7 @@ def _simulate_nb(open_, high, low, close, signal, atr, threshold, pt, sl, horizo
             intent = False
             price = o * (1.0 + slippage)
             unit_cost = price + 1.0 * commission * price
-            size = notional / unit_cost * (1.0 - _CASH_EPS)
+            size = notional / unit_cost * (1.0 - CASH_EPS)
             # broker.check_submitted: margin check at the unslipped open
             c = cash - size * o
             c -= size * commission * o

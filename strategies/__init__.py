@@ -1,6 +1,7 @@
 """backtrader strategies: the agent's triple-barrier strategy and baselines, all logging their trades."""
 
-from strategies.agent import EXIT_REASONS, TRADE_FIELDS, TradeLogStrategy, TransformerAgentStrategy
+from strategies.agent import TransformerAgentStrategy
+from strategies.base import EXIT_REASONS, TRADE_FIELDS, TradeLogStrategy
 from strategies.baselines import STRATEGIES, BuyAndHold, SmaCross, get_strategy
 
 __all__ = [

@@ -6,7 +6,8 @@ import difflib
 
 import backtrader as bt
 
-from strategies.agent import SIGNAL_EXIT, TradeLogStrategy, TransformerAgentStrategy
+from strategies.agent import TransformerAgentStrategy
+from strategies.base import SIGNAL_EXIT, TradeLogStrategy
 
 
 class BuyAndHold(TradeLogStrategy):

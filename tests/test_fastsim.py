@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from strategies.base import CASH_EPS
+
 import datafeeds
 from engine import run_backtest
 from engine.fastsim import simulate
@@ -13,7 +15,7 @@ from strategies import TRADE_FIELDS
 
 CASH = 100_000.0
 COMM = 0.001
-EPS = 1e-9  # strategies.agent._CASH_EPS
+EPS = CASH_EPS  # rounding headroom in the notional sizing
 RTOL = 1e-9
 
 

@@ -6,13 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from strategies.base import CASH_EPS
+
 import datafeeds
 from engine import run_backtest
 from strategies import STRATEGIES, BuyAndHold, SmaCross, TransformerAgentStrategy, get_strategy
 
 CASH = 100_000.0
 COMM = 0.001
-EPS = 1e-9  # strategies.agent._CASH_EPS: rounding headroom in the notional sizing
+EPS = CASH_EPS  # rounding headroom in the notional sizing
 
 
 def _bars(n=20, overrides=None, base=100.0):

@@ -1,0 +1,180 @@
+"""The base of our strategies: notional sizing at the fill price, order bookkeeping, a trade log.
+
+Every strategy records one dict per closed trade (``TRADE_FIELDS``) with its ``exit_reason``, so
+the engine, the fast simulator and the plots read all strategies the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import backtrader as bt
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+TAKE_PROFIT = "take_profit"
+STOP_LOSS = "stop_loss"
+TIME_LIMIT = "time_limit"
+END_OF_DATA = "end_of_data"
+SIGNAL_EXIT = "signal_exit"
+EXIT_REASONS = (TAKE_PROFIT, STOP_LOSS, TIME_LIMIT, END_OF_DATA, SIGNAL_EXIT)
+
+TRADE_FIELDS = (
+    "entry_time", "entry_price", "exit_time", "exit_price", "size", "pnl", "ret", "bars_held",
+    "exit_reason", "signal_time", "atr", "entry_bar", "exit_bar", "commission",
+)
+
+CASH_EPS = 1e-9  # sizing headroom so float rounding never puts the fill's cost above the cash
+_DEAD = (bt.Order.Completed, bt.Order.Canceled, bt.Order.Expired, bt.Order.Margin, bt.Order.Rejected)
+
+
+class TradeLogStrategy(bt.Strategy):
+    """Base for our strategies: sizing, order bookkeeping and a trade log of dicts (``TRADE_FIELDS``).
+
+    Subclasses call :meth:`_enter` / :meth:`_exit_market` and may override :meth:`_on_entry_filled`.
+    ``entry_bar``/``exit_bar`` are 0-based bar positions in the feed; ``ret = pnl / (size * entry_price)``.
+    """
+
+    params = (
+        ("size_frac", 1.0),  # fraction of equity committed per entry, (0, 1]: no leverage
+    )
+    reads_signal = False  # True: the feed must carry a `signal` line (the engine attaches it)
+
+    def __init__(self):
+        if not 0.0 < self.p.size_frac <= 1.0:
+            raise ValueError(f"size_frac must be in (0, 1] (no leverage), got {self.p.size_frac}")
+        self.trade_log: list[dict] = []
+        self.n_rejected = 0
+        self.eod_cost = 0.0  # value given up by the synthetic end_of_data exit (slippage + commission)
+        self._live: dict[int, object] = {}  # ref -> live order of ours
+        self._reason: dict[int, str] = {}  # ref -> exit reason of an exit order
+        self._entry_ref: int | None = None
+        self._intent: dict | None = None  # an entry decided at this close, ordered at the next open
+        self._notional = 0.0  # cash amount of that entry: size_frac * equity at the decision
+        self._pending_entry: dict = {}  # signal info of the entry order in flight
+        self._open: dict | None = None  # the trade currently held
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+    def _bar(self) -> int:
+        return len(self) - 1
+
+    def _now(self) -> pd.Timestamp:
+        return pd.Timestamp(self.data.datetime.datetime(0))
+
+    def _is_flat(self) -> bool:
+        return not self.position.size and not self._live and self._intent is None
+
+    def _enter(self, **info) -> None:
+        """Decide at this close to buy at the next open; ``info`` (e.g. atr) goes to the trade record."""
+        notional = self.p.size_frac * self.broker.getvalue()
+        if notional <= 0.0:  # nothing left to invest (costs have eaten the account)
+            return
+        self._intent = {"signal_time": self._now(), "atr": math.nan, **info}
+        self._notional = notional
+
+    def start(self):
+        if not (self.cerebro.p.cheat_on_open and self.broker.p.coo):
+            raise RuntimeError(
+                f"{type(self).__name__} sizes entries at the fill (open) price: run it with "
+                "bt.Cerebro(cheat_on_open=True) and cerebro.broker.set_coo(True), or via engine.run_backtest"
+            )
+
+    def next_open(self):
+        # Bar t+1 before the broker fills: only open[0], the fill price, is read here.
+        if self._intent is None:
+            return
+        price = self.data.open[0] * (1.0 + self.broker.p.slip_perc)  # the broker caps it at the high
+        unit_cost = price + self.broker.getcommissioninfo(self.data).getcommission(1.0, price)
+        # backtrader rejects (Margin) a fill costing a hair more than the cash: keep CASH_EPS spare
+        order = self.buy(size=self._notional / unit_cost * (1.0 - CASH_EPS))
+        if order is None:  # backtrader refuses a zero size: the account can no longer buy anything
+            self._intent = None
+            return
+        self._live[order.ref] = order
+        self._entry_ref = order.ref
+        self._pending_entry, self._intent = self._intent, None
+
+    # backtrader calls these instead of next_open while its minimum-period bookkeeping catches up
+    prenext_open = nextstart_open = next_open
+
+    def _exit_market(self, reason: str) -> None:
+        """Cancel our live exit orders and sell the whole position at the next open."""
+        for order in list(self._live.values()):
+            self.cancel(order)  # immediate in the backtest broker (also cancels its OCO sibling)
+        self._live.clear()
+        order = self.close()
+        if order is None:  # no units held (a zero-size fill): nothing to sell
+            return
+        self._live[order.ref] = order
+        self._reason[order.ref] = reason
+
+    def _submit_exit(self, order, reason: str) -> None:
+        self._live[order.ref] = order
+        self._reason[order.ref] = reason
+
+    def _on_entry_filled(self, order) -> None:
+        """Hook: the entry filled (``self._open`` is set); submit protective orders here."""
+
+    # -- backtrader callbacks ----------------------------------------------------------------------
+    def notify_order(self, order):
+        if order.status not in _DEAD:
+            return
+        self._live.pop(order.ref, None)
+        if order.ref == self._entry_ref:
+            self._entry_ref = None
+            if order.status == bt.Order.Completed:
+                self._open = {
+                    "entry_time": self._now(),
+                    "entry_price": order.executed.price,
+                    "size": order.executed.size,
+                    "entry_comm": order.executed.comm,
+                    "entry_bar": self._bar(),
+                    **self._pending_entry,
+                }
+                self._on_entry_filled(order)
+            else:
+                self.n_rejected += 1
+                log.warning(
+                    "entry order %s at %s (size %.6g, signal bar %s): not enough cash",
+                    order.getstatusname(), self._now(),
+                    order.created.size, self._pending_entry.get("signal_time"),
+                )
+            return
+        reason = self._reason.pop(order.ref, None)
+        if order.status == bt.Order.Completed and reason is not None:
+            self._record_exit(order.executed.price, -order.executed.size, order.executed.comm, reason)
+        elif order.status in (bt.Order.Margin, bt.Order.Rejected):
+            log.error("exit order %s at %s (%s)", order.getstatusname(), self._now(), reason)
+
+    def stop(self):
+        if self._open is None or not self.position.size:
+            return
+        size = self.position.size
+        close = self.data.close[0]
+        # backtrader's sell slippage: price * (1 - slip_perc), capped at the bar's low (slip_match).
+        price = max(close * (1.0 - self.broker.p.slip_perc), self.data.low[0])
+        comm = self.broker.getcommissioninfo(self.data).getcommission(size, price)
+        self.eod_cost = size * (close - price) + comm
+        self._record_exit(price, size, comm, END_OF_DATA)
+
+    def _record_exit(self, price: float, size: float, comm: float, reason: str) -> None:
+        trade = self._open
+        if trade is None:
+            log.error("exit fill at %s with no open trade recorded", self._now())
+            return
+        entry_comm = trade.pop("entry_comm")
+        pnl = size * (price - trade["entry_price"]) - entry_comm - comm
+        trade.update(
+            exit_time=self._now(),
+            exit_price=price,
+            pnl=pnl,
+            ret=pnl / (trade["size"] * trade["entry_price"]),
+            exit_bar=self._bar(),
+            bars_held=self._bar() - trade["entry_bar"],
+            exit_reason=reason,
+            commission=entry_comm + comm,
+        )
+        self.trade_log.append({k: trade[k] for k in TRADE_FIELDS})
+        self._open = None
