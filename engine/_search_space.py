@@ -20,6 +20,14 @@ GROUPS = ("model", "labels", "strategy")
 # label search: vertical barrier choices; the folds' purge must cover the longest
 HORIZONS = (5, 10, 15, 20)
 
+# TrainConfig fields each group sets per trial (their base values are then unused); the strategy
+# group searches execution pt/sl, which leave the label pt/sl of the base in effect
+SEARCHED_FIELDS = {
+    "model": ("d_model", "n_layers", "n_heads", "dropout", "lr", "seq_len", "focal_alpha", "focal_gamma"),
+    "labels": ("pt", "sl", "horizon"),
+    "strategy": (),
+}
+
 
 @dataclass(frozen=True)
 class Execution:
@@ -62,6 +70,12 @@ def parse_groups(text: str) -> tuple[str, ...]:
     return tuple(g for g in GROUPS if g in names)  # canonical order, duplicates dropped
 
 
+def overridden_base_fields(groups: tuple[str, ...], base: TrainConfig, default: TrainConfig) -> list[tuple[str, str]]:
+    """(field, group) for each field of ``base`` that differs from ``default`` but that a searched group sets."""
+    return [(name, g) for g in groups for name in SEARCHED_FIELDS[g]
+            if getattr(base, name) != getattr(default, name)]
+
+
 def max_horizon(groups: tuple[str, ...], base: TrainConfig) -> int:
     """Longest label horizon any trial can use (the purge between fold segments must cover it)."""
     return max(HORIZONS) if "labels" in groups else base.horizon
@@ -100,8 +114,7 @@ def suggest(trial, groups: tuple[str, ...], base: TrainConfig) -> tuple[TrainCon
 
 def from_params(params: dict, base: TrainConfig) -> tuple[TrainConfig, Execution]:
     """Rebuild a trial's configuration from its recorded params (the best trial, for the refit)."""
-    model_keys = ("d_model", "n_layers", "n_heads", "dropout", "lr", "seq_len", "focal_alpha", "focal_gamma",
-                  "pt", "sl", "horizon")
+    model_keys = SEARCHED_FIELDS["model"] + SEARCHED_FIELDS["labels"]
     cfg = dataclasses.replace(base, **{k: params[k] for k in model_keys if k in params})
     execution = Execution(signal_rate=params.get("signal_rate"), pt=params.get("exec_pt"), sl=params.get("exec_sl"))
     return cfg, execution

@@ -64,11 +64,28 @@ def probabilistic_sharpe_ratio(sr: float, sr_benchmark: float, n_obs: int, skew:
     return _N.cdf((sr - sr_benchmark) * math.sqrt(n_obs - 1) / math.sqrt(var))
 
 
-def deflated_sharpe_ratio(returns, trial_sharpes, n_trials: int | None = None) -> dict:
+def mean_within_group_variance(groups) -> tuple[float, list[float | None]]:
+    """Mean of the sample variances (ddof=1) of the groups with >= 2 finite values, and each group's
+    variance (None below 2 values); 0.0 when no group qualifies.
+
+    For trials searched separately per period (walk-forward folds): pooling their Sharpes would add
+    the differences between periods to the search spread.
+    """
+    per_group: list[float | None] = []
+    for group in groups:
+        v = np.asarray([s for s in group if s is not None and math.isfinite(s)], dtype=np.float64)
+        per_group.append(float(np.var(v, ddof=1)) if len(v) >= 2 else None)
+    used = [v for v in per_group if v is not None]
+    return (float(np.mean(used)) if used else 0.0), per_group
+
+
+def deflated_sharpe_ratio(returns, trial_sharpes, n_trials: int | None = None, *,
+                          var_trial_sharpe: float | None = None) -> dict:
     """DSR of the selected strategy's per-period ``returns`` given the per-period Sharpes of the trials.
 
     ``n_trials`` (configurations tried) defaults to len(trial_sharpes); it may be larger when some
-    trials have no Sharpe (pruned): they count as tries but not in the variance. Returns a dict with
+    trials have no Sharpe (pruned): they count as tries but not in the variance. ``var_trial_sharpe``
+    replaces the variance of ``trial_sharpes`` (e.g. a mean within-fold variance). Returns a dict with
     dsr, sharpe, sr0, n_trials, var_trial_sharpe, n_obs, skew, kurtosis; dsr is None for flat returns.
     """
     r = _returns(returns)
@@ -78,7 +95,12 @@ def deflated_sharpe_ratio(returns, trial_sharpes, n_trials: int | None = None) -
         raise ValueError("need at least one trial to deflate against")
     if n < len(sharpes):
         raise ValueError(f"n_trials={n} is below the {len(sharpes)} trial Sharpes given")
-    var = float(np.var(sharpes, ddof=1)) if len(sharpes) >= 2 else 0.0
+    if var_trial_sharpe is None:
+        var = float(np.var(sharpes, ddof=1)) if len(sharpes) >= 2 else 0.0
+    elif not (var_trial_sharpe >= 0 and math.isfinite(var_trial_sharpe)):
+        raise ValueError(f"var_trial_sharpe must be a finite number >= 0, got {var_trial_sharpe!r}")
+    else:
+        var = float(var_trial_sharpe)
     sr0 = expected_max_sharpe(n, var)
     out = {"dsr": None, "sharpe": sharpe_ratio(r), "sr0": sr0, "n_trials": n, "var_trial_sharpe": var,
            "n_obs": int(len(r)), "skew": None, "kurtosis": None}

@@ -9,7 +9,15 @@ Per fold k (``labeling.walk_forward_folds``: train, purge, validation, purge, te
 train and scores it on validation; the best trial is retrained on train+validation for its best
 epoch count, exported to ``<out>/fold<k>.onnx`` and backtested on the fold's test block. The test
 blocks' equity curves, chained, are the out-of-sample result; the report gives how many
-configurations were tried and the Deflated Sharpe Ratio of that result.
+configurations were tried and the Deflated Sharpe Ratio of that result (N = trials of all folds,
+conservative; V = mean within-fold variance of the trials' validation Sharpes). Trials are scored
+with the fast simulator (``engine.fastsim``, parity-tested against backtrader trade for trade); the
+test blocks use ``--engine`` (default backtrader, the reference).
+
+Embargo (``--embargo``, default 0): ``labeling.walk_forward_folds`` leaves that many bars out after
+each test block. No fold trains on data after its own test block, so here it only removes
+out-of-sample bars: the stitched curve joins across each gap (no return is earned in it) while its
+CAGR counts the gap's calendar time, so the stitched CAGR understates the return rate.
 
 Resuming and sharing: everything lives in the Optuna storage (default SQLite under ``<out>``):
 trials, and each finished fold's result (a study user attribute). Rerunning the same command
@@ -26,7 +34,9 @@ import argparse
 import dataclasses
 import difflib
 import hashlib
+import io
 import json
+import math
 import logging
 import os
 import re
@@ -50,11 +60,11 @@ from optuna.trial import TrialState
 from agents import FocalLoss, LazySequenceDataset, OnnxAgent, export_agent
 from agents.evaluation import roc_auc
 from agents.train import TrainConfig, build_card, fit, prepare_segments
-from datafeeds import DataError, load_ohlcv
+from datafeeds import DataError, load_ohlcv, write_atomic
 from engine import _search_space as space
-from engine.deflated_sharpe import deflated_sharpe_ratio, sharpe_ratio
+from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance, sharpe_ratio
 from engine.metrics import compute_stats, drawdown, infer_periods_per_year
-from engine.runner import run_backtest
+from engine.runner import ENGINES, run_backtest
 from labeling import Fold, walk_forward_folds
 
 matplotlib.use("Agg")  # headless, as engine.plotting
@@ -70,6 +80,9 @@ OBJECTIVES = {  # name -> optimisation direction
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 _RESULT_ATTR = "fold_result"
+_VALIDATION_ENGINE = "fast"  # every trial's validation backtest: engine.fastsim, parity-tested with backtrader
+# everything not searched; a base option of a searched group must keep its value here (else refused)
+_BASE = TrainConfig(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256, holdout=0.0)
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ class WalkForwardConfig:
     folds: int = 3
     scheme: str = "rolling"  # rolling | anchored (expanding train)
     test_frac: float = 0.3  # last fraction of the bars split into the folds' test blocks
-    embargo: int = 0  # bars left out after each test block
+    embargo: int = 0  # bars left out after each test block (out-of-sample bars only; see the module docstring)
     trials: int = 5  # (*) trials per fold, in total over all workers (complete + pruned)
     timeout: float | None = None  # (*) seconds of search per fold and process; then the fold is finalised
     storage: str | None = None  # (*) Optuna RDB URL; None = sqlite:///<out>/optuna.db
@@ -96,17 +109,27 @@ class WalkForwardConfig:
     cash: float = 100_000.0
     commission: float = 0.0005  # fraction of traded value per side
     slippage: float = 0.0
+    engine: str = "backtrader"  # engine of each fold's test backtest (trials always use the fast one)
     heartbeat: int = 10  # (*) seconds between worker heartbeats; a trial silent for 3x is failed and retried
-    base: TrainConfig = TrainConfig(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256,
-                                    holdout=0.0)  # everything not searched
+    base: TrainConfig = _BASE  # everything not searched
 
     def __post_init__(self):
+        for name in ("test_frac", "timeout", "cash", "commission", "slippage"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine: unknown {self.engine!r};{_did_you_mean(self.engine, ENGINES)}"
+                             f" choose from {', '.join(ENGINES)}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective: unknown {self.objective!r};{_did_you_mean(self.objective, OBJECTIVES)}"
                              f" choose from {', '.join(OBJECTIVES)}")
         if self.scheme not in ("rolling", "anchored"):
             raise ValueError(f"--scheme must be rolling or anchored, got {self.scheme!r}")
         space.parse_groups(",".join(self.search))
+        for name, group in space.overridden_base_fields(self.search, self.base, _BASE):
+            raise ValueError(f"--{name.replace('_', '-')} is searched by --search {group}; drop it or remove "
+                             f"{group!r} from --search")
         if "strategy" in self.search and self.objective != "val_sharpe":
             raise ValueError("--search strategy only changes the trading, which only --objective val_sharpe "
                              "scores; add --objective val_sharpe or drop the strategy group")
@@ -156,8 +179,9 @@ class WalkForwardConfig:
     def fingerprint(self, data_sha256: str) -> dict:
         """What a study's trials depend on; reruns must match it (the (*) fields may differ)."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("trials", "timeout", "storage", "n_jobs", "out", "heartbeat", "base", "study")}
+                if k not in ("trials", "timeout", "storage", "n_jobs", "out", "heartbeat", "base", "study", "engine")}
         keep["search"] = list(self.search)
+        keep["engines"] = {"validation": _VALIDATION_ENGINE, "test": self.engine}
         keep["base"] = self.base.to_dict()
         keep["data_sha256"] = data_sha256
         return json.loads(json.dumps(keep))
@@ -321,7 +345,10 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "") -> dict:
     df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
     folds = walk_forward_folds(len(df), n_folds=cfg.folds, scheme=cfg.scheme, test_frac=cfg.test_frac,
                                purge=cfg.purge, embargo=cfg.embargo)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"--out {cfg.out_dir}: cannot create the folder ({exc.strerror or exc})") from None
     storage = open_storage(cfg.storage_url, cfg.heartbeat)
     fp = cfg.fingerprint(str(df.attrs.get("sha256", "")))
     fp["folds_bars"] = [[f.train.start, f.val.start, f.test.start, f.test.stop] for f in folds]
@@ -543,7 +570,7 @@ def _validation_backtest(ctx, fold, tcfg, execution, prep, model, threshold) -> 
     bt = run_backtest(part, "agent", cash=ctx.cfg.cash, commission=ctx.cfg.commission, slippage=ctx.cfg.slippage,
                       start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
                       signal=pd.Series(prob, index=part.index), periods_per_year=ctx.ppy, benchmark=False,
-                      **execution.strategy_params(tcfg, threshold))
+                      engine=_VALIDATION_ENGINE, **execution.strategy_params(tcfg, threshold))
     return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(bt.equity.pct_change().dropna()),
             "total_return": bt.stats["total_return"], "n_trades": int(bt.stats["n_trades"])}
 
@@ -664,7 +691,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study) -> dict:
     probs = agent.predict_proba(hist)
     bt = run_backtest(hist, "agent", cash=cfg.cash, commission=cfg.commission, slippage=cfg.slippage,
                       start=hist.index[fold.test.start], end=hist.index[-1], signal=probs,
-                      periods_per_year=ctx.ppy, **execution.strategy_params(tcfg, agent.threshold))
+                      periods_per_year=ctx.ppy, engine=cfg.engine, **execution.strategy_params(tcfg, agent.threshold))
     c = _counts(study)
     plots = _plot_study(study, cfg.out_dir, k)
     trades = json.loads(bt.trades.to_json(orient="records", date_format="iso")) if len(bt.trades) else []
@@ -718,10 +745,19 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
     stats = compute_stats(equity, trades if len(trades) else None, periods_per_year=ctx.ppy)
     bench_stats = compute_stats(bench_equity, periods_per_year=ctx.ppy, exposure=1.0)
     n_configs = sum(r["trials"]["complete"] + r["trials"]["pruned"] for r in results)
-    trial_srs = [s for r in results for s in r["trial_val_sr"] if s is not None]
-    dsr = deflated_sharpe_ratio(equity.pct_change().dropna(), trial_srs, n_trials=n_configs)
-    dsr["note"] = ("N = all trials of all folds (complete + pruned); V = variance of the completed trials' "
-                   "per-bar Sharpe on their validation blocks; SR, skew, kurtosis of the stitched test returns")
+    groups = [[s for s in r["trial_val_sr"] if s is not None] for r in results]
+    var, var_per_fold = mean_within_group_variance(groups)
+    dsr = deflated_sharpe_ratio(equity.pct_change().dropna(), [s for g in groups for s in g], n_trials=n_configs,
+                                var_trial_sharpe=var)
+    pooled = [s for g in groups for s in g]
+    dsr["var_method"] = (
+        "mean over folds with >= 2 completed trials of the within-fold variance (ddof=1) of the trials' "
+        "per-bar validation Sharpes (0 if no such fold); folds validate on different periods, so pooling "
+        "them would measure regime differences, not search spread")
+    dsr["var_per_fold"] = var_per_fold
+    dsr["var_pooled_across_folds"] = float(np.var(pooled, ddof=1)) if len(pooled) >= 2 else None  # for reference
+    dsr["note"] = ("N = all trials of all folds (complete + pruned): conservative, as each fold selects only "
+                   "among its own trials; V as in var_method; SR, skew, kurtosis of the stitched test returns")
     png = cfg.out_dir / "stitched_equity.png"
     _plot_stitched(equity, bench_equity, [c.index[0] for c in curves[1:]], png,
                    f"{cfg.study_name}: walk-forward out-of-sample ({len(results)} folds) vs buy-and-hold")
@@ -747,9 +783,7 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
         "seconds": seconds,
     }
     _write_json(cfg.out_dir / "report.json", report)
-    tmp = cfg.out_dir / f".stitched_equity.csv.{os.getpid()}.tmp"
-    pd.DataFrame({"equity": equity, "benchmark": bench_equity}).to_csv(tmp)
-    os.replace(tmp, cfg.out_dir / "stitched_equity.csv")
+    _write_csv(cfg.out_dir / "stitched_equity.csv", pd.DataFrame({"equity": equity, "benchmark": bench_equity}))
     return report
 
 
@@ -797,19 +831,21 @@ def _plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, 
 
 
 def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """PNG of ``fig`` written atomically (workers may write the same fold's plots); closes ``fig``."""
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, buf.getvalue())
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=False))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=False).encode())
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_atomic(path, frame.to_csv().encode())
 
 
 def _json_default(o):
@@ -877,7 +913,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--scheme", type=_choice("scheme", ("rolling", "anchored")), default=d.scheme,
                    help="rolling: fixed-length train window; anchored: train always starts at the first bar")
     g.add_argument("--test-frac", type=float, default=d.test_frac, help="last fraction of the bars split into the test blocks")
-    g.add_argument("--embargo", type=int, default=d.embargo, help="bars skipped after each test block")
+    g.add_argument("--embargo", type=int, default=d.embargo,
+                   help="bars left out after each test block. No fold trains on later data, so this only drops "
+                   "out-of-sample bars: the stitched curve joins across each gap and its CAGR, which counts the "
+                   "gaps' calendar time, then understates")
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=d.trials, help="trials per fold, in total over all workers")
     g.add_argument("--timeout", type=float, default=None, help="seconds of search per fold (and process); then the fold is finalised with the trials it has")
@@ -902,7 +941,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cash", type=float, default=d.cash)
     g.add_argument("--commission", type=float, default=d.commission, help="fraction of traded value per side")
     g.add_argument("--slippage", type=float, default=d.slippage, help="fraction of price, against the trade")
-    g = p.add_argument_group("base model and labels (used for everything not searched)")
+    g.add_argument("--engine", type=_choice("engine", ENGINES), default=d.engine,
+                   help="engine of each fold's test backtest (backtrader: the reference; fast: engine.fastsim); "
+                   "trials' validation backtests always use fast")
+    g = p.add_argument_group("base model and labels (used for everything not searched; an option of a "
+                             "searched group is refused)")
     g.add_argument("--seq-len", type=int, default=b.seq_len)
     g.add_argument("--d-model", type=int, default=b.d_model)
     g.add_argument("--n-heads", type=int, default=b.n_heads)
@@ -926,7 +969,7 @@ def config_from_args(args: argparse.Namespace) -> WalkForwardConfig:
         test_frac=args.test_frac, embargo=args.embargo, trials=args.trials, timeout=args.timeout,
         storage=args.storage, study=args.study, n_jobs=args.n_jobs, seed=args.seed, objective=args.objective,
         search=tuple(args.search), epochs=args.epochs, out=args.out, cash=args.cash, commission=args.commission,
-        slippage=args.slippage, heartbeat=args.heartbeat, base=base,
+        slippage=args.slippage, engine=args.engine, heartbeat=args.heartbeat, base=base,
     )
 
 
@@ -958,7 +1001,8 @@ def summary_lines(report: dict) -> list[str]:
         f"configurations tried: {report['configurations_tried']} (all folds: {report['trials']['complete']} complete, "
         f"{report['trials']['pruned']} pruned; {report['trials']['failed']} failed)",
         f"deflated Sharpe ratio: {_fmt(d['dsr'], '.3f')}  (per-bar SR {_fmt(d['sharpe'])} vs SR0 {_fmt(d['sr0'])} "
-        f"expected from the best of {d['n_trials']} skill-less trials; 0.95+ = unlikely to be search luck)",
+        f"expected from the best of {d['n_trials']} skill-less trials, V {d['var_trial_sharpe']:.2e} within-fold; "
+        "0.95+ = unlikely to be search luck)",
         f"new trials this run: {report['new_trials_this_run']}",
         f"wrote {report['files']['report']} and {report['files']['stitched_equity_png']}",
     ]
@@ -978,6 +1022,9 @@ def main(argv: list[str] | None = None) -> int:
         report = run_walk_forward(cfg, command=command)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # output folder or storage path not writable
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)

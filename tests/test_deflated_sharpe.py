@@ -12,6 +12,7 @@ from engine.deflated_sharpe import (
     EULER_GAMMA,
     deflated_sharpe_ratio,
     expected_max_sharpe,
+    mean_within_group_variance,
     moments,
     probabilistic_sharpe_ratio,
     sharpe_ratio,
@@ -77,6 +78,39 @@ def test_deflated_sharpe_ratio_from_returns_matches_the_pieces():
     assert out["n_obs"] == 500 and out["n_trials"] == 5
     # a bigger search for the same result deflates it more
     assert deflated_sharpe_ratio(r, trial_srs, n_trials=500)["dsr"] < out["dsr"]
+
+
+def test_within_fold_variance_ignores_the_spread_between_folds():
+    # the reviewer's tiny run: two folds whose validation periods differ in level
+    folds = [[0.046, 0.054], [-0.076, -0.102]]
+    var, per_fold = mean_within_group_variance(folds)
+    # (0.004^2 * 2) / 1 = 3.2e-5 and (0.013^2 * 2) / 1 = 3.38e-4
+    assert per_fold == pytest.approx([3.2e-5, 3.38e-4], rel=1e-9)
+    assert var == pytest.approx(1.85e-4, rel=1e-9)
+    pooled = float(np.var([s for f in folds for s in f], ddof=1))
+    assert pooled == pytest.approx(6.563e-3, rel=1e-3) and pooled > 30 * var
+    # shifting one fold's level changes the pooled variance, never the within-fold one
+    assert mean_within_group_variance([[s + 1.0 for s in folds[0]], folds[1]])[0] == pytest.approx(var, rel=1e-9)
+
+
+def test_within_fold_variance_skips_folds_below_two_trials():
+    var, per_fold = mean_within_group_variance([[0.1, 0.3], [0.5], [], [0.2, None, float("nan"), 0.4]])
+    assert per_fold == [pytest.approx(0.02), None, None, pytest.approx(0.02)]
+    assert var == pytest.approx(0.02)
+    assert mean_within_group_variance([[0.1], [0.2]]) == (0.0, [None, None])  # no selection within any fold
+
+
+def test_given_trial_variance_replaces_the_pooled_one():
+    rng = np.random.default_rng(1)
+    r = rng.normal(0.001, 0.01, 300)
+    srs = [0.046, 0.054, -0.076, -0.102]
+    out = deflated_sharpe_ratio(r, srs, n_trials=6, var_trial_sharpe=1.85e-4)
+    assert out["var_trial_sharpe"] == 1.85e-4 and out["n_trials"] == 6
+    assert out["sr0"] == pytest.approx(expected_max_sharpe(6, 1.85e-4))
+    pooled = deflated_sharpe_ratio(r, srs, n_trials=6)
+    assert pooled["sr0"] > out["sr0"] and pooled["dsr"] < out["dsr"]  # regime spread would over-deflate
+    with pytest.raises(ValueError, match="var_trial_sharpe"):
+        deflated_sharpe_ratio(r, srs, var_trial_sharpe=float("nan"))
 
 
 def test_flat_returns_have_no_dsr():

@@ -17,7 +17,7 @@ import pytest
 from agents.runtime import OnnxAgent
 from datafeeds import load_ohlcv
 from engine import walkforward as wf
-from engine.deflated_sharpe import deflated_sharpe_ratio
+from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
 from labeling import walk_forward_folds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +40,21 @@ def _finished(trials) -> list:
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("wf") / "out"
     args = TINY_ARGS + ["--folds", "2", "--trials", "2", "--study", "e2e", "--out", str(out)]
-    assert wf.main(args) == 0
-    return out, args
+    calls = []  # (engine, first bar) of every backtest the run makes
+    real = wf.run_backtest
+
+    def recording(*a, **kw):
+        calls.append((kw.get("engine", "backtrader"), pd.Timestamp(kw["start"])))
+        return real(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wf, "run_backtest", recording)
+        assert wf.main(args) == 0
+    return out, args, calls
 
 
 def test_run_writes_agents_plots_and_an_honest_report(first_run):
-    out, _ = first_run
+    out, _, _ = first_run
     report = json.loads((out / "report.json").read_text())
     for name in ("fold0.onnx", "fold1.onnx", "fold0_history.png", "fold1_history.png", "stitched_equity.png",
                  "fold0.json", "fold1.json", "stitched_equity.csv"):
@@ -65,7 +74,7 @@ def test_run_writes_agents_plots_and_an_honest_report(first_run):
 
 
 def test_stitched_equity_chains_the_fold_test_curves(first_run):
-    out, _ = first_run
+    out, _, _ = first_run
     report = json.loads((out / "report.json").read_text())
     folds = [json.loads((out / f"fold{k}.json").read_text()) for k in range(2)]
     stitched = pd.read_csv(out / "stitched_equity.csv", index_col=0, parse_dates=True)
@@ -78,15 +87,34 @@ def test_stitched_equity_chains_the_fold_test_curves(first_run):
                                np.asarray(folds[1]["equity"]) * folds[0]["equity"][-1] / 100_000, rtol=1e-12)
     assert report["stitched"]["stats"]["total_return"] == pytest.approx(growth - 1, rel=1e-9)
     assert report["stitched"]["stats"]["n_trades"] == sum(f["stats"]["n_trades"] for f in folds)
-    # DSR from the stitched returns, N = 4 configurations, V from the trials' validation Sharpes
+    # DSR from the stitched returns, N = 4 configurations (all folds), V = mean within-fold variance
+    # of the trials' validation Sharpes (each fold's 2 trials share one validation period)
+    var = np.mean([np.var(f["trial_val_sr"], ddof=1) for f in folds])
     dsr = deflated_sharpe_ratio(stitched["equity"].pct_change().dropna(),
-                                [s for f in folds for s in f["trial_val_sr"]], n_trials=4)
-    assert report["deflated_sharpe"]["dsr"] == pytest.approx(dsr["dsr"], rel=1e-9)
-    assert report["deflated_sharpe"]["n_trials"] == 4
+                                [s for f in folds for s in f["trial_val_sr"]], n_trials=4, var_trial_sharpe=var)
+    d = report["deflated_sharpe"]
+    assert d["var_trial_sharpe"] == pytest.approx(var, rel=1e-12)
+    assert d["var_trial_sharpe"] == pytest.approx(mean_within_group_variance([f["trial_val_sr"] for f in folds])[0])
+    assert d["var_pooled_across_folds"] == pytest.approx(np.var([s for f in folds for s in f["trial_val_sr"]], ddof=1))
+    assert "within-fold" in d["var_method"] and "conservative" in d["note"]
+    assert d["dsr"] == pytest.approx(dsr["dsr"], rel=1e-9)
+    assert d["n_trials"] == 4
+
+
+def test_trials_use_the_fast_engine_and_test_blocks_backtrader(first_run):
+    out, _, calls = first_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["engines"] == {"validation": "fast", "test": "backtrader"}
+    val_starts = {pd.Timestamp(f["validation"][0]) for f in report["folds"]}
+    test_starts = {pd.Timestamp(f["test"][0]) for f in report["folds"]}
+    # 2 folds x 2 trials (1 epoch: never pruned) validated, then 2 test blocks
+    assert sorted(e for e, start in calls if start in val_starts) == ["fast"] * 4
+    assert sorted(e for e, start in calls if start in test_starts) == ["backtrader"] * 2
+    assert len(calls) == 6
 
 
 def test_exported_agents_never_saw_their_test_block(first_run):
-    out, _ = first_run
+    out, _, _ = first_run
     for k in range(2):
         fold = json.loads((out / f"fold{k}.json").read_text())
         agent = OnnxAgent.load(out / f"fold{k}.onnx")
@@ -101,7 +129,7 @@ def test_exported_agents_never_saw_their_test_block(first_run):
 
 
 def test_identical_rerun_resumes_without_new_trials_or_refits(first_run, capsys):
-    out, args = first_run
+    out, args, _ = first_run
     url = f"sqlite:///{(out / 'optuna.db').resolve()}"
     before = {k: [(t.number, t.state) for t in _trials(url, f"e2e_fold{k}")] for k in range(2)}
     mtimes = {k: (out / f"fold{k}.onnx").stat().st_mtime_ns for k in range(2)}
@@ -118,7 +146,7 @@ def test_identical_rerun_resumes_without_new_trials_or_refits(first_run, capsys)
 
 
 def test_a_changed_setting_is_refused_on_resume(first_run, capsys):
-    out, args = first_run
+    out, args, _ = first_run
     assert wf.main(args + ["--epochs", "2"]) == 2
     err = capsys.readouterr().err
     assert "made with other settings" in err and "epochs" in err
@@ -155,6 +183,89 @@ def test_bad_values_exit_2_with_one_line(argv, needle, tmp_path, capsys):
     assert wf.main(argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_output_folder_that_cannot_be_made_exits_2_with_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert wf.main(TINY_ARGS + ["--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --out ") and "cannot create the folder" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("option", ["--cash", "--commission", "--slippage", "--timeout", "--test-frac", "--lr",
+                                    "--pt", "--sl"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_non_finite_numbers_are_refused_before_anything_runs(option, value, capsys, monkeypatch):
+    monkeypatch.setattr(wf, "run_walk_forward", lambda *a, **k: pytest.fail("ran with a non-finite option"))
+    assert wf.main(TINY_ARGS + [f"{option}={value}"]) == 2  # "=": argparse reads a bare -inf as an option
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert option.split("-")[-1] in err and f"got {value}" in err
+
+
+@pytest.mark.parametrize("field", ["cash", "commission", "timeout"])
+def test_config_refuses_infinity_itself(field):
+    with pytest.raises(ValueError, match=f"--{field} must be a finite number, got inf"):
+        wf.WalkForwardConfig(**{field: float("inf")})
+
+
+@pytest.mark.parametrize(
+    "argv, option, group",
+    [
+        (["--d-model", "32"], "--d-model", "model"),  # default --search model
+        (["--n-heads", "4"], "--n-heads", "model"),
+        (["--seq-len", "16"], "--seq-len", "model"),
+        (["--lr", "0.01"], "--lr", "model"),
+        (["--search", "labels", "--horizon", "10"], "--horizon", "labels"),
+        (["--search", "model,labels", "--pt", "2"], "--pt", "labels"),
+    ],
+)
+def test_a_base_option_of_a_searched_group_is_refused(argv, option, group, capsys):
+    assert wf.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {option} is searched by --search {group}; drop it or remove {group!r} from --search")
+
+
+def test_base_options_of_unsearched_groups_or_at_their_defaults_are_kept():
+    parse = wf._parser().parse_args
+    cfg = wf.config_from_args(parse(["--search", "labels", "--d-model", "32", "--lr", "0.01"]))
+    assert (cfg.base.d_model, cfg.base.lr) == (32, 0.01)
+    cfg = wf.config_from_args(parse(["--d-model", "16", "--pt", "2.5"]))  # 16 is the default; labels not searched
+    assert (cfg.base.d_model, cfg.base.pt) == (16, 2.5)
+    # the strategy group searches execution pt/sl; the label pt/sl stay the base's
+    cfg = wf.config_from_args(parse(["--search", "strategy", "--objective", "val_sharpe", "--pt", "2.5"]))
+    assert cfg.base.pt == 2.5
+
+
+def test_test_engine_is_chosen_and_recorded():
+    assert wf.WalkForwardConfig(engine="fast").fingerprint("x")["engines"] == {"validation": "fast", "test": "fast"}
+    assert wf.config_from_args(wf._parser().parse_args([])).engine == "backtrader"
+    with pytest.raises(ValueError, match="did you mean 'fast'"):
+        wf.WalkForwardConfig(engine="fats")
+
+
+def test_embargo_help_says_it_drops_out_of_sample_bars_and_understates_cagr():
+    text = " ".join(wf._parser().format_help().split())
+    assert "only drops out-of-sample bars" in text and "CAGR" in text and "understates" in text
+    assert "understates the return rate" in " ".join(wf.__doc__.split())
+
+
+def test_report_files_go_through_write_atomic(tmp_path, monkeypatch):
+    written = []
+    real = wf.write_atomic
+    monkeypatch.setattr(wf, "write_atomic", lambda path, data: written.append(Path(path).name) or real(path, data))
+    wf._write_json(tmp_path / "r.json", {"a": np.float64(1.5), "t": pd.Timestamp("2020-01-02")})
+    frame = pd.DataFrame({"equity": [1.0, 2.0]}, index=pd.DatetimeIndex(["2020-01-01", "2020-01-02"], name="datetime"))
+    wf._write_csv(tmp_path / "e.csv", frame)
+    fig = wf.plt.figure()
+    wf._save_figure(fig, tmp_path / "f.png")
+    assert written == ["r.json", "e.csv", "f.png"]
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5, "t": "2020-01-02 00:00:00"}
+    assert pd.read_csv(tmp_path / "e.csv", index_col=0)["equity"].tolist() == [1.0, 2.0]
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not wf.plt.fignum_exists(fig.number)  # closed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.csv", "f.png", "r.json"]  # no temp files left
 
 
 # ------------------------------------------------------------------------------------ pieces
