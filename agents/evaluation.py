@@ -1,11 +1,22 @@
-"""Honest metrics for a trained agent: model loss beside the no-skill baseline, AUC, drift check."""
+"""Honest metrics for a trained agent: every loss beside its no-skill baselines, AUC, drift check."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from .dataset import LazySequenceDataset
+from .losses import FocalLoss, best_constant_probability
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .model import TransformerAgent
+    from .prepare import Prepared
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -60,3 +71,61 @@ def adversarial_auc(train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0, ma
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
     proba = cross_val_predict(clf, x, y, cv=folds, method="predict_proba")[:, 1]
     return float(roc_auc_score(y, proba))
+
+
+def predict_logits(model, ds, device, batch_size: int = 1024) -> np.ndarray:
+    """Logits of ``model`` over every window of ``ds`` (a LazySequenceDataset), in order."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for xb, _ in ds.iter_batches(batch_size):
+            out.append(model(xb.to(device)).float().cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def loss_of(loss_fn, logits: np.ndarray, y: np.ndarray) -> float:
+    """``loss_fn`` of float64 logits and targets given as numpy arrays."""
+    return float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y.astype(np.float64))))
+
+
+def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
+    """Metrics stored in the agent card: every loss next to its no-skill baseline."""
+    loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    train_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.train_ends)
+    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
+    y_tr = prep.y[prep.train_ends].astype(np.float64)
+    y_va = prep.y[prep.val_ends].astype(np.float64)
+    z_tr = predict_logits(model, train_ds, torch.device("cpu"))
+    z_va = predict_logits(model, val_ds, torch.device("cpu"))
+    base_rate = float(y_tr.mean())
+    p_tr, p_va = 1 / (1 + np.exp(-z_tr)), 1 / (1 + np.exp(-z_va))
+    threshold = cfg.threshold if cfg.threshold is not None else suggest_threshold(p_tr, base_rate)
+    # No-skill references, all fitted on training labels and scored on each set: the base rate (the
+    # issue's baseline, and the best constant under log-loss) and, for focal loss, the best constant,
+    # which lies elsewhere; a model beating only the base rate under focal loss may just be recalibrated.
+    p_const = best_constant_probability(torch.from_numpy(y_tr), cfg.focal_alpha, cfg.focal_gamma)
+    bce = FocalLoss(alpha=None, gamma=0.0)  # = binary cross-entropy (log-loss)
+    return {
+        "train_loss": loss_of(loss_fn, z_tr, y_tr),
+        "val_loss": loss_of(loss_fn, z_va, y_va),
+        "val_loss_note": "from the epoch with the lowest validation loss (early stopping): optimistic",
+        "baseline_train_loss": loss_fn.baseline(torch.from_numpy(y_tr), base_rate),
+        "baseline_val_loss": loss_fn.baseline(torch.from_numpy(y_va), base_rate),
+        "best_constant_p": p_const,
+        "best_constant_train_loss": loss_fn.baseline(torch.from_numpy(y_tr), p_const),
+        "best_constant_val_loss": loss_fn.baseline(torch.from_numpy(y_va), p_const),
+        "val_logloss": loss_of(bce, z_va, y_va),
+        "baseline_val_logloss": bce.baseline(torch.from_numpy(y_va), base_rate),
+        "val_auc": roc_auc(y_va, z_va),
+        "train_auc": roc_auc(y_tr, z_tr),
+        "threshold": threshold,
+        "threshold_rule": "given" if cfg.threshold is not None else "train signal rate = train base rate",
+        "val_at_threshold": precision_recall(y_va, p_va, threshold),
+        "label_balance": {"train_positive_rate": base_rate, "val_positive_rate": float(y_va.mean()),
+                          "train_events": int(len(y_tr)), "val_events": int(len(y_va))},
+        # features at each labelled bar: does validation look like training?
+        "adversarial_auc": adversarial_auc(prep.x[prep.train_ends], prep.x[prep.val_ends], seed=cfg.seed),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "history": history,
+    }

@@ -9,6 +9,15 @@ from __future__ import annotations
 import json
 from importlib import metadata as _importlib_metadata
 
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # annotations only: the card module stays importable on its own
+    from .config import TrainConfig
+    from .model import TransformerAgent
+    from .prepare import Prepared
+
 METADATA_KEY = "tbm_agent"  # key in ModelProto.metadata_props holding the JSON card
 FORMAT = "tbm-agent"
 FORMAT_VERSION = 1  # bump on an incompatible change of the card or the model's input/output
@@ -79,3 +88,41 @@ def parse(text: str | None, *, path: str) -> dict:
     if len(norm.get("mean", [])) != n or len(norm.get("std", [])) != n:
         raise AgentFileError(f"{path}: normalisation statistics do not match the {n} features")
     return card
+
+
+def build_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, metrics: dict, command: str) -> dict:
+    """The card of a trained model: everything ``OnnxAgent`` needs, plus provenance and metrics."""
+    idx = prep.index
+    train_lo = int(prep.train_ends.min()) - cfg.seq_len + 1
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": package_version(),
+        "torch_version": torch.__version__,
+        "input_name": "x",
+        "output_name": "logit",
+        "output": "logit of P(upper barrier touched first); probability = sigmoid(logit)",
+        "features": prep.spec.to_dict(),
+        "feature_names": prep.names,
+        "seq_len": cfg.seq_len,
+        "warmup": prep.spec.warmup + cfg.seq_len - 1,
+        "normalisation": {"mean": prep.mean.tolist(), "std": prep.std.tolist()},
+        "tbm": cfg.tbm.to_dict(),
+        "threshold": float(metrics["threshold"]),
+        "model": model.config.to_dict(),
+        "dataset": {
+            "name": cfg.data,
+            "source": prep.source,
+            "sha256": prep.sha256,
+            "first_bar": str(idx[0]),
+            "last_bar_used": str(idx[-1]),  # nothing after this bar was seen in training
+            "holdout_start": None if prep.holdout_start is None else str(prep.holdout_start),
+            "train": [str(idx[train_lo]), str(idx[int(prep.train_ends.max())])],
+            # None for a refit that trains on its validation block too (walk-forward)
+            "validation": ([str(idx[int(prep.val_ends.min())]), str(idx[int(prep.val_ends.max())])]
+                           if len(prep.val_ends) else None),
+        },
+        "metrics": metrics,
+        "train_config": cfg.to_dict(),
+        "training_command": command,
+    }

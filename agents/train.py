@@ -4,7 +4,7 @@
     python -m agents.train --epochs 1 --out /tmp/quick.onnx
     python -m agents.train --data my.csv --end 2020-12-31 --gpu
 
-Steps: load -> features -> TBM labels -> chronological train/validation split purged by the label
+Steps (prepare.py, then here): load -> features -> TBM labels -> chronological train/validation split purged by the label
 horizon -> normalisation fitted on train only -> AdamW + FocalLoss with early stopping, checkpoint
 every epoch -> metrics beside the no-skill baseline -> ONNX export with parity check.
 """
@@ -12,7 +12,6 @@ every epoch -> metrics beside the no-skill baseline -> ONNX export with parity c
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import shlex
@@ -22,206 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from datafeeds import DataError, load_ohlcv
-from labeling import TBMConfig, events_within, purged_train_val_split, triple_barrier_labels
+from datafeeds import DataError
 
-from . import metadata as _meta
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .dataset import LazySequenceDataset
-from .evaluation import adversarial_auc, precision_recall, roc_auc, suggest_threshold
+from .evaluation import evaluate, loss_of, predict_logits
 from .export import ExportError, export_agent
-from .features import FEATURES, FeatureSpec, compute_features
-from .hardware import HardwareError, Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory, require_cuda, worker_init_fn
-from .losses import FocalLoss, best_constant_probability
-from .model import ModelConfig, TransformerAgent
+from .features import FEATURES
+from .hardware import (
+    HardwareError, Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory,
+    require_cuda, worker_init_fn,
+)
+from .losses import FocalLoss
+from .metadata import build_card
+from .model import TransformerAgent
+from .prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run (recorded in the exported agent)."""
-
-    data: str = "sp500"  # bundled sample name or a CSV/Parquet path
-    start: str | None = None  # first bar used (inclusive)
-    end: str | None = None  # last bar of the loaded period (inclusive)
-    holdout: float = 0.2  # last fraction of the loaded bars never touched, kept for backtests
-    # Fractional differentiation is left out by default: with its window capped at 100 bars it keeps
-    # much of the price level, so training and validation features drift apart (adversarial AUC
-    # 0.96 with it vs 0.83 without on sp500). Add it back with --features.
-    features: tuple[str, ...] | None = ("log_ret", "rsi", "macd", "atr", "volume_z", "obi")  # None: FeatureSpec.default()
-    seq_len: int = 64  # bars per window
-    d_model: int = 64
-    n_heads: int = 4
-    n_layers: int = 2
-    dropout: float = 0.1
-    epochs: int = 20  # upper bound; early stopping usually ends sooner
-    patience: int = 4  # epochs without validation improvement before stopping
-    batch_size: int | None = None  # None: the hardware profile's
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
-    val_fraction: float = 0.2  # last fraction of the labelled events used for validation
-    seed: int = 0
-    pt: float = 1.5  # take-profit barrier, in ATRs
-    sl: float = 1.5  # stop-loss barrier, in ATRs
-    horizon: int = 20  # vertical barrier, in bars
-    atr_period: int = 14
-    focal_alpha: float | None = 0.25  # weight of positives; None = unweighted
-    focal_gamma: float = 2.0
-    threshold: float | None = None  # None: chosen from training predictions
-    profile: str = "auto"  # auto | beast | safe
-    gpu: bool = False  # require CUDA
-
-    def __post_init__(self):
-        if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("seq_len", "epochs", "patience", "d_model", "n_heads", "n_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
-        if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
-            raise ValueError(f"--focal-alpha must be in [0, 1] (or negative for none), got {self.focal_alpha}")
-        if not (self.focal_gamma >= 0 and math.isfinite(self.focal_gamma)):
-            raise ValueError(f"--focal-gamma must be >= 0, got {self.focal_gamma}")
-        if self.profile not in ("auto", "beast", "safe"):
-            raise ValueError(f"--profile must be auto, beast or safe, got {self.profile!r}")
-        self.tbm  # validates pt/sl/horizon/atr_period
-        self.feature_spec  # unknown feature names fail here, with a suggestion
-        self.model_config(1)  # validates d_model/n_heads/dropout
-
-    @property
-    def tbm(self) -> TBMConfig:
-        return TBMConfig(pt=self.pt, sl=self.sl, horizon=self.horizon, atr_period=self.atr_period)
-
-    @property
-    def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec.default() if self.features is None else FeatureSpec.from_names(list(self.features))
-
-    def model_config(self, n_features: int) -> ModelConfig:
-        return ModelConfig(
-            n_features=n_features, seq_len=self.seq_len, d_model=self.d_model,
-            n_heads=self.n_heads, n_layers=self.n_layers, dropout=self.dropout,
-        )
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["features"] = None if self.features is None else list(self.features)
-        return d
-
-    # fields that may differ when resuming (they do not change what an epoch computes)
-    RESUMABLE_CHANGES = ("epochs", "patience", "profile")
-
-
-@dataclass
-class Prepared:
-    """Normalised features, labels and the purged train/validation windows."""
-
-    x: np.ndarray  # (N, F) float32, normalised with training statistics
-    y: np.ndarray  # (N,) float32, NaN where a bar has no label
-    names: list[str]
-    spec: FeatureSpec
-    mean: np.ndarray
-    std: np.ndarray
-    train_ends: np.ndarray  # bar positions of training windows' last bars (= labelled bars)
-    val_ends: np.ndarray
-    index: pd.DatetimeIndex
-    holdout_start: pd.Timestamp | None
-    source: str
-    sha256: str
-
-
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Load, cut the holdout, featurise, label and split; raises DataError/ValueError with a clear message."""
-    df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
-    cut = len(df) - int(round(len(df) * cfg.holdout))
-    fit_df = df.iloc[:cut]
-    pos, t1, x, names, spec, y = _featurise_and_label(cfg, fit_df, what="bars before the holdout")
-    train_ends, val_ends = purged_train_val_split(pos, t1, cfg.val_fraction, purge=cfg.horizon)
-    for name, ends in (("training", train_ends), ("validation", val_ends)):
-        classes = np.unique(y[ends])
-        if classes.size < 2:
-            raise ValueError(
-                f"{cfg.data}: every {name} label is {int(classes[0])} with --pt {cfg.pt} --sl {cfg.sl} "
-                f"--horizon {cfg.horizon}; nothing to learn: use barriers the price can reach"
-            )
-    return _assemble(cfg, fit_df, x, names, spec, y, train_ends, val_ends,
-                     holdout_start=df.index[cut] if cut < len(df) else None)
-
-
-def prepare_segments(cfg: TrainConfig, df: pd.DataFrame, train: range, val: range | None) -> Prepared:
-    """Prepare explicit bar segments of ``df`` (walk-forward folds): events whose whole label span
-    lies inside ``train`` train, those inside ``val`` validate; nothing after the last segment is used."""
-    stop = (val or train).stop
-    part = df.iloc[:stop]
-    pos, t1, x, names, spec, y = _featurise_and_label(cfg, part, what="bars up to the segment end")
-    train_ends = events_within(pos, t1, train)
-    val_ends = events_within(pos, t1, val) if val is not None else np.array([], dtype=np.int64)
-    if train_ends.size == 0:
-        raise ValueError(f"no labelled training window inside bars {train.start}..{train.stop - 1}; use longer segments")
-    if val is not None and val_ends.size == 0:
-        raise ValueError(f"no labelled validation window inside bars {val.start}..{val.stop - 1}; use longer segments")
-    return _assemble(cfg, part, x, names, spec, y, train_ends, val_ends,
-                     holdout_start=df.index[stop] if stop < len(df) else None)
-
-
-def _featurise_and_label(cfg: TrainConfig, df: pd.DataFrame, *, what: str):
-    """Features, labels and the label spans of the events that have a full window of features."""
-    spec = cfg.feature_spec.pinned(df.columns)
-    min_bars = spec.warmup + cfg.seq_len + cfg.horizon + 2
-    if len(df) < min_bars:
-        raise ValueError(
-            f"{cfg.data}: {len(df)} {what}, but seq_len {cfg.seq_len} + feature warm-up "
-            f"{spec.warmup} + horizon {cfg.horizon} need at least {min_bars}; use more data or lower --seq-len"
-        )
-    x, names = compute_features(df, spec)
-    labels = triple_barrier_labels(df, config=cfg.tbm)
-    pos = df.index.get_indexer(labels.index)
-    t1 = df.index.get_indexer(labels["t1"])
-    usable = pos >= spec.warmup + cfg.seq_len - 1  # a full window of finite features ends there
-    if not usable.any():
-        raise ValueError(f"{cfg.data}: no labelled bar has a full {cfg.seq_len}-bar window of features; lower --seq-len")
-    y = np.full(len(df), np.nan, dtype=np.float32)
-    y[pos] = labels["label"].to_numpy(np.float32)
-    return pos[usable], t1[usable], x, names, spec, y
-
-
-def _assemble(cfg, df, x, names, spec, y, train_ends, val_ends, *, holdout_start) -> Prepared:
-    # normalisation from the bars the training windows cover, never from validation
-    lo, hi = int(train_ends.min()) - cfg.seq_len + 1, int(train_ends.max()) + 1
-    mean = np.nanmean(x[lo:hi].astype(np.float64), axis=0)
-    std = np.nanstd(x[lo:hi].astype(np.float64), axis=0)
-    std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. zero volume) stays 0, not NaN
-    return Prepared(
-        x=((x - mean) / std).astype(np.float32), y=y, names=names, spec=spec, mean=mean, std=std,
-        train_ends=train_ends, val_ends=val_ends, index=df.index, holdout_start=holdout_start,
-        source=str(df.attrs.get("source", cfg.data)), sha256=str(df.attrs.get("sha256", "")),
-    )
-
-
-def _predict(model, ds: LazySequenceDataset, device, batch_size=1024) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for xb, _ in ds.iter_batches(batch_size):
-            out.append(model(xb.to(device)).float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
-
-
-def _loss_of(loss_fn, logits: np.ndarray, y: np.ndarray) -> float:
-    return float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y.astype(np.float64))))
 
 
 def _epoch_batches(ds, batch_size, seed, epoch, num_workers, pin_memory):
@@ -310,7 +130,7 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
             bar.update(len(yb))
             bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
-        val_loss = _loss_of(loss_fn, _predict(model, val_ds, device), y_val) if len(val_ds) else None
+        val_loss = loss_of(loss_fn, predict_logits(model, val_ds, device), y_val) if len(val_ds) else None
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": val_loss,
                   "seconds": time.perf_counter() - t0}
         state["history"].append(record)
@@ -353,86 +173,6 @@ def _check_resumable(ckpt: dict, cfg: TrainConfig, run: dict, directory) -> None
     if saved_run.get("threads") != run["threads"]:
         log.warning("resuming with %s CPU threads where the checkpoint used %s: float results may differ slightly",
                     run["threads"], saved_run.get("threads"))
-
-
-def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
-    """Metrics stored in the agent card: every loss next to its no-skill baseline."""
-    loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
-    train_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.train_ends)
-    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
-    y_tr = prep.y[prep.train_ends].astype(np.float64)
-    y_va = prep.y[prep.val_ends].astype(np.float64)
-    z_tr = _predict(model, train_ds, torch.device("cpu"))
-    z_va = _predict(model, val_ds, torch.device("cpu"))
-    base_rate = float(y_tr.mean())
-    p_tr, p_va = 1 / (1 + np.exp(-z_tr)), 1 / (1 + np.exp(-z_va))
-    threshold = cfg.threshold if cfg.threshold is not None else suggest_threshold(p_tr, base_rate)
-    # No-skill references, all fitted on training labels and scored on each set: the base rate (the
-    # issue's baseline, and the best constant under log-loss) and, for focal loss, the best constant,
-    # which lies elsewhere; a model beating only the base rate under focal loss may just be recalibrated.
-    p_const = best_constant_probability(torch.from_numpy(y_tr), cfg.focal_alpha, cfg.focal_gamma)
-    bce = FocalLoss(alpha=None, gamma=0.0)  # = binary cross-entropy (log-loss)
-    return {
-        "train_loss": _loss_of(loss_fn, z_tr, y_tr),
-        "val_loss": _loss_of(loss_fn, z_va, y_va),
-        "val_loss_note": "from the epoch with the lowest validation loss (early stopping): optimistic",
-        "baseline_train_loss": loss_fn.baseline(torch.from_numpy(y_tr), base_rate),
-        "baseline_val_loss": loss_fn.baseline(torch.from_numpy(y_va), base_rate),
-        "best_constant_p": p_const,
-        "best_constant_train_loss": loss_fn.baseline(torch.from_numpy(y_tr), p_const),
-        "best_constant_val_loss": loss_fn.baseline(torch.from_numpy(y_va), p_const),
-        "val_logloss": _loss_of(bce, z_va, y_va),
-        "baseline_val_logloss": bce.baseline(torch.from_numpy(y_va), base_rate),
-        "val_auc": roc_auc(y_va, z_va),
-        "train_auc": roc_auc(y_tr, z_tr),
-        "threshold": threshold,
-        "threshold_rule": "given" if cfg.threshold is not None else "train signal rate = train base rate",
-        "val_at_threshold": precision_recall(y_va, p_va, threshold),
-        "label_balance": {"train_positive_rate": base_rate, "val_positive_rate": float(y_va.mean()),
-                          "train_events": int(len(y_tr)), "val_events": int(len(y_va))},
-        # features at each labelled bar: does validation look like training?
-        "adversarial_auc": adversarial_auc(prep.x[prep.train_ends], prep.x[prep.val_ends], seed=cfg.seed),
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "history": history,
-    }
-
-
-def build_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, metrics: dict, command: str) -> dict:
-    idx = prep.index
-    train_lo = int(prep.train_ends.min()) - cfg.seq_len + 1
-    return {
-        "format": _meta.FORMAT,
-        "format_version": _meta.FORMAT_VERSION,
-        "package_version": _meta.package_version(),
-        "torch_version": torch.__version__,
-        "input_name": "x",
-        "output_name": "logit",
-        "output": "logit of P(upper barrier touched first); probability = sigmoid(logit)",
-        "features": prep.spec.to_dict(),
-        "feature_names": prep.names,
-        "seq_len": cfg.seq_len,
-        "warmup": prep.spec.warmup + cfg.seq_len - 1,
-        "normalisation": {"mean": prep.mean.tolist(), "std": prep.std.tolist()},
-        "tbm": cfg.tbm.to_dict(),
-        "threshold": float(metrics["threshold"]),
-        "model": model.config.to_dict(),
-        "dataset": {
-            "name": cfg.data,
-            "source": prep.source,
-            "sha256": prep.sha256,
-            "first_bar": str(idx[0]),
-            "last_bar_used": str(idx[-1]),  # nothing after this bar was seen in training
-            "holdout_start": None if prep.holdout_start is None else str(prep.holdout_start),
-            "train": [str(idx[train_lo]), str(idx[int(prep.train_ends.max())])],
-            # None for a refit that trains on its validation block too (walk-forward)
-            "validation": ([str(idx[int(prep.val_ends.min())]), str(idx[int(prep.val_ends.max())])]
-                           if len(prep.val_ends) else None),
-        },
-        "metrics": metrics,
-        "train_config": cfg.to_dict(),
-        "training_command": command,
-    }
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.evaluation import suggest_threshold
-from agents.train import TrainConfig
+from agents.config import TrainConfig
 
 GROUPS = ("model", "labels", "strategy")
 

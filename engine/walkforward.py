@@ -59,7 +59,10 @@ from optuna.trial import TrialState
 
 from agents import FocalLoss, LazySequenceDataset, OnnxAgent, export_agent
 from agents.evaluation import roc_auc
-from agents.train import TrainConfig, build_card, fit, prepare_segments
+from agents.config import TrainConfig
+from agents.metadata import build_card
+from agents.prepare import prepare_segments
+from agents.train import fit
 from datafeeds import DataError, load_ohlcv, write_atomic
 from engine import _search_space as space
 from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance, sharpe_ratio

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.train import TrainConfig, train
+from agents.config import TrainConfig
+from agents.train import train
 
 # Small enough to train in seconds on 2 cores, big enough to exercise every step.
 TINY = dict(

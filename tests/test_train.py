@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents import train as train_mod
 from agents.checkpoint import load_checkpoint
 from datafeeds import load_ohlcv
 from agents.runtime import OnnxAgent
 from agents.hardware import choose_profile, detect
-from agents.train import TrainConfig, fit, main, prepare
+from agents.config import TrainConfig
+from agents.prepare import prepare
+from agents.train import fit, main
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
