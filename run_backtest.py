@@ -17,12 +17,12 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from agents import AgentFileError, OnnxAgent
 from datafeeds import DataError, load_ohlcv, write_atomic
 from engine import plot_backtest, run_backtest
+from engine.jsonable import jsonable
 from strategies import STRATEGIES, get_strategy
 
 DEFAULT_AGENT = "models/agent1.onnx"
@@ -211,26 +211,10 @@ def results_table(result, label: str) -> str:
     return "\n".join(lines)
 
 
-def _json_ready(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (pd.Timestamp, np.datetime64)):
-        return str(pd.Timestamp(obj))
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
 def build_report(result, run: dict, args) -> dict:
     """Everything needed to audit the run: config, stats, trades, per-bar equity and signal."""
     sig = result.signal
-    return _json_ready({
+    return jsonable({
         "config": {**result.config, "agent": args.agent if run["agent"] else None, "data": run["data_name"],
                    "engine": args.engine},
         "notes": run["notes"],

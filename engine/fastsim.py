@@ -35,7 +35,8 @@ from numba import njit
 import datafeeds
 import labeling
 from engine.metrics import compute_stats, infer_periods_per_year, periods_per_year_rule
-from engine.runner import BacktestResult, _align, _jsonable, _trades_frame
+from engine.jsonable import jsonable
+from engine.runner import BacktestResult, _align, _trades_frame
 from strategies import EXIT_REASONS, TRADE_FIELDS
 from strategies.base import CASH_EPS
 
@@ -284,7 +285,7 @@ def simulate(
     config = {
         "strategy": "TransformerAgentStrategy",
         "engine": "fast",
-        "params": {k: _jsonable(v) for k, v in (("size_frac", size_frac), ("threshold", threshold), ("pt", pt),
+        "params": {k: jsonable(v) for k, v in (("size_frac", size_frac), ("threshold", threshold), ("pt", pt),
                                                  ("sl", sl), ("horizon", horizon), ("live", False))},
         "data_source": str(df.attrs.get("source", "DataFrame")),
         "data_sha256": df.attrs.get("sha256"),

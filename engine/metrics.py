@@ -20,6 +20,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from engine.jsonable import jsonable
+
 # Trading days per year assumed when a sample is too short to count bars per calendar year.
 TRADING_DAYS_PER_YEAR = 252
 _DAYS_PER_YEAR = 365.25
@@ -99,7 +101,7 @@ def compute_stats(
     if exposure is None:
         exposure = _exposure_from_trades(eq.index, trades)
 
-    return _json_safe(
+    return jsonable(
         {
             "start": str(eq.index[0]),
             "end": str(eq.index[-1]),
@@ -171,16 +173,3 @@ def _exposure_from_trades(index: pd.DatetimeIndex, trades: pd.DataFrame | None) 
         if reason == "end_of_data":
             held |= index == exit_  # a synthetic exit at the last close: that bar was held
     return float(held.mean())
-
-
-def _json_safe(stats: dict) -> dict:
-    out = {}
-    for key, value in stats.items():
-        if isinstance(value, (np.integer,)):
-            value = int(value)
-        elif isinstance(value, (float, np.floating)):
-            value = float(value)
-            if not math.isfinite(value):
-                value = None
-        out[key] = value
-    return out

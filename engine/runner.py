@@ -27,6 +27,7 @@ import pandas as pd
 
 import datafeeds
 import labeling
+from engine.jsonable import jsonable
 from engine.metrics import compute_stats, infer_periods_per_year, periods_per_year_rule
 from strategies import TRADE_FIELDS, BuyAndHold, TransformerAgentStrategy, get_strategy
 
@@ -175,7 +176,7 @@ def run_backtest(
         "strategy": strat_cls.__name__,
         "engine": "backtrader",
         "params": {  # every strategy parameter in effect, defaults included
-            k: _jsonable(v) for k, v in strat.p._getkwargs().items() if k not in ("agent", "agent_history")
+            k: jsonable(v) for k, v in strat.p._getkwargs().items() if k not in ("agent", "agent_history")
         },
         "data_source": str(df.attrs.get("source", "DataFrame")),
         "data_sha256": df.attrs.get("sha256"),
@@ -262,11 +263,3 @@ def _trades_frame(log_rows: list[dict], index: pd.DatetimeIndex) -> pd.DataFrame
     for col in ("entry_bar", "exit_bar", "bars_held"):
         trades[col] = trades[col].astype(np.int64)
     return trades
-
-
-def _jsonable(value):
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return repr(value)

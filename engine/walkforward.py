@@ -65,6 +65,7 @@ from agents.prepare import prepare_segments
 from agents.train import fit
 from datafeeds import DataError, load_ohlcv, write_atomic
 from engine import _search_space as space
+from engine.jsonable import jsonable
 from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance, sharpe_ratio
 from engine.metrics import compute_stats, drawdown, infer_periods_per_year
 from engine.runner import ENGINES, run_backtest
@@ -844,19 +845,11 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=False).encode())
+    write_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False).encode())
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_atomic(path, frame.to_csv().encode())
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, (pd.Timestamp, Path)):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 # ------------------------------------------------------------------------------------ CLI
