@@ -22,8 +22,6 @@ backtests is the steadier number. Acceptance target: (b) cerebro.run <= 1.5x (a)
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -34,25 +32,11 @@ import pandas as pd
 import datafeeds
 import labeling
 from engine import run_backtest
+from _common import bootstrap_bars, load_avg, machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.5  # acceptance: agent strategy on precomputed signals <= 1.5x the bare pass
 AGENT_WARMUP = 162  # NaN bars at the start of the synthetic signal, like agent1's warm-up
-
-
-def bootstrap_bars(src: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """n bars whose (log return, open/high/low offsets to close, volume) are drawn jointly from real bars."""
-    c = src["close"].to_numpy(float)
-    r = np.log(c[1:] / c[:-1])
-    offsets = np.log(src[["open", "high", "low"]].to_numpy(float)[1:] / c[1:, None])
-    volume = src["volume"].to_numpy(float)[1:]
-    pick = np.random.default_rng(seed).integers(0, r.size, size=n)
-    close = c[0] * np.exp(np.cumsum(r[pick]))
-    o, h, lo = (close * np.exp(offsets[pick, k]) for k in range(3))
-    index = pd.date_range("2000-01-03", periods=n, freq="min", name="datetime")
-    df = pd.DataFrame({"open": o, "high": h, "low": lo, "close": close, "volume": volume[pick]}, index=index)
-    df.attrs["source"] = f"sp500 bootstrap n={n} seed={seed}"
-    return df
 
 
 def ar1_probs(n: int, seed: int, phi: float = 0.95, scale: float = 0.35) -> np.ndarray:
@@ -154,24 +138,6 @@ def best_of(fn, repeat: int):
     return [min(r[i] for r in runs) for i in range(k)] + list(runs[-1][k:])
 
 
-def machine_info() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"cpu: {model}; logical cores: {os.cpu_count()} (usable: {usable}); python {platform.python_version()}, "
-            f"backtrader {bt.__version__}, numpy {np.__version__}, pandas {pd.__version__}")
-
-
-def load_avg() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else "load average n/a"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bars", type=int, default=100_000)
@@ -186,7 +152,7 @@ def main() -> None:
     if not 0 < args.signal_rate < 1 or args.bars <= AGENT_WARMUP + 100:
         ap.error(f"need 0 < --signal-rate < 1 and --bars > {AGENT_WARMUP + 100}")
 
-    print(machine_info())
+    print(machine_info(bt, np, pd))
     print(f"at start: {load_avg()}")
     df = bootstrap_bars(datafeeds.load_ohlcv("sp500"), args.bars, args.seed)
     n = len(df)

@@ -9,11 +9,8 @@ python benchmarks/bench_fastsim.py --bars 100000 --seed 0
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -22,35 +19,9 @@ import pandas as pd
 import datafeeds
 from engine import run_backtest
 from engine.fastsim import _simulate_nb
+from _common import bootstrap_bars, machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PARAMS = dict(threshold=0.6, pt=1.5, sl=1.5, horizon=20, size_frac=1.0, commission=0.0005, slippage=0.0002)
-
-
-def bootstrap_bars(src: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """n bars whose (log return, open/high/low offsets to close) are drawn jointly from ``src``'s bars."""
-    c = src["close"].to_numpy(np.float64)
-    r = np.log(c[1:] / c[:-1])
-    offsets = np.log(src[["open", "high", "low"]].to_numpy(np.float64)[1:] / c[1:, None])
-    pick = np.random.default_rng(seed).integers(0, r.size, size=n)
-    close = c[0] * np.exp(np.cumsum(r[pick]))
-    o, h, lo = (close * np.exp(offsets[pick, k]) for k in range(3))
-    # the offsets keep low <= open, close <= high up to exp/log rounding: enforce it exactly
-    h, lo = np.maximum.reduce([h, o, close]), np.minimum.reduce([lo, o, close])
-    index = pd.date_range("2000-01-03", periods=n, freq="min", name="datetime")
-    return pd.DataFrame({"open": o, "high": h, "low": lo, "close": close, "volume": 1.0}, index=index)
-
-
-def machine_info() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or "unknown"
-    return (f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}, "
-            f"pandas {pd.__version__}, numba {numba.__version__}")
 
 
 def main() -> None:
@@ -63,7 +34,7 @@ def main() -> None:
     df = bootstrap_bars(datafeeds.load_ohlcv("sp500"), args.bars, args.seed)
     signal = np.random.default_rng(args.seed + 1).random(len(df))
     kw = dict(signal=signal, benchmark=False, **PARAMS)
-    print(f"machine: {machine_info()}")
+    print(f"machine: {machine_info(np, pd, numba)}")
     print(f"data: {len(df):,} bootstrapped sp500 bars, random signal, params {PARAMS}")
 
     t0 = time.perf_counter()

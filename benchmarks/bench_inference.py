@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,27 +26,13 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_backtest import bootstrap_bars, load_avg  # noqa: E402  (same synthetic bars)
+from _common import bootstrap_bars, load_avg, machine_info  # noqa: E402
 
 import datafeeds  # noqa: E402
 from agents import ModelConfig, OnnxAgent, TransformerAgent, compute_features  # noqa: E402
 from agents.runtime import STREAM_HISTORY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine_info() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"cpu: {model}; logical cores: {os.cpu_count()} (usable: {usable}); python {platform.python_version()}, "
-            f"onnxruntime {ort.__version__}, torch {torch.__version__}, numpy {np.__version__}")
 
 
 def usable_cores() -> int:
@@ -88,7 +73,7 @@ def main() -> None:
     ap.add_argument("--agent", default=str(ROOT / "models" / "agent1.onnx"))
     args = ap.parse_args()
 
-    print(machine_info())
+    print(machine_info(ort, torch, np))
     print(f"at start: {load_avg()}")
     t0 = time.perf_counter()
     agent = OnnxAgent.load(args.agent)

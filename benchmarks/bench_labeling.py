@@ -8,8 +8,6 @@ realistic shape and gap. Run: python benchmarks/bench_labeling.py --bars 200000 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import talib
 
 from labeling import TBMConfig, atr, triple_barrier_labels
 from labeling.tbm import _triple_barrier_nb
+from _common import bootstrap_bars, machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,18 +30,6 @@ def load_sp500() -> pd.DataFrame:
         return load_ohlcv("sp500")
     except ImportError:
         return pd.read_csv(ROOT / "datafeeds" / "samples" / "sp500.csv.gz", index_col="datetime", parse_dates=["datetime"])
-
-
-def bootstrap_bars(src: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """n bars whose (log return, open/high/low offsets to close) are drawn jointly from real bars."""
-    c = src["close"].to_numpy(float)
-    r = np.log(c[1:] / c[:-1])
-    offsets = np.log(src[["open", "high", "low"]].to_numpy(float)[1:] / c[1:, None])
-    pick = np.random.default_rng(seed).integers(0, r.size, size=n)
-    close = c[0] * np.exp(np.cumsum(r[pick]))
-    o, h, lo = (close * np.exp(offsets[pick, k]) for k in range(3))
-    index = pd.date_range("2000-01-03", periods=n, freq="min", name="datetime")
-    return pd.DataFrame({"open": o, "high": h, "low": lo, "close": close}, index=index)
 
 
 def pandas_loop_labels(df: pd.DataFrame, cfg: TBMConfig, n_events: int | None = None) -> pd.DataFrame:
@@ -72,22 +59,6 @@ def pandas_loop_labels(df: pd.DataFrame, cfg: TBMConfig, n_events: int | None = 
     return pd.DataFrame(rows, columns=["datetime", "label", "t1", "ret", "barrier"]).set_index("datetime")
 
 
-def machine_info() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"cpu: {model}; logical cores: {os.cpu_count()} (usable: {affinity}); python {platform.python_version()}, "
-        f"numpy {np.__version__}, pandas {pd.__version__}, numba {numba.__version__}"
-    )
-
-
 def best_of(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -105,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = TBMConfig()
 
-    print(machine_info())
+    print(machine_info(np, pd, numba))
     df = bootstrap_bars(load_sp500(), args.bars, args.seed)
     print(f"bars: {len(df):,} bootstrapped from sp500 daily (seed {args.seed}); config {cfg.to_dict()}")
 
