@@ -30,22 +30,16 @@ several machines use PostgreSQL (the optuna docs advise against SQLite for paral
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import hashlib
 import io
 import json
-import math
 import logging
 import os
-import re
 import shlex
 import socket
 import sys
-import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,16 +53,22 @@ from optuna.trial import TrialState
 
 from agents import FocalLoss, LazySequenceDataset, OnnxAgent, export_agent
 from agents.evaluation import roc_auc
-from agents.config import TrainConfig
 from agents.metadata import build_card
 from agents.prepare import prepare_segments
 from agents.train import fit
 from datafeeds import DataError, load_ohlcv, write_atomic
 from engine import _search_space as space
+from engine._wf_cli import _parser, config_from_args
+from engine._wf_config import OBJECTIVES, _VALIDATION_ENGINE, WalkForwardConfig
+from engine._wf_report import (_deflated_sharpe, _fmt, _plot_stitched, _plot_study, _stitched_result,
+                               stitch_equity, summary_lines)
+from engine._wf_search import _FINISHED, _check_not_surplus, _StopWhenFull, _SurplusTrial, _TrialSeededTPE
+from engine._wf_storage import (_claim, _counts, _fail_stale, _fold_result, _heartbeat, _record_fold_result,
+                                _redact, open_storage)
+from engine.deflated_sharpe import sharpe_ratio
 from engine.jsonable import jsonable
-from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance, sharpe_ratio
-from engine.metrics import compute_stats, drawdown, infer_periods_per_year
-from engine.runner import ENGINES, run_backtest
+from engine.metrics import infer_periods_per_year
+from engine.runner import run_backtest
 from labeling import Fold, walk_forward_folds
 
 matplotlib.use("Agg")  # headless, as engine.plotting
@@ -76,256 +76,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = {  # name -> optimisation direction
-    "val_loss": "minimize",  # validation focal loss / its no-skill baseline (1 = no skill)
-    "val_auc": "maximize",  # validation ROC AUC of the labelled bars
-    "val_sharpe": "maximize",  # annualised Sharpe of a backtest on the validation block
-}
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-_RESULT_ATTR = "fold_result"
-_VALIDATION_ENGINE = "fast"  # every trial's validation backtest: engine.fastsim, parity-tested with backtrader
-# everything not searched; a base option of a searched group must keep its value here (else refused)
-_BASE = TrainConfig(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256, holdout=0.0)
-
-
-@dataclass(frozen=True)
-class WalkForwardConfig:
-    """One walk-forward study; the fields marked (*) may change between runs of the same study."""
-
-    data: str = "sp500"  # bundled sample name or a CSV/Parquet path
-    start: str | None = None
-    end: str | None = None
-    folds: int = 3
-    scheme: str = "rolling"  # rolling | anchored (expanding train)
-    test_frac: float = 0.3  # last fraction of the bars split into the folds' test blocks
-    embargo: int = 0  # bars left out after each test block (out-of-sample bars only; see the module docstring)
-    trials: int = 5  # (*) trials per fold, in total over all workers (complete + pruned)
-    timeout: float | None = None  # (*) seconds of search per fold and process; then the fold is finalised
-    storage: str | None = None  # (*) Optuna RDB URL; None = sqlite:///<out>/optuna.db
-    study: str | None = None  # None = wf_<data>
-    n_jobs: int = 1  # (*) trials run in parallel threads in this process
-    seed: int = 0
-    objective: str = "val_loss"
-    search: tuple[str, ...] = ("model",)
-    epochs: int = 3  # epochs per trial; the refit uses the best trial's best epoch
-    out: str | None = None  # (*) None = reports/<study>
-    cash: float = 100_000.0
-    commission: float = 0.0005  # fraction of traded value per side
-    slippage: float = 0.0
-    engine: str = "backtrader"  # engine of each fold's test backtest (trials always use the fast one)
-    heartbeat: int = 10  # (*) seconds between worker heartbeats; a trial silent for 3x is failed and retried
-    base: TrainConfig = _BASE  # everything not searched
-
-    def __post_init__(self):
-        for name in ("test_frac", "timeout", "cash", "commission", "slippage"):
-            v = getattr(self, name)
-            if v is not None and not math.isfinite(v):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"--engine: unknown {self.engine!r};{_did_you_mean(self.engine, ENGINES)}"
-                             f" choose from {', '.join(ENGINES)}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective: unknown {self.objective!r};{_did_you_mean(self.objective, OBJECTIVES)}"
-                             f" choose from {', '.join(OBJECTIVES)}")
-        if self.scheme not in ("rolling", "anchored"):
-            raise ValueError(f"--scheme must be rolling or anchored, got {self.scheme!r}")
-        space.parse_groups(",".join(self.search))
-        for name, group in space.overridden_base_fields(self.search, self.base, _BASE):
-            raise ValueError(f"--{name.replace('_', '-')} is searched by --search {group}; drop it or remove "
-                             f"{group!r} from --search")
-        if "strategy" in self.search and self.objective != "val_sharpe":
-            raise ValueError("--search strategy only changes the trading, which only --objective val_sharpe "
-                             "scores; add --objective val_sharpe or drop the strategy group")
-        for name in ("folds", "trials", "epochs", "n_jobs", "heartbeat"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.embargo < 0:
-            raise ValueError(f"--embargo must be >= 0 bars, got {self.embargo}")
-        if not 0.0 < self.test_frac < 1.0:
-            raise ValueError(f"--test-frac must be in (0, 1), got {self.test_frac}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
-        if not (self.cash > 0 and self.commission >= 0 and 0 <= self.slippage < 1):
-            raise ValueError(f"need --cash > 0, --commission >= 0, 0 <= --slippage < 1; got {self.cash}, "
-                             f"{self.commission}, {self.slippage}")
-        if self.study is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study):
-            raise ValueError(f"--study {self.study!r}: use letters, digits, '_', '-' and '.' only")
-        # the base config describes the same data, seed and epochs (recorded in every agent card)
-        object.__setattr__(self, "base", dataclasses.replace(
-            self.base, data=self.data, start=self.start, end=self.end, seed=self.seed, epochs=self.epochs,
-            patience=self.epochs))
-
-    @property
-    def study_name(self) -> str:
-        if self.study:
-            return self.study
-        stem = Path(self.data).name.split(".")[0] if ("/" in self.data or "." in self.data) else self.data
-        return "wf_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("reports") / self.study_name
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.out_dir / 'optuna.db').resolve()}"
-
-    @property
-    def purge(self) -> int:
-        """Bars between train/validation/test: the longest label horizon any trial can use."""
-        return space.max_horizon(self.search, self.base)
-
-    @property
-    def direction(self) -> str:
-        return OBJECTIVES[self.objective]
-
-    def fingerprint(self, data_sha256: str) -> dict:
-        """What a study's trials depend on; reruns must match it (the (*) fields may differ)."""
-        keep = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("trials", "timeout", "storage", "n_jobs", "out", "heartbeat", "base", "study", "engine")}
-        keep["search"] = list(self.search)
-        keep["engines"] = {"validation": _VALIDATION_ENGINE, "test": self.engine}
-        keep["base"] = self.base.to_dict()
-        keep["data_sha256"] = data_sha256
-        return json.loads(json.dumps(keep))
-
-
-# ------------------------------------------------------------------------------------ sampler
-class _TrialSeededTPE(optuna.samplers.BaseSampler):
-    """TPE whose random stream is seeded by (seed, trial number) instead of once per process.
-
-    One worker reproduces its runs; workers sharing a study draw different parameters (a TPE with
-    the same seed in each would propose identical startup trials in every worker).
-    """
-
-    def __init__(self, seed: int, n_startup_trials: int):
-        self._seed = int(seed)
-        self._n_startup = int(n_startup_trials)
-        self._local = threading.local()  # n_jobs threads each run their own trial
-
-    def _tpe(self) -> optuna.samplers.TPESampler:
-        return self._local.tpe
-
-    def before_trial(self, study, trial):
-        seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar
-            # constant liar: running trials count as bad, so parallel workers spread out
-            self._local.tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self._n_startup,
-                                                         constant_liar=True)
-        self._tpe().before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self._tpe().infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._tpe().sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._tpe().sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values):
-        self._tpe().after_trial(study, trial, state, values)
-
-
-class _SurplusTrial(Exception):
-    """This trial would exceed the per-fold total: other workers already hold the remaining ones."""
-
-
-class _StopWhenFull:
-    """Stop this worker's optimize loop once finished + in-flight trials (any worker) reach the total.
-
-    MaxTrialsCallback counts finished trials only, so a worker would start one more trial while
-    others' last trials run; that trial would then be refused as surplus (a FAIL record).
-    """
-
-    def __init__(self, cap: int):
-        self.cap = cap
-
-    def __call__(self, study: optuna.Study, trial) -> None:
-        if len(study.get_trials(deepcopy=False, states=_LIVE)) >= self.cap:
-            study.stop()
-
-
-class _HideSurplus(logging.Filter):
-    """optuna logs every failed trial with a traceback; a refused surplus trial is routine."""
-
-    def __init__(self):
-        super().__init__()
-        self._pending: set[str] = set()  # its 'failed with value None' line follows the error line
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        m = re.match(r"Trial (\d+) failed", msg)
-        if not m:
-            return True
-        if "_SurplusTrial" in msg:
-            self._pending.add(m.group(1))
-            return False
-        if "with value None" in msg and m.group(1) in self._pending:
-            self._pending.discard(m.group(1))
-            return False
-        return True
-
-
-logging.getLogger("optuna.study._optimize").addFilter(_HideSurplus())
-
-
-# ------------------------------------------------------------------------------------ storage
-def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
-    """RDB storage with worker heartbeats: a trial whose worker stops beating for 3 heartbeats is
-    failed and re-queued with the same parameters by the next worker that looks."""
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-                )
-            if url.startswith("sqlite"):
-                # write-ahead log: readers never block the writer, fewer 'database is locked' errors
-                # between workers (the setting is stored in the database file)
-                with storage.engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-            return storage
-        except ArgumentError as exc:
-            raise ValueError(f"--storage {_redact(url)} is not a database URL ({exc}); e.g. "
-                             "sqlite:///reports/optuna.db or postgresql+psycopg2://user:pw@host/db") from None
-        except ImportError as exc:
-            raise ValueError(f"--storage {_redact(url)}: its database driver is missing ({exc}); for PostgreSQL: "
-                             "pip install psycopg2-binary") from None
-        except SQLAlchemyError as exc:
-            # workers starting together race to create the tables of a new database: retry a few times
-            if attempt == 4:
-                raise ValueError(f"cannot open the Optuna storage {_redact(url)}: {exc}".splitlines()[0]) from None
-            time.sleep(0.5 + np.random.default_rng().random())
-
-
-def _redact(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy understands: say nothing about it
-        return "<storage>"
-
-
-def _fail_stale(study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def _counts(study) -> dict:
-    c = {s: 0 for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")}
-    for t in study.get_trials(deepcopy=False):
-        c[t.state.name] = c.get(t.state.name, 0) + 1
-    return c
+__all__ = ["OBJECTIVES", "WalkForwardConfig", "config_from_args", "main", "open_storage", "run_walk_forward",
+           "stitch_equity", "summary_lines"]
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -427,7 +179,7 @@ def _advance(ctx: _Context, fold: Fold):
     study = _fold_study(ctx, fold)
     searched = False
     while True:
-        result = study.user_attrs.get(_RESULT_ATTR)
+        result = _fold_result(study)
         if result is not None:
             return result
         _fail_stale(study)
@@ -525,24 +277,6 @@ class _Objective:
         return float(value)
 
 
-def _check_not_surplus(trial: optuna.Trial, cap: int) -> None:
-    # Trial numbers are given out in creation order; if `cap` live trials precede this one, the
-    # study is full and another worker's trial got there first (MaxTrialsCallback alone only stops
-    # a worker after it finished one trial too many).
-    live = trial.study.get_trials(deepcopy=False, states=_LIVE)
-    ahead = sum(1 for t in live if t.number < trial.number)
-    if ahead >= cap:
-        trial.set_user_attr("surplus", True)
-        raise _SurplusTrial(f"trial {trial.number}: {ahead} trials already hold the {cap} slots")
-    # two workers failing the same stale trial at once (SQLite has no row locks) queue it twice:
-    # only the first copy runs
-    me = next((t for t in live if t.number == trial.number), None)
-    origin = None if me is None else me.system_attrs.get("failed_trial")
-    if origin is not None and any(t.system_attrs.get("failed_trial") == origin for t in live if t.number < trial.number):
-        trial.set_user_attr("surplus", True)
-        raise _SurplusTrial(f"trial {trial.number}: a copy of failed trial {origin} already runs")
-
-
 def _logits(model, x: np.ndarray, seq_len: int, ends: np.ndarray) -> np.ndarray:
     ds = LazySequenceDataset(x, np.zeros(len(x), dtype=np.float32), seq_len, index=ends)
     out = []
@@ -583,70 +317,12 @@ def _validation_backtest(ctx, fold, tcfg, execution, prep, model, threshold) -> 
 def _finalise_claimed(ctx: _Context, fold: Fold, study: optuna.Study):
     """Refit, export and test the fold's best trial, unless another live worker is already doing it."""
     name = f"{study.study_name}_finalise"
-    if not _claim(ctx, name):
+    if not _claim(ctx.storage, name, ctx.worker, ctx.cfg.heartbeat):
         return "blocked"
-    stop = threading.Event()
-    beat = threading.Thread(target=_claim_heartbeat, args=(ctx, name, stop), daemon=True)
-    beat.start()
-    try:
+    with _heartbeat(ctx.storage, name, ctx.cfg.heartbeat):
         result = _finalise(ctx, fold, study)
-    finally:
-        stop.set()
-        beat.join()
-    study.set_user_attr(_RESULT_ATTR, result)
+    _record_fold_result(study, result)
     return result
-
-
-def _claim(ctx: _Context, name: str) -> bool:
-    """Atomically take the job of finalising a fold: creating a study of that name succeeds once.
-
-    A claim whose worker stopped beating (3 heartbeats), or that was made by a dead process on this
-    host, is stale: it is deleted and claimed anew.
-    """
-    try:
-        marker = optuna.create_study(storage=ctx.storage, study_name=name)
-    except optuna.exceptions.DuplicatedStudyError:
-        try:
-            info = optuna.load_study(study_name=name, storage=ctx.storage).user_attrs
-        except KeyError:  # deleted meanwhile by a worker taking over a stale claim
-            return False
-        if not _claim_is_stale(info, 3 * ctx.cfg.heartbeat):
-            return False
-        log.warning("taking over the stale claim %s of %s", name, info.get("worker"))
-        try:
-            optuna.delete_study(study_name=name, storage=ctx.storage)
-        except KeyError:
-            pass
-        return _claim(ctx, name)
-    marker.set_user_attr("worker", ctx.worker)
-    marker.set_user_attr("alive", time.time())
-    return True
-
-
-def _claim_is_stale(info: dict, grace: float) -> bool:
-    alive = info.get("alive")
-    if alive is None:
-        return False  # just created; its owner writes the attributes next
-    host, _, pid = str(info.get("worker", "")).rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
-        return True
-    return time.time() - float(alive) > grace
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _claim_heartbeat(ctx: _Context, name: str, stop: threading.Event) -> None:
-    marker = optuna.load_study(study_name=name, storage=ctx.storage)
-    while not stop.wait(ctx.cfg.heartbeat):
-        marker.set_user_attr("alive", time.time())
 
 
 def _finalise(ctx: _Context, fold: Fold, study: optuna.Study) -> dict:
@@ -697,7 +373,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study) -> dict:
                       start=hist.index[fold.test.start], end=hist.index[-1], signal=probs,
                       periods_per_year=ctx.ppy, engine=cfg.engine, **execution.strategy_params(tcfg, agent.threshold))
     c = _counts(study)
-    plots = _plot_study(study, cfg.out_dir, k)
+    plots = _plot_study(study, cfg.out_dir, k, _save_figure)
     trades = json.loads(bt.trades.to_json(orient="records", date_format="iso")) if len(bt.trades) else []
     result = {
         "fold": k, **dates,
@@ -723,48 +399,14 @@ def _sha256(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------ output
-def stitch_equity(curves: list[pd.Series], cash: float) -> pd.Series:
-    """Chain the folds' test equity curves (each starting with ``cash``) into one curve from ``cash``:
-    each fold's curve is rescaled to start where the previous one ended."""
-    parts, level = [], float(cash)
-    for eq in curves:
-        part = eq.astype(np.float64) * (level / float(cash))
-        parts.append(part)
-        level = float(part.iloc[-1])
-    out = pd.concat(parts)
-    if not out.index.is_monotonic_increasing or out.index.has_duplicates:
-        raise ValueError("fold test blocks overlap or are out of order; cannot stitch them")
-    return out.rename("equity")
-
-
 def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) -> dict:
     cfg = ctx.cfg
-    curves = [pd.Series(r["equity"], index=pd.DatetimeIndex(r["index"])) for r in results]
-    bench = [pd.Series(r["benchmark_equity"], index=pd.DatetimeIndex(r["index"])) for r in results]
-    equity, bench_equity = stitch_equity(curves, cfg.cash), stitch_equity(bench, cfg.cash)
-    trades = pd.DataFrame([t for r in results for t in r["trades"]])
-    if len(trades):
-        for col in ("entry_time", "exit_time"):
-            trades[col] = pd.to_datetime(trades[col])
-    stats = compute_stats(equity, trades if len(trades) else None, periods_per_year=ctx.ppy)
-    bench_stats = compute_stats(bench_equity, periods_per_year=ctx.ppy, exposure=1.0)
+    curves, equity, bench_equity, stats, bench_stats = _stitched_result(results, cfg.cash, ctx.ppy)
     n_configs = sum(r["trials"]["complete"] + r["trials"]["pruned"] for r in results)
-    groups = [[s for s in r["trial_val_sr"] if s is not None] for r in results]
-    var, var_per_fold = mean_within_group_variance(groups)
-    dsr = deflated_sharpe_ratio(equity.pct_change().dropna(), [s for g in groups for s in g], n_trials=n_configs,
-                                var_trial_sharpe=var)
-    pooled = [s for g in groups for s in g]
-    dsr["var_method"] = (
-        "mean over folds with >= 2 completed trials of the within-fold variance (ddof=1) of the trials' "
-        "per-bar validation Sharpes (0 if no such fold); folds validate on different periods, so pooling "
-        "them would measure regime differences, not search spread")
-    dsr["var_per_fold"] = var_per_fold
-    dsr["var_pooled_across_folds"] = float(np.var(pooled, ddof=1)) if len(pooled) >= 2 else None  # for reference
-    dsr["note"] = ("N = all trials of all folds (complete + pruned): conservative, as each fold selects only "
-                   "among its own trials; V as in var_method; SR, skew, kurtosis of the stitched test returns")
+    dsr = _deflated_sharpe(equity, results, n_configs)
     png = cfg.out_dir / "stitched_equity.png"
     _plot_stitched(equity, bench_equity, [c.index[0] for c in curves[1:]], png,
-                   f"{cfg.study_name}: walk-forward out-of-sample ({len(results)} folds) vs buy-and-hold")
+                   f"{cfg.study_name}: walk-forward out-of-sample ({len(results)} folds) vs buy-and-hold", _save_figure)
     report = {
         "study": cfg.study_name,
         "storage": _redact(cfg.storage_url),
@@ -791,49 +433,7 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
     return report
 
 
-def _plot_study(study: optuna.Study, out: Path, k: int) -> dict:
-    """Optimisation history and parameter importances of one fold (importances need >= 2 varied trials)."""
-    paths = {"history": str(out / f"fold{k}_history.png"), "importance": None, "importance_note": None}
-    # optuna's plots switch the global matplotlib style: keep that inside this block
-    with warnings.catch_warnings(), matplotlib.rc_context():
-        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-        ax = optuna.visualization.matplotlib.plot_optimization_history(study)
-        ax.set_title(f"fold {k}: optimisation history ({study.direction.name.lower()} {ax.get_ylabel()})")
-        _save_figure(ax.figure, Path(paths["history"]))
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        varied = [p for p in (done[0].params if done else {}) if len({repr(t.params.get(p)) for t in done}) > 1]
-        if len(done) < 2 or not varied:
-            paths["importance_note"] = f"needs >= 2 completed trials with varied parameters ({len(done)} completed)"
-            return paths
-        try:
-            ax = optuna.visualization.matplotlib.plot_param_importances(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            paths["importance_note"] = f"not computable: {exc}"
-            return paths
-        ax.set_title(f"fold {k}: hyperparameter importances", loc="left")  # replaces optuna's
-        _save_figure(ax.figure, Path(out / f"fold{k}_importance.png"))
-        paths["importance"] = str(out / f"fold{k}_importance.png")
-    return paths
-
-
-def _plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, title: str) -> None:
-    fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(12, 7), gridspec_kw={"height_ratios": [3, 1]})
-    a1.plot(equity.index, equity.to_numpy(), label="walk-forward out-of-sample", color="tab:blue")
-    a1.plot(bench.index, bench.to_numpy(), label="buy and hold", color="tab:gray", alpha=0.8)
-    a2.fill_between(equity.index, drawdown(equity).to_numpy(), 0, color="tab:blue", alpha=0.4, label="strategy")
-    a2.plot(bench.index, drawdown(bench).to_numpy(), color="tab:gray", lw=0.8, label="buy and hold")
-    for ax in (a1, a2):
-        for b in boundaries:
-            ax.axvline(b, color="k", lw=0.6, ls="--", alpha=0.5)
-    a1.set_title(title)
-    a1.set_ylabel("equity")
-    a2.set_ylabel("drawdown")
-    a1.legend(loc="upper left")
-    a1.grid(alpha=0.3)
-    a2.grid(alpha=0.3)
-    _save_figure(fig, path)
-
-
+# the report files are written here, through this module's `write_atomic` (workers share the output folder)
 def _save_figure(fig, path: Path) -> None:
     """PNG of ``fig`` written atomically (workers may write the same fold's plots); closes ``fig``."""
     buf = io.BytesIO()
@@ -853,158 +453,6 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" did you mean {close[0]!r}?" if close else ""
-
-
-class _Parser(argparse.ArgumentParser):
-    """One-line errors (exit 2) with a suggestion for misspelt options."""
-
-    def error(self, message):
-        m = re.match(r"unrecognized arguments: (.*)", message)
-        if m:
-            opts = [s for a in self._actions for s in a.option_strings]
-            bad = [w for w in m.group(1).split() if w.startswith("-")]
-            hints = [f"{w}:{_did_you_mean(w.split('=')[0], opts)}" for w in bad if _did_you_mean(w.split("=")[0], opts)]
-            if hints:
-                message += " (" + "; ".join(hints) + ")"
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _choice(name: str, options):
-    def parse(text: str) -> str:
-        if text not in options:
-            raise argparse.ArgumentTypeError(f"unknown {name} {text!r};{_did_you_mean(text, options)} "
-                                             f"choose from {', '.join(options)}")
-        return text
-    return parse
-
-
-def _search_arg(text: str) -> tuple[str, ...]:
-    try:
-        return space.parse_groups(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--search: ")) from None
-
-
-def _parser() -> argparse.ArgumentParser:
-    d, b = WalkForwardConfig(), WalkForwardConfig().base
-    p = _Parser(
-        prog="python -m engine.walkforward", allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Walk-forward tuning: per fold, Optuna picks hyperparameters on train/validation, the best "
-        "is retrained on train+validation and traded on the next unseen test block; the chained test blocks "
-        "are the out-of-sample result. Rerun the same command to resume; start it on several machines with "
-        "one --storage URL to share the work.",
-        epilog="Example: python -m engine.walkforward --folds 3 --trials 5   (bundled S&P 500, a few minutes on 2 cores). "
-        "Outputs in --out: report.json, stitched_equity.png/.csv, fold<k>.onnx/.json, fold<k>_history.png, "
-        "fold<k>_importance.png.",
-    )
-    g = p.add_argument_group("data and folds")
-    g.add_argument("--data", default=d.data, help="bundled sample name (sp500, nasdaq, eurusd_1h, ...) or a CSV/Parquet path")
-    g.add_argument("--start", default=None, help="first date used, e.g. 2005-01-01")
-    g.add_argument("--end", default=None, help="last date used")
-    g.add_argument("--folds", type=int, default=d.folds, help="number of walk-forward folds (test blocks)")
-    g.add_argument("--scheme", type=_choice("scheme", ("rolling", "anchored")), default=d.scheme,
-                   help="rolling: fixed-length train window; anchored: train always starts at the first bar")
-    g.add_argument("--test-frac", type=float, default=d.test_frac, help="last fraction of the bars split into the test blocks")
-    g.add_argument("--embargo", type=int, default=d.embargo,
-                   help="bars left out after each test block. No fold trains on later data, so this only drops "
-                   "out-of-sample bars: the stitched curve joins across each gap and its CAGR, which counts the "
-                   "gaps' calendar time, then understates")
-    g = p.add_argument_group("search")
-    g.add_argument("--trials", type=int, default=d.trials, help="trials per fold, in total over all workers")
-    g.add_argument("--timeout", type=float, default=None, help="seconds of search per fold (and process); then the fold is finalised with the trials it has")
-    g.add_argument("--objective", type=_choice("objective", tuple(OBJECTIVES)), default=d.objective,
-                   help="val_loss: validation focal loss / no-skill loss (minimised); val_auc: validation AUC; "
-                   "val_sharpe: Sharpe of a backtest on the validation block")
-    g.add_argument("--search", type=_search_arg, default=d.search, metavar="GROUPS",
-                   help="comma list of: model (d_model, layers, heads, dropout, lr, seq_len, focal alpha/gamma), "
-                   "labels (pt, sl, horizon), strategy (threshold as a training signal rate, pt/sl at execution; "
-                   "needs --objective val_sharpe)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial (the refit uses the best trial's best epoch)")
-    g.add_argument("--seed", type=int, default=d.seed, help="sampler and model seed")
-    g.add_argument("--n-jobs", type=int, default=d.n_jobs, help="trials in parallel threads in this process")
-    g = p.add_argument_group("storage and output")
-    g.add_argument("--study", default=None, help="study name (default: wf_<data>); fold k's Optuna study is <study>_fold<k>")
-    g.add_argument("--storage", default=None, help="Optuna RDB URL shared by all workers, e.g. "
-                   "postgresql+psycopg2://user:pw@host/db (default: sqlite:///<out>/optuna.db)")
-    g.add_argument("--out", default=None, help="output folder (default: reports/<study>)")
-    g.add_argument("--heartbeat", type=int, default=d.heartbeat, help="seconds between worker heartbeats; "
-                   "a trial silent for 3 heartbeats (killed worker) is failed and retried")
-    g = p.add_argument_group("trading costs")
-    g.add_argument("--cash", type=float, default=d.cash)
-    g.add_argument("--commission", type=float, default=d.commission, help="fraction of traded value per side")
-    g.add_argument("--slippage", type=float, default=d.slippage, help="fraction of price, against the trade")
-    g.add_argument("--engine", type=_choice("engine", ENGINES), default=d.engine,
-                   help="engine of each fold's test backtest (backtrader: the reference; fast: engine.fastsim); "
-                   "trials' validation backtests always use fast")
-    g = p.add_argument_group("base model and labels (used for everything not searched; an option of a "
-                             "searched group is refused)")
-    g.add_argument("--seq-len", type=int, default=b.seq_len)
-    g.add_argument("--d-model", type=int, default=b.d_model)
-    g.add_argument("--n-heads", type=int, default=b.n_heads)
-    g.add_argument("--n-layers", type=int, default=b.n_layers)
-    g.add_argument("--lr", type=float, default=b.lr)
-    g.add_argument("--batch-size", type=int, default=b.batch_size)
-    g.add_argument("--pt", type=float, default=b.pt, help="take-profit barrier in ATRs")
-    g.add_argument("--sl", type=float, default=b.sl, help="stop-loss barrier in ATRs")
-    g.add_argument("--horizon", type=int, default=b.horizon, help="vertical barrier in bars")
-    g.add_argument("--quiet", action="store_true", help="only the summary")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> WalkForwardConfig:
-    base = dataclasses.replace(
-        WalkForwardConfig().base, seq_len=args.seq_len, d_model=args.d_model, n_heads=args.n_heads,
-        n_layers=args.n_layers, lr=args.lr, batch_size=args.batch_size, pt=args.pt, sl=args.sl, horizon=args.horizon,
-    )
-    return WalkForwardConfig(
-        data=args.data, start=args.start, end=args.end, folds=args.folds, scheme=args.scheme,
-        test_frac=args.test_frac, embargo=args.embargo, trials=args.trials, timeout=args.timeout,
-        storage=args.storage, study=args.study, n_jobs=args.n_jobs, seed=args.seed, objective=args.objective,
-        search=tuple(args.search), epochs=args.epochs, out=args.out, cash=args.cash, commission=args.commission,
-        slippage=args.slippage, engine=args.engine, heartbeat=args.heartbeat, base=base,
-    )
-
-
-def _fmt(x, spec=".4f"):
-    return "n/a" if x is None else format(x, spec)
-
-
-def _pct(x):
-    return "n/a" if x is None else f"{100 * x:+.1f}%"
-
-
-def summary_lines(report: dict) -> list[str]:
-    """The printed summary: per-fold table, stitched result vs buy-and-hold, search size and DSR."""
-    lines = [f"study {report['study']}  storage {report['storage']}",
-             f"{'fold':>4}  {'test period':<23} {'trials c/p':>10} {'best ' + report['objective']['name']:>16} "
-             f"{'return':>8} {'sharpe':>7} {'trades':>6} {'B&H':>8}  this run"]
-    for f in report["folds"]:
-        s, b = f["stats"], f["benchmark_stats"]
-        lines.append(f"{f['fold']:>4}  {f['test'][0][:10]}..{f['test'][1][:10]} "
-                     f"{f['trials']['complete']:>6}/{f['trials']['pruned']:<3} {_fmt(f['best_value']):>16} "
-                     f"{_pct(s['total_return']):>8} {_fmt(s['sharpe'], '.2f'):>7} {s['n_trades']:>6} "
-                     f"{_pct(b['total_return']):>8}  {f['this_run']}")
-    s, b, d = report["stitched"]["stats"], report["stitched"]["benchmark_stats"], report["deflated_sharpe"]
-    lines += [
-        f"stitched out-of-sample {s['start'][:10]}..{s['end'][:10]}: return {_pct(s['total_return'])}  "
-        f"CAGR {_pct(s['cagr'])}  Sharpe {_fmt(s['sharpe'], '.2f')}  max DD {_pct(s['max_drawdown'])}  trades {s['n_trades']}",
-        f"buy and hold, same bars:  return {_pct(b['total_return'])}  CAGR {_pct(b['cagr'])}  "
-        f"Sharpe {_fmt(b['sharpe'], '.2f')}  max DD {_pct(b['max_drawdown'])}",
-        f"configurations tried: {report['configurations_tried']} (all folds: {report['trials']['complete']} complete, "
-        f"{report['trials']['pruned']} pruned; {report['trials']['failed']} failed)",
-        f"deflated Sharpe ratio: {_fmt(d['dsr'], '.3f')}  (per-bar SR {_fmt(d['sharpe'])} vs SR0 {_fmt(d['sr0'])} "
-        f"expected from the best of {d['n_trials']} skill-less trials, V {d['var_trial_sharpe']:.2e} within-fold; "
-        "0.95+ = unlikely to be search luck)",
-        f"new trials this run: {report['new_trials_this_run']}",
-        f"wrote {report['files']['report']} and {report['files']['stitched_equity_png']}",
-    ]
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)

@@ -1,0 +1,131 @@
+"""Walk-forward study settings: the frozen config, its checks and the fingerprint reruns must match."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.config import TrainConfig
+from engine import _search_space as space
+from engine.runner import ENGINES
+
+OBJECTIVES = {  # name -> optimisation direction
+    "val_loss": "minimize",  # validation focal loss / its no-skill baseline (1 = no skill)
+    "val_auc": "maximize",  # validation ROC AUC of the labelled bars
+    "val_sharpe": "maximize",  # annualised Sharpe of a backtest on the validation block
+}
+_VALIDATION_ENGINE = "fast"  # every trial's validation backtest: engine.fastsim, parity-tested with backtrader
+# everything not searched; a base option of a searched group must keep its value here (else refused)
+_BASE = TrainConfig(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256, holdout=0.0)
+
+
+@dataclass(frozen=True)
+class WalkForwardConfig:
+    """One walk-forward study; the fields marked (*) may change between runs of the same study."""
+
+    data: str = "sp500"  # bundled sample name or a CSV/Parquet path
+    start: str | None = None
+    end: str | None = None
+    folds: int = 3
+    scheme: str = "rolling"  # rolling | anchored (expanding train)
+    test_frac: float = 0.3  # last fraction of the bars split into the folds' test blocks
+    embargo: int = 0  # bars left out after each test block (out-of-sample bars only; see the module docstring)
+    trials: int = 5  # (*) trials per fold, in total over all workers (complete + pruned)
+    timeout: float | None = None  # (*) seconds of search per fold and process; then the fold is finalised
+    storage: str | None = None  # (*) Optuna RDB URL; None = sqlite:///<out>/optuna.db
+    study: str | None = None  # None = wf_<data>
+    n_jobs: int = 1  # (*) trials run in parallel threads in this process
+    seed: int = 0
+    objective: str = "val_loss"
+    search: tuple[str, ...] = ("model",)
+    epochs: int = 3  # epochs per trial; the refit uses the best trial's best epoch
+    out: str | None = None  # (*) None = reports/<study>
+    cash: float = 100_000.0
+    commission: float = 0.0005  # fraction of traded value per side
+    slippage: float = 0.0
+    engine: str = "backtrader"  # engine of each fold's test backtest (trials always use the fast one)
+    heartbeat: int = 10  # (*) seconds between worker heartbeats; a trial silent for 3x is failed and retried
+    base: TrainConfig = _BASE  # everything not searched
+
+    def __post_init__(self):
+        for name in ("test_frac", "timeout", "cash", "commission", "slippage"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine: unknown {self.engine!r};{_did_you_mean(self.engine, ENGINES)}"
+                             f" choose from {', '.join(ENGINES)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective: unknown {self.objective!r};{_did_you_mean(self.objective, OBJECTIVES)}"
+                             f" choose from {', '.join(OBJECTIVES)}")
+        if self.scheme not in ("rolling", "anchored"):
+            raise ValueError(f"--scheme must be rolling or anchored, got {self.scheme!r}")
+        space.parse_groups(",".join(self.search))
+        for name, group in space.overridden_base_fields(self.search, self.base, _BASE):
+            raise ValueError(f"--{name.replace('_', '-')} is searched by --search {group}; drop it or remove "
+                             f"{group!r} from --search")
+        if "strategy" in self.search and self.objective != "val_sharpe":
+            raise ValueError("--search strategy only changes the trading, which only --objective val_sharpe "
+                             "scores; add --objective val_sharpe or drop the strategy group")
+        for name in ("folds", "trials", "epochs", "n_jobs", "heartbeat"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.embargo < 0:
+            raise ValueError(f"--embargo must be >= 0 bars, got {self.embargo}")
+        if not 0.0 < self.test_frac < 1.0:
+            raise ValueError(f"--test-frac must be in (0, 1), got {self.test_frac}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
+        if not (self.cash > 0 and self.commission >= 0 and 0 <= self.slippage < 1):
+            raise ValueError(f"need --cash > 0, --commission >= 0, 0 <= --slippage < 1; got {self.cash}, "
+                             f"{self.commission}, {self.slippage}")
+        if self.study is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study):
+            raise ValueError(f"--study {self.study!r}: use letters, digits, '_', '-' and '.' only")
+        # the base config describes the same data, seed and epochs (recorded in every agent card)
+        object.__setattr__(self, "base", dataclasses.replace(
+            self.base, data=self.data, start=self.start, end=self.end, seed=self.seed, epochs=self.epochs,
+            patience=self.epochs))
+
+    @property
+    def study_name(self) -> str:
+        if self.study:
+            return self.study
+        stem = Path(self.data).name.split(".")[0] if ("/" in self.data or "." in self.data) else self.data
+        return "wf_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("reports") / self.study_name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out_dir / 'optuna.db').resolve()}"
+
+    @property
+    def purge(self) -> int:
+        """Bars between train/validation/test: the longest label horizon any trial can use."""
+        return space.max_horizon(self.search, self.base)
+
+    @property
+    def direction(self) -> str:
+        return OBJECTIVES[self.objective]
+
+    def fingerprint(self, data_sha256: str) -> dict:
+        """What a study's trials depend on; reruns must match it (the (*) fields may differ)."""
+        keep = {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("trials", "timeout", "storage", "n_jobs", "out", "heartbeat", "base", "study", "engine")}
+        keep["search"] = list(self.search)
+        keep["engines"] = {"validation": _VALIDATION_ENGINE, "test": self.engine}
+        keep["base"] = self.base.to_dict()
+        keep["data_sha256"] = data_sha256
+        return json.loads(json.dumps(keep))
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,145 @@
+"""Walk-forward results: stitching the folds' test curves, the Deflated Sharpe, plots and the summary."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
+from engine.metrics import compute_stats, drawdown
+
+matplotlib.use("Agg")  # headless, as engine.plotting
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def stitch_equity(curves: list[pd.Series], cash: float) -> pd.Series:
+    """Chain the folds' test equity curves (each starting with ``cash``) into one curve from ``cash``:
+    each fold's curve is rescaled to start where the previous one ended."""
+    parts, level = [], float(cash)
+    for eq in curves:
+        part = eq.astype(np.float64) * (level / float(cash))
+        parts.append(part)
+        level = float(part.iloc[-1])
+    out = pd.concat(parts)
+    if not out.index.is_monotonic_increasing or out.index.has_duplicates:
+        raise ValueError("fold test blocks overlap or are out of order; cannot stitch them")
+    return out.rename("equity")
+
+
+def _stitched_result(results: list[dict], cash: float, ppy: float):
+    """The folds' test blocks chained: (test curves, equity, benchmark equity, stats, benchmark stats)."""
+    curves = [pd.Series(r["equity"], index=pd.DatetimeIndex(r["index"])) for r in results]
+    bench = [pd.Series(r["benchmark_equity"], index=pd.DatetimeIndex(r["index"])) for r in results]
+    equity, bench_equity = stitch_equity(curves, cash), stitch_equity(bench, cash)
+    trades = pd.DataFrame([t for r in results for t in r["trades"]])
+    if len(trades):
+        for col in ("entry_time", "exit_time"):
+            trades[col] = pd.to_datetime(trades[col])
+    stats = compute_stats(equity, trades if len(trades) else None, periods_per_year=ppy)
+    bench_stats = compute_stats(bench_equity, periods_per_year=ppy, exposure=1.0)
+    return curves, equity, bench_equity, stats, bench_stats
+
+
+def _deflated_sharpe(equity: pd.Series, results: list[dict], n_configs: int) -> dict:
+    """DSR of the stitched test returns; N = ``n_configs``, V = mean within-fold variance of trial Sharpes."""
+    groups = [[s for s in r["trial_val_sr"] if s is not None] for r in results]
+    var, var_per_fold = mean_within_group_variance(groups)
+    dsr = deflated_sharpe_ratio(equity.pct_change().dropna(), [s for g in groups for s in g], n_trials=n_configs,
+                                var_trial_sharpe=var)
+    pooled = [s for g in groups for s in g]
+    dsr["var_method"] = (
+        "mean over folds with >= 2 completed trials of the within-fold variance (ddof=1) of the trials' "
+        "per-bar validation Sharpes (0 if no such fold); folds validate on different periods, so pooling "
+        "them would measure regime differences, not search spread")
+    dsr["var_per_fold"] = var_per_fold
+    dsr["var_pooled_across_folds"] = float(np.var(pooled, ddof=1)) if len(pooled) >= 2 else None  # for reference
+    dsr["note"] = ("N = all trials of all folds (complete + pruned): conservative, as each fold selects only "
+                   "among its own trials; V as in var_method; SR, skew, kurtosis of the stitched test returns")
+    return dsr
+
+
+def _plot_study(study: optuna.Study, out: Path, k: int, save) -> dict:
+    """Optimisation history and parameter importances of one fold (importances need >= 2 varied trials);
+    ``save(fig, path)`` writes each figure."""
+    paths = {"history": str(out / f"fold{k}_history.png"), "importance": None, "importance_note": None}
+    # optuna's plots switch the global matplotlib style: keep that inside this block
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+        ax.set_title(f"fold {k}: optimisation history ({study.direction.name.lower()} {ax.get_ylabel()})")
+        save(ax.figure, Path(paths["history"]))
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        varied = [p for p in (done[0].params if done else {}) if len({repr(t.params.get(p)) for t in done}) > 1]
+        if len(done) < 2 or not varied:
+            paths["importance_note"] = f"needs >= 2 completed trials with varied parameters ({len(done)} completed)"
+            return paths
+        try:
+            ax = optuna.visualization.matplotlib.plot_param_importances(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            paths["importance_note"] = f"not computable: {exc}"
+            return paths
+        ax.set_title(f"fold {k}: hyperparameter importances", loc="left")  # replaces optuna's
+        save(ax.figure, Path(out / f"fold{k}_importance.png"))
+        paths["importance"] = str(out / f"fold{k}_importance.png")
+    return paths
+
+
+def _plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, title: str, save) -> None:
+    """Stitched equity and drawdown vs buy-and-hold, fold boundaries dashed; ``save(fig, path)`` writes it."""
+    fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(12, 7), gridspec_kw={"height_ratios": [3, 1]})
+    a1.plot(equity.index, equity.to_numpy(), label="walk-forward out-of-sample", color="tab:blue")
+    a1.plot(bench.index, bench.to_numpy(), label="buy and hold", color="tab:gray", alpha=0.8)
+    a2.fill_between(equity.index, drawdown(equity).to_numpy(), 0, color="tab:blue", alpha=0.4, label="strategy")
+    a2.plot(bench.index, drawdown(bench).to_numpy(), color="tab:gray", lw=0.8, label="buy and hold")
+    for ax in (a1, a2):
+        for b in boundaries:
+            ax.axvline(b, color="k", lw=0.6, ls="--", alpha=0.5)
+    a1.set_title(title)
+    a1.set_ylabel("equity")
+    a2.set_ylabel("drawdown")
+    a1.legend(loc="upper left")
+    a1.grid(alpha=0.3)
+    a2.grid(alpha=0.3)
+    save(fig, path)
+
+
+def _fmt(x, spec=".4f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The printed summary: per-fold table, stitched result vs buy-and-hold, search size and DSR."""
+    lines = [f"study {report['study']}  storage {report['storage']}",
+             f"{'fold':>4}  {'test period':<23} {'trials c/p':>10} {'best ' + report['objective']['name']:>16} "
+             f"{'return':>8} {'sharpe':>7} {'trades':>6} {'B&H':>8}  this run"]
+    for f in report["folds"]:
+        s, b = f["stats"], f["benchmark_stats"]
+        lines.append(f"{f['fold']:>4}  {f['test'][0][:10]}..{f['test'][1][:10]} "
+                     f"{f['trials']['complete']:>6}/{f['trials']['pruned']:<3} {_fmt(f['best_value']):>16} "
+                     f"{_pct(s['total_return']):>8} {_fmt(s['sharpe'], '.2f'):>7} {s['n_trades']:>6} "
+                     f"{_pct(b['total_return']):>8}  {f['this_run']}")
+    s, b, d = report["stitched"]["stats"], report["stitched"]["benchmark_stats"], report["deflated_sharpe"]
+    lines += [
+        f"stitched out-of-sample {s['start'][:10]}..{s['end'][:10]}: return {_pct(s['total_return'])}  "
+        f"CAGR {_pct(s['cagr'])}  Sharpe {_fmt(s['sharpe'], '.2f')}  max DD {_pct(s['max_drawdown'])}  trades {s['n_trades']}",
+        f"buy and hold, same bars:  return {_pct(b['total_return'])}  CAGR {_pct(b['cagr'])}  "
+        f"Sharpe {_fmt(b['sharpe'], '.2f')}  max DD {_pct(b['max_drawdown'])}",
+        f"configurations tried: {report['configurations_tried']} (all folds: {report['trials']['complete']} complete, "
+        f"{report['trials']['pruned']} pruned; {report['trials']['failed']} failed)",
+        f"deflated Sharpe ratio: {_fmt(d['dsr'], '.3f')}  (per-bar SR {_fmt(d['sharpe'])} vs SR0 {_fmt(d['sr0'])} "
+        f"expected from the best of {d['n_trials']} skill-less trials, V {d['var_trial_sharpe']:.2e} within-fold; "
+        "0.95+ = unlikely to be search luck)",
+        f"new trials this run: {report['new_trials_this_run']}",
+        f"wrote {report['files']['report']} and {report['files']['stitched_equity_png']}",
+    ]
+    return lines

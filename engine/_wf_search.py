@@ -1,0 +1,113 @@
+"""Trial sampling and the per-fold trial total: seeded TPE, surplus-trial refusal, stop-when-full."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import warnings
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class _TrialSeededTPE(optuna.samplers.BaseSampler):
+    """TPE whose random stream is seeded by (seed, trial number) instead of once per process.
+
+    One worker reproduces its runs; workers sharing a study draw different parameters (a TPE with
+    the same seed in each would propose identical startup trials in every worker).
+    """
+
+    def __init__(self, seed: int, n_startup_trials: int):
+        self._seed = int(seed)
+        self._n_startup = int(n_startup_trials)
+        self._local = threading.local()  # n_jobs threads each run their own trial
+
+    def _tpe(self) -> optuna.samplers.TPESampler:
+        return self._local.tpe
+
+    def before_trial(self, study, trial):
+        seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar
+            # constant liar: running trials count as bad, so parallel workers spread out
+            self._local.tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self._n_startup,
+                                                         constant_liar=True)
+        self._tpe().before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe().infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe().sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._tpe().sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):
+        self._tpe().after_trial(study, trial, state, values)
+
+
+class _SurplusTrial(Exception):
+    """This trial would exceed the per-fold total: other workers already hold the remaining ones."""
+
+
+class _StopWhenFull:
+    """Stop this worker's optimize loop once finished + in-flight trials (any worker) reach the total.
+
+    MaxTrialsCallback counts finished trials only, so a worker would start one more trial while
+    others' last trials run; that trial would then be refused as surplus (a FAIL record).
+    """
+
+    def __init__(self, cap: int):
+        self.cap = cap
+
+    def __call__(self, study: optuna.Study, trial) -> None:
+        if len(study.get_trials(deepcopy=False, states=_LIVE)) >= self.cap:
+            study.stop()
+
+
+class _HideSurplus(logging.Filter):
+    """optuna logs every failed trial with a traceback; a refused surplus trial is routine."""
+
+    def __init__(self):
+        super().__init__()
+        self._pending: set[str] = set()  # its 'failed with value None' line follows the error line
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        m = re.match(r"Trial (\d+) failed", msg)
+        if not m:
+            return True
+        if "_SurplusTrial" in msg:
+            self._pending.add(m.group(1))
+            return False
+        if "with value None" in msg and m.group(1) in self._pending:
+            self._pending.discard(m.group(1))
+            return False
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_HideSurplus())
+
+
+def _check_not_surplus(trial: optuna.Trial, cap: int) -> None:
+    # Trial numbers are given out in creation order; if `cap` live trials precede this one, the
+    # study is full and another worker's trial got there first (MaxTrialsCallback alone only stops
+    # a worker after it finished one trial too many).
+    live = trial.study.get_trials(deepcopy=False, states=_LIVE)
+    ahead = sum(1 for t in live if t.number < trial.number)
+    if ahead >= cap:
+        trial.set_user_attr("surplus", True)
+        raise _SurplusTrial(f"trial {trial.number}: {ahead} trials already hold the {cap} slots")
+    # two workers failing the same stale trial at once (SQLite has no row locks) queue it twice:
+    # only the first copy runs
+    me = next((t for t in live if t.number == trial.number), None)
+    origin = None if me is None else me.system_attrs.get("failed_trial")
+    if origin is not None and any(t.system_attrs.get("failed_trial") == origin for t in live if t.number < trial.number):
+        trial.set_user_attr("surplus", True)
+        raise _SurplusTrial(f"trial {trial.number}: a copy of failed trial {origin} already runs")
