@@ -272,8 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path("checkpoints") / out.stem
     command = "python -m agents.train" + ("" if not argv else " " + shlex.join(argv))
     try:
-        if args.gpu:
-            require_cuda()
         cfg = config_from_args(args)
         res = detect()
         profile = choose_profile(res, cfg.profile, gpu=cfg.gpu)
