@@ -34,9 +34,9 @@ from numba import njit
 
 import datafeeds
 import labeling
-from engine.metrics import compute_stats, infer_periods_per_year, periods_per_year_rule
+from engine.metrics import compute_stats, infer_periods_per_year
 from engine.jsonable import jsonable
-from engine.runner import BacktestResult, _align, _trades_frame
+from engine.runner import BacktestResult, _align, _run_facts, _trades_frame
 from strategies import EXIT_REASONS, TRADE_FIELDS
 from strategies.base import CASH_EPS
 
@@ -287,22 +287,8 @@ def simulate(
         "engine": "fast",
         "params": {k: jsonable(v) for k, v in (("size_frac", size_frac), ("threshold", threshold), ("pt", pt),
                                                  ("sl", sl), ("horizon", horizon), ("live", False))},
-        "data_source": str(df.attrs.get("source", "DataFrame")),
-        "data_sha256": df.attrs.get("sha256"),
-        "start": str(period.index[0]),
-        "end": str(period.index[-1]),
-        "n_bars": int(len(period)),
-        "cash": float(cash),
-        "commission": float(commission),
-        "commission_model": "fraction of traded value per side (COMM_PERC, percabs)",
-        "slippage": float(slippage),
-        "slippage_model": "set_slippage_perc: buys up, sells down, capped at high/low, incl. opens",
-        "atr": "override" if atr is not None else f"labeling.atr(period={atr_period}) on the full data",
+        **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year),
         "live": False,
-        "periods_per_year": ppy,
-        "periods_per_year_rule": (
-            "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}"
-        ),
         "benchmark": "buy-and-hold through the fast kernel, same bars, cash and costs" if benchmark else None,
         "rejected_entries": n_rejected,
         "numba": numba.__version__,

@@ -178,22 +178,8 @@ def run_backtest(
         "params": {  # every strategy parameter in effect, defaults included
             k: jsonable(v) for k, v in strat.p._getkwargs().items() if k not in ("agent", "agent_history")
         },
-        "data_source": str(df.attrs.get("source", "DataFrame")),
-        "data_sha256": df.attrs.get("sha256"),
-        "start": str(period.index[0]),
-        "end": str(period.index[-1]),
-        "n_bars": int(len(period)),
-        "cash": float(cash),
-        "commission": float(commission),
-        "commission_model": "fraction of traded value per side (COMM_PERC, percabs)",
-        "slippage": float(slippage),
-        "slippage_model": "set_slippage_perc: buys up, sells down, capped at high/low, incl. opens",
-        "atr": "override" if atr is not None else f"labeling.atr(period={atr_period}) on the full data",
+        **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year),
         "live": live,
-        "periods_per_year": ppy,
-        "periods_per_year_rule": (
-            "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}"
-        ),
         "benchmark": "BuyAndHold backtest, same bars, cash and costs" if benchmark else None,
         "rejected_entries": int(strat.n_rejected),
         "backtrader": bt.__version__,
@@ -206,6 +192,25 @@ def run_backtest(
         equity=equity, trades=trades, signal=used_signal, stats=stats, benchmark_stats=bench_stats,
         benchmark_equity=bench_equity, config=config, periods_per_year=ppy, data=period, position=position,
     )
+
+
+def _run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year) -> dict:
+    """The part of a result's config both engines share: data, period, costs and conventions."""
+    return {
+        "data_source": str(df.attrs.get("source", "DataFrame")),
+        "data_sha256": df.attrs.get("sha256"),
+        "start": str(period.index[0]),
+        "end": str(period.index[-1]),
+        "n_bars": int(len(period)),
+        "cash": float(cash),
+        "commission": float(commission),
+        "commission_model": "fraction of traded value per side (COMM_PERC, percabs)",
+        "slippage": float(slippage),
+        "slippage_model": "set_slippage_perc: buys up, sells down, capped at high/low, incl. opens",
+        "atr": "override" if atr is not None else f"labeling.atr(period={atr_period}) on the full data",
+        "periods_per_year": ppy,
+        "periods_per_year_rule": "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
+    }
 
 
 def _run_cerebro(period, strat_cls, lines, cash, commission, slippage, params):

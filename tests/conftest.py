@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from agents.config import TrainConfig
@@ -21,3 +23,21 @@ def tiny_agent(tmp_path_factory):
     out = folder / "tiny.onnx"
     result = train(TrainConfig(**TINY), out, checkpoint_dir=folder / "ckpt", command="pytest tiny agent", progress=False)
     return out, result
+
+
+def flat_bars(n=20, overrides=None, base=100.0):
+    """n flat daily bars (o=c=base, h/l=base+-0.2) with some bars replaced by (o, h, l, c)."""
+    rows = [[base, base + 0.2, base - 0.2, base] for _ in range(n)]
+    for i, ohlc in (overrides or {}).items():
+        rows[i] = list(ohlc)
+    df = pd.DataFrame(rows, columns=["open", "high", "low", "close"],
+                      index=pd.bdate_range("2021-01-04", periods=n, name="datetime"))
+    df["volume"] = 1000.0
+    return df
+
+
+def signal_at(n, at, p=0.9):
+    """A probability series of length n: ``p`` at the bars ``at``, NaN (no signal) elsewhere."""
+    s = np.full(n, np.nan)
+    s[np.atleast_1d(at)] = p
+    return s

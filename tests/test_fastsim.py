@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strategies.base import CASH_EPS
-
 import datafeeds
 from engine import run_backtest
 from engine.fastsim import simulate
 from strategies import TRADE_FIELDS
+from strategies.base import CASH_EPS
+
+from conftest import flat_bars, signal_at
 
 CASH = 100_000.0
 COMM = 0.001
@@ -19,21 +20,6 @@ EPS = CASH_EPS  # rounding headroom in the notional sizing
 RTOL = 1e-9
 
 
-def _bars(n=20, overrides=None, base=100.0):
-    """n flat daily bars (o=c=base, h/l=base+-0.2) with some bars replaced by (o, h, l, c)."""
-    rows = [[base, base + 0.2, base - 0.2, base] for _ in range(n)]
-    for i, ohlc in (overrides or {}).items():
-        rows[i] = list(ohlc)
-    df = pd.DataFrame(rows, columns=["open", "high", "low", "close"],
-                      index=pd.bdate_range("2021-01-04", periods=n, name="datetime"))
-    df["volume"] = 1000.0
-    return df
-
-
-def _signal(n, at, p=0.9):
-    s = np.full(n, np.nan)
-    s[np.atleast_1d(at)] = p
-    return s
 
 
 def _fast(df, signal, *, atr=1.0, **kw):
@@ -71,8 +57,8 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_hand_made_paths(name):
     overrides, at, horizon, entry_bar, exit_bar, exit_price, reason = CASES[name]
-    df = _bars(overrides=overrides)
-    res = _fast(df, _signal(20, at), horizon=horizon)
+    df = flat_bars(overrides=overrides)
+    res = _fast(df, signal_at(20, at), horizon=horizon)
     assert len(res.trades) == 1, res.trades
     t = res.trades.iloc[0]
     entry = df["open"].iloc[entry_bar]
@@ -93,17 +79,17 @@ def test_hand_made_paths(name):
 
 
 def test_barriers_from_executed_entry_and_signal_bar_atr():
-    df = _bars(overrides={4: (100.6, 100.8, 100.4, 100.6), 5: (100.6, 103.7, 100.5, 103.0)})
+    df = flat_bars(overrides={4: (100.6, 100.8, 100.4, 100.6), 5: (100.6, 103.7, 100.5, 103.0)})
     atr = np.full(20, 2.0)
     atr[4:] = 50.0  # later ATR values must not move the barriers
-    t = _fast(df, _signal(20, 3), atr=atr).trades.iloc[0]
+    t = _fast(df, signal_at(20, 3), atr=atr).trades.iloc[0]
     assert (t["exit_price"], t["exit_reason"], t["atr"]) == (pytest.approx(103.6, rel=1e-12), "take_profit", 2.0)
 
 
 def test_reentry_on_exit_bar_and_no_entry_while_in_a_trade():
     later = {i: (97.5, 97.7, 97.3, 97.5) for i in range(6, 12)}
-    df = _bars(overrides={5: (98.0, 98.2, 97.0, 97.5), **later}, n=12)
-    res = _fast(df, _signal(12, [3, 4, 5]), horizon=3)
+    df = flat_bars(overrides={5: (98.0, 98.2, 97.0, 97.5), **later}, n=12)
+    res = _fast(df, signal_at(12, [3, 4, 5]), horizon=3)
     assert list(res.trades["entry_bar"]) == [4, 6]
     assert list(res.trades["exit_bar"]) == [5, 9]
     assert list(res.trades["exit_reason"]) == ["stop_loss", "time_limit"]
@@ -112,18 +98,18 @@ def test_reentry_on_exit_bar_and_no_entry_while_in_a_trade():
 
 
 def test_no_entry_below_threshold_on_nan_signal_or_nan_atr():
-    sig = _signal(20, [3], p=0.59)
+    sig = signal_at(20, [3], p=0.59)
     sig[8] = 0.99
     atr = np.full(20, 1.0)
     atr[8] = np.nan
-    res = _fast(_bars(), sig, atr=atr, threshold=0.6)
+    res = _fast(flat_bars(), sig, atr=atr, threshold=0.6)
     assert res.trades.empty and (res.equity == CASH).all() and (res.position == 0).all()
-    assert len(_fast(_bars(), _signal(20, 3, p=0.6), threshold=0.6).trades) == 1  # >= threshold enters
+    assert len(_fast(flat_bars(), signal_at(20, 3, p=0.6), threshold=0.6).trades) == 1  # >= threshold enters
 
 
 def test_gap_up_is_sized_at_the_open():
-    df = _bars(n=12, overrides={i: (103.0, 103.2, 102.8, 103.0) for i in range(4, 12)})
-    res = _fast(df, _signal(12, 3), horizon=5)
+    df = flat_bars(n=12, overrides={i: (103.0, 103.2, 102.8, 103.0) for i in range(4, 12)})
+    res = _fast(df, signal_at(12, 3), horizon=5)
     assert res.trades["size"].iloc[0] == pytest.approx(_size(103.0), rel=1e-12)
     assert res.stats["rejected_entries"] == 0
     assert res.equity.iloc[4] == pytest.approx(CASH - COMM * _size(103.0) * 103.0, rel=1e-12)
@@ -131,8 +117,8 @@ def test_gap_up_is_sized_at_the_open():
 
 def test_slippage_moves_fills_and_sizing():
     slip = 0.001
-    df = _bars(overrides={9: (100.3, 100.5, 100.1, 100.3)})
-    t = _fast(df, _signal(20, 3), horizon=5, slippage=slip).trades.iloc[0]
+    df = flat_bars(overrides={9: (100.3, 100.5, 100.1, 100.3)})
+    t = _fast(df, signal_at(20, 3), horizon=5, slippage=slip).trades.iloc[0]
     entry, exit_ = 100.0 * (1 + slip), 100.3 * (1 - slip)
     assert t["entry_price"] == pytest.approx(entry, rel=1e-12)
     assert t["exit_price"] == pytest.approx(exit_, rel=1e-12)
@@ -157,8 +143,8 @@ SLIP_CASES = {
 @pytest.mark.parametrize("name", list(SLIP_CASES))
 def test_slippage_caps_match_backtrader(name):
     overrides, at, horizon, exit_price, reason, entry_price = SLIP_CASES[name]
-    df = _bars(overrides=overrides)
-    kw = dict(signal=_signal(20, at), atr=np.ones(20), cash=CASH, commission=COMM, slippage=0.001,
+    df = flat_bars(overrides=overrides)
+    kw = dict(signal=signal_at(20, at), atr=np.ones(20), cash=CASH, commission=COMM, slippage=0.001,
               benchmark=False, horizon=horizon)
     fast = run_backtest(df, "agent", engine="fast", **kw)
     t = fast.trades.iloc[0]
@@ -171,13 +157,13 @@ def test_slippage_caps_match_backtrader(name):
 
 def test_horizon_one_exits_at_the_next_open_without_barriers():
     # the time exit is ordered at the fill bar's close, so no barrier is ever worked (both engines)
-    df = _bars(overrides={5: (100.2, 103.0, 97.0, 100.0), 12: (100.0, 100.2, 98.0, 99.0)})
-    res = _fast(df, _signal(20, 3), horizon=1)
+    df = flat_bars(overrides={5: (100.2, 103.0, 97.0, 100.0), 12: (100.0, 100.2, 98.0, 99.0)})
+    res = _fast(df, signal_at(20, 3), horizon=1)
     t = res.trades.iloc[0]
     assert len(res.trades) == 1
     assert (t["entry_bar"], t["exit_bar"], t["exit_reason"], t["exit_price"]) == (4, 5, "time_limit", 100.2)
     assert (res.position.iloc[5:] == 0).all()
-    kw = dict(signal=_signal(20, 3), atr=np.full(len(df), 1.0), cash=CASH, commission=COMM, benchmark=False,
+    kw = dict(signal=signal_at(20, 3), atr=np.full(len(df), 1.0), cash=CASH, commission=COMM, benchmark=False,
               horizon=1)
     _assert_same(res, run_backtest(df, "agent", **kw))
 
@@ -185,19 +171,19 @@ def test_horizon_one_exits_at_the_next_open_without_barriers():
 # --- errors ------------------------------------------------------------------------------------
 
 def test_fast_engine_refuses_other_strategies_live_mode_and_unknown_engines():
-    df = _bars()
+    df = flat_bars()
     with pytest.raises(ValueError, match="only the agent strategy"):
         run_backtest(df, "smacross", engine="fast")
     with pytest.raises(ValueError, match="live=True"):
         run_backtest(df, "agent", engine="fast", live=True, agent=object())
     with pytest.raises(ValueError, match="unknown engine 'numba'"):
-        run_backtest(df, "agent", engine="numba", signal=_signal(20, 3))
+        run_backtest(df, "agent", engine="numba", signal=signal_at(20, 3))
     with pytest.raises(ValueError, match="size_frac"):
-        simulate(df, _signal(20, 3), size_frac=1.5)
+        simulate(df, signal_at(20, 3), size_frac=1.5)
     with pytest.raises(ValueError, match="horizon"):
-        simulate(df, _signal(20, 3), horizon=2.5)
+        simulate(df, signal_at(20, 3), horizon=2.5)
     with pytest.raises(ValueError, match="outside"):
-        simulate(df, _signal(20, 3, p=1.2))
+        simulate(df, signal_at(20, 3, p=1.2))
 
 
 # --- parity with backtrader on the bundled samples ---------------------------------------------

@@ -6,33 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strategies.base import CASH_EPS
-
 import datafeeds
 from engine import run_backtest
 from strategies import STRATEGIES, BuyAndHold, SmaCross, TransformerAgentStrategy, get_strategy
+from strategies.base import CASH_EPS
+
+from conftest import flat_bars, signal_at
 
 CASH = 100_000.0
 COMM = 0.001
 EPS = CASH_EPS  # rounding headroom in the notional sizing
 
 
-def _bars(n=20, overrides=None, base=100.0):
-    """n flat daily bars (o=c=base, h/l=base+-0.2) with some bars replaced by (o, h, l, c)."""
-    rows = [[base, base + 0.2, base - 0.2, base] for _ in range(n)]
-    for i, ohlc in (overrides or {}).items():
-        rows[i] = list(ohlc)
-    df = pd.DataFrame(rows, columns=["open", "high", "low", "close"],
-                      index=pd.bdate_range("2021-01-04", periods=n, name="datetime"))
-    df["volume"] = 1000.0
-    return df
-
-
-def _signal(n, at, p=0.9):
-    s = np.full(n, np.nan)
-    for i in np.atleast_1d(at):
-        s[i] = p
-    return s
 
 
 def _run(df, signal, *, atr=1.0, **params):
@@ -79,43 +64,43 @@ def _check_equity_closes(res):
 
 def test_take_profit_inside_bar_fills_at_limit():
     # signal at bar 3 (close 100); entry at bar 4 open 100.0 -> TP 101.5, SL 98.5 (ATR 1)
-    df = _bars(overrides={5: (100.5, 101.8, 100.3, 101.0)})
-    res = _run(df, _signal(20, 3))
+    df = flat_bars(overrides={5: (100.5, 101.8, 100.3, 101.0)})
+    res = _run(df, signal_at(20, 3))
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=101.5, reason="take_profit")
     _check_equity_closes(res)
 
 
 def test_take_profit_gap_fills_at_open():
-    df = _bars(overrides={5: (102.0, 102.5, 101.9, 102.2)})
-    res = _run(df, _signal(20, 3))
+    df = flat_bars(overrides={5: (102.0, 102.5, 101.9, 102.2)})
+    res = _run(df, signal_at(20, 3))
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=102.0, reason="take_profit")
 
 
 def test_stop_gap_fills_at_open_below_stop():
-    df = _bars(overrides={5: (98.0, 98.2, 97.0, 97.5)})
-    res = _run(df, _signal(20, 3))
+    df = flat_bars(overrides={5: (98.0, 98.2, 97.0, 97.5)})
+    res = _run(df, signal_at(20, 3))
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=98.0, reason="stop_loss")
     _check_equity_closes(res)
 
 
 def test_stop_inside_bar_fills_at_stop_price():
-    df = _bars(overrides={6: (100.0, 100.3, 98.0, 99.0)})
-    res = _run(df, _signal(20, 3))
+    df = flat_bars(overrides={6: (100.0, 100.3, 98.0, 99.0)})
+    res = _run(df, signal_at(20, 3))
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=6, exit_price=98.5, reason="stop_loss")
 
 
 def test_both_barriers_in_one_bar_stop_first():
-    df = _bars(overrides={5: (100.0, 102.0, 98.0, 101.0)})
-    res = _run(df, _signal(20, 3))
+    df = flat_bars(overrides={5: (100.0, 102.0, 98.0, 101.0)})
+    res = _run(df, signal_at(20, 3))
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=98.5, reason="stop_loss")
 
 
 def test_barriers_use_executed_entry_price_and_signal_bar_atr():
     # entry opens at 100.6 (gap within the buffer): TP = 100.6 + 1.5 * 2 = 103.6 with ATR[t] = 2
-    df = _bars(overrides={4: (100.6, 100.8, 100.4, 100.6), 5: (100.6, 103.7, 100.5, 103.0)})
+    df = flat_bars(overrides={4: (100.6, 100.8, 100.4, 100.6), 5: (100.6, 103.7, 100.5, 103.0)})
     atr = np.full(20, 2.0)
     atr[4:] = 50.0  # later ATR values must not move the barriers
-    res = run_backtest(df, "agent", signal=_signal(20, 3), atr=atr, cash=CASH, commission=COMM,
+    res = run_backtest(df, "agent", signal=signal_at(20, 3), atr=atr, cash=CASH, commission=COMM,
                        benchmark=False, horizon=10)
     t = _one_trade(res)
     _check_trade(t, df, entry_bar=4, exit_bar=5, exit_price=103.6, reason="take_profit")
@@ -124,29 +109,29 @@ def test_barriers_use_executed_entry_price_and_signal_bar_atr():
 
 def test_entry_bar_range_is_not_checked():
     # the fill bar 4 spans both barriers; nothing happens until bar 6 touches the TP
-    df = _bars(overrides={4: (100.0, 105.0, 95.0, 100.0), 6: (100.0, 101.6, 99.9, 101.0)})
-    res = _run(df, _signal(20, 3))
+    df = flat_bars(overrides={4: (100.0, 105.0, 95.0, 100.0), 6: (100.0, 101.6, 99.9, 101.0)})
+    res = _run(df, signal_at(20, 3))
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=6, exit_price=101.5, reason="take_profit")
 
 
 def test_time_exit_after_horizon_bars_at_next_open():
     # horizon 5: barriers watched on bars 5..8, time exit ordered at bar 8's close, filled at bar 9's open;
     # bar 9 spans both barriers but the children were cancelled at bar 8.
-    df = _bars(overrides={9: (100.3, 110.0, 90.0, 100.0)})
-    res = _run(df, _signal(20, 3), horizon=5)
+    df = flat_bars(overrides={9: (100.3, 110.0, 90.0, 100.0)})
+    res = _run(df, signal_at(20, 3), horizon=5)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=9, exit_price=100.3, reason="time_limit")
     _check_equity_closes(res)
 
 
 def test_barrier_on_last_bar_of_horizon_still_counts():
-    df = _bars(overrides={8: (100.0, 101.6, 99.9, 101.0)})
-    res = _run(df, _signal(20, 3), horizon=5)
+    df = flat_bars(overrides={8: (100.0, 101.6, 99.9, 101.0)})
+    res = _run(df, signal_at(20, 3), horizon=5)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=8, exit_price=101.5, reason="take_profit")
 
 
 def test_end_of_data_exit_at_last_close_with_commission():
-    df = _bars(overrides={19: (100.0, 100.4, 99.9, 100.3)})
-    res = _run(df, _signal(20, 16), horizon=10)
+    df = flat_bars(overrides={19: (100.0, 100.4, 99.9, 100.3)})
+    res = _run(df, signal_at(20, 16), horizon=10)
     _check_trade(_one_trade(res), df, entry_bar=17, exit_bar=19, exit_price=100.3, reason="end_of_data")
     _check_equity_closes(res)
     assert res.position.iloc[-1] > 0  # the synthetic exit happens after the last bar's close
@@ -155,8 +140,8 @@ def test_end_of_data_exit_at_last_close_with_commission():
 def test_reentry_on_the_exit_bar_and_no_entry_while_in_a_trade():
     # signals on 3 (taken), 4 and 5 (in a trade: ignored), exit on bar 5, signal 5 -> entry at bar 6
     later = {i: (97.5, 97.7, 97.3, 97.5) for i in range(6, 12)}
-    df = _bars(overrides={5: (98.0, 98.2, 97.0, 97.5), **later}, n=12)
-    res = _run(df, _signal(12, [3, 4, 5]), horizon=3)
+    df = flat_bars(overrides={5: (98.0, 98.2, 97.0, 97.5), **later}, n=12)
+    res = _run(df, signal_at(12, [3, 4, 5]), horizon=3)
     assert list(res.trades["entry_bar"]) == [4, 6]
     assert list(res.trades["exit_reason"]) == ["stop_loss", "time_limit"]
     assert res.trades["exit_bar"].iloc[1] == 9
@@ -167,8 +152,8 @@ def test_reentry_on_the_exit_bar_and_no_entry_while_in_a_trade():
 
 
 def test_no_entry_below_threshold_on_nan_signal_or_nan_atr():
-    df = _bars()
-    sig = _signal(20, [3], p=0.59)
+    df = flat_bars()
+    sig = signal_at(20, [3], p=0.59)
     sig[5] = np.nan
     atr = np.full(20, 1.0)
     atr[8] = np.nan
@@ -177,14 +162,14 @@ def test_no_entry_below_threshold_on_nan_signal_or_nan_atr():
                        benchmark=False, threshold=0.6)
     assert res.trades.empty
     assert (res.equity == CASH).all()
-    res = _run(df, _signal(20, 3, p=0.6), threshold=0.6)  # >= threshold enters
+    res = _run(df, signal_at(20, 3, p=0.6), threshold=0.6)  # >= threshold enters
     assert len(res.trades) == 1
 
 
 def test_opening_gap_up_is_sized_at_the_open_not_rejected():
     # a 3% gap up between the decision (close 100) and the fill: the notional buys fewer units
-    df = _bars(n=12, overrides={i: (103.0, 103.2, 102.8, 103.0) for i in range(4, 12)})
-    res = _run(df, _signal(12, 3), horizon=5)
+    df = flat_bars(n=12, overrides={i: (103.0, 103.2, 102.8, 103.0) for i in range(4, 12)})
+    res = _run(df, signal_at(12, 3), horizon=5)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=9, exit_price=103.0, reason="time_limit")
     assert res.stats["rejected_entries"] == 0
     # all equity in: cash after the fill is ~0 (EPS headroom), value moves with the position
@@ -194,8 +179,8 @@ def test_opening_gap_up_is_sized_at_the_open_not_rejected():
 def test_strategy_refuses_to_run_without_cheat_on_open():
     import backtrader as bt
     cerebro = bt.Cerebro(stdstats=False)
-    df = _bars()
-    cerebro.adddata(datafeeds.to_backtrader(df, signal=_signal(20, 3), atr=np.ones(20)))
+    df = flat_bars()
+    cerebro.adddata(datafeeds.to_backtrader(df, signal=signal_at(20, 3), atr=np.ones(20)))
     cerebro.addstrategy(TransformerAgentStrategy)
     with pytest.raises(RuntimeError, match="cheat_on_open"):
         cerebro.run()
@@ -203,8 +188,8 @@ def test_strategy_refuses_to_run_without_cheat_on_open():
 
 def test_slippage_moves_fills_and_sizing():
     slip = 0.001
-    df = _bars(overrides={9: (100.3, 100.5, 100.1, 100.3)})
-    res = run_backtest(df, "agent", signal=_signal(20, 3), atr=np.ones(20), cash=CASH, commission=COMM,
+    df = flat_bars(overrides={9: (100.3, 100.5, 100.1, 100.3)})
+    res = run_backtest(df, "agent", signal=signal_at(20, 3), atr=np.ones(20), cash=CASH, commission=COMM,
                        slippage=slip, benchmark=False, horizon=5)
     t = _one_trade(res)
     entry, exit_ = 100.0 * (1 + slip), 100.3 * (1 - slip)
@@ -254,7 +239,7 @@ def test_live_agent_trades_equal_batch_trades_with_warm_up_history():
 
 def test_live_without_agent_is_an_error():
     with pytest.raises(ValueError, match="agent="):
-        run_backtest(_bars(), "agent", live=True, benchmark=False)
+        run_backtest(flat_bars(), "agent", live=True, benchmark=False)
 
 
 # --- baselines ---------------------------------------------------------------------------------
@@ -265,11 +250,11 @@ def test_registry_and_unknown_name():
     with pytest.raises(ValueError, match="did you mean 'buyhold'"):
         get_strategy("buyhld")
     with pytest.raises(ValueError, match="unknown strategy"):
-        run_backtest(_bars(), "nope")
+        run_backtest(flat_bars(), "nope")
 
 
 def test_buy_and_hold_by_name():
-    df = _bars(overrides={1: (100.5, 100.7, 100.3, 100.5), 19: (101.0, 103.2, 100.9, 103.0)})
+    df = flat_bars(overrides={1: (100.5, 100.7, 100.3, 100.5), 19: (101.0, 103.2, 100.9, 103.0)})
     res = run_backtest(df, "buyhold", cash=CASH, commission=COMM, benchmark=False)
     t = _one_trade(res)
     size = _size(100.5)
