@@ -6,10 +6,13 @@ return, its open/high/low offsets from its close and its volume, jointly), on a 
 with the same ``atr`` and ``signal`` lines (but (a0)), preload + runonce, stdstats=False:
 (a)  a bare strategy (``next()`` does nothing) in a plain Cerebro: backtrader's floor;
 (a0) the same over a stock ``bt.feeds.PandasData`` of the OHLCV alone (what backtrader's docs measure);
-(a') the same bare strategy through ``engine.run_backtest`` (cheat-on-open, equity recorder, ATR, stats);
-(r)  a minimal strategy that replays the agent run's exact orders (entry, stop, OCO limit, time exit)
-     through ``run_backtest``: what backtrader's order handling alone costs for that order flow;
-(b)  ``run_backtest(df, "agent", signal=AR(1) probabilities)``, split into cerebro.run and the rest;
+(a') a bare strategy through ``engine.run_backtest`` (cheat-on-open, equity recording, ATR, stats);
+(m)  the agent run's round trips as two market orders each (bought at the same opens, sold at the open
+     of the exit bars), through ``run_backtest``: the least backtrader's broker costs for that many trades;
+(s)  the agent strategy on the stock ``BackBroker`` (``native_barriers=False``): stop + OCO limit +
+     market time exit per trade, checked trade for trade against (b);
+(b)  ``run_backtest(df, "agent", signal=AR(1) probabilities)`` (one ``TripleBarrierOrder`` per exit),
+     split into cerebro.run and the rest;
 (f)  the same through ``run_backtest(..., engine="fast")`` (engine.fastsim), checked trade for trade;
 (c)  ``OnnxAgent.predict_proba`` of the shipped agent on a prefix of the same bars (warm-up excluded),
      extrapolated linearly to all bars (batch inference is linear in the number of windows).
@@ -32,6 +35,7 @@ import pandas as pd
 import datafeeds
 import labeling
 from engine import run_backtest
+from strategies import TradeLogStrategy
 from _common import bootstrap_bars, load_avg, machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,57 +55,37 @@ def ar1_probs(n: int, seed: int, phi: float = 0.95, scale: float = 0.35) -> np.n
     return p
 
 
-class _Bare(bt.Strategy):
-    # the attributes engine.run_backtest reads from our strategies (strategies.TradeLogStrategy)
-    trade_log: list = []
-    n_rejected = 0
-    eod_cost = 0.0
+class _Floor(bt.Strategy):
+    """backtrader's floor: a strategy that does nothing."""
 
     def next(self):
         pass
 
 
-class _Replay(_Bare):
-    """Places exactly the orders of a finished agent run, with no bookkeeping of its own."""
+class _Bare(TradeLogStrategy):
+    """Does nothing, through ``run_backtest`` (which records equity and position per bar)."""
 
-    params = (("entries", None), ("time_exits", None))  # signal bar -> (size, stop, take); exit-decision bars
 
-    def __init__(self):
-        self._todo = self._plan = None
-        self._entry_ref = None
-        self._exits = []
+class _MarketRoundTrips(TradeLogStrategy):
+    """The agent run's round trips as two market orders each, bought at its entry opens and sold at the
+    open of its exit bars: the cheapest way backtrader's broker can make that many trades."""
 
-    def next(self):
+    params = (("entries", None), ("exits", None))  # decision bars -> units to buy; decision bars to sell
+
+    def on_bar(self):
         bar = len(self) - 1
-        if bar in self.p.entries:
-            self._todo = self.p.entries[bar]
-        elif bar in self.p.time_exits:
-            for order in self._exits:
-                self.cancel(order)
-            self._exits = []
+        size = self.p.entries.get(bar)
+        if size is not None:
+            self.buy(size=size)
+        elif bar in self.p.exits and self.position.size:
             self.close()
 
-    def next_open(self):
-        if self._todo is not None:
-            self._entry_ref = self.buy(size=self._todo[0]).ref
-            self._plan, self._todo = self._todo, None
 
-    def notify_order(self, order):
-        if order.ref == self._entry_ref and order.status == order.Completed:
-            _, stop, take = self._plan
-            size = order.executed.size
-            s = self.sell(exectype=bt.Order.Stop, price=stop, size=size)
-            self._exits = [s, self.sell(exectype=bt.Order.Limit, price=take, size=size, oco=s)]
-
-
-def replay_plan(trades: pd.DataFrame, pt: float, sl: float) -> dict:
-    """_Replay parameters from an agent run's trade list (barriers from the executed entry price)."""
-    entries = {
-        int(t.entry_bar) - 1: (t.size, t.entry_price - sl * t.atr, t.entry_price + pt * t.atr)
-        for t in trades.itertuples()
-    }
-    time_exits = {int(t.exit_bar) - 1 for t in trades.itertuples() if t.exit_reason == "time_limit"}
-    return {"entries": entries, "time_exits": time_exits}
+def round_trips(trades: pd.DataFrame) -> dict:
+    """_MarketRoundTrips parameters: half the agent's units (so cash never runs short), same bars."""
+    done = trades[trades.exit_reason != "end_of_data"]
+    return {"entries": {int(t.entry_bar) - 1: 0.5 * t.size for t in trades.itertuples()},
+            "exits": {int(b) - 1 for b in done.exit_bar}}
 
 
 def plain_cerebro_run(df: pd.DataFrame, lines: dict) -> tuple[float, float]:
@@ -111,7 +95,7 @@ def plain_cerebro_run(df: pd.DataFrame, lines: dict) -> tuple[float, float]:
     """
     cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True, optreturn=False)
     cerebro.adddata(datafeeds.to_backtrader(df, **lines))
-    cerebro.addstrategy(_Bare)
+    cerebro.addstrategy(_Floor)
     w, c = time.perf_counter(), time.process_time()
     cerebro.run()
     return time.perf_counter() - w, time.process_time() - c
@@ -145,6 +129,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the minimum is reported")
     ap.add_argument("--signal-rate", type=float, default=0.3,
                     help="fraction of bars whose probability reaches the threshold (agent1: 0.29 on validation)")
+    ap.add_argument("--sweep", default="0.1,0.03,0.01",
+                    help="more signal rates (comma-separated) for a table of cost vs trades per bar; '' = none")
     ap.add_argument("--agent", default=str(ROOT / "models" / "agent1.onnx"))
     ap.add_argument("--signal-bars", type=int, default=20_000,
                     help="bars of the prefix timed for (c), extrapolated to --bars; 0 = all bars")
@@ -174,11 +160,13 @@ def main() -> None:
     w_ea, c_ea, r_ea, _ = best_of(lambda: engine_run(df, _Bare, atr=atr), args.repeat)
     w_b, c_b, r_b, res = best_of(lambda: engine_run(df, "agent", signal=probs, atr=atr, **params), args.repeat)
     trades = res.trades
-    w_r, c_r, r_r, rep = best_of(lambda: engine_run(df, _Replay, atr=atr, **replay_plan(trades, 1.5, 1.5)),
+    w_s, c_s, r_s, stock = best_of(
+        lambda: engine_run(df, "agent", signal=probs, atr=atr, native_barriers=False, **params), args.repeat)
+    stock_same = stock.trades.equals(trades) and stock.equity.equals(res.equity)
+    w_m, c_m, r_m, mkt = best_of(lambda: engine_run(df, _MarketRoundTrips, atr=atr, **round_trips(trades)),
                                  args.repeat)
-    # The replay must reproduce the agent's fills: same equity at every close but the last (the
-    # agent's synthetic end_of_data exit adjusts only the last value).
-    same = np.allclose(rep.equity.to_numpy()[:-1], res.equity.to_numpy()[:-1], rtol=1e-12, atol=1e-9)
+    held = mkt.position.to_numpy() != 0
+    n_trips = int(held[0] + (held[1:] & ~held[:-1]).sum())
 
     run_backtest(df.iloc[:2000], "agent", signal=probs[:2000], atr=atr[:2000], engine="fast",
                  benchmark=False, **params)  # warm-up: numba cache load or compile
@@ -211,7 +199,8 @@ def main() -> None:
     print(f"bars: {n:,} bootstrapped from sp500 daily (seed {args.seed}), minute index; AR(1) probabilities, "
           f"threshold {threshold:.4f} reached on {np.nanmean(probs >= threshold):.1%} of bars")
     print(f"agent run: {len(trades):,} trades (one per {n / max(1, len(trades)):.1f} bars), "
-          f"exposure {res.stats.get('exposure', float('nan')):.1%}; replay reproduces its equity: {same}; "
+          f"exposure {res.stats.get('exposure', float('nan')):.1%}; stock-broker path: same trades and "
+          f"equity: {stock_same}; (m) made {n_trips:,} round trips; "
           f"fast engine: {len(fast.trades):,} trades, same equity: {fast_same}")
     print(f"\n{'measurement':56s} {'wall s':>8s} {'cpu s':>8s} {'bars/s':>9s} {'wall/(a)':>9s} {'cpu/(a)':>8s}")
 
@@ -224,8 +213,10 @@ def main() -> None:
     row("(a)  bare next(), plain Cerebro: cerebro.run", w_a, c_a)
     row("(a') bare next() via run_backtest: total", w_ea, c_ea)
     row("       of which cerebro.run", r_ea)
-    row("(r)  replay of the agent's orders via run_backtest: total", w_r, c_r)
-    row("       of which cerebro.run", r_r)
+    row("(m)  the agent's round trips as market orders via run_backtest", w_m, c_m)
+    row("       of which cerebro.run", r_m)
+    row("(s)  agent strategy, stock BackBroker (3 exit orders/trade)", w_s, c_s)
+    row("       of which cerebro.run", r_s)
     row("(b)  agent strategy via run_backtest: total", w_b, c_b)
     row("       of which cerebro.run", r_b)
     row("       of which ATR, checks, feed build, frames, stats", w_b - r_b)
@@ -234,12 +225,26 @@ def main() -> None:
     print(f"pieces of (b)'s rest timed alone: labeling.atr {t_atr * 1e3:.1f} ms, to_backtrader {t_feed * 1e3:.1f} ms; "
           f"(c) excludes agent load {t_load:.2f} s and a warm-up call {t_warm:.2f} s")
     print(f"repeat: {args.repeat} (minimum reported); at end: {load_avg()}")
+    sweep = [float(x) for x in args.sweep.split(",") if x.strip()]
+    if sweep:
+        print(f"\ncost vs trade rate (cpu of cerebro.run + Python around it, over (a)):")
+        print(f"{'signal rate':>11s} {'trades':>7s} {'bars/trade':>10s} {'(b) agent':>10s} {'(m) market floor':>17s}")
+        print(f"{args.signal_rate:11.2f} {len(trades):7,d} {n / max(1, len(trades)):10.1f} {c_b / c_a:10.2f} "
+              f"{c_m / c_a:17.2f}")
+    for rate in sweep:
+        thr = float(np.nanquantile(probs, 1 - rate))
+        p2 = dict(params, threshold=thr)
+        _, c2, _, res2 = best_of(lambda: engine_run(df, "agent", signal=probs, atr=atr, **p2), args.repeat)
+        _, c2m, _, _ = best_of(lambda: engine_run(df, _MarketRoundTrips, atr=atr, **round_trips(res2.trades)),
+                               args.repeat)
+        k = len(res2.trades)
+        print(f"{rate:11.2f} {k:7,d} {n / max(1, k):10.1f} {c2 / c_a:10.2f} {c2m / c_a:17.2f}")
+
     verdict = "meets" if max(r_b / w_a, c_b / c_a) <= TARGET_RATIO else "misses"
     print(f"\nacceptance ({verdict} the <= {TARGET_RATIO}x target): agent strategy / bare pass (a) = "
           f"{r_b / w_a:.2f}x wall (cerebro.run), {c_b / c_a:.2f}x cpu (run_backtest total); same harness "
-          f"(b)/(a') = {c_b / c_ea:.2f}x cpu; the agent's own Python over backtrader's cost of its orders "
-          f"(b)/(r) = {c_b / c_r:.2f}x cpu; fast engine: {c_f / c_a:.3f}x cpu of (a)")
-
+          f"(b)/(a') = {c_b / c_ea:.2f}x cpu; floor for this many trades (m)/(a) = {c_m / c_a:.2f}x cpu; "
+          f"native barrier order vs stock broker (b)/(s) = {c_b / c_s:.2f}x cpu; fast engine: {c_f / c_a:.3f}x cpu of (a)")
 
 if __name__ == "__main__":
     main()

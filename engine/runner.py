@@ -9,6 +9,9 @@ Fills: Cerebro runs with cheat-on-open so strategies size an entry decided at cl
 t+1, its fill price (notional sizing, see ``strategies.agent``); market orders still fill at that open.
 Equity is the broker value at each bar's close; its last value is net of the synthetic end_of_data
 exit's costs. Exposure = fraction of bars with a position at the close.
+Broker: :class:`strategies.BarrierBroker`, backtrader's BackBroker plus one native order for the agent's
+triple-barrier exit (``native_barriers=False``: the stock BackBroker); equity and position are recorded
+by the strategy (:class:`strategies.TradeLogStrategy`) at each close.
 Benchmark: a :class:`~strategies.BuyAndHold` backtest over the same bars with the same cash and costs.
 Engines: ``engine="backtrader"`` (default, the reference) or ``"fast"`` (:mod:`engine.fastsim`, the agent
 strategy only, same result to rounding).
@@ -29,7 +32,9 @@ import datafeeds
 import labeling
 from engine.jsonable import jsonable
 from engine.metrics import compute_stats, infer_periods_per_year, periods_per_year_rule
-from strategies import TRADE_FIELDS, BuyAndHold, TransformerAgentStrategy, get_strategy
+from strategies import (
+    TRADE_FIELDS, BarrierBroker, BuyAndHold, TradeLogStrategy, TransformerAgentStrategy, get_strategy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +58,6 @@ class BacktestResult:
     position: pd.Series  # units held at each bar's close
 
 
-class _ValueRecorder(bt.Analyzer):
-    """Broker value and position size at every bar's close (also during a strategy's warm-up)."""
-
-    def start(self):
-        self.values: list[float] = []
-        self.sizes: list[float] = []
-
-    def next(self):
-        self.values.append(self.strategy.broker.getvalue())
-        self.sizes.append(self.strategy.position.size)
-
-
 def run_backtest(
     data: pd.DataFrame | str | PathLike,
     strategy: str | type[bt.Strategy],
@@ -80,6 +73,7 @@ def run_backtest(
     periods_per_year: float | None = None,
     benchmark: bool = True,
     engine: str = "backtrader",
+    native_barriers: bool = True,
     **params,
 ) -> BacktestResult:
     """Backtest ``strategy`` (a name in ``strategies.STRATEGIES`` or a class) on ``data``.
@@ -89,14 +83,20 @@ def run_backtest(
     (tests use it to set barriers by hand). ``periods_per_year`` defaults to
     ``infer_periods_per_year`` of the full data. ``params`` go to the strategy. ``engine="fast"``
     runs the agent strategy (batch signal only) through :func:`engine.fastsim.simulate` instead.
+    ``native_barriers=False`` runs on the stock ``bt.brokers.BackBroker``, where the agent's exit is
+    three orders (stop, OCO limit, market time exit) instead of one ``strategies.TripleBarrierOrder``:
+    the same trades, at about 1.2x the cost; tests hold the two to parity.
     """
     t0 = time.perf_counter()
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
     strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    if not (isinstance(strat_cls, type) and issubclass(strat_cls, bt.Strategy)):
-        raise TypeError(f"strategy must be a name or a bt.Strategy subclass, got {strategy!r}")
+    if not (isinstance(strat_cls, type) and issubclass(strat_cls, TradeLogStrategy)):
+        raise TypeError(
+            f"strategy must be a name or a strategies.TradeLogStrategy subclass (the engine reads its "
+            f"trade log and equity), got {strategy!r}"
+        )
     _check_params(strat_cls, params)
     if engine == "fast":
         if strat_cls is not TransformerAgentStrategy:
@@ -146,14 +146,17 @@ def run_backtest(
         lines["signal"] = (
             sig.loc[period.index].to_numpy() if sig is not None else np.full(len(period), np.nan)
         )
-    strat, run_seconds = _run_cerebro(period, strat_cls, lines, cash, commission, slippage, params)
+    broker = BarrierBroker() if native_barriers else bt.brokers.BackBroker()
+    strat, run_seconds = _run_cerebro(period, strat_cls, lines, broker, cash, commission, slippage, params)
 
-    rec = strat.analyzers.getbyname("values")
-    if len(rec.values) != len(period):
-        raise RuntimeError(f"recorded {len(rec.values)} equity values for {len(period)} bars")
-    equity = pd.Series(rec.values, index=period.index, name="equity", dtype=np.float64)
+    if len(strat.equity_values) != len(period):
+        raise RuntimeError(
+            f"{strat_cls.__name__} recorded {len(strat.equity_values)} equity values for {len(period)} "
+            "bars: put its decision in on_bar(), or call TradeLogStrategy.next/prenext from overrides"
+        )
+    equity = pd.Series(strat.equity_values, index=period.index, name="equity", dtype=np.float64)
     equity.iloc[-1] -= strat.eod_cost  # the synthetic end_of_data exit's slippage and commission
-    position = pd.Series(rec.sizes, index=period.index, name="position", dtype=np.float64)
+    position = pd.Series(strat.position_sizes, index=period.index, name="position", dtype=np.float64)
     trades = _trades_frame(strat.trade_log, period.index)
     used_signal = (
         pd.Series(getattr(strat, "probs", lines.get("signal")), index=period.index, name="signal", dtype=np.float64)
@@ -180,6 +183,7 @@ def run_backtest(
         },
         **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year),
         "live": live,
+        "broker": type(broker).__name__,
         "benchmark": "BuyAndHold backtest, same bars, cash and costs" if benchmark else None,
         "rejected_entries": int(strat.n_rejected),
         "backtrader": bt.__version__,
@@ -213,10 +217,11 @@ def _run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, per
     }
 
 
-def _run_cerebro(period, strat_cls, lines, cash, commission, slippage, params):
+def _run_cerebro(period, strat_cls, lines, broker, cash, commission, slippage, params):
     # cheat-on-open: strategies size an entry decided at close[t] in next_open of t+1 (open known);
     # the market order still fills at that open, exactly as without it.
     cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True, optreturn=False, cheat_on_open=True)
+    cerebro.broker = broker
     cerebro.adddata(datafeeds.to_backtrader(period, **lines))
     cerebro.broker.set_coo(True)
     cerebro.broker.setcash(float(cash))
@@ -226,7 +231,6 @@ def _run_cerebro(period, strat_cls, lines, cash, commission, slippage, params):
         cerebro.broker.set_slippage_perc(float(slippage), slip_open=True, slip_limit=True,
                                          slip_match=True, slip_out=False)
     cerebro.addstrategy(strat_cls, **params)
-    cerebro.addanalyzer(_ValueRecorder, _name="values")
     t0 = time.perf_counter()
     strat = cerebro.run()[0]
     return strat, time.perf_counter() - t0

@@ -1,6 +1,7 @@
 """backtrader strategies: the agent's triple-barrier strategy and baselines, all logging their trades."""
 
 from strategies.agent import TransformerAgentStrategy
+from strategies.broker import BarrierBroker, TripleBarrierOrder
 from strategies.base import EXIT_REASONS, TRADE_FIELDS, TradeLogStrategy
 from strategies.baselines import STRATEGIES, BuyAndHold, SmaCross, get_strategy
 
@@ -8,9 +9,11 @@ __all__ = [
     "EXIT_REASONS",
     "STRATEGIES",
     "TRADE_FIELDS",
+    "BarrierBroker",
     "BuyAndHold",
     "SmaCross",
     "TradeLogStrategy",
     "TransformerAgentStrategy",
+    "TripleBarrierOrder",
     "get_strategy",
 ]

@@ -13,6 +13,9 @@ Conventions (pinned by tests/test_strategies.py; they mirror the labels as close
   broker works pending orders first-in first-out; the OCO limit is then cancelled).
 - Time exit: at the close of the ``horizon``-th bar held (the fill bar counts as 1) the barriers are
   cancelled and a market sell fills at the next open, i.e. ``bars_held == horizon``.
+- Orders: on ``strategies.BarrierBroker`` (what ``engine.run_backtest`` uses) the stop, the take-profit
+  and the time exit are one ``TripleBarrierOrder`` worked by the same fill rules in the same order; on
+  the stock ``BackBroker`` they are the three orders above. Tests hold the two to identical trades.
 - End of data: an open position is closed synthetically at the last bar's close (less slippage,
   floored at the bar's low) net of the broker's commission, with exit_reason ``end_of_data``;
   backtrader cannot fill an order after the last bar. ``eod_cost`` holds the equity adjustment.
@@ -31,6 +34,7 @@ import backtrader as bt
 import pandas as pd
 
 from strategies.base import STOP_LOSS, TAKE_PROFIT, TIME_LIMIT, TradeLogStrategy
+from strategies.broker import BarrierBroker
 
 class TransformerAgentStrategy(TradeLogStrategy):
     """Long-only triple-barrier trades on an agent's probability (line ``signal`` or a live agent).
@@ -76,6 +80,8 @@ class TransformerAgentStrategy(TradeLogStrategy):
 
     def start(self):
         super().start()
+        # One native triple-barrier order per trade where the broker has it, else the stock orders.
+        self._native = isinstance(self.broker, BarrierBroker)
         if self.p.live:
             self.p.agent.reset()
             history = self.p.agent_history
@@ -83,7 +89,7 @@ class TransformerAgentStrategy(TradeLogStrategy):
                 for ts, row in zip(history.index, history.itertuples(index=False)):
                     self.p.agent.update(_bar_dict(ts, row.open, row.high, row.low, row.close, row.volume))
 
-    def next(self):
+    def on_bar(self):
         # Look-ahead guard: only [0] (this bar) or negative indices; with preload, [1] would
         # silently return the next bar's value.
         if self._signal_line is None:  # live
@@ -95,8 +101,8 @@ class TransformerAgentStrategy(TradeLogStrategy):
             prob = float(self._signal_line[0])
         self.probs.append(prob)
 
-        if self._open is not None:  # in a trade: only the time barrier is ours to check
-            if self._bar() - self._open["entry_bar"] + 1 >= self._horizon:
+        if self._open is not None:  # in a trade: on the stock broker the time barrier is ours to check
+            if not self._native and self._bar() - self._open["entry_bar"] + 1 >= self._horizon:
                 self._exit_market(TIME_LIMIT)
             return
         # Cheapest test first; NaN compares False, so no-signal bars stop here.
@@ -106,16 +112,24 @@ class TransformerAgentStrategy(TradeLogStrategy):
                 self._enter(atr=atr)
 
     def _on_entry_filled(self, order):
+        entry, atr, size = order.executed.price, self._open["atr"], order.executed.size
+        stop, take = entry - self.p.sl * atr, entry + self.p.pt * atr
+        if self._native:
+            # time exit at the open of bar entry_bar + horizon: the same fill as a market order
+            # placed at the close before it
+            self._submit_exit(self.broker.sell_barriers(
+                self, self.data, size, stop, take, time_bar=self._open["entry_bar"] + self._horizon
+            ))
+            return
         if self._horizon <= 1:
             # The time exit is ordered at this very bar's close and fills at the next open, before a
             # barrier could ever be checked; submitting them anyway would leave orders backtrader
             # cannot cancel yet (still Submitted), which later fill against no position.
             return
-        entry, atr, size = order.executed.price, self._open["atr"], order.executed.size
         # Stop first: FIFO processing makes it win when one bar spans both barriers.
-        stop = self.sell(exectype=bt.Order.Stop, price=entry - self.p.sl * atr, size=size)
+        stop = self.sell(exectype=bt.Order.Stop, price=stop, size=size)
         self._submit_exit(stop, STOP_LOSS)
-        take = self.sell(exectype=bt.Order.Limit, price=entry + self.p.pt * atr, size=size, oco=stop)
+        take = self.sell(exectype=bt.Order.Limit, price=take, size=size, oco=stop)
         self._submit_exit(take, TAKE_PROFIT)
 
 

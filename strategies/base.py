@@ -31,9 +31,11 @@ _DEAD = (bt.Order.Completed, bt.Order.Canceled, bt.Order.Expired, bt.Order.Margi
 
 
 class TradeLogStrategy(bt.Strategy):
-    """Base for our strategies: sizing, order bookkeeping and a trade log of dicts (``TRADE_FIELDS``).
+    """Base for our strategies: sizing, order bookkeeping, a trade log of dicts (``TRADE_FIELDS``) and
+    the broker value and position at every bar's close (``equity_values``, ``position_sizes``).
 
-    Subclasses call :meth:`_enter` / :meth:`_exit_market` and may override :meth:`_on_entry_filled`.
+    Subclasses put their decision in :meth:`on_bar` (not ``next``, which records the bar first), call
+    :meth:`_enter` / :meth:`_exit_market`, and may override :meth:`_on_entry_filled`.
     ``entry_bar``/``exit_bar`` are 0-based bar positions in the feed; ``ret = pnl / (size * entry_price)``.
     """
 
@@ -55,6 +57,10 @@ class TradeLogStrategy(bt.Strategy):
         self._notional = 0.0  # cash amount of that entry: size_frac * equity at the decision
         self._pending_entry: dict = {}  # signal info of the entry order in flight
         self._open: dict | None = None  # the trade currently held
+        # Recorded here rather than by an analyzer: backtrader dispatches several calls per bar to
+        # each analyzer, which cost 16% of a bare pass.
+        self.equity_values: list[float] = []  # broker value at each bar's close, warm-up included
+        self.position_sizes: list[float] = []  # units held at each bar's close
 
     # -- helpers for subclasses ------------------------------------------------------------------
     def _bar(self) -> int:
@@ -110,12 +116,30 @@ class TradeLogStrategy(bt.Strategy):
         self._live[order.ref] = order
         self._reason[order.ref] = reason
 
-    def _submit_exit(self, order, reason: str) -> None:
+    def _submit_exit(self, order, reason: str | None = None) -> None:
+        """Track an exit order; ``reason=None``: the order reports its own ``exit_reason`` on the fill."""
         self._live[order.ref] = order
-        self._reason[order.ref] = reason
+        if reason is not None:
+            self._reason[order.ref] = reason
 
     def _on_entry_filled(self, order) -> None:
         """Hook: the entry filled (``self._open`` is set); submit protective orders here."""
+
+    def on_bar(self) -> None:
+        """Hook: the decision at this bar's close. Read only ``[0]`` and negative indices: with
+        preload, ``line[1]`` silently returns the next bar."""
+
+    def _record_bar(self) -> None:
+        self.equity_values.append(self.broker.getvalue())
+        self.position_sizes.append(self.position.size)
+
+    # -- backtrader's per-bar calls: record the bar, then decide (not during indicator warm-up) ------
+    def prenext(self):
+        self._record_bar()
+
+    def next(self):
+        self._record_bar()
+        self.on_bar()
 
     # -- backtrader callbacks ----------------------------------------------------------------------
     def notify_order(self, order):
@@ -142,7 +166,7 @@ class TradeLogStrategy(bt.Strategy):
                     order.created.size, self._pending_entry.get("signal_time"),
                 )
             return
-        reason = self._reason.pop(order.ref, None)
+        reason = self._reason.pop(order.ref, None) or getattr(order, "exit_reason", None)
         if order.status == bt.Order.Completed and reason is not None:
             self._record_exit(order.executed.price, -order.executed.size, order.executed.comm, reason)
         elif order.status in (bt.Order.Margin, bt.Order.Rejected):

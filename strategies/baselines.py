@@ -20,7 +20,7 @@ class BuyAndHold(TradeLogStrategy):
         super().__init__()
         self._ordered = False
 
-    def next(self):
+    def on_bar(self):
         if not self._ordered:
             self._ordered = True
             self._enter()
@@ -43,7 +43,7 @@ class SmaCross(TradeLogStrategy):
         slow = bt.ind.SMA(self.data.close, period=self.p.slow)
         self._cross = bt.ind.CrossOver(fast, slow)
 
-    def next(self):
+    def on_bar(self):
         if self._open is not None:
             if self._cross[0] < 0 and not self._live:
                 self._exit_market(SIGNAL_EXIT)

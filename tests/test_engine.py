@@ -102,6 +102,30 @@ def test_signal_series_must_align(sp):
     assert (res.trades["signal_time"] >= pd.Timestamp("2015-01-01")).all()
 
 
+def test_strategy_classes_the_engine_can_read(sp):
+    import backtrader as bt
+    from strategies import TradeLogStrategy
+
+    class Plain(bt.Strategy):
+        pass
+
+    with pytest.raises(TypeError, match="TradeLogStrategy subclass"):
+        run_backtest(sp, Plain, benchmark=False)
+
+    class OverridesNext(TradeLogStrategy):
+        def next(self):  # skips the base class's per-bar equity recording
+            pass
+
+    with pytest.raises(RuntimeError, match=r"recorded 0 equity values .* on_bar\(\)"):
+        run_backtest(sp, OverridesNext, benchmark=False)
+
+    class Idle(TradeLogStrategy):
+        pass
+
+    res = run_backtest(sp.iloc[:50], Idle, cash=1234.0, benchmark=False)
+    assert (res.equity == 1234.0).all() and (res.position == 0).all() and res.trades.empty
+
+
 def test_sample_name_and_baselines_by_name():
     res = run_backtest("stoxx50_1d", "smacross", fast=5, slow=20)
     assert res.config["data_source"] == "stoxx50_1d" and res.config["data_sha256"]

@@ -20,10 +20,16 @@ EPS = CASH_EPS  # rounding headroom in the notional sizing
 
 
 
-def _run(df, signal, *, atr=1.0, **params):
+@pytest.fixture(params=[True, False], ids=["native", "stock"])
+def native(request):
+    """Run a case on both brokers: one TripleBarrierOrder per exit, and the stock three orders."""
+    return request.param
+
+
+def _run(df, signal, *, native, atr=1.0, **params):
     params.setdefault("horizon", 10)
     return run_backtest(df, "agent", signal=signal, atr=np.full(len(df), atr), cash=CASH,
-                        commission=COMM, benchmark=False, **params)
+                        commission=COMM, benchmark=False, native_barriers=native, **params)
 
 
 def _size(fill_open, value=CASH, slip=0.0):
@@ -62,86 +68,86 @@ def _check_equity_closes(res):
 
 # --- barriers ----------------------------------------------------------------------------------
 
-def test_take_profit_inside_bar_fills_at_limit():
+def test_take_profit_inside_bar_fills_at_limit(native):
     # signal at bar 3 (close 100); entry at bar 4 open 100.0 -> TP 101.5, SL 98.5 (ATR 1)
     df = flat_bars(overrides={5: (100.5, 101.8, 100.3, 101.0)})
-    res = _run(df, signal_at(20, 3))
+    res = _run(df, signal_at(20, 3), native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=101.5, reason="take_profit")
     _check_equity_closes(res)
 
 
-def test_take_profit_gap_fills_at_open():
+def test_take_profit_gap_fills_at_open(native):
     df = flat_bars(overrides={5: (102.0, 102.5, 101.9, 102.2)})
-    res = _run(df, signal_at(20, 3))
+    res = _run(df, signal_at(20, 3), native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=102.0, reason="take_profit")
 
 
-def test_stop_gap_fills_at_open_below_stop():
+def test_stop_gap_fills_at_open_below_stop(native):
     df = flat_bars(overrides={5: (98.0, 98.2, 97.0, 97.5)})
-    res = _run(df, signal_at(20, 3))
+    res = _run(df, signal_at(20, 3), native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=98.0, reason="stop_loss")
     _check_equity_closes(res)
 
 
-def test_stop_inside_bar_fills_at_stop_price():
+def test_stop_inside_bar_fills_at_stop_price(native):
     df = flat_bars(overrides={6: (100.0, 100.3, 98.0, 99.0)})
-    res = _run(df, signal_at(20, 3))
+    res = _run(df, signal_at(20, 3), native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=6, exit_price=98.5, reason="stop_loss")
 
 
-def test_both_barriers_in_one_bar_stop_first():
+def test_both_barriers_in_one_bar_stop_first(native):
     df = flat_bars(overrides={5: (100.0, 102.0, 98.0, 101.0)})
-    res = _run(df, signal_at(20, 3))
+    res = _run(df, signal_at(20, 3), native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=98.5, reason="stop_loss")
 
 
-def test_barriers_use_executed_entry_price_and_signal_bar_atr():
+def test_barriers_use_executed_entry_price_and_signal_bar_atr(native):
     # entry opens at 100.6 (gap within the buffer): TP = 100.6 + 1.5 * 2 = 103.6 with ATR[t] = 2
     df = flat_bars(overrides={4: (100.6, 100.8, 100.4, 100.6), 5: (100.6, 103.7, 100.5, 103.0)})
     atr = np.full(20, 2.0)
     atr[4:] = 50.0  # later ATR values must not move the barriers
     res = run_backtest(df, "agent", signal=signal_at(20, 3), atr=atr, cash=CASH, commission=COMM,
-                       benchmark=False, horizon=10)
+                       benchmark=False, horizon=10, native_barriers=native)
     t = _one_trade(res)
     _check_trade(t, df, entry_bar=4, exit_bar=5, exit_price=103.6, reason="take_profit")
     assert t["atr"] == 2.0
 
 
-def test_entry_bar_range_is_not_checked():
+def test_entry_bar_range_is_not_checked(native):
     # the fill bar 4 spans both barriers; nothing happens until bar 6 touches the TP
     df = flat_bars(overrides={4: (100.0, 105.0, 95.0, 100.0), 6: (100.0, 101.6, 99.9, 101.0)})
-    res = _run(df, signal_at(20, 3))
+    res = _run(df, signal_at(20, 3), native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=6, exit_price=101.5, reason="take_profit")
 
 
-def test_time_exit_after_horizon_bars_at_next_open():
+def test_time_exit_after_horizon_bars_at_next_open(native):
     # horizon 5: barriers watched on bars 5..8, time exit ordered at bar 8's close, filled at bar 9's open;
     # bar 9 spans both barriers but the children were cancelled at bar 8.
     df = flat_bars(overrides={9: (100.3, 110.0, 90.0, 100.0)})
-    res = _run(df, signal_at(20, 3), horizon=5)
+    res = _run(df, signal_at(20, 3), horizon=5, native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=9, exit_price=100.3, reason="time_limit")
     _check_equity_closes(res)
 
 
-def test_barrier_on_last_bar_of_horizon_still_counts():
+def test_barrier_on_last_bar_of_horizon_still_counts(native):
     df = flat_bars(overrides={8: (100.0, 101.6, 99.9, 101.0)})
-    res = _run(df, signal_at(20, 3), horizon=5)
+    res = _run(df, signal_at(20, 3), horizon=5, native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=8, exit_price=101.5, reason="take_profit")
 
 
-def test_end_of_data_exit_at_last_close_with_commission():
+def test_end_of_data_exit_at_last_close_with_commission(native):
     df = flat_bars(overrides={19: (100.0, 100.4, 99.9, 100.3)})
-    res = _run(df, signal_at(20, 16), horizon=10)
+    res = _run(df, signal_at(20, 16), horizon=10, native=native)
     _check_trade(_one_trade(res), df, entry_bar=17, exit_bar=19, exit_price=100.3, reason="end_of_data")
     _check_equity_closes(res)
     assert res.position.iloc[-1] > 0  # the synthetic exit happens after the last bar's close
 
 
-def test_reentry_on_the_exit_bar_and_no_entry_while_in_a_trade():
+def test_reentry_on_the_exit_bar_and_no_entry_while_in_a_trade(native):
     # signals on 3 (taken), 4 and 5 (in a trade: ignored), exit on bar 5, signal 5 -> entry at bar 6
     later = {i: (97.5, 97.7, 97.3, 97.5) for i in range(6, 12)}
     df = flat_bars(overrides={5: (98.0, 98.2, 97.0, 97.5), **later}, n=12)
-    res = _run(df, signal_at(12, [3, 4, 5]), horizon=3)
+    res = _run(df, signal_at(12, [3, 4, 5]), horizon=3, native=native)
     assert list(res.trades["entry_bar"]) == [4, 6]
     assert list(res.trades["exit_reason"]) == ["stop_loss", "time_limit"]
     assert res.trades["exit_bar"].iloc[1] == 9
@@ -151,7 +157,7 @@ def test_reentry_on_the_exit_bar_and_no_entry_while_in_a_trade():
     _check_equity_closes(res)
 
 
-def test_no_entry_below_threshold_on_nan_signal_or_nan_atr():
+def test_no_entry_below_threshold_on_nan_signal_or_nan_atr(native):
     df = flat_bars()
     sig = signal_at(20, [3], p=0.59)
     sig[5] = np.nan
@@ -162,14 +168,14 @@ def test_no_entry_below_threshold_on_nan_signal_or_nan_atr():
                        benchmark=False, threshold=0.6)
     assert res.trades.empty
     assert (res.equity == CASH).all()
-    res = _run(df, signal_at(20, 3, p=0.6), threshold=0.6)  # >= threshold enters
+    res = _run(df, signal_at(20, 3, p=0.6), threshold=0.6, native=native)  # >= threshold enters
     assert len(res.trades) == 1
 
 
-def test_opening_gap_up_is_sized_at_the_open_not_rejected():
+def test_opening_gap_up_is_sized_at_the_open_not_rejected(native):
     # a 3% gap up between the decision (close 100) and the fill: the notional buys fewer units
     df = flat_bars(n=12, overrides={i: (103.0, 103.2, 102.8, 103.0) for i in range(4, 12)})
-    res = _run(df, signal_at(12, 3), horizon=5)
+    res = _run(df, signal_at(12, 3), horizon=5, native=native)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=9, exit_price=103.0, reason="time_limit")
     assert res.stats["rejected_entries"] == 0
     # all equity in: cash after the fill is ~0 (EPS headroom), value moves with the position
@@ -186,17 +192,51 @@ def test_strategy_refuses_to_run_without_cheat_on_open():
         cerebro.run()
 
 
-def test_slippage_moves_fills_and_sizing():
+def test_horizon_one_exits_at_the_next_open_whatever_the_range(native):
+    # the fill bar counts as bar 1: the time exit fills at bar 5's open though bar 5 spans both barriers
+    df = flat_bars(overrides={5: (100.1, 110.0, 90.0, 100.0)})
+    res = _run(df, signal_at(20, 3), horizon=1, native=native)
+    _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=5, exit_price=100.1, reason="time_limit")
+    _check_equity_closes(res)
+
+
+def test_slippage_moves_fills_and_sizing(native):
     slip = 0.001
     df = flat_bars(overrides={9: (100.3, 100.5, 100.1, 100.3)})
     res = run_backtest(df, "agent", signal=signal_at(20, 3), atr=np.ones(20), cash=CASH, commission=COMM,
-                       slippage=slip, benchmark=False, horizon=5)
+                       slippage=slip, benchmark=False, horizon=5, native_barriers=native)
     t = _one_trade(res)
     entry, exit_ = 100.0 * (1 + slip), 100.3 * (1 - slip)
     size = _size(100.0, slip=slip)
     assert t["entry_price"] == pytest.approx(entry, rel=1e-12)
     assert t["exit_price"] == pytest.approx(exit_, rel=1e-12)
     assert t["pnl"] == pytest.approx(_pnl(size, entry, exit_), rel=1e-9)
+
+
+@pytest.mark.parametrize("slippage", [0.0, 0.0005])
+def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage):
+    # Real bars, a busy momentum rule, short and long horizons: every fill price, size, reason and
+    # equity value is the same on BarrierBroker as on backtrader's own BackBroker.
+    df = datafeeds.load_ohlcv("nasdaq", start="2012-01-01", end="2016-12-31")
+    for horizon, pt, sl in [(1, 1.5, 1.5), (3, 0.5, 0.5), (20, 1.5, 1.0)]:
+        kw = dict(signal=_momentum_batch(df), commission=COMM, slippage=slippage, benchmark=False,
+                  threshold=0.7, horizon=horizon, pt=pt, sl=sl)
+        native = run_backtest(df, "agent", **kw)
+        stock = run_backtest(df, "agent", native_barriers=False, **kw)
+        assert native.config["broker"] == "BarrierBroker" and stock.config["broker"] == "BackBroker"
+        assert len(native.trades) > 100
+        if horizon > 1:
+            assert {"take_profit", "stop_loss", "time_limit"} <= set(native.trades["exit_reason"])
+        pd.testing.assert_frame_equal(native.trades, stock.trades, check_exact=True)
+        pd.testing.assert_series_equal(native.equity, stock.equity, check_exact=True)
+        pd.testing.assert_series_equal(native.position, stock.position, check_exact=True)
+
+
+def test_triple_barrier_order_needs_stop_below_take():
+    from strategies import BarrierBroker
+
+    with pytest.raises(ValueError, match="below take-profit"):
+        BarrierBroker().sell_barriers(None, None, 1.0, stop=101.0, take=99.0, time_bar=5)
 
 
 # --- live mode ---------------------------------------------------------------------------------

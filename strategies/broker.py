@@ -1,0 +1,76 @@
+"""``BarrierBroker``: backtrader's BackBroker plus one native order for a triple-barrier exit.
+
+A triple-barrier exit on the stock broker is three orders per trade (a sell stop, a sell limit OCO'd
+to it, and a market sell after cancelling both at the time limit), each with its own submit, accept,
+cancel and notification clones: that order traffic, not the strategy, is most of a backtest's cost
+when trades are frequent. :class:`TripleBarrierOrder` is one sell order carrying all three barriers,
+worked by the broker's own fill rules, in the order the stock OCO pair is worked:
+
+1. from bar ``time_bar`` on: a market sell at the open (``_try_exec_market``): the time exit;
+2. else the stop (``_try_exec_stop`` at ``stop``): a gap through it fills at the open;
+3. else the take-profit (``_try_exec_limit`` at ``take``): a gap through it fills at the open.
+
+The stop is tried first, as FIFO processing of the stock pair (stop submitted first) does when one
+bar spans both barriers. Fills, commission, slippage, cash and positions all go through BackBroker's
+``_execute``; ``tests/test_strategies.py`` checks trade-for-trade parity with the stock three-order
+path. Every other order behaves exactly as on ``bt.brokers.BackBroker``.
+"""
+
+from __future__ import annotations
+
+import backtrader as bt
+
+from strategies.base import STOP_LOSS, TAKE_PROFIT, TIME_LIMIT
+
+
+class TripleBarrierOrder(bt.order.SellOrder):
+    """A sell closing a long: stop ``stop``, take-profit ``take``, market exit from bar ``time_bar``.
+
+    ``exit_reason`` is set by the broker on the fill (``stop_loss``, ``take_profit``, ``time_limit``).
+    ``time_bar`` is a 0-based bar position in the order's data feed.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stop = self.created.price  # the order is created as a Stop at the stop price
+        self.take = float("nan")
+        self.time_bar = -1
+        self.exit_reason: str | None = None
+
+
+class BarrierBroker(bt.brokers.BackBroker):
+    """BackBroker that also works :class:`TripleBarrierOrder` (see :meth:`sell_barriers`)."""
+
+    def sell_barriers(self, owner, data, size: float, stop: float, take: float, time_bar: int):
+        """Submit one order selling ``size`` units at the first barrier touched (see the module doc)."""
+        if not stop < take:
+            raise ValueError(f"stop ({stop}) must be below take-profit ({take})")
+        order = TripleBarrierOrder(owner=owner, data=data, size=abs(size), price=stop, exectype=bt.Order.Stop)
+        order.take = float(take)
+        order.time_bar = int(time_bar)
+        self._ocoize(order, None)  # a group of its own, as BackBroker.sell does for an order without oco
+        return self.submit(order)
+
+    def _try_exec(self, order):
+        if type(order) is not TripleBarrierOrder:
+            return super()._try_exec(order)
+        data = order.data
+        popen, phigh, plow = _tick(data, "open"), _tick(data, "high"), _tick(data, "low")
+        if len(data) - 1 >= order.time_bar:
+            order.exit_reason = TIME_LIMIT
+            self._try_exec_market(order, popen, phigh, plow)
+        else:
+            # the reason is set before the attempt: _execute notifies a clone of the order
+            order.exit_reason = STOP_LOSS
+            self._try_exec_stop(order, popen, phigh, plow, order.stop, _tick(data, "close"))
+            if order.alive():
+                order.exit_reason = TAKE_PROFIT
+                self._try_exec_limit(order, popen, phigh, plow, order.take)
+        if order.alive():
+            order.exit_reason = None
+
+
+def _tick(data, name: str) -> float:
+    """The bar's price as BackBroker reads it: the feed's ``tick_`` value, else the line's [0]."""
+    value = getattr(data, "tick_" + name, None)
+    return getattr(data.lines, name)[0] if value is None else value
