@@ -11,8 +11,6 @@ from importlib import metadata as _importlib_metadata
 
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:  # annotations only: the card module stays importable on its own
     from .config import TrainConfig
     from .model import TransformerAgent
@@ -92,6 +90,8 @@ def parse(text: str | None, *, path: str) -> dict:
 
 def build_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, metrics: dict, command: str) -> dict:
     """The card of a trained model: everything ``OnnxAgent`` needs, plus provenance and metrics."""
+    import torch  # here, not at the top: reading agents (OnnxAgent) must not load torch
+
     idx = prep.index
     train_lo = int(prep.train_ends.min()) - cfg.seq_len + 1
     return {

@@ -2,7 +2,7 @@
 
 On bootstrapped S&P 500 bars (see bench_backtest.bootstrap_bars), with the shipped agent's features:
 - ORT batch: ``OnnxAgent.predict_proba`` over all bars (features + windows + session.run, batches of
-  1024; session load and a warm-up call excluded), and ``session.run`` alone at batch 1024;
+  ``--batch``; session load and a warm-up call excluded), and ``session.run`` alone at that batch;
 - torch eager batch: a ``TransformerAgent`` built from the agent's ``ModelConfig`` with random weights
   (the ONNX file holds no torch weights; speed does not depend on weight values), eval + inference_mode;
 - per bar: torch eager and ``session.run`` on one (1, L, F) window per call, and the streaming
@@ -30,7 +30,7 @@ from _common import bootstrap_bars, load_avg, machine_info  # noqa: E402
 
 import datafeeds  # noqa: E402
 from agents import ModelConfig, OnnxAgent, TransformerAgent, compute_features  # noqa: E402
-from agents.runtime import STREAM_HISTORY  # noqa: E402
+from agents.runtime import BATCH_SIZE, STREAM_HISTORY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,10 +65,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bars", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=BATCH_SIZE, help="default: predict_proba's own")
     ap.add_argument("--per-bar", type=int, default=200, help="bars timed for each one-bar-at-a-time path")
     ap.add_argument("--thread-batches", type=int, default=3, help="batches timed per thread setting")
-    ap.add_argument("--sweep", type=int, nargs="*", default=[16, 64, 256], help="extra batch sizes timed")
+    ap.add_argument("--sweep", type=int, nargs="*", default=[16, 64, 1024], help="extra batch sizes timed")
     ap.add_argument("--repeat", type=int, default=2, help="passes per session.run/torch measurement; the best is kept")
     ap.add_argument("--agent", default=str(ROOT / "models" / "agent1.onnx"))
     args = ap.parse_args()
@@ -126,7 +126,7 @@ def main() -> None:
                  f"{n_win:,} windows"))
     add("torch eager", torch_threads, args.batch, torch_run, windows, n_win, repeat=1)
 
-    # Threads: ORT intra_op_num_threads and torch.set_num_threads, at batch 1024 and one window per call.
+    # Threads: ORT intra_op_num_threads and torch.set_num_threads, at --batch and one window per call.
     k_win = min(n_win, args.thread_batches * args.batch)
     m = args.per_bar
     last = windows[n_win - m :]  # the last m windows, one per call

@@ -29,3 +29,15 @@ def test_no_upward_imports(package):
         if _imported_packages(path) & higher
     }
     assert not offenders, f"upward imports: {sorted(offenders)}"
+
+
+def test_backtesting_a_saved_agent_does_not_load_torch():
+    # run_backtest.py needs onnxruntime only; torch costs a second of import and ~1 GB of memory.
+    import subprocess
+    import sys
+
+    code = ("import sys, run_backtest, engine; from agents import AgentFileError, OnnxAgent; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "from agents import FocalLoss; assert 'torch' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
