@@ -3,13 +3,24 @@ training (``python -m agents.train``), ONNX export and the OnnxAgent runtime.
 
 Names that need torch load it on first use (PEP 562 ``__getattr__``): backtesting a saved agent
 (``OnnxAgent``) runs on onnxruntime alone, without torch's second of import and ~1 GB of memory.
+``from agents import *`` takes every name, so it loads torch.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .features import FEATURES, FeatureConfig, FeatureSpec, compute_features, fracdiff_weights, register_feature
 from .metadata import AgentFileError
 from .runtime import OnnxAgent
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from .dataset import LazySequenceDataset
+    from .export import ExportError, export_agent
+    from .hardware import (
+        HardwareError, Profile, Resources, check_fits, choose_profile, detect, estimate_train_memory, require_cuda,
+    )
+    from .losses import FocalLoss, constant_prediction_loss, focal_loss
+    from .model import ModelConfig, TransformerAgent
 
 _NEEDS_TORCH = {  # public name -> its module
     "LazySequenceDataset": ".dataset",

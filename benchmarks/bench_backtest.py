@@ -72,6 +72,9 @@ class _MarketRoundTrips(TradeLogStrategy):
 
     params = (("entries", None), ("exits", None))  # decision bars -> units to buy; decision bars to sell
 
+    def notify_order(self, order):
+        pass  # raw orders, no trade log: the base class would flag each fill as reason-less
+
     def on_bar(self):
         bar = len(self) - 1
         size = self.p.entries.get(bar)
@@ -211,7 +214,7 @@ def main() -> None:
 
     row("(a0) as (a), stock PandasData of OHLCV only: cerebro.run", w_a0, c_a0)
     row("(a)  bare next(), plain Cerebro: cerebro.run", w_a, c_a)
-    row("(a') bare next() via run_backtest: total", w_ea, c_ea)
+    row("(a') bare strategy via run_backtest: total", w_ea, c_ea)
     row("       of which cerebro.run", r_ea)
     row("(m)  the agent's round trips as market orders via run_backtest", w_m, c_m)
     row("       of which cerebro.run", r_m)

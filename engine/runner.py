@@ -60,7 +60,7 @@ class BacktestResult:
 
 def run_backtest(
     data: pd.DataFrame | str | PathLike,
-    strategy: str | type[bt.Strategy],
+    strategy: str | type[TradeLogStrategy],
     *,
     cash: float = 100_000,
     commission: float = 0.0005,
@@ -85,7 +85,8 @@ def run_backtest(
     runs the agent strategy (batch signal only) through :func:`engine.fastsim.simulate` instead.
     ``native_barriers=False`` runs on the stock ``bt.brokers.BackBroker``, where the agent's exit is
     three orders (stop, OCO limit, market time exit) instead of one ``strategies.TripleBarrierOrder``:
-    the same trades, at about 1.2x the cost; tests hold the two to parity.
+    the same trades, at about 1.15x the cost; tests hold the two to parity. ``engine="fast"`` has no
+    broker and ignores it.
     """
     t0 = time.perf_counter()
     if engine not in ENGINES:

@@ -113,12 +113,12 @@ class TransformerAgentStrategy(TradeLogStrategy):
 
     def _on_entry_filled(self, order):
         entry, atr, size = order.executed.price, self._open["atr"], order.executed.size
-        stop, take = entry - self.p.sl * atr, entry + self.p.pt * atr
+        stop_price, take_price = entry - self.p.sl * atr, entry + self.p.pt * atr
         if self._native:
             # time exit at the open of bar entry_bar + horizon: the same fill as a market order
             # placed at the close before it
             self._submit_exit(self.broker.sell_barriers(
-                self, self.data, size, stop, take, time_bar=self._open["entry_bar"] + self._horizon
+                self, self.data, size, stop_price, take_price, time_bar=self._open["entry_bar"] + self._horizon
             ))
             return
         if self._horizon <= 1:
@@ -127,9 +127,9 @@ class TransformerAgentStrategy(TradeLogStrategy):
             # cannot cancel yet (still Submitted), which later fill against no position.
             return
         # Stop first: FIFO processing makes it win when one bar spans both barriers.
-        stop = self.sell(exectype=bt.Order.Stop, price=stop, size=size)
+        stop = self.sell(exectype=bt.Order.Stop, price=stop_price, size=size)
         self._submit_exit(stop, STOP_LOSS)
-        take = self.sell(exectype=bt.Order.Limit, price=take, size=size, oco=stop)
+        take = self.sell(exectype=bt.Order.Limit, price=take_price, size=size, oco=stop)
         self._submit_exit(take, TAKE_PROFIT)
 
 

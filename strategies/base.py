@@ -117,7 +117,10 @@ class TradeLogStrategy(bt.Strategy):
         self._reason[order.ref] = reason
 
     def _submit_exit(self, order, reason: str | None = None) -> None:
-        """Track an exit order; ``reason=None``: the order reports its own ``exit_reason`` on the fill."""
+        """Track an exit order; ``reason=None`` only for an order that reports its own ``exit_reason``
+        on the fill (``strategies.TripleBarrierOrder``)."""
+        if reason is None and not hasattr(order, "exit_reason"):
+            raise ValueError(f"exit order {order.ref} needs a reason: one of {', '.join(EXIT_REASONS)}")
         self._live[order.ref] = order
         if reason is not None:
             self._reason[order.ref] = reason
@@ -167,7 +170,10 @@ class TradeLogStrategy(bt.Strategy):
                 )
             return
         reason = self._reason.pop(order.ref, None) or getattr(order, "exit_reason", None)
-        if order.status == bt.Order.Completed and reason is not None:
+        if order.status == bt.Order.Completed:
+            if reason is None:  # not one of our exits: the trade log would silently lose this fill
+                log.error("order %s filled at %s without an exit reason", order.ref, self._now())
+                return
             self._record_exit(order.executed.price, -order.executed.size, order.executed.comm, reason)
         elif order.status in (bt.Order.Margin, bt.Order.Rejected):
             log.error("exit order %s at %s (%s)", order.getstatusname(), self._now(), reason)

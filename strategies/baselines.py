@@ -54,7 +54,7 @@ class SmaCross(TradeLogStrategy):
 STRATEGIES = {"agent": TransformerAgentStrategy, "buyhold": BuyAndHold, "smacross": SmaCross}
 
 
-def get_strategy(name: str) -> type[bt.Strategy]:
+def get_strategy(name: str) -> type[TradeLogStrategy]:
     """The strategy class registered under ``name`` (see ``STRATEGIES``)."""
     try:
         return STRATEGIES[name]

@@ -11,9 +11,13 @@ worked by the broker's own fill rules, in the order the stock OCO pair is worked
 3. else the take-profit (``_try_exec_limit`` at ``take``): a gap through it fills at the open.
 
 The stop is tried first, as FIFO processing of the stock pair (stop submitted first) does when one
-bar spans both barriers. Fills, commission, slippage, cash and positions all go through BackBroker's
-``_execute``; ``tests/test_strategies.py`` checks trade-for-trade parity with the stock three-order
-path. Every other order behaves exactly as on ``bt.brokers.BackBroker``.
+bar spans both barriers -- also when the bar opens above the take-profit and then trades down to the
+stop: both paths book that bar as ``stop_loss`` at the stop price. Fills, commission, slippage, cash
+and positions all go through BackBroker's ``_execute``; ``tests/test_strategies.py`` checks
+trade-for-trade parity with the stock three-order path. The equivalence needs whole fills at the open
+or a barrier: ``sell_barriers`` refuses a broker with cheat-on-close (market fills at the order's
+creation close) or a volume filler (partial fills). Every other order behaves exactly as on
+``bt.brokers.BackBroker``.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ class TripleBarrierOrder(bt.order.SellOrder):
 
     def __init__(self):
         super().__init__()
-        self.stop = self.created.price  # the order is created as a Stop at the stop price
-        self.take = float("nan")
+        # set by BarrierBroker.sell_barriers, the only way to make one
+        self.stop = self.take = float("nan")
         self.time_bar = -1
         self.exit_reason: str | None = None
 
@@ -42,17 +46,24 @@ class BarrierBroker(bt.brokers.BackBroker):
     """BackBroker that also works :class:`TripleBarrierOrder` (see :meth:`sell_barriers`)."""
 
     def sell_barriers(self, owner, data, size: float, stop: float, take: float, time_bar: int):
-        """Submit one order selling ``size`` units at the first barrier touched (see the module doc)."""
+        """Submit one order selling ``size`` units at the first barrier touched (see the module doc);
+        ``time_bar`` is the 0-based bar of ``data`` whose open takes the time exit."""
         if not stop < take:
             raise ValueError(f"stop ({stop}) must be below take-profit ({take})")
+        if int(time_bar) != time_bar or time_bar < 0:
+            raise ValueError(f"time_bar must be a bar position >= 0, got {time_bar}")
+        if self.p.coc or self.p.filler is not None:
+            raise ValueError(
+                "TripleBarrierOrder fills like the stock stop/limit/market orders only without cheat-on-close "
+                "(set_coc) and without a volume filler (set_filler): use bt.brokers.BackBroker for those"
+            )
         order = TripleBarrierOrder(owner=owner, data=data, size=abs(size), price=stop, exectype=bt.Order.Stop)
-        order.take = float(take)
-        order.time_bar = int(time_bar)
+        order.stop, order.take, order.time_bar = float(stop), float(take), int(time_bar)
         self._ocoize(order, None)  # a group of its own, as BackBroker.sell does for an order without oco
         return self.submit(order)
 
     def _try_exec(self, order):
-        if type(order) is not TripleBarrierOrder:
+        if not isinstance(order, TripleBarrierOrder):
             return super()._try_exec(order)
         data = order.data
         popen, phigh, plow = _tick(data, "open"), _tick(data, "high"), _tick(data, "low")

@@ -2,13 +2,16 @@
 
 import math
 
+import backtrader as bt
 import numpy as np
 import pandas as pd
 import pytest
 
 import datafeeds
 from engine import run_backtest
-from strategies import STRATEGIES, BuyAndHold, SmaCross, TransformerAgentStrategy, get_strategy
+from strategies import (
+    STRATEGIES, BarrierBroker, BuyAndHold, SmaCross, TransformerAgentStrategy, TripleBarrierOrder, get_strategy,
+)
 from strategies.base import CASH_EPS
 
 from conftest import flat_bars, signal_at
@@ -214,14 +217,26 @@ def test_slippage_moves_fills_and_sizing(native):
 
 
 @pytest.mark.parametrize("slippage", [0.0, 0.0005])
-def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage):
+def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage, monkeypatch):
     # Real bars, a busy momentum rule, short and long horizons: every fill price, size, reason and
     # equity value is the same on BarrierBroker as on backtrader's own BackBroker.
+    submitted = []
+    sell_barriers = BarrierBroker.sell_barriers
+
+    def spy(self, *args, **kwargs):
+        order = sell_barriers(self, *args, **kwargs)
+        submitted.append(order)
+        return order
+
+    monkeypatch.setattr(BarrierBroker, "sell_barriers", spy)
     df = datafeeds.load_ohlcv("nasdaq", start="2012-01-01", end="2016-12-31")
     for horizon, pt, sl in [(1, 1.5, 1.5), (3, 0.5, 0.5), (20, 1.5, 1.0)]:
         kw = dict(signal=_momentum_batch(df), commission=COMM, slippage=slippage, benchmark=False,
                   threshold=0.7, horizon=horizon, pt=pt, sl=sl)
+        submitted.clear()
         native = run_backtest(df, "agent", **kw)
+        # the native path really ran: one TripleBarrierOrder per trade
+        assert len(submitted) == len(native.trades) and all(type(o) is TripleBarrierOrder for o in submitted)
         stock = run_backtest(df, "agent", native_barriers=False, **kw)
         assert native.config["broker"] == "BarrierBroker" and stock.config["broker"] == "BackBroker"
         assert len(native.trades) > 100
@@ -232,11 +247,28 @@ def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage)
         pd.testing.assert_series_equal(native.position, stock.position, check_exact=True)
 
 
-def test_triple_barrier_order_needs_stop_below_take():
-    from strategies import BarrierBroker
-
+def test_triple_barrier_order_refuses_what_it_cannot_fill_like_the_stock_orders():
     with pytest.raises(ValueError, match="below take-profit"):
         BarrierBroker().sell_barriers(None, None, 1.0, stop=101.0, take=99.0, time_bar=5)
+    with pytest.raises(ValueError, match="time_bar"):
+        BarrierBroker().sell_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=-1)
+    coc = BarrierBroker()
+    coc.set_coc(True)  # market fills at the creation bar's close: not the stock time exit's fill
+    with pytest.raises(ValueError, match="cheat-on-close"):
+        coc.sell_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=5)
+    filler = BarrierBroker()
+    filler.set_filler(bt.broker.fillers.FixedSize(size=10))  # partial fills
+    with pytest.raises(ValueError, match="filler"):
+        filler.sell_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=5)
+
+
+def test_exit_orders_need_a_reason():
+    class NoReason(TransformerAgentStrategy):
+        def _on_entry_filled(self, order):
+            self._submit_exit(self.sell(size=order.executed.size))
+
+    with pytest.raises(ValueError, match="needs a reason"):
+        run_backtest(flat_bars(), NoReason, signal=signal_at(20, 3), atr=np.ones(20), benchmark=False)
 
 
 # --- live mode ---------------------------------------------------------------------------------
