@@ -36,6 +36,7 @@ import pandas as pd
 from strategies.base import STOP_LOSS, TAKE_PROFIT, TIME_LIMIT, TradeLogStrategy
 from strategies.broker import BarrierBroker
 
+
 class TransformerAgentStrategy(TradeLogStrategy):
     """Long-only triple-barrier trades on an agent's probability (line ``signal`` or a live agent).
 
