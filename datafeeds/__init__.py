@@ -1,9 +1,27 @@
-"""Load and validate OHLCV data; hand it to backtrader; write artefacts atomically."""
+"""Load and validate OHLCV data; hand it to backtrader; write artefacts atomically.
+
+``to_backtrader`` imports backtrader on first use (PEP 562 ``__getattr__``), so the trainer, which
+only loads data, does not pay for it.
+"""
+
+from typing import TYPE_CHECKING
 
 from datafeeds.atomic import write_atomic
-from datafeeds.backtrader_feed import to_backtrader
 from datafeeds.errors import DataError
 from datafeeds.loader import load_ohlcv
 from datafeeds.samples import file_sha256, list_samples, sample_info
+
+if TYPE_CHECKING:
+    from datafeeds.backtrader_feed import to_backtrader
+
+
+def __getattr__(name: str):
+    if name != "to_backtrader":
+        raise AttributeError(f"module 'datafeeds' has no attribute {name!r}")
+    from datafeeds.backtrader_feed import to_backtrader
+
+    globals()["to_backtrader"] = to_backtrader  # later lookups skip this function
+    return to_backtrader
+
 
 __all__ = ["DataError", "file_sha256", "list_samples", "load_ohlcv", "sample_info", "to_backtrader", "write_atomic"]

@@ -41,3 +41,14 @@ def test_backtesting_a_saved_agent_does_not_load_torch():
             "from agents import FocalLoss; assert 'torch' in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_loading_data_does_not_load_backtrader():
+    import subprocess
+    import sys
+
+    code = ("import sys, datafeeds, labeling; datafeeds.load_ohlcv('sp500'); "
+            "assert 'backtrader' not in sys.modules, 'backtrader was imported'; "
+            "from datafeeds import to_backtrader; assert 'backtrader' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
