@@ -33,10 +33,9 @@ import pandas as pd
 from numba import njit
 
 import datafeeds
-import labeling
-from engine.metrics import compute_stats, infer_periods_per_year
+from engine.metrics import compute_stats
 from engine.jsonable import jsonable
-from engine.runner import BacktestResult, _align, _run_facts, _trades_frame
+from engine.runner import BacktestResult, _inputs, _run_facts, _trades_frame
 from strategies import EXIT_REASONS, TRADE_FIELDS
 from strategies.base import CASH_EPS
 
@@ -253,17 +252,9 @@ def simulate(
     t0 = time.perf_counter()
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
     _check_params(threshold, pt, sl, horizon, size_frac, cash, commission, slippage)
-    sig = _align(signal, df, "signal")
-    if ((sig < 0) | (sig > 1)).any():
-        raise ValueError("signal holds values outside [0, 1]: pass probabilities (NaN = no signal)")
-    atr_full = (
-        _align(atr, df, "atr") if atr is not None
-        else pd.Series(labeling.atr(df["high"], df["low"], df["close"], atr_period), index=df.index)
-    )
-    period = df.loc[start:end]
-    if len(period) < 2:
-        raise ValueError(f"start={start!r}, end={end!r} leave {len(period)} bar(s) of {len(df)}: need >= 2")
-    ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(df.index)
+    if signal is None:
+        raise ValueError("simulate needs signal= (probabilities aligned to the data)")
+    sig, atr_full, period, ppy = _inputs(df, signal, atr, atr_period, start, end, periods_per_year)
 
     ohlc = [_prices(period, col) for col in ("open", "high", "low", "close")]
     sig_p = sig.loc[period.index].to_numpy(dtype=np.float64)

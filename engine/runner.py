@@ -122,25 +122,14 @@ def run_backtest(
 
     live = bool(params.get("live", False))
     uses_signal = bool(getattr(strat_cls, "reads_signal", False))
-    sig = _align(signal, df, "signal") if signal is not None else None
-    if uses_signal and sig is None and not live:
+    if uses_signal and signal is None and not live:
         raise ValueError(
             f"{strat_cls.__name__} reads probabilities: pass signal= (a Series aligned to the data, "
             "e.g. OnnxAgent.predict_proba(df)) or live=True with agent="
         )
-    if sig is not None and ((sig < 0) | (sig > 1)).any():
-        raise ValueError("signal holds values outside [0, 1]: pass probabilities (NaN = no signal)")
-    atr_full = (
-        _align(atr, df, "atr") if atr is not None
-        else pd.Series(labeling.atr(df["high"], df["low"], df["close"], atr_period), index=df.index)
-    )
-
-    period = df.loc[start:end]
-    if len(period) < 2:
-        raise ValueError(f"start={start!r}, end={end!r} leave {len(period)} bar(s) of {len(df)}: need >= 2")
+    sig, atr_full, period, ppy = _inputs(df, signal, atr, atr_period, start, end, periods_per_year)
     if live and "agent_history" not in params:
         params["agent_history"] = df.loc[df.index < period.index[0], ["open", "high", "low", "close", "volume"]]
-    ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(df.index)
 
     lines = {"atr": atr_full.loc[period.index].to_numpy()}
     if uses_signal:
@@ -197,6 +186,23 @@ def run_backtest(
         equity=equity, trades=trades, signal=used_signal, stats=stats, benchmark_stats=bench_stats,
         benchmark_equity=bench_equity, config=config, periods_per_year=ppy, data=period, position=position,
     )
+
+
+def _inputs(df, signal, atr, atr_period, start, end, periods_per_year):
+    """Both engines' inputs: the signal (None if not given) and ATR aligned to the full data and
+    checked, the traded period, and periods per year (given, else inferred from the full data)."""
+    sig = _align(signal, df, "signal") if signal is not None else None
+    if sig is not None and ((sig < 0) | (sig > 1)).any():
+        raise ValueError("signal holds values outside [0, 1]: pass probabilities (NaN = no signal)")
+    atr_full = (
+        _align(atr, df, "atr") if atr is not None
+        else pd.Series(labeling.atr(df["high"], df["low"], df["close"], atr_period), index=df.index)
+    )
+    period = df.loc[start:end]
+    if len(period) < 2:
+        raise ValueError(f"start={start!r}, end={end!r} leave {len(period)} bar(s) of {len(df)}: need >= 2")
+    ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(df.index)
+    return sig, atr_full, period, ppy
 
 
 def _run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year) -> dict:

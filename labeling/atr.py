@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 from numba import njit
+
+from ._checks import check_int
 
 
 @njit(cache=True)
@@ -61,25 +61,12 @@ def _as_float_array(x, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _check_period(period, name: str = "period") -> int:
-    """Return `period` as int >= 1, rejecting bools, floats and strings."""
-    if isinstance(period, bool):
-        raise ValueError(f"{name} must be an integer >= 1, got {period!r}")
-    try:
-        p = operator.index(period)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer >= 1, got {period!r} ({type(period).__name__})") from None
-    if p < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {p}")
-    return int(p)
-
-
 def atr(high, low, close, period: int = 14) -> np.ndarray:
     """Wilder's ATR as TA-Lib computes it (float64, NaN before index `period`).
 
     Accepts numpy arrays or pandas Series of equal length with finite values.
     """
-    p = _check_period(period)
+    p = check_int(period, "period", 1)
     h = _as_float_array(high, "high")
     lo = _as_float_array(low, "low")
     c = _as_float_array(close, "close")

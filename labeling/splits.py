@@ -6,10 +6,11 @@ into a later segment leaks that segment's prices into training. These splits kee
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._checks import check_int
 
 
 @dataclass(frozen=True)
@@ -20,18 +21,6 @@ class Fold:
     train: range
     val: range
     test: range
-
-
-def _nonneg_int(value, name: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r} ({type(value).__name__})") from None
-    if v < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {v}")
-    return int(v)
 
 
 def _check_spans(event_index, t1_index) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +73,8 @@ def purged_train_val_split(
     n = ev.size
     if n < 2:
         raise ValueError(f"need at least 2 events to split, got {n}")
-    purge = int(np.max(t1 - ev)) if purge is None else _nonneg_int(purge, "purge")
-    embargo = _nonneg_int(embargo, "embargo")
+    purge = int(np.max(t1 - ev)) if purge is None else check_int(purge, "purge", 0)
+    embargo = check_int(embargo, "embargo", 0)
     n_val = max(1, int(round(n * val_fraction)))
     if n_val >= n:
         raise ValueError(f"val_fraction={val_fraction} leaves no training events out of {n}; lower it")
@@ -125,16 +114,16 @@ def walk_forward_folds(
     can have). Anchored: train always starts at bar 0 and grows. With purge >= horizon, labels of
     events inside a segment never reach the next segment.
     """
-    n_bars = _nonneg_int(n_bars, "n_bars")
-    n_folds = _nonneg_int(n_folds, "n_folds")
+    n_bars = check_int(n_bars, "n_bars", 0)
+    n_folds = check_int(n_folds, "n_folds", 0)
     if n_folds < 1:
         raise ValueError("n_folds must be >= 1")
     if scheme not in ("rolling", "anchored"):
         raise ValueError(f"scheme must be 'rolling' or 'anchored', got {scheme!r}")
     if isinstance(test_frac, bool) or not isinstance(test_frac, (int, float, np.floating)) or not (0.0 < test_frac < 1.0):
         raise ValueError(f"test_frac must be a number in (0, 1), got {test_frac!r}")
-    purge = _nonneg_int(purge, "purge")
-    embargo = _nonneg_int(embargo, "embargo")
+    purge = check_int(purge, "purge", 0)
+    embargo = check_int(embargo, "embargo", 0)
 
     tail = int(n_bars * test_frac)
     test_size = (tail - (n_folds - 1) * embargo) // n_folds
@@ -143,13 +132,13 @@ def walk_forward_folds(
             f"too few bars: test_frac={test_frac} of {n_bars} bars is {tail}, not enough for {n_folds} test "
             f"block(s) separated by embargo={embargo}; use more bars, fewer folds or a larger test_frac"
         )
-    val_size = test_size if val_size is None else _nonneg_int(val_size, "val_size")
+    val_size = test_size if val_size is None else check_int(val_size, "val_size", 0)
     if val_size < 1:
         raise ValueError("val_size must be >= 1")
     if train_size is not None:
         if scheme == "anchored":
             raise ValueError("train_size applies to scheme='rolling' only; anchored train always starts at bar 0")
-        train_size = _nonneg_int(train_size, "train_size")
+        train_size = check_int(train_size, "train_size", 0)
         if train_size < 1:
             raise ValueError("train_size must be >= 1")
 

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from .atr import _atr_nb, _check_period
+from ._checks import check_int
+from .atr import _atr_nb
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ class TBMConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"TBMConfig.{name} must be a positive finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
-        object.__setattr__(self, "horizon", _check_period(self.horizon, "TBMConfig.horizon"))
-        object.__setattr__(self, "atr_period", _check_period(self.atr_period, "TBMConfig.atr_period"))
+        object.__setattr__(self, "horizon", check_int(self.horizon, "TBMConfig.horizon", 1))
+        object.__setattr__(self, "atr_period", check_int(self.atr_period, "TBMConfig.atr_period", 1))
 
     def to_dict(self) -> dict:
         """Plain dict of the fields (JSON-serialisable)."""

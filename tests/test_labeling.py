@@ -2,32 +2,20 @@
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import talib
 
+from datafeeds import load_ohlcv
 from labeling import TBMConfig, atr, label_spans, triple_barrier_labels
 from labeling.tbm import _triple_barrier_nb
-
-SAMPLES = Path(__file__).resolve().parents[1] / "datafeeds" / "samples"
-
-
-def _load(name: str) -> pd.DataFrame:
-    """Bundled sample bars; datafeeds.load_ohlcv when available, else a plain read_csv."""
-    try:
-        from datafeeds import load_ohlcv
-
-        return load_ohlcv(name)
-    except ImportError:
-        return pd.read_csv(SAMPLES / f"{name}.csv.gz", index_col="datetime", parse_dates=["datetime"])
 
 
 @pytest.fixture(scope="module", params=["sp500", "eurusd_1h"])
 def bars(request):
-    return _load(request.param)
+    return load_ohlcv(request.param)
 
 
 # ---------------------------------------------------------------- ATR
@@ -360,7 +348,7 @@ def test_matches_independent_pandas_reference(bars):
 
 
 def test_same_bar_ties_occur_in_eurusd_and_resolve_to_lower():
-    df = _load("eurusd_1h")
+    df = load_ohlcv("eurusd_1h")
     out = triple_barrier_labels(df)
     ev, t1 = label_spans(out, df.index)
     a = atr(df["high"], df["low"], df["close"], 14)[ev]

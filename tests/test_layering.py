@@ -1,6 +1,8 @@
 """The pipeline flows one way: a lower package never imports a higher one."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,24 +33,20 @@ def test_no_upward_imports(package):
     assert not offenders, f"upward imports: {sorted(offenders)}"
 
 
-def test_backtesting_a_saved_agent_does_not_load_torch():
-    # run_backtest.py needs onnxruntime only; torch costs a second of import and ~1 GB of memory.
-    import subprocess
-    import sys
-
-    code = ("import sys, run_backtest, engine; from agents import AgentFileError, OnnxAgent; "
-            "assert 'torch' not in sys.modules, 'torch was imported'; "
-            "from agents import FocalLoss; assert 'torch' in sys.modules")
+def _python_ok(code: str) -> None:
+    """Run ``code`` in a fresh interpreter at the repository root; it must exit 0."""
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_backtesting_a_saved_agent_does_not_load_torch():
+    # run_backtest.py needs onnxruntime only; torch costs a second of import and ~1 GB of memory.
+    _python_ok("import sys, run_backtest, engine; from agents import AgentFileError, OnnxAgent; "
+               "assert 'torch' not in sys.modules, 'torch was imported'; "
+               "from agents import FocalLoss; assert 'torch' in sys.modules")
 
 
 def test_loading_data_does_not_load_backtrader():
-    import subprocess
-    import sys
-
-    code = ("import sys, datafeeds, labeling; datafeeds.load_ohlcv('sp500'); "
-            "assert 'backtrader' not in sys.modules, 'backtrader was imported'; "
-            "from datafeeds import to_backtrader; assert 'backtrader' in sys.modules")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    _python_ok("import sys, datafeeds, labeling; datafeeds.load_ohlcv('sp500'); "
+               "assert 'backtrader' not in sys.modules, 'backtrader was imported'; "
+               "from datafeeds import to_backtrader; assert 'backtrader' in sys.modules")

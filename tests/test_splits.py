@@ -1,29 +1,16 @@
 """Tests for labeling.splits: purged train/val split and walk-forward folds over label spans."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from datafeeds import load_ohlcv
 from labeling import Fold, events_within, label_spans, purged_train_val_split, triple_barrier_labels, walk_forward_folds
-
-SAMPLES = Path(__file__).resolve().parents[1] / "datafeeds" / "samples"
-
-
-def _load(name: str) -> pd.DataFrame:
-    """Bundled sample bars; datafeeds.load_ohlcv when available, else a plain read_csv."""
-    try:
-        from datafeeds import load_ohlcv
-
-        return load_ohlcv(name)
-    except ImportError:
-        return pd.read_csv(SAMPLES / f"{name}.csv.gz", index_col="datetime", parse_dates=["datetime"])
 
 
 @pytest.fixture(scope="module")
 def sp500_spans():
-    df = _load("sp500")
+    df = load_ohlcv("sp500")
     ev, t1 = label_spans(triple_barrier_labels(df, horizon=20), df.index)
     return len(df), ev, t1
 
