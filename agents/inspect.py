@@ -1,13 +1,21 @@
-"""Print an agent's model card: ``python -m agents.inspect models/agent1.onnx [--json]``."""
+"""Print an agent's model card: ``python -m agents.inspect models/agent1.onnx [--json]``.
+
+The runtime (onnx, onnxruntime, pandas) is imported in ``main`` after the arguments are parsed,
+so ``--help`` and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from .metadata import AgentFileError
-from .runtime import OnnxAgent
+from .verdict import CAVEAT, verdict
+
+if TYPE_CHECKING:
+    from .runtime import OnnxAgent
 
 
 def _num(x, spec=".4f") -> str:
@@ -18,6 +26,7 @@ def model_card(agent: OnnxAgent) -> str:
     """A human-readable summary of what the agent is, what it saw, and how well it did."""
     m, ds, meta = agent.meta["metrics"], agent.meta["dataset"], agent.meta
     lb, pr, mc = m.get("label_balance", {}), m.get("val_at_threshold", {}), meta["model"]
+    judged = verdict(m)
     lines = [
         f"agent       {agent.path}  (tbm-backtest {meta['package_version']}, format {meta['format_version']})",
         f"model       TransformerAgent d_model={mc.get('d_model')} heads={mc.get('n_heads')} layers={mc.get('n_layers')}"
@@ -40,6 +49,8 @@ def model_card(agent: OnnxAgent) -> str:
         f" {_num(m.get('adversarial_auc'), '.3f')}, 0.5 = no drift",
         f"threshold   {agent.threshold:.4f} ({m.get('threshold_rule', 'given')}); at it on validation: precision"
         f" {_num(pr.get('precision'), '.3f')}, recall {_num(pr.get('recall'), '.3f')}, signal rate {_num(pr.get('signal_rate'), '.3f')}",
+        f"verdict     {judged}",
+        *([] if judged.startswith("no verdict") else [f"            ({CAVEAT})"]),
         f"training    {m.get('epochs_run')} epochs, best {m.get('best_epoch')}",
         f"command     {meta['training_command']}",
     ]
@@ -55,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="path to an .onnx agent, e.g. models/agent1.onnx")
     p.add_argument("--json", action="store_true", help="print the full metadata as JSON instead")
     args = p.parse_args(argv)
+    from .runtime import OnnxAgent  # here, not at the top: onnx/onnxruntime/pandas take a second to import
+
     try:
         agent = OnnxAgent.load(args.model)
     except AgentFileError as exc:

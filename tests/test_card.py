@@ -1,0 +1,324 @@
+"""The agent card: every field a reader uses is validated at load (one line naming the file and the
+field), and the model card ends its numbers with a one-line verdict whose test is stated."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from statistics import NormalDist
+
+import onnx
+import pytest
+
+from agents.metadata import MAX_SEQ_LEN, METADATA_KEY, AgentFileError
+from agents.runtime import OnnxAgent
+from agents.verdict import ALPHA, auc_p_value, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "agent1.onnx"
+_ITEM = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+# ------------------------------------------------------------------ helpers: tampered copies of an agent
+
+
+def _keys(dotted: str) -> list:
+    """'normalisation.std[3]' -> ['normalisation', 'std', 3]."""
+    return [int(i) if i else name for name, i in _ITEM.findall(dotted)]
+
+
+def _set(dotted, value):
+    def edit(card):
+        *parents, last = _keys(dotted)
+        target = card
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    return edit
+
+
+def _delete(dotted):
+    def edit(card):
+        *parents, last = _keys(dotted)
+        target = card
+        for key in parents:
+            target = target[key]
+        del target[last]
+    return edit
+
+
+def _change(dotted, fn):
+    """Replace the value at ``dotted`` by fn(value)."""
+    def edit(card):
+        *parents, last = _keys(dotted)
+        target = card
+        for key in parents:
+            target = target[key]
+        target[last] = fn(target[last])
+    return edit
+
+
+def _card_of(path) -> dict:
+    proto = onnx.load(str(path), load_external_data=False)
+    return json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+
+
+def _tampered(src, dst, edit) -> Path:
+    """A copy of the agent at ``src`` whose card went through ``edit(card)`` (in place)."""
+    proto = onnx.load(str(src))
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            card = json.loads(prop.value)
+            edit(card)
+            prop.value = json.dumps(card)  # allow_nan: a tampered file may hold NaN/Infinity
+    onnx.save(proto, str(dst))
+    return Path(dst)
+
+
+def _inspect(path, *extra):
+    return subprocess.run([sys.executable, "-m", "agents.inspect", str(path), *extra], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+# (id, edit of the card, the dotted field the error must name)
+CASES = [
+    ("mean-nan", _set("normalisation.mean[0]", math.nan), "normalisation.mean[0]"),
+    ("mean-inf", _set("normalisation.mean[5]", math.inf), "normalisation.mean[5]"),
+    ("mean-string", _set("normalisation.mean[2]", "0.1"), "normalisation.mean[2]"),
+    ("mean-too-short", _change("normalisation.mean", lambda v: v[:-1]), "normalisation.mean"),
+    ("std-zero", _set("normalisation.std[3]", 0.0), "normalisation.std[3]"),
+    ("std-negative", _set("normalisation.std[1]", -0.5), "normalisation.std[1]"),
+    ("std-nan", _set("normalisation.std[7]", math.nan), "normalisation.std[7]"),
+    ("std-too-long", _change("normalisation.std", lambda v: v + [1.0]), "normalisation.std"),
+    ("std-missing", _delete("normalisation.std"), "normalisation.std"),
+    ("seq_len-negative", _set("seq_len", -1), "seq_len"),
+    ("seq_len-zero", _set("seq_len", 0), "seq_len"),
+    ("seq_len-huge", _set("seq_len", 10**9), "seq_len"),
+    ("seq_len-over-max", _set("seq_len", MAX_SEQ_LEN + 1), "seq_len"),
+    ("seq_len-bool", _set("seq_len", True), "seq_len"),
+    ("seq_len-float", _set("seq_len", 16.0), "seq_len"),
+    ("threshold-nan", _set("threshold", math.nan), "threshold"),
+    ("threshold-negative", _set("threshold", -0.1), "threshold"),
+    ("threshold-above-1", _set("threshold", 1.5), "threshold"),
+    ("threshold-bool", _set("threshold", True), "threshold"),
+    ("threshold-string", _set("threshold", "0.4"), "threshold"),
+    ("features-reordered", _change("feature_names", lambda v: v[1:] + v[:1]), "feature_names"),
+    ("features-dropped", _change("feature_names", lambda v: v[:-1]), "feature_names"),
+    ("features-added", _change("feature_names", lambda v: v + ["extra"]), "feature_names"),
+    ("features-duplicated", _change("feature_names", lambda v: v[:-1] + v[:1]), "feature_names"),
+    ("features-not-strings", _set("feature_names[2]", 7), "feature_names[2]"),
+    ("feature-spec-unknown", _set("features.features[0].name", "log_return"), "features"),
+    ("feature-spec-list", _set("features", []), "features"),
+    ("feature-param-huge", _set("features.features[1].params.period", 10**12), "features.features[1].params.period"),
+    # with no window cap and a tiny threshold, computing fracdiff's weights would never end
+    ("fracdiff-unbounded", _set("features.features[0]", {"name": "fracdiff", "params": {
+        "d": 0.4, "threshold": 1e-12, "max_window": None}}), "features.features[0].params.max_window"),
+    ("warmup-inconsistent", _change("warmup", lambda w: w + 1), "warmup"),
+    ("warmup-negative", _set("warmup", -1), "warmup"),
+    ("warmup-bool", _set("warmup", True), "warmup"),
+    ("dataset-sha256-missing", _delete("dataset.sha256"), "dataset.sha256"),
+    ("dataset-name-missing", _delete("dataset.name"), "dataset.name"),
+    ("dataset-name-number", _set("dataset.name", 5), "dataset.name"),
+    ("dataset-list", _set("dataset", ["sp500"]), "dataset"),
+    ("first_bar-not-a-date", _set("dataset.first_bar", "yesterday"), "dataset.first_bar"),
+    ("first_bar-after-last", _set("dataset.first_bar", "2030-01-01 00:00:00"), "dataset.first_bar"),
+    ("last_bar-missing", _delete("dataset.last_bar_used"), "dataset.last_bar_used"),
+    ("train-one-date", _change("dataset.train", lambda v: v[:1]), "dataset.train"),
+    ("train-reversed", _change("dataset.train", lambda v: v[::-1]), "dataset.train"),
+    ("validation-not-dates", _set("dataset.validation", ["x", "y"]), "dataset.validation[0]"),
+    ("holdout-not-a-date", _set("dataset.holdout_start", 20150102), "dataset.holdout_start"),
+    ("normalisation-list", _set("normalisation", [[0.0], [1.0]]), "normalisation"),
+    ("tbm-list", _set("tbm", [1.5, 1.5, 20, 14]), "tbm"),
+    ("tbm-horizon-zero", _set("tbm.horizon", 0), "tbm"),
+    ("tbm-unknown-key", _set("tbm.ptt", 1.0), "tbm"),
+    ("metrics-list", _set("metrics", []), "metrics"),
+    ("metrics-auc-string", _set("metrics.val_auc", "0.51"), "metrics.val_auc"),
+    ("metrics-logloss-nan", _set("metrics.val_logloss", math.nan), "metrics.val_logloss"),
+    ("metrics-rate-string", _set("metrics.label_balance.val_positive_rate", "half"),
+     "metrics.label_balance.val_positive_rate"),
+    ("metrics-events-bool", _set("metrics.label_balance.val_events", True), "metrics.label_balance.val_events"),
+    ("metrics-balance-list", _set("metrics.label_balance", [0.5]), "metrics.label_balance"),
+    ("metrics-precision-above-1", _set("metrics.val_at_threshold.precision", 1.2), "metrics.val_at_threshold.precision"),
+    ("model-list", _set("model", []), "model"),
+    ("input_name-missing", _delete("input_name"), "input_name"),
+    ("output_name-number", _set("output_name", 0), "output_name"),
+    ("training_command-null", _set("training_command", None), "training_command"),
+    ("walk_forward-list", _set("walk_forward", ["study", 0]), "walk_forward"),
+]
+# One subprocess per case costs ~1 s: the CLI is checked on a representative subset.
+CLI_CASES = {"std-zero", "seq_len-huge", "threshold-nan", "features-reordered", "dataset-sha256-missing",
+             "dataset-name-missing", "metrics-auc-string", "warmup-inconsistent"}
+
+
+@pytest.mark.parametrize("edit, field", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_tampered_card_is_refused_naming_the_field(tiny_agent, tmp_path, edit, field):
+    path = _tampered(tiny_agent[0], tmp_path / "tampered.onnx", edit)
+    with pytest.raises(AgentFileError) as info:
+        OnnxAgent.load(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert f"'{field}'" in message
+    assert "re-export" in message
+
+
+@pytest.mark.parametrize("edit, field", [c[1:] for c in CASES if c[0] in CLI_CASES],
+                         ids=[c[0] for c in CASES if c[0] in CLI_CASES])
+def test_inspect_exits_2_with_one_line_on_a_tampered_card(tiny_agent, tmp_path, edit, field):
+    path = _tampered(tiny_agent[0], tmp_path / "tampered.onnx", edit)
+    done = _inspect(path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert lines[0].startswith(f"error: {path}: ") and f"'{field}'" in lines[0]
+
+
+def test_messages_say_what_the_value_is_and_must_be(tiny_agent, tmp_path):
+    path = _tampered(tiny_agent[0], tmp_path / "std.onnx", _set("normalisation.std[3]", 0.0))
+    with pytest.raises(AgentFileError) as info:
+        OnnxAgent.load(path)
+    assert str(info.value) == (f"{path}: metadata field 'normalisation.std[3]' is 0.0; must be a finite number > 0 "
+                               "(the file was edited or corrupted: re-export the agent)")
+    path = _tampered(tiny_agent[0], tmp_path / "sha.onnx", _delete("dataset.sha256"))
+    with pytest.raises(AgentFileError, match=r"'dataset\.sha256' is missing; must be a string"):
+        OnnxAgent.load(path)
+    path = _tampered(tiny_agent[0], tmp_path / "warm.onnx", _change("warmup", lambda w: w + 1))
+    card = _card_of(tiny_agent[0])
+    with pytest.raises(AgentFileError, match=rf"'warmup' is {card['warmup'] + 1}; must be {card['warmup']} "):
+        OnnxAgent.load(path)
+
+
+def test_untouched_tiny_agent_loads_and_inspects_with_its_verdict(tiny_agent):
+    agent = OnnxAgent.load(tiny_agent[0])
+    assert agent.warmup == agent.meta["warmup"]
+    done = _inspect(tiny_agent[0])
+    assert done.returncode == 0, done.stderr
+    assert f"verdict     {verdict(agent.meta['metrics'])}\n" in done.stdout
+
+
+def test_card_without_validation_loads_and_has_no_verdict(tiny_agent, tmp_path):
+    """A walk-forward refit's card: no validation block, no validation metrics."""
+    def refit(card):
+        card["dataset"]["validation"] = None
+        m = card["metrics"]
+        for key in ("val_auc", "val_logloss", "baseline_val_logloss", "val_loss", "val_at_threshold"):
+            m.pop(key, None)
+        m["label_balance"] = {k: v for k, v in m["label_balance"].items() if not k.startswith("val_")}
+        card["walk_forward"] = {"study": "wf", "fold": 2, "test": ["2016-01-04 00:00:00", "2016-12-30 00:00:00"],
+                                "best_trial": 3, "params": {"lr": 0.001}}
+    path = _tampered(tiny_agent[0], tmp_path / "refit.onnx", refit)
+    agent = OnnxAgent.load(path)
+    assert verdict(agent.meta["metrics"]) == "no verdict: no validation events (e.g. a refit on train + validation)"
+    done = _inspect(path)
+    assert done.returncode == 0, done.stderr
+    assert "verdict     no verdict: no validation events" in done.stdout
+    assert "validation: none (refit on train + validation)" in done.stdout
+    assert "walk-fwd    study wf fold 2, test 2016-01-04 00:00:00 .. 2016-12-30 00:00:00, best trial 3" in done.stdout
+
+
+def test_shipped_agent_loads_and_its_verdict_is_no_evidence_of_skill():
+    metrics = OnnxAgent.load(SHIPPED).meta["metrics"]
+    assert verdict(metrics) == (
+        "no evidence of skill: validation AUC 0.511 (p=0.30, one-sided Mann-Whitney vs 0.5, 778 events); "
+        "log-loss 0.731 worse than the base rate's 0.696"
+    )
+    done = _inspect(SHIPPED)
+    assert done.returncode == 0, done.stderr
+    assert "\nverdict     no evidence of skill: validation AUC 0.511 (p=0.30" in done.stdout
+    assert "p-value is optimistic" in done.stdout
+
+
+def test_inspect_help_does_not_load_the_runtime():
+    code = ("import sys\nfrom agents import inspect\ntry:\n    inspect.main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nprint(sorted(m for m in ('onnx', 'onnxruntime', 'pandas', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+# ------------------------------------------------------------------ the verdict's test
+
+
+def test_auc_p_value_by_hand():
+    # n_pos = n_neg = 5, AUC 0.8: U = 20, mean 12.5, variance 5*5*11/12 -> z = 7.5 / sqrt(275/12) = 1.5667
+    assert auc_p_value(0.8, 5, 5) == pytest.approx(1 - NormalDist().cdf(7.5 / math.sqrt(275 / 12)), rel=1e-12)
+    assert auc_p_value(0.8, 5, 5) == pytest.approx(0.058593, abs=1e-6)
+    assert auc_p_value(0.5, 40, 60) == 0.5
+    assert auc_p_value(0.3, 10, 10) == pytest.approx(1 - auc_p_value(0.7, 10, 10), rel=1e-12)
+
+
+def test_auc_p_value_equals_scipy_mann_whitney():
+    np = pytest.importorskip("numpy")
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(7)
+    for n_pos, n_neg, shift in ((30, 20, 0.2), (458, 320, 0.05), (7, 90, -0.4)):
+        pos, neg = rng.normal(shift, 1, n_pos), rng.normal(0, 1, n_neg)
+        res = stats.mannwhitneyu(pos, neg, alternative="greater", method="asymptotic", use_continuity=False)
+        auc = res.statistic / (n_pos * n_neg)
+        assert auc_p_value(float(auc), n_pos, n_neg) == pytest.approx(res.pvalue, rel=1e-9)
+
+
+@pytest.mark.parametrize("args", [(1.5, 5, 5), (math.nan, 5, 5), (0.6, 0, 5), (0.6, 5, True), (0.6, 5.0, 5)])
+def test_auc_p_value_rejects_bad_input(args):
+    with pytest.raises(ValueError):
+        auc_p_value(*args)
+
+
+def _metrics(auc, events, rate, logloss=None, base=None):
+    m = {"val_auc": auc, "label_balance": {"val_events": events, "val_positive_rate": rate}}
+    if logloss is not None:
+        m.update(val_logloss=logloss, baseline_val_logloss=base)
+    return m
+
+
+@pytest.mark.parametrize("metrics, expected", [
+    # 400 + 400 events, AUC 0.56: z = 0.06*160000 / sqrt(160000*801/12) = 2.937, p = 0.0017
+    (_metrics(0.56, 800, 0.5, 0.680, 0.693),
+     "evidence of ranking skill: validation AUC 0.560 (p=0.0017, one-sided Mann-Whitney vs 0.5, 800 events); "
+     "log-loss 0.680 better than the base rate's 0.693"),
+    (_metrics(0.56, 800, 0.5, 0.731, 0.696),
+     "ranks better than chance but miscalibrated: validation AUC 0.560 (p=0.0017, one-sided Mann-Whitney vs 0.5, "
+     "800 events); log-loss 0.731 worse than the base rate's 0.696"),
+    (_metrics(0.51, 778, 458 / 778, 0.731, 0.696),
+     "no evidence of skill: validation AUC 0.510 (p=0.32, one-sided Mann-Whitney vs 0.5, 778 events); "
+     "log-loss 0.731 worse than the base rate's 0.696"),
+    (_metrics(0.51, 778, 458 / 778, 0.690, 0.696),
+     "no evidence of skill: validation AUC 0.510 (p=0.32, one-sided Mann-Whitney vs 0.5, 778 events); "
+     "log-loss 0.690 better than the base rate's 0.696"),
+    (_metrics(0.65, 800, 0.5),
+     "evidence of ranking skill: validation AUC 0.650 (p<0.0001, one-sided Mann-Whitney vs 0.5, 800 events); "
+     "log-loss not recorded"),
+    (_metrics(0.45, 800, 0.5, 0.70, 0.70),
+     "no evidence of skill: validation AUC 0.450 (p=0.99, one-sided Mann-Whitney vs 0.5, 800 events); "
+     "log-loss 0.700 no better than the base rate's 0.700"),
+])
+def test_verdict_outcomes(metrics, expected):
+    assert verdict(metrics) == expected
+
+
+def test_verdict_boundary_is_the_stated_level():
+    # the AUC whose p-value is exactly ALPHA, for 400 + 400 events: just above it is skill, just below is not
+    sd = math.sqrt(160000 * 801 / 12)
+    auc_at_alpha = 0.5 + NormalDist().inv_cdf(1 - ALPHA) * sd / 160000
+    assert verdict(_metrics(auc_at_alpha + 1e-4, 800, 0.5)).startswith("evidence of ranking skill")
+    assert verdict(_metrics(auc_at_alpha - 1e-4, 800, 0.5)).startswith("no evidence of skill")
+
+
+@pytest.mark.parametrize("metrics, expected", [
+    ({}, "no verdict: no validation events (e.g. a refit on train + validation)"),
+    ([], "no verdict: no validation events (e.g. a refit on train + validation)"),
+    ({"label_balance": {"train_events": 3000, "train_positive_rate": 0.5}},
+     "no verdict: no validation events (e.g. a refit on train + validation)"),
+    (_metrics(0.6, 0, 0.5), "no verdict: no validation events (e.g. a refit on train + validation)"),
+    (_metrics(None, 100, 0.5), "no verdict: validation AUC unavailable (None)"),
+    (_metrics(0.6, 100, 0.0), "no verdict: all 100 validation events have the same label"),
+    (_metrics(0.6, 100, "half"), "no verdict: validation event counts unusable (events 100, positive rate None)"),
+    (_metrics(0.6, True, 0.5), "no verdict: validation event counts unusable (events True, positive rate 0.5)"),
+])
+def test_verdict_without_usable_validation_numbers(metrics, expected):
+    assert verdict(metrics) == expected
