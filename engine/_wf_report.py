@@ -13,9 +13,15 @@ from optuna.trial import TrialState
 
 from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
 from engine.metrics import compute_stats, drawdown
+from engine.plotting import auto_log_scale
 
 matplotlib.use("Agg")  # headless, as engine.plotting
+from matplotlib import dates as mdates, ticker as mticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+
+# Parameter importances (optuna's fANOVA) are drawn only from this many completed trials of a fold on:
+# a random forest fitted to a handful of points ranks parameters by noise, and a bar chart would look sure.
+MIN_TRIALS_FOR_IMPORTANCE = 10
 
 
 def stitch_equity(curves: list[pd.Series], cash: float) -> pd.Series:
@@ -65,45 +71,63 @@ def _deflated_sharpe(equity: pd.Series, results: list[dict], n_configs: int) -> 
 
 
 def _plot_study(study: optuna.Study, out: Path, k: int, save) -> dict:
-    """Optimisation history and parameter importances of one fold (importances need >= 2 varied trials);
-    ``save(fig, path)`` writes each figure."""
+    """Optimisation history and, from MIN_TRIALS_FOR_IMPORTANCE completed trials with varied parameters on,
+    parameter importances of one fold; ``save(fig, path)`` writes each figure. Returns the paths written
+    and, when no importance plot was drawn, why (``importance_note``)."""
     paths = {"history": str(out / f"fold{k}_history.png"), "importance": None, "importance_note": None}
     # optuna's plots switch the global matplotlib style: keep that inside this block
     with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
         ax = optuna.visualization.matplotlib.plot_optimization_history(study)
         ax.set_title(f"fold {k}: optimisation history ({study.direction.name.lower()} {ax.get_ylabel()})")
+        ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))  # trials are numbered
         save(ax.figure, Path(paths["history"]))
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        varied = [p for p in (done[0].params if done else {}) if len({repr(t.params.get(p)) for t in done}) > 1]
-        if len(done) < 2 or not varied:
-            paths["importance_note"] = f"needs >= 2 completed trials with varied parameters ({len(done)} completed)"
+        if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
+            paths["importance_note"] = (
+                f"not drawn: {len(done)} completed trial(s), fewer than {MIN_TRIALS_FOR_IMPORTANCE}; "
+                "fANOVA importances from so few trials are noise")
+            return paths
+        varied = [p for p in done[0].params if len({repr(t.params.get(p)) for t in done}) > 1]
+        if not varied:
+            paths["importance_note"] = f"not drawn: no parameter varied across the {len(done)} completed trials"
             return paths
         try:
             ax = optuna.visualization.matplotlib.plot_param_importances(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             paths["importance_note"] = f"not computable: {exc}"
             return paths
-        ax.set_title(f"fold {k}: hyperparameter importances", loc="left")  # replaces optuna's
+        ax.set_title(f"fold {k}: hyperparameter importances\nfrom {len(done)} trials (fANOVA): indicative only",
+                     loc="left")  # replaces optuna's
         save(ax.figure, Path(out / f"fold{k}_importance.png"))
         paths["importance"] = str(out / f"fold{k}_importance.png")
     return paths
 
 
 def _plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, title: str, save) -> None:
-    """Stitched equity and drawdown vs buy-and-hold, fold boundaries dashed; ``save(fig, path)`` writes it."""
+    """Stitched equity (log scale past a 10x range, as the backtest plot) and drawdown % vs buy-and-hold,
+    each fold's test block dashed off and named; ``save(fig, path)`` writes it. ``boundaries``: the first
+    bars of the blocks after the first, which starts at ``equity.index[0]``."""
     fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(12, 7), gridspec_kw={"height_ratios": [3, 1]})
     a1.plot(equity.index, equity.to_numpy(), label="walk-forward out-of-sample", color="tab:blue")
     a1.plot(bench.index, bench.to_numpy(), label="buy and hold", color="tab:gray", alpha=0.8)
-    a2.fill_between(equity.index, drawdown(equity).to_numpy(), 0, color="tab:blue", alpha=0.4, label="strategy")
-    a2.plot(bench.index, drawdown(bench).to_numpy(), color="tab:gray", lw=0.8, label="buy and hold")
+    a2.fill_between(equity.index, 100.0 * drawdown(equity).to_numpy(), 0, color="tab:blue", alpha=0.4,
+                    lw=0, label="walk-forward out-of-sample")
+    a2.plot(bench.index, 100.0 * drawdown(bench).to_numpy(), color="tab:gray", lw=0.8, label="buy and hold")
+    starts = [equity.index[0], *boundaries]
     for ax in (a1, a2):
         for b in boundaries:
             ax.axvline(b, color="k", lw=0.6, ls="--", alpha=0.5)
+    for i, start in enumerate(starts):  # at the top of the equity panel, just right of each block's start
+        a1.annotate(f"fold {i}", (mdates.date2num(start), 1.0), xycoords=a1.get_xaxis_transform(),
+                    xytext=(3, -3), textcoords="offset points", ha="left", va="top", fontsize=9, color="0.25")
+    auto_log_scale(a1, equity, bench)
     a1.set_title(title)
     a1.set_ylabel("equity")
-    a2.set_ylabel("drawdown")
-    a1.legend(loc="upper left")
+    a2.set_ylabel("drawdown %")
+    a1.legend(loc="upper left", bbox_to_anchor=(0.0, 0.93))  # below the fold names
+    # above the panel's top right, where it cannot hide a drawdown (as in the backtest plot)
+    a2.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=2, frameon=False, borderaxespad=0.1)
     a1.grid(alpha=0.3)
     a2.grid(alpha=0.3)
     save(fig, path)

@@ -1,8 +1,15 @@
-"""One PNG per backtest: price with trades, signal, equity vs buy-and-hold, drawdown (never cerebro.plot)."""
+"""One PNG per backtest: price with trades, signal, equity vs buy-and-hold, drawdown (never cerebro.plot).
+
+:func:`backtest_figure` builds the figure (tests inspect its artists), :func:`plot_backtest` writes it.
+It stays readable from 10 to thousands of trades: bar ranges as a band, holding periods shaded, trade
+markers only when few, log scale when the data span more than :data:`LOG_SCALE_RATIO`.
+"""
 
 from __future__ import annotations
 
 import io
+import logging
+import math
 from os import PathLike
 from pathlib import Path
 
@@ -10,10 +17,25 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless; backtrader's own plotting forces TkAgg and fails here
 
-import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import dates as mdates  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from datafeeds import write_atomic  # noqa: E402
 from engine.metrics import drawdown  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Entry/exit markers are drawn only up to this many trades: beyond it (~60 on a 13-inch-wide panel)
+# they overlap into a band that buries the price line; the shaded holding periods still show every trade.
+MAX_TRADE_MARKERS = 60
+
+# A panel switches to a log y axis when max/min of what it draws exceeds this: on a linear axis a
+# 10x rise squeezes the early part of the curve into the bottom tenth (a BTC curve reads as flat zero).
+LOG_SCALE_RATIO = 10.0
 
 _EXIT_COLOURS = {
     "take_profit": "tab:green",
@@ -22,48 +44,139 @@ _EXIT_COLOURS = {
     "signal_exit": "tab:purple",
     "end_of_data": "tab:gray",
 }
+_STRATEGY_COLOUR = "tab:blue"
+_BENCH_COLOUR = "dimgray"
+_BENCH_LABEL = "buy & hold"
 
 
-def plot_backtest(result, path: str | PathLike, *, title: str | None = None) -> Path:
-    """Draw ``result`` (a ``BacktestResult``) to the PNG ``path`` atomically and return the path."""
+def plot_backtest(result, path: str | PathLike, *, title: str | None = None, label: str | None = None) -> Path:
+    """Draw ``result`` (a ``BacktestResult``) to the PNG ``path`` atomically and return the path;
+    ``title`` and ``label`` as in :func:`backtest_figure`."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"plot path must end in .png, got {path}")
-    cfg = result.config
-    if title is None:
-        title = f"{cfg.get('strategy', 'strategy')} on {cfg.get('data_source', 'data')}"
-    title = f"{title}  |  {cfg.get('start', '')[:10]} .. {cfg.get('end', '')[:10]}"
-
-    fig, axes = plt.subplots(4, 1, sharex=True, figsize=(13, 10),
-                             gridspec_kw={"height_ratios": [3, 1.2, 2, 1.2]})
-    try:
-        _price_panel(axes[0], result)
-        _signal_panel(axes[1], result)
-        _equity_panel(axes[2], result)
-        _drawdown_panel(axes[3], result)
-        fig.suptitle(title, fontsize=12)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        write_atomic(path, buffer.getvalue())
-    finally:
-        plt.close(fig)
+    fig = backtest_figure(result, title=title, label=label)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())
+    log.debug("backtest plot written to %s", path)
     return path
 
 
+def backtest_figure(result, *, title: str | None = None, label: str | None = None) -> Figure:
+    """The backtest picture of ``result`` as a matplotlib ``Figure`` (not registered with pyplot).
+
+    Panels: price (bar range, close, holding periods, trades or SMAs), signal, equity vs buy-and-hold
+    with the headline statistics in its legend, drawdown % of both. ``label`` names the strategy in
+    legends (default ``result.config["strategy"]``, its class name); ``title`` defaults to
+    ``"<label> on <data file name>"``; the traded period is appended to either.
+    """
+    cfg = result.config
+    label = label or str(cfg.get("strategy", "strategy"))
+    if title is None:
+        title = f"{label} on {Path(str(cfg.get('data_source') or 'data')).name}"
+    title = f"{title}  |  {str(cfg.get('start', ''))[:10]} .. {str(cfg.get('end', ''))[:10]}"
+
+    fig = Figure(figsize=(13, 10.5))
+    axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.1, 2.2, 1.3]})
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.005)
+    _price_panel(axes[0], result)
+    _signal_panel(axes[1], result)
+    _equity_panel(axes[2], result, label)
+    _drawdown_panel(axes[3], result, label)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def auto_log_scale(ax, *values, ratio: float = LOG_SCALE_RATIO) -> bool:
+    """Put ``ax``'s y axis on a log scale, with plain-number ticks, when the finite ``values`` (arrays or
+    Series drawn there, None skipped) are all positive and span more than ``ratio`` (max/min).
+    Returns whether it did; a curve touching zero or below keeps the linear axis."""
+    parts = [np.asarray(v, dtype=np.float64).ravel() for v in values if v is not None]
+    data = np.concatenate(parts) if parts else np.empty(0)
+    data = data[np.isfinite(data)]
+    if data.size == 0 or data.min() <= 0 or data.max() / data.min() <= ratio:
+        return False
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: _plain(v)))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    return True
+
+
+def _plain(v: float) -> str:
+    """A tick label without scientific notation: 50, 1,000, 0.02."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"
+
+
 def _price_panel(ax, result) -> None:
-    close = result.data["close"]
-    ax.plot(close.index, close.to_numpy(), color="black", lw=0.8, label="close")
+    data = result.data
+    x = data.index
+    low, high, close = (data[c].to_numpy(np.float64) for c in ("low", "high", "close"))
+    # the bar range as a band: fills at a stop, limit or open price sit inside what is drawn
+    ax.fill_between(x, low, high, color="0.55", alpha=0.35, lw=0, label="bar low..high")
+    ax.plot(x, close, color="black", lw=0.7, label="close")
+    if result.config.get("strategy") == "SmaCross":
+        params = result.config.get("params", {})
+        for window, colour in ((params.get("fast"), "tab:orange"), (params.get("slow"), "tab:purple")):
+            if window:
+                sma = data["close"].rolling(int(window)).mean()
+                ax.plot(x, sma.to_numpy(), color=colour, lw=1.0, label=f"SMA {int(window)}")
     trades = result.trades
     if len(trades):
-        ax.scatter(trades["entry_time"], trades["entry_price"], marker="^", s=36, color="tab:blue",
-                   zorder=3, label="entry")
-        for reason, group in trades.groupby("exit_reason", sort=True):
-            ax.scatter(group["exit_time"], group["exit_price"], marker="v", s=36, zorder=3,
-                       color=_EXIT_COLOURS.get(reason, "tab:brown"), label=f"exit: {reason}")
+        # one stepped polygon (height 1 while held, 0 otherwise), not one patch per trade: stays cheap
+        # to draw and to place the legend around with thousands of trades
+        held = _held_mask(x, trades)
+        ax.fill_between(x, 0, held.astype(np.float64), step="post", transform=ax.get_xaxis_transform(),
+                        color="tab:blue", alpha=0.12, lw=0, label=f"in position ({held.mean():.0%} of bars)")
+        if len(trades) <= MAX_TRADE_MARKERS:
+            ax.scatter(trades["entry_time"], trades["entry_price"], marker="^", s=40, color="tab:blue",
+                       edgecolors="white", linewidths=0.5, zorder=3, label="entry")
+            for reason, group in trades.groupby("exit_reason", sort=True):
+                ax.scatter(group["exit_time"], group["exit_price"], marker="v", s=40, zorder=3,
+                           edgecolors="white", linewidths=0.5,
+                           color=_EXIT_COLOURS.get(reason, "tab:brown"), label=f"exit: {reason}")
+        else:
+            ax.add_line(Line2D([], [], ls="none",
+                               label=f"{len(trades)} trades: markers hidden (> {MAX_TRADE_MARKERS})"))
+    if not auto_log_scale(ax, low, high):
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: _plain(v)))
     ax.set_ylabel("price")
-    ax.legend(loc="upper left", fontsize=8, ncol=3)
-    ax.grid(alpha=0.3)
+    ax.legend(loc=_emptiest_corner(ax, data["low"], data["high"]), fontsize=8, ncol=4, framealpha=0.85)
+
+
+def _emptiest_corner(ax, *curves: pd.Series | None, box: tuple[float, float] = (0.45, 0.3)) -> str:
+    """The legend corner of ``ax`` (a ``box`` of axes fractions) holding the fewest points of ``curves``,
+    ties to upper left. Like loc="best", which rescans every vertex at each draw (seconds at 100k bars)."""
+    ax.get_xlim(), ax.get_ylim()  # settle autoscaling first
+    to_axes = ax.transData + ax.transAxes.inverted()
+    w, h = box
+    counts = dict.fromkeys(("upper left", "upper right", "lower left", "lower right"), 0)
+    for curve in curves:
+        if curve is None:
+            continue
+        xy = np.column_stack([mdates.date2num(curve.index), curve.to_numpy(np.float64)])
+        px, py = to_axes.transform(xy).T
+        left, right, top, bottom = px < w, px > 1 - w, py > 1 - h, py < h
+        counts["upper left"] += np.count_nonzero(left & top)
+        counts["upper right"] += np.count_nonzero(right & top)
+        counts["lower left"] += np.count_nonzero(left & bottom)
+        counts["lower right"] += np.count_nonzero(right & bottom)
+    return min(counts, key=counts.get)
+
+
+def _held_mask(index: pd.DatetimeIndex, trades: pd.DataFrame) -> np.ndarray:
+    """True from each trade's entry bar up to, not including, its exit bar: drawn as steps that start at
+    each bar, the shading then spans entry_time..exit_time exactly. O(bars + trades)."""
+    start = index.searchsorted(pd.DatetimeIndex(trades["entry_time"]))
+    stop = index.searchsorted(pd.DatetimeIndex(trades["exit_time"]))
+    edges = np.zeros(len(index) + 1, np.int64)
+    np.add.at(edges, start, 1)
+    np.add.at(edges, stop, -1)
+    return np.cumsum(edges[:-1]) > 0
 
 
 def _signal_panel(ax, result) -> None:
@@ -80,24 +193,51 @@ def _signal_panel(ax, result) -> None:
         hi = max(values.max(), threshold) if values.size else 1.0
         pad = max(0.02, 0.1 * (hi - lo))
         ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8, ncol=2, framealpha=0.85)
     ax.set_ylabel("signal")
-    ax.grid(alpha=0.3)
 
 
-def _equity_panel(ax, result) -> None:
-    ax.plot(result.equity.index, result.equity.to_numpy(), color="tab:blue", lw=1.0,
-            label=f"{result.config.get('strategy', 'strategy')}")
-    if result.benchmark_equity is not None:
-        ax.plot(result.benchmark_equity.index, result.benchmark_equity.to_numpy(), color="gray",
-                lw=1.0, label="buy & hold")
+def _equity_panel(ax, result, label: str) -> None:
+    """Strategy vs buy-and-hold; the legend is the stats box: one aligned row of headline numbers per curve."""
+    bench = result.benchmark_equity
+    rows = [("", "return", "CAGR", "Sharpe", "max DD", "trades"), _stats_row(label, result.stats)]
+    ax.plot(result.equity.index, result.equity.to_numpy(), color=_STRATEGY_COLOUR, lw=1.0)
+    if bench is not None:
+        ax.plot(bench.index, bench.to_numpy(), color=_BENCH_COLOUR, lw=1.0)
+        rows.append(_stats_row(_BENCH_LABEL, result.benchmark_stats or {}))
+    if not auto_log_scale(ax, result.equity, bench):
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: _plain(v)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    texts = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])])
+             for row in rows]
+    handles = [Line2D([], [], ls="none"), Line2D([], [], color=_STRATEGY_COLOUR, lw=1.5)]
+    if bench is not None:
+        handles.append(Line2D([], [], color=_BENCH_COLOUR, lw=1.5))
+    ax.legend(handles, texts, loc=_emptiest_corner(ax, result.equity, bench),
+              prop={"family": "monospace", "size": 8}, framealpha=0.85)
     ax.set_ylabel("equity")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
 
 
-def _drawdown_panel(ax, result) -> None:
+def _stats_row(name: str, stats: dict) -> tuple[str, ...]:
+    """Headline cells of one curve: total return, CAGR, Sharpe, max drawdown, trades ("n/a" if unknown)."""
+    return (name, _fmt(stats.get("total_return"), "{:+.1%}"), _fmt(stats.get("cagr"), "{:+.1%}"),
+            _fmt(stats.get("sharpe"), "{:.2f}"), _fmt(stats.get("max_drawdown"), "{:.1%}"),
+            _fmt(stats.get("n_trades"), "{:.0f}"))
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return spec.format(value)
+
+
+def _drawdown_panel(ax, result, label: str) -> None:
     dd = drawdown(result.equity) * 100.0
-    ax.fill_between(dd.index, dd.to_numpy(), 0.0, color="tab:red", alpha=0.4, lw=0)
+    ax.fill_between(dd.index, dd.to_numpy(), 0.0, color="tab:red", alpha=0.4, lw=0, label=label)
+    if result.benchmark_equity is not None:
+        bench_dd = drawdown(result.benchmark_equity) * 100.0
+        ax.plot(bench_dd.index, bench_dd.to_numpy(), color=_BENCH_COLOUR, lw=0.8, label=_BENCH_LABEL)
     ax.set_ylabel("drawdown %")
-    ax.grid(alpha=0.3)
+    # above the panel's top right, where it cannot hide a drawdown
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=2, frameon=False,
+              borderaxespad=0.1)
