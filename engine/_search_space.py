@@ -10,9 +10,6 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
-import numpy as np
-
-from agents.evaluation import suggest_threshold
 from agents.config import TrainConfig
 
 GROUPS = ("model", "labels", "strategy")
@@ -45,8 +42,12 @@ class Execution:
             if v is not None and not v > 0:
                 raise ValueError(f"execution {name} must be > 0 ATRs, got {v}")
 
-    def threshold(self, train_proba: np.ndarray, base_rate: float) -> float:
+    def threshold(self, train_proba, base_rate: float) -> float:
         """Signal threshold from the training predictions (never validation or test)."""
+        import numpy as np  # on use: the CLI parser imports this module
+
+        from agents.evaluation import suggest_threshold
+
         if self.signal_rate is None:
             return suggest_threshold(train_proba, base_rate)
         return float(np.quantile(np.asarray(train_proba, dtype=np.float64), 1.0 - self.signal_rate))

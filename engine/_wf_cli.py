@@ -7,8 +7,8 @@ import dataclasses
 import re
 
 from engine import _search_space as space
-from engine._wf_config import OBJECTIVES, WalkForwardConfig, _did_you_mean
-from engine.runner import ENGINES
+from engine._wf_config import ENGINES, OBJECTIVES, WalkForwardConfig, _did_you_mean, base_defaults
+from agents.config import field_defaults
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +42,7 @@ def _search_arg(text: str) -> tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    d, b = WalkForwardConfig(), WalkForwardConfig().base
+    d, b = field_defaults(WalkForwardConfig), base_defaults()
     p = _Parser(
         prog="python -m engine.walkforward", allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

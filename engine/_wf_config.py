@@ -10,9 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.config import TrainConfig
+from agents.config import TrainConfig, field_defaults
 from engine import _search_space as space
-from engine.runner import ENGINES
 
 OBJECTIVES = {  # name -> optimisation direction
     "val_loss": "minimize",  # validation focal loss / its no-skill baseline (1 = no skill)
@@ -20,8 +19,20 @@ OBJECTIVES = {  # name -> optimisation direction
     "val_sharpe": "maximize",  # annualised Sharpe of a backtest on the validation block
 }
 _VALIDATION_ENGINE = "fast"  # every trial's validation backtest: engine.fastsim, parity-tested with backtrader
+ENGINES = ("backtrader", "fast")  # engine.runner.ENGINES, spelt out so the CLI parser needs no backtrader (tested equal)
 # everything not searched; a base option of a searched group must keep its value here (else refused)
-_BASE = TrainConfig(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256, holdout=0.0)
+BASE_OVERRIDES = dict(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256, holdout=0.0)
+
+
+def base_defaults():
+    """The base TrainConfig's defaults as a namespace, without constructing one (the CLI's --help)."""
+    d = field_defaults(TrainConfig)
+    d.__dict__.update(BASE_OVERRIDES)
+    return d
+
+
+def _base() -> TrainConfig:
+    return TrainConfig(**BASE_OVERRIDES)
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,7 @@ class WalkForwardConfig:
     slippage: float = 0.0
     engine: str = "backtrader"  # engine of each fold's test backtest (trials always use the fast one)
     heartbeat: int = 10  # (*) seconds between worker heartbeats; a trial silent for 3x is failed and retried
-    base: TrainConfig = _BASE  # everything not searched
+    base: TrainConfig = dataclasses.field(default_factory=_base)  # everything not searched
 
     def __post_init__(self):
         for name in ("test_frac", "timeout", "cash", "commission", "slippage"):
@@ -66,7 +77,7 @@ class WalkForwardConfig:
         if self.scheme not in ("rolling", "anchored"):
             raise ValueError(f"--scheme must be rolling or anchored, got {self.scheme!r}")
         space.parse_groups(",".join(self.search))
-        for name, group in space.overridden_base_fields(self.search, self.base, _BASE):
+        for name, group in space.overridden_base_fields(self.search, self.base, _base()):
             raise ValueError(f"--{name.replace('_', '-')} is searched by --search {group}; drop it or remove "
                              f"{group!r} from --search")
         if "strategy" in self.search and self.objective != "val_sharpe":

@@ -11,6 +11,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+log = logging.getLogger("engine.walkforward")  # one logger for the modules of the walk-forward CLI
+
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -26,11 +28,13 @@ class _TrialSeededTPE(optuna.samplers.BaseSampler):
         self._seed = int(seed)
         self._n_startup = int(n_startup_trials)
         self._local = threading.local()  # n_jobs threads each run their own trial
+        self.started: set[int] = set()  # ids of the trials this process started (see _fail_interrupted)
 
     def _tpe(self) -> optuna.samplers.TPESampler:
         return self._local.tpe
 
     def before_trial(self, study, trial):
+        self.started.add(trial._trial_id)
         seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar
@@ -71,8 +75,12 @@ class _StopWhenFull:
             study.stop()
 
 
-class _HideSurplus(logging.Filter):
-    """optuna logs every failed trial with a traceback; a refused surplus trial is routine."""
+class _HideRoutineFailures(logging.Filter):
+    """optuna logs every failed trial with a traceback; two failures are routine: a refused surplus
+    trial, and a trial stopped by Ctrl-C (the command line says so in one line; the trial is FAIL and
+    a rerun runs a new one in its slot)."""
+
+    ROUTINE = ("_SurplusTrial", "KeyboardInterrupt")
 
     def __init__(self):
         super().__init__()
@@ -83,7 +91,7 @@ class _HideSurplus(logging.Filter):
         m = re.match(r"Trial (\d+) failed", msg)
         if not m:
             return True
-        if "_SurplusTrial" in msg:
+        if any(f"because of the following error: {name}(" in msg for name in self.ROUTINE):
             self._pending.add(m.group(1))
             return False
         if "with value None" in msg and m.group(1) in self._pending:
@@ -92,7 +100,7 @@ class _HideSurplus(logging.Filter):
         return True
 
 
-logging.getLogger("optuna.study._optimize").addFilter(_HideSurplus())
+logging.getLogger("optuna.study._optimize").addFilter(_HideRoutineFailures())
 
 
 def _check_not_surplus(trial: optuna.Trial, cap: int) -> None:
@@ -111,3 +119,18 @@ def _check_not_surplus(trial: optuna.Trial, cap: int) -> None:
     if origin is not None and any(t.system_attrs.get("failed_trial") == origin for t in live if t.number < trial.number):
         trial.set_user_attr("surplus", True)
         raise _SurplusTrial(f"trial {trial.number}: a copy of failed trial {origin} already runs")
+
+
+def _fail_interrupted(storage, study: optuna.Study) -> None:
+    """Mark FAIL the trials this process started that are still RUNNING: after Ctrl-C, one that was
+    interrupted outside its objective (optuna fails the others) before its first heartbeat would
+    otherwise stay RUNNING for ever, and every worker would wait for it."""
+    sampler = study.sampler
+    for trial_id in sorted(getattr(sampler, "started", ())):
+        try:
+            if storage.get_trial(trial_id).state == TrialState.RUNNING:
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except (KeyError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # finished meanwhile
+        except Exception as exc:  # the database: the trial stays RUNNING, a rerun waits for it
+            log.warning("could not mark the interrupted trial (id %d) failed (%s)", trial_id, exc.__cause__ or exc)

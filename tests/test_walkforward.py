@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -16,6 +21,8 @@ import pytest
 
 from agents.runtime import OnnxAgent
 from datafeeds import load_ohlcv
+from engine import _wf_run as wfr  # the orchestration behind the CLI
+from engine import _wf_storage as wfs  # storage, fold results and the finalise claim
 from engine import walkforward as wf
 from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
 from labeling import walk_forward_folds
@@ -41,14 +48,14 @@ def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("wf") / "out"
     args = TINY_ARGS + ["--folds", "2", "--trials", "2", "--study", "e2e", "--out", str(out)]
     calls = []  # (engine, first bar) of every backtest the run makes
-    real = wf.run_backtest
+    real = wfr.run_backtest
 
     def recording(*a, **kw):
         calls.append((kw.get("engine", "backtrader"), pd.Timestamp(kw["start"])))
         return real(*a, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(wf, "run_backtest", recording)
+        mp.setattr(wfr, "run_backtest", recording)
         assert wf.main(args) == 0
     return out, args, calls
 
@@ -197,7 +204,7 @@ def test_output_folder_that_cannot_be_made_exits_2_with_one_line(tmp_path, capsy
                                     "--pt", "--sl"])
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
 def test_non_finite_numbers_are_refused_before_anything_runs(option, value, capsys, monkeypatch):
-    monkeypatch.setattr(wf, "run_walk_forward", lambda *a, **k: pytest.fail("ran with a non-finite option"))
+    monkeypatch.setattr(wfr, "run_walk_forward", lambda *a, **k: pytest.fail("ran with a non-finite option"))
     assert wf.main(TINY_ARGS + [f"{option}={value}"]) == 2  # "=": argparse reads a bare -inf as an option
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
@@ -253,18 +260,18 @@ def test_embargo_help_says_it_drops_out_of_sample_bars_and_understates_cagr():
 
 def test_report_files_go_through_write_atomic(tmp_path, monkeypatch):
     written = []
-    real = wf.write_atomic
-    monkeypatch.setattr(wf, "write_atomic", lambda path, data: written.append(Path(path).name) or real(path, data))
-    wf._write_json(tmp_path / "r.json", {"a": np.float64(1.5), "t": pd.Timestamp("2020-01-02")})
+    real = wfr.write_atomic
+    monkeypatch.setattr(wfr, "write_atomic", lambda path, data: written.append(Path(path).name) or real(path, data))
+    wfr._write_json(tmp_path / "r.json", {"a": np.float64(1.5), "t": pd.Timestamp("2020-01-02")})
     frame = pd.DataFrame({"equity": [1.0, 2.0]}, index=pd.DatetimeIndex(["2020-01-01", "2020-01-02"], name="datetime"))
-    wf._write_csv(tmp_path / "e.csv", frame)
-    fig = wf.plt.figure()
-    wf._save_figure(fig, tmp_path / "f.png")
+    wfr._write_csv(tmp_path / "e.csv", frame)
+    fig = wfr.plt.figure()
+    wfr._save_figure(fig, tmp_path / "f.png")
     assert written == ["r.json", "e.csv", "f.png"]
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5, "t": "2020-01-02 00:00:00"}
     assert pd.read_csv(tmp_path / "e.csv", index_col=0)["equity"].tolist() == [1.0, 2.0]
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not wf.plt.fignum_exists(fig.number)  # closed
+    assert not wfr.plt.fignum_exists(fig.number)  # closed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.csv", "f.png", "r.json"]  # no temp files left
 
 
@@ -284,13 +291,13 @@ def _sample(trial):
 
 
 def test_sampler_seeds_by_trial_number_not_by_process():
-    studies = [optuna.create_study(sampler=wf._TrialSeededTPE(seed=3, n_startup_trials=10)) for _ in range(2)]
+    studies = [optuna.create_study(sampler=wfr._TrialSeededTPE(seed=3, n_startup_trials=10)) for _ in range(2)]
     for s in studies:
         s.optimize(_sample, n_trials=4)
     params = [[t.params for t in s.trials] for s in studies]
     assert params[0] == params[1]  # same seed, same trial numbers: reproducible
     assert len({tuple(sorted(p.items())) for p in params[0]}) == 4  # distinct trial numbers: distinct draws
-    other = optuna.create_study(sampler=wf._TrialSeededTPE(seed=4, n_startup_trials=10))
+    other = optuna.create_study(sampler=wfr._TrialSeededTPE(seed=4, n_startup_trials=10))
     other.optimize(_sample, n_trials=1)
     assert other.trials[0].params != params[0][0]
 
@@ -300,10 +307,10 @@ def test_a_trial_beyond_the_total_is_refused():
     for _ in range(2):
         study.ask()  # two trials in flight elsewhere fill a total of 2
     third = study.ask()
-    with pytest.raises(wf._SurplusTrial):
-        wf._check_not_surplus(third, cap=2)
+    with pytest.raises(wfr._SurplusTrial):
+        wfr._check_not_surplus(third, cap=2)
     assert third.user_attrs.get("surplus") is True
-    wf._check_not_surplus(study.ask(), cap=5)  # room left: no error
+    wfr._check_not_surplus(study.ask(), cap=5)  # room left: no error
 
 
 def test_a_failed_trial_queued_twice_runs_once():
@@ -313,9 +320,9 @@ def test_a_failed_trial_queued_twice_runs_once():
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
                                                   system_attrs={"failed_trial": 7}))
     first, second = study.ask(), study.ask()  # pops the queued copies in order
-    wf._check_not_surplus(first, cap=5)
-    with pytest.raises(wf._SurplusTrial, match="copy of failed trial 7"):
-        wf._check_not_surplus(second, cap=5)
+    wfr._check_not_surplus(first, cap=5)
+    with pytest.raises(wfr._SurplusTrial, match="copy of failed trial 7"):
+        wfr._check_not_surplus(second, cap=5)
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -346,6 +353,10 @@ def check_shared_study(storage: str, study: str, trials: int, procs: list) -> li
     result = optuna.load_study(study_name=f"{study}_fold0", storage=storage).user_attrs["fold_result"]
     assert result["finalised_by"] in workers | {f"{os.uname().nodename}:{p.pid}" for p in procs}
     assert sum("finalised here" in text for text in outputs) == 1, outputs  # the refit ran once
+    for text in outputs:  # not --quiet: one readable line per trial this worker ran, no logging prefixes
+        assert re.search(r"^fold 0 trial \d+: val_loss \d\.\d{4}  \(AUC [\d.na/]+, Sharpe [-\d.na/]+, \d+ trades, "
+                         r"\d+\.\d s\)  pt=[\d.]+ sl=[\d.]+ horizon=\d+$", text, re.M), text
+        assert "INFO" not in text and "__main__" not in text and "Traceback" not in text, text
     return all_trials
 
 
@@ -371,3 +382,344 @@ def test_two_workers_share_one_study_and_retry_a_dead_workers_trial(tmp_path):
     retries = [t for t in _finished(all_trials) if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1  # run again once, with the parameter it had drawn
     assert retries[0].params["pt"] == dead.params["pt"]
+
+
+def test_a_sqlite_transaction_holds_the_write_lock_from_its_first_read(tmp_path):
+    # optuna pops a queued trial by reading it WAITING and then writing RUNNING: atomic between two
+    # workers only if the read already holds the lock (else both pop and run the same trial)
+    import sqlite3
+
+    path = tmp_path / "lock.db"
+    storage = wf.open_storage(f"sqlite:///{path}", heartbeat=1)
+    other = sqlite3.connect(path, timeout=0.05, isolation_level=None)  # another process's connection
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM trials").scalar() == 0
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")  # it cannot write until the transaction ends
+    other.execute("BEGIN IMMEDIATE")  # now it can
+    other.execute("ROLLBACK")
+    assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+# ------------------------------------------------------------------------------------ the finalise claim
+def _claim_info(pid: int, **extra) -> dict:
+    return {"worker": f"h:{pid}", "pid": pid, "pid_space": wfs._pid_space(), "pid_start": wfs._pid_start(pid), "token": "t0",
+            "alive": time.time(), **extra}
+
+
+def _stale(info, now=0.0, seen=None):
+    return wfs._claim_is_stale(info, 3.0, here=wfs._pid_space(), now=now, seen={} if seen is None else seen, name="m.0")
+
+
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_a_live_process_on_this_host_keeps_its_claim_however_late_its_heartbeat(live_pid):
+    # under load a live holder's heartbeat can be late by any amount: on this host only death makes a claim stale
+    assert _stale(_claim_info(live_pid, alive=time.time() - 3600), now=1e9) is None
+
+
+def test_a_dead_or_replaced_process_on_this_host_loses_its_claim_at_once(live_pid):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert _stale(_claim_info(dead.pid)) == f"its process {dead.pid} is gone"
+    # the pid now names another process (started at another time)
+    reused = _claim_info(live_pid, pid_start="1")
+    assert _stale(reused) == f"its process {live_pid} is gone (the pid now names another process)"
+    assert _stale(_claim_info(live_pid, released=True)) == "released by its worker"
+
+
+def test_a_claim_from_another_host_is_stale_after_the_grace_period_of_silence_on_our_clock():
+    info = {"worker": "other:7", "pid": 7, "pid_space": "another-host", "token": "t", "alive": 12345.0}
+    seen = {}
+    assert _stale(info, now=100.0, seen=seen) is None  # first sight: its age is not known (clocks differ)
+    assert _stale(info, now=103.0, seen=seen) is None  # silent for exactly the grace: still held
+    assert _stale(dict(info, alive=12346.0), now=103.5, seen=seen) is None  # a beat: silence counts anew
+    assert _stale(dict(info, alive=12346.0), now=106.0, seen=seen) is None
+    assert _stale(dict(info, alive=12346.0), now=107.0, seen=seen) == "no heartbeat for 4 s"
+    # a marker whose worker died before writing who it is: the same rule
+    assert _stale(None, now=0.0, seen=seen) is None
+    assert _stale(None, now=3.5, seen=seen) == "no heartbeat for 4 s"
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return wf.open_storage(f"sqlite:///{tmp_path / 'claims.db'}", heartbeat=1)
+
+
+def _plant_claim(storage, name: str, info: dict) -> None:
+    wfs.optuna.create_study(storage=storage, study_name=name).set_user_attr("claim", info)
+
+
+def test_one_claim_at_a_time_and_a_released_claim_is_taken_over(storage):
+    first = wfs._claim(storage, "f_finalise", "me:1", heartbeat=1)
+    assert first.name == "f_finalise.0" and wfs._holds(storage, first)
+    assert wfs._claim(storage, "f_finalise", "me:2", heartbeat=1) is None  # held by a live process
+    wfs._release(storage, first, finished=False)
+    second = wfs._claim(storage, "f_finalise", "me:2", heartbeat=1)
+    assert second.name == "f_finalise.1"
+    assert wfs._holds(storage, second) and not wfs._holds(storage, first)
+    wfs._release(storage, second, finished=True)  # the fold is done: its markers go
+    assert not [n for n in optuna.get_all_study_names(storage) if n.startswith("f_finalise")]
+
+
+def test_two_workers_taking_over_a_dead_claim_at_once_get_one_claim(storage, monkeypatch):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _plant_claim(storage, "f_finalise.0", _claim_info(dead.pid))
+    # both read the dead claim before either took it over
+    top = wfs._top_generation(storage, "f_finalise")
+    monkeypatch.setattr(wfs, "_top_generation", lambda *a: top)
+    a = wfs._claim(storage, "f_finalise", "a:1", heartbeat=1)
+    b = wfs._claim(storage, "f_finalise", "b:2", heartbeat=1)
+    assert a is not None and a.generation == 1 and b is None
+    assert wfs._holds(storage, a)  # the loser did not delete the winner's claim
+
+
+def _fold_ctx(storage, out: Path):
+    out.mkdir(exist_ok=True)
+    cfg = SimpleNamespace(heartbeat=1, out_dir=out)
+    return SimpleNamespace(storage=storage, worker="me:1", cfg=cfg, progress=wfr._Progress(False, trials=1))
+
+
+def test_a_worker_that_claims_after_the_result_was_recorded_returns_it_without_refitting(storage, tmp_path,
+                                                                                          monkeypatch):
+    # the holder recorded the fold's result and exited between this worker's result check and its claim
+    study = optuna.create_study(storage=storage, study_name="f_fold0")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _plant_claim(storage, "f_fold0_finalise.0", _claim_info(dead.pid))
+    recorded = {"fold": 0, "finalised_by": f"h:{dead.pid}"}
+    wfs._record_fold_result(study, recorded)
+    monkeypatch.setattr(wfr, "_finalise", lambda *a, **k: pytest.fail("refit although the result was recorded"))
+    assert wfr._finalise_claimed(_fold_ctx(storage, tmp_path / "out"), SimpleNamespace(fold=0), study) == recorded
+    assert optuna.get_all_study_names(storage) == ["f_fold0"]  # claim markers cleaned up
+
+
+def test_a_worker_whose_claim_was_taken_over_records_nothing(storage, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    study = optuna.create_study(storage=storage, study_name="f_fold0")
+
+    def refit_while_silent(ctx, fold, study, onnx_tmp):
+        onnx_tmp.write_bytes(b"mine")
+        # meanwhile another host took the silent claim over, refit and exported
+        _plant_claim(storage, "f_fold0_finalise.1", {"worker": "other:9", "pid": 9, "pid_space": "x", "token": "t9",
+                                                     "alive": time.time()})
+        (out / "fold0.onnx").write_bytes(b"theirs")
+        return {"fold": 0, "finalised_by": "me:1"}
+
+    monkeypatch.setattr(wfr, "_finalise", refit_while_silent)
+    with caplog.at_level(logging.WARNING, logger="engine.walkforward"):
+        assert wfr._finalise_claimed(_fold_ctx(storage, out), SimpleNamespace(fold=0), study) == "blocked"
+    assert wfs._fold_result(study) is None
+    assert (out / "fold0.onnx").read_bytes() == b"theirs"
+    assert sorted(p.name for p in out.iterdir()) == ["fold0.onnx"]  # no fold0.json, no temporary export
+    assert "another worker took over this fold's refit" in caplog.text
+
+
+def test_the_winner_records_its_result_and_moves_its_agent_into_place(storage, tmp_path, monkeypatch):
+    study = optuna.create_study(storage=storage, study_name="f_fold0")
+
+    def refit(ctx, fold, study, onnx_tmp):
+        onnx_tmp.write_bytes(b"mine")
+        return {"fold": 0, "finalised_by": "me:1"}
+
+    monkeypatch.setattr(wfr, "_finalise", refit)
+    out = tmp_path / "out"
+    result = wfr._finalise_claimed(_fold_ctx(storage, out), SimpleNamespace(fold=0), study)
+    assert result == {"fold": 0, "finalised_by": "me:1"} == wfs._fold_result(study)
+    assert (out / "fold0.onnx").read_bytes() == b"mine"
+    assert json.loads((out / "fold0.json").read_text()) == result
+    assert sorted(p.name for p in out.iterdir()) == ["fold0.json", "fold0.onnx"]
+    assert optuna.get_all_study_names(storage) == ["f_fold0"]
+
+
+def test_the_heartbeat_survives_a_deleted_marker_and_a_busy_database(storage, caplog, monkeypatch):
+    import threading
+
+    claim = wfs._claim(storage, "f_finalise", "me:1", heartbeat=1)
+    real = storage.set_study_user_attr
+    calls = []
+
+    def busy_once(*a):
+        calls.append(a)
+        if len(calls) == 1:
+            raise optuna.exceptions.StorageInternalError("database is locked")
+        return real(*a)
+
+    monkeypatch.setattr(storage, "set_study_user_attr", busy_once)
+    stop = threading.Event()
+    with caplog.at_level(logging.WARNING, logger="engine.walkforward"):
+        # beat 1 fails (busy), beat 2 succeeds, then the marker is gone: the beat ends with a warning, no raise
+        def delete_after_second_beat(*a):
+            out = busy_once(*a)
+            if len(calls) == 2:
+                storage.delete_study(storage.get_study_id_from_name(claim.name))
+            return out
+
+        monkeypatch.setattr(storage, "set_study_user_attr", delete_after_second_beat)
+        wfs._claim_heartbeat(storage, claim, 0.001, stop)
+    assert len(calls) == 2
+    assert "heartbeat of the claim f_finalise.0 failed (database is locked); retrying" in caplog.text
+    assert "the claim f_finalise.0 was taken over by another worker" in caplog.text
+
+
+# ------------------------------------------------------------------------------------ console
+def test_trial_lines_round_parameters_and_name_the_scores():
+    params = {"pt": 1.75, "sl": 2.0948085948112945, "horizon": 10, "d_model": 16, "lr": 0.000321456,
+              "dropout": 0.0, "seq_len": 32}
+    assert wfr.format_params(params) == "pt=1.75 sl=2.095 horizon=10 d_model=16 lr=3.21e-04 dropout=0 seq_len=32"
+    assert wfr.format_params({"lr": 3.2e-4, "big": 123456.0, "x": 12.5}) == "lr=3.2e-04 big=1.23e+05 x=12.5"
+    line = wfr.trial_line(0, 3, "val_loss", 0.98712, auc=0.51234, sharpe=0.3121, trades=42, seconds=12.34,
+                          params={"pt": 1.75, "horizon": 10})
+    assert line == "fold 0 trial 3: val_loss 0.9871  (AUC 0.512, Sharpe 0.31, 42 trades, 12.3 s)  pt=1.75 horizon=10"
+    assert wfr.trial_line(1, 0, "val_sharpe", -0.25, auc=None, sharpe=None, trades=0, seconds=1.0, params={}) == (
+        "fold 1 trial 0: val_sharpe -0.2500  (AUC n/a, Sharpe n/a, 0 trades, 1.0 s)  ")
+    assert wfr.pruned_line(2, 5, 3, 1.02134, 8.06, {"pt": 2.0}) == (
+        "fold 2 trial 5: pruned after epoch 3, val_loss 1.0213  (8.1 s)  pt=2")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_on_a_terminal_and_none_when_quiet():
+    for enabled in (True, False):
+        term = _Terminal()
+        with wfr._Progress(enabled, trials=5, file=term) as progress:
+            progress.fold(0, 2)
+            with progress.epochs("fold 0 trial 2", 3) as bar:
+                bar.update(1)
+            progress.fold(0, 3)
+            progress.fold_done(0)
+        text = term.getvalue()
+        if enabled:
+            assert "fold 0:  40%" in text and "fold 0:  60%" in text and "3/5" in text
+            assert "fold 0 trial 2:   0%" in text and "0/3 [" in text  # the epoch bar of the trial
+        else:
+            assert text == ""
+    term = _Terminal()  # several trials at once (--n-jobs): the fold bar alone
+    with wfr._Progress(True, trials=5, n_jobs=2, file=term) as progress:
+        progress.fold(0, 1)
+        with progress.epochs("fold 0 trial 1", 3) as bar:
+            bar.update(1)
+    assert "fold 0:  20%" in term.getvalue() and "trial" not in term.getvalue().replace("trial/s", "")
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_cli_draws_progress_bars_unless_quiet(quiet, monkeypatch):
+    seen = {}
+
+    def fake_run(cfg, *, command, progress):
+        seen["progress"] = progress
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(wfr, "run_walk_forward", fake_run)
+    assert wf.main(TINY_ARGS[:-1] + (["--quiet"] if quiet else [])) == 1
+    assert seen == {"progress": not quiet}
+
+
+def test_console_lines_are_plain_and_warnings_say_so():
+    fmt = wf._ConsoleFormatter()
+
+    def record(level, msg):
+        return logging.LogRecord("engine.walkforward", level, __file__, 1, msg, (), None)
+
+    assert fmt.format(record(logging.INFO, "fold 0 trial 1: val_loss 0.9")) == "fold 0 trial 1: val_loss 0.9"
+    assert fmt.format(record(logging.WARNING, "storage error")) == "warning: storage error"
+    assert fmt.format(record(logging.ERROR, "boom")) == "error: boom"
+    captured = "x.py:3: UserWarning: careful\n  warn('careful')\n"  # how logging.captureWarnings words one
+    assert fmt.format(record(logging.WARNING, captured)) == "warning: x.py:3: UserWarning: careful\n  warn('careful')"
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_fails_the_running_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'int.db'}"
+    args = [sys.executable, "-m", "engine.walkforward", *TINY_ARGS[:-1], "--epochs", "30", "--folds", "1",
+            "--trials", "2", "--study", "ci", "--storage", storage, "--out", str(tmp_path / "out")]
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        deadline, running = time.time() + 180, None
+        while running is None and time.time() < deadline and proc.poll() is None:
+            try:
+                running = next((t for t in _trials(storage, "ci_fold0") if t.state == optuna.trial.TrialState.RUNNING),
+                               None)
+            except KeyError:  # the study is not created yet
+                pass
+            time.sleep(0.05)
+        assert running is not None, "no trial started"
+        before = err_path.stat().st_size  # stderr is written line by line
+        proc.send_signal(signal.SIGINT)
+        stdout = proc.communicate(timeout=120)[0]
+    stderr = err_path.read_text()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.rstrip("\n").endswith("\ninterrupted; finished trials are kept: rerun the same command to resume")
+    assert len(stderr[before:].strip("\n").splitlines()) <= 3, stderr[before:]
+    assert stdout == ""
+    # the interrupted trial is failed at once, not left RUNNING (a rerun fills its slot)
+    states = {t.number: t.state for t in _trials(storage, "ci_fold0")}
+    assert states[running.number] == optuna.trial.TrialState.FAIL
+    assert optuna.trial.TrialState.RUNNING not in states.values()
+
+
+def test_ctrl_c_exits_130_even_when_it_landed_in_code_compiled_from_a_string(tmp_path):
+    # CPython makes `python -m` die by SIGINT (-2) after a KeyboardInterrupt raised inside exec/eval of a
+    # string (dataclasses, SQLAlchemy do that) even when it was caught: the exit status must still be 130
+    (tmp_path / "interrupted_run.py").write_text(
+        "import sys\n"
+        "from engine import _wf_run, walkforward\n"
+        "_wf_run.run_walk_forward = lambda *a, **k: exec('raise KeyboardInterrupt', {})\n"
+        f"sys.exit(walkforward.main({TINY_ARGS + ['--out', str(tmp_path / 'out')]!r}))\n")
+    proc = subprocess.run([sys.executable, "-m", "interrupted_run"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "\ninterrupted; finished trials are kept: rerun the same command to resume\n"
+
+
+def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_run_and_prints_nothing(capsys):
+    import threading
+
+    class Finalised:
+        def __del__(self):  # Ctrl-C while the garbage collector runs a finaliser: Python swallows the
+            signal.raise_signal(signal.SIGINT)  # KeyboardInterrupt ('Exception ignored in ...')
+
+    stop = threading.Event()
+    with wfr._stop_on_interrupt(stop):
+        Finalised()
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):  # the next epoch, trial or fold stops the run
+            wfr._check_stop(SimpleNamespace(stop=stop))
+    assert capsys.readouterr().err == ""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the other worker's trial comes from ask()
+def test_a_trial_interrupted_before_its_objective_runs_is_failed_not_left_running(storage, monkeypatch):
+    # Ctrl-C just after optuna created the trial and before its first heartbeat: optuna leaves it
+    # RUNNING with no heartbeat, which no worker would ever fail, so every rerun would wait for it
+    import threading
+
+    study = optuna.create_study(storage=storage, study_name="i_fold0", sampler=wfr._TrialSeededTPE(0, 1))
+    other = optuna.load_study(study_name="i_fold0", storage=storage).ask()  # another worker's, in flight: left alone
+    real = wfr._TrialSeededTPE.before_trial
+
+    def interrupted(self, study, trial):
+        real(self, study, trial)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wfr._TrialSeededTPE, "before_trial", interrupted)
+    ctx = SimpleNamespace(cfg=SimpleNamespace(timeout=None, n_jobs=1, trials=5), spent={}, storage=storage,
+                          progress=wfr._Progress(False, trials=5), stop=threading.Event())
+    with pytest.raises(KeyboardInterrupt):
+        wfr._search(ctx, SimpleNamespace(fold=0), study, n_trials=1)
+    states = [t.state for t in optuna.load_study(study_name="i_fold0", storage=storage).trials]
+    assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
+    assert other.number == 0

@@ -1,0 +1,619 @@
+"""Walk-forward orchestration: per fold, search, claim and finalise; then stitch and report.
+
+The command line and the design notes are in :mod:`engine.walkforward`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from agents import FocalLoss, LazySequenceDataset, OnnxAgent, export_agent
+from agents.evaluation import roc_auc
+from agents.metadata import build_card
+from agents.prepare import prepare_segments
+from agents.trainer import fit
+from datafeeds import load_ohlcv, write_atomic
+from engine import _search_space as space
+from engine._wf_config import _VALIDATION_ENGINE, WalkForwardConfig
+from engine._wf_report import _deflated_sharpe, _fmt, _plot_stitched, _plot_study, _stitched_result
+from engine._wf_search import (_FINISHED, _check_not_surplus, _fail_interrupted, _StopWhenFull, _SurplusTrial,
+                               _TrialSeededTPE)
+from engine._wf_storage import (_claim, _counts, _fail_stale, _fold_result, _heartbeat, _holds, _record_fold_result,
+                                _redact, _release, open_storage)
+from engine.deflated_sharpe import sharpe_ratio
+from engine.jsonable import jsonable
+from engine.metrics import infer_periods_per_year
+from engine.runner import run_backtest
+from labeling import Fold, walk_forward_folds
+
+matplotlib.use("Agg")  # headless, as engine.plotting
+import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger("engine.walkforward")  # one logger for the modules of the walk-forward CLI
+
+
+
+# ------------------------------------------------------------------------------------ the run
+@dataclass
+class _Context:
+    cfg: WalkForwardConfig
+    df: pd.DataFrame
+    folds: list[Fold]
+    storage: optuna.storages.RDBStorage
+    fingerprint: dict
+    ppy: float
+    command: str
+    spent: dict  # fold -> seconds of search in this process
+    progress: _Progress
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # Ctrl-C: trial threads stop too
+    worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    run_id: str = dataclasses.field(default_factory=lambda: os.urandom(4).hex())  # this call, for "this run" counts
+
+
+def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: bool = True) -> dict:
+    """Run (or resume, or join) the study; write the report files and return the report dict.
+
+    ``progress``: progress bars on stderr (drawn only on a terminal): finished trials of the fold
+    (all workers) and epochs of the running trial.
+    """
+    t0 = time.perf_counter()
+    df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
+    folds = walk_forward_folds(len(df), n_folds=cfg.folds, scheme=cfg.scheme, test_frac=cfg.test_frac,
+                               purge=cfg.purge, embargo=cfg.embargo)
+    try:
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"--out {cfg.out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    storage = open_storage(cfg.storage_url, cfg.heartbeat)
+    fp = cfg.fingerprint(str(df.attrs.get("sha256", "")))
+    fp["folds_bars"] = [[f.train.start, f.val.start, f.test.start, f.test.stop] for f in folds]
+    ctx = _Context(cfg, df, folds, storage, fp, infer_periods_per_year(df.index), command, {},
+                   _Progress(progress, trials=cfg.trials, n_jobs=cfg.n_jobs))
+    with ctx.progress, _stop_on_interrupt(ctx.stop):
+        return _run(ctx, t0)
+
+
+def _run(ctx: _Context, t0: float) -> dict:
+    cfg, folds = ctx.cfg, ctx.folds
+    results: dict[int, dict] = {}
+    status: dict[int, str] = {}  # what this run did per fold
+    poll = min(5.0, float(cfg.heartbeat))
+    storage_errors = 0
+    waiting = False  # the waiting line is logged once per wait, not every poll
+    while len(results) < len(folds):
+        progressed = False
+        for fold in folds:
+            if fold.fold in results:
+                continue
+            _check_stop(ctx)
+            try:
+                outcome = _advance(ctx, fold)
+            except optuna.exceptions.StorageInternalError as exc:
+                # a busy database (SQLite under several workers): the step is redone, a trial in flight is lost
+                storage_errors += 1
+                if storage_errors > 10:
+                    raise
+                log.warning("fold %d: storage error (%s); retrying", fold.fold, exc.__cause__ or exc)
+                time.sleep(1.0 + np.random.default_rng().random())
+                continue
+            if isinstance(outcome, dict):
+                results[fold.fold] = outcome
+                ctx.progress.fold_done(fold.fold)
+                if outcome.get("run_id") == ctx.run_id:
+                    status[fold.fold] = "finalised here"
+                elif fold.fold not in status:
+                    status[fold.fold] = "skipped: finished before this run"
+                    onnx = outcome["onnx"]
+                    if not Path(onnx["path"]).is_file():
+                        log.warning("fold %d was finalised earlier; its agent %s (written on %s) is not here",
+                                    fold.fold, onnx["path"], onnx["host"])
+                else:
+                    status[fold.fold] = f"finalised by {outcome['finalised_by']}"
+                progressed = True
+            else:
+                status.setdefault(fold.fold, "working")
+                progressed |= outcome == "progressed"
+        if not progressed and len(results) < len(folds):
+            if not waiting:
+                log.info("waiting for other workers (trials or a fold's refit in flight)")
+            waiting = True
+            time.sleep(poll)
+        else:
+            waiting = False
+    report = _report(ctx, [results[k] for k in sorted(results)], status, time.perf_counter() - t0)
+    return report
+
+
+def _fold_study(ctx: _Context, fold: Fold) -> optuna.Study:
+    cfg = ctx.cfg
+    study = optuna.create_study(
+        storage=ctx.storage, study_name=f"{cfg.study_name}_fold{fold.fold}", direction=cfg.direction,
+        load_if_exists=True,
+        sampler=_TrialSeededTPE(cfg.seed + 7919 * fold.fold, n_startup_trials=min(10, max(1, cfg.trials // 2))),
+        # epoch 1 is never pruned; from epoch 2 a trial worse than the median of earlier ones stops
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+    )
+    saved = study.user_attrs.get("config")
+    if saved is None:  # new study (a concurrent worker writing the same value is harmless)
+        study.set_user_attr("config", ctx.fingerprint)
+    elif saved != ctx.fingerprint:
+        diff = sorted(k for k in set(saved) | set(ctx.fingerprint) if saved.get(k) != ctx.fingerprint.get(k))
+        raise ValueError(
+            f"study {study.study_name!r} in {_redact(ctx.cfg.storage_url)} was made with other settings "
+            f"({', '.join(f'{k}={saved.get(k)!r} now {ctx.fingerprint.get(k)!r}' for k in diff)[:400]}); "
+            "rerun with the original options or choose a new --study"
+        )
+    return study
+
+
+def _advance(ctx: _Context, fold: Fold):
+    """Do what can be done for ``fold`` now: its result (dict), 'progressed' or 'blocked'."""
+    cfg = ctx.cfg
+    study = _fold_study(ctx, fold)
+    searched = False
+    while True:
+        result = _fold_result(study)
+        if result is not None:
+            return result
+        _fail_stale(study)
+        c = _counts(study)
+        done, running, waiting = c["COMPLETE"] + c["PRUNED"], c["RUNNING"], c["WAITING"]
+        ctx.progress.fold(fold.fold, done)
+        closed = study.user_attrs.get("search_closed")
+        if not closed and (waiting > 0 or done + running < cfg.trials):
+            # queued retries fill slots of the total, so they are part of cap - done - running
+            _search(ctx, fold, study, n_trials=max(cfg.trials - done - running, waiting))
+            searched = True
+            continue
+        if running > 0 or (waiting > 0 and not closed):
+            # other workers' trials in flight (a dead worker's fail after the grace period and are retried)
+            return "progressed" if searched else "blocked"
+        break
+    if c["COMPLETE"] == 0:
+        raise RuntimeError(f"fold {fold.fold}: none of the {done} trials completed (all pruned or failed); "
+                           "use more --trials or a different --search")
+    outcome = _finalise_claimed(ctx, fold, study)
+    return "progressed" if outcome == "blocked" and searched else outcome
+
+
+def _search(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int) -> None:
+    cfg = ctx.cfg
+    left = None if cfg.timeout is None else cfg.timeout - ctx.spent.get(fold.fold, 0.0)
+    t0 = time.perf_counter()
+    try:
+        if left is None or left > 0:
+            study.optimize(
+                _Objective(ctx, fold), n_trials=n_trials, timeout=left, n_jobs=cfg.n_jobs, gc_after_trial=True,
+                callbacks=[MaxTrialsCallback(cfg.trials, states=_FINISHED), _StopWhenFull(cfg.trials),
+                           lambda s, _: ctx.progress.fold(fold.fold, len(s.get_trials(deepcopy=False, states=_FINISHED))),
+                           lambda s, _: _check_stop(ctx)],
+            )
+    except _SurplusTrial:
+        log.info("fold %d: the remaining trials are held by other workers", fold.fold)
+    except KeyboardInterrupt:
+        _fail_interrupted(ctx.storage, study)
+        raise
+    ctx.spent[fold.fold] = ctx.spent.get(fold.fold, 0.0) + time.perf_counter() - t0
+    if cfg.timeout is not None and ctx.spent[fold.fold] >= cfg.timeout and not study.user_attrs.get("search_closed"):
+        c = _counts(study)
+        log.warning("fold %d: --timeout %gs reached after %d finished trials; finalising with those",
+                    fold.fold, cfg.timeout, c["COMPLETE"] + c["PRUNED"])
+        study.set_user_attr("search_closed", f"timeout {cfg.timeout}s by {ctx.worker}")
+
+
+class _Objective:
+    """One trial: train on the fold's train block, score on its validation block."""
+
+    def __init__(self, ctx: _Context, fold: Fold):
+        self.ctx, self.fold = ctx, fold
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg, fold = self.ctx.cfg, self.fold
+        _check_not_surplus(trial, cfg.trials)
+        trial.set_user_attr("worker", self.ctx.worker)
+        trial.set_user_attr("run_id", self.ctx.run_id)
+        t0 = time.perf_counter()
+        tcfg, execution = space.suggest(trial, cfg.search, cfg.base)
+        tcfg = dataclasses.replace(tcfg, epochs=cfg.epochs, patience=cfg.epochs)
+        prep = prepare_segments(tcfg, self.ctx.df, fold.train, fold.val)
+        y_tr = prep.y[prep.train_ends].astype(np.float64)
+        y_va = prep.y[prep.val_ends].astype(np.float64)
+        base_rate = float(y_tr.mean())
+        loss_fn = FocalLoss(alpha=tcfg.focal_alpha, gamma=tcfg.focal_gamma)
+        # focal losses with different alpha/gamma or labels are not comparable; their ratio to the
+        # no-skill loss (always predict the training base rate) is: 1 = no skill, lower = better
+        baseline = loss_fn.baseline(torch.from_numpy(y_va), base_rate)
+        sign = 1.0 if cfg.direction == "minimize" else -1.0  # the pruner compares in the study's direction
+
+        bar = self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs)
+
+        def on_epoch(record, state):
+            _check_stop(self.ctx)  # after Ctrl-C: --n-jobs threads stop here too
+            ratio = record["val_loss"] / baseline
+            bar.update(1)
+            bar.set_postfix_str(f"val_loss {ratio:.4f}")
+            trial.report(sign * ratio, record["epoch"])
+            if trial.should_prune():
+                log.info("%s", pruned_line(fold.fold, trial.number, record["epoch"], ratio,
+                                           time.perf_counter() - t0, trial.params))
+                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
+
+        with bar:
+            res = fit(tcfg, prep, checkpoint_dir=None, on_epoch=on_epoch, progress=False)
+        model, state = res["model"], res["state"]
+        z_tr = _logits(model, prep.x, tcfg.seq_len, prep.train_ends)
+        z_va = _logits(model, prep.x, tcfg.seq_len, prep.val_ends)
+        threshold = execution.threshold(_sigmoid(z_tr), base_rate)
+        val = _validation_backtest(self.ctx, fold, tcfg, execution, prep, model, threshold)
+        scores = {
+            "val_loss": state["best_val"] / baseline,
+            "val_auc": roc_auc(y_va, z_va),
+            "val_sharpe": val["sharpe"],
+        }
+        for key, value in {**scores, "best_epoch": state["best_epoch"], "threshold": threshold,
+                           "val_sr": val["sr"], "val_return": val["total_return"], "val_trades": val["n_trades"],
+                           "seconds": time.perf_counter() - t0}.items():
+            trial.set_user_attr(key, value)
+        value = scores[cfg.objective]
+        if value is None:  # AUC with one class, Sharpe of a flat curve: score as no skill
+            value = {"val_auc": 0.5, "val_sharpe": 0.0}[cfg.objective]
+        log.info("%s", trial_line(fold.fold, trial.number, cfg.objective, value, auc=scores["val_auc"],
+                                  sharpe=val["sharpe"], trades=val["n_trades"], seconds=time.perf_counter() - t0,
+                                  params=trial.params))
+        return float(value)
+
+
+def _logits(model, x: np.ndarray, seq_len: int, ends: np.ndarray) -> np.ndarray:
+    ds = LazySequenceDataset(x, np.zeros(len(x), dtype=np.float32), seq_len, index=ends)
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for xb, _ in ds.iter_batches(1024):
+            out.append(model(xb).float())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.array([], dtype=np.float64)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+def _full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray:
+    """Bars of ``segment`` whose window of ``seq_len`` normalised feature rows is all finite."""
+    ok_rows = np.isfinite(x).all(axis=1).astype(np.int64)
+    csum = np.concatenate([[0], np.cumsum(ok_rows)])
+    ends = np.arange(max(segment.start, seq_len - 1), min(segment.stop, len(x)))
+    return ends[(csum[ends + 1] - csum[ends + 1 - seq_len]) == seq_len]
+
+
+def _validation_backtest(ctx, fold, tcfg, execution, prep, model, threshold) -> dict:
+    """Backtest the trial's torch model on every bar of the validation block (history for warm-up)."""
+    part = ctx.df.iloc[: fold.val.stop]
+    ends = _full_window_ends(prep.x, tcfg.seq_len, fold.val)
+    prob = np.full(len(part), np.nan)
+    prob[ends] = _sigmoid(_logits(model, prep.x, tcfg.seq_len, ends))
+    bt = run_backtest(part, "agent", cash=ctx.cfg.cash, commission=ctx.cfg.commission, slippage=ctx.cfg.slippage,
+                      start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
+                      signal=pd.Series(prob, index=part.index), periods_per_year=ctx.ppy, benchmark=False,
+                      engine=_VALIDATION_ENGINE, **execution.strategy_params(tcfg, threshold))
+    return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(bt.equity.pct_change().dropna()),
+            "total_return": bt.stats["total_return"], "n_trades": int(bt.stats["n_trades"])}
+
+
+# ------------------------------------------------------------------------------------ finalising a fold
+def _finalise_claimed(ctx: _Context, fold: Fold, study: optuna.Study):
+    """Refit, export and test the fold's best trial once: the result dict, or 'blocked' while another
+    live worker holds the fold's claim (the rules, and what remains possible across hosts, are in
+    ``engine._wf_storage``)."""
+    claim = _claim(ctx.storage, f"{study.study_name}_finalise", ctx.worker, ctx.cfg.heartbeat)
+    if claim is None:
+        return "blocked"
+    finished = False
+    tmp = ctx.cfg.out_dir / f".fold{fold.fold}.{claim.token}.onnx"  # this worker's export until it has won
+    try:
+        # read again: since _advance looked, the previous holder may have recorded the result and exited
+        result = _fold_result(study)
+        if result is not None:
+            finished = True
+            return result
+        with _heartbeat(ctx.storage, claim, ctx.cfg.heartbeat):
+            result = _finalise(ctx, fold, study, tmp)
+            finished = _publish(ctx, fold, study, claim, result, tmp)
+        return result if finished else "blocked"
+    finally:  # also on errors and Ctrl-C: a released claim is taken over at once
+        tmp.unlink(missing_ok=True)
+        _release(ctx.storage, claim, finished=finished)
+
+
+def _publish(ctx: _Context, fold: Fold, study: optuna.Study, claim, result: dict, tmp: Path) -> bool:
+    """Make ``result`` the fold's (its agent to fold<k>.onnx, fold<k>.json, the study record) if
+    ``claim`` is still the fold's claim; False if another worker took it over meanwhile."""
+    if not _holds(ctx.storage, claim):
+        log.warning("fold %d: another worker took over this fold's refit while this worker's heartbeat was "
+                    "silent; its result is kept and this one dropped", fold.fold)
+        return False
+    os.replace(tmp, ctx.cfg.out_dir / f"fold{fold.fold}.onnx")
+    _write_json(ctx.cfg.out_dir / f"fold{fold.fold}.json", result)
+    attempt = 0
+    while True:  # a refit is minutes of work: do not lose it to a busy database
+        try:
+            _record_fold_result(study, result)
+            return True
+        except optuna.exceptions.StorageInternalError as exc:
+            attempt += 1
+            if attempt == 3:
+                raise
+            log.warning("fold %d: storage error recording the result (%s); retrying", fold.fold, exc.__cause__ or exc)
+            time.sleep(attempt)
+
+
+def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) -> dict:
+    """The fold's result: its best trial refit on train+validation, exported to ``onnx_tmp`` (moved to
+    fold<k>.onnx by ``_publish``) and backtested on the test block."""
+    cfg, df, k = ctx.cfg, ctx.df, fold.fold
+    t0 = time.perf_counter()
+    best = study.best_trial
+    tcfg, execution = space.from_params(best.params, cfg.base)
+    best_epoch = int(best.user_attrs["best_epoch"])
+    tcfg = dataclasses.replace(tcfg, epochs=best_epoch, patience=best_epoch)
+    log.info("fold %d: refitting trial %d on train+validation for %d epoch(s)  %s", k, best.number, best_epoch,
+             format_params(best.params))
+    # train+validation as one block: events whose label span lies inside it, nothing after it
+    union = range(fold.train.start, fold.val.stop)
+    prep = prepare_segments(tcfg, df, union, None)
+    with ctx.progress.epochs(f"fold {k} refit", best_epoch) as bar:
+        def on_epoch(record, state):
+            _check_stop(ctx)
+            bar.update(1)
+
+        res = fit(tcfg, prep, checkpoint_dir=None, on_epoch=on_epoch, progress=False)
+    model = res["model"]
+    y_tr = prep.y[prep.train_ends].astype(np.float64)
+    base_rate = float(y_tr.mean())
+    z_tr = _logits(model, prep.x, tcfg.seq_len, prep.train_ends)
+    threshold = execution.threshold(_sigmoid(z_tr), base_rate)
+    loss_fn = FocalLoss(alpha=tcfg.focal_alpha, gamma=tcfg.focal_gamma)
+    metrics = {
+        "threshold": threshold,
+        "threshold_rule": ("train signal rate = train base rate" if execution.signal_rate is None
+                           else f"train signal rate = {execution.signal_rate:.4f} (searched)"),
+        "train_loss": float(loss_fn(torch.from_numpy(z_tr), torch.from_numpy(y_tr))),
+        "baseline_train_loss": loss_fn.baseline(torch.from_numpy(y_tr), base_rate),
+        "train_auc": roc_auc(y_tr, z_tr),
+        "label_balance": {"train_positive_rate": base_rate, "train_events": int(len(y_tr))},
+        "best_epoch": best_epoch, "epochs_run": len(res["state"]["history"]), "history": res["state"]["history"],
+        "selection": {"objective": cfg.objective, "value": best.value, "trial": best.number},
+    }
+    dates = {name: [str(df.index[r.start]), str(df.index[r.stop - 1])]
+             for name, r in (("train", fold.train), ("validation", fold.val), ("test", fold.test))}
+    card = build_card(tcfg, prep, model, metrics, ctx.command)  # the refit has no validation block
+    card["walk_forward"] = {"study": cfg.study_name, "fold": k, **dates, "best_trial": best.number,
+                            "params": best.params, "execution": dataclasses.asdict(execution)}
+    last = LazySequenceDataset(prep.x, prep.y, tcfg.seq_len, index=prep.train_ends[-64:])
+    example = last.batch(np.arange(len(last)))[0].numpy()  # parity checked on real training windows
+    export_agent(model, card, onnx_tmp, example)
+
+    # the exported agent on the test block; features over all bars up to the test end (warm-up from history)
+    agent = OnnxAgent.load(onnx_tmp)
+    hist = df.iloc[: fold.test.stop]
+    probs = agent.predict_proba(hist)
+    bt = run_backtest(hist, "agent", cash=cfg.cash, commission=cfg.commission, slippage=cfg.slippage,
+                      start=hist.index[fold.test.start], end=hist.index[-1], signal=probs,
+                      periods_per_year=ctx.ppy, engine=cfg.engine, **execution.strategy_params(tcfg, agent.threshold))
+    c = _counts(study)
+    plots = _plot_study(study, cfg.out_dir, k, _save_figure)
+    trades = json.loads(bt.trades.to_json(orient="records", date_format="iso")) if len(bt.trades) else []
+    result = {
+        "fold": k, **dates,
+        "trials": {"complete": c["COMPLETE"], "pruned": c["PRUNED"],
+                   "failed": sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                                 if not t.user_attrs.get("surplus"))},
+        "trial_val_sr": [t.user_attrs.get("val_sr") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))],
+        "best_trial": best.number, "best_value": best.value, "params": best.params, "best_epoch": best_epoch,
+        "execution": execution.strategy_params(tcfg, agent.threshold),
+        "stats": bt.stats, "benchmark_stats": bt.benchmark_stats,
+        "index": [str(t) for t in bt.equity.index], "equity": bt.equity.tolist(),
+        "benchmark_equity": bt.benchmark_equity.tolist(), "trades": trades,
+        "onnx": {"path": str((cfg.out_dir / f"fold{k}.onnx").resolve()), "sha256": _sha256(onnx_tmp),
+                 "host": socket.gethostname()},
+        "plots": plots, "finalised_by": ctx.worker, "run_id": ctx.run_id, "finalised_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": time.perf_counter() - t0,
+    }
+    return result
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ console
+def format_params(params: dict) -> str:
+    """``name=value`` pairs for a log line: floats to 4 significant digits, other values as they are."""
+    return " ".join(f"{k}={_num(v)}" for k, v in params.items())
+
+
+def _num(v) -> str:
+    if not isinstance(v, float):  # ints (and bools, categorical strings) as they are
+        return str(v)
+    if v == 0 or not math.isfinite(v) or 1e-3 <= abs(v) < 1e5:
+        return f"{v:.4g}"
+    mantissa, _, exponent = f"{v:.2e}".partition("e")  # 0.000321 -> 3.21e-04, 3.2e-04 -> 3.2e-04
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+
+
+def trial_line(fold: int, number: int, objective: str, value: float, *, auc, sharpe, trades: int, seconds: float,
+               params: dict) -> str:
+    """The one line logged per finished trial."""
+    return (f"fold {fold} trial {number}: {objective} {value:.4f}  (AUC {_fmt(auc, '.3f')}, Sharpe "
+            f"{_fmt(sharpe, '.2f')}, {trades} trades, {seconds:.1f} s)  {format_params(params)}")
+
+
+def pruned_line(fold: int, number: int, epoch: int, val_loss: float, seconds: float, params: dict) -> str:
+    """The one line logged per pruned trial (``val_loss``: the validation loss ratio it was pruned on)."""
+    return (f"fold {fold} trial {number}: pruned after epoch {epoch}, val_loss {val_loss:.4f}  ({seconds:.1f} s)  "
+            f"{format_params(params)}")
+
+
+class _Progress:
+    """Progress bars on stderr, drawn only on a terminal (tqdm's ``disable=None``) and never when off:
+    the current fold's finished trials out of --trials (every worker's, read from the study), and the
+    epochs of this process's running trial or refit. With --n-jobs > 1 only the fold bar is drawn
+    (several trials run at once); it is updated from optuna callbacks under a lock."""
+
+    def __init__(self, enabled: bool, *, trials: int, n_jobs: int = 1, file=None):
+        self._disable = None if enabled else True
+        self._trials, self._epoch_bars, self._file = trials, n_jobs == 1, file
+        self._lock = threading.Lock()
+        self._fold: int | None = None
+        self._fold_bar = None
+
+    def _bar(self, disable=None, **kw):
+        return tqdm(disable=disable or self._disable, file=self._file or sys.stderr, dynamic_ncols=True, **kw)
+
+    def fold(self, k: int, finished: int) -> None:
+        """Show fold ``k`` with ``finished`` trials (opens its bar, clearing another fold's: a worker
+        waiting on one fold works on the next)."""
+        with self._lock:
+            if self._fold != k:
+                self._close_fold(keep=False)
+                self._fold = k
+                self._fold_bar = self._bar(total=self._trials, initial=finished, desc=f"fold {k}", unit="trial",
+                                           leave=True)
+            elif finished != self._fold_bar.n:
+                self._fold_bar.n = finished
+                self._fold_bar.refresh()
+
+    def fold_done(self, k: int) -> None:
+        """Fold ``k`` has its result: its bar stays on the screen as a finished line."""
+        with self._lock:
+            if self._fold == k:
+                self._close_fold(keep=True)
+
+    def _close_fold(self, keep: bool) -> None:
+        if self._fold_bar is not None:
+            self._fold_bar.leave = keep
+            self._fold_bar.close()
+        self._fold, self._fold_bar = None, None
+
+    def epochs(self, desc: str, total: int):
+        """A bar for the epochs of one trial or refit (a context manager; a no-op bar with --n-jobs > 1)."""
+        return self._bar(total=total, desc=desc, unit="epoch", leave=False, disable=not self._epoch_bars)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._close_fold(keep=True)  # interrupted or failed: where the fold stood stays visible
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(stop: threading.Event):
+    """While the run lasts, Ctrl-C also sets ``stop``, which ``_check_stop`` turns into a
+    KeyboardInterrupt at the next epoch, trial or fold. That reaches trials in --n-jobs threads (which
+    never see the main thread's KeyboardInterrupt), and a KeyboardInterrupt that Python swallowed:
+    raised while the garbage collector ran a finaliser, it is only printed as 'Exception ignored in
+    ...' (not printed here) and the run would go on."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # not the main thread, or Ctrl-C is ignored (a background job): leave it so
+        return
+
+    def on_sigint(signum, frame):
+        stop.set()
+        previous(signum, frame)  # Python's default raises KeyboardInterrupt
+
+    hook = sys.unraisablehook
+
+    def unraisable(info):
+        if not (isinstance(info.exc_type, type) and issubclass(info.exc_type, KeyboardInterrupt)):
+            hook(info)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = hook
+
+
+def _check_stop(ctx: _Context) -> None:
+    if ctx.stop.is_set():
+        raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------------ output
+def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) -> dict:
+    cfg = ctx.cfg
+    curves, equity, bench_equity, stats, bench_stats = _stitched_result(results, cfg.cash, ctx.ppy)
+    n_configs = sum(r["trials"]["complete"] + r["trials"]["pruned"] for r in results)
+    dsr = _deflated_sharpe(equity, results, n_configs)
+    png = cfg.out_dir / "stitched_equity.png"
+    _plot_stitched(equity, bench_equity, [c.index[0] for c in curves[1:]], png,
+                   f"{cfg.study_name}: walk-forward out-of-sample ({len(results)} folds) vs buy-and-hold", _save_figure)
+    report = {
+        "study": cfg.study_name,
+        "storage": _redact(cfg.storage_url),
+        "command": ctx.command,
+        "config": ctx.fingerprint,
+        "objective": {"name": cfg.objective, "direction": cfg.direction},
+        "search": list(cfg.search),
+        "trials_per_fold": cfg.trials,
+        "configurations_tried": n_configs,
+        "trials": {k: sum(r["trials"][k] for r in results) for k in ("complete", "pruned", "failed")},
+        "folds": [{k: v for k, v in r.items() if k not in ("index", "equity", "benchmark_equity", "trades")}
+                  | {"this_run": status.get(r["fold"], "")} for r in results],
+        "stitched": {"stats": stats, "benchmark_stats": bench_stats},
+        "deflated_sharpe": dsr,
+        "new_trials_this_run": sum(
+            1 for f in ctx.folds for t in optuna.load_study(study_name=f"{cfg.study_name}_fold{f.fold}",
+                                                            storage=ctx.storage).get_trials(deepcopy=False, states=_FINISHED)
+            if t.user_attrs.get("run_id") == ctx.run_id),
+        "files": {"report": str(cfg.out_dir / "report.json"), "stitched_equity_png": str(png)},
+        "seconds": seconds,
+    }
+    _write_json(cfg.out_dir / "report.json", report)
+    _write_csv(cfg.out_dir / "stitched_equity.csv", pd.DataFrame({"equity": equity, "benchmark": bench_equity}))
+    return report
+
+
+# the report files are written here, through this module's `write_atomic` (workers share the output folder)
+def _save_figure(fig, path: Path) -> None:
+    """PNG of ``fig`` written atomically (workers may write the same fold's plots); closes ``fig``."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def _write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False).encode())
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_atomic(path, frame.to_csv().encode())
