@@ -1,31 +1,31 @@
 """Backtest an exported agent (or a baseline) out-of-sample, against buy-and-hold.
 
     python run_backtest.py --agent models/agent1.onnx
-    python run_backtest.py --strategy smacross --data nasdaq --start 2015-01-01
+    python run_backtest.py --strategy smacross --data nasdaq --fast 20 --slow 50
     python run_backtest.py --agent models/agent1.onnx --report reports/agent1.json --threshold 0.45
 
-By default the period starts after the last bar the agent saw in training, so results are
-out-of-sample; signals are computed once in batch over all bars up to the period end (the
-warm-up uses history before the start; every value at bar t uses bars <= t only).
+For the agent, the period starts by default after the last bar the agent saw in training, so results
+are out-of-sample; signals are computed once in batch over all bars up to the period end (the
+warm-up uses history before the start; every value at bar t uses bars <= t only). Baselines
+(buyhold, smacross) use no agent and default to the whole data.
+
+Arguments are parsed before pandas, backtrader and onnxruntime are imported: ``--help`` and usage
+errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from agents import AgentFileError, OnnxAgent
-from datafeeds import DataError, load_ohlcv, write_atomic
-from engine import plot_backtest, run_backtest
-from engine.jsonable import jsonable
-from strategies import STRATEGIES, get_strategy
-
 DEFAULT_AGENT = "models/agent1.onnx"
+DEFAULT_DATA = "sp500"  # for baselines; the agent defaults to its own training data
+STRATEGY_NAMES = ("agent", "buyhold", "smacross")  # strategies.STRATEGIES, spelt out for a fast --help (tested equal)
+SMA_DEFAULTS = (10, 30)  # strategies.SmaCross's fast/slow windows (tested equal)
 
 
 class UsageError(ValueError):
@@ -36,52 +36,74 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python run_backtest.py",
         description="Backtest a trained agent (or a baseline) through backtrader with costs and compare it "
-        "with buy-and-hold over the same bars. Defaults: the shipped agent, its own dataset, the period after "
-        "its training data (out-of-sample).",
+        "with buy-and-hold over the same bars. The agent defaults to the shipped one, on its own dataset, "
+        "over the period after its training data (out-of-sample); baselines need no agent.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--agent", default=DEFAULT_AGENT, help="exported agent (.onnx) from python -m agents.train")
-    p.add_argument("--strategy", default="agent", help=f"one of: {', '.join(STRATEGIES)}")
-    p.add_argument("--data", default=None, help="sample name or CSV/Parquet path (default: the agent's dataset)")
-    p.add_argument("--start", default=None, help="first bar of the period (default: after the agent's training data)")
-    p.add_argument("--end", default=None, help="last bar of the period (default: the end of the data)")
-    p.add_argument("--cash", type=float, default=100_000.0, help="starting cash")
-    p.add_argument("--commission", type=float, default=0.0005, help="fraction of traded value per side")
-    p.add_argument("--slippage", type=float, default=0.0, help="fraction of price, against us on every fill")
-    p.add_argument("--threshold", type=float, default=None, help="enter when probability >= this (default: the agent's)")
-    p.add_argument("--pt", type=float, default=None, help="take-profit in ATRs (default: the agent's TBM setting)")
-    p.add_argument("--sl", type=float, default=None, help="stop-loss in ATRs (default: the agent's TBM setting)")
-    p.add_argument("--horizon", type=int, default=None, help="time exit in bars (default: the agent's TBM setting)")
-    p.add_argument("--live", action="store_true", help="stream bars through the agent one at a time (slower; same trades)")
-    p.add_argument("--engine", default="backtrader", choices=["backtrader", "fast"],
+    g = p.add_argument_group("what to trade")
+    g.add_argument("--strategy", default="agent", help=f"one of: {', '.join(STRATEGY_NAMES)}")
+    g.add_argument("--agent", default=None, help=f"exported agent (.onnx) from python -m agents.train, for "
+                   f"--strategy agent (None = {DEFAULT_AGENT}); baselines take none")
+    g.add_argument("--data", default=None, help=f"sample name or CSV/Parquet path (None = the agent's dataset; "
+                   f"{DEFAULT_DATA} for baselines)")
+    g.add_argument("--list-samples", action="store_true", help="list the bundled data samples and exit")
+    g.add_argument("--start", default=None, help="first bar of the period, ISO date (None = after the agent's "
+                   "training data; the first bar for baselines)")
+    g.add_argument("--end", default=None, help="last bar of the period, ISO date (None = the end of the data)")
+    g = p.add_argument_group("account and costs")
+    g.add_argument("--cash", type=float, default=100_000.0, help="starting cash")
+    g.add_argument("--size-frac", type=float, default=1.0, help="fraction of equity committed per entry, (0, 1]")
+    g.add_argument("--commission", type=float, default=0.0005, help="fraction of traded value per side")
+    g.add_argument("--slippage", type=float, default=0.0, help="fraction of price, against us on every fill")
+    g.add_argument("--risk-free", type=float, default=0.0, help="annual risk-free rate for Sharpe and Sortino, e.g. 0.02")
+    g = p.add_argument_group("agent strategy")
+    g.add_argument("--threshold", type=float, default=None, help="enter when probability >= this (None = the agent's)")
+    g.add_argument("--pt", type=float, default=None, help="take-profit in ATRs (None = the agent's TBM setting)")
+    g.add_argument("--sl", type=float, default=None, help="stop-loss in ATRs (None = the agent's TBM setting)")
+    g.add_argument("--horizon", type=int, default=None, help="time exit in bars (None = the agent's TBM setting)")
+    g.add_argument("--live", action="store_true", help="stream bars through the agent one at a time (slower; same trades)")
+    g.add_argument("--engine", default="backtrader", choices=["backtrader", "fast"],
                    help="backtrader (the reference) or the parity-tested numba simulator (agent strategy only)")
-    p.add_argument("--plot", default=None, help="equity-curve PNG (default: reports/<agent>_<data>.png)")
-    p.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
-    p.add_argument("--report", default=None, help="also write a JSON report: config, stats, trades, equity, signal")
-    p.add_argument("--quiet", action="store_true", help="print only the results table")
+    g = p.add_argument_group("smacross strategy")
+    g.add_argument("--fast", type=int, default=None, help=f"fast SMA window in bars (None = {SMA_DEFAULTS[0]})")
+    g.add_argument("--slow", type=int, default=None, help=f"slow SMA window in bars (None = {SMA_DEFAULTS[1]})")
+    g = p.add_argument_group("output")
+    g.add_argument("--plot", default=None, help="picture PNG (None = reports/<agent or strategy>_<data>.png)")
+    g.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
+    g.add_argument("--report", default=None, help="also write a JSON report: config, stats, returns by year and "
+                   "month, trades, equity, signal")
+    g.add_argument("--trades", default=None, help="also write the trades as CSV to this path")
+    g.add_argument("--quiet", action="store_true", help="print only the results table")
     return p
 
 
 def _check_options(args) -> None:
-    try:
-        get_strategy(args.strategy)
-    except ValueError as exc:
-        raise UsageError(f"--strategy: {exc}") from None
+    if args.strategy not in STRATEGY_NAMES:
+        close = difflib.get_close_matches(args.strategy, STRATEGY_NAMES, n=1)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"--strategy: unknown strategy {args.strategy!r}:{hint} known strategies: "
+                         f"{', '.join(sorted(STRATEGY_NAMES))}")
     fin = math.isfinite
     checks = [
         ("--cash", args.cash, fin(args.cash) and args.cash > 0, "a positive amount"),
+        ("--size-frac", args.size_frac, 0 < args.size_frac <= 1, "a fraction in (0, 1] (no leverage)"),
         ("--commission", args.commission, 0 <= args.commission < 1, "a fraction in [0, 1)"),
         ("--slippage", args.slippage, 0 <= args.slippage < 1, "a fraction in [0, 1)"),
+        ("--risk-free", args.risk_free, -1 < args.risk_free < 1, "an annual rate in (-1, 1), e.g. 0.02 for 2%"),
         ("--threshold", args.threshold, args.threshold is None or 0 <= args.threshold <= 1, "a probability in [0, 1]"),
-        ("--pt", args.pt, args.pt is None or (args.pt > 0 and math.isfinite(args.pt)), "a positive number of ATRs"),
-        ("--sl", args.sl, args.sl is None or (args.sl > 0 and math.isfinite(args.sl)), "a positive number of ATRs"),
+        ("--pt", args.pt, args.pt is None or (args.pt > 0 and fin(args.pt)), "a positive number of ATRs"),
+        ("--sl", args.sl, args.sl is None or (args.sl > 0 and fin(args.sl)), "a positive number of ATRs"),
         ("--horizon", args.horizon, args.horizon is None or args.horizon >= 1, "a whole number of bars >= 1"),
+        ("--fast", args.fast, args.fast is None or args.fast >= 1, "a whole number of bars >= 1"),
+        ("--slow", args.slow, args.slow is None or args.slow >= 2, "a whole number of bars >= 2"),
     ]
     for name, value, ok, what in checks:
         if not ok:
             raise UsageError(f"{name} {value}: must be {what}")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UsageError(f"--plot {args.plot}: must be a .png path")
+    if args.trades and not args.trades.lower().endswith(".csv"):
+        raise UsageError(f"--trades {args.trades}: must be a .csv path")
     if args.engine == "fast" and args.strategy != "agent":
         raise UsageError("--engine fast simulates the agent strategy only; use --engine backtrader for baselines")
     if args.live and args.strategy != "agent":
@@ -89,35 +111,47 @@ def _check_options(args) -> None:
     if args.live and args.engine == "fast":
         raise UsageError("--live streams bars through backtrader; drop --engine fast")
     if args.strategy != "agent":
-        given = [name for name in ("threshold", "pt", "sl", "horizon") if getattr(args, name) is not None]
+        given = [name for name in ("agent", "threshold", "pt", "sl", "horizon") if getattr(args, name) is not None]
         if given:
-            raise UsageError(f"--{given[0]} sets the agent strategy; --strategy {args.strategy} does not use it")
+            raise UsageError(f"--{given[0]} sets the agent strategy; --strategy {args.strategy} does not use it "
+                             "(baselines trade without an agent: choose their period with --start/--end)")
+    if args.strategy != "smacross":
+        given = [name for name in ("fast", "slow") if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0]} sets the smacross strategy; --strategy {args.strategy} does not use it")
+    else:
+        fast, slow = args.fast or SMA_DEFAULTS[0], args.slow or SMA_DEFAULTS[1]
+        if fast >= slow:
+            raise UsageError(f"--fast {fast} must be shorter than --slow {slow}")
 
 
-def _load_agent(args) -> OnnxAgent | None:
-    """The agent: required for --strategy agent; for baselines only a source of defaults, if present."""
-    if args.strategy != "agent" and args.agent == DEFAULT_AGENT and not Path(args.agent).is_file():
-        return None
+def _load_agent(path: str):
+    from agents import AgentFileError, OnnxAgent
+
     try:
-        return OnnxAgent.load(args.agent)
+        return OnnxAgent.load(path)
     except AgentFileError as exc:
         raise UsageError(f"--agent: {exc}") from None
 
 
 def _timestamp(value, option):
+    from datafeeds import parse_date
+
     if value is None:
         return None
     try:
-        return pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise UsageError(f"{option} {value!r}: not a date (use e.g. 2015-01-02)") from None
+        return parse_date(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
 
-def prepare_run(args):
-    """Resolve data, period, agent signals and strategy parameters; raise UsageError on bad input."""
-    _check_options(args)
-    agent = _load_agent(args)
-    data_name = args.data or (agent.meta["dataset"]["name"] if agent else "sp500")
+def prepare_run(args) -> dict:
+    """Resolve data, period, agent signals and strategy parameters (options already checked by
+    ``_check_options``); raise UsageError on bad input."""
+    from datafeeds import DataError, load_ohlcv
+
+    agent = _load_agent(args.agent or DEFAULT_AGENT) if args.strategy == "agent" else None
+    data_name = args.data or (agent.meta["dataset"]["name"] if agent else DEFAULT_DATA)
     try:
         df = load_ohlcv(data_name)
     except DataError as exc:
@@ -127,8 +161,8 @@ def prepare_run(args):
     if agent is not None:
         # out-of-sample by date, whatever the data: markets move together, so an agent trained on one
         # index up to 2014 has seen the 2014 regime of every other
-        first_seen = pd.Timestamp(agent.meta["dataset"]["first_bar"])
-        last_seen = pd.Timestamp(agent.meta["dataset"]["last_bar_used"])
+        first_seen = _agent_date(agent, "first_bar")
+        last_seen = _agent_date(agent, "last_bar_used")
         if start is None:
             after = df.index[df.index > last_seen]
             if len(after) == 0:
@@ -147,8 +181,12 @@ def prepare_run(args):
         raise UsageError(f"--start/--end select {len(period)} bar(s) of {data_name} "
                          f"({df.index[0].date()}..{df.index[-1].date()}); need at least 2")
 
-    params = {}
+    params = {"size_frac": args.size_frac}
     signal = None
+    if args.strategy == "smacross":
+        params.update(fast=args.fast or SMA_DEFAULTS[0], slow=args.slow or SMA_DEFAULTS[1])
+        if len(period) <= params["slow"]:
+            raise UsageError(f"--slow {params['slow']} needs more bars than the period's {len(period)}")
     if args.strategy == "agent":
         try:
             agent.check_columns(df)
@@ -158,7 +196,7 @@ def prepare_run(args):
             raise UsageError(f"{data_name} up to {history.index[-1].date()} has {len(history)} bars; "
                              f"the agent needs {agent.warmup} bars of warm-up before its first signal")
         tbm = agent.tbm
-        params = dict(
+        params.update(
             threshold=agent.threshold if args.threshold is None else args.threshold,
             pt=tbm.pt if args.pt is None else args.pt,
             sl=tbm.sl if args.sl is None else args.sl,
@@ -172,6 +210,12 @@ def prepare_run(args):
             notes.append(f"note: the first {agent.warmup} bars of {data_name} are the agent's warm-up: no signal there")
     return dict(agent=agent, data_name=data_name, history=history, start=period.index[0], end=period.index[-1],
                 params=params, signal=signal, notes=notes, atr_period=agent.tbm.atr_period if agent else 14)
+
+
+def _agent_date(agent, field: str):
+    import pandas as pd
+
+    return pd.Timestamp(agent.meta["dataset"][field])
 
 
 _ROWS = [
@@ -211,15 +255,49 @@ def results_table(result, label: str) -> str:
     return "\n".join(lines)
 
 
-def build_report(result, run: dict, args) -> dict:
-    """Everything needed to audit the run: config, stats, trades, per-bar equity and signal."""
+def returns_by_period(result) -> dict:
+    """Compounded returns per calendar year and month, strategy beside buy-and-hold (JSON-ready)."""
+    from engine import period_returns
+
+    out = {}
+    for freq, key in (("Y", "yearly"), ("M", "monthly")):
+        strat = period_returns(result.equity, freq)
+        bench = period_returns(result.benchmark_equity, freq) if result.benchmark_equity is not None else None
+        out[key] = [{"period": str(p), "strategy": float(r),
+                     "buy_and_hold": None if bench is None else float(bench[p])} for p, r in strat.items()]
+    return out
+
+
+def returns_tables(returns: dict, label: str) -> str:
+    """Yearly returns beside buy-and-hold, then the strategy's monthly returns as a year x month grid."""
+    width = max(len(label), 9)
+    lines = [f"{'year':<6}{label:>{width}}  {'buy & hold':>10}"]
+    for row in returns["yearly"]:
+        lines.append(f"{row['period']:<6}{row['strategy']:>+{width}.2%}  {_cell('{:+.2%}', row['buy_and_hold']):>10}")
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    grid: dict[str, dict[int, float]] = {}
+    for row in returns["monthly"]:
+        year, month = row["period"].split("-")
+        grid.setdefault(year, {})[int(month)] = row["strategy"]
+    lines += ["", f"{label} monthly returns (%)", "year " + "".join(f"{m:>7}" for m in months)]
+    for year, values in grid.items():
+        lines.append(f"{year:<5}" + "".join(f"{100 * values[m]:>+7.1f}" if m in values else f"{'':>7}"
+                                            for m in range(1, 13)))
+    return "\n".join(lines)
+
+
+def build_report(result, run: dict, args, returns: dict) -> dict:
+    """Everything needed to audit the run: config, stats, returns by period, trades, per-bar equity and signal."""
+    from engine.jsonable import jsonable
+
     sig = result.signal
     return jsonable({
-        "config": {**result.config, "agent": args.agent if run["agent"] else None, "data": run["data_name"],
-                   "engine": args.engine},
+        "config": {**result.config, "agent": run["agent"].path if run["agent"] else None,
+                   "data": run["data_name"], "engine": args.engine},
         "notes": run["notes"],
         "stats": result.stats,
         "benchmark_stats": result.benchmark_stats,
+        "returns": returns,
         "trades": result.trades.to_dict("records"),
         "bars": {
             "datetime": [str(t) for t in result.equity.index],
@@ -232,35 +310,63 @@ def build_report(result, run: dict, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.list_samples:
+        from datafeeds import samples_table
+
+        print(samples_table())
+        return 0
+    try:
+        _check_options(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from datafeeds import DataError, write_atomic
+    from engine import plot_backtest, run_backtest
+
     try:
         run = prepare_run(args)
         result = run_backtest(run["history"], args.strategy, cash=args.cash, commission=args.commission,
                               slippage=args.slippage, start=run["start"], end=run["end"], signal=run["signal"],
-                              atr_period=run["atr_period"], engine=args.engine, **run["params"])
+                              atr_period=run["atr_period"], engine=args.engine, risk_free=args.risk_free,
+                              **run["params"])
     except (UsageError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for note in run["notes"]:
         print(note, file=sys.stderr)
 
-    label = Path(args.agent).stem if args.strategy == "agent" else args.strategy
+    label = Path(run["agent"].path).stem if run["agent"] else args.strategy
+    data_label = Path(str(run["data_name"])).name
+    returns = returns_by_period(result)
     if not args.quiet:
-        print(f"{label} on {run['data_name']}, {run['start'].date()} .. {run['end'].date()} "
+        print(f"{label} on {data_label}, {run['start'].date()} .. {run['end'].date()} "
               f"({len(result.equity)} bars), cash {args.cash:,.0f}, commission {args.commission:g}, "
-              f"slippage {args.slippage:g}" + (f", threshold {run['params']['threshold']:.4f}" if run["params"] else ""))
+              f"slippage {args.slippage:g}" + (f", size {args.size_frac:g} of equity" if args.size_frac != 1 else "")
+              + (f", threshold {run['params']['threshold']:.4f}" if "threshold" in run["params"] else "")
+              + (f", SMA {run['params']['fast']}/{run['params']['slow']}" if "fast" in run["params"] else "")
+              + (f", risk-free {args.risk_free:.2%}" if args.risk_free else ""))
     print(results_table(result, label))
-    target = args.report
+    if not args.quiet:
+        print("\n" + returns_tables(returns, label))
+    target = None
     try:
         if not args.no_plot:
-            plot = target = Path(args.plot or f"reports/{label}_{Path(str(run['data_name'])).stem}.png")
-            plot_backtest(result, plot, title=f"{label} on {run['data_name']}")
+            plot = target = Path(args.plot or f"reports/{label}_{Path(data_label).stem.split('.')[0]}.png")
+            plot_backtest(result, plot, label=label)
             if not args.quiet:
                 print(f"plot: {plot}")
         if args.report:
             target = args.report
-            write_atomic(args.report, json.dumps(build_report(result, run, args), indent=1, allow_nan=False).encode())
+            write_atomic(args.report, json.dumps(build_report(result, run, args, returns), indent=1,
+                                                 allow_nan=False).encode())
             if not args.quiet:
                 print(f"report: {args.report}")
+        if args.trades:
+            target = args.trades
+            write_atomic(args.trades, result.trades.to_csv(index=False).encode())
+            if not args.quiet:
+                print(f"trades: {args.trades} ({len(result.trades)} rows)")
     except OSError as exc:
         print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
         return 2

@@ -1,15 +1,71 @@
-"""The trainer's settings: one frozen dataclass, validated on construction, recorded in every agent."""
+"""The trainer's settings: frozen dataclasses, validated on construction, recorded in every agent.
+
+Importing this module is light (no numpy, pandas or torch): the CLIs build their parsers from
+:func:`field_defaults` without constructing a config, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from labeling import TBMConfig
+if TYPE_CHECKING:
+    from labeling import TBMConfig
 
-from .features import FeatureSpec
-from .model import ModelConfig
+    from .features import FeatureSpec
+
+_POSITIONAL = ("learned", "sinusoidal")
+
+
+def field_defaults(cls) -> SimpleNamespace:
+    """The plain defaults of a config dataclass's fields, without constructing (and validating) one;
+    fields with a default factory are left out (a factory may build and validate a config)."""
+    return SimpleNamespace(**{f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a TransformerAgent; JSON round-trip via to_dict/from_dict."""
+
+    n_features: int  # F, columns of the feature matrix
+    seq_len: int  # L, bars per window
+    d_model: int = 64  # width of the residual stream
+    n_heads: int = 4  # attention heads; must divide d_model
+    n_layers: int = 2  # encoder layers
+    dim_feedforward: int = 128  # hidden width of each layer's MLP
+    dropout: float = 0.1  # on embeddings, attention and MLP; inactive in eval()
+    positional: str = "learned"  # "learned" (a trained (L, d_model) table) or "sinusoidal" (fixed)
+    norm_first: bool = True  # pre-LN layers: steadier training without warm-up tricks
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "seq_len", "d_model", "n_heads", "n_layers", "dim_feedforward"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.positional not in _POSITIONAL:
+            raise ValueError(f"ModelConfig.positional must be one of {_POSITIONAL}, got {self.positional!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+
 
 
 @dataclass(frozen=True)
@@ -74,10 +130,14 @@ class TrainConfig:
 
     @property
     def tbm(self) -> TBMConfig:
+        from labeling import TBMConfig  # on use: the parser imports this module, not numba
+
         return TBMConfig(pt=self.pt, sl=self.sl, horizon=self.horizon, atr_period=self.atr_period)
 
     @property
     def feature_spec(self) -> FeatureSpec:
+        from .features import FeatureSpec  # on use: features load pandas and numba
+
         return FeatureSpec.default() if self.features is None else FeatureSpec.from_names(list(self.features))
 
     def model_config(self, n_features: int) -> ModelConfig:

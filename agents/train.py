@@ -1,211 +1,42 @@
 """Train a TransformerAgent on Triple Barrier labels and export it as a self-describing ONNX file.
 
-    python -m agents.train                       # bundled sp500, last 20% held out for backtests
+    python -m agents.train                       # bundled sp500 -> models/sp500.onnx, last 20% held out
     python -m agents.train --epochs 1 --out /tmp/quick.onnx
     python -m agents.train --data my.csv --end 2020-12-31 --gpu
 
-Steps (prepare.py, then here): load -> features -> TBM labels -> chronological train/validation split purged by the label
-horizon -> normalisation fitted on train only -> AdamW + FocalLoss with early stopping, checkpoint
-every epoch -> metrics beside the no-skill baseline -> ONNX export with parity check.
+This module is the command line; the pipeline is :mod:`agents.trainer` (``fit``, ``train``), whose
+names are also importable from here. Arguments are parsed before torch and pandas are imported, so
+``--help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import math
+import importlib
 import shlex
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
+from .config import TrainConfig, field_defaults
 
-from datafeeds import DataError
-
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .dataset import LazySequenceDataset
-from .evaluation import evaluate, loss_of, predict_logits
-from .export import ExportError, export_agent
-from .features import FEATURES
-from .hardware import (
-    HardwareError, Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory,
-    require_cuda, worker_init_fn,
-)
-from .losses import FocalLoss
-from .metadata import build_card
-from .model import TransformerAgent
-from .prepare import Prepared, prepare
-
-log = logging.getLogger(__name__)
+_TRAINER_NAMES = ("fit", "train", "TrainResult")
 
 
-def _epoch_batches(ds, batch_size, seed, epoch, num_workers, pin_memory):
-    """Shuffled batches for one epoch; the order depends only on (seed, epoch) so a resumed run replays it."""
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    if num_workers == 0:
-        yield from ds.iter_batches(batch_size, shuffle=True, generator=gen)
-        return
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=True, generator=gen, num_workers=num_workers,
-        pin_memory=pin_memory, worker_init_fn=worker_init_fn, persistent_workers=False,
-    )
-    yield from loader
+def __getattr__(name: str):  # the pipeline's names, loaded (with torch) on first use
+    if name in _TRAINER_NAMES:
+        return getattr(importlib.import_module(".trainer", __package__), name)
+    raise AttributeError(f"module 'agents.train' has no attribute {name!r}")
 
 
-def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume: bool = False,
-        on_epoch=None, stop_after: int | None = None, progress: bool = True, profile: Profile | None = None) -> dict:
-    """Train with early stopping, checkpointing every epoch; return the result with the best weights.
-
-    With no validation windows it runs exactly ``cfg.epochs`` epochs and keeps the last weights
-    (the walk-forward refit on train+validation). ``checkpoint_dir=None`` skips checkpoints (tuning
-    trials). ``on_epoch(record, state)`` may raise to stop (Optuna pruning). ``stop_after`` ends the
-    run after that many epochs of this call (as if killed), for tests.
-    """
-    resources = detect()
-    if cfg.gpu:
-        require_cuda()
-    profile = profile or choose_profile(resources, cfg.profile, gpu=cfg.gpu)
-    device = torch.device(profile.device)
-    batch_size = cfg.batch_size or profile.batch_size
-    threads = configure_main_threads(resources)
-
-    torch.manual_seed(cfg.seed)
-    model = TransformerAgent(cfg.model_config(len(prep.names))).to(device)
-    mc = model.config
-    need = estimate_train_memory(len(prep.x), len(prep.names), cfg.seq_len, batch_size, model.num_parameters(),
-                                 profile.num_workers,
-                                 d_model=mc.d_model, n_layers=mc.n_layers, n_heads=mc.n_heads,
-                                 dim_feedforward=mc.dim_feedforward)
-    check_fits(need, resources)
-
-    loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp = profile.amp and device.type == "cuda"
-    # what, besides the config, decides the numbers an epoch produces; a resume must match it
-    run = {"batch_size": batch_size, "device": device.type, "amp": amp, "threads": threads, "data_sha256": prep.sha256}
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    train_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.train_ends)
-    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
-    y_val = prep.y[prep.val_ends].astype(np.float64)
-
-    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "best_weights": None, "bad_epochs": 0, "history": []}
-    ckpt = load_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
-    if resume and ckpt is None:
-        log.warning("--resume: no checkpoint in %s; starting from scratch", checkpoint_dir)
-    if ckpt is not None:
-        _check_resumable(ckpt, cfg, run, checkpoint_dir)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        log.info("resumed from %s at epoch %d", checkpoint_dir, state["epoch"])
-
-    epochs_run = 0
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        epoch = state["epoch"]
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws depend on the epoch alone
-        model.train()
-        t0, total, count = time.perf_counter(), 0.0, 0
-        bar = tqdm(total=len(train_ds), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="win",
-                   disable=None if progress else True, leave=False, file=sys.stderr)
-        for xb, yb in _epoch_batches(train_ds, batch_size, cfg.seed, epoch, profile.num_workers, profile.pin_memory):
-            xb = xb.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True).float()
-            with torch.autocast(device.type, enabled=amp):
-                logits = model(xb)
-            loss = loss_fn(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            total += loss.item() * len(yb)
-            count += len(yb)
-            bar.update(len(yb))
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        bar.close()
-        val_loss = loss_of(loss_fn, predict_logits(model, val_ds, device), y_val) if len(val_ds) else None
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": val_loss,
-                  "seconds": time.perf_counter() - t0}
-        state["history"].append(record)
-        state["epoch"] = epoch + 1
-        if val_loss is None or val_loss < state["best_val"] - 1e-6:  # no validation: keep the latest
-            state.update(best_val=math.inf if val_loss is None else val_loss, best_epoch=epoch + 1, bad_epochs=0,
-                         best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        else:
-            state["bad_epochs"] += 1
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, {
-                "config": cfg.to_dict(), "run": run, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(), "state": state,
-            })
-        if on_epoch:
-            on_epoch(record, state)
-        epochs_run += 1
-        if stop_after is not None and epochs_run >= stop_after:
-            return {"interrupted": True, "state": state}
-
-    model.load_state_dict(state["best_weights"])
-    model = model.cpu().eval()
-    return {"interrupted": False, "model": model, "state": state, "profile": profile,
-            "batch_size": batch_size, "resources": resources}
+def default_out(data: str) -> Path:
+    """Where an agent trained on ``data`` goes by default: ``models/<data name>.onnx`` (never the
+    shipped models/agent1.onnx, which a default run would otherwise overwrite)."""
+    name = Path(str(data)).name.split(".")[0] or "agent"
+    return Path("models") / f"{name}.onnx"
 
 
-def _check_resumable(ckpt: dict, cfg: TrainConfig, run: dict, directory) -> None:
-    """Refuse a resume that would not continue the same computation."""
-    saved, now = ckpt.get("config", {}), cfg.to_dict()
-    diff = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in now
-            if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != now[k]]
-    saved_run = ckpt.get("run", {})
-    diff += [f"{k}={saved_run.get(k)!r} (now {run[k]!r})" for k in ("batch_size", "device", "amp", "data_sha256")
-             if saved_run.get(k) != run[k]]
-    if diff:
-        raise ValueError(
-            f"--resume: the checkpoint in {directory} was made with different settings " + ", ".join(diff)
-            + "; rerun with the original options (e.g. --batch-size) or without --resume"
-        )
-    if saved_run.get("threads") != run["threads"]:
-        log.warning("resuming with %s CPU threads where the checkpoint used %s: float results may differ slightly",
-                    run["threads"], saved_run.get("threads"))
-
-
-@dataclass
-class TrainResult:
-    card: dict  # the metadata written into the ONNX file
-    model: TransformerAgent  # best weights, eval mode, on CPU
-    prep: Prepared
-
-
-def train(cfg: TrainConfig, out: Path, *, checkpoint_dir: Path, resume: bool = False, command: str = "",
-          on_epoch=None, stop_after: int | None = None, progress: bool = True,
-          profile: Profile | None = None) -> TrainResult | None:
-    """The whole pipeline, ending with ``out`` written; None if stopped early by ``stop_after`` (tests)."""
-    if cfg.gpu:
-        require_cuda()  # fail before loading anything
-    prep = prepare(cfg)
-    res = fit(cfg, prep, checkpoint_dir=checkpoint_dir, resume=resume, on_epoch=on_epoch,
-              stop_after=stop_after, progress=progress, profile=profile)
-    if res["interrupted"]:
-        return None
-    model, state = res["model"], res["state"]
-    metrics = evaluate(cfg, prep, model, state["best_epoch"], state["history"])
-    metrics["profile"] = {"name": res["profile"].name, "reason": res["profile"].reason, "batch_size": res["batch_size"]}
-    card = build_card(cfg, prep, model, metrics, command)
-    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
-    example, _ = val_ds.batch(np.arange(min(len(val_ds), 64)))  # parity is checked on real validation windows
-    export_agent(model, card, out, example.numpy())
-    return TrainResult(card=card, model=model, prep=prep)
-
-
-# ---------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
+    d = field_defaults(TrainConfig)
     p = argparse.ArgumentParser(
         prog="python -m agents.train",
         description="Train a TransformerAgent on Triple Barrier labels and export it to ONNX. "
@@ -213,22 +44,23 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="bundled sample name (see datafeeds.list_samples()) or a CSV/Parquet path")
-    g.add_argument("--start", default=None, help="first date to load, e.g. 2005-01-01")
-    g.add_argument("--end", default=None, help="last date to load; later bars are never seen")
+    g.add_argument("--data", default=d.data, help="bundled sample name (python -m datafeeds lists them) or a CSV/Parquet path")
+    g.add_argument("--start", default=None, help="first date to load, ISO: 2005-01-01")
+    g.add_argument("--end", default=None, help="last date to load, ISO; later bars are never seen")
     g.add_argument("--holdout", type=float, default=d.holdout, help="last fraction of loaded bars kept unseen for out-of-sample backtests")
     g.add_argument("--features", default=",".join(d.features),
-                   help=f"comma-separated feature names, from: {', '.join(FEATURES)}")
+                   help="comma-separated feature names (--list-features shows them all)")
+    g.add_argument("--list-features", action="store_true", help="list the registered features and exit")
     g = p.add_argument_group("labels (Triple Barrier)")
     g.add_argument("--pt", type=float, default=d.pt, help="take-profit barrier in ATRs")
     g.add_argument("--sl", type=float, default=d.sl, help="stop-loss barrier in ATRs")
     g.add_argument("--horizon", type=int, default=d.horizon, help="vertical barrier in bars")
     g = p.add_argument_group("model and training")
     g.add_argument("--seq-len", type=int, default=d.seq_len, help="bars per input window")
-    g.add_argument("--d-model", type=int, default=d.d_model)
-    g.add_argument("--n-heads", type=int, default=d.n_heads)
-    g.add_argument("--n-layers", type=int, default=d.n_layers)
-    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--d-model", type=int, default=d.d_model, help="width of the Transformer's residual stream")
+    g.add_argument("--n-heads", type=int, default=d.n_heads, help="attention heads (must divide --d-model)")
+    g.add_argument("--n-layers", type=int, default=d.n_layers, help="encoder layers")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout on embeddings, attention and MLP")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--patience", type=int, default=d.patience, help="epochs without validation improvement before stopping")
     g.add_argument("--batch-size", type=int, default=None, help="windows per step; None = the hardware profile's")
@@ -237,11 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--focal-alpha", type=float, default=d.focal_alpha, help="focal loss weight of positives; negative = none")
     g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help="focal loss focusing parameter (0 = cross-entropy)")
     g.add_argument("--threshold", type=float, default=None, help="signal threshold stored in the agent; None = the training-set quantile that signals as often as positives occur")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of weights, shuffling and dropout")
     g = p.add_argument_group("hardware and output")
     g.add_argument("--gpu", action="store_true", help="train on CUDA; exits at once if CUDA is absent")
     g.add_argument("--profile", default=d.profile, choices=["auto", "beast", "safe"], help="hardware profile (auto detects GPU memory and the container's RAM)")
-    g.add_argument("--out", default="models/agent1.onnx", help="where to write the ONNX agent")
+    g.add_argument("--out", default=None, help="where to write the ONNX agent; None = models/<data name>.onnx")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists (otherwise refused)")
     g.add_argument("--checkpoint-dir", default=None, help="where checkpoints go; None = checkpoints/<out name>/")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint of an interrupted run")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -264,17 +97,40 @@ def _fmt(x, spec=".4f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def _list_features() -> int:
+    from .features import FEATURES
+
+    for name, fdef in FEATURES.items():
+        params = ", ".join(f"{k}={v}" for k, v in fdef.defaults.items())
+        print(f"{name:<10} {params}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    if args.list_features:
+        return _list_features()
+    out = Path(args.out) if args.out else default_out(args.data)
+    if out.exists() and not args.overwrite:
+        print(f"error: --out {out} exists; pass --overwrite to replace it, or choose another --out", file=sys.stderr)
+        return 2
+
+    import logging
+
+    from datafeeds import DataError
+
+    from .export import ExportError
+    from .hardware import HardwareError, choose_profile, detect
+    from .trainer import train
+    from .verdict import CAVEAT, verdict
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    out = Path(args.out)
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path("checkpoints") / out.stem
     command = "python -m agents.train" + ("" if not argv else " " + shlex.join(argv))
     try:
         cfg = config_from_args(args)
-        res = detect()
-        profile = choose_profile(res, cfg.profile, gpu=cfg.gpu)
+        profile = choose_profile(detect(), cfg.profile, gpu=cfg.gpu)
         print(f"hardware: {profile.name} profile ({profile.reason})")
 
         def on_epoch(rec, state):
@@ -309,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val AUC     {_fmt(m['val_auc'], '.3f')}   adversarial AUC {_fmt(m['adversarial_auc'], '.3f')} (0.5 = no drift)")
     print(f"threshold   {m['threshold']:.4f}  val precision {_fmt(pr['precision'], '.3f')}  recall {_fmt(pr['recall'], '.3f')}"
           f"  signal rate {_fmt(pr['signal_rate'], '.3f')}")
+    line = verdict(m)
+    print(f"verdict     {line}")
+    if not line.startswith("no verdict"):
+        print(f"            ({CAVEAT})")
     return 0
 
 

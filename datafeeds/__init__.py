@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from datafeeds.atomic import write_atomic
 from datafeeds.errors import DataError
 from datafeeds.loader import load_ohlcv
-from datafeeds.samples import file_sha256, list_samples, sample_info
+from datafeeds.dates import parse_date
+from datafeeds.samples import file_sha256, list_samples, sample_info, samples_table
 
 if TYPE_CHECKING:
     from datafeeds.backtrader_feed import to_backtrader
@@ -24,4 +25,5 @@ def __getattr__(name: str):
     return to_backtrader
 
 
-__all__ = ["DataError", "file_sha256", "list_samples", "load_ohlcv", "sample_info", "to_backtrader", "write_atomic"]
+__all__ = ["DataError", "file_sha256", "list_samples", "load_ohlcv", "parse_date", "sample_info", "samples_table",
+           "to_backtrader", "write_atomic"]

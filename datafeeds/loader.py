@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
 
+from datafeeds.dates import parse_date
 from datafeeds.errors import DataError
 from datafeeds.samples import _is_sample, _unknown_sample, file_sha256, sample_info
 
@@ -391,10 +392,16 @@ def _check_cells(t: _Table, values: np.ndarray, bad: np.ndarray, names: tuple[st
 def _parse_bound(value: object, name: str, label: str) -> pd.Timestamp | None:
     if value is None:
         return None
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError, OverflowError):
-        ts = pd.NaT
+    if isinstance(value, str):
+        try:
+            ts = parse_date(value)
+        except ValueError as exc:
+            raise DataError(f"{name}: {exc}", file=label) from None
+    else:
+        try:
+            ts = pd.Timestamp(value)
+        except (ValueError, TypeError, OverflowError):
+            ts = pd.NaT
     if pd.isna(ts):
         raise DataError(f"{name}={value!r} is not a timestamp", file=label,
                         fix=f"pass {name} like '2020-01-31' or '2020-01-31 09:30'")

@@ -26,6 +26,17 @@ def list_samples() -> list[str]:
     return sorted(_catalogue())
 
 
+def samples_table() -> str:
+    """The bundled samples as a text table: name, bar size, rows, period, licence and source."""
+    rows = [("name", "bar", "rows", "period", "licence", "source")]
+    for name in list_samples():
+        info = _catalogue()[name]
+        rows.append((name, info["bar"], f"{info['rows']:,}", f"{info['first'][:10]} .. {info['last'][:10]}",
+                     info["licence"], info["source"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+
+
 def sample_info(name: str) -> dict:
     """The samples.json entry of sample `name` plus `name` and `path` (absolute, str)."""
     info = copy.deepcopy(_catalogue().get(name)) if isinstance(name, str) else None

@@ -242,6 +242,7 @@ def simulate(
     end=None,
     atr_period: int = 14,
     periods_per_year: float | None = None,
+    risk_free: float = 0.0,
     benchmark: bool = True,
 ) -> BacktestResult:
     """``run_backtest(data, "agent", ...)`` computed by :func:`_simulate_nb`: same result, no backtrader.
@@ -264,21 +265,22 @@ def simulate(
                        float(size_frac), float(cash), float(commission), float(slippage), 0, len(period))
     run_seconds = time.perf_counter() - t_run
     equity, position, trades, n_rejected = _unpack(out, period.index)
-    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()))
+    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()),
+                          risk_free=risk_free)
     stats["rejected_entries"] = n_rejected
     if n_rejected:
         log.warning("%d entry order(s) rejected: not enough cash", n_rejected)
 
     bench_stats = bench_equity = None
     if benchmark:
-        bench_equity, bench_stats = _buy_and_hold(ohlc, period.index, cash, commission, slippage, ppy)
+        bench_equity, bench_stats = _buy_and_hold(ohlc, period.index, cash, commission, slippage, ppy, risk_free)
 
     config = {
         "strategy": "TransformerAgentStrategy",
         "engine": "fast",
         "params": {k: jsonable(v) for k, v in (("size_frac", size_frac), ("threshold", threshold), ("pt", pt),
                                                  ("sl", sl), ("horizon", horizon), ("live", False))},
-        **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year),
+        **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free),
         "live": False,
         "benchmark": "buy-and-hold through the fast kernel, same bars, cash and costs" if benchmark else None,
         "rejected_entries": n_rejected,
@@ -334,7 +336,7 @@ def _unpack(out, index: pd.DatetimeIndex):
     return equity, position, pd.DataFrame({f: cols[f] for f in TRADE_FIELDS}), int(n_rejected)
 
 
-def _buy_and_hold(ohlc, index, cash, commission, slippage, ppy):
+def _buy_and_hold(ohlc, index, cash, commission, slippage, ppy, risk_free=0.0):
     """strategies.BuyAndHold through the kernel: one entry decided at the first close, barriers at
     +-inf and a horizon past the end, so the position leaves by the end_of_data exit."""
     n = len(index)
@@ -345,6 +347,7 @@ def _buy_and_hold(ohlc, index, cash, commission, slippage, ppy):
     out = _simulate_nb(*ohlc, sig, atr, 0.5, math.inf, math.inf, n + 1, 1.0, float(cash),
                        float(commission), float(slippage), 0, n)
     equity, position, trades, n_rejected = _unpack(out, index)
-    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()))
+    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()),
+                          risk_free=risk_free)
     stats["rejected_entries"] = n_rejected
     return equity, stats

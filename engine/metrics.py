@@ -1,11 +1,13 @@
 """Performance statistics of an equity curve and its trade list.
 
-Conventions (all returns are per-bar simple returns of the equity curve, rf = 0):
+Conventions (all returns are per-bar simple returns of the equity curve):
 - ``cagr``: ``(end / start) ** (1 / years) - 1`` with ``years`` the calendar time between the first
   and last timestamp in days / 365.25 (not bars / periods_per_year).
-- ``ann_volatility``: ``std(r, ddof=1) * sqrt(ppy)``; ``sharpe``: ``mean(r) / std(r, ddof=1) * sqrt(ppy)``.
-- ``sortino``: ``mean(r) / dd * sqrt(ppy)`` with downside deviation ``dd = sqrt(mean(min(r, 0) ** 2))``
-  over *all* bars (target 0), not only the losing ones.
+- ``risk_free``: an annual rate (0.02 = 2%), compounded to a per-bar rate ``rf = (1 + risk_free) **
+  (1 / ppy) - 1``; Sharpe and Sortino use the excess returns ``x = r - rf`` (default 0: ``x = r``).
+- ``ann_volatility``: ``std(r, ddof=1) * sqrt(ppy)``; ``sharpe``: ``mean(x) / std(x, ddof=1) * sqrt(ppy)``.
+- ``sortino``: ``mean(x) / dd * sqrt(ppy)`` with downside deviation ``dd = sqrt(mean(min(x, 0) ** 2))``
+  over *all* bars (target rf), not only the losing ones.
 - ``max_drawdown``: most negative ``equity / running_max - 1`` (a fraction <= 0).
 - ``max_drawdown_duration_*``: longest stretch from a running peak to the first bar back at or above
   it (or to the last bar if never recovered), in bars and in calendar days.
@@ -63,27 +65,32 @@ def compute_stats(
     *,
     periods_per_year: float | None = None,
     exposure: float | None = None,
+    risk_free: float = 0.0,
 ) -> dict:
     """Return/risk/trade statistics of an equity curve (see the module docstring for conventions).
 
     ``periods_per_year`` defaults to :func:`infer_periods_per_year` of the equity index;
     ``exposure`` (fraction of bars in the market) defaults to one computed from the trades'
-    entry/exit times (bars with ``entry_time <= t < exit_time``).
+    entry/exit times (bars with ``entry_time <= t < exit_time``). ``risk_free`` is an annual rate.
     """
     eq = _check_equity(equity)
     ppy = float(periods_per_year) if periods_per_year is not None else infer_periods_per_year(eq.index)
     if not ppy > 0:
         raise ValueError(f"periods_per_year must be > 0, got {periods_per_year}")
+    if not (math.isfinite(risk_free) and -1.0 < risk_free < 1.0):
+        raise ValueError(f"risk_free must be an annual rate in (-1, 1), e.g. 0.02 for 2%, got {risk_free}")
     values = eq.to_numpy(dtype=np.float64)
     r = values[1:] / values[:-1] - 1.0
+    x = r - ((1.0 + risk_free) ** (1.0 / ppy) - 1.0) if risk_free else r  # excess returns
 
     years = (eq.index[-1] - eq.index[0]).total_seconds() / _SECONDS_PER_YEAR
     total_return = values[-1] / values[0] - 1.0
     cagr = (values[-1] / values[0]) ** (1.0 / years) - 1.0 if years > 0 and values[-1] > 0 else None
 
     std = float(np.std(r, ddof=1)) if len(r) >= 2 else math.nan
-    mean = float(np.mean(r)) if len(r) else math.nan
-    downside = float(np.sqrt(np.mean(np.minimum(r, 0.0) ** 2))) if len(r) else math.nan
+    x_std = float(np.std(x, ddof=1)) if len(x) >= 2 else math.nan
+    mean = float(np.mean(x)) if len(x) else math.nan
+    downside = float(np.sqrt(np.mean(np.minimum(x, 0.0) ** 2))) if len(x) else math.nan
     sqrt_ppy = math.sqrt(ppy)
 
     mdd, dd_bars, dd_days = _max_drawdown(values, eq.index)
@@ -111,7 +118,7 @@ def compute_stats(
             "total_return": total_return,
             "cagr": cagr,
             "ann_volatility": std * sqrt_ppy,
-            "sharpe": mean / std * sqrt_ppy if std > 0 else None,
+            "sharpe": mean / x_std * sqrt_ppy if x_std > 0 else None,
             "sortino": mean / downside * sqrt_ppy if downside > 0 else None,
             "max_drawdown": mdd,
             "max_drawdown_duration_bars": dd_bars,
@@ -123,8 +130,25 @@ def compute_stats(
             "avg_trade_return": avg_trade_return,
             "exposure": exposure,
             "periods_per_year": ppy,
+            "risk_free": float(risk_free),
         }
     )
+
+
+def period_returns(equity: pd.Series, freq: str = "Y") -> pd.Series:
+    """Compounded return of each calendar period (``"Y"`` years, ``"M"`` months) of an equity curve.
+
+    A period's return runs from the last bar of the previous period (for the first, from the first
+    bar) to its own last bar, so the periods chain to the total return; a partial first or last
+    period is its part only. Indexed by ``pd.Period``.
+    """
+    eq = _check_equity(equity)
+    if freq not in ("Y", "M"):
+        raise ValueError(f"freq must be 'Y' (years) or 'M' (months), got {freq!r}")
+    ends = eq.groupby(eq.index.to_period(freq)).last()
+    starts = ends.shift(1)
+    starts.iloc[0] = eq.iloc[0]
+    return (ends / starts - 1.0).rename("return")
 
 
 def drawdown(equity: pd.Series) -> pd.Series:

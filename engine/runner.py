@@ -71,6 +71,7 @@ def run_backtest(
     atr: pd.Series | np.ndarray | None = None,
     atr_period: int = 14,
     periods_per_year: float | None = None,
+    risk_free: float = 0.0,
     benchmark: bool = True,
     engine: str = "backtrader",
     native_barriers: bool = True,
@@ -81,7 +82,8 @@ def run_backtest(
     ``data``: a ``datafeeds.load_ohlcv`` frame, a sample name or a path. ``signal``: probabilities
     aligned to ``data`` (for the agent strategy). ``atr`` overrides ``labeling.atr(..., atr_period)``
     (tests use it to set barriers by hand). ``periods_per_year`` defaults to
-    ``infer_periods_per_year`` of the full data. ``params`` go to the strategy. ``engine="fast"``
+    ``infer_periods_per_year`` of the full data. ``risk_free`` is the annual rate Sharpe and Sortino
+    are measured against (``engine.metrics``). ``params`` go to the strategy. ``engine="fast"``
     runs the agent strategy (batch signal only) through :func:`engine.fastsim.simulate` instead.
     ``native_barriers=False`` runs on the stock ``bt.brokers.BackBroker``, where the agent's exit is
     three orders (stop, OCO limit, market time exit) instead of one ``strategies.TripleBarrierOrder``:
@@ -116,7 +118,7 @@ def run_backtest(
         fast_params = {k: v for k, v in params.items() if k not in ("live", "agent", "agent_history")}
         return simulate(df, signal, atr=atr, cash=cash, commission=commission, slippage=slippage,
                         start=start, end=end, atr_period=atr_period, periods_per_year=periods_per_year,
-                        benchmark=benchmark, **fast_params)
+                        risk_free=risk_free, benchmark=benchmark, **fast_params)
     if cash <= 0 or commission < 0 or not 0 <= slippage < 1:
         raise ValueError(f"need cash > 0, commission >= 0, 0 <= slippage < 1; got {cash}, {commission}, {slippage}")
 
@@ -153,14 +155,16 @@ def run_backtest(
         if uses_signal else None
     )
 
-    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()))
+    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()),
+                          risk_free=risk_free)
     stats["rejected_entries"] = int(strat.n_rejected)
     bench_stats = bench_equity = None
     if benchmark:
         bench = (
             None if strat_cls is BuyAndHold and not params else
             run_backtest(period, BuyAndHold, cash=cash, commission=commission, slippage=slippage,
-                         atr=atr_full.loc[period.index], periods_per_year=ppy, benchmark=False)
+                         atr=atr_full.loc[period.index], periods_per_year=ppy, risk_free=risk_free,
+                         benchmark=False)
         )
         bench_equity = equity if bench is None else bench.equity
         bench_stats = stats if bench is None else bench.stats
@@ -171,7 +175,7 @@ def run_backtest(
         "params": {  # every strategy parameter in effect, defaults included
             k: jsonable(v) for k, v in strat.p._getkwargs().items() if k not in ("agent", "agent_history")
         },
-        **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year),
+        **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free),
         "live": live,
         "broker": type(broker).__name__,
         "benchmark": "BuyAndHold backtest, same bars, cash and costs" if benchmark else None,
@@ -205,7 +209,7 @@ def _inputs(df, signal, atr, atr_period, start, end, periods_per_year):
     return sig, atr_full, period, ppy
 
 
-def _run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year) -> dict:
+def _run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free=0.0) -> dict:
     """The part of a result's config both engines share: data, period, costs and conventions."""
     return {
         "data_source": str(df.attrs.get("source", "DataFrame")),
@@ -221,6 +225,7 @@ def _run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, per
         "atr": "override" if atr is not None else f"labeling.atr(period={atr_period}) on the full data",
         "periods_per_year": ppy,
         "periods_per_year_rule": "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
+        "risk_free": float(risk_free),  # annual rate for Sharpe and Sortino
     }
 
 

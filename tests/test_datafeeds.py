@@ -44,7 +44,8 @@ def _replace_line(lineno, new):
 
 def test_public_names():
     assert sorted(datafeeds.__all__) == sorted(
-        ["load_ohlcv", "list_samples", "sample_info", "file_sha256", "DataError", "to_backtrader", "write_atomic"]
+        ["load_ohlcv", "list_samples", "sample_info", "samples_table", "file_sha256", "parse_date", "DataError",
+         "to_backtrader", "write_atomic"]
     )
     assert issubclass(DataError, ValueError)
 
@@ -405,12 +406,28 @@ def test_start_after_end(tmp_path):
         load_ohlcv(path, start="2020-01-05", end="2020-01-02")
 
 
-@pytest.mark.parametrize("kwargs", [{"start": "yesterday-ish"}, {"end": "2020-13-45"}, {"start": object()}])
-def test_unparsable_bounds(tmp_path, kwargs):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"start": "yesterday-ish"}, "start: 'yesterday-ish' is not an ISO date: write it as YYYY-MM-DD"),
+    ({"end": "2020-13-45"}, "end: '2020-13-45' is not a valid date"),
+    ({"start": "01/02/2020"}, "start: '01/02/2020' is not an ISO date"),  # 1 February or 2 January?
+    ({"end": "31/12/2020"}, "end: '31/12/2020' is not an ISO date"),  # unambiguous, but the rule is one rule
+    ({"start": "20200102"}, "start: '20200102' is not an ISO date"),
+    ({"start": object()}, "start=.* is not a timestamp; fix: pass start like"),
+])
+def test_unparsable_and_ambiguous_bounds(tmp_path, kwargs, message):
     path = _write(tmp_path, GOOD, "good.csv")
-    name = next(iter(kwargs))
-    with pytest.raises(DataError, match=rf"good\.csv: {name}=.* is not a timestamp; fix: pass {name} like"):
+    with pytest.raises(DataError, match=rf"good\.csv: {message}"):
         load_ohlcv(path, **kwargs)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2016-01-02", "2016-01-02 00:00:00"), ("2016-01-02 09:30", "2016-01-02 09:30:00"),
+    ("2016-01-02T09:30:15", "2016-01-02 09:30:15"), ("2016-03", "2016-03-01 00:00:00"), ("2016", "2016-01-01 00:00:00"),
+])
+def test_iso_dates_are_read_one_way(text, expected):
+    from datafeeds import parse_date
+
+    assert str(parse_date(text)) == expected
 
 
 def test_period_selecting_no_rows(tmp_path):

@@ -4,6 +4,7 @@ import json
 import math
 import statistics
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -114,3 +115,39 @@ def test_periods_per_year_rule():
     years = (idx[-1] - idx[0]).total_seconds() / (365.25 * 86400)
     assert infer_periods_per_year(idx) == pytest.approx((len(idx) - 1) / years)
     assert infer_periods_per_year(idx) == pytest.approx(24 * 261, rel=0.01)
+
+
+def _curve(values, dates):
+    return pd.Series(np.asarray(values, dtype=np.float64), index=pd.DatetimeIndex(dates))
+
+
+def test_period_returns_by_year_and_month_by_hand():
+    from engine.metrics import period_returns
+
+    eq = _curve([100, 110, 121, 100, 150, 165],
+                ["2020-12-30", "2020-12-31", "2021-01-04", "2021-06-30", "2021-12-31", "2022-01-03"])
+    years = period_returns(eq, "Y")
+    assert [str(p) for p in years.index] == ["2020", "2021", "2022"]
+    np.testing.assert_allclose(years.to_numpy(), [0.10, 150 / 110 - 1, 0.10], rtol=1e-12)
+    months = period_returns(eq, "M")
+    assert [str(p) for p in months.index] == ["2020-12", "2021-01", "2021-06", "2021-12", "2022-01"]
+    np.testing.assert_allclose(months.to_numpy(), [0.10, 0.10, 100 / 121 - 1, 0.50, 0.10], rtol=1e-12)
+    assert np.prod(1 + months.to_numpy()) - 1 == pytest.approx(165 / 100 - 1, rel=1e-12)
+    with pytest.raises(ValueError, match="freq"):
+        period_returns(eq, "W")
+
+
+def test_risk_free_rate_lowers_sharpe_and_sortino_by_the_per_bar_hurdle():
+    dates = pd.bdate_range("2020-01-01", periods=6)
+    eq = _curve([100, 101, 100.5, 102, 101, 103], dates)
+    ppy = 252.0
+    r = eq.to_numpy()[1:] / eq.to_numpy()[:-1] - 1
+    rf = 1.03 ** (1 / ppy) - 1
+    x = r - rf
+    s = compute_stats(eq, periods_per_year=ppy, risk_free=0.03)
+    assert s["sharpe"] == pytest.approx(x.mean() / x.std(ddof=1) * np.sqrt(ppy), rel=1e-12)
+    assert s["sortino"] == pytest.approx(x.mean() / np.sqrt(np.mean(np.minimum(x, 0) ** 2)) * np.sqrt(ppy), rel=1e-12)
+    assert s["ann_volatility"] == compute_stats(eq, periods_per_year=ppy)["ann_volatility"]  # volatility is not excess
+    assert s["risk_free"] == 0.03
+    with pytest.raises(ValueError, match="risk_free"):
+        compute_stats(eq, risk_free=3.0)

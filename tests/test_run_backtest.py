@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import run_backtest
+from agents.features import FeatureSpec
 from agents.metadata import METADATA_KEY
 from datafeeds import load_ohlcv
 
@@ -89,6 +90,7 @@ def _agent_needing_book(src: Path, dst: Path) -> Path:
             for feat in card["features"]["features"]:
                 if feat["name"] == "obi":
                     feat["params"]["source"] = "book"
+            card["warmup"] = FeatureSpec.from_dict(card["features"]).warmup + card["seq_len"] - 1  # stays consistent
             prop.value = json.dumps(card)
     onnx.save(proto, str(dst))
     return dst
@@ -110,7 +112,15 @@ def short_csv(tmp_path):
         (lambda a, d: ["--agent", str(a), "--data", "sp5000"], "did you mean 'sp500'"),
         (lambda a, d: ["--agent", str(a), "--data", str(d / "short.csv")], "bars of warm-up"),
         (lambda a, d: ["--agent", str(a), "--start", "2030-01-01"], "need at least 2"),
-        (lambda a, d: ["--agent", str(a), "--start", "yesterday-ish"], "not a date"),
+        (lambda a, d: ["--agent", str(a), "--start", "yesterday-ish"], "not an ISO date"),
+        (lambda a, d: ["--agent", str(a), "--start", "01/02/2016"], "--start: '01/02/2016' is not an ISO date"),
+        (lambda a, d: ["--agent", str(a), "--end", "31/12/2016"], "--end: '31/12/2016' is not an ISO date"),
+        (lambda a, d: ["--agent", str(a), "--size-frac", "1.5"], "--size-frac 1.5: must be a fraction in (0, 1]"),
+        (lambda a, d: ["--agent", str(a), "--risk-free", "5"], "--risk-free 5.0: must be an annual rate"),
+        (lambda a, d: ["--agent", str(a), "--fast", "5"], "--fast sets the smacross strategy"),
+        (lambda a, d: ["--strategy", "smacross", "--fast", "30", "--slow", "10"], "--fast 30 must be shorter than --slow 10"),
+        (lambda a, d: ["--strategy", "smacross", "--agent", str(a)], "--agent sets the agent strategy"),
+        (lambda a, d: ["--agent", str(a), "--trades", str(d / "t.txt")], "--trades"),
         (lambda a, d: ["--agent", str(a), "--strategy", "smacros"], "did you mean 'smacross'"),
         (lambda a, d: ["--agent", str(a), "--cash", "-5"], "--cash -5.0: must be a positive amount"),
         (lambda a, d: ["--agent", str(a), "--threshold", "1.5"], "--threshold"),
@@ -119,7 +129,7 @@ def short_csv(tmp_path):
         (lambda a, d: ["--agent", str(a), "--plot", str(d / "x.jpg")], ".png"),
         (lambda a, d: ["--agent", str(a), "--cash", "inf"], "--cash inf"),
         (lambda a, d: ["--agent", str(a), "--live", "--engine", "fast"], "drop --engine fast"),
-        (lambda a, d: ["--agent", str(a), "--strategy", "buyhold", "--pt", "2"], "--pt sets the agent strategy"),
+        (lambda a, d: ["--strategy", "buyhold", "--pt", "2"], "--pt sets the agent strategy"),
         (lambda a, d: ["--agent", str(a), "--data", "stoxx50_1d"], "before the agent's training data does"),
     ],
 )
@@ -146,7 +156,7 @@ def test_unknown_option_is_a_usage_error():
 def test_baselines_run_by_name_without_an_agent(tmp_path, capsys):
     code, out, err = _run(["--strategy", "buyhold", "--agent", str(tmp_path / "none.onnx"), "--data", "nasdaq",
                            "--start", "2018-01-01", "--no-plot"], capsys)
-    assert code == 2  # an explicitly named agent that does not exist is still an error
+    assert code == 2 and "--agent sets the agent strategy" in err  # baselines take no agent
     code, out, err = _run(["--strategy", "smacross", "--data", "nasdaq", "--start", "2018-01-01", "--no-plot"], capsys)
     assert code == 0, err
     assert "smacross" in out and "buy & hold" in out
@@ -165,3 +175,80 @@ def test_other_data_defaults_to_after_the_training_period_too(tiny_agent, tmp_pa
     assert json.loads(report.read_text())["bars"]["datetime"][0] > last_seen
     code, out, err = _run(["--agent", str(tiny_agent[0]), "--data", "nasdaq", "--start", "2010-01-01", "--no-plot"], capsys)
     assert code == 0 and "IN-SAMPLE" in err and "on sp500" in err
+
+
+@pytest.mark.parametrize("strategy", ["smacross", "buyhold"])
+def test_baselines_never_touch_an_agent_and_default_to_the_whole_file(strategy, tmp_path, capsys, monkeypatch):
+    # an old file of another market: the shipped agent's dates (trained to 2014) must play no part
+    csv = tmp_path / "stoxx.csv"
+    load_ohlcv("stoxx50_1d").to_csv(csv)
+    monkeypatch.setattr(run_backtest, "DEFAULT_AGENT", str(tmp_path / "no_agent_here.onnx"))
+    report = tmp_path / "r.json"
+    code, out, err = _run(["--strategy", strategy, "--data", str(csv), "--no-plot", "--report", str(report)], capsys)
+    assert code == 0, err
+    assert err == ""  # no IN-SAMPLE warning, no note about an agent
+    rep = json.loads(report.read_text())
+    assert rep["bars"]["datetime"][0] == "2005-01-03 00:00:00" and rep["bars"]["datetime"][-1] == "2006-12-29 00:00:00"
+    assert rep["config"]["agent"] is None
+    assert out.startswith(f"{strategy} on stoxx.csv, 2005-01-03 .. 2006-12-29")
+
+
+def test_smacross_windows_size_and_risk_free_reach_the_backtest(tmp_path, capsys):
+    from engine import compute_stats, run_backtest as engine_run
+
+    report, trades = tmp_path / "r.json", tmp_path / "t.csv"
+    args = ["--strategy", "smacross", "--data", "nasdaq", "--start", "2010-01-01", "--end", "2014-12-31",
+            "--fast", "5", "--slow", "20", "--size-frac", "0.5", "--risk-free", "0.03", "--no-plot",
+            "--report", str(report), "--trades", str(trades)]
+    code, out, err = _run(args, capsys)
+    assert code == 0, err
+    rep = json.loads(report.read_text())
+    assert rep["config"]["params"] == {"size_frac": 0.5, "fast": 5, "slow": 20}
+    assert rep["config"]["risk_free"] == 0.03 and rep["stats"]["risk_free"] == 0.03
+    # the same run through the API, and its Sharpe at rf = 0 recomputed from the report's equity
+    direct = engine_run(load_ohlcv("nasdaq", end="2014-12-31"), "smacross", start="2010-01-01", end="2014-12-31", fast=5, slow=20,
+                        size_frac=0.5, risk_free=0.03)
+    assert rep["stats"]["sharpe"] == pytest.approx(direct.stats["sharpe"], rel=1e-12)
+    equity = pd.Series(rep["bars"]["equity"], index=pd.to_datetime(rep["bars"]["datetime"]))
+    assert compute_stats(equity)["sharpe"] > rep["stats"]["sharpe"]  # 3% a year of hurdle lowers it
+    # half of equity per entry: each entry's notional is about half of the equity at the signal
+    first = rep["trades"][0]
+    equity_at_entry = equity[pd.Timestamp(first["entry_time"])]
+    assert first["size"] * first["entry_price"] == pytest.approx(0.5 * equity_at_entry, rel=0.02)
+    # the CSV holds the report's trades
+    csv = pd.read_csv(trades)
+    assert len(csv) == len(rep["trades"]) > 10
+    assert csv["pnl"].tolist() == pytest.approx([t["pnl"] for t in rep["trades"]], rel=1e-12)
+    assert set(csv["exit_reason"]) <= {"signal_exit", "end_of_data"}
+
+
+def test_returns_by_year_and_month_chain_to_the_total(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    code, out, err = _run(["--strategy", "buyhold", "--data", "sp500", "--start", "2015-03-10", "--end", "2017-02-15",
+                           "--no-plot", "--report", str(report)], capsys)
+    assert code == 0, err
+    rep = json.loads(report.read_text())
+    yearly, monthly = rep["returns"]["yearly"], rep["returns"]["monthly"]
+    assert [r["period"] for r in yearly] == ["2015", "2016", "2017"]
+    assert len(monthly) == 10 + 12 + 2 and monthly[0]["period"] == "2015-03" and monthly[-1]["period"] == "2017-02"
+    total = rep["stats"]["total_return"]
+    for rows in (yearly, monthly):
+        growth = 1.0
+        for r in rows:
+            growth *= 1.0 + r["strategy"]
+        assert growth - 1.0 == pytest.approx(total, rel=1e-9)
+    # 2016 by hand: last close-of-2016 equity over the last of 2015
+    equity = pd.Series(rep["bars"]["equity"], index=pd.to_datetime(rep["bars"]["datetime"]))
+    assert yearly[1]["strategy"] == pytest.approx(equity[:"2016"].iloc[-1] / equity[:"2015"].iloc[-1] - 1, rel=1e-12)
+    assert "year" in out and "monthly returns (%)" in out and "2016" in out
+
+
+def test_list_samples_names_every_bundled_sample(capsys):
+    from datafeeds import list_samples
+
+    code, out, err = _run(["--list-samples"], capsys)
+    assert code == 0
+    names = [line.split()[0] for line in out.strip().splitlines()[1:]]
+    assert names == list_samples()
+    listing = subprocess.run([sys.executable, "-m", "datafeeds"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and [ln.split()[0] for ln in listing.stdout.splitlines()[1:len(names) + 1]] == names

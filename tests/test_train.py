@@ -147,8 +147,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
         assert torch.equal(resumed["best_weights"][name], value), name
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_flag_without_cuda_fails_fast():
-    assert not torch.cuda.is_available()
     done = subprocess.run([sys.executable, "-m", "agents.train", "--gpu"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2
@@ -168,6 +168,8 @@ def test_gpu_flag_without_cuda_fails_fast():
         (["--pt", "50", "--sl", "50"], "every training label is 0"),
         (["--seed", "-1"], "--seed"),
         (["--focal-alpha", "2"], "--focal-alpha"),
+        (["--start", "01/02/2010"], "start: '01/02/2010' is not an ISO date"),
+        (["--end", "31/12/2016"], "end: '31/12/2016' is not an ISO date"),
     ],
 )
 def test_bad_options_exit_2_with_one_clear_line(args, message, capsys, tmp_path):
@@ -182,7 +184,55 @@ def test_command_line_training_writes_an_agent_the_runtime_loads(tmp_path, capsy
     assert main(_cli("--epochs", "1", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ck"))) == 0
     printed = capsys.readouterr().out
     assert "no skill" in printed and "best constant" in printed and "hardware: safe profile" in printed
+    assert "\nverdict     " in printed and "Mann-Whitney" in printed
     agent = OnnxAgent.load(out)
     assert agent.meta["training_command"].startswith("python -m agents.train --data sp500")
     assert agent.meta["dataset"]["sha256"] and agent.meta["dataset"]["holdout_start"]
     json.dumps(agent.meta)  # the whole card is plain JSON
+
+
+def test_default_out_is_not_the_shipped_agent_and_an_existing_file_is_kept(tmp_path, capsys):
+    from agents.train import default_out
+
+    assert default_out(TrainConfig().data) == Path("models/sp500.onnx")  # was models/agent1.onnx, the shipped file
+    assert default_out("/data/btc_daily.csv.gz") == Path("models/btc_daily.onnx")
+    existing = tmp_path / "mine.onnx"
+    existing.write_bytes(b"a model I care about")
+    assert main(["--out", str(existing), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --out {existing} exists; pass --overwrite to replace it, or choose another --out"]
+    assert existing.read_bytes() == b"a model I care about"
+
+
+class _Payload:
+    """Unpickling this object calls open(marker, 'w'): what a crafted checkpoint could do, harmlessly."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(tmp_path):
+    cfg = TrainConfig(**TINY)
+    fit(cfg, prepare(cfg), checkpoint_dir=tmp_path / "ck", stop_after=1, progress=False)
+    state = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)  # the real checkpoint loads safely
+    marker = tmp_path / "payload_ran"
+    state["state"]["history"].append(_Payload(marker))  # hidden deep inside an ordinary checkpoint
+    torch.save(state, tmp_path / "ck" / "last.pt")
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(tmp_path / "ck")
+    message = str(info.value)
+    assert "\n" not in message and "last.pt: refused" in message and "run without --resume" in message
+    assert not marker.exists()
+    # the CLI: one line, exit 2, and still nothing ran
+    ck = tmp_path / "ck2"
+    ck.mkdir()
+    torch.save({"model": {}, "x": _Payload(marker)}, ck / "last.pt")
+    done = subprocess.run([sys.executable, "-m", "agents.train", *_cli("--epochs", "1", "--out", str(tmp_path / "a.onnx"),
+                           "--checkpoint-dir", str(ck), "--resume")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "last.pt: refused" in lines[0], done.stderr
+    assert not marker.exists()
