@@ -66,7 +66,7 @@ def plot_backtest(result, path: str | PathLike, *, title: str | None = None, lab
 def backtest_figure(result, *, title: str | None = None, label: str | None = None) -> Figure:
     """The backtest picture of ``result`` as a matplotlib ``Figure`` (not registered with pyplot).
 
-    Panels: price (bar range, close, holding periods, trades or SMAs), signal, equity vs buy-and-hold
+    Panels: price (bar range, close, holding periods, trades or SMAs), signal (agents only), equity vs buy-and-hold
     with the headline statistics in its legend, drawdown % of both. ``label`` names the strategy in
     legends (default ``result.config["strategy"]``, its class name); ``title`` defaults to
     ``"<label> on <data file name>"``; the traded period is appended to either.
@@ -77,15 +77,16 @@ def backtest_figure(result, *, title: str | None = None, label: str | None = Non
         title = f"{label} on {Path(str(cfg.get('data_source') or 'data')).name}"
     title = f"{title}  |  {str(cfg.get('start', ''))[:10]} .. {str(cfg.get('end', ''))[:10]}"
 
-    fig = Figure(figsize=(13, 10.5))
-    axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.1, 2.2, 1.3]})
-    for ax in axes:
+    # baselines have no signal: their picture drops that panel rather than show an empty one
+    panels = [(_price_panel, 3.0), (_signal_panel, 1.1), (_equity_panel, 2.2), (_drawdown_panel, 1.3)]
+    if result.signal is None:
+        del panels[1]
+    fig = Figure(figsize=(13, 10.5 if result.signal is not None else 9.2))
+    axes = fig.subplots(len(panels), 1, sharex=True, gridspec_kw={"height_ratios": [h for _, h in panels]})
+    for ax, (draw, _) in zip(axes, panels):
         ax.grid(alpha=0.3)
         ax.margins(x=0.005)
-    _price_panel(axes[0], result)
-    _signal_panel(axes[1], result)
-    _equity_panel(axes[2], result, label)
-    _drawdown_panel(axes[3], result, label)
+        draw(ax, result, label)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
@@ -112,7 +113,7 @@ def _plain(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"
 
 
-def _price_panel(ax, result) -> None:
+def _price_panel(ax, result, label: str) -> None:
     data = result.data
     x = data.index
     low, high, close = (data[c].to_numpy(np.float64) for c in ("low", "high", "close"))
@@ -179,21 +180,17 @@ def _held_mask(index: pd.DatetimeIndex, trades: pd.DataFrame) -> np.ndarray:
     return np.cumsum(edges[:-1]) > 0
 
 
-def _signal_panel(ax, result) -> None:
-    if result.signal is None:
-        ax.text(0.5, 0.5, "no signal (baseline strategy)", transform=ax.transAxes,
-                ha="center", va="center", color="gray")
-    else:
-        ax.plot(result.signal.index, result.signal.to_numpy(), color="tab:blue", lw=0.7, label="probability")
-        threshold = result.config.get("params", {}).get("threshold", 0.5)
-        ax.axhline(threshold, color="tab:red", ls="--", lw=0.9, label=f"threshold {threshold:.4g}")
-        # zoom on where the probabilities live: agents trained with focal loss rarely span [0, 1]
-        values = result.signal.dropna().to_numpy()
-        lo = min(values.min(), threshold) if values.size else 0.0
-        hi = max(values.max(), threshold) if values.size else 1.0
-        pad = max(0.02, 0.1 * (hi - lo))
-        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
-        ax.legend(loc="upper left", fontsize=8, ncol=2, framealpha=0.85)
+def _signal_panel(ax, result, label: str) -> None:
+    ax.plot(result.signal.index, result.signal.to_numpy(), color="tab:blue", lw=0.7, label="probability")
+    threshold = result.config.get("params", {}).get("threshold", 0.5)
+    ax.axhline(threshold, color="tab:red", ls="--", lw=0.9, label=f"threshold {threshold:.4g}")
+    # zoom on where the probabilities live: agents trained with focal loss rarely span [0, 1]
+    values = result.signal.dropna().to_numpy()
+    lo = min(values.min(), threshold) if values.size else 0.0
+    hi = max(values.max(), threshold) if values.size else 1.0
+    pad = max(0.02, 0.1 * (hi - lo))
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    ax.legend(loc="upper left", fontsize=8, ncol=2, framealpha=0.85)
     ax.set_ylabel("signal")
 
 

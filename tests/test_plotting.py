@@ -19,7 +19,13 @@ from engine._wf_report import MIN_TRIALS_FOR_IMPORTANCE, _plot_stitched, _plot_s
 from engine.metrics import drawdown
 from engine.plotting import LOG_SCALE_RATIO, MAX_TRADE_MARKERS, auto_log_scale, backtest_figure, plot_backtest
 
-PRICE, SIGNAL, EQUITY, DRAWDOWN = range(4)
+PRICE, SIGNAL, EQUITY, DRAWDOWN = "price", "signal", "equity", "drawdown %"  # panels, by their y label
+
+
+def _ax(fig, panel):
+    """The panel of a backtest figure with this y label (baselines have no signal panel)."""
+    (ax,) = [a for a in fig.axes if a.get_ylabel() == panel]
+    return ax
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------------
@@ -117,28 +123,28 @@ def _stats_cells(stats: dict) -> list[str]:
 
 def test_label_names_the_strategy_in_every_legend(smacross, figure):
     fig = figure(smacross, label="smacross")
-    equity_rows = _legend_texts(fig.axes[EQUITY])
+    equity_rows = _legend_texts(_ax(fig, EQUITY))
     assert equity_rows[1].split()[0] == "smacross" and equity_rows[2].startswith("buy & hold")
-    assert _legend_texts(fig.axes[DRAWDOWN]) == ["smacross", "buy & hold"]
+    assert _legend_texts(_ax(fig, DRAWDOWN)) == ["smacross", "buy & hold"]
     every_text = [t for ax in fig.axes if ax.get_legend() for t in _legend_texts(ax)]
     assert not any("SmaCross" in t for t in every_text)
     # without a label, the class name from the result's config
-    assert _legend_texts(figure(smacross).axes[DRAWDOWN])[0] == "SmaCross"
+    assert _legend_texts(_ax(figure(smacross), DRAWDOWN))[0] == "SmaCross"
 
 
 def test_smacross_draws_its_moving_averages(smacross, figure):
     fig = figure(smacross, label="smacross")
-    assert [t.get_text() for t in fig.axes[SIGNAL].texts] == ["no signal (baseline strategy)"]
+    assert [a.get_ylabel() for a in fig.axes] == [PRICE, EQUITY, DRAWDOWN]  # no empty signal panel
     close = smacross.data["close"]
     for window in (10, 30):
-        line = _line(fig.axes[PRICE], f"SMA {window}")
+        line = _line(_ax(fig, PRICE), f"SMA {window}")
         np.testing.assert_allclose(line.get_ydata(), close.rolling(window).mean().to_numpy(), equal_nan=True)
-    assert {f"SMA {w}" for w in (10, 30)} <= set(_legend_texts(fig.axes[PRICE]))
+    assert {f"SMA {w}" for w in (10, 30)} <= set(_legend_texts(_ax(fig, PRICE)))
 
 
 def test_agent_figure_draws_the_bar_range_close_and_signal(few_trades, figure):
     fig = figure(few_trades, label="agent1")
-    ax = fig.axes[PRICE]
+    ax = _ax(fig, PRICE)
     band = _collection(ax, "bar low..high").get_paths()[0].vertices[:, 1]
     data = few_trades.data
     assert band.min() == data["low"].min() and band.max() == data["high"].max()
@@ -148,13 +154,13 @@ def test_agent_figure_draws_the_bar_range_close_and_signal(few_trades, figure):
     bar = data.loc[stop["exit_time"]]
     assert bar["low"] <= stop["exit_price"] < bar["close"]
     assert not any(ln.get_label().startswith("SMA") for ln in ax.get_lines())  # agents have no SMAs
-    signal = fig.axes[SIGNAL]
+    signal = _ax(fig, SIGNAL)
     np.testing.assert_array_equal(_line(signal, "probability").get_ydata(), few_trades.signal.to_numpy())
     assert _legend_texts(signal) == ["probability", "threshold 0.5"]
 
 
 def test_few_trades_get_markers_and_shaded_holding_periods(few_trades, figure):
-    ax = figure(few_trades, label="agent1").axes[PRICE]
+    ax = _ax(figure(few_trades, label="agent1"), PRICE)
     t = few_trades.trades
     entries = _collection(ax, "entry")
     np.testing.assert_allclose(entries.get_offsets(),
@@ -169,7 +175,7 @@ def test_few_trades_get_markers_and_shaded_holding_periods(few_trades, figure):
 
 
 def test_many_trades_hide_markers_but_keep_the_shading(many_trades, figure):
-    ax = figure(many_trades, label="agent1").axes[PRICE]
+    ax = _ax(figure(many_trades, label="agent1"), PRICE)
     assert not any(isinstance(c, PathCollection) for c in ax.collections)  # no scatter markers
     texts = _legend_texts(ax)
     n = len(many_trades.trades)
@@ -183,7 +189,7 @@ def test_many_trades_hide_markers_but_keep_the_shading(many_trades, figure):
 
 
 def test_drawdown_panel_in_percent_with_buy_and_hold_and_a_legend(smacross, figure):
-    ax = figure(smacross, label="smacross").axes[DRAWDOWN]
+    ax = _ax(figure(smacross, label="smacross"), DRAWDOWN)
     assert ax.get_ylabel() == "drawdown %"
     bench = _line(ax, "buy & hold")
     np.testing.assert_allclose(bench.get_ydata(), 100.0 * drawdown(smacross.benchmark_equity).to_numpy())
@@ -193,7 +199,7 @@ def test_drawdown_panel_in_percent_with_buy_and_hold_and_a_legend(smacross, figu
 
 
 def test_equity_panel_draws_both_curves_with_their_headline_numbers(smacross, figure):
-    ax = figure(smacross, label="smacross").axes[EQUITY]
+    ax = _ax(figure(smacross, label="smacross"), EQUITY)
     strategy_line, bench_line = ax.get_lines()
     np.testing.assert_array_equal(strategy_line.get_ydata(), smacross.equity.to_numpy())
     np.testing.assert_array_equal(bench_line.get_ydata(), smacross.benchmark_equity.to_numpy())
@@ -209,17 +215,17 @@ def test_stats_box_says_n_a_for_missing_values_and_no_benchmark(smacross, figure
     res = dataclasses.replace(smacross, stats={**smacross.stats, "sharpe": None, "cagr": float("nan")},
                               benchmark_equity=None, benchmark_stats=None)
     fig = figure(res, label="smacross")
-    rows = _legend_texts(fig.axes[EQUITY])
+    rows = _legend_texts(_ax(fig, EQUITY))
     assert len(rows) == 2 and rows[1].split()[2:4] == ["n/a", "n/a"]
-    assert _legend_texts(fig.axes[DRAWDOWN]) == ["smacross"]
+    assert _legend_texts(_ax(fig, DRAWDOWN)) == ["smacross"]
 
 
 def test_log_scale_only_for_a_long_rise(hundredfold, smacross, figure):
     fig = figure(hundredfold, label="smacross")
-    assert fig.axes[PRICE].get_yscale() == "log" and fig.axes[EQUITY].get_yscale() == "log"
+    assert _ax(fig, PRICE).get_yscale() == "log" and _ax(fig, EQUITY).get_yscale() == "log"
     sp = figure(run_backtest("sp500", "buyhold", start="2015-01-01", end="2018-12-31"), label="buyhold")
-    assert sp.axes[PRICE].get_yscale() == "linear" and sp.axes[EQUITY].get_yscale() == "linear"
-    assert fig.axes[DRAWDOWN].get_yscale() == "linear"
+    assert _ax(sp, PRICE).get_yscale() == "linear" and _ax(sp, EQUITY).get_yscale() == "linear"
+    assert _ax(fig, DRAWDOWN).get_yscale() == "linear"
 
 
 def test_auto_log_scale_rule():

@@ -252,3 +252,12 @@ def test_list_samples_names_every_bundled_sample(capsys):
     assert names == list_samples()
     listing = subprocess.run([sys.executable, "-m", "datafeeds"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and [ln.split()[0] for ln in listing.stdout.splitlines()[1:len(names) + 1]] == names
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback():
+    # `python run_backtest.py ... | head -2`: the reader goes away before we have written everything
+    proc = subprocess.Popen([sys.executable, "run_backtest.py", "--list-samples"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the listing is written (importing datafeeds alone takes longer)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
