@@ -151,5 +151,13 @@ class TrainConfig:
         d["features"] = None if self.features is None else list(self.features)
         return d
 
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """The inverse of :meth:`to_dict` (validated like any construction)."""
+        data = dict(data)
+        if data.get("features") is not None:
+            data["features"] = tuple(data["features"])
+        return cls(**data)
+
     # fields that may differ when resuming (they do not change what an epoch computes)
     RESUMABLE_CHANGES = ("epochs", "patience", "profile")

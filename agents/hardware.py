@@ -12,20 +12,23 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from .memory import _read, _read_int, cgroup_chain, meminfo, memory_state, own_cgroups
 
 log = logging.getLogger(__name__)
 
-_UNLIMITED_V1 = 2**60  # cgroup v1 writes ~2**63 rounded to a page for "no limit"
 # Beast thresholds, nominal 16 GB / 32 GB: cards and hosts report a bit less than the label
 # (a "16 GB" T4 reports 15.8e9 bytes), so the cut-offs sit below the nominal sizes.
 _BEAST_GPU_BYTES = 15 * 10**9
 _BEAST_RAM_BYTES = 30 * 10**9
 _WORKER_OVERHEAD_BYTES = 200 * 2**20  # a DataLoader worker: interpreter + torch, private pages
 # Floats kept per (sample, bar, layer) for backward: ~24 d_model-wide tensors (qkv, norms, residuals,
-# dropout masks), 4 attention maps of n_heads * L, 4 MLP-wide ones. Calibrated on CPU: the default
-# model at batch 1024, L 64 peaked at +1.6 GB RSS during training steps; this formula gives 1.6 GB.
+# dropout masks), 4 attention maps of n_heads * L, 4 MLP-wide ones.
 _ACT_D_MODEL, _ACT_ATTENTION, _ACT_FEEDFORWARD = 24, 4, 4
+# What training really added, over the process after imports and data, in a memory cgroup here
+# (working set, default model, L 64): +148 MiB at batch 64, +524 MiB at batch 256, against 97 and
+# 386 MiB of activations by the count above. Autograd's temporaries and the allocator add about half
+# again; the estimate takes 1.5x.
+_ACT_MEASURED_FACTOR = 1.5
 _FIT_FRACTION = 0.8  # leave 20% of available memory for the allocator, page cache, the unexpected
 
 
@@ -90,125 +93,31 @@ class Profile:
 # -- detection ---------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except (OSError, ValueError):
-        return None
-
-
-def _read_int(path: Path) -> int | None:
-    text = _read(path)
-    try:
-        return None if text is None else int(text)
-    except ValueError:
-        return None
-
-
-def _meminfo(proc_root: Path) -> dict[str, int]:
-    """/proc/meminfo as bytes per key."""
-    out: dict[str, int] = {}
-    text = _read(proc_root / "meminfo") or ""
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            out[key] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
-    return out
-
-
-def _own_cgroups(proc_root: Path) -> dict[str, str]:
-    """Controller -> cgroup path of this process ("" key = the v2 unified hierarchy)."""
-    out: dict[str, str] = {}
-    for line in (_read(proc_root / "self" / "cgroup") or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            out[""] = path
-        for c in controllers.split(","):
-            if c:
-                out[c] = path
-    return out
-
-
-def _chain(mount: Path, rel: str | None) -> list[Path]:
-    """The process's cgroup dir under ``mount`` and its ancestors up to ``mount``, leaf first.
-
-    Falls back to ``mount`` alone when the path is unknown or not visible (e.g. a cgroup namespace
-    already makes the container's cgroup the root).
-    """
-    if rel:
-        leaf = mount / rel.strip("/")
-        if leaf.is_dir():
-            chain = [leaf]
-            while chain[-1] != mount and mount in chain[-1].parents:
-                chain.append(chain[-1].parent)
-            return chain
-    return [mount]
-
-
-def _working_set(directory: Path, usage: int, inactive_key: str) -> int:
-    # Usage counts page cache; inactive file pages are reclaimed before an OOM kill, so like
-    # docker/kubelet subtract them to get the memory really in use.
-    stat = _read(directory / "memory.stat") or ""
-    for line in stat.splitlines():
-        key, _, value = line.partition(" ")
-        if key == inactive_key and value.strip().isdigit():
-            return max(0, usage - int(value))
-    return usage
-
-
-def _cgroup_v2(root: Path, own: dict[str, str]) -> tuple[float | None, int | None, int | None]:
-    """(cpu quota in CPUs, memory limit, memory in use) from a unified hierarchy."""
-    chain = _chain(root, own.get(""))
+def _cpu_quota(cgroup_root: Path, own: dict[str, str], version: int | None) -> float | None:
+    """The cgroup CPU quota in CPUs (the smallest up the chain), None if unlimited."""
     quota: float | None = None
-    limit: int | None = None
-    usage: int | None = None
-    for d in chain:  # a limit anywhere up the tree applies
-        cpu_max = (_read(d / "cpu.max") or "").split()
-        if len(cpu_max) == 2 and cpu_max[0] != "max":
-            try:
-                q = int(cpu_max[0]) / int(cpu_max[1])
-                quota = q if quota is None else min(quota, q)
-            except (ValueError, ZeroDivisionError):
-                pass
-        mem_max = _read(d / "memory.max")
-        if mem_max and mem_max != "max" and mem_max.isdigit():
-            limit = int(mem_max) if limit is None else min(limit, int(mem_max))
-        if usage is None:
-            current = _read_int(d / "memory.current")
-            if current is not None:
-                usage = _working_set(d, current, "inactive_file")
-    return quota, limit, usage
-
-
-def _cgroup_v1(root: Path, own: dict[str, str]) -> tuple[float | None, int | None, int | None]:
-    """(cpu quota in CPUs, memory limit, memory in use) from per-controller hierarchies."""
-    quota: float | None = None
-    cpu_mount = next((root / m for m in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (root / m).is_dir()), None)
-    if cpu_mount is not None:
-        for d in _chain(cpu_mount, own.get("cpu")):
-            q, p = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
-            if q is not None and p and q > 0:  # -1 = unlimited
-                quota = q / p if quota is None else min(quota, q / p)
-    limit: int | None = None
-    usage: int | None = None
-    mem_mount = root / "memory"
-    if mem_mount.is_dir():
-        for d in _chain(mem_mount, own.get("memory")):
-            lim = _read_int(d / "memory.limit_in_bytes")
-            if lim is not None and lim < _UNLIMITED_V1:
-                limit = lim if limit is None else min(limit, lim)
-            if usage is None:
-                current = _read_int(d / "memory.usage_in_bytes")
-                if current is not None:
-                    usage = _working_set(d, current, "total_inactive_file")
-    return quota, limit, usage
+    if version == 2:
+        for d in cgroup_chain(cgroup_root, own.get("")):
+            cpu_max = (_read(d / "cpu.max") or "").split()
+            if len(cpu_max) == 2 and cpu_max[0] != "max":
+                try:
+                    q = int(cpu_max[0]) / int(cpu_max[1])
+                    quota = q if quota is None else min(quota, q)
+                except (ValueError, ZeroDivisionError):
+                    pass
+    elif version == 1:
+        mount = next((cgroup_root / m for m in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (cgroup_root / m).is_dir()), None)
+        if mount is not None:
+            for d in cgroup_chain(mount, own.get("cpu")):
+                q, p = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+                if q is not None and p and q > 0:  # -1 = unlimited
+                    quota = q / p if quota is None else min(quota, q / p)
+    return quota
 
 
 def _cuda_devices() -> tuple[CudaDevice, ...]:
+    import torch  # here: the memory and CPU readings above need no torch
+
     if not torch.cuda.is_available():
         return ()
     devices = []
@@ -226,30 +135,18 @@ def detect(cgroup_root: str | os.PathLike = "/sys/fs/cgroup", proc_root: str | o
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         affinity = cpu_count
-    meminfo = _meminfo(proc_root)
-    mem_total = meminfo.get("MemTotal", 0)
-    host_available = meminfo.get("MemAvailable", meminfo.get("MemFree", mem_total))
-
-    own = _own_cgroups(proc_root)
-    if (cgroup_root / "cgroup.controllers").is_file():
-        version: int | None = 2
-        quota, limit, usage = _cgroup_v2(cgroup_root, own)
-    elif (cgroup_root / "memory").is_dir() or (cgroup_root / "cpu").is_dir():
-        version = 1
-        quota, limit, usage = _cgroup_v1(cgroup_root, own)
+    mem = memory_state(cgroup_root, proc_root)
+    if mem.version is None and (cgroup_root / "cpu").is_dir():
+        version: int | None = 1  # a v1 tree with a cpu controller but no memory one
     else:
-        version, quota, limit, usage = None, None, None, None
-
-    available = host_available
-    if limit is not None:
-        available = min(available, max(0, limit - (usage or 0)))
+        version = mem.version
     resources = Resources(
         cpu_count=cpu_count,
         affinity=affinity,
-        cpu_quota=quota,
-        mem_total=mem_total,
-        mem_limit=limit,
-        mem_available=available,
+        cpu_quota=_cpu_quota(cgroup_root, own_cgroups(proc_root), version),
+        mem_total=meminfo(proc_root).get("MemTotal", 0),
+        mem_limit=mem.limit,
+        mem_available=mem.available,
         cuda_devices=_cuda_devices(),
         cgroup_version=version,
     )
@@ -309,6 +206,8 @@ def choose_profile(resources: Resources, requested: str = "auto", *, gpu: bool =
 
 def require_cuda() -> None:
     """Raise HardwareError unless torch can use a CUDA device."""
+    import torch
+
     if not torch.cuda.is_available():
         raise HardwareError(
             f"CUDA is not available to torch {torch.__version__} (CPU-only build or no GPU visible): "
@@ -341,22 +240,29 @@ def estimate_train_memory(
     # A DataLoader keeps prefetch_factor=2 batches per worker in flight; no workers = one batch.
     batches = max(1, 2 * num_workers) * batch_size * seq_len * n_features * f32
     per_position = _ACT_D_MODEL * d_model + _ACT_ATTENTION * n_heads * seq_len + _ACT_FEEDFORWARD * dim_feedforward
-    activations = n_layers * batch_size * seq_len * per_position * f32
+    activations = _ACT_MEASURED_FACTOR * n_layers * batch_size * seq_len * per_position * f32
     weights = model_params * f32 * 4  # weights, gradients, Adam's two moments
     workers = num_workers * _WORKER_OVERHEAD_BYTES
     return int(features + batches + activations + weights + workers)
 
 
-def check_fits(estimate: int, resources: Resources) -> None:
-    """Raise HardwareError if ``estimate`` bytes exceed 80% of the memory still available."""
+def check_fits(estimate: int, resources: Resources, *, what: str = "training") -> None:
+    """Raise HardwareError if ``estimate`` bytes (``what`` needs them) exceed 80% of the memory still available."""
     budget = _FIT_FRACTION * resources.mem_available
     if estimate > budget:
-        where = f"container limit {_gib(resources.mem_limit)}" if resources.mem_limit is not None else "host"
+        if resources.mem_limit is not None:
+            where = (f"the container's {_mib(resources.mem_limit)} limit leaves {_mib(resources.mem_available)}, "
+                     f"of which 80% is {_mib(int(budget))}")
+        else:
+            where = f"the host has {_mib(resources.mem_available)} available, of which 80% is {_mib(int(budget))}"
         raise HardwareError(
-            f"training needs ~{_gib(estimate)} but only {_gib(resources.mem_available)} is available "
-            f"({where}; budget 80% = {_gib(int(budget))}): lower the batch size, seq_len or the number "
-            "of workers, or use the safe profile"
+            f"out of memory: {what} needs ~{_mib(estimate)} more but {where}: lower --batch-size or "
+            "--seq-len (or the number of workers), or give the container more memory"
         )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -365,12 +271,16 @@ def worker_init_fn(worker_id: int) -> None:
     N workers each starting an OpenMP pool sized to the host's cores oversubscribe a small container
     and can deadlock after fork; one thread per worker avoids both.
     """
+    import torch
+
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
 
 def configure_main_threads(resources: Resources) -> int:
     """Use as many intra-op threads as the process may really run (cgroup quota, affinity)."""
+    import torch
+
     n = resources.effective_cpus
     torch.set_num_threads(n)
     return n

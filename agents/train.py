@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -81,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    features = None if args.features is None else tuple(f.strip() for f in args.features.split(",") if f.strip())
-    return TrainConfig(
+def config_dict(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields the options set, as plain values (validated when the config is built)."""
+    features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
+    return dict(
         data=args.data, start=args.start, end=args.end, holdout=args.holdout, features=features,
         seq_len=args.seq_len, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers,
         dropout=args.dropout, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
@@ -91,6 +93,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         horizon=args.horizon, focal_alpha=None if args.focal_alpha is not None and args.focal_alpha < 0 else args.focal_alpha,
         focal_gamma=args.focal_gamma, threshold=args.threshold, profile=args.profile, gpu=args.gpu,
     )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.from_dict(config_dict(args))
 
 
 def _fmt(x, spec=".4f"):
@@ -116,43 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out {out} exists; pass --overwrite to replace it, or choose another --out", file=sys.stderr)
         return 2
 
-    import logging
+    from .staged import CARD_FILE, run
 
-    from datafeeds import DataError
-
-    from .export import ExportError
-    from .hardware import HardwareError, choose_profile, detect
-    from .trainer import train
-    from .verdict import CAVEAT, verdict
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path("checkpoints") / out.stem
     command = "python -m agents.train" + ("" if not argv else " " + shlex.join(argv))
-    try:
-        cfg = config_from_args(args)
-        profile = choose_profile(detect(), cfg.profile, gpu=cfg.gpu)
-        print(f"hardware: {profile.name} profile ({profile.reason})")
+    # the steps run in child processes (agents.staged): this process stays small, so a container
+    # holds one step's imports at a time; the options are validated by the first step
+    job = {"config": config_dict(args), "out": str(out), "resume": args.resume, "command": command,
+           "quiet": args.quiet}
+    code = run(job, ckpt_dir)
+    if code != 0:
+        return code
+    card = json.loads((ckpt_dir / CARD_FILE).read_text())
+    from .verdict import CAVEAT, verdict
 
-        def on_epoch(rec, state):
-            print(f"epoch {rec['epoch']:>3}: train loss {rec['train_loss']:.4f}  val loss {_fmt(rec['val_loss'])}"
-                  f"  ({rec['seconds']:.1f}s){'  *best' if state['best_epoch'] == rec['epoch'] else ''}")
-
-        card = train(cfg, out, checkpoint_dir=ckpt_dir, resume=args.resume, command=command,
-                     on_epoch=on_epoch, progress=not args.quiet, profile=profile).card
-    except (DataError, HardwareError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ExportError as exc:
-        print(f"error: {exc} (the last checkpoint is kept in {ckpt_dir})", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: {command} --resume", file=sys.stderr)
-        return 130
     m = card["metrics"]
     lb = m["label_balance"]
     ds = card["dataset"]
     pr = m["val_at_threshold"]
-    print(f"\nwrote {out}")
+    print(f"\nwrote {out} ({card.get('exporter', '?')} exporter)")
     print(f"data        {ds['name']}  train {ds['train'][0][:10]}..{ds['train'][1][:10]}"
           f"  validation {ds['validation'][0][:10]}..{ds['validation'][1][:10]}  holdout from {str(ds['holdout_start'])[:10]}")
     print(f"labels      train positive rate {lb['train_positive_rate']:.3f} ({lb['train_events']} events)"

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .dataset import LazySequenceDataset
-from .evaluation import evaluate, loss_of, predict_logits
-from .export import export_agent
+from .evaluation import EVALUATION_MEMORY, evaluate, loss_of, predict_logits
+from .export import EXPORTER_MEMORY, export_agent
 from .hardware import (
     Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory,
     require_cuda, worker_init_fn,
@@ -30,6 +30,7 @@ from .hardware import (
 from .losses import FocalLoss
 from .metadata import build_card
 from .model import TransformerAgent
+from .optim import AdamW
 from .prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,14 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
                                  profile.num_workers,
                                  d_model=mc.d_model, n_layers=mc.n_layers, n_heads=mc.n_heads,
                                  dim_feedforward=mc.dim_feedforward)
-    check_fits(need, resources)
+    # the steps after this one (evaluation with scikit-learn, the export) need memory too, in this
+    # process or in their own (agents.staged, each no bigger than this one's imports): the run needs
+    # the largest of the three on top of what is in use now
+    check_fits(max(need, EVALUATION_MEMORY, EXPORTER_MEMORY["torchscript"]), resources)
 
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # agents.optim.AdamW: torch.optim's, op for op, without the ~67 MiB torch._dynamo import
+    opt = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp = profile.amp and device.type == "cuda"
     # what, besides the config, decides the numbers an epoch produces; a resume must match it
     run = {"batch_size": batch_size, "device": device.type, "amp": amp, "threads": threads, "data_sha256": prep.sha256}
@@ -173,10 +178,29 @@ class TrainResult:
     prep: Prepared
 
 
+def make_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, state: dict, run: dict, command: str) -> dict:
+    """The agent card of a fitted model: metrics beside their no-skill baselines, provenance, settings.
+
+    ``run``: the profile that trained it (``{"name", "reason", "batch_size"}``).
+    """
+    metrics = evaluate(cfg, prep, model, state["best_epoch"], state["history"])
+    metrics["profile"] = dict(run)
+    return build_card(cfg, prep, model, metrics, command)
+
+
+def parity_batch(cfg: TrainConfig, prep: Prepared) -> np.ndarray:
+    """Up to 64 real validation windows (training ones for a refit): what the export's parity check runs on."""
+    ends = prep.val_ends if len(prep.val_ends) else prep.train_ends[-64:]
+    ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=ends)
+    return ds.batch(np.arange(min(len(ds), 64)))[0].numpy()
+
+
 def train(cfg: TrainConfig, out: Path, *, checkpoint_dir: Path, resume: bool = False, command: str = "",
           on_epoch=None, stop_after: int | None = None, progress: bool = True,
-          profile: Profile | None = None) -> TrainResult | None:
-    """The whole pipeline, ending with ``out`` written; None if stopped early by ``stop_after`` (tests)."""
+          profile: Profile | None = None, exporter: str = "auto") -> TrainResult | None:
+    """The whole pipeline in this process, ending with ``out`` written; None if stopped early by
+    ``stop_after`` (tests). ``python -m agents.train`` runs the same steps in child processes
+    (:mod:`agents.staged`) so that a small container holds one step's imports at a time."""
     if cfg.gpu:
         require_cuda()  # fail before loading anything
     prep = prepare(cfg)
@@ -184,11 +208,12 @@ def train(cfg: TrainConfig, out: Path, *, checkpoint_dir: Path, resume: bool = F
               stop_after=stop_after, progress=progress, profile=profile)
     if res["interrupted"]:
         return None
-    model, state = res["model"], res["state"]
-    metrics = evaluate(cfg, prep, model, state["best_epoch"], state["history"])
-    metrics["profile"] = {"name": res["profile"].name, "reason": res["profile"].reason, "batch_size": res["batch_size"]}
-    card = build_card(cfg, prep, model, metrics, command)
-    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
-    example, _ = val_ds.batch(np.arange(min(len(val_ds), 64)))  # parity is checked on real validation windows
-    export_agent(model, card, out, example.numpy())
+    model = res["model"]
+    card = make_card(cfg, prep, model, res["state"], profile_record(res["profile"], res["batch_size"]), command)
+    export_agent(model, card, out, parity_batch(cfg, prep), exporter=exporter)
     return TrainResult(card=card, model=model, prep=prep)
+
+
+def profile_record(profile: Profile, batch_size: int) -> dict:
+    """What the card records of the hardware profile a model was trained with."""
+    return {"name": profile.name, "reason": profile.reason, "batch_size": batch_size}

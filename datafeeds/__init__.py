@@ -1,28 +1,44 @@
 """Load and validate OHLCV data; hand it to backtrader; write artefacts atomically.
 
-``to_backtrader`` imports backtrader on first use (PEP 562 ``__getattr__``), so the trainer, which
-only loads data, does not pay for it.
+Names that need pandas or backtrader load their module on first use (PEP 562 ``__getattr__``): the
+trainer's light parent process writes files with ``write_atomic`` without importing pandas, and the
+trainer, which only loads data, does not pay for backtrader.
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 from datafeeds.atomic import write_atomic
 from datafeeds.errors import DataError
-from datafeeds.loader import load_ohlcv
-from datafeeds.dates import parse_date
-from datafeeds.samples import file_sha256, list_samples, sample_info, samples_table
 
 if TYPE_CHECKING:
     from datafeeds.backtrader_feed import to_backtrader
+    from datafeeds.dates import parse_date
+    from datafeeds.loader import load_ohlcv
+    from datafeeds.samples import file_sha256, list_samples, sample_info, samples_table
+
+_LAZY = {  # public name -> its module
+    "load_ohlcv": "datafeeds.loader",
+    "parse_date": "datafeeds.dates",
+    "file_sha256": "datafeeds.samples",
+    "list_samples": "datafeeds.samples",
+    "sample_info": "datafeeds.samples",
+    "samples_table": "datafeeds.samples",
+    "to_backtrader": "datafeeds.backtrader_feed",
+}
 
 
 def __getattr__(name: str):
-    if name != "to_backtrader":
+    module = _LAZY.get(name)
+    if module is None:
         raise AttributeError(f"module 'datafeeds' has no attribute {name!r}")
-    from datafeeds.backtrader_feed import to_backtrader
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-    globals()["to_backtrader"] = to_backtrader  # later lookups skip this function
-    return to_backtrader
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = ["DataError", "file_sha256", "list_samples", "load_ohlcv", "parse_date", "sample_info", "samples_table",

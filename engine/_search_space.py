@@ -16,6 +16,8 @@ GROUPS = ("model", "labels", "strategy")
 
 # label search: vertical barrier choices; the folds' purge must cover the longest
 HORIZONS = (5, 10, 15, 20)
+# model search: the architecture choices
+D_MODELS, N_LAYERS, N_HEADS, SEQ_LENS = (8, 16, 32), (1, 2), (1, 2, 4), (16, 32)
 
 # TrainConfig fields each group sets per trial (their base values are then unused); the strategy
 # group searches execution pt/sl, which leave the label pt/sl of the base in effect
@@ -82,18 +84,26 @@ def max_horizon(groups: tuple[str, ...], base: TrainConfig) -> int:
     return max(HORIZONS) if "labels" in groups else base.horizon
 
 
+def largest(groups: tuple[str, ...], base: TrainConfig) -> TrainConfig:
+    """The biggest model any trial can train (memory grows with d_model, layers, heads and seq_len)."""
+    if "model" not in groups:
+        return base
+    return dataclasses.replace(base, d_model=max(D_MODELS), n_layers=max(N_LAYERS), n_heads=max(N_HEADS),
+                               seq_len=max(SEQ_LENS))
+
+
 def suggest(trial, groups: tuple[str, ...], base: TrainConfig) -> tuple[TrainConfig, Execution]:
     """Ask ``trial`` (an optuna Trial) for the searched hyperparameters; the rest stay as in ``base``."""
     changes: dict = {}
     execution = Execution()
     if "model" in groups:
         changes.update(
-            d_model=trial.suggest_categorical("d_model", [8, 16, 32]),
-            n_layers=trial.suggest_int("n_layers", 1, 2),
-            n_heads=trial.suggest_categorical("n_heads", [1, 2, 4]),  # each divides every d_model
+            d_model=trial.suggest_categorical("d_model", list(D_MODELS)),
+            n_layers=trial.suggest_int("n_layers", min(N_LAYERS), max(N_LAYERS)),
+            n_heads=trial.suggest_categorical("n_heads", list(N_HEADS)),  # each divides every d_model
             dropout=trial.suggest_float("dropout", 0.0, 0.3),
             lr=trial.suggest_float("lr", 3e-4, 3e-3, log=True),
-            seq_len=trial.suggest_categorical("seq_len", [16, 32]),
+            seq_len=trial.suggest_categorical("seq_len", list(SEQ_LENS)),
             focal_alpha=trial.suggest_float("focal_alpha", 0.25, 0.75),
             focal_gamma=trial.suggest_float("focal_gamma", 0.0, 3.0),
         )

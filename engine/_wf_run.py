@@ -34,6 +34,9 @@ from agents import FocalLoss, LazySequenceDataset, OnnxAgent, export_agent
 from agents.evaluation import roc_auc
 from agents.metadata import build_card
 from agents.prepare import prepare_segments
+from agents.export import EXPORTER_MEMORY
+from agents.hardware import check_fits, detect, estimate_train_memory
+from agents.model import TransformerAgent
 from agents.trainer import fit
 from datafeeds import load_ohlcv, write_atomic
 from engine import _search_space as space
@@ -81,6 +84,7 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     """
     t0 = time.perf_counter()
     df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
+    check_memory(cfg, len(df))
     folds = walk_forward_folds(len(df), n_folds=cfg.folds, scheme=cfg.scheme, test_frac=cfg.test_frac,
                                purge=cfg.purge, embargo=cfg.embargo)
     try:
@@ -145,6 +149,24 @@ def _run(ctx: _Context, t0: float) -> dict:
             waiting = False
     report = _report(ctx, [results[k] for k in sorted(results)], status, time.perf_counter() - t0)
     return report
+
+
+# Working-set growth of the default walk-forward run (3 folds x 5 trials on sp500) after its imports,
+# in a memory cgroup here: +451 MiB. Its largest trial's training (estimated 176 MiB) or the export
+# (dynamo, ~260 MiB) is one part; scikit-learn's metrics, onnxruntime, the backtests and the plots
+# add the rest, ~200 MiB.
+_WALK_FORWARD_EXTRA = 200 * 2**20
+
+
+def check_memory(cfg: WalkForwardConfig, n_rows: int) -> None:
+    """Refuse, before any study is opened, a run the container cannot hold (HardwareError, one line)."""
+    big = space.largest(cfg.search, cfg.base)
+    model = big.model_config(len(big.feature_spec.columns))
+    params = TransformerAgent(model).num_parameters()
+    train = estimate_train_memory(n_rows, model.n_features, big.seq_len, big.batch_size or 64, params, 0,
+                                  d_model=big.d_model, n_layers=big.n_layers, n_heads=big.n_heads,
+                                  dim_feedforward=model.dim_feedforward)
+    check_fits(max(train, EXPORTER_MEMORY["torchscript"]) + _WALK_FORWARD_EXTRA, detect(), what="the walk-forward run")
 
 
 def _fold_study(ctx: _Context, fold: Fold) -> optuna.Study:

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    from agents.hardware import HardwareError
     from datafeeds import DataError
     from engine._wf_report import summary_lines
     from engine._wf_run import run_walk_forward
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _console_logging(quiet=args.quiet):
             report = run_walk_forward(cfg, command=command, progress=not args.quiet)
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError, HardwareError) as exc:  # HardwareError: the container is too small
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # output folder or storage path not writable

@@ -143,3 +143,34 @@ def test_onnx_export_dynamic_batch_matches_torch(tmp_path):
             want = model(x).numpy()
         assert got.shape == (batch,)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_both_exporters_give_torchs_logits_at_any_batch_size(exporter, tmp_path):
+    import onnxruntime as ort
+
+    from agents.export import export_agent
+
+    torch.manual_seed(0)
+    model = TransformerAgent(_tiny()).eval()
+    example = torch.randn(8, model.config.seq_len, model.config.n_features).numpy()
+    card = {"input_name": "x", "output_name": "logit", "package_version": "test"}
+    export_agent(model, card, tmp_path / "m.onnx", example, exporter=exporter)
+    assert card["exporter"] == exporter
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 257):
+        x = torch.randn(batch, model.config.seq_len, model.config.n_features)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"x": x.numpy()})[0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_auto_exporter_follows_the_memory_left():
+    from agents.export import EXPORTER_MEMORY, choose_exporter
+
+    assert choose_exporter("auto", available=4 * 2**30) == "dynamo"
+    assert choose_exporter("auto", available=EXPORTER_MEMORY["dynamo"]) == "torchscript"  # no 20% to spare
+    assert choose_exporter("torchscript", available=4 * 2**30) == "torchscript"
+    with pytest.raises(ValueError, match="exporter must be"):
+        choose_exporter("onnxscript")

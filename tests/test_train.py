@@ -172,17 +172,18 @@ def test_gpu_flag_without_cuda_fails_fast():
         (["--end", "31/12/2016"], "end: '31/12/2016' is not an ISO date"),
     ],
 )
-def test_bad_options_exit_2_with_one_clear_line(args, message, capsys, tmp_path):
+def test_bad_options_exit_2_with_one_clear_line(args, message, capfd, tmp_path):
+    # the options are checked by the first step, a child process: its stderr is the file descriptor's
     base = ["--start", "2009-01-01", "--end", "2016-12-31", "--out", str(tmp_path / "x.onnx"), "--quiet"]
     assert main(base + args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
 
 
-def test_command_line_training_writes_an_agent_the_runtime_loads(tmp_path, capsys):
+def test_command_line_training_writes_an_agent_the_runtime_loads(tmp_path, capfd):
     out = tmp_path / "cli.onnx"
     assert main(_cli("--epochs", "1", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ck"))) == 0
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out
     assert "no skill" in printed and "best constant" in printed and "hardware: safe profile" in printed
     assert "\nverdict     " in printed and "Mann-Whitney" in printed
     agent = OnnxAgent.load(out)

@@ -1,0 +1,197 @@
+"""Train in steps, each in its own process, so a small container holds one step's imports at a time.
+
+Python never gives back what an import takes. Measured in a memory cgroup here: torch ~175 MiB,
+pandas and numba ~50, scikit-learn ~70, the dynamo ONNX exporter ~250. One process holding all of
+them peaks near 1 GB, and the journal's 488 MiB container killed it. ``python -m agents.train`` is a
+light parent (argparse, json, subprocess: ~10 MiB) that runs each step as ``python -m agents.staged
+STEP FOLDER``; a step's memory is returned when it exits. The steps share the checkpoint folder:
+
+- ``fit``: load, label, split, normalise; train with a checkpoint every epoch (the last one holds
+  the best weights). Checks up front that the largest step fits what the container has left.
+- ``evaluate``: the same preparation again (deterministic), the best weights -> metrics beside
+  their baselines and the agent card (``card.json``) plus the parity batch (``parity.npy``).
+- ``export``: card + weights -> the ONNX agent, parity-checked (torch and onnx only, no pandas).
+
+Each step runs under :class:`agents.memory.MemoryWatchdog`; the parent turns a step the kernel
+killed into one line. The in-process API (:func:`agents.trainer.train`) runs the same functions.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .memory import EXIT_MEMORY, memory_state, mib
+
+STEPS = ("fit", "evaluate", "export")
+JOB_FILE = "job.json"  # what the parent asks for: config, output, resume, command, quiet
+CARD_FILE = "card.json"  # the evaluate step's card, embedded into the ONNX file by the export step
+PARITY_FILE = "parity.npy"  # the windows the export's parity check runs on
+# Memory a step holds after its imports and the data (torch, pandas, numba: ~221 MiB anonymous, measured
+# in a memory cgroup here), plus a margin: with less available the parent refuses before starting a
+# step, rather than have the kernel kill it during `import torch`.
+IMPORT_FLOOR = 240 * 2**20
+
+
+def run(job: dict, folder: Path) -> int:
+    """The parent: run the steps as child processes; the exit status of the first that fails, else 0.
+
+    Prints one line for what a child cannot say itself (killed by the kernel, not started).
+    """
+    state = memory_state()
+    if state.limit is not None and state.available < IMPORT_FLOOR:
+        print(f"error: out of memory: training needs at least {mib(IMPORT_FLOOR)} to load torch and pandas, but the "
+              f"container's {mib(state.limit)} limit leaves {mib(state.available)} ({mib(state.in_use)} in use)"
+              ": give it more memory", file=sys.stderr)
+        return 2
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / JOB_FILE, job)
+    except OSError as exc:
+        print(f"error: cannot write the checkpoint folder {folder}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    for step in STEPS:
+        child = subprocess.Popen([sys.executable, "-m", "agents.staged", step, str(folder)], preexec_fn=_die_with_parent)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:  # the child got the same SIGINT; let it finish its own message
+            code = child.wait()
+            return code if code > 0 else 130
+        if code == 0:
+            continue
+        if code == -signal.SIGKILL or code == 128 + signal.SIGKILL:
+            limit = memory_state().limit
+            print(f"error: out of memory: the {step} step was killed by the kernel"
+                  f"{f' at the container limit of {mib(limit)}' if limit else ''}; last checkpoint: "
+                  f"{folder / 'last.pt'}; continue with: {job['command']} --resume after lowering --batch-size",
+                  file=sys.stderr)
+            return 1
+        if code < 0:
+            print(f"error: the {step} step ended by signal {-code}", file=sys.stderr)
+            return 1
+        return code
+    return 0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): the kernel kills it if the parent dies, so a killed
+    ``python -m agents.train`` leaves no step running on behind a later ``--resume``."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed parent may leave its step running
+        pass
+
+
+# ------------------------------------------------------------------------------------------ steps
+def _fit(job: dict, folder: Path) -> None:
+    from .config import TrainConfig
+    from .hardware import choose_profile, detect, require_cuda
+    from .prepare import prepare
+    from .trainer import fit, profile_record
+
+    cfg = TrainConfig.from_dict(job["config"])
+    if cfg.gpu:
+        require_cuda()
+    profile = choose_profile(detect(), cfg.profile, gpu=cfg.gpu)
+    print(f"hardware: {profile.name} profile ({profile.reason})", flush=True)
+
+    def on_epoch(rec, state):
+        val = "n/a" if rec["val_loss"] is None else f"{rec['val_loss']:.4f}"
+        print(f"epoch {rec['epoch']:>3}: train loss {rec['train_loss']:.4f}  val loss {val}"
+              f"  ({rec['seconds']:.1f}s){'  *best' if state['best_epoch'] == rec['epoch'] else ''}", flush=True)
+
+    prep = prepare(cfg)
+    res = fit(cfg, prep, checkpoint_dir=folder, resume=job["resume"], on_epoch=on_epoch,
+              progress=not job["quiet"], profile=profile)
+    _write_json(folder / "fit.json", profile_record(res["profile"], res["batch_size"]))
+
+
+def _evaluate(job: dict, folder: Path) -> None:
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .config import TrainConfig
+    from .prepare import prepare
+    from .trainer import make_card, parity_batch
+
+    cfg = TrainConfig.from_dict(job["config"])
+    prep = prepare(cfg)
+    state = _best_state(load_checkpoint(folder), folder)
+    model = _model(cfg.model_config(len(prep.names)), state["best_weights"])
+    card = make_card(cfg, prep, model, state, json.loads((folder / "fit.json").read_text()), job["command"])
+    np.save(folder / PARITY_FILE, parity_batch(cfg, prep))
+    _write_json(folder / CARD_FILE, card)
+
+
+def _export(job: dict, folder: Path) -> None:
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .config import ModelConfig
+    from .export import export_agent
+
+    card = json.loads((folder / CARD_FILE).read_text())
+    state = _best_state(load_checkpoint(folder), folder)
+    model = _model(ModelConfig.from_dict(card["model"]), state["best_weights"])
+    export_agent(model, card, job["out"], np.load(folder / PARITY_FILE))
+    _write_json(folder / CARD_FILE, card)  # now with the exporter used, as in the file
+
+
+def _best_state(ckpt: dict | None, folder: Path) -> dict:
+    if ckpt is None or ckpt.get("state", {}).get("best_weights") is None:
+        raise ValueError(f"{folder}: no trained weights in the checkpoint; run the fit step first (without --resume)")
+    return ckpt["state"]
+
+
+def _model(config, weights):
+    from .model import TransformerAgent
+
+    model = TransformerAgent(config)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _write_json(path: Path, obj) -> None:
+    from datafeeds import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=1, allow_nan=False).encode())
+
+
+def _step(step: str, folder: Path) -> int:
+    """A child: run ``step`` under the memory watchdog; errors as one line with the CLI's exit codes."""
+    from datafeeds import DataError
+
+    from .export import ExportError
+    from .hardware import HardwareError
+    from .memory import MemoryWatchdog
+
+    job = json.loads((folder / JOB_FILE).read_text())
+    hint = (f"last checkpoint: {folder / 'last.pt'}; continue with: {job['command']} --resume after lowering "
+            "--batch-size or raising the limit")
+    try:
+        with MemoryWatchdog(f"the {step} step", hint):
+            {"fit": _fit, "evaluate": _evaluate, "export": _export}[step](job, folder)
+    except (DataError, HardwareError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ExportError as exc:
+        print(f"error: {exc} (the last checkpoint is kept in {folder})", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"error: out of memory: the {step} step could not allocate; {hint}", file=sys.stderr)
+        return EXIT_MEMORY
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: {job['command']} --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in STEPS:
+        sys.exit(f"usage: python -m agents.staged {{{'|'.join(STEPS)}}} FOLDER  (run by python -m agents.train)")
+    sys.exit(_step(sys.argv[1], Path(sys.argv[2])))
