@@ -149,10 +149,14 @@ def _timestamp(value, option):
 def prepare_run(args) -> dict:
     """Resolve data, period, agent signals and strategy parameters (options already checked by
     ``_check_options``); raise UsageError on bad input."""
-    from datafeeds import DataError, load_ohlcv
+    from datafeeds import DataError, is_universe, load_ohlcv
 
     agent = _load_agent(args.agent or DEFAULT_AGENT) if args.strategy == "agent" else None
     data_name = args.data or (agent.meta["dataset"]["name"] if agent else DEFAULT_DATA)
+    if is_universe(data_name):
+        members = agent.meta["dataset"].get("symbols") if agent else None
+        raise UsageError(f"--data {data_name} is a universe; a backtest trades one instrument: pass one file or sample"
+                         + (f" (the agent's: {', '.join(members)})" if members else ""))
     try:
         df = load_ohlcv(data_name)
     except DataError as exc:
@@ -172,10 +176,13 @@ def prepare_run(args) -> dict:
             start = after[0]
         period_end = min(end, df.index[-1]) if end is not None else df.index[-1]
         if start <= last_seen and period_end >= first_seen:
-            same = data_name == agent.meta["dataset"]["name"] or df.attrs.get("sha256") == agent.meta["dataset"]["sha256"]
+            # a universe agent saw all its instruments up to the same date: any data overlapping it is in-sample
+            members = {v["sha256"]: sym for sym, v in (agent.meta["dataset"].get("universe") or {}).items()}
+            same = (data_name == agent.meta["dataset"]["name"] or df.attrs.get("sha256") == agent.meta["dataset"]["sha256"]
+                    or df.attrs.get("sha256") in members)
+            on = agent.meta["dataset"]["name"] if not members else f"{len(members)} instruments ({', '.join(members.values())})"
             notes.append(f"warning: the period overlaps the agent's training period ({first_seen.date()} .. "
-                         f"{last_seen.date()}{'' if same else ', on ' + agent.meta['dataset']['name']}): "
-                         "results are IN-SAMPLE")
+                         f"{last_seen.date()}{'' if same and not members else ', on ' + on}): results are IN-SAMPLE")
     history = df.loc[:end] if end is not None else df
     period = history.loc[start:] if start is not None else history
     if len(period) < 2:
@@ -204,6 +211,10 @@ def prepare_run(args) -> dict:
             horizon=tbm.horizon if args.horizon is None else args.horizon,
         )
         if args.live:
+            try:
+                agent.select_symbol_for(df)  # an agent normalised per symbol streams with this file's statistics
+            except ValueError as exc:
+                raise UsageError(f"--data {data_name}: {exc}") from None
             params.update(live=True, agent=agent)
         else:
             signal = agent.predict_proba(history)

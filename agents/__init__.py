@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .config import ModelConfig, TrainConfig
     from .dataset import LazySequenceDataset
     from .export import ExportError, export_agent
+    from .feed import ResidentWindows, prefetch
     from .features import FEATURES, FeatureConfig, FeatureSpec, compute_features, fracdiff_weights, register_feature
     from .hardware import (
         HardwareError, Profile, Resources, check_fits, choose_profile, detect, estimate_train_memory, require_cuda,
@@ -21,7 +22,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .losses import FocalLoss, constant_prediction_loss, focal_loss
     from .metadata import AgentFileError
     from .model import TransformerAgent
+    from .optim import AdamW
+    from .pooled import PooledSequenceDataset, shuffled_ids
     from .runtime import OnnxAgent
+    from .store import FeatureStore
 
 _EXPORTS = {  # public name -> its module
     "FEATURES": ".features",
@@ -31,6 +35,8 @@ _EXPORTS = {  # public name -> its module
     "fracdiff_weights": ".features",
     "register_feature": ".features",
     "LazySequenceDataset": ".dataset",
+    "ResidentWindows": ".feed",
+    "prefetch": ".feed",
     "ModelConfig": ".config",
     "TrainConfig": ".config",
     "TransformerAgent": ".model",
@@ -49,6 +55,10 @@ _EXPORTS = {  # public name -> its module
     "export_agent": ".export",
     "AgentFileError": ".metadata",
     "OnnxAgent": ".runtime",
+    "FeatureStore": ".store",
+    "PooledSequenceDataset": ".pooled",
+    "shuffled_ids": ".pooled",
+    "AdamW": ".optim",
 }
 
 

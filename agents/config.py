@@ -72,7 +72,7 @@ class ModelConfig:
 class TrainConfig:
     """Everything that determines a training run (recorded in the exported agent)."""
 
-    data: str = "sp500"  # bundled sample name or a CSV/Parquet path
+    data: str = "sp500"  # a sample name or CSV/Parquet path, or a universe (datafeeds.load_universe)
     start: str | None = None  # first bar used (inclusive)
     end: str | None = None  # last bar of the loaded period (inclusive)
     holdout: float = 0.2  # last fraction of the loaded bars never touched, kept for backtests
@@ -99,8 +99,16 @@ class TrainConfig:
     focal_alpha: float | None = 0.25  # weight of positives; None = unweighted
     focal_gamma: float = 2.0
     threshold: float | None = None  # None: chosen from training predictions
+    # universes: normalisation statistics from the pooled training bars of all instruments (one set,
+    # so the agent can trade any instrument) or from each instrument's own (per-symbol: comparable
+    # scales for price-level features such as MACD, but the agent then trades its own symbols only)
+    normalise: str = "pooled"  # pooled | per-symbol
     profile: str = "auto"  # auto | beast | safe
     gpu: bool = False  # require CUDA
+    # how batches reach the model (agents.feed): auto = the profile's (beast on CUDA: resident);
+    # host | resident | prefetch; every feed gives the same batches for a seed
+    feed: str = "auto"
+    compile: bool = False  # torch.compile the model for training (CUDA; off unless it measurably helps)
 
     def __post_init__(self):
         if not 0.0 <= self.holdout < 1.0:
@@ -122,8 +130,12 @@ class TrainConfig:
             raise ValueError(f"--focal-alpha must be in [0, 1] (or negative for none), got {self.focal_alpha}")
         if not (self.focal_gamma >= 0 and math.isfinite(self.focal_gamma)):
             raise ValueError(f"--focal-gamma must be >= 0, got {self.focal_gamma}")
+        if self.normalise not in ("pooled", "per-symbol"):
+            raise ValueError(f"--normalise must be pooled or per-symbol, got {self.normalise!r}")
         if self.profile not in ("auto", "beast", "safe"):
             raise ValueError(f"--profile must be auto, beast or safe, got {self.profile!r}")
+        if self.feed not in ("auto", "host", "resident", "prefetch"):
+            raise ValueError(f"--feed must be auto, host, resident or prefetch, got {self.feed!r}")
         self.tbm  # validates pt/sl/horizon/atr_period
         self.feature_spec  # unknown feature names fail here, with a suggestion
         self.model_config(1)  # validates d_model/n_heads/dropout
@@ -160,4 +172,4 @@ class TrainConfig:
         return cls(**data)
 
     # fields that may differ when resuming (they do not change what an epoch computes)
-    RESUMABLE_CHANGES = ("epochs", "patience", "profile")
+    RESUMABLE_CHANGES = ("epochs", "patience", "profile", "feed")

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .dataset import LazySequenceDataset
 from .losses import FocalLoss, best_constant_probability
 
 if TYPE_CHECKING:
@@ -94,6 +93,19 @@ def predict_logits(model, ds, device, batch_size: int = SCORE_BATCH) -> np.ndarr
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def mean_loss(model, ds, loss_fn, device, batch_size: int = SCORE_BATCH) -> float:
+    """``loss_fn`` over every window of ``ds`` (a dataset, or `agents.feed.ResidentWindows`), batch by batch:
+    memory stays one batch whatever its size."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in ds.iter_batches(batch_size):
+            logits = model(xb.to(device)).float().cpu().double()
+            total += float(loss_fn(logits, yb.cpu().double())) * len(yb)
+            count += len(yb)
+    return total / count
+
+
 def loss_of(loss_fn, logits: np.ndarray, y: np.ndarray) -> float:
     """``loss_fn`` of float64 logits and targets given as numpy arrays."""
     return float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y.astype(np.float64))))
@@ -102,10 +114,8 @@ def loss_of(loss_fn, logits: np.ndarray, y: np.ndarray) -> float:
 def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
     """Metrics stored in the agent card: every loss next to its no-skill baseline."""
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
-    train_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.train_ends)
-    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
-    y_tr = prep.y[prep.train_ends].astype(np.float64)
-    y_va = prep.y[prep.val_ends].astype(np.float64)
+    train_ds, val_ds = prep.dataset("train", cfg.seq_len), prep.dataset("val", cfg.seq_len)
+    y_tr, y_va = prep.labels("train"), prep.labels("val")
     z_tr = predict_logits(model, train_ds, torch.device("cpu"))
     z_va = predict_logits(model, val_ds, torch.device("cpu"))
     base_rate = float(y_tr.mean())
@@ -135,7 +145,7 @@ def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epo
         "label_balance": {"train_positive_rate": base_rate, "val_positive_rate": float(y_va.mean()),
                           "train_events": int(len(y_tr)), "val_events": int(len(y_va))},
         # features at each labelled bar: does validation look like training?
-        "adversarial_auc": adversarial_auc(prep.x[prep.train_ends], prep.x[prep.val_ends], seed=cfg.seed),
+        "adversarial_auc": adversarial_auc(prep.rows("train"), prep.rows("val"), seed=cfg.seed),
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "history": history,

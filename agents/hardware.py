@@ -82,12 +82,23 @@ class Profile:
     """Data-loading and precision settings for a training run."""
 
     name: str  # "beast" or "safe"
-    batch_size: int
-    num_workers: int  # DataLoader worker processes; 0 = batches built in the main process
-    pin_memory: bool
-    amp: bool  # mixed precision (CUDA only)
+    batch_size: int  # the default; beast on CUDA measures its own (agents.feed.measure_batch_size)
+    # how batches reach the model (agents.feed): "host" = batched gathers in the main process;
+    # "resident" = windows copied to the device once, batches gathered there (falls back to
+    # "prefetch", batched host gathers pinned on a background thread, where they do not fit)
+    feed: str
+    amp: bool  # mixed precision: bf16 autocast where the card supports it, else fp16 + GradScaler (CUDA only)
+    tf32: bool  # TF32 matmuls (CUDA only)
     device: str  # "cpu" or "cuda"
     reason: str  # why this profile, and any warning about what the machine lacks
+
+    FEEDS = ("host", "resident", "prefetch")
+
+    def __post_init__(self):
+        if self.feed not in self.FEEDS:
+            raise ValueError(f"feed must be one of {', '.join(self.FEEDS)}, got {self.feed!r}")
+        if (self.amp or self.tf32) and self.device != "cuda":
+            raise ValueError("amp and tf32 need the cuda device")
 
 
 # -- detection ---------------------------------------------------------------------------------
@@ -195,13 +206,14 @@ def choose_profile(resources: Resources, requested: str = "auto", *, gpu: bool =
             log.warning("profile %s", reason)
         else:
             reason = "beast requested"
-        return Profile("beast", 1024, 8, pin_memory=cuda, amp=cuda, device="cuda" if cuda else "cpu", reason=reason)
+        return Profile("beast", 1024, feed="resident" if cuda else "host", amp=cuda, tf32=cuda,
+                       device="cuda" if cuda else "cpu", reason=reason)
     device = "cuda" if gpu else "cpu"
     if requested == "safe":
         reason = "safe requested"
     else:
         reason = "auto: beast needs a >= 16 GB GPU and >= 32 GB RAM; " + "; ".join(missing)
-    return Profile("safe", 64, 0, pin_memory=False, amp=False, device=device, reason=reason)
+    return Profile("safe", 64, feed="host", amp=False, tf32=False, device=device, reason=reason)
 
 
 def require_cuda() -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # annotations only: the card module stays importable on its own
     from .config import TrainConfig
     from .model import TransformerAgent
-    from .prepare import Prepared
+    from .prepare import PooledPrepared, Prepared
 
 METADATA_KEY = "tbm_agent"  # key in ModelProto.metadata_props holding the JSON card
 FORMAT = "tbm-agent"
@@ -312,6 +312,7 @@ def _check_consistency(card: dict, path: str) -> None:
         if len(values) != len(columns):
             raise AgentFileError(f"{path}: metadata field 'normalisation.{stat}' has {len(values)} numbers; must "
                                  f"have one per feature ({len(columns)}) ({_FIX})")
+    _check_per_symbol(card, path, len(columns))
     expected = spec.warmup + card["seq_len"] - 1
     if card["warmup"] != expected:
         raise _field_error(path, "warmup", card["warmup"],
@@ -325,6 +326,33 @@ def _check_consistency(card: dict, path: str) -> None:
     if _as_datetime(ds["first_bar"]) > _as_datetime(ds["last_bar_used"]):
         raise _field_error(path, "dataset.first_bar", ds["first_bar"],
                            f"on or before dataset.last_bar_used ({ds['last_bar_used']})")
+
+
+def _check_per_symbol(card: dict, path: str, n_features: int) -> None:
+    """A universe agent normalised per symbol: each member's sha256 and statistics, which the runtime applies."""
+    per = card["normalisation"].get("per_symbol")
+    if per is None:
+        return
+    if not isinstance(per, dict) or not per:
+        raise _field_error(path, "normalisation.per_symbol", per, "a non-empty dict symbol -> statistics")
+    for symbol, entry in per.items():
+        where = f"normalisation.per_symbol.{symbol}"
+        if not isinstance(entry, dict):
+            raise _field_error(path, where, entry, "a dict with sha256, mean and std")
+        try:
+            _string()(entry.get("sha256"))
+        except _Bad as bad:
+            raise _field_error(path, f"{where}.sha256", entry.get("sha256"), bad.rule) from None
+        for stat, check in (("mean", _items(_number())), ("std", _items(_number(above=0)))):
+            values = entry.get(stat)
+            try:
+                check(values)
+            except _Bad as bad:
+                raise _field_error(path, f"{where}.{stat}{bad.where}", values if bad.value is _MISSING else bad.value,
+                                   bad.rule) from None
+            if len(values) != n_features:
+                raise _field_error(path, f"{where}.{stat}", f"{len(values)} numbers",
+                                   f"one per feature ({n_features})")
 
 
 def validate(card: dict, *, path: str) -> dict:
@@ -358,12 +386,10 @@ def parse(text: str | None, *, path: str) -> dict:
     return validate(card, path=path)
 
 
-def build_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, metrics: dict, command: str) -> dict:
+def build_card(cfg: TrainConfig, prep: Prepared | PooledPrepared, model: TransformerAgent, metrics: dict, command: str) -> dict:
     """The card of a trained model: everything ``OnnxAgent`` needs, plus provenance and metrics."""
     import torch  # here, not at the top: reading agents (OnnxAgent) must not load torch
 
-    idx = prep.index
-    train_lo = int(prep.train_ends.min()) - cfg.seq_len + 1
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -376,22 +402,11 @@ def build_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, metric
         "feature_names": prep.names,
         "seq_len": cfg.seq_len,
         "warmup": prep.spec.warmup + cfg.seq_len - 1,
-        "normalisation": {"mean": prep.mean.tolist(), "std": prep.std.tolist()},
+        "normalisation": prep.card_normalisation(),
         "tbm": cfg.tbm.to_dict(),
         "threshold": float(metrics["threshold"]),
         "model": model.config.to_dict(),
-        "dataset": {
-            "name": cfg.data,
-            "source": prep.source,
-            "sha256": prep.sha256,
-            "first_bar": str(idx[0]),
-            "last_bar_used": str(idx[-1]),  # nothing after this bar was seen in training
-            "holdout_start": None if prep.holdout_start is None else str(prep.holdout_start),
-            "train": [str(idx[train_lo]), str(idx[int(prep.train_ends.max())])],
-            # None for a refit that trains on its validation block too (walk-forward)
-            "validation": ([str(idx[int(prep.val_ends.min())]), str(idx[int(prep.val_ends.max())])]
-                           if len(prep.val_ends) else None),
-        },
+        "dataset": prep.card_dataset(cfg),
         "metrics": metrics,
         "train_config": cfg.to_dict(),
         "training_command": command,

@@ -1,22 +1,42 @@
-"""Training data: features, Triple Barrier labels and a purged split, normalised on training bars only."""
+"""Training data: features, Triple Barrier labels and a purged split, normalised on training bars only.
+
+One instrument (`prepare` on a file or sample): in memory, `Prepared`. A universe (``--data`` a
+directory, glob, comma list or bundled universe; `prepare_universe`): features and labels of each
+instrument alone in an on-disk store (`agents.store`), windows that never cross instruments
+(`agents.pooled`), and one calendar split for all, `PooledPrepared`: markets move together, so
+instrument B's 2012 is not out-of-sample for a model trained on A's 2012. The cut dates leave the
+last ``holdout`` of all bars (pooled) after the holdout cut and the last ``val_fraction`` of the rest
+after the validation cut; per instrument, training labels end ``horizon`` bars before the validation
+cut and validation labels ``horizon`` bars before the holdout (train / purge / validation / purge /
+holdout). Both offer the trainer the same interface: ``dataset``, ``labels``, ``rows``, ``n_rows``,
+``card_normalisation`` and ``card_dataset``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from datafeeds import load_ohlcv
-from labeling import events_within, purged_train_val_split, triple_barrier_labels
+from datafeeds import is_universe, load_ohlcv
+from labeling import calendar_cut, events_within, purged_train_val_split, triple_barrier_labels
 
 from .config import TrainConfig
 from .features import FeatureSpec, compute_features
 
+if TYPE_CHECKING:
+    from .store import FeatureStore
+
 
 @dataclass
 class Prepared:
-    """Normalised features, labels and the purged train/validation windows."""
+    """Normalised features, labels and the purged train/validation windows of one instrument.
+
+    The trainer reads it through ``dataset``, ``labels``, ``rows`` and ``card_dataset``, which
+    :class:`PooledPrepared` (a universe) offers too.
+    """
 
     x: np.ndarray  # (N, F) float32, normalised with training statistics
     y: np.ndarray  # (N,) float32, NaN where a bar has no label
@@ -31,9 +51,55 @@ class Prepared:
     source: str
     sha256: str
 
+    def _ends(self, which: str) -> np.ndarray:
+        return {"train": self.train_ends, "val": self.val_ends}[which]
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Load, cut the holdout, featurise, label and split; raises DataError/ValueError with a clear message."""
+    def dataset(self, which: str, seq_len: int):
+        """The windows of ``which`` ("train" or "val") in time order (a LazySequenceDataset)."""
+        from .dataset import LazySequenceDataset  # torch: only when windows are asked for
+
+        return LazySequenceDataset(self.x, self.y, seq_len, index=self._ends(which))
+
+    def labels(self, which: str) -> np.ndarray:
+        """Targets of ``dataset(which)``, in its order (float64)."""
+        return self.y[self._ends(which)].astype(np.float64)
+
+    def rows(self, which: str) -> np.ndarray:
+        """Normalised features at each labelled bar of ``which`` (what adversarial validation compares)."""
+        return self.x[self._ends(which)]
+
+    @property
+    def n_rows(self) -> int:
+        """Feature rows held in memory (the trainer's memory estimate)."""
+        return len(self.x)
+
+    def card_normalisation(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def card_dataset(self, cfg: TrainConfig) -> dict:
+        """The agent card's "dataset": provenance and the dates each split covers."""
+        idx = self.index
+        train_lo = int(self.train_ends.min()) - cfg.seq_len + 1
+        return {
+            "name": cfg.data,
+            "source": self.source,
+            "sha256": self.sha256,
+            "first_bar": str(idx[0]),
+            "last_bar_used": str(idx[-1]),  # nothing after this bar was seen in training
+            "holdout_start": None if self.holdout_start is None else str(self.holdout_start),
+            "train": [str(idx[train_lo]), str(idx[int(self.train_ends.max())])],
+            # None for a refit that trains on its validation block too (walk-forward)
+            "validation": ([str(idx[int(self.val_ends.min())]), str(idx[int(self.val_ends.max())])]
+                           if len(self.val_ends) else None),
+        }
+
+
+def prepare(cfg: TrainConfig) -> Prepared | PooledPrepared:
+    """Load, cut the holdout, featurise, label and split; raises DataError/ValueError with a clear message.
+
+    A universe goes to `prepare_universe`."""
+    if is_universe(cfg.data):
+        return prepare_universe(cfg)
     df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
     cut = len(df) - int(round(len(df) * cfg.holdout))
     fit_df = df.iloc[:cut]
@@ -98,3 +164,194 @@ def _assemble(cfg, df, x, names, spec, y, train_ends, val_ends, *, holdout_start
         train_ends=train_ends, val_ends=val_ends, index=df.index, holdout_start=holdout_start,
         source=str(df.attrs.get("source", cfg.data)), sha256=str(df.attrs.get("sha256", "")),
     )
+
+
+# ------------------------------------------------------------------------------------------ universes
+@dataclass
+class PooledPrepared:
+    """A universe ready to train on: per-instrument features and labels on disk, window-end ranges
+    per split, normalisation statistics, and what the card records of every instrument."""
+
+    store: FeatureStore
+    names: list[str]
+    spec: FeatureSpec
+    mode: str  # "pooled" or "per-symbol"
+    mean: np.ndarray  # (F,) pooled; (S, F) per symbol
+    std: np.ndarray
+    ranges: dict  # "train"/"val" -> (R, 3) int64 (instrument, lo, hi) window-end ranges
+    symbols: dict  # symbol -> what the card records (sha256, bars, dates, events, positive rates)
+    cuts: dict  # "validation"/"holdout" -> pd.Timestamp (holdout None without one)
+    holdout_start: pd.Timestamp | None
+    source: str
+    sha256: str  # one digest of all member files (datafeeds.universe_sha256)
+    seq_len: int
+
+    def dataset(self, which: str, seq_len: int):
+        """The windows of ``which`` ("train" or "val"), instrument by instrument in time order."""
+        from .pooled import PooledSequenceDataset  # torch: only when windows are asked for
+
+        if seq_len != self.seq_len:
+            raise ValueError(f"this universe was prepared for seq_len {self.seq_len}, not {seq_len}")
+        st = self.store
+        return PooledSequenceDataset([st.features(s) for s in st.symbols], [st.labels(s) for s in st.symbols],
+                                     seq_len, self.ranges[which], self.mean, self.std)
+
+    def labels(self, which: str) -> np.ndarray:
+        """Targets of ``dataset(which)`` in its order (float64; O(windows): for metrics, not training)."""
+        st = self.store
+        parts = [np.asarray(st.labels(st.symbols[i])[lo:hi], dtype=np.float64) for i, lo, hi in self.ranges[which]]
+        st.release()
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    def rows(self, which: str, max_rows: int = 20_000, seed: int = 0) -> np.ndarray:
+        """Normalised features at up to ``max_rows`` labelled bars of ``which`` drawn at random
+        (adversarial validation compares training with validation rows)."""
+        from .pooled import shuffled_ids
+
+        ds = self.dataset(which, self.seq_len)
+        ids = np.sort(shuffled_ids(len(ds), seed, 0, min(len(ds), max_rows)))
+        x, _ = ds.batch(ids)
+        return x[:, -1, :].numpy()
+
+    n_rows = 0  # features stay on disk: nothing of them counts in the trainer's memory estimate
+
+    def card_normalisation(self) -> dict:
+        if self.mode == "pooled":
+            return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        # per symbol: the statistics of each member, picked at run time by the data file's sha256;
+        # "mean"/"std" hold their average for the card's schema, never applied (the runtime refuses
+        # data of any other instrument)
+        return {"mean": self.mean.mean(axis=0).tolist(), "std": self.std.mean(axis=0).tolist(), "mode": "per-symbol",
+                "per_symbol": {s: {"sha256": self.symbols[s]["sha256"], "mean": self.mean[i].tolist(),
+                                   "std": self.std[i].tolist()} for i, s in enumerate(self.store.symbols)}}
+
+    def card_dataset(self, cfg: TrainConfig) -> dict:
+        span = {w: [min(v[f"{w}_first"] for v in self.symbols.values() if v[f"{w}_first"]),
+                    max(v[f"{w}_last"] for v in self.symbols.values() if v[f"{w}_last"])] for w in ("train", "val")}
+        used = [v["last_bar_used"] for v in self.symbols.values() if v["last_bar_used"]]
+        return {
+            "name": cfg.data,
+            "source": f"universe of {len(self.symbols)} instruments: {', '.join(self.symbols)}",
+            "sha256": self.sha256,
+            "first_bar": min(v["first"] for v in self.symbols.values()),
+            "last_bar_used": max(used),  # nothing after this bar, of any instrument, was seen in training
+            "holdout_start": None if self.holdout_start is None else str(self.holdout_start),
+            "train": span["train"],
+            "validation": span["val"],
+            "cuts": {k: None if v is None else str(v) for k, v in self.cuts.items()},
+            "normalise": self.mode,
+            "symbols": list(self.symbols),  # in input order (the card's JSON sorts the keys of "universe")
+            "universe": self.symbols,
+        }
+
+
+def prepare_universe(cfg: TrainConfig, frames=None, *, store_root=None) -> PooledPrepared:
+    """Featurise and label each instrument of ``cfg.data`` into the feature store, cut every
+    instrument at the same calendar dates, and fit the normalisation on the training bars.
+
+    ``frames``: symbol -> frame (default: ``datafeeds.load_universe(cfg.data, lazy=True)``, which
+    loads one instrument at a time); ``store_root``: the store cache (default `agents.store`'s).
+    """
+    from datafeeds import load_universe, universe_sha256
+
+    from .store import FeatureStore
+
+    frames = load_universe(cfg.data, start=cfg.start, end=cfg.end, lazy=True) if frames is None else frames
+    store = FeatureStore.build_or_open(frames, cfg.feature_spec, cfg.tbm, root=store_root)
+    symbols = list(store.symbols)
+    times = [store.time(s) for s in symbols]
+    holdout = calendar_cut(times, cfg.holdout) if cfg.holdout > 0 else None
+    stops = [len(t) if holdout is None else int(np.searchsorted(t, holdout)) for t in times]
+    if sum(stops) < 2:
+        raise ValueError(f"{cfg.data}: no bars before the holdout cut {pd.Timestamp(holdout)}; lower --holdout")
+    val_cut = calendar_cut([t[:n] for t, n in zip(times, stops)], cfg.val_fraction)
+    store.release()  # the bisection's reads mapped whole folios of every time file: unmap them
+    first_end = store.spec.warmup + cfg.seq_len - 1  # the first bar with a full window of finite features
+    ranges = {"train": [], "val": []}
+    info = {}
+    for i, sym in enumerate(symbols):
+        t, stop = times[i], stops[i]
+        v = int(np.searchsorted(t, val_cut))
+        t1 = np.asarray(store.t1(sym)[:stop], dtype=np.int64)
+        y = np.asarray(store.labels(sym)[:stop])
+        entry = {"sha256": store.info(sym)["sha256"], "source": store.info(sym)["source"], "bars": int(len(t)),
+                 "first": str(pd.Timestamp(int(t[0]))), "last": str(pd.Timestamp(int(t[-1])))}
+        for which, lo, hi in (("train", first_end, v - cfg.horizon), ("val", max(first_end, v), stop - cfg.horizon)):
+            ends = np.arange(lo, max(lo, hi))
+            keep = ends[(t1[lo:max(lo, hi)] >= 0) & (t1[lo:max(lo, hi)] < hi)]  # labelled, label ends in the segment
+            ranges[which] += [(i, a, b) for a, b in _runs(keep)]
+            labels = y[keep]
+            entry.update({f"{which}_events": int(len(keep)),
+                          f"{which}_positive_rate": float(labels.mean()) if len(keep) else None,
+                          # training: from the first bar its windows read; validation: its first labelled bar
+                          f"{which}_first": str(pd.Timestamp(int(t[keep[0] - (cfg.seq_len - 1 if which == "train" else 0)])))
+                          if len(keep) else None,
+                          f"{which}_last": str(pd.Timestamp(int(t[keep[-1]]))) if len(keep) else None})
+        entry["last_bar_used"] = str(pd.Timestamp(int(t[stop - 1]))) if stop else None
+        info[sym] = entry
+        del t1, y
+        store.release()  # unmap this instrument's pages now: RSS stays one instrument, not the universe
+    for which, name in (("train", "training"), ("val", "validation")):
+        n = sum(e[f"{which}_events"] for e in info.values())
+        pos = sum(e[f"{which}_events"] * (e[f"{which}_positive_rate"] or 0.0) for e in info.values())
+        if n == 0 or pos == 0 or pos == n:
+            raise ValueError(f"{cfg.data}: {n} {name} labels, {pos:.0f} positive: nothing to learn (with the cut dates "
+                             f"{pd.Timestamp(val_cut).date()} / {pd.Timestamp(holdout).date() if holdout else 'none'});"
+                             " use longer histories or barriers the price can reach")
+    mean, std = _universe_statistics(store, ranges["train"], cfg, symbols)
+    return PooledPrepared(
+        store=store, names=list(store.names), spec=store.spec, mode=cfg.normalise, mean=mean, std=std,
+        ranges={k: np.array(v, dtype=np.int64).reshape(-1, 3) for k, v in ranges.items()}, symbols=info,
+        cuts={"validation": pd.Timestamp(val_cut), "holdout": None if holdout is None else pd.Timestamp(holdout)},
+        holdout_start=None if holdout is None else pd.Timestamp(holdout), source=cfg.data,
+        sha256=universe_sha256({s: _Sha(store.info(s)["sha256"]) for s in symbols}), seq_len=cfg.seq_len,
+    )
+
+
+class _Sha:
+    """Stands in for a frame in `universe_sha256`, which reads ``attrs["sha256"]`` only."""
+
+    def __init__(self, sha: str):
+        self.attrs = {"sha256": sha}
+
+
+def _runs(ends: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive integers as half-open (lo, hi) runs: [3, 4, 5, 9] -> [(3, 6), (9, 10)]."""
+    if len(ends) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(ends) != 1) + 1
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.split(ends, breaks)]
+
+
+_CHUNK = 1 << 16  # rows per read when summing features for the statistics
+
+
+def _universe_statistics(store, train_ranges: list, cfg: TrainConfig, symbols: list[str]):
+    """Mean and std (ddof 0, NaNs skipped) of the feature rows the training windows cover: pooled over
+    all instruments, or per instrument. Read in chunks: memory stays O(chunk), not O(bars)."""
+    n_feat = len(store.names)
+    sums = np.zeros((len(symbols), 3, n_feat))  # per instrument: count, sum, sum of squares
+    for i in range(len(symbols)):
+        own = [(lo, hi) for j, lo, hi in train_ranges if j == i]
+        if not own:
+            continue
+        lo, hi = min(a for a, _ in own) - cfg.seq_len + 1, max(b for _, b in own)
+        x = store.features(symbols[i])
+        for a in range(lo, hi, _CHUNK):
+            block = np.asarray(x[a:min(hi, a + _CHUNK)], dtype=np.float64)
+            ok = np.isfinite(block)
+            block = np.where(ok, block, 0.0)
+            sums[i] += [ok.sum(axis=0), block.sum(axis=0), (block * block).sum(axis=0)]
+        store.release()
+    if cfg.normalise == "per-symbol":
+        missing = [s for i, s in enumerate(symbols) if sums[i, 0].min() == 0]
+        if missing:
+            raise ValueError(f"--normalise per-symbol: {', '.join(missing)} has no training bars before the validation "
+                             "cut; drop it from the universe or use --normalise pooled")
+        counts, total, squares = sums[:, 0], sums[:, 1], sums[:, 2]
+    else:
+        counts, total, squares = sums[:, 0].sum(axis=0), sums[:, 1].sum(axis=0), sums[:, 2].sum(axis=0)
+    mean = total / counts
+    std = np.sqrt(np.maximum(squares / counts - mean * mean, 0.0))
+    std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. zero volume) stays 0, not NaN
+    return mean, std

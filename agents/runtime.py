@@ -47,6 +47,9 @@ class OnnxAgent:
         self.tbm = TBMConfig.from_dict(card["tbm"])
         self._mean = np.asarray(card["normalisation"]["mean"], dtype=np.float64)
         self._std = np.asarray(card["normalisation"]["std"], dtype=np.float64)
+        # an agent trained on a universe with --normalise per-symbol: each member's own statistics
+        self._per_symbol = card["normalisation"].get("per_symbol")
+        self._symbol: str | None = None
         self._input = card["input_name"]
         self.reset()
 
@@ -95,11 +98,50 @@ class OnnxAgent:
             )
 
     # ------------------------------------------------------------------ batch
-    def _normalised_features(self, df: pd.DataFrame) -> np.ndarray:
+    @property
+    def symbols(self) -> list[str] | None:
+        """The instruments of a per-symbol agent (it trades only these), None for any other agent."""
+        return None if self._per_symbol is None else list(self._per_symbol)
+
+    def select_symbol(self, symbol: str) -> None:
+        """Per-symbol agents: normalise with ``symbol``'s statistics (streaming `update` needs this)."""
+        if self._per_symbol is None:
+            return
+        if symbol not in self._per_symbol:
+            raise ValueError(f"agent {self.path} normalises per symbol and knows {', '.join(self._per_symbol)}, "
+                             f"not {symbol!r}")
+        self._symbol = symbol
+
+    def select_symbol_for(self, df: pd.DataFrame) -> None:
+        """Per-symbol agents: `select_symbol` the member whose file ``df`` was loaded from (by sha256)."""
+        if self._per_symbol is None:
+            return
+        sha = df.attrs.get("sha256")
+        symbol = next((s for s, v in self._per_symbol.items() if sha and v["sha256"] == sha), None)
+        if symbol is None:
+            self._stats(None if self._symbol is None else df)  # raises the refusal naming the symbols
+            return
+        self._symbol = symbol
+
+    def _stats(self, df: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+        if self._per_symbol is None:
+            return self._mean, self._std
+        sha = None if df is None else df.attrs.get("sha256")
+        symbol = next((s for s, v in self._per_symbol.items() if sha and v["sha256"] == sha), self._symbol)
+        if symbol is None:
+            raise ValueError(
+                f"agent {self.path} was trained with per-symbol normalisation on {', '.join(self._per_symbol)} and "
+                "trades only those: load one of their files with datafeeds (its sha256 picks the statistics), "
+                "or train with --normalise pooled to trade other instruments")
+        v = self._per_symbol[symbol]
+        return np.asarray(v["mean"], dtype=np.float64), np.asarray(v["std"], dtype=np.float64)
+
+    def _normalised_features(self, df: pd.DataFrame, stats=None) -> np.ndarray:
         x, names = compute_features(df, self.spec)
         if names != self.feature_names:
             raise _meta.AgentFileError(f"{self.path}: features computed {names} != recorded {self.feature_names}")
-        return ((x.astype(np.float64) - self._mean) / self._std).astype(np.float32)  # (N, F)
+        mean, std = stats if stats is not None else self._stats(df)
+        return ((x.astype(np.float64) - mean) / std).astype(np.float32)  # (N, F)
 
     def _logits(self, windows: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: np.ascontiguousarray(windows)})[0].reshape(-1)
@@ -145,7 +187,7 @@ class OnnxAgent:
         if self._n <= self.warmup:
             return float("nan")
         frame = pd.DataFrame({name: np.fromiter(col, float, len(col)) for name, col in self._columns.items()})
-        x = self._normalised_features(frame)[-self.seq_len :]  # (L, F)
+        x = self._normalised_features(frame, self._stats(None))[-self.seq_len :]  # (L, F)
         if np.isnan(x).any():
             return float("nan")
         return float(_sigmoid(self._logits(x[None, :, :]))[0])  # (1, L, F)

@@ -108,7 +108,7 @@ def _fit(job: dict, folder: Path) -> None:
     prep = prepare(cfg)
     res = fit(cfg, prep, checkpoint_dir=folder, resume=job["resume"], on_epoch=on_epoch,
               progress=not job["quiet"], profile=profile)
-    _write_json(folder / "fit.json", profile_record(res["profile"], res["batch_size"]))
+    _write_json(folder / "fit.json", profile_record(res))
 
 
 def _evaluate(job: dict, folder: Path) -> None:

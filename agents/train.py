@@ -32,7 +32,10 @@ def __getattr__(name: str):  # the pipeline's names, loaded (with torch) on firs
 def default_out(data: str) -> Path:
     """Where an agent trained on ``data`` goes by default: ``models/<data name>.onnx`` (never the
     shipped models/agent1.onnx, which a default run would otherwise overwrite)."""
-    name = Path(str(data)).name.split(".")[0] or "agent"
+    text = str(data)
+    if any(c in text for c in ",*?["):  # a comma list or a glob: no one name
+        return Path("models") / "universe.onnx"
+    name = Path(text.rstrip("/")).name.split(".")[0] or "agent"  # a file, a sample, a folder, a universe name
     return Path("models") / f"{name}.onnx"
 
 
@@ -45,7 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="bundled sample name (python -m datafeeds lists them) or a CSV/Parquet path")
+    g.add_argument("--data", default=d.data, help="a bundled sample (python -m datafeeds lists them) or a CSV/Parquet path; "
+                   "or a universe, one instrument per file: a bundled universe (us_daily), a directory, a glob "
+                   "or a comma list of files or samples")
+    g.add_argument("--normalise", default=d.normalise, choices=["pooled", "per-symbol"],
+                   help="universes: normalisation statistics from all instruments' training bars together (pooled: "
+                   "one set, the agent trades any instrument) or from each instrument's own (per-symbol: comparable "
+                   "scales for price-level features such as MACD; the agent then trades only its own symbols)")
     g.add_argument("--start", default=None, help="first date to load, ISO: 2005-01-01")
     g.add_argument("--end", default=None, help="last date to load, ISO; later bars are never seen")
     g.add_argument("--holdout", type=float, default=d.holdout, help="last fraction of loaded bars kept unseen for out-of-sample backtests")
@@ -74,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("hardware and output")
     g.add_argument("--gpu", action="store_true", help="train on CUDA; exits at once if CUDA is absent")
     g.add_argument("--profile", default=d.profile, choices=["auto", "beast", "safe"], help="hardware profile (auto detects GPU memory and the container's RAM)")
+    g.add_argument("--feed", default=d.feed, choices=["auto", "host", "resident", "prefetch"],
+                   help="how batches reach the model: host = gathered in the main process; resident = windows copied "
+                        "to the device once and gathered there; prefetch = gathered on a background thread, pinned; "
+                        "auto = the profile's (beast on CUDA: resident). Same batches either way")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model for training (CUDA; measure first: "
+                   "benchmarks/bench_gpu.py)")
     g.add_argument("--out", default=None, help="where to write the ONNX agent; None = models/<data name>.onnx")
     g.add_argument("--overwrite", action="store_true", help="replace --out if it exists (otherwise refused)")
     g.add_argument("--checkpoint-dir", default=None, help="where checkpoints go; None = checkpoints/<out name>/")
@@ -91,7 +106,8 @@ def config_dict(args: argparse.Namespace) -> dict:
         dropout=args.dropout, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
         lr=args.lr, val_fraction=args.val_fraction, seed=args.seed, pt=args.pt, sl=args.sl,
         horizon=args.horizon, focal_alpha=None if args.focal_alpha is not None and args.focal_alpha < 0 else args.focal_alpha,
-        focal_gamma=args.focal_gamma, threshold=args.threshold, profile=args.profile, gpu=args.gpu,
+        focal_gamma=args.focal_gamma, threshold=args.threshold, normalise=args.normalise, profile=args.profile,
+        gpu=args.gpu, feed=args.feed, compile=args.compile,
     )
 
 
@@ -101,6 +117,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _fmt(x, spec=".4f"):
     return "n/a" if x is None else format(x, spec)
+
+
+def _universe_table(ds: dict) -> str:
+    """Per instrument: bars, dates, and the label balance of each split (pooled metrics follow)."""
+    cuts = ds.get("cuts", {})
+    lines = [f"universe    {len(ds['universe'])} instruments, cut dates: validation {str(cuts.get('validation'))[:10]}, "
+             f"holdout {str(cuts.get('holdout'))[:10]}; normalisation {ds.get('normalise')}",
+             f"            {'symbol':<14}{'bars':>7}  {'first .. last':<24}{'train events':>13} {'pos':>6}"
+             f"{'val events':>12} {'pos':>6}"]
+    for sym in ds.get("symbols") or ds["universe"]:
+        e = ds["universe"][sym]
+        rate = {w: "n/a" if e[f"{w}_positive_rate"] is None else f"{e[f'{w}_positive_rate']:.3f}" for w in ("train", "val")}
+        lines.append(f"            {sym:<14}{e['bars']:>7}  {e['first'][:10]} .. {e['last'][:10]}  "
+                     f"{e['train_events']:>12} {rate['train']:>6}{e['val_events']:>12} {rate['val']:>6}")
+    return "\n".join(lines)
 
 
 def _list_features() -> int:
@@ -145,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  validation {ds['validation'][0][:10]}..{ds['validation'][1][:10]}  holdout from {str(ds['holdout_start'])[:10]}")
     print(f"labels      train positive rate {lb['train_positive_rate']:.3f} ({lb['train_events']} events)"
           f"  val {lb['val_positive_rate']:.3f} ({lb['val_events']})")
+    if ds.get("universe"):
+        print(_universe_table(ds))
     print(f"focal loss  train {m['train_loss']:.4f}  val {m['val_loss']:.4f} (best epoch {m['best_epoch']})")
     print(f"  no skill  base rate: train {m['baseline_train_loss']:.4f}  val {m['baseline_val_loss']:.4f};"
           f"  best constant p={m['best_constant_p']:.3f}: train {m['best_constant_train_loss']:.4f}"

@@ -7,6 +7,7 @@ every epoch -> metrics beside the no-skill baseline -> ONNX export with parity c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -20,12 +21,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .dataset import LazySequenceDataset
-from .evaluation import EVALUATION_MEMORY, evaluate, loss_of, predict_logits
+from .evaluation import EVALUATION_MEMORY, evaluate, mean_loss
 from .export import EXPORTER_MEMORY, export_agent
+from .feed import ResidentWindows, epoch_ids, fits_on_device, prefetch, resident_bytes
 from .hardware import (
-    Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory,
-    require_cuda, worker_init_fn,
+    HardwareError, Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory,
+    require_cuda,
 )
 from .losses import FocalLoss
 from .metadata import build_card
@@ -36,17 +37,103 @@ from .prepare import Prepared, prepare
 log = logging.getLogger(__name__)
 
 
-def _epoch_batches(ds, batch_size, seed, epoch, num_workers, pin_memory):
-    """Shuffled batches for one epoch; the order depends only on (seed, epoch) so a resumed run replays it."""
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    if num_workers == 0:
-        yield from ds.iter_batches(batch_size, shuffle=True, generator=gen)
+def epoch_batches(ds, resident, feed: str, batch_size: int, seed: int, epoch: int, device):
+    """Shuffled batches for one epoch, on ``device``; the order depends only on (seed, epoch), whatever
+    the feed or device, so a resumed run replays it and every feed trains on the same batches."""
+    if resident is not None:
+        yield from resident.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch)
         return
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=True, generator=gen, num_workers=num_workers,
-        pin_memory=pin_memory, worker_init_fn=worker_init_fn, persistent_workers=False,
-    )
-    yield from loader
+    host = (ds.batch(ids) for ids in epoch_ids(ds, batch_size, seed, epoch))
+    if feed == "prefetch":
+        yield from prefetch(host, device)
+    else:
+        for xb, yb in host:
+            yield xb.to(device), yb.to(device)
+
+
+def amp_dtype_for(profile: Profile, device: torch.device) -> torch.dtype | None:
+    """bf16 where the card supports it, else fp16 (with a GradScaler); None without mixed precision."""
+    if not (profile.amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool):
+    """TF32 matmuls and convolutions for the duration (a process-wide torch setting, restored after)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def train_step(model, opt, scaler, loss_fn, xb, yb, amp_dtype) -> torch.Tensor:
+    """One optimisation step; returns the (detached) loss."""
+    with torch.autocast(xb.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = model(xb)
+    loss = loss_fn(logits.float(), yb.float())
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
+
+
+BATCH_CANDIDATES = (256, 512, 1024, 2048, 4096, 8192)
+_BATCH_TOLERANCE = 0.9  # the smallest batch within 10% of the fastest: larger ones mean fewer steps per epoch
+
+
+def measure_batch_size(model, loss_fn, batches_of, device, amp_dtype=None, *, candidates=BATCH_CANDIDATES,
+                       steps: int = 10, warmup: int = 3, max_windows: int | None = None) -> tuple[int, list[dict]]:
+    """Time training steps at each candidate batch size on a copy of ``model``; return the smallest batch
+    within 10% of the best windows/s, and the table measured.
+
+    ``batches_of(b)`` returns one (X, y) batch of ``b`` windows on ``device``. A candidate that runs out of
+    device memory ends the search (larger ones would too); ``max_windows`` skips batches larger than the data.
+    """
+    import copy
+
+    table = []
+    for b in candidates:
+        if max_windows is not None and b > max_windows:
+            break
+        trial = copy.deepcopy(model).to(device).train()
+        opt = AdamW(trial.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        try:
+            xb, yb = batches_of(b)
+            for k in range(warmup + steps):
+                if k == warmup:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                train_step(trial, opt, scaler, loss_fn, xb, yb, amp_dtype)
+            _sync(device)
+            dt = (time.perf_counter() - t0) / steps
+        except torch.cuda.OutOfMemoryError:
+            table.append({"batch_size": b, "out_of_memory": True})
+            break
+        finally:
+            del trial, opt
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        table.append({"batch_size": b, "step_ms": dt * 1e3, "windows_per_s": b / dt})
+    timed = [r for r in table if "windows_per_s" in r]
+    if not timed:
+        raise HardwareError(f"no batch size of {list(candidates)} fits on {device}: lower --seq-len or --d-model, "
+                            "or give --batch-size")
+    best = max(r["windows_per_s"] for r in timed)
+    chosen = next(r["batch_size"] for r in timed if r["windows_per_s"] >= _BATCH_TOLERANCE * best)
+    return chosen, table
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume: bool = False,
@@ -63,36 +150,66 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
         require_cuda()
     profile = profile or choose_profile(resources, cfg.profile, gpu=cfg.gpu)
     device = torch.device(profile.device)
-    batch_size = cfg.batch_size or profile.batch_size
     threads = configure_main_threads(resources)
+    amp_dtype = amp_dtype_for(profile, device)
+    feed = profile.feed if cfg.feed == "auto" else cfg.feed
+    train_ds, val_ds = prep.dataset("train", cfg.seq_len), prep.dataset("val", cfg.seq_len)
+
+    ckpt = load_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
+    if resume and ckpt is None:
+        log.warning("--resume: no checkpoint in %s; starting from scratch", checkpoint_dir)
+    if feed == "resident" and device.type == "cuda":
+        ok, why = fits_on_device(train_ds, device)
+        if not ok:
+            log.warning("feed: %s; prefetching batched gathers from pinned host memory instead", why)
+            feed = "prefetch"
 
     torch.manual_seed(cfg.seed)
     model = TransformerAgent(cfg.model_config(len(prep.names))).to(device)
     mc = model.config
-    need = estimate_train_memory(len(prep.x), len(prep.names), cfg.seq_len, batch_size, model.num_parameters(),
-                                 profile.num_workers,
-                                 d_model=mc.d_model, n_layers=mc.n_layers, n_heads=mc.n_heads,
+    # given; else, resuming a run that chose its own (measured on a GPU), that one; else the profile's
+    chosen_before = ckpt is not None and ckpt.get("config", {}).get("batch_size") is None
+    batch_size = cfg.batch_size or (chosen_before and ckpt.get("run", {}).get("batch_size")) or profile.batch_size
+    need = estimate_train_memory(max(1, prep.n_rows), len(prep.names), cfg.seq_len, batch_size, model.num_parameters(),
+                                 0, d_model=mc.d_model, n_layers=mc.n_layers, n_heads=mc.n_heads,
                                  dim_feedforward=mc.dim_feedforward)
+    if feed == "resident" and device.type == "cpu":
+        need += resident_bytes(train_ds)  # the "device" copy is host memory here
     # the steps after this one (evaluation with scikit-learn, the export) need memory too, in this
     # process or in their own (agents.staged, each no bigger than this one's imports): the run needs
     # the largest of the three on top of what is in use now
     check_fits(max(need, EVALUATION_MEMORY, EXPORTER_MEMORY["torchscript"]), resources)
 
+    resident = val_feed = None
+    if feed == "resident":
+        resident = ResidentWindows(train_ds, device)
+        try:
+            val_feed = resident.sibling(val_ds)
+        except ValueError:
+            val_feed = ResidentWindows(val_ds, device)
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    batch_table = None
+    if cfg.batch_size is None and ckpt is None and profile.name == "beast" and device.type == "cuda" and len(train_ds):
+        def batch_of(b):
+            ids = np.arange(min(b, len(train_ds)))
+            if resident is not None:
+                return resident.batch(ids)
+            xb, yb = train_ds.batch(ids)
+            return xb.to(device), yb.to(device)
+
+        batch_size, batch_table = measure_batch_size(model, loss_fn, batch_of, device, amp_dtype,
+                                                     max_windows=len(train_ds))
+        log.info("batch size %d chosen by measurement: %s", batch_size, batch_table)
+
     # agents.optim.AdamW: torch.optim's, op for op, without the ~67 MiB torch._dynamo import
     opt = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp = profile.amp and device.type == "cuda"
+    amp = {None: False, torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     # what, besides the config, decides the numbers an epoch produces; a resume must match it
     run = {"batch_size": batch_size, "device": device.type, "amp": amp, "threads": threads, "data_sha256": prep.sha256}
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    train_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.train_ends)
-    val_ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=prep.val_ends)
-    y_val = prep.y[prep.val_ends].astype(np.float64)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    train_model = torch.compile(model) if cfg.compile else model
 
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "best_weights": None, "bad_epochs": 0, "history": []}
-    ckpt = load_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
-    if resume and ckpt is None:
-        log.warning("--resume: no checkpoint in %s; starting from scratch", checkpoint_dir)
     if ckpt is not None:
         _check_resumable(ckpt, cfg, run, checkpoint_dir)
         model.load_state_dict(ckpt["model"])
@@ -102,55 +219,48 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
         log.info("resumed from %s at epoch %d", checkpoint_dir, state["epoch"])
 
     epochs_run = 0
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        epoch = state["epoch"]
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws depend on the epoch alone
-        model.train()
-        t0, total, count = time.perf_counter(), 0.0, 0
-        bar = tqdm(total=len(train_ds), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="win",
-                   disable=None if progress else True, leave=False, file=sys.stderr)
-        for xb, yb in _epoch_batches(train_ds, batch_size, cfg.seed, epoch, profile.num_workers, profile.pin_memory):
-            xb = xb.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True).float()
-            with torch.autocast(device.type, enabled=amp):
-                logits = model(xb)
-            loss = loss_fn(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            total += loss.item() * len(yb)
-            count += len(yb)
-            bar.update(len(yb))
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        bar.close()
-        val_loss = loss_of(loss_fn, predict_logits(model, val_ds, device), y_val) if len(val_ds) else None
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": val_loss,
-                  "seconds": time.perf_counter() - t0}
-        state["history"].append(record)
-        state["epoch"] = epoch + 1
-        if val_loss is None or val_loss < state["best_val"] - 1e-6:  # no validation: keep the latest
-            state.update(best_val=math.inf if val_loss is None else val_loss, best_epoch=epoch + 1, bad_epochs=0,
-                         best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        else:
-            state["bad_epochs"] += 1
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, {
-                "config": cfg.to_dict(), "run": run, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(), "state": state,
-            })
-        if on_epoch:
-            on_epoch(record, state)
-        epochs_run += 1
-        if stop_after is not None and epochs_run >= stop_after:
-            return {"interrupted": True, "state": state}
+    with tf32_matmuls(profile.tf32 and device.type == "cuda"):
+        while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+            epoch = state["epoch"]
+            torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout draws depend on the epoch alone
+            train_model.train()
+            t0, total, count = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0
+            bar = tqdm(total=len(train_ds), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="win",
+                       disable=None if progress else True, leave=False, file=sys.stderr)
+            for xb, yb in epoch_batches(train_ds, resident, feed, batch_size, cfg.seed, epoch, device):
+                loss = train_step(train_model, opt, scaler, loss_fn, xb, yb, amp_dtype)
+                total += loss.double() * len(yb)  # summed on the device: no host sync per step
+                count += len(yb)
+                bar.update(len(yb))
+                if bar.disable is False:
+                    bar.set_postfix(loss=f"{float(total) / count:.4f}", refresh=False)
+            bar.close()
+            val_loss = mean_loss(model, val_feed or val_ds, loss_fn, device) if len(val_ds) else None
+            record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1), "val_loss": val_loss,
+                      "seconds": time.perf_counter() - t0}
+            state["history"].append(record)
+            state["epoch"] = epoch + 1
+            if val_loss is None or val_loss < state["best_val"] - 1e-6:  # no validation: keep the latest
+                state.update(best_val=math.inf if val_loss is None else val_loss, best_epoch=epoch + 1, bad_epochs=0,
+                             best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            else:
+                state["bad_epochs"] += 1
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, {
+                    "config": cfg.to_dict(), "run": run, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(), "state": state,
+                })
+            if on_epoch:
+                on_epoch(record, state)
+            epochs_run += 1
+            if stop_after is not None and epochs_run >= stop_after:
+                return {"interrupted": True, "state": state}
 
     model.load_state_dict(state["best_weights"])
     model = model.cpu().eval()
     return {"interrupted": False, "model": model, "state": state, "profile": profile,
-            "batch_size": batch_size, "resources": resources}
+            "batch_size": batch_size, "resources": resources, "feed": feed, "amp": amp,
+            "tf32": profile.tf32 and device.type == "cuda", "compile": cfg.compile, "batch_table": batch_table}
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig, run: dict, directory) -> None:
@@ -190,8 +300,10 @@ def make_card(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, state: 
 
 def parity_batch(cfg: TrainConfig, prep: Prepared) -> np.ndarray:
     """Up to 64 real validation windows (training ones for a refit): what the export's parity check runs on."""
-    ends = prep.val_ends if len(prep.val_ends) else prep.train_ends[-64:]
-    ds = LazySequenceDataset(prep.x, prep.y, cfg.seq_len, index=ends)
+    ds = prep.dataset("val", cfg.seq_len)
+    if len(ds) == 0:
+        ds = prep.dataset("train", cfg.seq_len)
+        return ds.batch(np.arange(max(0, len(ds) - 64), len(ds)))[0].numpy()
     return ds.batch(np.arange(min(len(ds), 64)))[0].numpy()
 
 
@@ -209,11 +321,16 @@ def train(cfg: TrainConfig, out: Path, *, checkpoint_dir: Path, resume: bool = F
     if res["interrupted"]:
         return None
     model = res["model"]
-    card = make_card(cfg, prep, model, res["state"], profile_record(res["profile"], res["batch_size"]), command)
+    card = make_card(cfg, prep, model, res["state"], profile_record(res), command)
     export_agent(model, card, out, parity_batch(cfg, prep), exporter=exporter)
     return TrainResult(card=card, model=model, prep=prep)
 
 
-def profile_record(profile: Profile, batch_size: int) -> dict:
-    """What the card records of the hardware profile a model was trained with."""
-    return {"name": profile.name, "reason": profile.reason, "batch_size": batch_size}
+def profile_record(res: dict) -> dict:
+    """What the card records of how a model was trained (``res``: what `fit` returned)."""
+    profile = res["profile"]
+    rec = {"name": profile.name, "reason": profile.reason, "batch_size": res["batch_size"], "device": profile.device,
+           "feed": res["feed"], "amp": res["amp"], "tf32": res["tf32"], "compile": res["compile"]}
+    if res.get("batch_table"):
+        rec["batch_measured"] = res["batch_table"]
+    return rec

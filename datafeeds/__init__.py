@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from datafeeds.dates import parse_date
     from datafeeds.loader import load_ohlcv
     from datafeeds.samples import file_sha256, list_samples, sample_info, samples_table
+    from datafeeds.universe import is_universe, list_universes, load_universe, universe_info, universe_sha256
 
 _LAZY = {  # public name -> its module
     "load_ohlcv": "datafeeds.loader",
@@ -25,6 +26,11 @@ _LAZY = {  # public name -> its module
     "sample_info": "datafeeds.samples",
     "samples_table": "datafeeds.samples",
     "to_backtrader": "datafeeds.backtrader_feed",
+    "is_universe": "datafeeds.universe",
+    "load_universe": "datafeeds.universe",
+    "list_universes": "datafeeds.universe",
+    "universe_info": "datafeeds.universe",
+    "universe_sha256": "datafeeds.universe",
 }
 
 
@@ -41,5 +47,6 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["DataError", "file_sha256", "list_samples", "load_ohlcv", "parse_date", "sample_info", "samples_table",
-           "to_backtrader", "write_atomic"]
+__all__ = ["DataError", "file_sha256", "is_universe", "list_samples", "list_universes", "load_ohlcv", "load_universe",
+           "parse_date", "sample_info", "samples_table", "to_backtrader", "universe_info", "universe_sha256",
+           "write_atomic"]

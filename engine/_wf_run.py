@@ -38,7 +38,7 @@ from agents.export import EXPORTER_MEMORY
 from agents.hardware import check_fits, detect, estimate_train_memory
 from agents.model import TransformerAgent
 from agents.trainer import fit
-from datafeeds import load_ohlcv, write_atomic
+from datafeeds import is_universe, load_ohlcv, write_atomic
 from engine import _search_space as space
 from engine._wf_config import _VALIDATION_ENGINE, WalkForwardConfig
 from engine._wf_report import _deflated_sharpe, _fmt, _plot_stitched, _plot_study, _stitched_result
@@ -83,6 +83,9 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     (all workers) and epochs of the running trial.
     """
     t0 = time.perf_counter()
+    if is_universe(cfg.data):
+        raise ValueError(f"--data {cfg.data}: walk-forward tuning takes one instrument (a file or sample); "
+                         "train on a universe with python -m agents.train")
     df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
     check_memory(cfg, len(df))
     folds = walk_forward_folds(len(df), n_folds=cfg.folds, scheme=cfg.scheme, test_frac=cfg.test_frac,

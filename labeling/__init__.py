@@ -1,7 +1,7 @@
 """Labels for supervised learning on bars: Wilder ATR, Triple Barrier labels, purged splits."""
 
 from .atr import atr
-from .splits import Fold, events_within, purged_train_val_split, walk_forward_folds
+from .splits import Fold, calendar_cut, events_within, purged_train_val_split, walk_forward_folds
 from .tbm import TBMConfig, label_spans, triple_barrier_labels
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "purged_train_val_split",
     "walk_forward_folds",
     "events_within",
+    "calendar_cut",
 ]

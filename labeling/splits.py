@@ -173,3 +173,33 @@ def walk_forward_folds(
             )
         )
     return folds
+
+
+def calendar_cut(times, fraction_after: float) -> np.int64:
+    """The timestamp that leaves the last ``fraction_after`` of all bars of several instruments after it.
+
+    ``times``: one sorted int64 array (e.g. nanoseconds, np.memmap fine) per instrument. The same cut
+    date applies to every instrument (markets move together: B's 2012 is not out-of-sample for a
+    model trained on A's 2012). Found by bisection on the calendar with searchsorted per instrument,
+    so memory stays O(1) in the number of bars; bars at the cut belong to the part after it.
+    """
+    arrays = [np.asarray(t) for t in times]
+    if not arrays or any(a.ndim != 1 or a.dtype.kind not in "iu" for a in arrays):
+        raise ValueError("times must be a non-empty list of 1-D integer timestamp arrays")
+    if not 0.0 < fraction_after < 1.0:
+        raise ValueError(f"fraction_after must be in (0, 1), got {fraction_after}")
+    arrays = [a for a in arrays if a.size]
+    total = sum(a.size for a in arrays)
+    if total < 2:
+        raise ValueError(f"need at least 2 bars in all to cut, got {total}")
+    want_before = total - max(1, int(round(total * fraction_after)))  # bars strictly before the cut
+    lo = min(int(a[0]) for a in arrays)  # before(lo) = 0 <= want_before
+    hi = max(int(a[-1]) for a in arrays) + 1  # before(hi) = total > want_before
+    while hi - lo > 1:  # invariant: before(lo) <= want_before < before(hi)
+        mid = (lo + hi) // 2
+        before = sum(int(np.searchsorted(a, mid, side="left")) for a in arrays)
+        if before <= want_before:
+            lo = mid
+        else:
+            hi = mid
+    return np.int64(lo)

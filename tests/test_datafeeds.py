@@ -45,7 +45,8 @@ def _replace_line(lineno, new):
 def test_public_names():
     assert sorted(datafeeds.__all__) == sorted(
         ["load_ohlcv", "list_samples", "sample_info", "samples_table", "file_sha256", "parse_date", "DataError",
-         "to_backtrader", "write_atomic"]
+         "to_backtrader", "write_atomic", "is_universe", "load_universe", "list_universes", "universe_info",
+         "universe_sha256"]
     )
     assert issubclass(DataError, ValueError)
 

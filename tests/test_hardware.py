@@ -141,7 +141,7 @@ def test_cuda_absent_gives_safe_profile_and_require_cuda_raises():
     r = detect()  # torch.cuda.is_available patched to False
     assert r.cuda_devices == ()
     p = choose_profile(r)
-    assert (p.name, p.batch_size, p.num_workers, p.pin_memory, p.amp, p.device) == ("safe", 64, 0, False, False, "cpu")
+    assert (p.name, p.batch_size, p.feed, p.amp, p.tf32, p.device) == ("safe", 64, "host", False, False, "cpu")
     assert "no CUDA GPU" in p.reason
     with pytest.raises(HardwareError, match="CUDA") as info:
         require_cuda()
@@ -162,7 +162,8 @@ def test_fake_cuda_detected(monkeypatch):
 
 def test_big_gpu_and_ram_gives_beast():
     p = choose_profile(_res(gpu_bytes=24 * GB, ram=64 * GB))
-    assert (p.name, p.batch_size, p.num_workers, p.pin_memory, p.amp, p.device) == ("beast", 1024, 8, True, True, "cuda")
+    # beast feeds the card from device-resident windows, never per-sample DataLoader workers
+    assert (p.name, p.batch_size, p.feed, p.amp, p.tf32, p.device) == ("beast", 1024, "resident", True, True, "cuda")
     # A "16 GB" card reports a little less than 16e9 bytes and still qualifies.
     assert choose_profile(_res(gpu_bytes=15_843_721_216)).name == "beast"
 
@@ -186,7 +187,7 @@ def test_explicit_requests_override():
     assert beast.name == "beast" and beast.batch_size == 1024 and beast.device == "cuda"
     assert "largest GPU" in beast.reason and "container RAM" in beast.reason
     cpu_beast = choose_profile(_res(), "beast")
-    assert cpu_beast.device == "cpu" and not cpu_beast.amp and not cpu_beast.pin_memory
+    assert cpu_beast.device == "cpu" and not cpu_beast.amp and not cpu_beast.tf32 and cpu_beast.feed == "host"
     assert "no CUDA GPU" in cpu_beast.reason
     safe = choose_profile(_res(gpu_bytes=24 * GB), "safe", gpu=True)
     assert safe.name == "safe" and safe.device == "cuda" and not safe.amp

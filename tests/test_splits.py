@@ -168,3 +168,22 @@ def test_folds_reject_bad_input(kwargs, match):
     n_bars = kwargs.pop("n_bars")
     with pytest.raises(ValueError, match=match):
         walk_forward_folds(n_bars, **kwargs)
+
+
+def test_calendar_cut_leaves_the_pooled_fraction_after_one_date_for_all():
+    from labeling import calendar_cut
+
+    a = np.arange(1, 11, dtype=np.int64)  # 10 bars, days 1..10
+    b = np.arange(5, 11, dtype=np.int64)  # 6 bars, days 5..10 (listed later)
+    cut = calendar_cut([a, b], 0.25)
+    assert cut == 9 and (a >= cut).sum() + (b >= cut).sum() == 4  # 25% of 16 bars, both cut on day 9
+    assert calendar_cut([a], 0.2) == 9 and calendar_cut([a], 0.5) == 6
+    # a gap: the cut is day 3, so [1, 3] keeps one bar after it and [1, 2, 100, 101] two
+    c = np.array([1, 2, 100, 101], dtype=np.int64)
+    assert calendar_cut([c, np.array([1, 3], dtype=np.int64)], 0.5) == 3
+    # ties: bars sharing the cut date all go after it (here 4 of 6, not 3)
+    assert calendar_cut([c, np.array([1, 2], dtype=np.int64)], 0.5) == 2
+    with pytest.raises(ValueError, match="fraction_after"):
+        calendar_cut([a], 1.0)
+    with pytest.raises(ValueError, match="integer timestamp"):
+        calendar_cut([a.astype(float)], 0.2)
