@@ -163,6 +163,11 @@ class ResidentWindows:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def nbytes(self) -> int:
+        """Device bytes held: features, labels (shared with siblings) and this one's window table."""
+        return sum(t.numel() * t.element_size() for t in (self._x, self._y, self._rows))
+
     def batch(self, ids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows ``ids``: X (B, L, F) float32 and y (B,), on the device; equal to ``source.batch(ids)``."""
         ids = torch.as_tensor(np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64))

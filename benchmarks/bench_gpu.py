@@ -191,7 +191,7 @@ def main(argv=None) -> int:
                                scaler_on=amp == torch.float16, compile_=True))
 
     # -------------------------------------------------------------------------------- report
-    print(f"\nresident windows: {(resident._x.numel() * 4 + resident._y.numel() * 4 + len(resident) * 8) / 2**20:,.0f} MiB "
+    print(f"\nresident windows: {resident.nbytes / 2**20:,.0f} MiB "
           f"uploaded in {upload_s:.2f} s")
     base = results[1]["windows_per_s"]
     header = f"{'path':<44} {'windows':>11} {'steps':>7} {'epoch':>6} {'win/s':>11} {'vs (b)':>7} {'step ms':>8} " \

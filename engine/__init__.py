@@ -8,13 +8,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from engine.backtest_common import BacktestResult
     from engine.fastsim import simulate
     from engine.metrics import compute_stats, drawdown, infer_periods_per_year, periods_per_year_rule, period_returns
     from engine.plotting import backtest_figure, plot_backtest
-    from engine.runner import ENGINES, BacktestResult, run_backtest
+    from engine.runner import ENGINES, run_backtest
 
 _EXPORTS = {  # public name -> its module
-    "BacktestResult": "engine.runner",
+    "BacktestResult": "engine.backtest_common",
     "ENGINES": "engine.runner",
     "run_backtest": "engine.runner",
     "compute_stats": "engine.metrics",

@@ -33,9 +33,9 @@ import pandas as pd
 from numba import njit
 
 import datafeeds
-from engine.metrics import compute_stats
+from engine.backtest_common import BacktestResult, prepare_inputs, run_facts, trades_frame
 from engine.jsonable import jsonable
-from engine.runner import BacktestResult, _inputs, _run_facts, _trades_frame
+from engine.metrics import compute_stats
 from strategies import EXIT_REASONS, TRADE_FIELDS
 from strategies.base import CASH_EPS
 
@@ -255,7 +255,7 @@ def simulate(
     _check_params(threshold, pt, sl, horizon, size_frac, cash, commission, slippage)
     if signal is None:
         raise ValueError("simulate needs signal= (probabilities aligned to the data)")
-    sig, atr_full, period, ppy = _inputs(df, signal, atr, atr_period, start, end, periods_per_year)
+    sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, atr_period, start, end, periods_per_year)
 
     ohlc = [_prices(period, col) for col in ("open", "high", "low", "close")]
     sig_p = sig.loc[period.index].to_numpy(dtype=np.float64)
@@ -280,7 +280,7 @@ def simulate(
         "engine": "fast",
         "params": {k: jsonable(v) for k, v in (("size_frac", size_frac), ("threshold", threshold), ("pt", pt),
                                                  ("sl", sl), ("horizon", horizon), ("live", False))},
-        **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free),
+        **run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free),
         "live": False,
         "benchmark": "buy-and-hold through the fast kernel, same bars, cash and costs" if benchmark else None,
         "rejected_entries": n_rejected,
@@ -324,7 +324,7 @@ def _unpack(out, index: pd.DatetimeIndex):
     equity = pd.Series(equity, index=index, name="equity", dtype=np.float64)
     position = pd.Series(position, index=index, name="position", dtype=np.float64)
     if k == 0:
-        return equity, position, _trades_frame([], index), int(n_rejected)
+        return equity, position, trades_frame([], index), int(n_rejected)
     entry, exit_ = entry[:k], exit_[:k]
     cols = {
         "entry_time": index[entry], "entry_price": eprice[:k], "exit_time": index[exit_],

@@ -19,7 +19,6 @@ strategy only, same result to rounding).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from os import PathLike
@@ -29,33 +28,18 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-import labeling
+from engine.backtest_common import TRADE_COLUMNS, BacktestResult, prepare_inputs, run_facts, trades_frame
+from engine.fastsim import simulate
 from engine.jsonable import jsonable
-from engine.metrics import compute_stats, infer_periods_per_year, periods_per_year_rule
-from strategies import (
-    TRADE_FIELDS, BarrierBroker, BuyAndHold, TradeLogStrategy, TransformerAgentStrategy, get_strategy,
-)
+from engine.metrics import compute_stats
+from strategies import BarrierBroker, BuyAndHold, TradeLogStrategy, TransformerAgentStrategy, get_strategy
 
 log = logging.getLogger(__name__)
 
-TRADE_COLUMNS = list(TRADE_FIELDS)
 ENGINES = ("backtrader", "fast")  # run_backtest(engine=...): the reference, and engine.fastsim
 
-
-@dataclasses.dataclass
-class BacktestResult:
-    """Everything one backtest produced; ``data`` is the OHLCV of the bars traded."""
-
-    equity: pd.Series  # broker value at each bar's close (DatetimeIndex)
-    trades: pd.DataFrame  # one row per closed trade, columns TRADE_COLUMNS
-    signal: pd.Series | None  # probability used per bar (batch line or live agent), None for baselines
-    stats: dict  # engine.metrics.compute_stats of equity and trades
-    benchmark_stats: dict | None  # same for buy-and-hold over the same bars and costs
-    benchmark_equity: pd.Series | None
-    config: dict  # what was run, JSON-safe
-    periods_per_year: float
-    data: pd.DataFrame  # OHLCV of the backtest period
-    position: pd.Series  # units held at each bar's close
+# BacktestResult and TRADE_COLUMNS live in engine.backtest_common (shared with engine.fastsim); kept here too
+__all__ = ["ENGINES", "TRADE_COLUMNS", "BacktestResult", "run_backtest"]
 
 
 def run_backtest(
@@ -113,8 +97,6 @@ def run_backtest(
             )
         if signal is None:
             raise ValueError("engine='fast' needs signal= (probabilities aligned to the data)")
-        from engine.fastsim import simulate  # imported here: engine.fastsim imports this module
-
         fast_params = {k: v for k, v in params.items() if k not in ("live", "agent", "agent_history")}
         return simulate(df, signal, atr=atr, cash=cash, commission=commission, slippage=slippage,
                         start=start, end=end, atr_period=atr_period, periods_per_year=periods_per_year,
@@ -129,7 +111,7 @@ def run_backtest(
             f"{strat_cls.__name__} reads probabilities: pass signal= (a Series aligned to the data, "
             "e.g. OnnxAgent.predict_proba(df)) or live=True with agent="
         )
-    sig, atr_full, period, ppy = _inputs(df, signal, atr, atr_period, start, end, periods_per_year)
+    sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, atr_period, start, end, periods_per_year)
     if live and "agent_history" not in params:
         params["agent_history"] = df.loc[df.index < period.index[0], ["open", "high", "low", "close", "volume"]]
 
@@ -149,7 +131,7 @@ def run_backtest(
     equity = pd.Series(strat.equity_values, index=period.index, name="equity", dtype=np.float64)
     equity.iloc[-1] -= strat.eod_cost  # the synthetic end_of_data exit's slippage and commission
     position = pd.Series(strat.position_sizes, index=period.index, name="position", dtype=np.float64)
-    trades = _trades_frame(strat.trade_log, period.index)
+    trades = trades_frame(strat.trade_log, period.index)
     used_signal = (
         pd.Series(getattr(strat, "probs", lines.get("signal")), index=period.index, name="signal", dtype=np.float64)
         if uses_signal else None
@@ -175,7 +157,7 @@ def run_backtest(
         "params": {  # every strategy parameter in effect, defaults included
             k: jsonable(v) for k, v in strat.p._getkwargs().items() if k not in ("agent", "agent_history")
         },
-        **_run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free),
+        **run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free),
         "live": live,
         "broker": type(broker).__name__,
         "benchmark": "BuyAndHold backtest, same bars, cash and costs" if benchmark else None,
@@ -190,43 +172,6 @@ def run_backtest(
         equity=equity, trades=trades, signal=used_signal, stats=stats, benchmark_stats=bench_stats,
         benchmark_equity=bench_equity, config=config, periods_per_year=ppy, data=period, position=position,
     )
-
-
-def _inputs(df, signal, atr, atr_period, start, end, periods_per_year):
-    """Both engines' inputs: the signal (None if not given) and ATR aligned to the full data and
-    checked, the traded period, and periods per year (given, else inferred from the full data)."""
-    sig = _align(signal, df, "signal") if signal is not None else None
-    if sig is not None and ((sig < 0) | (sig > 1)).any():
-        raise ValueError("signal holds values outside [0, 1]: pass probabilities (NaN = no signal)")
-    atr_full = (
-        _align(atr, df, "atr") if atr is not None
-        else pd.Series(labeling.atr(df["high"], df["low"], df["close"], atr_period), index=df.index)
-    )
-    period = df.loc[start:end]
-    if len(period) < 2:
-        raise ValueError(f"start={start!r}, end={end!r} leave {len(period)} bar(s) of {len(df)}: need >= 2")
-    ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(df.index)
-    return sig, atr_full, period, ppy
-
-
-def _run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free=0.0) -> dict:
-    """The part of a result's config both engines share: data, period, costs and conventions."""
-    return {
-        "data_source": str(df.attrs.get("source", "DataFrame")),
-        "data_sha256": df.attrs.get("sha256"),
-        "start": str(period.index[0]),
-        "end": str(period.index[-1]),
-        "n_bars": int(len(period)),
-        "cash": float(cash),
-        "commission": float(commission),
-        "commission_model": "fraction of traded value per side (COMM_PERC, percabs)",
-        "slippage": float(slippage),
-        "slippage_model": "set_slippage_perc: buys up, sells down, capped at high/low, incl. opens",
-        "atr": "override" if atr is not None else f"labeling.atr(period={atr_period}) on the full data",
-        "periods_per_year": ppy,
-        "periods_per_year_rule": "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
-        "risk_free": float(risk_free),  # annual rate for Sharpe and Sortino
-    }
 
 
 def _run_cerebro(period, strat_cls, lines, broker, cash, commission, slippage, params):
@@ -255,32 +200,3 @@ def _check_params(strat_cls, params: dict) -> None:
         raise ValueError(
             f"{strat_cls.__name__} has no parameter(s) {unknown}; its parameters: {sorted(known)}"
         )
-
-
-def _align(values, df: pd.DataFrame, name: str) -> pd.Series:
-    """A float Series on ``df.index`` from an array of len(df) or a Series indexed by df's timestamps."""
-    if isinstance(values, pd.Series):
-        if values.index.equals(df.index):
-            return values.astype(np.float64)
-        extra = values.index.difference(df.index)
-        if len(extra):
-            raise ValueError(
-                f"{name} has {len(extra)} timestamp(s) not in the data, first {extra[0]}: "
-                f"compute it from the same data frame"
-            )
-        return values.astype(np.float64).reindex(df.index)
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.shape != (len(df),):
-        raise ValueError(f"{name} has shape {arr.shape}, expected ({len(df)},) like the data")
-    return pd.Series(arr, index=df.index)
-
-
-def _trades_frame(log_rows: list[dict], index: pd.DatetimeIndex) -> pd.DataFrame:
-    trades = pd.DataFrame(log_rows, columns=TRADE_COLUMNS)
-    if len(trades):
-        # Timestamps from the frame's own index (backtrader's float dates can round microseconds).
-        trades["entry_time"] = index[trades["entry_bar"].to_numpy(dtype=np.int64)]
-        trades["exit_time"] = index[trades["exit_bar"].to_numpy(dtype=np.int64)]
-    for col in ("entry_bar", "exit_bar", "bars_held"):
-        trades[col] = trades[col].astype(np.int64)
-    return trades

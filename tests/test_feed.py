@@ -106,6 +106,7 @@ def test_a_sibling_shares_the_device_arrays_and_refuses_other_arrays():
 def test_resident_sizes_and_bounds():
     ds = _lazy(n=500, f=3)
     assert resident_bytes(ds) == 500 * 4 * 4 + len(ds) * 8
+    assert ResidentWindows(ds, "cpu").nbytes == resident_bytes(ds)
     ok, why = fits_on_device(ds, "cpu")
     assert ok and "host memory" in why
     with pytest.raises(IndexError):

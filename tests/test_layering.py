@@ -82,10 +82,141 @@ def test_help_and_usage_errors_answer_before_heavy_imports(cli, argv):
 
 def test_constants_spelt_out_for_fast_help_match_their_source():
     import run_backtest
-    from engine._wf_config import ENGINES as WF_ENGINES
+    from engine.walkforward.config import ENGINES as WF_ENGINES
     from engine.runner import ENGINES
     from strategies import STRATEGIES, SmaCross
 
     assert run_backtest.STRATEGY_NAMES == tuple(STRATEGIES)
     assert run_backtest.SMA_DEFAULTS == (SmaCross.params.fast, SmaCross.params.slow)
     assert WF_ENGINES == ENGINES
+
+
+# ------------------------------------------------------------------------------------ within a package
+def _module_name(path: Path) -> str:
+    """Dotted name of the module in ``path`` (a package's ``__init__.py`` is the package)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(dotted: str) -> bool:
+    """Whether ``dotted`` names a module or package of this repository."""
+    base = ROOT.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _imports(source: str, module: str, is_package: bool = False):
+    """Every import statement of ``source`` (module-level, in functions, under TYPE_CHECKING alike), as
+    (line, module imported from or None for ``import x``, names): relative imports made absolute."""
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, None, [alias.name]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            yield node.lineno, target, [alias.name for alias in node.names]
+
+
+def private_name_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    """``from x import _name`` in ``source`` (module ``module``): an underscore-prefixed function, class
+    or constant taken from another module. A private *module* imported whole (``from pkg import _mod``)
+    is not counted, nor dunders (``__version__``)."""
+    found = []
+    for line, target, names in _imports(source, module, is_package):
+        if target is None:
+            continue
+        for name in names:
+            if name.startswith("_") and not name.startswith("__") and not _is_module(f"{target}.{name}"):
+                found.append(f"{module}:{line} imports {name} from {target}")
+    return found
+
+
+def test_engine_modules_import_no_private_names_from_each_other():
+    offenders = [
+        hit for path in sorted((ROOT / "engine").rglob("*.py"))
+        for hit in private_name_imports(path.read_text(), _module_name(path), path.name == "__init__.py")
+    ]
+    assert not offenders, "private names imported across modules (make them public or keep them in one module): " \
+        + "; ".join(offenders)
+
+
+def test_the_private_name_check_bites():
+    snippet = ("from engine.metrics import compute_stats\n"
+               "from engine.runner import run_backtest, _check_params as check\n"
+               "from . import walkforward\n"  # a module, public
+               "from .walkforward import __doc__\n"  # a dunder
+               "def later():\n"
+               "    from .metrics import _private_helper\n")
+    assert private_name_imports(snippet, "engine.fake") == [
+        "engine.fake:2 imports _check_params from engine.runner",
+        "engine.fake:6 imports _private_helper from engine.metrics",
+    ]
+
+
+def intra_package_imports(source: str, module: str, package: str, is_package: bool = False) -> set[str]:
+    """The modules of ``package`` that ``source`` (module ``module``) imports anywhere in its text,
+    module-level or inside functions. ``from pkg import name`` counts as importing ``pkg.name`` when that
+    is a module, else ``pkg``; importing ``a.b.c`` counts as importing ``a.b.c`` only (not its parents,
+    whose ``__init__`` also runs: counting those would make every lazily loading package a cycle)."""
+    edges = set()
+    for _, target, names in _imports(source, module, is_package):
+        candidates = names if target is None else [f"{target}.{n}" if _is_module(f"{target}.{n}") else target
+                                                   for n in names]
+        edges.update(c for c in candidates if c == package or c.startswith(package + "."))
+    return edges - {module}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` (node -> nodes it points to) as [a, b, ..., a], or None if it is acyclic."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_no_import_cycles_within_a_package(package):
+    graph = {
+        _module_name(path): intra_package_imports(path.read_text(), _module_name(path), package,
+                                                  path.name == "__init__.py")
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    cycle = find_cycle(graph)
+    assert cycle is None, f"import cycle in {package}: {' -> '.join(cycle)}"
+
+
+def test_the_cycle_check_finds_a_function_level_circle():
+    # the shape engine.fastsim <-> engine.runner had: one side imports the other inside a function
+    runner = "import numpy\nfrom engine.metrics import compute_stats\ndef run():\n    from engine.fastsim import simulate\n"
+    fastsim = "from engine.runner import BacktestResult\n"
+    graph = {"engine.runner": intra_package_imports(runner, "engine.runner", "engine"),
+             "engine.fastsim": intra_package_imports(fastsim, "engine.fastsim", "engine"),
+             "engine.metrics": set()}
+    assert graph["engine.runner"] == {"engine.metrics", "engine.fastsim"}
+    assert find_cycle(graph) == ["engine.fastsim", "engine.runner", "engine.fastsim"]
+    del graph["engine.fastsim"]
+    assert find_cycle(graph) is None

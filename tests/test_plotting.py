@@ -15,7 +15,7 @@ from matplotlib.collections import PathCollection
 import datafeeds
 from conftest import flat_bars, signal_at
 from engine import run_backtest
-from engine._wf_report import MIN_TRIALS_FOR_IMPORTANCE, _plot_stitched, _plot_study
+from engine.walkforward.report import MIN_TRIALS_FOR_IMPORTANCE, plot_stitched, plot_study
 from engine.metrics import drawdown
 from engine.plotting import LOG_SCALE_RATIO, MAX_TRADE_MARKERS, auto_log_scale, backtest_figure, plot_backtest
 
@@ -275,7 +275,7 @@ def _recorder():
 def test_importance_is_not_drawn_from_a_handful_of_trials(tmp_path):
     figures, save = _recorder()
     try:
-        paths = _plot_study(_study(3), tmp_path, 0, save)
+        paths = plot_study(_study(3), tmp_path, 0, save)
     finally:
         for fig in figures.values():
             plt.close(fig)
@@ -288,7 +288,7 @@ def test_importance_is_not_drawn_from_a_handful_of_trials(tmp_path):
 def test_importance_from_enough_trials_says_how_many_and_that_it_is_indicative(tmp_path):
     figures, save = _recorder()
     try:
-        paths = _plot_study(_study(12), tmp_path, 1, save)
+        paths = plot_study(_study(12), tmp_path, 1, save)
         assert sorted(figures) == ["fold1_history.png", "fold1_importance.png"]
         title = figures["fold1_importance.png"].axes[0].get_title(loc="left")
     finally:
@@ -299,13 +299,13 @@ def test_importance_from_enough_trials_says_how_many_and_that_it_is_indicative(t
 
 
 def _stitched_figure(growth: float):
-    """_plot_stitched on three 100-bar folds whose equity grows ``growth``-fold in all; returns its figure."""
+    """plot_stitched on three 100-bar folds whose equity grows ``growth``-fold in all; returns its figure."""
     idx = pd.bdate_range("2015-01-01", periods=300, name="datetime")
     wiggle = 1.0 + 0.05 * np.sin(np.arange(300) / 7.0)
     equity = pd.Series(100_000 * np.geomspace(1.0, growth, 300) * wiggle, index=idx)
     bench = pd.Series(100_000 * np.linspace(1.0, 1.5, 300) * wiggle[::-1], index=idx)
     figures, save = _recorder()
-    _plot_stitched(equity, bench, [idx[100], idx[200]], Path("stitched_equity.png"), "wf vs buy-and-hold", save)
+    plot_stitched(equity, bench, [idx[100], idx[200]], Path("stitched_equity.png"), "wf vs buy-and-hold", save)
     fig = figures["stitched_equity.png"]
     fig.canvas.draw()
     return fig, equity, bench, idx

@@ -21,9 +21,13 @@ import pytest
 
 from agents.runtime import OnnxAgent
 from datafeeds import load_ohlcv
-from engine import _wf_run as wfr  # the orchestration behind the CLI
-from engine import _wf_storage as wfs  # storage, fold results and the finalise claim
 from engine import walkforward as wf
+from engine.walkforward import cli as wf_cli  # the argument parser and main
+from engine.walkforward import console as wf_console  # log lines, progress bars, Ctrl-C
+from engine.walkforward import report as wf_report  # stitching, plots, summary, report files
+from engine.walkforward import run as wfr  # the orchestration behind the CLI
+from engine.walkforward import search as wf_search  # trial sampling and the per-fold trial total
+from engine.walkforward import storage as wfs  # storage, fold results and the finalise claim
 from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
 from labeling import walk_forward_folds
 
@@ -235,7 +239,7 @@ def test_a_base_option_of_a_searched_group_is_refused(argv, option, group, capsy
 
 
 def test_base_options_of_unsearched_groups_or_at_their_defaults_are_kept():
-    parse = wf._parser().parse_args
+    parse = wf_cli.parser().parse_args
     cfg = wf.config_from_args(parse(["--search", "labels", "--d-model", "32", "--lr", "0.01"]))
     assert (cfg.base.d_model, cfg.base.lr) == (32, 0.01)
     cfg = wf.config_from_args(parse(["--d-model", "16", "--pt", "2.5"]))  # 16 is the default; labels not searched
@@ -247,31 +251,31 @@ def test_base_options_of_unsearched_groups_or_at_their_defaults_are_kept():
 
 def test_test_engine_is_chosen_and_recorded():
     assert wf.WalkForwardConfig(engine="fast").fingerprint("x")["engines"] == {"validation": "fast", "test": "fast"}
-    assert wf.config_from_args(wf._parser().parse_args([])).engine == "backtrader"
+    assert wf.config_from_args(wf_cli.parser().parse_args([])).engine == "backtrader"
     with pytest.raises(ValueError, match="did you mean 'fast'"):
         wf.WalkForwardConfig(engine="fats")
 
 
 def test_embargo_help_says_it_drops_out_of_sample_bars_and_understates_cagr():
-    text = " ".join(wf._parser().format_help().split())
+    text = " ".join(wf_cli.parser().format_help().split())
     assert "only drops out-of-sample bars" in text and "CAGR" in text and "understates" in text
     assert "understates the return rate" in " ".join(wf.__doc__.split())
 
 
 def test_report_files_go_through_write_atomic(tmp_path, monkeypatch):
     written = []
-    real = wfr.write_atomic
-    monkeypatch.setattr(wfr, "write_atomic", lambda path, data: written.append(Path(path).name) or real(path, data))
-    wfr._write_json(tmp_path / "r.json", {"a": np.float64(1.5), "t": pd.Timestamp("2020-01-02")})
+    real = wf_report.write_atomic
+    monkeypatch.setattr(wf_report, "write_atomic", lambda path, data: written.append(Path(path).name) or real(path, data))
+    wf_report.write_json(tmp_path / "r.json", {"a": np.float64(1.5), "t": pd.Timestamp("2020-01-02")})
     frame = pd.DataFrame({"equity": [1.0, 2.0]}, index=pd.DatetimeIndex(["2020-01-01", "2020-01-02"], name="datetime"))
-    wfr._write_csv(tmp_path / "e.csv", frame)
-    fig = wfr.plt.figure()
-    wfr._save_figure(fig, tmp_path / "f.png")
+    wf_report.write_csv(tmp_path / "e.csv", frame)
+    fig = wf_report.plt.figure()
+    wf_report.save_figure(fig, tmp_path / "f.png")
     assert written == ["r.json", "e.csv", "f.png"]
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5, "t": "2020-01-02 00:00:00"}
     assert pd.read_csv(tmp_path / "e.csv", index_col=0)["equity"].tolist() == [1.0, 2.0]
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not wfr.plt.fignum_exists(fig.number)  # closed
+    assert not wf_report.plt.fignum_exists(fig.number)  # closed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.csv", "f.png", "r.json"]  # no temp files left
 
 
@@ -291,13 +295,13 @@ def _sample(trial):
 
 
 def test_sampler_seeds_by_trial_number_not_by_process():
-    studies = [optuna.create_study(sampler=wfr._TrialSeededTPE(seed=3, n_startup_trials=10)) for _ in range(2)]
+    studies = [optuna.create_study(sampler=wf_search.TrialSeededTPE(seed=3, n_startup_trials=10)) for _ in range(2)]
     for s in studies:
         s.optimize(_sample, n_trials=4)
     params = [[t.params for t in s.trials] for s in studies]
     assert params[0] == params[1]  # same seed, same trial numbers: reproducible
     assert len({tuple(sorted(p.items())) for p in params[0]}) == 4  # distinct trial numbers: distinct draws
-    other = optuna.create_study(sampler=wfr._TrialSeededTPE(seed=4, n_startup_trials=10))
+    other = optuna.create_study(sampler=wf_search.TrialSeededTPE(seed=4, n_startup_trials=10))
     other.optimize(_sample, n_trials=1)
     assert other.trials[0].params != params[0][0]
 
@@ -307,10 +311,10 @@ def test_a_trial_beyond_the_total_is_refused():
     for _ in range(2):
         study.ask()  # two trials in flight elsewhere fill a total of 2
     third = study.ask()
-    with pytest.raises(wfr._SurplusTrial):
-        wfr._check_not_surplus(third, cap=2)
+    with pytest.raises(wf_search.SurplusTrial):
+        wf_search.check_not_surplus(third, cap=2)
     assert third.user_attrs.get("surplus") is True
-    wfr._check_not_surplus(study.ask(), cap=5)  # room left: no error
+    wf_search.check_not_surplus(study.ask(), cap=5)  # room left: no error
 
 
 def test_a_failed_trial_queued_twice_runs_once():
@@ -320,9 +324,9 @@ def test_a_failed_trial_queued_twice_runs_once():
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
                                                   system_attrs={"failed_trial": 7}))
     first, second = study.ask(), study.ask()  # pops the queued copies in order
-    wfr._check_not_surplus(first, cap=5)
-    with pytest.raises(wfr._SurplusTrial, match="copy of failed trial 7"):
-        wfr._check_not_surplus(second, cap=5)
+    wf_search.check_not_surplus(first, cap=5)
+    with pytest.raises(wf_search.SurplusTrial, match="copy of failed trial 7"):
+        wf_search.check_not_surplus(second, cap=5)
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -457,14 +461,14 @@ def _plant_claim(storage, name: str, info: dict) -> None:
 
 
 def test_one_claim_at_a_time_and_a_released_claim_is_taken_over(storage):
-    first = wfs._claim(storage, "f_finalise", "me:1", heartbeat=1)
-    assert first.name == "f_finalise.0" and wfs._holds(storage, first)
-    assert wfs._claim(storage, "f_finalise", "me:2", heartbeat=1) is None  # held by a live process
-    wfs._release(storage, first, finished=False)
-    second = wfs._claim(storage, "f_finalise", "me:2", heartbeat=1)
+    first = wfs.take_claim(storage, "f_finalise", "me:1", heartbeat=1)
+    assert first.name == "f_finalise.0" and wfs.holds_claim(storage, first)
+    assert wfs.take_claim(storage, "f_finalise", "me:2", heartbeat=1) is None  # held by a live process
+    wfs.release_claim(storage, first, finished=False)
+    second = wfs.take_claim(storage, "f_finalise", "me:2", heartbeat=1)
     assert second.name == "f_finalise.1"
-    assert wfs._holds(storage, second) and not wfs._holds(storage, first)
-    wfs._release(storage, second, finished=True)  # the fold is done: its markers go
+    assert wfs.holds_claim(storage, second) and not wfs.holds_claim(storage, first)
+    wfs.release_claim(storage, second, finished=True)  # the fold is done: its markers go
     assert not [n for n in optuna.get_all_study_names(storage) if n.startswith("f_finalise")]
 
 
@@ -475,16 +479,16 @@ def test_two_workers_taking_over_a_dead_claim_at_once_get_one_claim(storage, mon
     # both read the dead claim before either took it over
     top = wfs._top_generation(storage, "f_finalise")
     monkeypatch.setattr(wfs, "_top_generation", lambda *a: top)
-    a = wfs._claim(storage, "f_finalise", "a:1", heartbeat=1)
-    b = wfs._claim(storage, "f_finalise", "b:2", heartbeat=1)
+    a = wfs.take_claim(storage, "f_finalise", "a:1", heartbeat=1)
+    b = wfs.take_claim(storage, "f_finalise", "b:2", heartbeat=1)
     assert a is not None and a.generation == 1 and b is None
-    assert wfs._holds(storage, a)  # the loser did not delete the winner's claim
+    assert wfs.holds_claim(storage, a)  # the loser did not delete the winner's claim
 
 
 def _fold_ctx(storage, out: Path):
     out.mkdir(exist_ok=True)
     cfg = SimpleNamespace(heartbeat=1, out_dir=out)
-    return SimpleNamespace(storage=storage, worker="me:1", cfg=cfg, progress=wfr._Progress(False, trials=1))
+    return SimpleNamespace(storage=storage, worker="me:1", cfg=cfg, progress=wf_console.Progress(False, trials=1))
 
 
 def test_a_worker_that_claims_after_the_result_was_recorded_returns_it_without_refitting(storage, tmp_path,
@@ -495,7 +499,7 @@ def test_a_worker_that_claims_after_the_result_was_recorded_returns_it_without_r
     dead.wait()
     _plant_claim(storage, "f_fold0_finalise.0", _claim_info(dead.pid))
     recorded = {"fold": 0, "finalised_by": f"h:{dead.pid}"}
-    wfs._record_fold_result(study, recorded)
+    wfs.record_fold_result(study, recorded)
     monkeypatch.setattr(wfr, "_finalise", lambda *a, **k: pytest.fail("refit although the result was recorded"))
     assert wfr._finalise_claimed(_fold_ctx(storage, tmp_path / "out"), SimpleNamespace(fold=0), study) == recorded
     assert optuna.get_all_study_names(storage) == ["f_fold0"]  # claim markers cleaned up
@@ -516,7 +520,7 @@ def test_a_worker_whose_claim_was_taken_over_records_nothing(storage, tmp_path, 
     monkeypatch.setattr(wfr, "_finalise", refit_while_silent)
     with caplog.at_level(logging.WARNING, logger="engine.walkforward"):
         assert wfr._finalise_claimed(_fold_ctx(storage, out), SimpleNamespace(fold=0), study) == "blocked"
-    assert wfs._fold_result(study) is None
+    assert wfs.fold_result(study) is None
     assert (out / "fold0.onnx").read_bytes() == b"theirs"
     assert sorted(p.name for p in out.iterdir()) == ["fold0.onnx"]  # no fold0.json, no temporary export
     assert "another worker took over this fold's refit" in caplog.text
@@ -532,7 +536,7 @@ def test_the_winner_records_its_result_and_moves_its_agent_into_place(storage, t
     monkeypatch.setattr(wfr, "_finalise", refit)
     out = tmp_path / "out"
     result = wfr._finalise_claimed(_fold_ctx(storage, out), SimpleNamespace(fold=0), study)
-    assert result == {"fold": 0, "finalised_by": "me:1"} == wfs._fold_result(study)
+    assert result == {"fold": 0, "finalised_by": "me:1"} == wfs.fold_result(study)
     assert (out / "fold0.onnx").read_bytes() == b"mine"
     assert json.loads((out / "fold0.json").read_text()) == result
     assert sorted(p.name for p in out.iterdir()) == ["fold0.json", "fold0.onnx"]
@@ -542,7 +546,7 @@ def test_the_winner_records_its_result_and_moves_its_agent_into_place(storage, t
 def test_the_heartbeat_survives_a_deleted_marker_and_a_busy_database(storage, caplog, monkeypatch):
     import threading
 
-    claim = wfs._claim(storage, "f_finalise", "me:1", heartbeat=1)
+    claim = wfs.take_claim(storage, "f_finalise", "me:1", heartbeat=1)
     real = storage.set_study_user_attr
     calls = []
 
@@ -573,14 +577,14 @@ def test_the_heartbeat_survives_a_deleted_marker_and_a_busy_database(storage, ca
 def test_trial_lines_round_parameters_and_name_the_scores():
     params = {"pt": 1.75, "sl": 2.0948085948112945, "horizon": 10, "d_model": 16, "lr": 0.000321456,
               "dropout": 0.0, "seq_len": 32}
-    assert wfr.format_params(params) == "pt=1.75 sl=2.095 horizon=10 d_model=16 lr=3.21e-04 dropout=0 seq_len=32"
-    assert wfr.format_params({"lr": 3.2e-4, "big": 123456.0, "x": 12.5}) == "lr=3.2e-04 big=1.23e+05 x=12.5"
-    line = wfr.trial_line(0, 3, "val_loss", 0.98712, auc=0.51234, sharpe=0.3121, trades=42, seconds=12.34,
+    assert wf_console.format_params(params) == "pt=1.75 sl=2.095 horizon=10 d_model=16 lr=3.21e-04 dropout=0 seq_len=32"
+    assert wf_console.format_params({"lr": 3.2e-4, "big": 123456.0, "x": 12.5}) == "lr=3.2e-04 big=1.23e+05 x=12.5"
+    line = wf_console.trial_line(0, 3, "val_loss", 0.98712, auc=0.51234, sharpe=0.3121, trades=42, seconds=12.34,
                           params={"pt": 1.75, "horizon": 10})
     assert line == "fold 0 trial 3: val_loss 0.9871  (AUC 0.512, Sharpe 0.31, 42 trades, 12.3 s)  pt=1.75 horizon=10"
-    assert wfr.trial_line(1, 0, "val_sharpe", -0.25, auc=None, sharpe=None, trades=0, seconds=1.0, params={}) == (
+    assert wf_console.trial_line(1, 0, "val_sharpe", -0.25, auc=None, sharpe=None, trades=0, seconds=1.0, params={}) == (
         "fold 1 trial 0: val_sharpe -0.2500  (AUC n/a, Sharpe n/a, 0 trades, 1.0 s)  ")
-    assert wfr.pruned_line(2, 5, 3, 1.02134, 8.06, {"pt": 2.0}) == (
+    assert wf_console.pruned_line(2, 5, 3, 1.02134, 8.06, {"pt": 2.0}) == (
         "fold 2 trial 5: pruned after epoch 3, val_loss 1.0213  (8.1 s)  pt=2")
 
 
@@ -592,7 +596,7 @@ class _Terminal(io.StringIO):
 def test_progress_bars_on_a_terminal_and_none_when_quiet():
     for enabled in (True, False):
         term = _Terminal()
-        with wfr._Progress(enabled, trials=5, file=term) as progress:
+        with wf_console.Progress(enabled, trials=5, file=term) as progress:
             progress.fold(0, 2)
             with progress.epochs("fold 0 trial 2", 3) as bar:
                 bar.update(1)
@@ -605,7 +609,7 @@ def test_progress_bars_on_a_terminal_and_none_when_quiet():
         else:
             assert text == ""
     term = _Terminal()  # several trials at once (--n-jobs): the fold bar alone
-    with wfr._Progress(True, trials=5, n_jobs=2, file=term) as progress:
+    with wf_console.Progress(True, trials=5, n_jobs=2, file=term) as progress:
         progress.fold(0, 1)
         with progress.epochs("fold 0 trial 1", 3) as bar:
             bar.update(1)
@@ -626,7 +630,7 @@ def test_the_cli_draws_progress_bars_unless_quiet(quiet, monkeypatch):
 
 
 def test_console_lines_are_plain_and_warnings_say_so():
-    fmt = wf._ConsoleFormatter()
+    fmt = wf_console._ConsoleFormatter()
 
     def record(level, msg):
         return logging.LogRecord("engine.walkforward", level, __file__, 1, msg, (), None)
@@ -675,8 +679,9 @@ def test_ctrl_c_exits_130_even_when_it_landed_in_code_compiled_from_a_string(tmp
     # string (dataclasses, SQLAlchemy do that) even when it was caught: the exit status must still be 130
     (tmp_path / "interrupted_run.py").write_text(
         "import sys\n"
-        "from engine import _wf_run, walkforward\n"
-        "_wf_run.run_walk_forward = lambda *a, **k: exec('raise KeyboardInterrupt', {})\n"
+        "from engine import walkforward\n"
+        "from engine.walkforward import run as wf_run\n"
+        "wf_run.run_walk_forward = lambda *a, **k: exec('raise KeyboardInterrupt', {})\n"
         f"sys.exit(walkforward.main({TINY_ARGS + ['--out', str(tmp_path / 'out')]!r}))\n")
     proc = subprocess.run([sys.executable, "-m", "interrupted_run"], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
@@ -692,11 +697,11 @@ def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_run_and_prints_nothin
             signal.raise_signal(signal.SIGINT)  # KeyboardInterrupt ('Exception ignored in ...')
 
     stop = threading.Event()
-    with wfr._stop_on_interrupt(stop):
+    with wf_console.stop_on_interrupt(stop):
         Finalised()
         assert stop.is_set()
         with pytest.raises(KeyboardInterrupt):  # the next epoch, trial or fold stops the run
-            wfr._check_stop(SimpleNamespace(stop=stop))
+            wf_console.check_stop(stop)
     assert capsys.readouterr().err == ""
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
@@ -707,17 +712,17 @@ def test_a_trial_interrupted_before_its_objective_runs_is_failed_not_left_runnin
     # RUNNING with no heartbeat, which no worker would ever fail, so every rerun would wait for it
     import threading
 
-    study = optuna.create_study(storage=storage, study_name="i_fold0", sampler=wfr._TrialSeededTPE(0, 1))
+    study = optuna.create_study(storage=storage, study_name="i_fold0", sampler=wf_search.TrialSeededTPE(0, 1))
     other = optuna.load_study(study_name="i_fold0", storage=storage).ask()  # another worker's, in flight: left alone
-    real = wfr._TrialSeededTPE.before_trial
+    real = wf_search.TrialSeededTPE.before_trial
 
     def interrupted(self, study, trial):
         real(self, study, trial)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(wfr._TrialSeededTPE, "before_trial", interrupted)
+    monkeypatch.setattr(wf_search.TrialSeededTPE, "before_trial", interrupted)
     ctx = SimpleNamespace(cfg=SimpleNamespace(timeout=None, n_jobs=1, trials=5), spent={}, storage=storage,
-                          progress=wfr._Progress(False, trials=5), stop=threading.Event())
+                          progress=wf_console.Progress(False, trials=5), stop=threading.Event())
     with pytest.raises(KeyboardInterrupt):
         wfr._search(ctx, SimpleNamespace(fold=0), study, n_trials=1)
     states = [t.state for t in optuna.load_study(study_name="i_fold0", storage=storage).trials]

@@ -5,30 +5,23 @@ The command line and the design notes are in :mod:`engine.walkforward`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
-import math
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import optuna
 import pandas as pd
 import torch
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from agents import FocalLoss, LazySequenceDataset, OnnxAgent, export_agent
 from agents.evaluation import roc_auc
@@ -38,25 +31,22 @@ from agents.export import EXPORTER_MEMORY
 from agents.hardware import check_fits, detect, estimate_train_memory
 from agents.model import TransformerAgent
 from agents.trainer import fit
-from datafeeds import is_universe, load_ohlcv, write_atomic
-from engine import _search_space as space
-from engine._wf_config import _VALIDATION_ENGINE, WalkForwardConfig
-from engine._wf_report import _deflated_sharpe, _fmt, _plot_stitched, _plot_study, _stitched_result
-from engine._wf_search import (_FINISHED, _check_not_surplus, _fail_interrupted, _StopWhenFull, _SurplusTrial,
-                               _TrialSeededTPE)
-from engine._wf_storage import (_claim, _counts, _fail_stale, _fold_result, _heartbeat, _holds, _record_fold_result,
-                                _redact, _release, open_storage)
+from datafeeds import is_universe, load_ohlcv
 from engine.deflated_sharpe import sharpe_ratio
-from engine.jsonable import jsonable
 from engine.metrics import infer_periods_per_year
 from engine.runner import run_backtest
+from engine.walkforward import space
+from engine.walkforward.config import VALIDATION_ENGINE, WalkForwardConfig
+from engine.walkforward.console import Progress, check_stop, format_params, pruned_line, stop_on_interrupt, trial_line
+from engine.walkforward.report import (deflated_sharpe, plot_stitched, plot_study, save_figure, stitched_result,
+                                       write_csv, write_json)
+from engine.walkforward.search import (FINISHED, StopWhenFull, SurplusTrial, TrialSeededTPE, check_not_surplus,
+                                       fail_interrupted)
+from engine.walkforward.storage import (fail_stale, fold_result, holds_claim, keep_alive, open_storage,
+                                        record_fold_result, redact, release_claim, take_claim, trial_counts)
 from labeling import Fold, walk_forward_folds
 
-matplotlib.use("Agg")  # headless, as engine.plotting
-import matplotlib.pyplot as plt  # noqa: E402
-
 log = logging.getLogger("engine.walkforward")  # one logger for the modules of the walk-forward CLI
-
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -70,7 +60,7 @@ class _Context:
     ppy: float
     command: str
     spent: dict  # fold -> seconds of search in this process
-    progress: _Progress
+    progress: Progress
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # Ctrl-C: trial threads stop too
     worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     run_id: str = dataclasses.field(default_factory=lambda: os.urandom(4).hex())  # this call, for "this run" counts
@@ -98,8 +88,8 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     fp = cfg.fingerprint(str(df.attrs.get("sha256", "")))
     fp["folds_bars"] = [[f.train.start, f.val.start, f.test.start, f.test.stop] for f in folds]
     ctx = _Context(cfg, df, folds, storage, fp, infer_periods_per_year(df.index), command, {},
-                   _Progress(progress, trials=cfg.trials, n_jobs=cfg.n_jobs))
-    with ctx.progress, _stop_on_interrupt(ctx.stop):
+                   Progress(progress, trials=cfg.trials, n_jobs=cfg.n_jobs))
+    with ctx.progress, stop_on_interrupt(ctx.stop):
         return _run(ctx, t0)
 
 
@@ -115,7 +105,7 @@ def _run(ctx: _Context, t0: float) -> dict:
         for fold in folds:
             if fold.fold in results:
                 continue
-            _check_stop(ctx)
+            check_stop(ctx.stop)
             try:
                 outcome = _advance(ctx, fold)
             except optuna.exceptions.StorageInternalError as exc:
@@ -177,7 +167,7 @@ def _fold_study(ctx: _Context, fold: Fold) -> optuna.Study:
     study = optuna.create_study(
         storage=ctx.storage, study_name=f"{cfg.study_name}_fold{fold.fold}", direction=cfg.direction,
         load_if_exists=True,
-        sampler=_TrialSeededTPE(cfg.seed + 7919 * fold.fold, n_startup_trials=min(10, max(1, cfg.trials // 2))),
+        sampler=TrialSeededTPE(cfg.seed + 7919 * fold.fold, n_startup_trials=min(10, max(1, cfg.trials // 2))),
         # epoch 1 is never pruned; from epoch 2 a trial worse than the median of earlier ones stops
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
     )
@@ -187,7 +177,7 @@ def _fold_study(ctx: _Context, fold: Fold) -> optuna.Study:
     elif saved != ctx.fingerprint:
         diff = sorted(k for k in set(saved) | set(ctx.fingerprint) if saved.get(k) != ctx.fingerprint.get(k))
         raise ValueError(
-            f"study {study.study_name!r} in {_redact(ctx.cfg.storage_url)} was made with other settings "
+            f"study {study.study_name!r} in {redact(ctx.cfg.storage_url)} was made with other settings "
             f"({', '.join(f'{k}={saved.get(k)!r} now {ctx.fingerprint.get(k)!r}' for k in diff)[:400]}); "
             "rerun with the original options or choose a new --study"
         )
@@ -200,11 +190,11 @@ def _advance(ctx: _Context, fold: Fold):
     study = _fold_study(ctx, fold)
     searched = False
     while True:
-        result = _fold_result(study)
+        result = fold_result(study)
         if result is not None:
             return result
-        _fail_stale(study)
-        c = _counts(study)
+        fail_stale(study)
+        c = trial_counts(study)
         done, running, waiting = c["COMPLETE"] + c["PRUNED"], c["RUNNING"], c["WAITING"]
         ctx.progress.fold(fold.fold, done)
         closed = study.user_attrs.get("search_closed")
@@ -232,18 +222,18 @@ def _search(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int) -> No
         if left is None or left > 0:
             study.optimize(
                 _Objective(ctx, fold), n_trials=n_trials, timeout=left, n_jobs=cfg.n_jobs, gc_after_trial=True,
-                callbacks=[MaxTrialsCallback(cfg.trials, states=_FINISHED), _StopWhenFull(cfg.trials),
-                           lambda s, _: ctx.progress.fold(fold.fold, len(s.get_trials(deepcopy=False, states=_FINISHED))),
-                           lambda s, _: _check_stop(ctx)],
+                callbacks=[MaxTrialsCallback(cfg.trials, states=FINISHED), StopWhenFull(cfg.trials),
+                           lambda s, _: ctx.progress.fold(fold.fold, len(s.get_trials(deepcopy=False, states=FINISHED))),
+                           lambda s, _: check_stop(ctx.stop)],
             )
-    except _SurplusTrial:
+    except SurplusTrial:
         log.info("fold %d: the remaining trials are held by other workers", fold.fold)
     except KeyboardInterrupt:
-        _fail_interrupted(ctx.storage, study)
+        fail_interrupted(ctx.storage, study)
         raise
     ctx.spent[fold.fold] = ctx.spent.get(fold.fold, 0.0) + time.perf_counter() - t0
     if cfg.timeout is not None and ctx.spent[fold.fold] >= cfg.timeout and not study.user_attrs.get("search_closed"):
-        c = _counts(study)
+        c = trial_counts(study)
         log.warning("fold %d: --timeout %gs reached after %d finished trials; finalising with those",
                     fold.fold, cfg.timeout, c["COMPLETE"] + c["PRUNED"])
         study.set_user_attr("search_closed", f"timeout {cfg.timeout}s by {ctx.worker}")
@@ -257,7 +247,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg, fold = self.ctx.cfg, self.fold
-        _check_not_surplus(trial, cfg.trials)
+        check_not_surplus(trial, cfg.trials)
         trial.set_user_attr("worker", self.ctx.worker)
         trial.set_user_attr("run_id", self.ctx.run_id)
         t0 = time.perf_counter()
@@ -276,7 +266,7 @@ class _Objective:
         bar = self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs)
 
         def on_epoch(record, state):
-            _check_stop(self.ctx)  # after Ctrl-C: --n-jobs threads stop here too
+            check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
             ratio = record["val_loss"] / baseline
             bar.update(1)
             bar.set_postfix_str(f"val_loss {ratio:.4f}")
@@ -342,7 +332,7 @@ def _validation_backtest(ctx, fold, tcfg, execution, prep, model, threshold) -> 
     bt = run_backtest(part, "agent", cash=ctx.cfg.cash, commission=ctx.cfg.commission, slippage=ctx.cfg.slippage,
                       start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
                       signal=pd.Series(prob, index=part.index), periods_per_year=ctx.ppy, benchmark=False,
-                      engine=_VALIDATION_ENGINE, **execution.strategy_params(tcfg, threshold))
+                      engine=VALIDATION_ENGINE, **execution.strategy_params(tcfg, threshold))
     return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(bt.equity.pct_change().dropna()),
             "total_return": bt.stats["total_return"], "n_trades": int(bt.stats["n_trades"])}
 
@@ -351,40 +341,40 @@ def _validation_backtest(ctx, fold, tcfg, execution, prep, model, threshold) -> 
 def _finalise_claimed(ctx: _Context, fold: Fold, study: optuna.Study):
     """Refit, export and test the fold's best trial once: the result dict, or 'blocked' while another
     live worker holds the fold's claim (the rules, and what remains possible across hosts, are in
-    ``engine._wf_storage``)."""
-    claim = _claim(ctx.storage, f"{study.study_name}_finalise", ctx.worker, ctx.cfg.heartbeat)
+    :mod:`engine.walkforward.storage`)."""
+    claim = take_claim(ctx.storage, f"{study.study_name}_finalise", ctx.worker, ctx.cfg.heartbeat)
     if claim is None:
         return "blocked"
     finished = False
     tmp = ctx.cfg.out_dir / f".fold{fold.fold}.{claim.token}.onnx"  # this worker's export until it has won
     try:
         # read again: since _advance looked, the previous holder may have recorded the result and exited
-        result = _fold_result(study)
+        result = fold_result(study)
         if result is not None:
             finished = True
             return result
-        with _heartbeat(ctx.storage, claim, ctx.cfg.heartbeat):
+        with keep_alive(ctx.storage, claim, ctx.cfg.heartbeat):
             result = _finalise(ctx, fold, study, tmp)
             finished = _publish(ctx, fold, study, claim, result, tmp)
         return result if finished else "blocked"
     finally:  # also on errors and Ctrl-C: a released claim is taken over at once
         tmp.unlink(missing_ok=True)
-        _release(ctx.storage, claim, finished=finished)
+        release_claim(ctx.storage, claim, finished=finished)
 
 
 def _publish(ctx: _Context, fold: Fold, study: optuna.Study, claim, result: dict, tmp: Path) -> bool:
     """Make ``result`` the fold's (its agent to fold<k>.onnx, fold<k>.json, the study record) if
     ``claim`` is still the fold's claim; False if another worker took it over meanwhile."""
-    if not _holds(ctx.storage, claim):
+    if not holds_claim(ctx.storage, claim):
         log.warning("fold %d: another worker took over this fold's refit while this worker's heartbeat was "
                     "silent; its result is kept and this one dropped", fold.fold)
         return False
     os.replace(tmp, ctx.cfg.out_dir / f"fold{fold.fold}.onnx")
-    _write_json(ctx.cfg.out_dir / f"fold{fold.fold}.json", result)
+    write_json(ctx.cfg.out_dir / f"fold{fold.fold}.json", result)
     attempt = 0
     while True:  # a refit is minutes of work: do not lose it to a busy database
         try:
-            _record_fold_result(study, result)
+            record_fold_result(study, result)
             return True
         except optuna.exceptions.StorageInternalError as exc:
             attempt += 1
@@ -410,7 +400,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     prep = prepare_segments(tcfg, df, union, None)
     with ctx.progress.epochs(f"fold {k} refit", best_epoch) as bar:
         def on_epoch(record, state):
-            _check_stop(ctx)
+            check_stop(ctx.stop)
             bar.update(1)
 
         res = fit(tcfg, prep, checkpoint_dir=None, on_epoch=on_epoch, progress=False)
@@ -447,8 +437,8 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     bt = run_backtest(hist, "agent", cash=cfg.cash, commission=cfg.commission, slippage=cfg.slippage,
                       start=hist.index[fold.test.start], end=hist.index[-1], signal=probs,
                       periods_per_year=ctx.ppy, engine=cfg.engine, **execution.strategy_params(tcfg, agent.threshold))
-    c = _counts(study)
-    plots = _plot_study(study, cfg.out_dir, k, _save_figure)
+    c = trial_counts(study)
+    plots = plot_study(study, cfg.out_dir, k, save_figure)
     trades = json.loads(bt.trades.to_json(orient="records", date_format="iso")) if len(bt.trades) else []
     result = {
         "fold": k, **dates,
@@ -473,135 +463,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# ------------------------------------------------------------------------------------ console
-def format_params(params: dict) -> str:
-    """``name=value`` pairs for a log line: floats to 4 significant digits, other values as they are."""
-    return " ".join(f"{k}={_num(v)}" for k, v in params.items())
-
-
-def _num(v) -> str:
-    if not isinstance(v, float):  # ints (and bools, categorical strings) as they are
-        return str(v)
-    if v == 0 or not math.isfinite(v) or 1e-3 <= abs(v) < 1e5:
-        return f"{v:.4g}"
-    mantissa, _, exponent = f"{v:.2e}".partition("e")  # 0.000321 -> 3.21e-04, 3.2e-04 -> 3.2e-04
-    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
-
-
-def trial_line(fold: int, number: int, objective: str, value: float, *, auc, sharpe, trades: int, seconds: float,
-               params: dict) -> str:
-    """The one line logged per finished trial."""
-    return (f"fold {fold} trial {number}: {objective} {value:.4f}  (AUC {_fmt(auc, '.3f')}, Sharpe "
-            f"{_fmt(sharpe, '.2f')}, {trades} trades, {seconds:.1f} s)  {format_params(params)}")
-
-
-def pruned_line(fold: int, number: int, epoch: int, val_loss: float, seconds: float, params: dict) -> str:
-    """The one line logged per pruned trial (``val_loss``: the validation loss ratio it was pruned on)."""
-    return (f"fold {fold} trial {number}: pruned after epoch {epoch}, val_loss {val_loss:.4f}  ({seconds:.1f} s)  "
-            f"{format_params(params)}")
-
-
-class _Progress:
-    """Progress bars on stderr, drawn only on a terminal (tqdm's ``disable=None``) and never when off:
-    the current fold's finished trials out of --trials (every worker's, read from the study), and the
-    epochs of this process's running trial or refit. With --n-jobs > 1 only the fold bar is drawn
-    (several trials run at once); it is updated from optuna callbacks under a lock."""
-
-    def __init__(self, enabled: bool, *, trials: int, n_jobs: int = 1, file=None):
-        self._disable = None if enabled else True
-        self._trials, self._epoch_bars, self._file = trials, n_jobs == 1, file
-        self._lock = threading.Lock()
-        self._fold: int | None = None
-        self._fold_bar = None
-
-    def _bar(self, disable=None, **kw):
-        return tqdm(disable=disable or self._disable, file=self._file or sys.stderr, dynamic_ncols=True, **kw)
-
-    def fold(self, k: int, finished: int) -> None:
-        """Show fold ``k`` with ``finished`` trials (opens its bar, clearing another fold's: a worker
-        waiting on one fold works on the next)."""
-        with self._lock:
-            if self._fold != k:
-                self._close_fold(keep=False)
-                self._fold = k
-                self._fold_bar = self._bar(total=self._trials, initial=finished, desc=f"fold {k}", unit="trial",
-                                           leave=True)
-            elif finished != self._fold_bar.n:
-                self._fold_bar.n = finished
-                self._fold_bar.refresh()
-
-    def fold_done(self, k: int) -> None:
-        """Fold ``k`` has its result: its bar stays on the screen as a finished line."""
-        with self._lock:
-            if self._fold == k:
-                self._close_fold(keep=True)
-
-    def _close_fold(self, keep: bool) -> None:
-        if self._fold_bar is not None:
-            self._fold_bar.leave = keep
-            self._fold_bar.close()
-        self._fold, self._fold_bar = None, None
-
-    def epochs(self, desc: str, total: int):
-        """A bar for the epochs of one trial or refit (a context manager; a no-op bar with --n-jobs > 1)."""
-        return self._bar(total=total, desc=desc, unit="epoch", leave=False, disable=not self._epoch_bars)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._lock:
-            self._close_fold(keep=True)  # interrupted or failed: where the fold stood stays visible
-
-
-@contextlib.contextmanager
-def _stop_on_interrupt(stop: threading.Event):
-    """While the run lasts, Ctrl-C also sets ``stop``, which ``_check_stop`` turns into a
-    KeyboardInterrupt at the next epoch, trial or fold. That reaches trials in --n-jobs threads (which
-    never see the main thread's KeyboardInterrupt), and a KeyboardInterrupt that Python swallowed:
-    raised while the garbage collector ran a finaliser, it is only printed as 'Exception ignored in
-    ...' (not printed here) and the run would go on."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
-        yield  # not the main thread, or Ctrl-C is ignored (a background job): leave it so
-        return
-
-    def on_sigint(signum, frame):
-        stop.set()
-        previous(signum, frame)  # Python's default raises KeyboardInterrupt
-
-    hook = sys.unraisablehook
-
-    def unraisable(info):
-        if not (isinstance(info.exc_type, type) and issubclass(info.exc_type, KeyboardInterrupt)):
-            hook(info)
-
-    signal.signal(signal.SIGINT, on_sigint)
-    sys.unraisablehook = unraisable
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        sys.unraisablehook = hook
-
-
-def _check_stop(ctx: _Context) -> None:
-    if ctx.stop.is_set():
-        raise KeyboardInterrupt
-
-
 # ------------------------------------------------------------------------------------ output
 def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) -> dict:
     cfg = ctx.cfg
-    curves, equity, bench_equity, stats, bench_stats = _stitched_result(results, cfg.cash, ctx.ppy)
+    curves, equity, bench_equity, stats, bench_stats = stitched_result(results, cfg.cash, ctx.ppy)
     n_configs = sum(r["trials"]["complete"] + r["trials"]["pruned"] for r in results)
-    dsr = _deflated_sharpe(equity, results, n_configs)
+    dsr = deflated_sharpe(equity, results, n_configs)
     png = cfg.out_dir / "stitched_equity.png"
-    _plot_stitched(equity, bench_equity, [c.index[0] for c in curves[1:]], png,
-                   f"{cfg.study_name}: walk-forward out-of-sample ({len(results)} folds) vs buy-and-hold", _save_figure)
+    plot_stitched(equity, bench_equity, [c.index[0] for c in curves[1:]], png,
+                   f"{cfg.study_name}: walk-forward out-of-sample ({len(results)} folds) vs buy-and-hold", save_figure)
     report = {
         "study": cfg.study_name,
-        "storage": _redact(cfg.storage_url),
+        "storage": redact(cfg.storage_url),
         "command": ctx.command,
         "config": ctx.fingerprint,
         "objective": {"name": cfg.objective, "direction": cfg.direction},
@@ -615,30 +488,11 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
         "deflated_sharpe": dsr,
         "new_trials_this_run": sum(
             1 for f in ctx.folds for t in optuna.load_study(study_name=f"{cfg.study_name}_fold{f.fold}",
-                                                            storage=ctx.storage).get_trials(deepcopy=False, states=_FINISHED)
+                                                            storage=ctx.storage).get_trials(deepcopy=False, states=FINISHED)
             if t.user_attrs.get("run_id") == ctx.run_id),
         "files": {"report": str(cfg.out_dir / "report.json"), "stitched_equity_png": str(png)},
         "seconds": seconds,
     }
-    _write_json(cfg.out_dir / "report.json", report)
-    _write_csv(cfg.out_dir / "stitched_equity.csv", pd.DataFrame({"equity": equity, "benchmark": bench_equity}))
+    write_json(cfg.out_dir / "report.json", report)
+    write_csv(cfg.out_dir / "stitched_equity.csv", pd.DataFrame({"equity": equity, "benchmark": bench_equity}))
     return report
-
-
-# the report files are written here, through this module's `write_atomic` (workers share the output folder)
-def _save_figure(fig, path: Path) -> None:
-    """PNG of ``fig`` written atomically (workers may write the same fold's plots); closes ``fig``."""
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    write_atomic(path, buf.getvalue())
-
-
-def _write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False).encode())
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    write_atomic(path, frame.to_csv().encode())

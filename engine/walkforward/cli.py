@@ -1,14 +1,20 @@
-"""Walk-forward command line: the argument parser and its mapping onto WalkForwardConfig."""
+"""Walk-forward command line: the argument parser, its mapping onto WalkForwardConfig, and ``main``.
+
+Light imports only: ``--help`` and usage errors answer before torch, optuna or pandas are loaded;
+``main`` imports the orchestration (:mod:`engine.walkforward.run`) once the arguments are good.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import re
+import shlex
+import sys
 
-from engine import _search_space as space
-from engine._wf_config import ENGINES, OBJECTIVES, WalkForwardConfig, _did_you_mean, base_defaults
 from agents.config import field_defaults
+from engine.walkforward import space
+from engine.walkforward.config import ENGINES, OBJECTIVES, WalkForwardConfig, base_defaults, did_you_mean
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
         if m:
             opts = [s for a in self._actions for s in a.option_strings]
             bad = [w for w in m.group(1).split() if w.startswith("-")]
-            hints = [f"{w}:{_did_you_mean(w.split('=')[0], opts)}" for w in bad if _did_you_mean(w.split("=")[0], opts)]
+            hints = [f"{w}:{did_you_mean(w.split('=')[0], opts)}" for w in bad if did_you_mean(w.split("=")[0], opts)]
             if hints:
                 message += " (" + "; ".join(hints) + ")"
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -28,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 def _choice(name: str, options):
     def parse(text: str) -> str:
         if text not in options:
-            raise argparse.ArgumentTypeError(f"unknown {name} {text!r};{_did_you_mean(text, options)} "
+            raise argparse.ArgumentTypeError(f"unknown {name} {text!r};{did_you_mean(text, options)} "
                                              f"choose from {', '.join(options)}")
         return text
     return parse
@@ -41,7 +47,7 @@ def _search_arg(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--search: ")) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     d, b = field_defaults(WalkForwardConfig), base_defaults()
     p = _Parser(
         prog="python -m engine.walkforward", allow_abbrev=False,
@@ -120,3 +126,46 @@ def config_from_args(args: argparse.Namespace) -> WalkForwardConfig:
         search=tuple(args.search), epochs=args.epochs, out=args.out, cash=args.cash, commission=args.commission,
         slippage=args.slippage, engine=args.engine, heartbeat=args.heartbeat, base=base,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    command = "python -m engine.walkforward" + ("" if not argv else " " + shlex.join(argv))
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from agents.hardware import HardwareError
+    from datafeeds import DataError
+    from engine.walkforward.console import console_logging
+    from engine.walkforward.report import summary_lines
+    from engine.walkforward.run import run_walk_forward
+
+    try:
+        with console_logging(quiet=args.quiet):
+            report = run_walk_forward(cfg, command=command, progress=not args.quiet)
+    except (DataError, ValueError, HardwareError) as exc:  # HardwareError: the container is too small
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # output folder or storage path not writable
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # CPython quirk: when the interrupt landed in code compiled from a string (exec/eval, as inside
+        # dataclasses or SQLAlchemy), `python -m` dies by SIGINT at exit even though it was caught here;
+        # a string exec clears that flag, so the exit status is 130 as printed
+        exec("")
+        print("\ninterrupted; finished trials are kept: rerun the same command to resume", file=sys.stderr)
+        return 130
+    for f in report["folds"]:
+        if f["this_run"].startswith("skipped"):
+            print(f"fold {f['fold']}: already finished ({f['trials']['complete'] + f['trials']['pruned']} trials), "
+                  "resumed from the study: nothing recomputed")
+    print("\n".join(summary_lines(report)))
+    return 0

@@ -1,7 +1,10 @@
-"""Walk-forward results: stitching the folds' test curves, the Deflated Sharpe, plots and the summary."""
+"""Walk-forward results: stitching the folds' test curves, the Deflated Sharpe, plots, the summary and
+the report files (written atomically: workers share the output folder)."""
 
 from __future__ import annotations
 
+import io
+import json
 import warnings
 from pathlib import Path
 
@@ -11,9 +14,12 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from datafeeds import write_atomic
 from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
+from engine.jsonable import jsonable
 from engine.metrics import compute_stats, drawdown
 from engine.plotting import auto_log_scale
+from engine.walkforward.console import fmt
 
 matplotlib.use("Agg")  # headless, as engine.plotting
 from matplotlib import dates as mdates, ticker as mticker  # noqa: E402
@@ -38,7 +44,7 @@ def stitch_equity(curves: list[pd.Series], cash: float) -> pd.Series:
     return out.rename("equity")
 
 
-def _stitched_result(results: list[dict], cash: float, ppy: float):
+def stitched_result(results: list[dict], cash: float, ppy: float):
     """The folds' test blocks chained: (test curves, equity, benchmark equity, stats, benchmark stats)."""
     curves = [pd.Series(r["equity"], index=pd.DatetimeIndex(r["index"])) for r in results]
     bench = [pd.Series(r["benchmark_equity"], index=pd.DatetimeIndex(r["index"])) for r in results]
@@ -52,7 +58,7 @@ def _stitched_result(results: list[dict], cash: float, ppy: float):
     return curves, equity, bench_equity, stats, bench_stats
 
 
-def _deflated_sharpe(equity: pd.Series, results: list[dict], n_configs: int) -> dict:
+def deflated_sharpe(equity: pd.Series, results: list[dict], n_configs: int) -> dict:
     """DSR of the stitched test returns; N = ``n_configs``, V = mean within-fold variance of trial Sharpes."""
     groups = [[s for s in r["trial_val_sr"] if s is not None] for r in results]
     var, var_per_fold = mean_within_group_variance(groups)
@@ -70,7 +76,7 @@ def _deflated_sharpe(equity: pd.Series, results: list[dict], n_configs: int) -> 
     return dsr
 
 
-def _plot_study(study: optuna.Study, out: Path, k: int, save) -> dict:
+def plot_study(study: optuna.Study, out: Path, k: int, save) -> dict:
     """Optimisation history and, from MIN_TRIALS_FOR_IMPORTANCE completed trials with varied parameters on,
     parameter importances of one fold; ``save(fig, path)`` writes each figure. Returns the paths written
     and, when no importance plot was drawn, why (``importance_note``)."""
@@ -104,7 +110,7 @@ def _plot_study(study: optuna.Study, out: Path, k: int, save) -> dict:
     return paths
 
 
-def _plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, title: str, save) -> None:
+def plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, title: str, save) -> None:
     """Stitched equity (log scale past a 10x range, as the backtest plot) and drawdown % vs buy-and-hold,
     each fold's test block dashed off and named; ``save(fig, path)`` writes it. ``boundaries``: the first
     bars of the blocks after the first, which starts at ``equity.index[0]``."""
@@ -133,10 +139,6 @@ def _plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, 
     save(fig, path)
 
 
-def _fmt(x, spec=".4f"):
-    return "n/a" if x is None else format(x, spec)
-
-
 def _pct(x):
     return "n/a" if x is None else f"{100 * x:+.1f}%"
 
@@ -149,21 +151,41 @@ def summary_lines(report: dict) -> list[str]:
     for f in report["folds"]:
         s, b = f["stats"], f["benchmark_stats"]
         lines.append(f"{f['fold']:>4}  {f['test'][0][:10]}..{f['test'][1][:10]} "
-                     f"{f['trials']['complete']:>6}/{f['trials']['pruned']:<3} {_fmt(f['best_value']):>16} "
-                     f"{_pct(s['total_return']):>8} {_fmt(s['sharpe'], '.2f'):>7} {s['n_trades']:>6} "
+                     f"{f['trials']['complete']:>6}/{f['trials']['pruned']:<3} {fmt(f['best_value']):>16} "
+                     f"{_pct(s['total_return']):>8} {fmt(s['sharpe'], '.2f'):>7} {s['n_trades']:>6} "
                      f"{_pct(b['total_return']):>8}  {f['this_run']}")
     s, b, d = report["stitched"]["stats"], report["stitched"]["benchmark_stats"], report["deflated_sharpe"]
     lines += [
         f"stitched out-of-sample {s['start'][:10]}..{s['end'][:10]}: return {_pct(s['total_return'])}  "
-        f"CAGR {_pct(s['cagr'])}  Sharpe {_fmt(s['sharpe'], '.2f')}  max DD {_pct(s['max_drawdown'])}  trades {s['n_trades']}",
+        f"CAGR {_pct(s['cagr'])}  Sharpe {fmt(s['sharpe'], '.2f')}  max DD {_pct(s['max_drawdown'])}  trades {s['n_trades']}",
         f"buy and hold, same bars:  return {_pct(b['total_return'])}  CAGR {_pct(b['cagr'])}  "
-        f"Sharpe {_fmt(b['sharpe'], '.2f')}  max DD {_pct(b['max_drawdown'])}",
+        f"Sharpe {fmt(b['sharpe'], '.2f')}  max DD {_pct(b['max_drawdown'])}",
         f"configurations tried: {report['configurations_tried']} (all folds: {report['trials']['complete']} complete, "
         f"{report['trials']['pruned']} pruned; {report['trials']['failed']} failed)",
-        f"deflated Sharpe ratio: {_fmt(d['dsr'], '.3f')}  (per-bar SR {_fmt(d['sharpe'])} vs SR0 {_fmt(d['sr0'])} "
+        f"deflated Sharpe ratio: {fmt(d['dsr'], '.3f')}  (per-bar SR {fmt(d['sharpe'])} vs SR0 {fmt(d['sr0'])} "
         f"expected from the best of {d['n_trials']} skill-less trials, V {d['var_trial_sharpe']:.2e} within-fold; "
         "0.95+ = unlikely to be search luck)",
         f"new trials this run: {report['new_trials_this_run']}",
         f"wrote {report['files']['report']} and {report['files']['stitched_equity_png']}",
     ]
     return lines
+
+
+# ------------------------------------------------------------------------------------ the files
+# written through this module's `write_atomic`: workers share the output folder
+def save_figure(fig, path: Path) -> None:
+    """PNG of ``fig`` written atomically (workers may write the same fold's plots); closes ``fig``."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False).encode())
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_atomic(path, frame.to_csv().encode())

@@ -45,15 +45,15 @@ def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
                 _serialize_sqlite_transactions(storage.engine)
             return storage
         except ArgumentError as exc:
-            raise ValueError(f"--storage {_redact(url)} is not a database URL ({exc}); e.g. "
+            raise ValueError(f"--storage {redact(url)} is not a database URL ({exc}); e.g. "
                              "sqlite:///reports/optuna.db or postgresql+psycopg2://user:pw@host/db") from None
         except ImportError as exc:
-            raise ValueError(f"--storage {_redact(url)}: its database driver is missing ({exc}); for PostgreSQL: "
+            raise ValueError(f"--storage {redact(url)}: its database driver is missing ({exc}); for PostgreSQL: "
                              "pip install psycopg2-binary") from None
         except SQLAlchemyError as exc:
             # workers starting together race to create the tables of a new database: retry a few times
             if attempt == 4:
-                raise ValueError(f"cannot open the Optuna storage {_redact(url)}: {exc}".splitlines()[0]) from None
+                raise ValueError(f"cannot open the Optuna storage {redact(url)}: {exc}".splitlines()[0]) from None
             time.sleep(0.5 + np.random.default_rng().random())
 
 
@@ -74,7 +74,7 @@ def _serialize_sqlite_transactions(engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
@@ -83,25 +83,25 @@ def _redact(url: str) -> str:
         return "<storage>"
 
 
-def _fail_stale(study) -> None:
+def fail_stale(study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
 
-def _counts(study) -> dict:
+def trial_counts(study) -> dict:
     c = {s: 0 for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")}
     for t in study.get_trials(deepcopy=False):
         c[t.state.name] = c.get(t.state.name, 0) + 1
     return c
 
 
-def _fold_result(study: optuna.Study) -> dict | None:
+def fold_result(study: optuna.Study) -> dict | None:
     """The fold's recorded result, or None while it is not finished."""
     return study.user_attrs.get(_RESULT_ATTR)
 
 
-def _record_fold_result(study: optuna.Study, result: dict) -> None:
+def record_fold_result(study: optuna.Study, result: dict) -> None:
     study.set_user_attr(_RESULT_ATTR, result)
 
 
@@ -121,11 +121,11 @@ def _record_fold_result(study: optuna.Study, result: dict) -> None:
 #  - elsewhere (another host or container): when its "alive" value has not changed for 3 heartbeats
 #    of this process's clock (clocks of other hosts are not compared).
 # The holder re-reads the fold's result after claiming (a previous holder may have recorded it and
-# exited since) and, before recording its own, checks it still holds the top generation (``_holds``):
+# exited since) and, before recording its own, checks it still holds the top generation (``holds_claim``):
 # a holder that was taken over drops its result and its exported file. What remains possible: a worker
 # on another host that is alive but silent past the grace period may duplicate the *work* (both refit);
 # the recorded result and fold<k>.onnx are the last holder's, unless the old holder stalls for longer
-# than the new holder's whole refit exactly between its ``_holds`` check and its write (milliseconds).
+# than the new holder's whole refit exactly between its ``holds_claim`` check and its write (milliseconds).
 _CLAIM_ATTR = "claim"
 _GRACE_BEATS = 3
 
@@ -228,7 +228,7 @@ def _top_generation(storage, base: str) -> tuple[int, dict | None]:
     return g, storage.get_study_user_attrs(storage.get_study_id_from_name(f"{base}.{g}")).get(_CLAIM_ATTR)
 
 
-def _claim(storage, base: str, worker: str, heartbeat: float) -> Claim | None:
+def take_claim(storage, base: str, worker: str, heartbeat: float) -> Claim | None:
     """Take the job of finalising a fold (marker ``base``), or None while another live worker holds it."""
     try:
         top, info = _top_generation(storage, base)
@@ -267,7 +267,7 @@ def _marker(storage, claim: Claim) -> tuple[int, dict] | None:
     return (study_id, info) if info.get("token") == claim.token else None
 
 
-def _holds(storage, claim: Claim) -> bool:
+def holds_claim(storage, claim: Claim) -> bool:
     """Whether ``claim`` is still the fold's claim: its marker carries its token and nobody took it over."""
     mine = _marker(storage, claim)
     if mine is None or mine[1].get("released"):
@@ -279,7 +279,7 @@ def _holds(storage, claim: Claim) -> bool:
     return False
 
 
-def _release(storage, claim: Claim, *, finished: bool) -> None:
+def release_claim(storage, claim: Claim, *, finished: bool) -> None:
     """Give ``claim`` up. ``finished`` (the fold's result is recorded): delete the fold's markers;
     else mark it released, so the next worker takes the fold over at once."""
     _held.discard(claim.token)
@@ -307,7 +307,7 @@ def _release(storage, claim: Claim, *, finished: bool) -> None:
 
 
 @contextlib.contextmanager
-def _heartbeat(storage, claim: Claim, interval: float):
+def keep_alive(storage, claim: Claim, interval: float):
     """Keep ``claim`` alive (a beat every ``interval`` s) while the block runs."""
     stop = threading.Event()
     beat = threading.Thread(target=_claim_heartbeat, args=(storage, claim, interval, stop), daemon=True,
@@ -322,7 +322,7 @@ def _heartbeat(storage, claim: Claim, interval: float):
 
 def _claim_heartbeat(storage, claim: Claim, interval: float, stop: threading.Event) -> None:
     """Renew the claim's "alive" value until ``stop``; a failed beat is logged, never raised (a thread's
-    traceback would only clutter the console: a lost claim is caught by ``_holds`` before recording)."""
+    traceback would only clutter the console: a lost claim is caught by ``holds_claim`` before recording)."""
     while not stop.wait(interval):
         try:
             mine = _marker(storage, claim)

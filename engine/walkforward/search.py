@@ -13,11 +13,11 @@ from optuna.trial import TrialState
 
 log = logging.getLogger("engine.walkforward")  # one logger for the modules of the walk-forward CLI
 
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
-class _TrialSeededTPE(optuna.samplers.BaseSampler):
+class TrialSeededTPE(optuna.samplers.BaseSampler):
     """TPE whose random stream is seeded by (seed, trial number) instead of once per process.
 
     One worker reproduces its runs; workers sharing a study draw different parameters (a TPE with
@@ -28,7 +28,7 @@ class _TrialSeededTPE(optuna.samplers.BaseSampler):
         self._seed = int(seed)
         self._n_startup = int(n_startup_trials)
         self._local = threading.local()  # n_jobs threads each run their own trial
-        self.started: set[int] = set()  # ids of the trials this process started (see _fail_interrupted)
+        self.started: set[int] = set()  # ids of the trials this process started (see fail_interrupted)
 
     def _tpe(self) -> optuna.samplers.TPESampler:
         return self._local.tpe
@@ -56,11 +56,11 @@ class _TrialSeededTPE(optuna.samplers.BaseSampler):
         self._tpe().after_trial(study, trial, state, values)
 
 
-class _SurplusTrial(Exception):
+class SurplusTrial(Exception):
     """This trial would exceed the per-fold total: other workers already hold the remaining ones."""
 
 
-class _StopWhenFull:
+class StopWhenFull:
     """Stop this worker's optimize loop once finished + in-flight trials (any worker) reach the total.
 
     MaxTrialsCallback counts finished trials only, so a worker would start one more trial while
@@ -71,7 +71,7 @@ class _StopWhenFull:
         self.cap = cap
 
     def __call__(self, study: optuna.Study, trial) -> None:
-        if len(study.get_trials(deepcopy=False, states=_LIVE)) >= self.cap:
+        if len(study.get_trials(deepcopy=False, states=LIVE)) >= self.cap:
             study.stop()
 
 
@@ -80,7 +80,7 @@ class _HideRoutineFailures(logging.Filter):
     trial, and a trial stopped by Ctrl-C (the command line says so in one line; the trial is FAIL and
     a rerun runs a new one in its slot)."""
 
-    ROUTINE = ("_SurplusTrial", "KeyboardInterrupt")
+    ROUTINE = ("SurplusTrial", "KeyboardInterrupt")
 
     def __init__(self):
         super().__init__()
@@ -103,25 +103,25 @@ class _HideRoutineFailures(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(_HideRoutineFailures())
 
 
-def _check_not_surplus(trial: optuna.Trial, cap: int) -> None:
+def check_not_surplus(trial: optuna.Trial, cap: int) -> None:
     # Trial numbers are given out in creation order; if `cap` live trials precede this one, the
     # study is full and another worker's trial got there first (MaxTrialsCallback alone only stops
     # a worker after it finished one trial too many).
-    live = trial.study.get_trials(deepcopy=False, states=_LIVE)
+    live = trial.study.get_trials(deepcopy=False, states=LIVE)
     ahead = sum(1 for t in live if t.number < trial.number)
     if ahead >= cap:
         trial.set_user_attr("surplus", True)
-        raise _SurplusTrial(f"trial {trial.number}: {ahead} trials already hold the {cap} slots")
+        raise SurplusTrial(f"trial {trial.number}: {ahead} trials already hold the {cap} slots")
     # two workers failing the same stale trial at once (SQLite has no row locks) queue it twice:
     # only the first copy runs
     me = next((t for t in live if t.number == trial.number), None)
     origin = None if me is None else me.system_attrs.get("failed_trial")
     if origin is not None and any(t.system_attrs.get("failed_trial") == origin for t in live if t.number < trial.number):
         trial.set_user_attr("surplus", True)
-        raise _SurplusTrial(f"trial {trial.number}: a copy of failed trial {origin} already runs")
+        raise SurplusTrial(f"trial {trial.number}: a copy of failed trial {origin} already runs")
 
 
-def _fail_interrupted(storage, study: optuna.Study) -> None:
+def fail_interrupted(storage, study: optuna.Study) -> None:
     """Mark FAIL the trials this process started that are still RUNNING: after Ctrl-C, one that was
     interrupted outside its objective (optuna fails the others) before its first heartbeat would
     otherwise stay RUNNING for ever, and every worker would wait for it."""

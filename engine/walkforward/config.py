@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.config import TrainConfig, field_defaults
-from engine import _search_space as space
+from engine.walkforward import space
 
 OBJECTIVES = {  # name -> optimisation direction
     "val_loss": "minimize",  # validation focal loss / its no-skill baseline (1 = no skill)
     "val_auc": "maximize",  # validation ROC AUC of the labelled bars
     "val_sharpe": "maximize",  # annualised Sharpe of a backtest on the validation block
 }
-_VALIDATION_ENGINE = "fast"  # every trial's validation backtest: engine.fastsim, parity-tested with backtrader
+VALIDATION_ENGINE = "fast"  # every trial's validation backtest: engine.fastsim, parity-tested with backtrader
 ENGINES = ("backtrader", "fast")  # engine.runner.ENGINES, spelt out so the CLI parser needs no backtrader (tested equal)
 # everything not searched; a base option of a searched group must keep its value here (else refused)
 BASE_OVERRIDES = dict(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256, holdout=0.0)
@@ -69,10 +69,10 @@ class WalkForwardConfig:
             if v is not None and not math.isfinite(v):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
         if self.engine not in ENGINES:
-            raise ValueError(f"--engine: unknown {self.engine!r};{_did_you_mean(self.engine, ENGINES)}"
+            raise ValueError(f"--engine: unknown {self.engine!r};{did_you_mean(self.engine, ENGINES)}"
                              f" choose from {', '.join(ENGINES)}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"--objective: unknown {self.objective!r};{_did_you_mean(self.objective, OBJECTIVES)}"
+            raise ValueError(f"--objective: unknown {self.objective!r};{did_you_mean(self.objective, OBJECTIVES)}"
                              f" choose from {', '.join(OBJECTIVES)}")
         if self.scheme not in ("rolling", "anchored"):
             raise ValueError(f"--scheme must be rolling or anchored, got {self.scheme!r}")
@@ -131,12 +131,12 @@ class WalkForwardConfig:
         keep = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("trials", "timeout", "storage", "n_jobs", "out", "heartbeat", "base", "study", "engine")}
         keep["search"] = list(self.search)
-        keep["engines"] = {"validation": _VALIDATION_ENGINE, "test": self.engine}
+        keep["engines"] = {"validation": VALIDATION_ENGINE, "test": self.engine}
         keep["base"] = self.base.to_dict()
         keep["data_sha256"] = data_sha256
         return json.loads(json.dumps(keep))
 
 
-def _did_you_mean(word: str, options) -> str:
+def did_you_mean(word: str, options) -> str:
     close = difflib.get_close_matches(str(word), list(options), n=1)
     return f" did you mean {close[0]!r}?" if close else ""

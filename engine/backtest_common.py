@@ -1,0 +1,101 @@
+"""What both backtest engines share: the result type, input preparation, the run facts of a result's
+config and the trades frame.
+
+:mod:`engine.runner` (backtrader, the reference) and :mod:`engine.fastsim` (numba) both build on this
+module, so neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+import labeling
+from engine.metrics import infer_periods_per_year, periods_per_year_rule
+from strategies import TRADE_FIELDS
+
+TRADE_COLUMNS = list(TRADE_FIELDS)
+
+
+@dataclasses.dataclass
+class BacktestResult:
+    """Everything one backtest produced; ``data`` is the OHLCV of the bars traded."""
+
+    equity: pd.Series  # broker value at each bar's close (DatetimeIndex)
+    trades: pd.DataFrame  # one row per closed trade, columns TRADE_COLUMNS
+    signal: pd.Series | None  # probability used per bar (batch line or live agent), None for baselines
+    stats: dict  # engine.metrics.compute_stats of equity and trades
+    benchmark_stats: dict | None  # same for buy-and-hold over the same bars and costs
+    benchmark_equity: pd.Series | None
+    config: dict  # what was run, JSON-safe
+    periods_per_year: float
+    data: pd.DataFrame  # OHLCV of the backtest period
+    position: pd.Series  # units held at each bar's close
+
+
+def prepare_inputs(df, signal, atr, atr_period, start, end, periods_per_year):
+    """Both engines' inputs: the signal (None if not given) and ATR aligned to the full data and
+    checked, the traded period, and periods per year (given, else inferred from the full data)."""
+    sig = _align(signal, df, "signal") if signal is not None else None
+    if sig is not None and ((sig < 0) | (sig > 1)).any():
+        raise ValueError("signal holds values outside [0, 1]: pass probabilities (NaN = no signal)")
+    atr_full = (
+        _align(atr, df, "atr") if atr is not None
+        else pd.Series(labeling.atr(df["high"], df["low"], df["close"], atr_period), index=df.index)
+    )
+    period = df.loc[start:end]
+    if len(period) < 2:
+        raise ValueError(f"start={start!r}, end={end!r} leave {len(period)} bar(s) of {len(df)}: need >= 2")
+    ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(df.index)
+    return sig, atr_full, period, ppy
+
+
+def run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free=0.0) -> dict:
+    """The part of a result's config both engines share: data, period, costs and conventions."""
+    return {
+        "data_source": str(df.attrs.get("source", "DataFrame")),
+        "data_sha256": df.attrs.get("sha256"),
+        "start": str(period.index[0]),
+        "end": str(period.index[-1]),
+        "n_bars": int(len(period)),
+        "cash": float(cash),
+        "commission": float(commission),
+        "commission_model": "fraction of traded value per side (COMM_PERC, percabs)",
+        "slippage": float(slippage),
+        "slippage_model": "set_slippage_perc: buys up, sells down, capped at high/low, incl. opens",
+        "atr": "override" if atr is not None else f"labeling.atr(period={atr_period}) on the full data",
+        "periods_per_year": ppy,
+        "periods_per_year_rule": "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
+        "risk_free": float(risk_free),  # annual rate for Sharpe and Sortino
+    }
+
+
+def _align(values, df: pd.DataFrame, name: str) -> pd.Series:
+    """A float Series on ``df.index`` from an array of len(df) or a Series indexed by df's timestamps."""
+    if isinstance(values, pd.Series):
+        if values.index.equals(df.index):
+            return values.astype(np.float64)
+        extra = values.index.difference(df.index)
+        if len(extra):
+            raise ValueError(
+                f"{name} has {len(extra)} timestamp(s) not in the data, first {extra[0]}: "
+                f"compute it from the same data frame"
+            )
+        return values.astype(np.float64).reindex(df.index)
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (len(df),):
+        raise ValueError(f"{name} has shape {arr.shape}, expected ({len(df)},) like the data")
+    return pd.Series(arr, index=df.index)
+
+
+def trades_frame(log_rows: list[dict], index: pd.DatetimeIndex) -> pd.DataFrame:
+    trades = pd.DataFrame(log_rows, columns=TRADE_COLUMNS)
+    if len(trades):
+        # Timestamps from the frame's own index (backtrader's float dates can round microseconds).
+        trades["entry_time"] = index[trades["entry_bar"].to_numpy(dtype=np.int64)]
+        trades["exit_time"] = index[trades["exit_bar"].to_numpy(dtype=np.int64)]
+    for col in ("entry_bar", "exit_bar", "bars_held"):
+        trades[col] = trades[col].astype(np.int64)
+    return trades
