@@ -116,25 +116,31 @@ class OnnxAgent:
         """Per-symbol agents: `select_symbol` the member whose file ``df`` was loaded from (by sha256)."""
         if self._per_symbol is None:
             return
-        sha = df.attrs.get("sha256")
-        symbol = next((s for s, v in self._per_symbol.items() if sha and v["sha256"] == sha), None)
-        if symbol is None:
-            self._stats(None if self._symbol is None else df)  # raises the refusal naming the symbols
-            return
-        self._symbol = symbol
+        if df.attrs.get("sha256") is not None:
+            self._symbol = self._member(df)
+        else:
+            self._stats(df)  # no file hash: keeps the symbol selected, or refuses when none is
 
     def _stats(self, df: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
         if self._per_symbol is None:
             return self._mean, self._std
-        sha = None if df is None else df.attrs.get("sha256")
-        symbol = next((s for s, v in self._per_symbol.items() if sha and v["sha256"] == sha), self._symbol)
-        if symbol is None:
-            raise ValueError(
-                f"agent {self.path} was trained with per-symbol normalisation on {', '.join(self._per_symbol)} and "
-                "trades only those: load one of their files with datafeeds (its sha256 picks the statistics), "
-                "or train with --normalise pooled to trade other instruments")
-        v = self._per_symbol[symbol]
+        # a frame loaded from a file is recognised by its sha256 (another file is refused, whatever is selected);
+        # a frame without one (built by hand) uses the symbol selected with `select_symbol`
+        has_sha = df is not None and df.attrs.get("sha256") is not None
+        symbol = self._member(df) if has_sha else self._symbol
+        v = self._per_symbol[self._refuse() if symbol is None else symbol]
         return np.asarray(v["mean"], dtype=np.float64), np.asarray(v["std"], dtype=np.float64)
+
+    def _member(self, df: pd.DataFrame) -> str:
+        sha = df.attrs.get("sha256")
+        symbol = next((s for s, v in self._per_symbol.items() if v["sha256"] == sha), None)
+        return self._refuse() if symbol is None else symbol
+
+    def _refuse(self):
+        raise ValueError(
+            f"agent {self.path} was trained with per-symbol normalisation on {', '.join(self._per_symbol)} and "
+            "trades only those: load one of their files with datafeeds (its sha256 picks the statistics), "
+            "or train with --normalise pooled to trade other instruments")
 
     def _normalised_features(self, df: pd.DataFrame, stats=None) -> np.ndarray:
         x, names = compute_features(df, self.spec)

@@ -26,6 +26,8 @@ _EXPORTS = {  # public name -> its module
     "backtest_figure": "engine.plotting",
     "plot_backtest": "engine.plotting",
     "simulate": "engine.fastsim",
+    "PortfolioResult": "engine.portfolio",
+    "run_portfolio": "engine.portfolio",
 }
 
 

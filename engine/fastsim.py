@@ -18,6 +18,12 @@ Arithmetic follows backtrader's own order of float operations (cash, commission,
 = units * price / units``), so results agree to rounding (tests: rtol 1e-9, in practice bit-equal).
 With ``horizon=1`` the time exit is ordered at the fill bar's close, so neither engine works the
 barriers: the position leaves at the next open.
+
+Portfolios (``simulate_portfolio``, behind ``engine.run_portfolio(engine="fast")``): ``_portfolio_nb`` runs
+``strategies.PortfolioAgentStrategy`` on BarrierBroker over (times x instruments) arrays with NaN where an
+instrument has no bar, including backtrader's cumulative cash check of each cycle's new orders and its
+first-in first-out order processing across instruments; tests/test_portfolio.py holds it to the
+backtrader run trade for trade (equity to 1e-9 relative; bit-equal in practice).
 """
 
 from __future__ import annotations
@@ -351,3 +357,362 @@ def _buy_and_hold(ohlc, index, cash, commission, slippage, ppy, risk_free=0.0):
                           risk_free=risk_free)
     stats["rejected_entries"] = n_rejected
     return equity, stats
+
+
+def buy_and_hold_equity(period: pd.DataFrame, cash: float, commission: float,
+                        slippage: float) -> tuple[pd.Series, pd.DataFrame]:
+    """Equity and trade of ``strategies.BuyAndHold`` with ``cash`` over ``period`` (the fast kernel; parity-tested)."""
+    ohlc = [_prices(period, col) for col in ("open", "high", "low", "close")]
+    n = len(period)
+    sig = np.full(n, np.nan)
+    sig[0] = 1.0
+    atr = np.full(n, np.nan)
+    atr[0] = 1.0
+    out = _simulate_nb(*ohlc, sig, atr, 0.5, math.inf, math.inf, n + 1, 1.0, float(cash),
+                       float(commission), float(slippage), 0, n)
+    equity, _position, trades, _rejected = _unpack(out, period.index)
+    return equity, trades
+
+
+# ------------------------------------------------------------------------------------------------------
+# Portfolios: several instruments, one cash account (strategies.PortfolioAgentStrategy on BarrierBroker)
+# ------------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _book_nb(tr_i, tr_f, row, k, entry_bar, exit_bar, sig_time, reason, entry_px, exit_px, size, pnl, comm, atr):
+    """Write one closed trade into row ``row`` of the trade tables."""
+    tr_i[row, 0], tr_i[row, 1], tr_i[row, 2], tr_i[row, 3], tr_i[row, 4] = k, entry_bar, exit_bar, sig_time, reason
+    tr_f[row, 0], tr_f[row, 1], tr_f[row, 2], tr_f[row, 3] = entry_px, exit_px, size, pnl
+    tr_f[row, 4], tr_f[row, 5], tr_f[row, 6] = pnl / (size * entry_px), comm, atr
+
+
+@njit(cache=True)
+def _portfolio_nb(open_, high, low, close, signal, atr, has_bar, last_t, threshold, pt, sl, horizon,
+                  max_positions, size_frac, cash, commission, slippage):
+    """The portfolio strategy over (T, n) arrays (NaN where an instrument has no bar; ``has_bar`` marks
+    the bars), instruments in symbol order. ``size_frac <= 0`` means equity / max_positions per entry.
+
+    Follows backtrader's cycle at each time t: the strategy's ``next_open`` (entries waiting for this
+    instrument's bar are sized on its open), the broker (``check_submitted``: a cumulative cash check of
+    the orders submitted since the last cycle, exits first; then the pending orders first in, first
+    out: exits by submission, then the new entries), then the strategy at the close (end-of-data sales,
+    the value, the allocation). Returns trades (rows of instrument, entry bar, exit bar -- the
+    instrument's own bar positions -- signal time, prices, size, pnl, ret, commission, atr, reason),
+    equity (T,), positions (T, n), skipped (n,), rejected (n,).
+    """
+    T, n = close.shape
+    cap = 2
+    for k in range(n):
+        cap += int(has_bar[:, k].sum()) // 2 + 2
+    tr_i = np.empty((cap, 5), np.int64)  # instrument, entry bar, exit bar, signal time, reason
+    tr_f = np.empty((cap, 7), np.float64)  # entry price, exit price, size, pnl, ret, commission, atr
+    equity = np.empty(T, np.float64)
+    positions = np.zeros((T, n), np.float64)
+    skipped = np.zeros(n, np.int64)
+    rejected = np.zeros(n, np.int64)
+
+    nb = np.zeros(n, np.int64)  # bars of each instrument seen so far
+    last_close = np.zeros(n, np.float64)
+    units = np.zeros(n, np.float64)
+    pos_price = np.zeros(n, np.float64)
+    entry_px = np.zeros(n, np.float64)
+    entry_comm = np.zeros(n, np.float64)
+    entry_bar = np.zeros(n, np.int64)
+    stop_px = np.zeros(n, np.float64)
+    limit_px = np.zeros(n, np.float64)
+    time_bar = np.zeros(n, np.int64)
+    exit_live = np.zeros(n, np.bool_)
+    exit_new = np.zeros(n, np.bool_)  # submitted at the last cycle: checked by check_submitted now
+    exit_seq = np.zeros(n, np.int64)
+    intent = np.zeros(n, np.bool_)
+    intent_seq = np.zeros(n, np.int64)
+    intent_notional = np.zeros(n, np.float64)
+    intent_sig = np.zeros(n, np.int64)
+    intent_atr = np.zeros(n, np.float64)
+    sig_t = np.zeros(n, np.int64)  # signal time of the trade held
+    sig_a = np.zeros(n, np.float64)
+    entry_size = np.zeros(n, np.float64)  # entry orders of this cycle
+    entry_list = np.empty(n, np.int64)
+    seq = 0
+    k_tr = 0
+
+    for t in range(T):
+        for k in range(n):
+            if has_bar[t, k]:
+                nb[k] += 1
+                last_close[k] = close[t, k]
+        # -- strategy.next_open: waiting entries of instruments with a bar now, in decision order
+        n_entries = 0
+        while True:
+            best = -1
+            for k in range(n):
+                if intent[k] and has_bar[t, k] and (best < 0 or intent_seq[k] < intent_seq[best]):
+                    best = k
+            if best < 0:
+                break
+            k = best
+            intent[k] = False
+            price = open_[t, k] * (1.0 + slippage)
+            unit_cost = price + 1.0 * commission * price
+            entry_size[k] = intent_notional[k] / unit_cost * (1.0 - CASH_EPS)
+            sig_t[k] = intent_sig[k]
+            sig_a[k] = intent_atr[k]
+            entry_list[n_entries] = k
+            n_entries += 1
+        # -- broker.check_submitted: exits submitted at the last cycle (in order), then the new entries
+        c = cash
+        while True:
+            best = -1
+            for k in range(n):
+                if exit_new[k] and (best < 0 or exit_seq[k] < exit_seq[best]):
+                    best = k
+            if best < 0:
+                break
+            k = best
+            exit_new[k] = False
+            c += units[k] * stop_px[k] / 1.0 + 0.0
+            c -= units[k] * commission * stop_px[k]
+        accepted = np.zeros(n, np.bool_)
+        for e in range(n_entries):
+            k = entry_list[e]
+            o = open_[t, k]
+            c -= entry_size[k] * o / 1.0
+            c -= entry_size[k] * commission * o
+            if c < 0.0:
+                rejected[k] += 1
+            else:
+                accepted[k] = True
+        # -- broker pending orders: live exits by submission (each worked once, at its own bar), then entries
+        worked = np.zeros(n, np.bool_)
+        while True:
+            best = -1
+            for k in range(n):
+                if exit_live[k] and has_bar[t, k] and not worked[k] and (best < 0 or exit_seq[k] < exit_seq[best]):
+                    best = k
+            if best < 0:
+                break
+            k = best
+            worked[k] = True
+            o, hi, lo = open_[t, k], high[t, k], low[t, k]
+            xp = 0.0
+            reason = -1
+            if nb[k] - 1 >= time_bar[k]:
+                xp = _slip_down_nb(lo, o, slippage)
+                reason = _TIME
+            elif o <= stop_px[k]:
+                xp = _slip_down_nb(lo, o, slippage)
+                reason = _SL
+            elif lo <= stop_px[k]:
+                xp = _slip_down_nb(lo, stop_px[k], slippage)
+                reason = _SL
+            elif limit_px[k] <= o:
+                xp = _slip_down_nb(limit_px[k], o, slippage)
+                reason = _TP
+            elif limit_px[k] <= hi:
+                xp = limit_px[k]
+                reason = _TP
+            if reason < 0:
+                continue
+            exit_live[k] = False
+            u = units[k]
+            pnl_b = u * (xp - pos_price[k]) * 1.0
+            cash += u * pos_price[k] / 1.0 + pnl_b
+            comm = u * commission * xp
+            cash -= comm
+            cash += 0.0
+            exit_px = (0.0 + (-u) * xp) / (-u)
+            pnl = u * (exit_px - entry_px[k]) - entry_comm[k] - comm
+            _book_nb(tr_i, tr_f, k_tr, k, entry_bar[k], nb[k] - 1, sig_t[k], reason, entry_px[k], exit_px, u, pnl,
+                     entry_comm[k] + comm, sig_a[k])
+            k_tr += 1
+            units[k] = 0.0
+            pos_price[k] = 0.0
+        for e in range(n_entries):
+            k = entry_list[e]
+            if not accepted[k]:
+                continue
+            o = open_[t, k]
+            size = entry_size[k]
+            p = _slip_up_nb(high[t, k], o, slippage)
+            c2 = cash - size * p
+            c2 -= size * commission * p
+            if c2 < 0.0:
+                rejected[k] += 1
+                continue
+            cash = c2
+            units[k] = size
+            pos_price[k] = p
+            entry_px[k] = (0.0 + size * p) / size
+            entry_comm[k] = size * commission * p
+            entry_bar[k] = nb[k] - 1
+            stop_px[k] = entry_px[k] - sl * sig_a[k]
+            limit_px[k] = entry_px[k] + pt * sig_a[k]
+            time_bar[k] = entry_bar[k] + horizon
+            seq += 1
+            exit_seq[k] = seq
+            exit_new[k] = True
+            exit_live[k] = True
+        # -- strategy.next at the close
+        last_time = t == T - 1
+        if not last_time:
+            for k in range(n):
+                if has_bar[t, k] and t == last_t[k] and units[k] != 0.0:
+                    u = units[k]
+                    xp = close[t, k] * (1.0 - slippage)
+                    if low[t, k] > xp:
+                        xp = low[t, k]
+                    pnl_b = u * (xp - pos_price[k]) * 1.0
+                    cash += u * pos_price[k] / 1.0 + pnl_b
+                    comm = u * commission * xp
+                    cash -= comm
+                    cash += 0.0
+                    exit_px = (0.0 + (-u) * xp) / (-u)
+                    pnl = u * (exit_px - entry_px[k]) - entry_comm[k] - comm
+                    _book_nb(tr_i, tr_f, k_tr, k, entry_bar[k], nb[k] - 1, sig_t[k], _EOD, entry_px[k], exit_px, u,
+                             pnl, entry_comm[k] + comm, sig_a[k])
+                    k_tr += 1
+                    units[k] = 0.0
+                    pos_price[k] = 0.0
+                    exit_live[k] = False
+                    exit_new[k] = False
+        # the broker's value: cash plus each position at its instrument's last close (symbol order)
+        acc = 0.0
+        for k in range(n):
+            u = units[k]
+            if u != 0.0:
+                dvalue = u * last_close[k]
+                unreal = u * (last_close[k] - pos_price[k]) * 1.0
+                if dvalue > 0.0:
+                    acc += (dvalue - unreal) / 1.0
+                    acc += unreal
+                else:
+                    acc += dvalue
+            else:
+                acc += 0.0
+        value = cash + acc
+        equity[t] = value
+        for k in range(n):
+            positions[t, k] = units[k]
+        if last_time:
+            break
+        # allocation: candidates by probability (highest first), then symbol (index) order
+        busy = 0
+        for k in range(n):
+            if units[k] != 0.0 or intent[k]:
+                busy += 1
+        free = max_positions - busy
+        target = value / max_positions if size_frac <= 0.0 else size_frac * value
+        # Python sums the waiting entries' notionals in decision order: so does this
+        committed = 0.0
+        order_ks = np.argsort(np.where(intent, intent_seq, np.iinfo(np.int64).max), kind="mergesort")
+        for q in range(n):
+            k = order_ks[q]
+            if intent[k]:
+                committed = committed + intent_notional[k]
+        available = cash - committed
+        rank = 0
+        taken = np.zeros(n, np.bool_)
+        while True:
+            best = -1
+            best_p = 0.0
+            for k in range(n):
+                if taken[k] or not has_bar[t, k] or t == last_t[k] or units[k] != 0.0 or intent[k]:
+                    continue
+                p = signal[t, k]
+                a = atr[t, k]
+                if not (p >= threshold and a > 0.0):
+                    continue
+                if best < 0 or p > best_p:
+                    best = k
+                    best_p = p
+            if best < 0:
+                break
+            k = best
+            taken[k] = True
+            notional = target if target < available else available
+            if rank >= free or not notional > 0.0:
+                skipped[k] += 1
+            else:
+                available -= notional
+                intent[k] = True
+                seq += 1
+                intent_seq[k] = seq
+                intent_notional[k] = notional
+                intent_sig[k] = t
+                intent_atr[k] = atr[t, k]
+            rank += 1
+
+    eod_cost = 0.0
+    t = T - 1
+    for k in range(n):
+        u = units[k]
+        if u == 0.0:
+            continue
+        cl = last_close[k]
+        xp = cl * (1.0 - slippage)
+        if low[t, k] > xp:
+            xp = low[t, k]
+        comm = u * commission * xp
+        eod_cost += u * (cl - xp) + comm
+        _book_nb(tr_i, tr_f, k_tr, k, entry_bar[k], nb[k] - 1, sig_t[k], _EOD, entry_px[k], xp, u,
+                 u * (xp - entry_px[k]) - entry_comm[k] - comm, entry_comm[k] + comm, sig_a[k])
+        k_tr += 1
+    equity[T - 1] -= eod_cost
+    return k_tr, tr_i, tr_f, equity, positions, skipped, rejected
+
+
+def simulate_portfolio(per: dict, times: pd.DatetimeIndex, *, threshold: float, pt: float, sl: float, horizon: int,
+                       max_positions: int, size_frac: float | None, cash: float, commission: float,
+                       slippage: float) -> dict:
+    """The portfolio strategy through :func:`_portfolio_nb` on (times x instruments) arrays.
+
+    ``per``: symbol -> (period frame, signal array, ATR array), symbols sorted (``engine.portfolio.inputs``);
+    returns what ``engine.portfolio`` assembles its result from (equity, positions, trade dicts, skipped
+    and rejected counts per symbol).
+    """
+    symbols = list(per)
+    T, n = len(times), len(symbols)
+    arrays = {c: np.full((T, n), np.nan) for c in ("open", "high", "low", "close", "signal", "atr")}
+    has_bar = np.zeros((T, n), dtype=np.bool_)
+    last_t = np.empty(n, dtype=np.int64)
+    rows = []
+    for k, sym in enumerate(symbols):
+        period, sig, atr = per[sym]
+        pos = times.get_indexer(period.index)
+        rows.append(pos)
+        has_bar[pos, k] = True
+        last_t[k] = pos[-1]
+        for c in ("open", "high", "low", "close"):
+            arrays[c][pos, k] = _prices(period, c)
+        arrays["signal"][pos, k] = sig
+        arrays["atr"][pos, k] = atr
+    t0 = time.perf_counter()
+    out = _portfolio_nb(arrays["open"], arrays["high"], arrays["low"], arrays["close"], arrays["signal"],
+                        arrays["atr"], has_bar, last_t, float(threshold), float(pt), float(sl), int(horizon),
+                        int(max_positions), -1.0 if size_frac is None else float(size_frac), float(cash),
+                        float(commission), float(slippage))
+    run_seconds = time.perf_counter() - t0
+    k_tr, tr_i, tr_f, equity, positions, skipped, rejected = out
+    sym_, entry, exit_, sig_t, reason = (tr_i[:k_tr, c] for c in range(5))
+    ep, xp, size, pnl, ret, comm, atr_t = (tr_f[:k_tr, c] for c in range(7))
+    n_tr = int(k_tr)
+    unit = f"datetime64[{times.unit}]"
+    entry_time = np.empty(n_tr, dtype=unit)
+    exit_time = np.empty(n_tr, dtype=unit)
+    for k, sym in enumerate(symbols):  # each instrument's own bar positions -> its times
+        mine = sym_ == k
+        idx = per[sym][0].index.as_unit(times.unit)
+        idx = (idx.tz_convert("UTC").tz_localize(None) if idx.tz is not None else idx).to_numpy()
+        entry_time[mine], exit_time[mine] = idx[entry[mine]], idx[exit_[mine]]
+    tz = times.tz
+    as_time = (lambda v: pd.DatetimeIndex(v).tz_localize("UTC").tz_convert(tz)) if tz is not None else pd.DatetimeIndex
+    trades = pd.DataFrame({
+        "symbol": np.asarray(symbols, dtype=object)[sym_], "entry_time": as_time(entry_time), "entry_price": ep,
+        "exit_time": as_time(exit_time), "exit_price": xp, "size": size, "pnl": pnl,
+        "ret": ret, "bars_held": exit_ - entry, "exit_reason": np.asarray(EXIT_REASONS, dtype=object)[reason],
+        "signal_time": times[sig_t], "atr": atr_t, "entry_bar": entry, "exit_bar": exit_,
+        "commission": comm,
+    })
+    return {"equity": equity, "positions": positions, "trades": trades, "skipped": [int(v) for v in skipped],
+            "rejected": [int(v) for v in rejected], "run_seconds": run_seconds}

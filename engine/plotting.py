@@ -3,10 +3,14 @@
 :func:`backtest_figure` builds the figure (tests inspect its artists), :func:`plot_backtest` writes it.
 It stays readable from 10 to thousands of trades: bar ranges as a band, holding periods shaded, trade
 markers only when few, log scale when the data span more than :data:`LOG_SCALE_RATIO`.
+:func:`portfolio_figure` / :func:`plot_portfolio` do the same for a portfolio backtest
+(``engine.portfolio.PortfolioResult``): equity and drawdowns beside the equal-weight benchmark, the
+holding periods of every instrument, and each instrument's contribution.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
@@ -194,14 +198,14 @@ def _signal_panel(ax, result, label: str) -> None:
     ax.set_ylabel("signal")
 
 
-def _equity_panel(ax, result, label: str) -> None:
+def _equity_panel(ax, result, label: str, bench_label: str = _BENCH_LABEL) -> None:
     """Strategy vs buy-and-hold; the legend is the stats box: one aligned row of headline numbers per curve."""
     bench = result.benchmark_equity
     rows = [("", "return", "CAGR", "Sharpe", "max DD", "trades"), _stats_row(label, result.stats)]
     ax.plot(result.equity.index, result.equity.to_numpy(), color=_STRATEGY_COLOUR, lw=1.0)
     if bench is not None:
         ax.plot(bench.index, bench.to_numpy(), color=_BENCH_COLOUR, lw=1.0)
-        rows.append(_stats_row(_BENCH_LABEL, result.benchmark_stats or {}))
+        rows.append(_stats_row(bench_label, result.benchmark_stats or {}))
     if not auto_log_scale(ax, result.equity, bench):
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: _plain(v)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -228,13 +232,156 @@ def _fmt(value, spec: str) -> str:
     return spec.format(value)
 
 
-def _drawdown_panel(ax, result, label: str) -> None:
+def _drawdown_panel(ax, result, label: str, bench_label: str = _BENCH_LABEL) -> None:
     dd = drawdown(result.equity) * 100.0
     ax.fill_between(dd.index, dd.to_numpy(), 0.0, color="tab:red", alpha=0.4, lw=0, label=label)
     if result.benchmark_equity is not None:
         bench_dd = drawdown(result.benchmark_equity) * 100.0
-        ax.plot(bench_dd.index, bench_dd.to_numpy(), color=_BENCH_COLOUR, lw=0.8, label=_BENCH_LABEL)
+        ax.plot(bench_dd.index, bench_dd.to_numpy(), color=_BENCH_COLOUR, lw=0.8, label=bench_label)
     ax.set_ylabel("drawdown %")
     # above the panel's top right, where it cannot hide a drawdown
     ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=2, frameon=False,
               borderaxespad=0.1)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Portfolio backtests (engine.portfolio.PortfolioResult)
+# ------------------------------------------------------------------------------------------------------
+
+_PORTFOLIO_BENCH_LABEL = "equal weight"
+
+
+def plot_portfolio(result, path: str | PathLike, title: str | None = None, *, label: str | None = None) -> Path:
+    """Draw the portfolio backtest ``result`` (a ``PortfolioResult``) to the PNG ``path`` atomically and
+    return the path; ``title`` and ``label`` as in :func:`portfolio_figure`."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plot path must end in .png, got {path}")
+    fig = portfolio_figure(result, title, label=label)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())
+    log.debug("portfolio plot written to %s", path)
+    return path
+
+
+def portfolio_figure(result, title: str | None = None, *, label: str | None = None) -> Figure:
+    """The picture of a portfolio backtest as a matplotlib ``Figure`` (not registered with pyplot).
+
+    Panels, top to bottom: equity beside the equal-weight buy-and-hold benchmark with the headline
+    statistics in the legend (log scale past :data:`LOG_SCALE_RATIO`); both drawdowns in %; the
+    positions held, one row per instrument (its data's span in grey, its holding periods in colour)
+    under a row counting the positions open; each instrument's pnl as a labelled horizontal bar.
+    ``label`` names the strategy in legends (default "portfolio"); ``title`` defaults to
+    ``"<label> on <n> instruments"``; the period and the position rules are appended to either.
+    """
+    cfg = result.config
+    label = label or "portfolio"
+    symbols = list(result.positions.columns)
+    if title is None:
+        title = f"{label} on {len(symbols)} instruments"
+    params = cfg.get("params", {})
+    title = (f"{title}  |  {str(cfg.get('start', ''))[:10]} .. {str(cfg.get('end', ''))[:10]}  |  "
+             f"at most {params.get('max_positions')} positions, {cfg.get('sizing', '')}")
+    bench_stats = result.benchmark_stats
+    if bench_stats is not None and not bench_stats.get("n_trades"):
+        bench_stats = {**bench_stats, "n_trades": None}  # computed without trades: "n/a", not 0
+    view = _View(equity=result.equity, benchmark_equity=result.benchmark_equity, stats=result.stats,
+                 benchmark_stats=bench_stats)
+    rows = len(symbols) + 1
+    heights = [3.0, 1.3, max(1.3, 0.3 * rows + 0.3), max(1.1, 0.3 * len(symbols) + 0.5)]
+    fig = Figure(figsize=(13, 1.2 + 1.45 * sum(heights)))
+    axes = fig.subplots(4, 1, gridspec_kw={"height_ratios": heights})
+    ax_eq, ax_dd, ax_pos, ax_con = axes
+    ax_dd.sharex(ax_eq)
+    ax_pos.sharex(ax_eq)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    for ax in (ax_eq, ax_dd):
+        ax.margins(x=0.005)
+        ax.tick_params(labelbottom=False)  # the positions panel below shows the dates
+    _equity_panel(ax_eq, view, label, _PORTFOLIO_BENCH_LABEL)
+    _drawdown_panel(ax_dd, view, label, _PORTFOLIO_BENCH_LABEL)
+    _positions_panel(ax_pos, result)
+    _contribution_panel(ax_con, result)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+@dataclasses.dataclass
+class _View:
+    """What the equity and drawdown panels read from a result."""
+
+    equity: pd.Series
+    benchmark_equity: pd.Series | None
+    stats: dict
+    benchmark_stats: dict | None
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(first, stop) index pairs of the runs of True in ``mask`` (stop exclusive)."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def _positions_panel(ax, result) -> None:
+    """One row per instrument (first at the top): its data's span in light grey, each holding period as a
+    coloured bar from the first time held to the next time after it; above them, the positions open."""
+    positions = result.positions
+    times = positions.index
+    symbols = list(positions.columns)
+    x = mdates.date2num(times)
+    step = float(np.median(np.diff(x))) if len(x) > 1 else 1.0
+    right = np.append(x[1:], x[-1] + step)  # a time's holding lasts until the next time
+    n = len(symbols)
+    for row, sym in enumerate(symbols):
+        y = n - 1 - row
+        data = result.data.get(sym) if isinstance(result.data, dict) else None
+        if data is not None and len(data):
+            lo, hi = mdates.date2num(data.index[0]), mdates.date2num(data.index[-1])
+            ax.broken_barh([(lo, hi - lo)], (y - 0.4, 0.8), facecolors="0.9", edgecolors="none", zorder=1)
+        runs = _runs(positions[sym].to_numpy() != 0)
+        if runs:
+            ax.broken_barh([(x[a], right[b - 1] - x[a]) for a, b in runs], (y - 0.3, 0.6),
+                           facecolors=f"C{row % 10}", edgecolors="none", zorder=2)
+    # the count of positions open as a step area in the top row, scaled to the limit
+    limit = int(result.config.get("params", {}).get("max_positions") or 1)
+    count = (positions != 0).sum(axis=1).to_numpy(np.float64)
+    top = max(limit, int(count.max()) if len(count) else 0, 1)
+    ax.fill_between(np.append(x, right[-1]), n - 0.4, n - 0.4 + 0.8 * np.append(count, count[-1]) / top,
+                    step="post", color="0.35", lw=0, zorder=2)
+    ax.axhline(n - 0.5, color="0.6", lw=0.6)
+    ax.set_yticks(range(n + 1))
+    ax.set_yticklabels([*reversed(symbols), f"open (0..{top})"], fontsize=8)
+    ax.set_ylim(-0.6, n + 0.5)
+    ax.grid(axis="y", alpha=0)
+    ax.set_ylabel("positions")
+    ax.xaxis_date()
+
+
+def _contribution_panel(ax, result) -> None:
+    """Each instrument's pnl as a horizontal bar (green gain, red loss), labelled on the other side of zero
+    with the amount, its share of the starting cash, its trades and win rate; rows as in the positions panel."""
+    contrib = result.contribution
+    symbols = list(contrib.index)
+    n = len(symbols)
+    pnl = contrib["pnl"].to_numpy(np.float64)
+    y = np.arange(n)[::-1]
+    ax.barh(y, pnl, color=["tab:green" if v >= 0 else "tab:red" for v in pnl], alpha=0.75, height=0.6)
+    ax.axvline(0.0, color="black", lw=0.8)
+    span = float(np.abs(pnl).max()) if n and np.abs(pnl).max() > 0 else 1.0
+    ax.set_xlim(-1.05 * span, 1.05 * span)
+    for yi, sym, v in zip(y, symbols, pnl):
+        c = contrib.loc[sym]
+        win = c.get("win_rate")
+        text = (f"{v:+,.0f} ({c['return_contribution']:+.1%}), {int(c['trades'])} trades"
+                + (f", {win:.0%} won" if win is not None and math.isfinite(win) else ""))
+        ax.annotate(text, (0.0, yi), xytext=(-6 if v >= 0 else 6, 0), textcoords="offset points",
+                    ha="right" if v >= 0 else "left", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(symbols, fontsize=8)
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: _plain(v)))
+    ax.set_xlabel("pnl per instrument, net of costs (its share of the starting cash)", fontsize=9)
+    ax.grid(axis="y", alpha=0)

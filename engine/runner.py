@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from os import PathLike
 
 import backtrader as bt
@@ -30,6 +31,7 @@ import pandas as pd
 import datafeeds
 from engine.backtest_common import TRADE_COLUMNS, BacktestResult, prepare_inputs, run_facts, trades_frame
 from engine.fastsim import simulate
+from engine.portfolio import PortfolioResult, run_portfolio
 from engine.jsonable import jsonable
 from engine.metrics import compute_stats
 from strategies import BarrierBroker, BuyAndHold, TradeLogStrategy, TransformerAgentStrategy, get_strategy
@@ -77,6 +79,10 @@ def run_backtest(
     t0 = time.perf_counter()
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if isinstance(data, Mapping) or (not isinstance(data, pd.DataFrame) and datafeeds.is_universe(data)):
+        return _run_universe(data, strategy, signal, atr, cash=cash, commission=commission, slippage=slippage,
+                             start=start, end=end, atr_period=atr_period, periods_per_year=periods_per_year,
+                             risk_free=risk_free, benchmark=benchmark, engine=engine, params=params)
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
     strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if not (isinstance(strat_cls, type) and issubclass(strat_cls, TradeLogStrategy)):
@@ -172,6 +178,25 @@ def run_backtest(
         equity=equity, trades=trades, signal=used_signal, stats=stats, benchmark_stats=bench_stats,
         benchmark_equity=bench_equity, config=config, periods_per_year=ppy, data=period, position=position,
     )
+
+
+def _run_universe(data, strategy, signal, atr, *, params, **kw) -> PortfolioResult:
+    """``run_backtest`` on a universe (symbol -> frame, or a name ``datafeeds.load_universe`` reads): the agent
+    strategy as one portfolio (:func:`engine.portfolio.run_portfolio`); ``signal`` maps symbol -> probabilities."""
+    strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    if strat_cls is not TransformerAgentStrategy:
+        name = getattr(strat_cls, "__name__", strategy)
+        raise ValueError(f"a universe is traded by the agent strategy only, not {name}: backtest baselines per file")
+    if params.get("live", False):
+        raise ValueError("a universe needs batch signals (signal={symbol: probabilities}), not live=True")
+    if not isinstance(signal, Mapping):
+        raise ValueError("a universe needs signal= as a mapping symbol -> probabilities aligned to that instrument")
+    extra = sorted(set(params) - {"threshold", "pt", "sl", "horizon", "max_positions", "size_frac", "live"})
+    if extra:
+        raise ValueError(f"a portfolio has no parameter(s) {extra}")
+    params = {k: v for k, v in params.items() if k != "live"}
+    frames = data if isinstance(data, Mapping) else datafeeds.load_universe(data)
+    return run_portfolio(frames, signal, atr=atr, **kw, **params)
 
 
 def _run_cerebro(period, strat_cls, lines, broker, cash, commission, slippage, params):

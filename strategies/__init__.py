@@ -4,9 +4,12 @@ from strategies.agent import TransformerAgentStrategy
 from strategies.broker import BarrierBroker, TripleBarrierOrder
 from strategies.base import EXIT_REASONS, TRADE_FIELDS, TradeLogStrategy
 from strategies.baselines import STRATEGIES, BuyAndHold, SmaCross, get_strategy
+from strategies.portfolio import PORTFOLIO_TRADE_FIELDS, PortfolioAgentStrategy
 
 __all__ = [
     "EXIT_REASONS",
+    "PORTFOLIO_TRADE_FIELDS",
+    "PortfolioAgentStrategy",
     "STRATEGIES",
     "TRADE_FIELDS",
     "BarrierBroker",

@@ -40,6 +40,7 @@ class TripleBarrierOrder(bt.order.SellOrder):
         self.stop = self.take = float("nan")
         self.time_bar = -1
         self.exit_reason: str | None = None
+        self.seen_len = 0  # bars of the data already worked: a data without a new bar is not worked again
 
 
 class BarrierBroker(bt.brokers.BackBroker):
@@ -59,6 +60,7 @@ class BarrierBroker(bt.brokers.BackBroker):
             )
         order = TripleBarrierOrder(owner=owner, data=data, size=abs(size), price=stop, exectype=bt.Order.Stop)
         order.stop, order.take, order.time_bar = float(stop), float(take), int(time_bar)
+        order.seen_len = len(data)  # the barriers are worked from the data's next bar on
         self._ocoize(order, None)  # a group of its own, as BackBroker.sell does for an order without oco
         return self.submit(order)
 
@@ -66,6 +68,12 @@ class BarrierBroker(bt.brokers.BackBroker):
         if not isinstance(order, TripleBarrierOrder):
             return super()._try_exec(order)
         data = order.data
+        if len(data) <= order.seen_len:
+            # With several data feeds backtrader steps every feed's clock together and calls the broker
+            # at each time of any feed; a feed without a bar at that time keeps its last bar, which was
+            # worked already (or is the entry's fill bar): never fill on it again.
+            return
+        order.seen_len = len(data)
         popen, phigh, plow = _tick(data, "open"), _tick(data, "high"), _tick(data, "low")
         if len(data) - 1 >= order.time_bar:
             order.exit_reason = TIME_LIMIT
@@ -79,6 +87,28 @@ class BarrierBroker(bt.brokers.BackBroker):
                 self._try_exec_limit(order, popen, phigh, plow, order.take)
         if order.alive():
             order.exit_reason = None
+
+
+    def settle(self, owner, data, price: float, withdraw=None):
+        """Sell the whole long position of ``data`` now at ``price`` (an instrument whose data ends before
+        the backtest: its end-of-data exit), through BackBroker's own execution arithmetic. ``withdraw``:
+        the position's exit order, taken back silently wherever it waits (still submitted, or pending).
+        Returns the order (already completed) so the owner can recognise its notification."""
+        if withdraw is not None:
+            for queue in (self.submitted, self.pending):
+                if withdraw in queue:
+                    queue.remove(withdraw)
+            withdraw.cancel()
+        position = self.getposition(data)
+        order = bt.order.SellOrder(owner=owner, data=data, size=position.size, price=price,
+                                   exectype=bt.Order.Market, simulated=True)
+        order.addcomminfo(self.getcommissioninfo(data))
+        order.submit(self)
+        order.accept(self)
+        self._ocoize(order, None)  # a group of its own, as every order BackBroker submits
+        self._execute(order, ago=0, price=price)
+        self._get_value()  # the broker's value now reflects the exit
+        return order
 
 
 def _tick(data, name: str) -> float:

@@ -169,3 +169,11 @@ def test_a_per_symbol_agent_trades_its_members_with_their_statistics_and_refuses
     agent.select_symbol_for(nvda)
     probs = [agent.update(bar) for _, bar in nvda.iloc[: agent.warmup + 5].iterrows()]
     np.testing.assert_allclose(probs[-5:], agent.predict_proba(nvda.iloc[: agent.warmup + 5]).to_numpy()[-5:], atol=1e-6)
+    # a member selected does not make another file tradable: the file's own hash decides
+    with pytest.raises(ValueError, match="trades only those"):
+        agent.predict_proba(load_ohlcv("nasdaq"))
+    with pytest.raises(ValueError, match="trades only those"):
+        agent.select_symbol_for(load_ohlcv("orcl"))
+    hand_made = nvda.iloc[:300].copy()
+    hand_made.attrs = {}  # no file hash: the selected member's statistics
+    np.testing.assert_array_equal(agent._normalised_features(hand_made), expected_x[:300])

@@ -1,0 +1,246 @@
+"""One agent trading several instruments with shared cash: ``TransformerAgentStrategy``'s conventions per
+instrument, at most ``max_positions`` positions at once.
+
+How backtrader's multi-data clock is used: ``engine.run_portfolio`` gives one data feed per instrument to
+one Cerebro (preload, runonce, cheat-on-open). Cerebro steps through the union of the feeds' times;
+at each time a feed with a bar there advances and a feed without one (a holiday, before its first or
+after its last bar) keeps its last bar. So this strategy tells "a new bar of instrument k now" from its
+length (``len(data) > length at the previous step``) and acts on an instrument only at its own bars:
+- an entry decided at instrument k's close is ordered at k's *next* bar's open, however many other
+  times pass in between (the order is sized there, on that open);
+- its barriers are worked from k's next bar on, at k's bars only (``BarrierBroker`` skips a feed
+  without a new bar), and its time exit counts k's own bars;
+- equity is the broker value at every time: cash plus each position at its instrument's last close.
+``prenext`` runs the same step, so an instrument trades from its first bar even while another has not
+started yet (backtrader's default waits for every feed).
+
+Allocation at each close: the instruments with a new bar, no position, no entry in flight and
+``prob >= threshold`` (and ATR > 0) are candidates; the free slots (``max_positions`` minus positions
+held and entries waiting) go to the highest probability, then the symbol name; each entry commits
+``equity / max_positions`` (or ``size_frac * equity``), at most the cash not yet committed (positions
+that gained are worth more than the cash they left). A candidate without a free slot or free cash is
+skipped and counted. A decision at an instrument's last bar is not taken (nothing could fill it).
+
+End of data: an instrument whose data ends before the backtest's last time is sold at its last bar's
+close (less slippage, floored at the low) through the broker (``BarrierBroker.settle``), with
+exit_reason ``end_of_data``; at the backtest's last time the open positions are closed synthetically
+as in the single-instrument strategy (``eod_cost``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import backtrader as bt
+import pandas as pd
+
+from strategies.base import CASH_EPS, END_OF_DATA, TRADE_FIELDS
+from strategies.broker import BarrierBroker
+
+log = logging.getLogger(__name__)
+
+PORTFOLIO_TRADE_FIELDS = ("symbol", *TRADE_FIELDS)
+
+
+class PortfolioAgentStrategy(bt.Strategy):
+    """Long-only triple-barrier trades on each feed's ``signal`` line, sharing one broker's cash.
+
+    Every feed needs lines ``signal`` and ``atr`` and a ``_name`` (the symbol). ``n_bars``: the bars of
+    each feed (to know its last one); ``n_times``: the times of the backtest (union of the feeds').
+    """
+
+    params = (
+        ("threshold", 0.5),
+        ("pt", 1.5),
+        ("sl", 1.5),
+        ("horizon", 20),
+        ("max_positions", 1),  # positions open (or entries in flight) at once
+        ("size_frac", None),  # fraction of equity per entry; None = 1 / max_positions
+        ("n_bars", None),  # per feed, its number of bars
+        ("n_times", None),  # number of times of the whole backtest
+    )
+
+    def __init__(self):
+        p = self.p
+        if p.pt <= 0 or p.sl <= 0:
+            raise ValueError(f"pt and sl must be > 0 ATR multiples, got pt={p.pt}, sl={p.sl}")
+        if int(p.horizon) != p.horizon or p.horizon < 1:
+            raise ValueError(f"horizon must be an integer >= 1 bars, got {p.horizon}")
+        if int(p.max_positions) != p.max_positions or p.max_positions < 1:
+            raise ValueError(f"max_positions must be an integer >= 1, got {p.max_positions}")
+        if p.size_frac is not None and not 0.0 < p.size_frac <= 1.0:
+            raise ValueError(f"size_frac must be in (0, 1] (no leverage), got {p.size_frac}")
+        n = len(self.datas)
+        if p.n_bars is None or len(p.n_bars) != n or p.n_times is None:
+            raise ValueError("n_bars (one count per feed) and n_times are required: use engine.run_portfolio")
+        self.symbols = [d._name for d in self.datas]
+        self.trade_log: list[dict] = []
+        self.equity_values: list[float] = []
+        self.position_sizes: list[list[float]] = []  # per time, units held per instrument
+        self.probs: list[list[float]] = []  # per time, the probability read per instrument (NaN: no bar)
+        self.skipped = [0] * n  # signals with no free slot
+        self.rejected = [0] * n  # entries the broker refused (not enough cash)
+        self.eod_cost = 0.0
+        self._len = [0] * n  # each feed's length at the previous step
+        self._intents: dict[int, dict] = {}  # instrument -> entry decided, ordered at its next open (in order)
+        self._entry: dict[int, int] = {}  # order ref -> instrument of an entry in flight
+        self._exit: dict[int, int] = {}  # order ref -> instrument of a live exit order
+        self._exit_order: dict[int, object] = {}  # instrument -> its live exit order
+        self._settled: set[int] = set()  # refs of end-of-data sales (recorded when made)
+        self._pending: dict[int, dict] = {}  # instrument -> signal info of its entry in flight
+        self._open: dict[int, dict] = {}  # instrument -> the trade held
+        self._times = 0
+        self._signal = [d.lines.signal for d in self.datas]
+        self._atr = [d.lines.atr for d in self.datas]
+
+    def start(self):
+        if not (self.cerebro.p.cheat_on_open and self.broker.p.coo):
+            raise RuntimeError("PortfolioAgentStrategy sizes entries at the fill (open) price: run it via "
+                               "engine.run_portfolio (cheat-on-open)")
+        if not isinstance(self.broker, BarrierBroker):
+            raise RuntimeError("PortfolioAgentStrategy needs strategies.BarrierBroker (its exits are "
+                               "TripleBarrierOrders worked only at their instrument's bars)")
+
+    # ---------------------------------------------------------------- before the broker: entries
+    def next_open(self):
+        for k in list(self._intents):  # in decision order
+            d = self.datas[k]
+            if len(d) <= self._len[k]:
+                continue  # no bar of this instrument now: the entry waits for its next open
+            intent = self._intents.pop(k)
+            price = d.open[0] * (1.0 + self.broker.p.slip_perc)  # the broker caps the fill at the high
+            unit_cost = price + self.broker.getcommissioninfo(d).getcommission(1.0, price)
+            order = self.buy(data=d, size=intent["notional"] / unit_cost * (1.0 - CASH_EPS))
+            if order is None:
+                continue
+            self._entry[order.ref] = k
+            self._pending[k] = intent
+
+    prenext_open = nextstart_open = next_open
+
+    # ---------------------------------------------------------------- the broker's reports
+    def notify_order(self, order):
+        if order.status not in (bt.Order.Completed, bt.Order.Canceled, bt.Order.Expired, bt.Order.Margin,
+                                bt.Order.Rejected):
+            return
+        ref = order.ref
+        if ref in self._settled:
+            self._settled.discard(ref)
+            return
+        if ref in self._entry:
+            k = self._entry.pop(ref)
+            info = self._pending.pop(k)
+            d = self.datas[k]
+            if order.status != bt.Order.Completed:
+                self.rejected[k] += 1
+                log.warning("%s: entry order %s at %s: not enough cash", self.symbols[k], order.getstatusname(),
+                            _time(d))
+                return
+            entry_bar = len(d) - 1
+            self._open[k] = {"symbol": self.symbols[k], "entry_time": _time(d), "entry_price": order.executed.price,
+                             "size": order.executed.size, "entry_comm": order.executed.comm, "entry_bar": entry_bar,
+                             "signal_time": info["signal_time"], "atr": info["atr"]}
+            entry, atr = order.executed.price, info["atr"]
+            exit_order = self.broker.sell_barriers(self, d, order.executed.size, entry - self.p.sl * atr,
+                                                   entry + self.p.pt * atr, time_bar=entry_bar + int(self.p.horizon))
+            self._exit[exit_order.ref] = k
+            self._exit_order[k] = exit_order
+            return
+        k = self._exit.pop(ref, None)
+        if k is None:
+            return
+        self._exit_order.pop(k, None)
+        if order.status == bt.Order.Completed:
+            self._record_exit(k, order.executed.price, -order.executed.size, order.executed.comm, order.exit_reason)
+        else:
+            log.error("%s: exit order %s at %s", self.symbols[k], order.getstatusname(), _time(self.datas[k]))
+
+    # ---------------------------------------------------------------- at each close
+    def next(self):
+        self._times += 1
+        last_time = self._times == self.p.n_times
+        new = [len(d) > self._len[k] for k, d in enumerate(self.datas)]
+        ending = [new[k] and len(d) == self.p.n_bars[k] for k, d in enumerate(self.datas)]
+        if not last_time:
+            for k in range(len(self.datas)):
+                if ending[k] and k in self._open and self.getposition(self.datas[k]).size:
+                    self._settle(k)
+        value = self.broker.getvalue()
+        self.equity_values.append(value)
+        self.position_sizes.append([self.getposition(d).size for d in self.datas])
+        self.probs.append([float(self._signal[k][0]) if new[k] else math.nan for k in range(len(self.datas))])
+
+        if not last_time:
+            self._decide(new, ending, value)
+        else:
+            self._close_all()
+        for k, d in enumerate(self.datas):
+            self._len[k] = len(d)
+
+    prenext = nextstart = next
+
+    def _decide(self, new, ending, value):
+        busy = set(self._open) | set(self._intents) | set(self._pending.keys())
+        candidates = []
+        for k in range(len(self.datas)):
+            if not new[k] or ending[k] or k in busy:
+                continue
+            prob = float(self._signal[k][0])
+            if prob >= self.p.threshold:  # NaN compares False
+                atr = float(self._atr[k][0])
+                if atr > 0:
+                    candidates.append((-prob, self.symbols[k], k, atr))
+        if not candidates:
+            return
+        candidates.sort()
+        free = int(self.p.max_positions) - len(busy)
+        target = value / self.p.max_positions if self.p.size_frac is None else self.p.size_frac * value
+        # cash not yet committed: entries waiting for their instrument's next bar hold theirs
+        available = self.broker.getcash() - sum(i["notional"] for i in self._intents.values())
+        for rank, (_, _, k, atr) in enumerate(candidates):
+            notional = min(target, available)
+            if rank >= free or not notional > 0.0:
+                self.skipped[k] += 1
+                continue
+            available -= notional
+            self._intents[k] = {"notional": notional, "signal_time": _time(self.datas[k]), "atr": atr}
+
+    def _settle(self, k):
+        """End of this instrument's data before the backtest's end: sell at its last close through the broker."""
+        d = self.datas[k]
+        size = self.getposition(d).size
+        price = max(d.close[0] * (1.0 - self.broker.p.slip_perc), d.low[0])
+        exit_order = self._exit_order.pop(k, None)
+        if exit_order is not None:
+            self._exit.pop(exit_order.ref, None)
+        order = self.broker.settle(self, d, price, withdraw=exit_order)
+        self._settled.add(order.ref)
+        self._record_exit(k, order.executed.price, size, order.executed.comm, END_OF_DATA)
+
+    def _close_all(self):
+        """The backtest's last time: close every open position synthetically at its instrument's last close."""
+        for k in sorted(self._open):
+            d = self.datas[k]
+            size = self.getposition(d).size
+            if not size:
+                continue
+            close = d.close[0]
+            price = max(close * (1.0 - self.broker.p.slip_perc), d.low[0])
+            comm = self.broker.getcommissioninfo(d).getcommission(size, price)
+            self.eod_cost += size * (close - price) + comm
+            self._record_exit(k, price, size, comm, END_OF_DATA)
+
+    def _record_exit(self, k, price, size, comm, reason):
+        trade = self._open.pop(k)
+        d = self.datas[k]
+        entry_comm = trade.pop("entry_comm")
+        pnl = size * (price - trade["entry_price"]) - entry_comm - comm
+        trade.update(exit_time=_time(d), exit_price=price, pnl=pnl, ret=pnl / (trade["size"] * trade["entry_price"]),
+                     exit_bar=len(d) - 1, bars_held=len(d) - 1 - trade["entry_bar"], exit_reason=reason,
+                     commission=entry_comm + comm)
+        self.trade_log.append({f: trade[f] for f in PORTFOLIO_TRADE_FIELDS})
+
+
+def _time(data) -> pd.Timestamp:
+    return pd.Timestamp(data.datetime.datetime(0))
