@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--universe", default=None, metavar="NxBARS",
                     help="the portfolio case instead, e.g. 50x20000 (N instruments of BARS bars each)")
     ap.add_argument("--max-positions", type=int, default=10, help="portfolio case: positions at once")
+    ap.add_argument("--sweep", type=int, default=0, metavar="N",
+                    help="also time engine.fastsim.sweep over N configurations (e.g. 1000) against N single calls")
     args = ap.parse_args()
     if args.universe:
         universe_case(args)
@@ -74,7 +76,37 @@ def main() -> None:
     print(f"fast run_backtest (median of {args.repeats}):         {fast_s:8.4f} s  "
           f"({len(df) / fast_s:,.0f} bars/s), of which kernel {kernel_s * 1e3:.2f} ms")
     print(f"speed-up, whole run_backtest: {bt_s / fast_s:,.0f}x; backtrader run vs kernel alone: "
-          f"{ref.config['run_seconds'] / kernel_s:,.0f}x")
+          f"{ref.config['run_seconds'] / kernel_s:,.0f}x; whole fast call / kernel: {fast_s / kernel_s:.1f}x")
+    if args.sweep:
+        sweep_case(df, signal, args.sweep)
+
+
+def sweep_case(df, signal, n_conf: int) -> None:
+    """``fastsim.sweep`` over ``n_conf`` configurations vs one ``run_backtest(engine="fast")`` call each."""
+    from engine.fastsim import SWEEP_STATS, sweep
+
+    rng = np.random.default_rng(123)
+    grid = pd.DataFrame({"threshold": rng.uniform(0.5, 0.95, n_conf), "pt": rng.uniform(0.5, 4.0, n_conf),
+                         "sl": rng.uniform(0.5, 4.0, n_conf), "horizon": rng.integers(5, 100, n_conf)})
+    costs = dict(commission=PARAMS["commission"], slippage=PARAMS["slippage"])
+    sweep(df, signal, grid.head(2), **costs)  # compile or load the parallel kernel
+    t0 = time.perf_counter()
+    res = sweep(df, signal, grid, **costs)
+    sweep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    worst = 0.0
+    for i, row in grid.iterrows():
+        one = run_backtest(df, "agent", engine="fast", signal=signal, benchmark=False, threshold=row.threshold,
+                           pt=row.pt, sl=row.sl, horizon=int(row.horizon), **costs)
+        for name in ("total_return", "sharpe", "max_drawdown", "n_trades"):
+            want, got = one.stats[name], res.at[i, name]
+            if want is not None:
+                worst = max(worst, abs(got - want) / max(abs(want), 1e-300))
+    loop_s = time.perf_counter() - t0
+    print(f"sweep of {n_conf:,} configurations in one call ({numba.get_num_threads()} threads): {sweep_s:.3f} s; "
+          f"{n_conf:,} single run_backtest(engine='fast') calls: {loop_s:.2f} s: **{loop_s / sweep_s:.1f}x**; "
+          f"trades {int(res['n_trades'].sum()):,} in all; max relative difference of the headline stats "
+          f"{worst:.1e} ({', '.join(SWEEP_STATS[:3])}, ...)")
 
 
 def universe_case(args) -> None:

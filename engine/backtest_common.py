@@ -39,7 +39,7 @@ def prepare_inputs(df, signal, atr, atr_period, start, end, periods_per_year):
     """Both engines' inputs: the signal (None if not given) and ATR aligned to the full data and
     checked, the traded period, and periods per year (given, else inferred from the full data)."""
     sig = _align(signal, df, "signal") if signal is not None else None
-    if sig is not None and ((sig < 0) | (sig > 1)).any():
+    if sig is not None and _outside_unit(sig.to_numpy()):
         raise ValueError("signal holds values outside [0, 1]: pass probabilities (NaN = no signal)")
     atr_full = (
         _align(atr, df, "atr") if atr is not None
@@ -70,6 +70,12 @@ def run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, peri
         "periods_per_year_rule": "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
         "risk_free": float(risk_free),  # annual rate for Sharpe and Sortino
     }
+
+
+def _outside_unit(values: np.ndarray) -> bool:
+    """Any value below 0 or above 1 (NaN is neither)."""
+    with np.errstate(invalid="ignore"):
+        return bool(np.any(values < 0.0) or np.any(values > 1.0))
 
 
 def _align(values, df: pd.DataFrame, name: str) -> pd.Series:

@@ -271,3 +271,43 @@ def test_parity_without_trades():
     pd.testing.assert_frame_equal(fast.trades, ref.trades)
     pd.testing.assert_series_equal(fast.equity, ref.equity)
     assert math.isclose(fast.equity.iloc[-1], 100_000.0)
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+def test_sweep_gives_each_configuration_the_numbers_of_its_own_run():
+    from engine.fastsim import SWEEP_STATS, sweep
+
+    df = datafeeds.load_ohlcv("sp500")
+    sig = pd.Series(np.random.default_rng(3).random(len(df)), index=df.index)
+    grid = {"threshold": [0.55, 0.7, 0.9], "pt": [1.0, 2.5], "sl": [1.0, 2.0], "horizon": [5, 20], "size_frac": [0.5, 1.0]}
+    res = sweep(df, sig, grid, commission=0.001, slippage=0.0005, start="2005-01-01", risk_free=0.02)
+    assert len(res) == 3 * 2 * 2 * 2 * 2
+    assert list(res.columns[:5]) == ["threshold", "pt", "sl", "horizon", "size_frac"]
+    assert res["n_trades"].min() > 0 and res["total_return"].nunique() > 40
+    for i in (0, 7, 18, 33, 47):
+        row = res.iloc[i]
+        one = run_backtest(df, "agent", engine="fast", signal=sig, benchmark=False, commission=0.001, slippage=0.0005,
+                           start="2005-01-01", risk_free=0.02, threshold=row.threshold, pt=row.pt, sl=row.sl,
+                           horizon=int(row.horizon), size_frac=row.size_frac)
+        for name in SWEEP_STATS:
+            want = one.stats[name]
+            if want is None:
+                assert np.isnan(row[name]), (i, name)
+            else:
+                assert row[name] == pytest.approx(want, rel=1e-9, abs=1e-12), (i, name)
+
+
+def test_sweep_takes_explicit_rows_and_refuses_unknown_or_bad_parameters():
+    from engine.fastsim import sweep
+
+    df = datafeeds.load_ohlcv("sp500").iloc[:1500]
+    sig = np.random.default_rng(4).random(len(df))
+    rows = pd.DataFrame({"threshold": [0.6, 0.8], "horizon": [10, 30]})
+    res = sweep(df, sig, rows)
+    assert list(res["horizon"]) == [10, 30] and list(res["pt"]) == [1.5, 1.5]  # defaults fill the rest
+    with pytest.raises(ValueError, match="unknown parameter 'treshold' \\(did you mean 'threshold'\\?\\)"):
+        sweep(df, sig, {"treshold": [0.5]})
+    with pytest.raises(ValueError, match="configuration 1: horizon must be an integer >= 1"):
+        sweep(df, sig, {"horizon": [5, 0]})
