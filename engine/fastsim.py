@@ -82,7 +82,11 @@ def _simulate_nb(open_, high, low, close, signal, atr, threshold, pt, sl, horizo
     trade arrays hold ``n_trades`` valid rows, ``reason`` indexes ``strategies.EXIT_REASONS``.
     """
     n = end - start
-    cap = n // 2 + 2  # entries are >= 2 bars apart
+    n_sig = 0  # each trade starts at a bar that signals: a bound on the trades, far below n/2 for high thresholds
+    for i in range(start, end):
+        if signal[i] >= threshold:
+            n_sig += 1
+    cap = min(n // 2 + 2, n_sig + 2)  # entries are >= 2 bars apart
     t_entry = np.empty(cap, np.int64)
     t_exit = np.empty(cap, np.int64)
     t_signal = np.empty(cap, np.int64)

@@ -99,7 +99,7 @@ def compute_stats(
     cagr = (values[-1] / values[0]) ** (1.0 / years) - 1.0 if years > 0 and values[-1] > 0 else None
 
     std = float(np.std(r, ddof=1)) if len(r) >= 2 else math.nan
-    x_std = float(np.std(x, ddof=1)) if len(x) >= 2 else math.nan
+    x_std = std if x is r else (float(np.std(x, ddof=1)) if len(x) >= 2 else math.nan)
     mean = float(np.mean(x)) if len(x) else math.nan
     downside = float(np.sqrt(np.mean(np.minimum(x, 0.0) ** 2))) if len(x) else math.nan
     sqrt_ppy = math.sqrt(ppy)
@@ -180,18 +180,25 @@ def _check_equity(equity: pd.Series) -> pd.Series:
 
 
 def _max_drawdown(values: np.ndarray, index: pd.DatetimeIndex) -> tuple[float, int, float]:
-    peak = np.maximum.accumulate(values)
-    mdd = float(np.min(values / peak - 1.0))
-    start, end = _longest_underwater_nb(values)
+    mdd, start, end = _drawdown_nb(values)
     if end == start:
-        return mdd, 0, 0.0
-    return mdd, int(end - start), float((index[end] - index[start]).total_seconds() / 86_400.0)
+        return float(mdd), 0, 0.0
+    return float(mdd), int(end - start), float((index[end] - index[start]).total_seconds() / 86_400.0)
 
 
 @njit(cache=True)
-def _longest_underwater_nb(values):
-    """(peak bar, recovery bar) of the longest spell from a running peak to the first bar at or above it
-    (the last bar if never recovered); (0, 0) if the curve never dips. The first longest spell wins."""
+def _drawdown_nb(values):
+    """The most negative ``value / running max - 1``, and (peak bar, recovery bar) of the longest spell from a
+    running peak to the first bar at or above it (the last bar if never recovered; (0, 0) if the curve never
+    dips; the first longest spell wins)."""
+    peak = values[0]
+    mdd = values[0] / peak - 1.0
+    for i in range(1, len(values)):
+        if values[i] > peak:
+            peak = values[i]
+        d = values[i] / peak - 1.0
+        if d < mdd:
+            mdd = d
     best_start, best_end, best_bars = 0, 0, 0
     peak_i = 0
     for i in range(1, len(values)):
@@ -203,7 +210,7 @@ def _longest_underwater_nb(values):
     last = len(values) - 1
     if last > peak_i and last - peak_i > best_bars:  # still under water at the end
         best_start, best_end = peak_i, last
-    return best_start, best_end
+    return mdd, best_start, best_end
 
 
 def _exposure_from_trades(index: pd.DatetimeIndex, trades: pd.DataFrame | None) -> float:
