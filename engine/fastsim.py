@@ -354,8 +354,17 @@ def _unpack(out, index: pd.DatetimeIndex):
 
 
 def _buy_and_hold(ohlc, index, cash, commission, slippage, ppy, risk_free=0.0):
-    """strategies.BuyAndHold through the kernel: one entry decided at the first close, barriers at
-    +-inf and a horizon past the end, so the position leaves by the end_of_data exit."""
+    """strategies.BuyAndHold through the kernel (see `_buy_and_hold_run`): its equity and stats."""
+    equity, position, trades, n_rejected = _buy_and_hold_run(ohlc, index, cash, commission, slippage)
+    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()),
+                          risk_free=risk_free)
+    stats["rejected_entries"] = n_rejected
+    return equity, stats
+
+
+def _buy_and_hold_run(ohlc, index, cash, commission, slippage):
+    """One entry decided at the first close, barriers at +-inf and a horizon past the end, so the position
+    leaves by the end_of_data exit: equity, position, trades and rejections, as `_unpack` gives them."""
     n = len(index)
     sig = np.full(n, np.nan)
     sig[0] = 1.0
@@ -363,25 +372,14 @@ def _buy_and_hold(ohlc, index, cash, commission, slippage, ppy, risk_free=0.0):
     atr[0] = 1.0
     out = _simulate_nb(*ohlc, sig, atr, 0.5, math.inf, math.inf, n + 1, 1.0, float(cash),
                        float(commission), float(slippage), 0, n)
-    equity, position, trades, n_rejected = _unpack(out, index)
-    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()),
-                          risk_free=risk_free)
-    stats["rejected_entries"] = n_rejected
-    return equity, stats
+    return _unpack(out, index)
 
 
 def buy_and_hold_equity(period: pd.DataFrame, cash: float, commission: float,
                         slippage: float) -> tuple[pd.Series, pd.DataFrame]:
     """Equity and trade of ``strategies.BuyAndHold`` with ``cash`` over ``period`` (the fast kernel; parity-tested)."""
     ohlc = [_prices(period, col) for col in ("open", "high", "low", "close")]
-    n = len(period)
-    sig = np.full(n, np.nan)
-    sig[0] = 1.0
-    atr = np.full(n, np.nan)
-    atr[0] = 1.0
-    out = _simulate_nb(*ohlc, sig, atr, 0.5, math.inf, math.inf, n + 1, 1.0, float(cash),
-                       float(commission), float(slippage), 0, n)
-    equity, _position, trades, _rejected = _unpack(out, period.index)
+    equity, _position, trades, _rejected = _buy_and_hold_run(ohlc, period.index, cash, commission, slippage)
     return equity, trades
 
 
