@@ -657,11 +657,6 @@ def _main_portfolio(args, run: dict) -> int:
     from engine.portfolio import run_portfolio
 
     try:
-        if args.engine == "fast":
-            import engine.fastsim
-
-            if not hasattr(engine.fastsim, "simulate_portfolio"):
-                raise UsageError("--engine fast: this version has no portfolio simulator; use --engine backtrader")
         result = run_portfolio(run["frames"], run["signals"], cash=args.cash, commission=args.commission,
                                slippage=args.slippage, start=run["start"], end=run["end"],
                                atr_period=run["atr_period"], risk_free=args.risk_free, engine=args.engine,

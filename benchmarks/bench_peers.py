@@ -64,7 +64,7 @@ import pandas as pd  # noqa: E402
 import datafeeds  # noqa: E402
 import labeling  # noqa: E402
 from engine import run_backtest  # noqa: E402
-from _common import bootstrap_bars, machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import bootstrap_bars, machine_info, reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PARAMS = dict(threshold=0.6, pt=1.5, sl=1.5, horizon=20, size_frac=1.0, commission=0.0005, slippage=0.0)
 CASH = 100_000.0
@@ -259,16 +259,6 @@ def mem_available() -> float:
 
 def rss() -> float:
     return _proc_kib("/proc/self/status", "VmRSS") * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def peak_rss() -> float:

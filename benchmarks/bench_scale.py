@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from _common import bootstrap_bars, load_avg, machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import bootstrap_bars, load_avg, machine_info, reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PRESETS = {"1M": (16, 62_500), "4M": (32, 125_000), "16M": (64, 250_000)}
 ACCEPT_MIB = 150.0  # the issue: peak RSS at 16M within +150 MiB of the 1M run
@@ -75,16 +75,6 @@ def _status_kib() -> dict:
             if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                 out[key] = int(rest.split()[0])
     return out
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class SyntheticUniverse(Mapping):
@@ -138,14 +128,14 @@ def run_child(args) -> dict:
     src = load_ohlcv("sp500")
     out["rss_imports"] = _status_kib()["VmRSS"]
     out["peak_imports"] = _status_kib()["VmHWM"]
-    out["can_reset_peak"] = _reset_peak()
+    out["can_reset_peak"] = reset_peak_rss()
     peaks = {}
 
     def phase_end(name: str) -> None:
         st = _status_kib()
         out[f"rss_{name}"], out[f"anon_{name}"], out[f"file_{name}"] = st["VmRSS"], st["RssAnon"], st["RssFile"]
         peaks[name] = st["VmHWM"]
-        _reset_peak()
+        reset_peak_rss()
 
     cfg = TrainConfig(data=f"synthetic-{label}", **TRAIN_KW)
     frames = SyntheticUniverse(src, n_inst, n_bars, args.seed)

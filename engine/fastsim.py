@@ -73,6 +73,19 @@ def _slip_down_nb(pmin, price, slip):
 
 
 @njit(cache=True)
+def _sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission):
+    """A long of ``units`` sold at ``xp`` in BackBroker's order of float operations: (cash after, commission,
+    order.executed.price, the trade's pnl net of both commissions)."""
+    pnl_b = units * (xp - pos_price) * 1.0
+    cash += units * pos_price / 1.0 + pnl_b
+    comm = units * commission * xp
+    cash -= comm
+    cash += 0.0
+    exit_px = (0.0 + (-units) * xp) / (-units)
+    return cash, comm, exit_px, units * (exit_px - entry_px) - entry_comm - comm
+
+
+@njit(cache=True)
 def _simulate_nb(open_, high, low, close, signal, atr, threshold, pt, sl, horizon, size_frac,
                  cash, commission, slippage, start, end):
     """Long-only triple-barrier trades on ``signal`` over bars [start, end) (see the module docstring).
@@ -165,13 +178,7 @@ def _simulate_nb(open_, high, low, close, signal, atr, threshold, pt, sl, horizo
                     xp = limit_px
                     reason = _TP
             if reason >= 0:
-                pnl_b = units * (xp - pos_price) * 1.0
-                cash += units * pos_price / 1.0 + pnl_b
-                comm = units * commission * xp
-                cash -= comm
-                cash += 0.0
-                exit_px = (0.0 + (-units) * xp) / (-units)
-                pnl = units * (exit_px - entry_px) - entry_comm - comm
+                cash, comm, exit_px, pnl = _sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission)
                 t_entry[k] = entry_bar
                 t_exit[k] = j
                 t_signal[k] = sig_bar
@@ -525,13 +532,7 @@ def _portfolio_nb(open_, high, low, close, signal, atr, has_bar, last_t, thresho
                 continue
             exit_live[k] = False
             u = units[k]
-            pnl_b = u * (xp - pos_price[k]) * 1.0
-            cash += u * pos_price[k] / 1.0 + pnl_b
-            comm = u * commission * xp
-            cash -= comm
-            cash += 0.0
-            exit_px = (0.0 + (-u) * xp) / (-u)
-            pnl = u * (exit_px - entry_px[k]) - entry_comm[k] - comm
+            cash, comm, exit_px, pnl = _sell_nb(cash, u, xp, pos_price[k], entry_px[k], entry_comm[k], commission)
             _book_nb(tr_i, tr_f, k_tr, k, entry_bar[k], nb[k] - 1, sig_t[k], reason, entry_px[k], exit_px, u, pnl,
                      entry_comm[k] + comm, sig_a[k])
             k_tr += 1
@@ -571,13 +572,8 @@ def _portfolio_nb(open_, high, low, close, signal, atr, has_bar, last_t, thresho
                     xp = close[t, k] * (1.0 - slippage)
                     if low[t, k] > xp:
                         xp = low[t, k]
-                    pnl_b = u * (xp - pos_price[k]) * 1.0
-                    cash += u * pos_price[k] / 1.0 + pnl_b
-                    comm = u * commission * xp
-                    cash -= comm
-                    cash += 0.0
-                    exit_px = (0.0 + (-u) * xp) / (-u)
-                    pnl = u * (exit_px - entry_px[k]) - entry_comm[k] - comm
+                    cash, comm, exit_px, pnl = _sell_nb(cash, u, xp, pos_price[k], entry_px[k], entry_comm[k],
+                                                        commission)
                     _book_nb(tr_i, tr_f, k_tr, k, entry_bar[k], nb[k] - 1, sig_t[k], _EOD, entry_px[k], exit_px, u,
                              pnl, entry_comm[k] + comm, sig_a[k])
                     k_tr += 1

@@ -178,10 +178,6 @@ def test_default_plot_path_names_the_agent_and_the_universe(tmp_path, capsys, mo
 
 
 def test_fast_engine_gives_the_backtrader_portfolio(tmp_path, capsys):
-    import engine.fastsim
-
-    if not hasattr(engine.fastsim, "simulate_portfolio"):
-        pytest.skip("engine.fastsim.simulate_portfolio (the portfolio kernel) is not there yet")
     args = ["--agent", AGENT1, "--data", "us_daily", "--start", "2013-01-01", "--end", "2015-12-31",
             "--max-positions", "2", "--slippage", "0.0002", "--no-plot"]
     for eng in ("backtrader", "fast"):
