@@ -28,6 +28,7 @@ from engine.walkforward import report as wf_report  # stitching, plots, summary,
 from engine.walkforward import run as wfr  # the orchestration behind the CLI
 from engine.walkforward import search as wf_search  # trial sampling and the per-fold trial total
 from engine.walkforward import storage as wfs  # storage, fold results and the finalise claim
+from engine.metrics import infer_periods_per_year
 from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
 from labeling import walk_forward_folds
 
@@ -137,6 +138,77 @@ def test_exported_agents_never_saw_their_test_block(first_run):
         assert agent.threshold == pytest.approx(fold["execution"]["threshold"])
         # refit epochs = the best trial's best epoch
         assert card["metrics"]["epochs_run"] == fold["best_epoch"] == 1
+
+
+STRATEGY_ARGS = [a for a in TINY_ARGS if a not in ("--search", "labels")] + [
+    "--search", "strategy", "--objective", "val_sharpe", "--folds", "1"]
+
+
+def test_strategy_search_trains_once_and_scores_trial_batches_through_sweep(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    calls = {"fit": 0, "sweep": [], "backtest": []}
+    fitted = {}
+    real_fit, real_sweep, real_bt, real_fold = wfr.fit, wfr.sweep, wfr.run_backtest, wfr._fit_fold_model
+
+    def fit(*a, **kw):
+        calls["fit"] += 1
+        return real_fit(*a, **kw)
+
+    def sweep(*a, **kw):
+        calls["sweep"].append(len(a[2]))
+        return real_sweep(*a, **kw)
+
+    def backtest(*a, **kw):
+        calls["backtest"].append(kw.get("engine"))
+        return real_bt(*a, **kw)
+
+    def fold_model(ctx, fold, tcfg, on_epoch):
+        fitted[fold.fold] = res = real_fold(ctx, fold, tcfg, on_epoch)
+        return res
+
+    for name, fn in (("fit", fit), ("sweep", sweep), ("run_backtest", backtest), ("_fit_fold_model", fold_model)):
+        monkeypatch.setattr(wfr, name, fn)
+    assert wf.main(STRATEGY_ARGS + ["--trials", "20", "--study", "st", "--out", str(out)]) == 0
+    # one training for the 20 trials and one refit; 16 + 4 trials in two sweeps; backtrader for the test block
+    assert calls["fit"] == 2 and calls["sweep"] == [16, 4] and calls["backtest"] == ["backtrader"]
+    trials = _trials(f"sqlite:///{(out / 'optuna.db').resolve()}", "st_fold0")
+    assert len(trials) == 20 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({(t.params["signal_rate"], t.params["exec_pt"]) for t in trials}) == 20
+
+    # each trial's score is what backtrader gives for its parameters on the fold's validation block
+    df = load_ohlcv("sp500", start=START, end=END)
+    report = json.loads((out / "report.json").read_text())["folds"][0]
+    first, last = (pd.Timestamp(d) for d in report["validation"])
+    model = fitted[0]
+    part = df.loc[:last]
+    for t in (trials[0], trials[7], trials[19]):
+        threshold = float(np.quantile(model.train_proba, 1.0 - t.params["signal_rate"]))
+        assert t.user_attrs["threshold"] == pytest.approx(threshold, abs=1e-12)
+        bt = real_bt(part, "agent", engine="backtrader", signal=model.val_signal, threshold=threshold,
+                     pt=t.params["exec_pt"], sl=t.params["exec_sl"], horizon=report["execution"]["horizon"],
+                     cash=100_000.0, commission=0.0005, start=first, end=last,
+                     periods_per_year=infer_periods_per_year(df.index), benchmark=False)
+        assert t.user_attrs["val_trades"] == bt.stats["n_trades"]
+        assert t.user_attrs["val_return"] == pytest.approx(bt.stats["total_return"], abs=1e-9)
+        per_bar = bt.equity.pct_change().dropna()
+        if bt.stats["sharpe"] is None:
+            assert t.value == 0.0 and t.user_attrs["val_sharpe"] is None and t.user_attrs["val_sr"] is None
+        else:
+            assert t.value == pytest.approx(bt.stats["sharpe"], rel=1e-9)
+            assert t.user_attrs["val_sr"] == pytest.approx(per_bar.mean() / per_bar.std(ddof=1), rel=1e-9)
+    assert report["best_value"] == max(t.value for t in trials)
+
+
+def test_a_failing_sweep_fails_its_batch_instead_of_leaving_it_running(tmp_path, monkeypatch, capsys):
+    def broken(*a, **kw):
+        raise RuntimeError("planted failure in the sweep")
+
+    monkeypatch.setattr(wfr, "sweep", broken)
+    out = tmp_path / "out"
+    assert wf.main(STRATEGY_ARGS + ["--trials", "3", "--study", "sf", "--out", str(out)]) == 1
+    assert "planted failure in the sweep" in capsys.readouterr().err
+    trials = _trials(f"sqlite:///{(out / 'optuna.db').resolve()}", "sf_fold0")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3
 
 
 def test_identical_rerun_resumes_without_new_trials_or_refits(first_run, capsys):
@@ -721,7 +793,7 @@ def test_a_trial_interrupted_before_its_objective_runs_is_failed_not_left_runnin
         raise KeyboardInterrupt
 
     monkeypatch.setattr(wf_search.TrialSeededTPE, "before_trial", interrupted)
-    ctx = SimpleNamespace(cfg=SimpleNamespace(timeout=None, n_jobs=1, trials=5), spent={}, storage=storage,
+    ctx = SimpleNamespace(cfg=SimpleNamespace(timeout=None, n_jobs=1, trials=5, search=("model",)), spent={}, storage=storage,
                           progress=wf_console.Progress(False, trials=5), stop=threading.Event())
     with pytest.raises(KeyboardInterrupt):
         wfr._search(ctx, SimpleNamespace(fold=0), study, n_trials=1)

@@ -12,7 +12,9 @@ blocks' equity curves, chained, are the out-of-sample result; the report gives h
 configurations were tried and the Deflated Sharpe Ratio of that result (N = trials of all folds,
 conservative; V = mean within-fold variance of the trials' validation Sharpes). Trials are scored
 with the fast simulator (``engine.fastsim``, parity-tested against backtrader trade for trade); the
-test blocks use ``--engine`` (default backtrader, the reference).
+test blocks use ``--engine`` (default backtrader, the reference). With ``--search strategy`` alone
+every trial trades the same model, so each fold's model is trained once per process and the trials
+are scored in batches of 16, one ``engine.fastsim.sweep`` call per batch (``--n-jobs`` is unused).
 
 Embargo (``--embargo``, default 0): ``labeling.walk_forward_folds`` leaves that many bars out after
 each test block. No fold trains on data after its own test block, so here it only removes

@@ -81,7 +81,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--search", type=_search_arg, default=d.search, metavar="GROUPS",
                    help="comma list of: model (d_model, layers, heads, dropout, lr, seq_len, focal alpha/gamma), "
                    "labels (pt, sl, horizon), strategy (threshold as a training signal rate, pt/sl at execution; "
-                   "needs --objective val_sharpe)")
+                   "needs --objective val_sharpe; alone, the fold's model is trained once and trials are scored in "
+                   "sweeps of 16)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial (the refit uses the best trial's best epoch)")
     g.add_argument("--seed", type=int, default=d.seed, help="sampler and model seed")
     g.add_argument("--n-jobs", type=int, default=d.n_jobs, help="trials in parallel threads in this process")

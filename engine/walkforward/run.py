@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,17 +31,20 @@ from agents.prepare import prepare_segments
 from agents.export import EXPORTER_MEMORY
 from agents.hardware import check_fits, detect, estimate_train_memory
 from agents.model import TransformerAgent
+from agents.config import TrainConfig
 from agents.trainer import fit
 from datafeeds import is_universe, load_ohlcv
 from engine.deflated_sharpe import sharpe_ratio
+from engine.fastsim import sweep
 from engine.metrics import infer_periods_per_year
 from engine.runner import run_backtest
 from engine.walkforward import space
 from engine.walkforward.config import VALIDATION_ENGINE, WalkForwardConfig
+from engine.walkforward.space import Execution
 from engine.walkforward.console import Progress, check_stop, format_params, pruned_line, stop_on_interrupt, trial_line
 from engine.walkforward.report import (deflated_sharpe, plot_stitched, plot_study, save_figure, stitched_result,
                                        write_csv, write_json)
-from engine.walkforward.search import (FINISHED, StopWhenFull, SurplusTrial, TrialSeededTPE, check_not_surplus,
+from engine.walkforward.search import (FINISHED, LIVE, StopWhenFull, SurplusTrial, TrialSeededTPE, check_not_surplus,
                                        fail_interrupted)
 from engine.walkforward.storage import (fail_stale, fold_result, holds_claim, keep_alive, open_storage,
                                         record_fold_result, redact, release_claim, take_claim, trial_counts)
@@ -61,6 +65,7 @@ class _Context:
     command: str
     spent: dict  # fold -> seconds of search in this process
     progress: Progress
+    fold_models: dict = dataclasses.field(default_factory=dict)  # fold -> _FittedTrial (strategy-only search)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # Ctrl-C: trial threads stop too
     worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     run_id: str = dataclasses.field(default_factory=lambda: os.urandom(4).hex())  # this call, for "this run" counts
@@ -219,7 +224,9 @@ def _search(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int) -> No
     left = None if cfg.timeout is None else cfg.timeout - ctx.spent.get(fold.fold, 0.0)
     t0 = time.perf_counter()
     try:
-        if left is None or left > 0:
+        if (left is None or left > 0) and _scored_by_sweep(cfg):
+            _search_by_sweep(ctx, fold, study, n_trials, left)
+        elif left is None or left > 0:
             study.optimize(
                 _Objective(ctx, fold), n_trials=n_trials, timeout=left, n_jobs=cfg.n_jobs, gc_after_trial=True,
                 callbacks=[MaxTrialsCallback(cfg.trials, states=FINISHED), StopWhenFull(cfg.trials),
@@ -253,52 +260,76 @@ class _Objective:
         t0 = time.perf_counter()
         tcfg, execution = space.suggest(trial, cfg.search, cfg.base)
         tcfg = dataclasses.replace(tcfg, epochs=cfg.epochs, patience=cfg.epochs)
-        prep = prepare_segments(tcfg, self.ctx.df, fold.train, fold.val)
-        y_tr = prep.y[prep.train_ends].astype(np.float64)
-        y_va = prep.y[prep.val_ends].astype(np.float64)
-        base_rate = float(y_tr.mean())
-        loss_fn = FocalLoss(alpha=tcfg.focal_alpha, gamma=tcfg.focal_gamma)
-        # focal losses with different alpha/gamma or labels are not comparable; their ratio to the
-        # no-skill loss (always predict the training base rate) is: 1 = no skill, lower = better
-        baseline = loss_fn.baseline(torch.from_numpy(y_va), base_rate)
         sign = 1.0 if cfg.direction == "minimize" else -1.0  # the pruner compares in the study's direction
 
-        bar = self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs)
+        with self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs) as bar:
+            def on_epoch(epoch: int, ratio: float) -> None:
+                check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
+                bar.update(1)
+                bar.set_postfix_str(f"val_loss {ratio:.4f}")
+                trial.report(sign * ratio, epoch)
+                if trial.should_prune():
+                    log.info("%s", pruned_line(fold.fold, trial.number, epoch, ratio, time.perf_counter() - t0,
+                                               trial.params))
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        def on_epoch(record, state):
-            check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
-            ratio = record["val_loss"] / baseline
-            bar.update(1)
-            bar.set_postfix_str(f"val_loss {ratio:.4f}")
-            trial.report(sign * ratio, record["epoch"])
-            if trial.should_prune():
-                log.info("%s", pruned_line(fold.fold, trial.number, record["epoch"], ratio,
-                                           time.perf_counter() - t0, trial.params))
-                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
+            fitted = _fit_fold_model(self.ctx, fold, tcfg, on_epoch)
+        threshold = execution.threshold(fitted.train_proba, fitted.base_rate)
+        val = _validation_backtest(self.ctx, fold, fitted, execution, threshold)
+        return _record_trial(self.ctx, fold, trial, fitted, threshold, val, time.perf_counter() - t0)
 
-        with bar:
-            res = fit(tcfg, prep, checkpoint_dir=None, on_epoch=on_epoch, progress=False)
-        model, state = res["model"], res["state"]
-        z_tr = _logits(model, prep.x, tcfg.seq_len, prep.train_ends)
-        z_va = _logits(model, prep.x, tcfg.seq_len, prep.val_ends)
-        threshold = execution.threshold(_sigmoid(z_tr), base_rate)
-        val = _validation_backtest(self.ctx, fold, tcfg, execution, prep, model, threshold)
-        scores = {
-            "val_loss": state["best_val"] / baseline,
-            "val_auc": roc_auc(y_va, z_va),
-            "val_sharpe": val["sharpe"],
-        }
-        for key, value in {**scores, "best_epoch": state["best_epoch"], "threshold": threshold,
-                           "val_sr": val["sr"], "val_return": val["total_return"], "val_trades": val["n_trades"],
-                           "seconds": time.perf_counter() - t0}.items():
-            trial.set_user_attr(key, value)
-        value = scores[cfg.objective]
-        if value is None:  # AUC with one class, Sharpe of a flat curve: score as no skill
-            value = {"val_auc": 0.5, "val_sharpe": 0.0}[cfg.objective]
-        log.info("%s", trial_line(fold.fold, trial.number, cfg.objective, value, auc=scores["val_auc"],
-                                  sharpe=val["sharpe"], trades=val["n_trades"], seconds=time.perf_counter() - t0,
-                                  params=trial.params))
-        return float(value)
+
+@dataclass(frozen=True)
+class _FittedTrial:
+    """A trial's model reduced to what scoring needs: its training output and validation signal."""
+
+    tcfg: TrainConfig
+    train_proba: np.ndarray  # on the training events: the threshold comes from these only
+    base_rate: float  # positive rate of the training labels
+    val_signal: pd.Series  # probability on df[:val.stop]; NaN outside the validation block's full windows
+    val_loss: float  # best validation focal loss / its no-skill baseline (1 = no skill)
+    val_auc: float | None
+    best_epoch: int
+
+
+def _fit_fold_model(ctx: _Context, fold: Fold, tcfg: TrainConfig, on_epoch) -> _FittedTrial:
+    """Train ``tcfg`` on the fold's train block; ``on_epoch(epoch, val_loss_ratio)`` after each epoch."""
+    prep = prepare_segments(tcfg, ctx.df, fold.train, fold.val)
+    y_tr = prep.y[prep.train_ends].astype(np.float64)
+    y_va = prep.y[prep.val_ends].astype(np.float64)
+    base_rate = float(y_tr.mean())
+    loss_fn = FocalLoss(alpha=tcfg.focal_alpha, gamma=tcfg.focal_gamma)
+    # focal losses with different alpha/gamma or labels are not comparable; their ratio to the
+    # no-skill loss (always predict the training base rate) is: 1 = no skill, lower = better
+    baseline = loss_fn.baseline(torch.from_numpy(y_va), base_rate)
+    res = fit(tcfg, prep, checkpoint_dir=None, on_epoch=lambda record, state: on_epoch(
+        record["epoch"], record["val_loss"] / baseline), progress=False)
+    model, state = res["model"], res["state"]
+    z_tr = _logits(model, prep.x, tcfg.seq_len, prep.train_ends)
+    z_va = _logits(model, prep.x, tcfg.seq_len, prep.val_ends)
+    # the validation backtest trades every bar of the block whose window is whole (history for warm-up)
+    part = ctx.df.iloc[: fold.val.stop]
+    ends = _full_window_ends(prep.x, tcfg.seq_len, fold.val)
+    prob = np.full(len(part), np.nan)
+    prob[ends] = _sigmoid(_logits(model, prep.x, tcfg.seq_len, ends))
+    return _FittedTrial(tcfg, _sigmoid(z_tr), base_rate, pd.Series(prob, index=part.index),
+                        state["best_val"] / baseline, roc_auc(y_va, z_va), int(state["best_epoch"]))
+
+
+def _record_trial(ctx: _Context, fold: Fold, trial, fitted: _FittedTrial, threshold: float, val: dict,
+                  seconds: float) -> float:
+    """Store a scored trial's numbers on it, log its line; its objective value."""
+    cfg = ctx.cfg
+    scores = {"val_loss": fitted.val_loss, "val_auc": fitted.val_auc, "val_sharpe": val["sharpe"]}
+    for key, value in {**scores, "best_epoch": fitted.best_epoch, "threshold": threshold, "val_sr": val["sr"],
+                       "val_return": val["total_return"], "val_trades": val["n_trades"], "seconds": seconds}.items():
+        trial.set_user_attr(key, value)
+    value = scores[cfg.objective]
+    if value is None:  # AUC with one class, Sharpe of a flat curve: score as no skill
+        value = {"val_auc": 0.5, "val_sharpe": 0.0}[cfg.objective]
+    log.info("%s", trial_line(fold.fold, trial.number, cfg.objective, value, auc=fitted.val_auc,
+                              sharpe=val["sharpe"], trades=val["n_trades"], seconds=seconds, params=trial.params))
+    return float(value)
 
 
 def _logits(model, x: np.ndarray, seq_len: int, ends: np.ndarray) -> np.ndarray:
@@ -323,18 +354,105 @@ def _full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray
     return ends[(csum[ends + 1] - csum[ends + 1 - seq_len]) == seq_len]
 
 
-def _validation_backtest(ctx, fold, tcfg, execution, prep, model, threshold) -> dict:
-    """Backtest the trial's torch model on every bar of the validation block (history for warm-up)."""
+def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) -> dict:
+    """Backtest the trial's model on every bar of the validation block (fast engine)."""
     part = ctx.df.iloc[: fold.val.stop]
-    ends = _full_window_ends(prep.x, tcfg.seq_len, fold.val)
-    prob = np.full(len(part), np.nan)
-    prob[ends] = _sigmoid(_logits(model, prep.x, tcfg.seq_len, ends))
     bt = run_backtest(part, "agent", cash=ctx.cfg.cash, commission=ctx.cfg.commission, slippage=ctx.cfg.slippage,
                       start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
-                      signal=pd.Series(prob, index=part.index), periods_per_year=ctx.ppy, benchmark=False,
-                      engine=VALIDATION_ENGINE, **execution.strategy_params(tcfg, threshold))
+                      signal=fitted.val_signal, periods_per_year=ctx.ppy, benchmark=False,
+                      engine=VALIDATION_ENGINE, **execution.strategy_params(fitted.tcfg, threshold))
     return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(bt.equity.pct_change().dropna()),
             "total_return": bt.stats["total_return"], "n_trades": int(bt.stats["n_trades"])}
+
+
+# ------------------------------------------------------------------------------------ strategy-only search
+# With --search strategy alone every trial trades the same model (the base config, the same seed): the
+# fold's model is trained once per process and the trials are scored in batches, one fastsim.sweep call
+# (numba, parallel over configurations) per batch instead of a backtest per trial. TPE proposes a
+# batch with its running trials counted as bad (constant liar), as parallel workers do.
+_SWEEP_BATCH = 16
+
+
+def _scored_by_sweep(cfg: WalkForwardConfig) -> bool:
+    return tuple(cfg.search) == ("strategy",)
+
+
+def _search_by_sweep(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int, seconds: float | None) -> None:
+    """Run up to ``n_trials`` strategy trials of ``fold`` in sweep batches, within ``seconds`` if given."""
+    cfg, t0 = ctx.cfg, time.perf_counter()
+    fitted = ctx.fold_models.get(fold.fold)
+    if fitted is None:
+        tcfg = dataclasses.replace(cfg.base, epochs=cfg.epochs, patience=cfg.epochs)
+        with ctx.progress.epochs(f"fold {fold.fold} model", tcfg.epochs) as bar:
+            def on_epoch(epoch: int, ratio: float) -> None:
+                check_stop(ctx.stop)
+                bar.update(1)
+                bar.set_postfix_str(f"val_loss {ratio:.4f}")
+
+            fitted = _fit_fold_model(ctx, fold, tcfg, on_epoch)
+        ctx.fold_models[fold.fold] = fitted
+    started = 0
+    while started < n_trials and (seconds is None or time.perf_counter() - t0 < seconds):
+        check_stop(ctx.stop)
+        if len(study.get_trials(deepcopy=False, states=LIVE)) >= cfg.trials and not study.get_trials(
+                deepcopy=False, states=(TrialState.WAITING,)):
+            return  # full: other workers hold the remaining slots
+        batch: list[tuple[optuna.Trial, Execution]] = []
+        told: set[int] = set()
+        try:
+            surplus = None
+            while len(batch) < min(_SWEEP_BATCH, n_trials - started):
+                with warnings.catch_warnings():  # heartbeats are recorded by hand below
+                    warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                    trial = study.ask()
+                # a worker killed before telling leaves RUNNING trials: with a heartbeat they go stale
+                # after the grace period and are retried like any dead worker's trial
+                ctx.storage.record_heartbeat(trial._trial_id)
+                try:
+                    check_not_surplus(trial, cfg.trials)
+                except SurplusTrial as exc:
+                    study.tell(trial, state=TrialState.FAIL)
+                    told.add(trial.number)
+                    surplus = exc
+                    break
+                trial.set_user_attr("worker", ctx.worker)
+                trial.set_user_attr("run_id", ctx.run_id)
+                trial.set_user_attr("batch", len(batch))
+                batch.append((trial, space.suggest(trial, cfg.search, cfg.base)[1]))
+            started += len(batch)
+            if batch:
+                _score_batch(ctx, fold, study, fitted, batch, told)
+            ctx.progress.fold(fold.fold, len(study.get_trials(deepcopy=False, states=FINISHED)))
+            if surplus is not None:
+                raise surplus
+        finally:  # an error or Ctrl-C: the batch's trials not yet told fail (a rerun retries their slots)
+            for trial, _ in batch:
+                if trial.number not in told:
+                    try:
+                        study.tell(trial, state=TrialState.FAIL)
+                    except Exception as exc:  # the database; fail_stale retries it after the grace period
+                        log.warning("could not mark trial %d failed (%s)", trial.number, exc)
+
+
+def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _FittedTrial,
+                 batch: list, told: set) -> None:
+    """Score a batch of strategy trials on the fold's model in one sweep; tell each its value."""
+    t0 = time.perf_counter()
+    thresholds = [execution.threshold(fitted.train_proba, fitted.base_rate) for _, execution in batch]
+    rows = pd.DataFrame([execution.strategy_params(fitted.tcfg, th) for (_, execution), th in zip(batch, thresholds)])
+    part = ctx.df.iloc[: fold.val.stop]
+    stats = sweep(part, fitted.val_signal, rows, cash=ctx.cfg.cash, commission=ctx.cfg.commission,
+                  slippage=ctx.cfg.slippage, start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
+                  periods_per_year=ctx.ppy)
+    each = (time.perf_counter() - t0) / len(batch)
+    for (trial, _), th, (_, row) in zip(batch, thresholds, stats.iterrows()):
+        sharpe = None if np.isnan(row["sharpe"]) else float(row["sharpe"])
+        # sweep's Sharpe is annualised from the same per-bar returns: / sqrt(ppy) is the per-bar one
+        val = {"sharpe": sharpe, "sr": None if sharpe is None else sharpe / float(np.sqrt(ctx.ppy)),
+               "total_return": float(row["total_return"]), "n_trades": int(row["n_trades"])}
+        value = _record_trial(ctx, fold, trial, fitted, th, val, each)
+        study.tell(trial, value)
+        told.add(trial.number)
 
 
 # ------------------------------------------------------------------------------------ finalising a fold
