@@ -41,7 +41,7 @@ from numba import njit
 import datafeeds
 from engine.backtest_common import BacktestResult, prepare_inputs, run_facts, trades_frame
 from engine.jsonable import jsonable
-from engine.metrics import compute_stats
+from engine.metrics import compute_stats, curve_stats_nb, trade_stats_nb
 from strategies import EXIT_REASONS, TRADE_FIELDS
 from strategies.base import CASH_EPS
 
@@ -741,42 +741,21 @@ def _headline_nb(equity, position, pnl, ret, n_trades, years, ppy, rf_bar):
     out[0] = end / start - 1.0
     if years > 0 and end > 0:
         out[1] = (end / start) ** (1.0 / years) - 1.0
-    m = n - 1
-    r = np.empty(m)
-    for i in range(m):
-        r[i] = equity[i + 1] / equity[i] - 1.0
-    x = r - rf_bar if rf_bar != 0.0 else r
+    ok, mean, std, down, mdd, _, _ = curve_stats_nb(equity, rf_bar)  # compute_stats' own kernel: equal numbers
+    if not ok:  # compute_stats refuses such a curve
+        return out
     sqrt_ppy = math.sqrt(ppy)
-    if m >= 2:
-        out[2] = np.std(r) * math.sqrt(m / (m - 1)) * sqrt_ppy
-        x_std = np.std(x) * math.sqrt(m / (m - 1))
-        mean = np.mean(x)
-        if x_std > 0:
-            out[3] = mean / x_std * sqrt_ppy
-        down = math.sqrt(np.mean(np.minimum(x, 0.0) ** 2))
-        if down > 0:
-            out[4] = mean / down * sqrt_ppy
-    peak = equity[0]
-    mdd = 0.0
-    for i in range(n):
-        if equity[i] > peak:
-            peak = equity[i]
-        d = equity[i] / peak - 1.0
-        if d < mdd:
-            mdd = d
+    out[2] = std * sqrt_ppy
+    if std > 0:
+        out[3] = mean / std * sqrt_ppy
+    if down > 0:
+        out[4] = mean / down * sqrt_ppy
     out[5] = mdd
     if not math.isnan(out[1]) and mdd < 0:
         out[6] = out[1] / abs(mdd)
     out[7] = n_trades
     if n_trades:
-        gp, gl, wins, rsum = 0.0, 0.0, 0, 0.0
-        for i in range(n_trades):
-            if pnl[i] > 0:
-                gp += pnl[i]
-                wins += 1
-            elif pnl[i] < 0:
-                gl -= pnl[i]
-            rsum += ret[i]
+        wins, gp, gl, rsum = trade_stats_nb(pnl[:n_trades], ret[:n_trades])  # as compute_stats counts them
         out[8] = wins / n_trades
         if gl > 0:
             out[9] = gp / gl

@@ -18,6 +18,7 @@ Conventions (all returns are per-bar simple returns of the equity curve):
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,22 @@ def periods_per_year_rule(index: pd.DatetimeIndex) -> str:
     return _infer_periods_per_year(index)[1]
 
 
+# (weak reference to the last index, its answer): a backtest asks for one index's rule and value
+# several times (inputs, stats, config). An index is immutable, so identity is enough.
+_last_inferred: tuple = (lambda: None, None)
+
+
 def _infer_periods_per_year(index: pd.DatetimeIndex) -> tuple[float, str]:
+    global _last_inferred
+    ref, answer = _last_inferred
+    if ref() is index:
+        return answer
+    answer = _infer_periods_per_year_uncached(index)
+    _last_inferred = (weakref.ref(index), answer)
+    return answer
+
+
+def _infer_periods_per_year_uncached(index: pd.DatetimeIndex) -> tuple[float, str]:
     # Spans of at least a year: count the bar intervals actually observed per calendar year
     # (~252 for equity dailies, ~260 for FX dailies, bars/day * days/year for intraday).
     # Shorter spans: median bars per calendar date * 252 trading days (1 bar/day -> 252).
@@ -84,36 +100,31 @@ def compute_stats(
     ``exposure`` (fraction of bars in the market) defaults to one computed from the trades'
     entry/exit times (bars with ``entry_time <= t < exit_time``). ``risk_free`` is an annual rate.
     """
-    eq = _check_equity(equity)
+    eq = _check_equity(equity, check_values=False)  # checked in the stats kernel's pass
     ppy = float(periods_per_year) if periods_per_year is not None else infer_periods_per_year(eq.index)
     if not ppy > 0:
         raise ValueError(f"periods_per_year must be > 0, got {periods_per_year}")
     if not (math.isfinite(risk_free) and -1.0 < risk_free < 1.0):
         raise ValueError(f"risk_free must be an annual rate in (-1, 1), e.g. 0.02 for 2%, got {risk_free}")
     values = eq.to_numpy(dtype=np.float64)
-    r = values[1:] / values[:-1] - 1.0
-    x = r - ((1.0 + risk_free) ** (1.0 / ppy) - 1.0) if risk_free else r  # excess returns
+    rf_bar = (1.0 + risk_free) ** (1.0 / ppy) - 1.0 if risk_free else 0.0
+    ok, mean, std, downside, mdd, dd_start, dd_end = curve_stats_nb(values, rf_bar)
+    if not ok:
+        raise ValueError(_BAD_EQUITY)  # (the std of the excess returns r - rf is that of r)
 
     years = (eq.index[-1] - eq.index[0]).total_seconds() / _SECONDS_PER_YEAR
     total_return = values[-1] / values[0] - 1.0
     cagr = (values[-1] / values[0]) ** (1.0 / years) - 1.0 if years > 0 and values[-1] > 0 else None
-
-    std = float(np.std(r, ddof=1)) if len(r) >= 2 else math.nan
-    x_std = std if x is r else (float(np.std(x, ddof=1)) if len(x) >= 2 else math.nan)
-    mean = float(np.mean(x)) if len(x) else math.nan
-    downside = float(np.sqrt(np.mean(np.minimum(x, 0.0) ** 2))) if len(x) else math.nan
     sqrt_ppy = math.sqrt(ppy)
-
-    mdd, dd_bars, dd_days = _max_drawdown(values, eq.index)
+    dd_bars, dd_days = _spell(eq.index, dd_start, dd_end)
 
     if trades is not None and len(trades):
-        pnl = trades["pnl"].to_numpy(dtype=np.float64)
-        gross_profit = float(pnl[pnl > 0].sum())
-        gross_loss = float(-pnl[pnl < 0].sum())
-        n_trades = int(len(pnl))
-        win_rate = float((pnl > 0).mean())
+        n_trades = int(len(trades))
+        wins, gross_profit, gross_loss, ret_sum = trade_stats_nb(trades["pnl"].to_numpy(dtype=np.float64),
+                                                                 trades["ret"].to_numpy(dtype=np.float64))
+        win_rate = wins / n_trades
         profit_factor = gross_profit / gross_loss if gross_loss > 0 else None
-        avg_trade_return = float(trades["ret"].mean())
+        avg_trade_return = ret_sum / n_trades
     else:
         n_trades, win_rate, profit_factor, avg_trade_return = 0, None, None, None
     if exposure is None:
@@ -129,7 +140,7 @@ def compute_stats(
             "total_return": total_return,
             "cagr": cagr,
             "ann_volatility": std * sqrt_ppy,
-            "sharpe": mean / x_std * sqrt_ppy if x_std > 0 else None,
+            "sharpe": mean / std * sqrt_ppy if std > 0 else None,
             "sortino": mean / downside * sqrt_ppy if downside > 0 else None,
             "max_drawdown": mdd,
             "max_drawdown_duration_bars": dd_bars,
@@ -168,22 +179,61 @@ def drawdown(equity: pd.Series) -> pd.Series:
     return eq / eq.cummax() - 1.0
 
 
-def _check_equity(equity: pd.Series) -> pd.Series:
+_BAD_EQUITY = "equity must be finite and > 0 on every bar (the account was wiped out?)"
+
+
+def _check_equity(equity: pd.Series, check_values: bool = True) -> pd.Series:
     if not isinstance(equity, pd.Series) or not isinstance(equity.index, pd.DatetimeIndex):
         raise TypeError("equity must be a pd.Series with a DatetimeIndex (BacktestResult.equity)")
     if len(equity) < 2:
         raise ValueError(f"equity needs at least 2 bars to compute statistics, got {len(equity)}")
-    values = equity.to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError("equity must be finite and > 0 on every bar (the account was wiped out?)")
+    if check_values:
+        values = equity.to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise ValueError(_BAD_EQUITY)
     return equity if equity.dtype == np.float64 else equity.astype(np.float64)
 
 
-def _max_drawdown(values: np.ndarray, index: pd.DatetimeIndex) -> tuple[float, int, float]:
-    mdd, start, end = _drawdown_nb(values)
+@njit(cache=True)
+def trade_stats_nb(pnl, ret):
+    """(winning trades, gross profit, gross loss (>= 0), sum of trade returns) of closed trades."""
+    wins, profit, loss, ret_sum = 0, 0.0, 0.0, 0.0
+    for i in range(len(pnl)):
+        if pnl[i] > 0:
+            wins += 1
+            profit += pnl[i]
+        elif pnl[i] < 0:
+            loss -= pnl[i]
+        ret_sum += ret[i]
+    return wins, profit, loss, ret_sum
+
+
+def _spell(index: pd.DatetimeIndex, start: int, end: int) -> tuple[int, float]:
+    """Bars and days of the longest drawdown spell (0, 0.0 if the curve never dips)."""
     if end == start:
-        return float(mdd), 0, 0.0
-    return float(mdd), int(end - start), float((index[end] - index[start]).total_seconds() / 86_400.0)
+        return 0, 0.0
+    return int(end - start), float((index[end] - index[start]).total_seconds() / 86_400.0)
+
+
+@njit(cache=True, fastmath={"reassoc"})  # sums may be reordered (vectorised): ~1e-16 relative
+def curve_stats_nb(values, rf_bar):
+    """(ok, mean excess return, std of returns (ddof=1), downside deviation, max drawdown, longest
+    spell's first and last bar) of an equity curve of >= 2 bars, without temporary arrays; ok is
+    False (the rest meaningless) if a value is not finite or not > 0. Excess return x = r - rf_bar."""
+    m = len(values) - 1
+    for i in range(m + 1):
+        if not (values[i] > 0.0 and values[i] < np.inf):  # also False for NaN
+            return False, np.nan, np.nan, np.nan, np.nan, 0, 0
+    r = values[1:] / values[:-1] - 1.0
+    mean_r = r.sum() / m
+    sq, down = 0.0, 0.0
+    for i in range(m):
+        sq += (r[i] - mean_r) ** 2
+        x = min(r[i] - rf_bar, 0.0)
+        down += x * x
+    std = math.sqrt(sq / (m - 1)) if m >= 2 else np.nan
+    mdd, start, end = _drawdown_nb(values)
+    return True, mean_r - rf_bar, std, math.sqrt(down / m), mdd, start, end
 
 
 @njit(cache=True)

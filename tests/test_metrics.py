@@ -117,6 +117,16 @@ def test_periods_per_year_rule():
     assert infer_periods_per_year(idx) == pytest.approx(24 * 261, rel=0.01)
 
 
+def test_periods_per_year_asked_again_answers_for_the_index_given():
+    daily = pd.date_range("2020-01-01", periods=30, freq="D")
+    hourly = pd.date_range("2020-01-01", periods=30 * 24, freq="h")
+    for _ in range(2):  # alternating indexes: an answer remembered for one is never given for the other
+        assert infer_periods_per_year(daily) == 252.0
+        assert infer_periods_per_year(hourly) == 24 * 252.0
+    same_values = pd.DatetimeIndex(hourly.to_numpy())  # another object with equal values: the same answer
+    assert infer_periods_per_year(same_values) == 24 * 252.0
+
+
 def _curve(values, dates):
     return pd.Series(np.asarray(values, dtype=np.float64), index=pd.DatetimeIndex(dates))
 
