@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .baseline import linear_baselines
 from .losses import FocalLoss, best_constant_probability
 
 if TYPE_CHECKING:
@@ -126,6 +127,9 @@ def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epo
     # which lies elsewhere; a model beating only the base rate under focal loss may just be recalibrated.
     p_const = best_constant_probability(torch.from_numpy(y_tr), cfg.focal_alpha, cfg.focal_gamma)
     bce = FocalLoss(alpha=None, gamma=0.0)  # = binary cross-entropy (log-loss)
+    baseline = linear_baselines(prep.last_rows("train"), y_tr, prep.last_rows("val"), y_va, z_va,
+                                names=list(prep.names), sources=prep.spec.sources(), block=cfg.horizon,
+                                seed=cfg.seed)
     return {
         "train_loss": loss_of(loss_fn, z_tr, y_tr),
         "val_loss": loss_of(loss_fn, z_va, y_va),
@@ -139,6 +143,7 @@ def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epo
         "baseline_val_logloss": bce.baseline(torch.from_numpy(y_va), base_rate),
         "val_auc": roc_auc(y_va, z_va),
         "train_auc": roc_auc(y_tr, z_tr),
+        "linear_baseline": baseline,
         "threshold": threshold,
         "threshold_rule": "given" if cfg.threshold is not None else "train signal rate = train base rate",
         "val_at_threshold": precision_recall(y_va, p_va, threshold),

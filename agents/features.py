@@ -421,6 +421,10 @@ class FeatureSpec:
         ordered = [c for c in _OHLCV_ORDER if c in needed]
         return tuple(ordered + sorted(needed.difference(ordered)))
 
+    def sources(self) -> dict[str, tuple[str, ...]]:
+        """Each feature column -> the data columns it is computed from (a pinned spec: what the card shows)."""
+        return {col: tuple(cfg.required_columns) for cfg in self.features for col in cfg.columns}
+
     def pinned(self, columns: Iterable[str]) -> FeatureSpec:
         """This spec with every ``source="auto"`` resolved for a frame with ``columns``.
 

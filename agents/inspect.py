@@ -23,6 +23,30 @@ def _num(x, spec=".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _features(agent: OnnxAgent) -> str:
+    """Each feature with the data columns it reads, e.g. ``obi (bid_size, ask_size)``."""
+    sources = agent.meta.get("feature_sources")
+    sources = sources if isinstance(sources, dict) else {}
+    return ", ".join(f"{name} ({', '.join(map(str, sources[name]))})" if isinstance(sources.get(name), list)
+                     else name for name in agent.feature_names)
+
+
+def linear_line(metrics: dict) -> str:
+    """The linear baseline's validation numbers, or why there are none (also used by agents.train)."""
+    lin = metrics.get("linear_baseline")
+    if not isinstance(lin, dict):
+        return "not recorded (a card from before the linear baseline)"
+    if lin.get("val_auc") is None and lin.get("val_logloss") is None:
+        return f"{lin.get('model', 'logistic regression')}: {lin.get('note', 'not fitted')}"
+    text = (f"validation AUC {_num(lin.get('val_auc'), '.3f')}, log-loss {_num(lin.get('val_logloss'), '.4f')}"
+            f" ({lin.get('model', 'logistic regression')})")
+    pv = lin.get("price_volume")
+    if isinstance(pv, dict) and pv.get("other_columns"):
+        text += f"; on price and volume alone (without {', '.join(map(str, pv['other_columns']))}): AUC " \
+                f"{_num(pv.get('val_auc'), '.3f')}"
+    return text
+
+
 def model_card(agent: OnnxAgent) -> str:
     """A human-readable summary of what the agent is, what it saw, and how well it did."""
     m, ds, meta = agent.meta["metrics"], agent.meta["dataset"], agent.meta
@@ -32,7 +56,7 @@ def model_card(agent: OnnxAgent) -> str:
         f"agent       {agent.path}  (tbm-backtest {meta['package_version']}, format {meta['format_version']})",
         f"model       TransformerAgent d_model={mc.get('d_model')} heads={mc.get('n_heads')} layers={mc.get('n_layers')}"
         f"  seq_len={agent.seq_len}  warm-up {agent.warmup} bars",
-        f"features    {', '.join(agent.feature_names)}",
+        f"features    {_features(agent)}",
         f"labels      TBM pt={agent.tbm.pt} sl={agent.tbm.sl} horizon={agent.tbm.horizon} atr_period={agent.tbm.atr_period}",
         f"data        {ds['name']}  sha256 {ds['sha256'][:16]}...",
         f"            train {ds['train'][0]} .. {ds['train'][1]}",
@@ -48,6 +72,7 @@ def model_card(agent: OnnxAgent) -> str:
         f"log-loss    validation {_num(m.get('val_logloss'))} vs {_num(m.get('baseline_val_logloss'))} (base rate)",
         f"AUC         validation {_num(m.get('val_auc'), '.3f')}; adversarial (train vs validation features)"
         f" {_num(m.get('adversarial_auc'), '.3f')}, 0.5 = no drift",
+        f"linear      {linear_line(m)}",
         f"threshold   {agent.threshold:.4f} ({m.get('threshold_rule', 'given')}); at it on validation: precision"
         f" {_num(pr.get('precision'), '.3f')}, recall {_num(pr.get('recall'), '.3f')}, signal rate {_num(pr.get('signal_rate'), '.3f')}",
         f"verdict     {judged}",

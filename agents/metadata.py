@@ -220,6 +220,9 @@ _FIELDS: tuple[tuple[str, bool, Check], ...] = (
     ("metrics.label_balance", OPTIONAL, _DICT),
     *((f"metrics.label_balance.{k}", OPTIONAL, _PROBABILITY) for k in ("train_positive_rate", "val_positive_rate")),
     *((f"metrics.label_balance.{k}", OPTIONAL, _COUNT) for k in ("train_events", "val_events")),
+    ("metrics.linear_baseline", OPTIONAL, _or_null(_DICT)),  # I, V
+    ("metrics.linear_baseline.val_auc", OPTIONAL, _PROBABILITY),
+    ("metrics.linear_baseline.val_logloss", OPTIONAL, _LOSS),
     ("metrics.val_at_threshold", OPTIONAL, _DICT),
     *((f"metrics.val_at_threshold.{k}", OPTIONAL, _PROBABILITY) for k in ("precision", "recall", "signal_rate")),
     ("walk_forward", OPTIONAL, _DICT),  # I: walk-forward refits only
@@ -400,6 +403,8 @@ def build_card(cfg: TrainConfig, prep: Prepared | PooledPrepared, model: Transfo
         "output": "logit of P(upper barrier touched first); probability = sigmoid(logit)",
         "features": prep.spec.to_dict(),
         "feature_names": prep.names,
+        # the data columns behind each feature: a feature fed by a column other than OHLCV is visible
+        "feature_sources": {k: list(v) for k, v in prep.spec.sources().items()},
         "seq_len": cfg.seq_len,
         "warmup": prep.spec.warmup + cfg.seq_len - 1,
         "normalisation": prep.card_normalisation(),

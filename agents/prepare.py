@@ -68,6 +68,10 @@ class Prepared:
         """Normalised features at each labelled bar of ``which`` (what adversarial validation compares)."""
         return self.x[self._ends(which)]
 
+    def last_rows(self, which: str) -> np.ndarray:
+        """Normalised features of each window's last bar, in ``dataset(which)``'s order (the linear baseline)."""
+        return self.x[self._ends(which)]
+
     @property
     def n_rows(self) -> int:
         """Feature rows held in memory (the trainer's memory estimate)."""
@@ -212,6 +216,17 @@ class PooledPrepared:
         ids = np.sort(shuffled_ids(len(ds), seed, 0, min(len(ds), max_rows)))
         x, _ = ds.batch(ids)
         return x[:, -1, :].numpy()
+
+    def last_rows(self, which: str) -> np.ndarray:
+        """Normalised features of each window's last bar, in ``dataset(which)``'s order (the linear baseline);
+        read in chunks, so memory is the rows, not the windows."""
+        ds = self.dataset(which, self.seq_len)
+        out = np.empty((len(ds), len(self.names)), dtype=np.float32)
+        for lo in range(0, len(ds), 4096):
+            x, _ = ds.batch(np.arange(lo, min(lo + 4096, len(ds))))
+            out[lo : lo + len(x)] = x[:, -1, :].numpy()
+        self.store.release()
+        return out
 
     n_rows = 0  # features stay on disk: nothing of them counts in the trainer's memory estimate
 

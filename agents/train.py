@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         return code
     card = json.loads((ckpt_dir / CARD_FILE).read_text())
+    from .inspect import linear_line
     from .verdict import CAVEAT, verdict
 
     m = card["metrics"]
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
           f"  val {m['best_constant_val_loss']:.4f}")
     print(f"log-loss    val {m['val_logloss']:.4f} (base rate {m['baseline_val_logloss']:.4f})")
     print(f"val AUC     {_fmt(m['val_auc'], '.3f')}   adversarial AUC {_fmt(m['adversarial_auc'], '.3f')} (0.5 = no drift)")
+    print(f"linear      {linear_line(m)}")
+    sources = card.get("feature_sources", {})
+    print("features    " + ", ".join(f"{k} ({', '.join(v)})" for k, v in sources.items()))
     print(f"threshold   {m['threshold']:.4f}  val precision {_fmt(pr['precision'], '.3f')}  recall {_fmt(pr['recall'], '.3f')}"
           f"  signal rate {_fmt(pr['signal_rate'], '.3f')}")
     line = verdict(m)

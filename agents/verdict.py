@@ -2,8 +2,11 @@
 
 The model card lists losses and AUCs; this module says what they add up to. Ranking skill is
 decided by the one-sided Mann-Whitney test of validation ROC AUC > 0.5 (AUC = U / (n_pos * n_neg)),
-normal approximation without ties, at level ``ALPHA``; calibration by comparing the validation
-log-loss with always predicting the training base rate.
+normal approximation without ties, at level ``ALPHA``; skill beyond a linear model by the 95%
+block-bootstrap interval of the AUC difference to the logistic-regression baseline
+(:mod:`agents.baseline`), which must lie above 0; a validation AUC more than ``LOOKAHEAD_MARGIN``
+above the price-and-volume-only baseline, with other data columns in use, is flagged as possible
+look-ahead in those columns.
 
 Caveat: Triple Barrier labels of neighbouring bars share most of their future window, so validation
 events are not independent and the p-value is optimistic (too small); a "no evidence" verdict is
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ALPHA", "CAVEAT", "auc_p_value", "verdict"]
+__all__ = ["ALPHA", "CAVEAT", "LOOKAHEAD_MARGIN", "auc_p_value", "verdict"]
 
 ALPHA = 0.05  # one-sided significance level for "AUC > 0.5"
+# agents.baseline.LOOKAHEAD_MARGIN, repeated: this module imports nothing of numpy (tested equal)
+LOOKAHEAD_MARGIN = 0.10
 CAVEAT = ("overlapping Triple Barrier labels make neighbouring events dependent, "
           "so the p-value is optimistic")
 _TEST = "one-sided Mann-Whitney vs 0.5"
@@ -53,11 +58,14 @@ def _number(x) -> float | None:
 
 
 def verdict(metrics: dict) -> str:
-    """One line: does the validation data show ranking skill (AUC test) and calibration (log-loss
-    vs the base rate)? "no verdict: ..." when the card has no usable validation numbers; never raises.
+    """One line: does the validation data show ranking skill (AUC test), and more than the linear
+    baseline's (bootstrap interval of the AUC difference)? "no verdict: ..." when the card has no
+    usable validation numbers; never raises.
 
     Reads metrics["val_auc"], ["label_balance"]["val_events"] and ["val_positive_rate"],
-    ["val_logloss"] and ["baseline_val_logloss"]. See the module docstring for the caveat.
+    ["linear_baseline"], ["val_logloss"] and ["baseline_val_logloss"]. The log-loss is reported, not
+    judged: focal-loss scores are not calibrated probabilities, so a skilled model can lose to the
+    base rate there. See the module docstring for the caveat.
     """
     m = metrics if isinstance(metrics, dict) else {}
     balance = m.get("label_balance") if isinstance(m.get("label_balance"), dict) else {}
@@ -74,18 +82,39 @@ def verdict(metrics: dict) -> str:
         return f"no verdict: validation AUC unavailable ({m.get('val_auc')!r})"
     p = auc_p_value(auc, n_pos, n_neg)
     ranks = p < ALPHA
-    auc_text = f"validation AUC {auc:.3f} ({_p_text(p)}, {_TEST}, {events} events)"
+    parts = [f"validation AUC {auc:.3f} ({_p_text(p)}, {_TEST}, {events} events)"]
+
+    lin = m.get("linear_baseline") if isinstance(m.get("linear_baseline"), dict) else {}
+    lin_auc = _number(lin.get("val_auc"))
+    d = lin.get("auc_difference") if isinstance(lin.get("auc_difference"), dict) else {}
+    diff, low, high = _number(d.get("value")), _number(d.get("low")), _number(d.get("high"))
+    beats = None
+    if lin_auc is None or None in (diff, low, high):
+        parts.append("linear baseline not recorded")
+    else:
+        beats = low > 0
+        level = _number(d.get("level")) or 0.95
+        parts.append(f"linear baseline AUC {lin_auc:.3f}, difference {diff:+.3f} ({level:.0%} CI {low:+.3f}.."
+                     f"{high:+.3f}, block bootstrap): {'beats it' if beats else 'does not beat it'}")
 
     logloss, base = _number(m.get("val_logloss")), _number(m.get("baseline_val_logloss"))
-    if logloss is None or base is None:
-        calibration, calibrated = "log-loss not recorded", True
-    else:
-        relation = "better than" if logloss < base else "no better than" if logloss == base else "worse than"
-        calibration, calibrated = f"log-loss {logloss:.3f} {relation} the base rate's {base:.3f}", logloss < base
-    if not ranks:
+    if logloss is not None and base is not None:
+        parts.append(f"log-loss {logloss:.3f} vs the base rate's {base:.3f} (not judged: focal scores are "
+                     "not calibrated)")
+
+    pv = lin.get("price_volume") if isinstance(lin.get("price_volume"), dict) else {}
+    pv_auc = _number(pv.get("val_auc"))
+    others = [str(c) for c in pv.get("other_columns", []) if isinstance(c, str)] if isinstance(
+        pv.get("other_columns"), list) else []
+    if pv_auc is not None and others and auc - pv_auc > LOOKAHEAD_MARGIN:
+        head = (f"CHECK FOR LOOK-AHEAD in your data columns ({', '.join(others)}): validation AUC {auc:.3f} is "
+                f"{auc - pv_auc:.2f} above a linear model on price and volume alone ({pv_auc:.3f})")
+    elif not ranks:
         head = "no evidence of skill"
-    elif calibrated:
+    elif beats is None:
         head = "evidence of ranking skill"
+    elif beats:
+        head = "evidence of skill beyond a linear model"
     else:
-        head = "ranks better than chance but miscalibrated"
-    return f"{head}: {auc_text}; {calibration}"
+        head = "ranks better than chance, but no better than a linear model on the last bar's features"
+    return f"{head}: {'; '.join(parts)}"

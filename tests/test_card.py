@@ -16,6 +16,7 @@ import pytest
 
 from agents.metadata import MAX_SEQ_LEN, METADATA_KEY, AgentFileError
 from agents.runtime import OnnxAgent
+from agents import verdict as verdict_module
 from agents.verdict import ALPHA, auc_p_value, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +226,8 @@ def test_shipped_agent_loads_and_its_verdict_is_no_evidence_of_skill():
     metrics = OnnxAgent.load(SHIPPED).meta["metrics"]
     assert verdict(metrics) == (
         "no evidence of skill: validation AUC 0.511 (p=0.30, one-sided Mann-Whitney vs 0.5, 778 events); "
-        "log-loss 0.731 worse than the base rate's 0.696"
+        "linear baseline not recorded; log-loss 0.731 vs the base rate's 0.696 (not judged: focal scores are "
+        "not calibrated)"
     )
     done = _inspect(SHIPPED)
     assert done.returncode == 0, done.stderr
@@ -269,36 +271,74 @@ def test_auc_p_value_rejects_bad_input(args):
         auc_p_value(*args)
 
 
-def _metrics(auc, events, rate, logloss=None, base=None):
+def _metrics(auc, events, rate, logloss=None, base=None, linear=None):
     m = {"val_auc": auc, "label_balance": {"val_events": events, "val_positive_rate": rate}}
     if logloss is not None:
         m.update(val_logloss=logloss, baseline_val_logloss=base)
+    if linear is not None:
+        m["linear_baseline"] = linear
     return m
+
+
+def _linear(auc, diff, low, high, pv=None):
+    return {"val_auc": auc, "auc_difference": {"value": diff, "low": low, "high": high, "level": 0.95}, "price_volume": pv}
+
+
+_P56 = "validation AUC 0.560 (p=0.0017, one-sided Mann-Whitney vs 0.5, 800 events)"  # 400 + 400 events
 
 
 @pytest.mark.parametrize("metrics, expected", [
     # 400 + 400 events, AUC 0.56: z = 0.06*160000 / sqrt(160000*801/12) = 2.937, p = 0.0017
-    (_metrics(0.56, 800, 0.5, 0.680, 0.693),
-     "evidence of ranking skill: validation AUC 0.560 (p=0.0017, one-sided Mann-Whitney vs 0.5, 800 events); "
-     "log-loss 0.680 better than the base rate's 0.693"),
+    (_metrics(0.56, 800, 0.5, 0.680, 0.693, _linear(0.52, 0.04, 0.01, 0.07)),
+     f"evidence of skill beyond a linear model: {_P56}; linear baseline AUC 0.520, difference +0.040 (95% CI "
+     "+0.010..+0.070, block bootstrap): beats it; log-loss 0.680 vs the base rate's 0.693 (not judged: focal "
+     "scores are not calibrated)"),
+    # significant against 0.5, but the interval of the difference to the linear model holds 0
+    (_metrics(0.56, 800, 0.5, 0.731, 0.696, _linear(0.556, 0.004, -0.03, 0.04)),
+     f"ranks better than chance, but no better than a linear model on the last bar's features: {_P56}; "
+     "linear baseline AUC 0.556, difference +0.004 (95% CI -0.030..+0.040, block bootstrap): does not beat it; "
+     "log-loss 0.731 vs the base rate's 0.696 (not judged: focal scores are not calibrated)"),
+    # a log-loss worse than the base rate's no longer decides anything
     (_metrics(0.56, 800, 0.5, 0.731, 0.696),
-     "ranks better than chance but miscalibrated: validation AUC 0.560 (p=0.0017, one-sided Mann-Whitney vs 0.5, "
-     "800 events); log-loss 0.731 worse than the base rate's 0.696"),
-    (_metrics(0.51, 778, 458 / 778, 0.731, 0.696),
-     "no evidence of skill: validation AUC 0.510 (p=0.32, one-sided Mann-Whitney vs 0.5, 778 events); "
-     "log-loss 0.731 worse than the base rate's 0.696"),
-    (_metrics(0.51, 778, 458 / 778, 0.690, 0.696),
-     "no evidence of skill: validation AUC 0.510 (p=0.32, one-sided Mann-Whitney vs 0.5, 778 events); "
-     "log-loss 0.690 better than the base rate's 0.696"),
+     f"evidence of ranking skill: {_P56}; linear baseline not recorded; log-loss 0.731 vs the base rate's 0.696 "
+     "(not judged: focal scores are not calibrated)"),
+    (_metrics(0.51, 778, 458 / 778, None, None, _linear(0.5, 0.01, -0.05, 0.07)),
+     "no evidence of skill: validation AUC 0.510 (p=0.32, one-sided Mann-Whitney vs 0.5, 778 events); linear "
+     "baseline AUC 0.500, difference +0.010 (95% CI -0.050..+0.070, block bootstrap): does not beat it"),
     (_metrics(0.65, 800, 0.5),
      "evidence of ranking skill: validation AUC 0.650 (p<0.0001, one-sided Mann-Whitney vs 0.5, 800 events); "
-     "log-loss not recorded"),
-    (_metrics(0.45, 800, 0.5, 0.70, 0.70),
+     "linear baseline not recorded"),
+    (_metrics(0.45, 800, 0.5),
      "no evidence of skill: validation AUC 0.450 (p=0.99, one-sided Mann-Whitney vs 0.5, 800 events); "
-     "log-loss 0.700 no better than the base rate's 0.700"),
+     "linear baseline not recorded"),
+    # book columns that encode the future: far above what price and volume alone give
+    (_metrics(0.743, 800, 0.5, None, None, _linear(0.74, 0.003, -0.02, 0.03,
+                                                    {"other_columns": ["ask_size", "bid_size"], "val_auc": 0.51})),
+     "CHECK FOR LOOK-AHEAD in your data columns (ask_size, bid_size): validation AUC 0.743 is 0.23 above a linear "
+     "model on price and volume alone (0.510): validation AUC 0.743 (p<0.0001, one-sided Mann-Whitney vs 0.5, "
+     "800 events); linear baseline AUC 0.740, difference +0.003 (95% CI -0.020..+0.030, block bootstrap): "
+     "does not beat it"),
+    # 0.10 above is the margin: 0.09 is not flagged
+    (_metrics(0.60, 800, 0.5, None, None, _linear(0.59, 0.01, -0.02, 0.04, {"other_columns": ["bid_size"],
+                                                                          "val_auc": 0.51})),
+     "ranks better than chance, but no better than a linear model on the last bar's features: validation AUC "
+     "0.600 (p<0.0001, one-sided Mann-Whitney vs 0.5, 800 events); linear baseline AUC 0.590, difference +0.010 "
+     "(95% CI -0.020..+0.040, block bootstrap): does not beat it"),
 ])
 def test_verdict_outcomes(metrics, expected):
     assert verdict(metrics) == expected
+
+
+def test_verdict_never_raises_on_crafted_baseline_fields():
+    for lin in ("x", [], {"val_auc": "high"}, {"val_auc": 0.5, "auc_difference": {"value": "a"}},
+                {"price_volume": {"other_columns": "bid", "val_auc": 0.1}}):
+        assert verdict(_metrics(0.6, 800, 0.5, None, None, lin)).startswith("evidence of ranking skill")
+
+
+def test_the_verdict_repeats_the_baseline_module_margin():
+    from agents import baseline
+
+    assert verdict_module.LOOKAHEAD_MARGIN == baseline.LOOKAHEAD_MARGIN
 
 
 def test_verdict_boundary_is_the_stated_level():

@@ -76,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--trials", type=int, default=d.trials, help="trials per fold, in total over all workers")
     g.add_argument("--timeout", type=float, default=None, help="seconds of search per fold (and process); then the fold is finalised with the trials it has")
     g.add_argument("--objective", type=_choice("objective", tuple(OBJECTIVES)), default=d.objective,
-                   help="val_loss: validation focal loss / no-skill loss (minimised); val_auc: validation AUC; "
+                   help="val_loss: validation focal loss / that of the best constant prediction under the trial's own "
+                   "loss (minimised; 1 = no skill); val_auc: validation AUC; "
                    "val_sharpe: Sharpe of a backtest on the validation block")
     g.add_argument("--search", type=_search_arg, default=d.search, metavar="GROUPS",
                    help="comma list of: model (d_model, layers, heads, dropout, lr, seq_len, focal alpha/gamma), "

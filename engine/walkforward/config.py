@@ -14,7 +14,7 @@ from agents.config import TrainConfig, field_defaults
 from engine.walkforward import space
 
 OBJECTIVES = {  # name -> optimisation direction
-    "val_loss": "minimize",  # validation focal loss / its no-skill baseline (1 = no skill)
+    "val_loss": "minimize",  # validation focal loss / the best constant prediction's (1 = no skill)
     "val_auc": "maximize",  # validation ROC AUC of the labelled bars
     "val_sharpe": "maximize",  # annualised Sharpe of a backtest on the validation block
 }
