@@ -767,29 +767,36 @@ def _headline_nb(equity, position, pnl, ret, n_trades, years, ppy, rf_bar):
 
 @njit(cache=True, parallel=True)
 def _sweep_nb(open_, high, low, close, signal, atr, thresholds, pts, sls, horizons, size_fracs, cash, commission,
-              slippage, years, ppy, rf_bar):
-    """Every configuration (one row of the parameter arrays) through `_simulate_nb`, in parallel; their headline stats."""
+              slippage, years, ppy, rf_bar, keep_equity):
+    """Every configuration (one row of the parameter arrays) through `_simulate_nb`, in parallel; their headline
+    stats, and their equity curves (n_conf x bars) if ``keep_equity`` (else an empty n_conf x 0 array)."""
     n_conf = len(thresholds)
     n = len(close)
     out = np.empty((n_conf, len(SWEEP_STATS)))
+    curves = np.empty((n_conf, n if keep_equity else 0))
     for c in numba.prange(n_conf):
         res = _simulate_nb(open_, high, low, close, signal, atr, thresholds[c], pts[c], sls[c], horizons[c],
                            size_fracs[c], cash, commission, slippage, 0, n)
         k = res[0]
         out[c, :] = _headline_nb(res[12], res[13], res[7][:k], res[8][:k], k, years, ppy, rf_bar)
         out[c, len(SWEEP_STATS) - 1] = res[14]
-    return out
+        if keep_equity:
+            curves[c, :] = res[12]
+    return out, curves
 
 
 def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, atr=None, cash: float = 100_000,
           commission: float = 0.0005, slippage: float = 0.0, start=None, end=None, atr_period: int = 14,
-          periods_per_year: float | None = None, risk_free: float = 0.0, defaults: dict | None = None) -> pd.DataFrame:
+          periods_per_year: float | None = None, risk_free: float = 0.0, defaults: dict | None = None,
+          equity: bool = False):
     """The agent strategy on one signal for many parameter sets in one numba call (parallel over them).
 
     ``grid``: parameter name -> values (``threshold``, ``pt``, ``sl``, ``horizon``, ``size_frac``; their
     Cartesian product), or a DataFrame of explicit rows with some of those columns. Parameters not given
     take ``defaults`` or ``simulate``'s defaults. Returns one row per configuration: its parameters and the
     headline numbers ``run_backtest(engine="fast")`` reports for it (``SWEEP_STATS``; NaN where that gives None).
+    ``equity=True``: ``(that frame, equity curves)``, the curves a DataFrame on the period's bars with one column
+    per configuration (8 bytes x bars x configurations: for short periods, e.g. validation blocks).
     """
     import itertools
 
@@ -825,14 +832,17 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, atr=None, cash: 
     sig_p, atr_p = (_on_period(v, df, period) for v in (sig, atr_full))
     years = (period.index[-1] - period.index[0]).total_seconds() / (365.25 * 86_400.0)
     rf_bar = (1.0 + risk_free) ** (1.0 / ppy) - 1.0 if risk_free else 0.0
-    stats = _sweep_nb(*ohlc, sig_p, atr_p, conf["threshold"].astype(np.float64), conf["pt"].astype(np.float64),
-                      conf["sl"].astype(np.float64), conf["horizon"].astype(np.int64),
-                      conf["size_frac"].astype(np.float64), float(cash), float(commission), float(slippage),
-                      float(years), float(ppy), float(rf_bar))
+    stats, curves = _sweep_nb(*ohlc, sig_p, atr_p, conf["threshold"].astype(np.float64),
+                              conf["pt"].astype(np.float64), conf["sl"].astype(np.float64),
+                              conf["horizon"].astype(np.int64), conf["size_frac"].astype(np.float64), float(cash),
+                              float(commission), float(slippage), float(years), float(ppy), float(rf_bar),
+                              bool(equity))
     out = pd.DataFrame({k: conf[k] for k in SWEEP_PARAMS})
     out["horizon"] = out["horizon"].astype(np.int64)
     for j, name in enumerate(SWEEP_STATS):
         out[name] = stats[:, j]
     out["n_trades"] = out["n_trades"].astype(np.int64)
     out["rejected_entries"] = out["rejected_entries"].astype(np.int64)
+    if equity:
+        return out, pd.DataFrame(curves.T, index=period.index, columns=range(len(rows)))
     return out

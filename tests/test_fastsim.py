@@ -282,8 +282,9 @@ def test_sweep_gives_each_configuration_the_numbers_of_its_own_run():
     df = datafeeds.load_ohlcv("sp500")
     sig = pd.Series(np.random.default_rng(3).random(len(df)), index=df.index)
     grid = {"threshold": [0.55, 0.7, 0.9], "pt": [1.0, 2.5], "sl": [1.0, 2.0], "horizon": [5, 20], "size_frac": [0.5, 1.0]}
-    res = sweep(df, sig, grid, commission=0.001, slippage=0.0005, start="2005-01-01", risk_free=0.02)
-    assert len(res) == 3 * 2 * 2 * 2 * 2
+    res, curves = sweep(df, sig, grid, commission=0.001, slippage=0.0005, start="2005-01-01", risk_free=0.02,
+                        equity=True)
+    assert len(res) == 3 * 2 * 2 * 2 * 2 and curves.shape == (len(df.loc["2005-01-01":]), len(res))
     assert list(res.columns[:5]) == ["threshold", "pt", "sl", "horizon", "size_frac"]
     assert res["n_trades"].min() > 0 and res["total_return"].nunique() > 40
     for i in (0, 7, 18, 33, 47):
@@ -297,6 +298,7 @@ def test_sweep_gives_each_configuration_the_numbers_of_its_own_run():
                 assert np.isnan(row[name]), (i, name)
             else:
                 assert row[name] == pytest.approx(want, rel=1e-9, abs=1e-12), (i, name)
+        pd.testing.assert_series_equal(curves[i], one.equity, check_names=False, check_freq=False)
 
 
 def test_sweep_takes_explicit_rows_and_refuses_unknown_or_bad_parameters():

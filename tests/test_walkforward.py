@@ -197,6 +197,17 @@ def test_strategy_search_trains_once_and_scores_trial_batches_through_sweep(tmp_
             assert t.value == pytest.approx(bt.stats["sharpe"], rel=1e-9)
             assert t.user_attrs["val_sr"] == pytest.approx(per_bar.mean() / per_bar.std(ddof=1), rel=1e-9)
     assert report["best_value"] == max(t.value for t in trials)
+    # each trial keeps its per-bar validation returns: they give its Sharpe, and the fold's PBO uses them
+    n_val = len(df.loc[first:last])
+    for t in trials:
+        r = np.array(t.user_attrs["val_returns"])
+        assert len(r) == n_val - 1
+        if t.user_attrs["val_sharpe"] is not None:
+            ppy_ = infer_periods_per_year(df.index)
+            assert r.mean() / r.std(ddof=1) * np.sqrt(ppy_) == pytest.approx(t.user_attrs["val_sharpe"], rel=1e-9)
+    assert 0.0 <= report["pbo"]["pbo"] <= 1.0 and report["pbo"]["n_trials"] == 20
+    full = json.loads((out / "report.json").read_text())
+    assert full["pbo"]["per_fold"] == [report["pbo"]["pbo"]]
 
 
 def test_a_failing_sweep_fails_its_batch_instead_of_leaving_it_running(tmp_path, monkeypatch, capsys):

@@ -10,7 +10,11 @@ train and scores it on validation; the best trial is retrained on train+validati
 epoch count, exported to ``<out>/fold<k>.onnx`` and backtested on the fold's test block. The test
 blocks' equity curves, chained, are the out-of-sample result; the report gives how many
 configurations were tried and the Deflated Sharpe Ratio of that result (N = trials of all folds,
-conservative; V = mean within-fold variance of the trials' validation Sharpes). Trials are scored
+conservative; V = mean within-fold variance of the trials' validation Sharpes) and, per fold, the
+Probability of Backtest Overfitting (``engine.overfitting``, CSCV over the completed trials' per-bar
+validation returns). ``--objective val_loss`` divides each trial's validation focal loss by that of the
+best constant prediction for the validation labels under the trial's own loss, so that searching
+focal alpha/gamma cannot win by recalibration (1 = no skill). Trials are scored
 with the fast simulator (``engine.fastsim``, parity-tested against backtrader trade for trade); the
 test blocks use ``--engine`` (default backtrader, the reference). With ``--search strategy`` alone
 every trial trades the same model, so each fold's model is trained once per process and the trials

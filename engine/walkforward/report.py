@@ -18,6 +18,7 @@ from datafeeds import write_atomic
 from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
 from engine.jsonable import jsonable
 from engine.metrics import compute_stats, drawdown
+from engine.overfitting import probability_of_backtest_overfitting
 from engine.plotting import auto_log_scale
 from engine.walkforward.console import fmt
 
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # Parameter importances (optuna's fANOVA) are drawn only from this many completed trials of a fold on:
 # a random forest fitted to a handful of points ranks parameters by noise, and a bar chart would look sure.
 MIN_TRIALS_FOR_IMPORTANCE = 10
+PBO_MIN_BLOCK = 10  # validation bars per CSCV block at least (up to 16 blocks)
 
 
 def stitch_equity(curves: list[pd.Series], cash: float) -> pd.Series:
@@ -74,6 +76,33 @@ def deflated_sharpe(equity: pd.Series, results: list[dict], n_configs: int) -> d
     dsr["note"] = ("N = all trials of all folds (complete + pruned): conservative, as each fold selects only "
                    "among its own trials; V as in var_method; SR, skew, kurtosis of the stitched test returns")
     return dsr
+
+
+def fold_pbo(trials) -> dict:
+    """The Probability of Backtest Overfitting of a fold's selection (CSCV over its completed trials'
+    per-bar validation returns), or ``{"pbo": None, "why": ...}`` where it cannot be computed."""
+    rows = [t.user_attrs.get("val_returns") for t in trials]
+    rows = [r for r in rows if isinstance(r, list)]
+    if len(rows) < 2:
+        return {"pbo": None, "why": f"{len(rows)} completed trial(s) with validation returns; needs >= 2"}
+    if len({len(r) for r in rows}) != 1:
+        return {"pbo": None, "why": "trials' validation returns differ in length"}
+    n_periods = len(rows[0])
+    n_blocks = min(16, n_periods // PBO_MIN_BLOCK) // 2 * 2
+    if n_blocks < 2:
+        return {"pbo": None, "why": f"{n_periods} validation bars: needs >= {2 * PBO_MIN_BLOCK} for 2 blocks"}
+    return probability_of_backtest_overfitting(np.array(rows, dtype=np.float64).T, n_blocks)
+
+
+def pbo_summary(results: list[dict]) -> dict:
+    """Per-fold PBO and their mean (the report's entry beside the Deflated Sharpe Ratio)."""
+    per_fold = [r.get("pbo", {}).get("pbo") if isinstance(r.get("pbo"), dict) else None for r in results]
+    known = [v for v in per_fold if v is not None]
+    return {"per_fold": per_fold, "mean": float(np.mean(known)) if known else None,
+            "note": "CSCV over each fold's completed trials (pruned trials have no validation backtest); "
+                    "~0.5 = the selection is luck, ~0 = the chosen configuration is really better",
+            "method": next((r["pbo"]["method"] for r in results if isinstance(r.get("pbo"), dict)
+                            and r["pbo"].get("method")), None)}
 
 
 def plot_study(study: optuna.Study, out: Path, k: int, save) -> dict:
@@ -165,10 +194,19 @@ def summary_lines(report: dict) -> list[str]:
         f"deflated Sharpe ratio: {fmt(d['dsr'], '.3f')}  (per-bar SR {fmt(d['sharpe'])} vs SR0 {fmt(d['sr0'])} "
         f"expected from the best of {d['n_trials']} skill-less trials, V {d['var_trial_sharpe']:.2e} within-fold; "
         "0.95+ = unlikely to be search luck)",
+        _pbo_line(report.get("pbo")),
         f"new trials this run: {report['new_trials_this_run']}",
         f"wrote {report['files']['report']} and {report['files']['stitched_equity_png']}",
     ]
     return lines
+
+
+def _pbo_line(pbo: dict | None) -> str:
+    if not isinstance(pbo, dict) or pbo.get("mean") is None:
+        return "probability of backtest overfitting: n/a (fewer than 2 completed trials or validation bars too few)"
+    folds = ", ".join(f"fold {k} {fmt(v, '.2f')}" for k, v in enumerate(pbo["per_fold"]))
+    return (f"probability of backtest overfitting (CSCV): {pbo['mean']:.2f} mean over folds ({folds}); "
+            "0.5 = selection by luck, 0 = a really better configuration")
 
 
 # ------------------------------------------------------------------------------------ the files

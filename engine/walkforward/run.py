@@ -43,8 +43,8 @@ from engine.walkforward import space
 from engine.walkforward.config import VALIDATION_ENGINE, WalkForwardConfig
 from engine.walkforward.space import Execution
 from engine.walkforward.console import Progress, check_stop, format_params, pruned_line, stop_on_interrupt, trial_line
-from engine.walkforward.report import (deflated_sharpe, plot_stitched, plot_study, save_figure, stitched_result,
-                                       write_csv, write_json)
+from engine.walkforward.report import (deflated_sharpe, fold_pbo, pbo_summary, plot_stitched, plot_study,
+                                       save_figure, stitched_result, write_csv, write_json)
 from engine.walkforward.search import (FINISHED, LIVE, StopWhenFull, SurplusTrial, TrialSeededTPE, check_not_surplus,
                                        fail_interrupted)
 from engine.walkforward.storage import (fail_stale, fold_result, holds_claim, keep_alive, open_storage,
@@ -334,7 +334,8 @@ def _record_trial(ctx: _Context, fold: Fold, trial, fitted: _FittedTrial, thresh
     cfg = ctx.cfg
     scores = {"val_loss": fitted.val_loss, "val_auc": fitted.val_auc, "val_sharpe": val["sharpe"]}
     for key, value in {**scores, "best_epoch": fitted.best_epoch, "threshold": threshold, "val_sr": val["sr"],
-                       "val_return": val["total_return"], "val_trades": val["n_trades"], "seconds": seconds}.items():
+                       "val_return": val["total_return"], "val_trades": val["n_trades"], "seconds": seconds,
+                       "val_returns": val["returns"]}.items():  # per bar, for the PBO of the fold's selection
         trial.set_user_attr(key, value)
     value = scores[cfg.objective]
     if value is None:  # AUC with one class, Sharpe of a flat curve: score as no skill
@@ -373,8 +374,9 @@ def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) 
                       start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
                       signal=fitted.val_signal, periods_per_year=ctx.ppy, benchmark=False,
                       engine=VALIDATION_ENGINE, **execution.strategy_params(fitted.tcfg, threshold))
-    return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(bt.equity.pct_change().dropna()),
-            "total_return": bt.stats["total_return"], "n_trades": int(bt.stats["n_trades"])}
+    returns = bt.equity.pct_change().dropna()
+    return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(returns), "total_return": bt.stats["total_return"],
+            "n_trades": int(bt.stats["n_trades"]), "returns": returns.tolist()}
 
 
 # ------------------------------------------------------------------------------------ strategy-only search
@@ -453,15 +455,16 @@ def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _Fitted
     thresholds = [execution.threshold(fitted.train_proba, fitted.base_rate) for _, execution in batch]
     rows = pd.DataFrame([execution.strategy_params(fitted.tcfg, th) for (_, execution), th in zip(batch, thresholds)])
     part = ctx.df.iloc[: fold.val.stop]
-    stats = sweep(part, fitted.val_signal, rows, cash=ctx.cfg.cash, commission=ctx.cfg.commission,
-                  slippage=ctx.cfg.slippage, start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
-                  periods_per_year=ctx.ppy)
+    stats, curves = sweep(part, fitted.val_signal, rows, cash=ctx.cfg.cash, commission=ctx.cfg.commission,
+                          slippage=ctx.cfg.slippage, start=part.index[fold.val.start],
+                          end=part.index[fold.val.stop - 1], periods_per_year=ctx.ppy, equity=True)
     each = (time.perf_counter() - t0) / len(batch)
-    for (trial, _), th, (_, row) in zip(batch, thresholds, stats.iterrows()):
+    for j, ((trial, _), th, (_, row)) in enumerate(zip(batch, thresholds, stats.iterrows())):
         sharpe = None if np.isnan(row["sharpe"]) else float(row["sharpe"])
         # sweep's Sharpe is annualised from the same per-bar returns: / sqrt(ppy) is the per-bar one
         val = {"sharpe": sharpe, "sr": None if sharpe is None else sharpe / float(np.sqrt(ctx.ppy)),
-               "total_return": float(row["total_return"]), "n_trades": int(row["n_trades"])}
+               "total_return": float(row["total_return"]), "n_trades": int(row["n_trades"]),
+               "returns": curves[j].pct_change().dropna().tolist()}
         value = _record_trial(ctx, fold, trial, fitted, th, val, each)
         study.tell(trial, value)
         told.add(trial.number)
@@ -576,6 +579,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
                    "failed": sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                                  if not t.user_attrs.get("surplus"))},
         "trial_val_sr": [t.user_attrs.get("val_sr") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))],
+        "pbo": fold_pbo(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
         "best_trial": best.number, "best_value": best.value, "params": best.params, "best_epoch": best_epoch,
         "execution": execution.strategy_params(tcfg, agent.threshold),
         "stats": bt.stats, "benchmark_stats": bt.benchmark_stats,
@@ -616,6 +620,7 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
                   | {"this_run": status.get(r["fold"], "")} for r in results],
         "stitched": {"stats": stats, "benchmark_stats": bench_stats},
         "deflated_sharpe": dsr,
+        "pbo": pbo_summary(results),
         "new_trials_this_run": sum(
             1 for f in ctx.folds for t in optuna.load_study(study_name=f"{cfg.study_name}_fold{f.fold}",
                                                             storage=ctx.storage).get_trials(deepcopy=False, states=FINISHED)
