@@ -98,6 +98,10 @@ class TrainConfig:
     atr_period: int = 14
     focal_alpha: float | None = 0.25  # weight of positives; None = unweighted
     focal_gamma: float = 2.0
+    # per-label loss weight: "uniqueness" = the label's average uniqueness (AFML ch. 4; mean 1 over the
+    # training labels), so a cluster of overlapping Triple Barrier labels counts as the few independent
+    # ones it is rather than as many; "none" = every label 1 (the losses the models before it used)
+    sample_weights: str = "uniqueness"  # uniqueness | none
     threshold: float | None = None  # None: chosen from training predictions
     # universes: normalisation statistics from the pooled training bars of all instruments (one set,
     # so the agent can trade any instrument) or from each instrument's own (per-symbol: comparable
@@ -130,6 +134,8 @@ class TrainConfig:
             raise ValueError(f"--focal-alpha must be in [0, 1] (or negative for none), got {self.focal_alpha}")
         if not (self.focal_gamma >= 0 and math.isfinite(self.focal_gamma)):
             raise ValueError(f"--focal-gamma must be >= 0, got {self.focal_gamma}")
+        if self.sample_weights not in ("uniqueness", "none"):
+            raise ValueError(f"--sample-weights must be uniqueness or none, got {self.sample_weights!r}")
         if self.normalise not in ("pooled", "per-symbol"):
             raise ValueError(f"--normalise must be pooled or per-symbol, got {self.normalise!r}")
         if self.profile not in ("auto", "beast", "safe"):

@@ -112,6 +112,18 @@ def loss_of(loss_fn, logits: np.ndarray, y: np.ndarray) -> float:
     return float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y.astype(np.float64))))
 
 
+def weights_summary(cfg: TrainConfig, prep) -> dict:
+    """What the card records of the sample weights: the scheme and the training labels' uniqueness."""
+    u = np.asarray(prep.weights("train"), dtype=np.float64)
+    q = np.quantile(u, [0.0, 0.5, 1.0]) if len(u) else [None] * 3
+    return {"scheme": cfg.sample_weights,
+            "uniqueness": {"min": q[0], "median": q[1], "max": q[2], "mean": float(u.mean()) if len(u) else None},
+            # sum of uniqueness: how many independent labels the overlapping ones are worth
+            "effective_train_events": float(u.sum()), "train_events": int(len(u)),
+            "note": ("loss weight = uniqueness / its mean over the training labels" if cfg.sample_weights == "uniqueness"
+                     else "every label weighs 1; the uniqueness is recorded for reference")}
+
+
 def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
     """Metrics stored in the agent card: every loss next to its no-skill baseline."""
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
@@ -144,6 +156,7 @@ def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epo
         "val_auc": roc_auc(y_va, z_va),
         "train_auc": roc_auc(y_tr, z_tr),
         "linear_baseline": baseline,
+        "sample_weights": weights_summary(cfg, prep),
         "threshold": threshold,
         "threshold_rule": "given" if cfg.threshold is not None else "train signal rate = train base rate",
         "val_at_threshold": precision_recall(y_va, p_va, threshold),

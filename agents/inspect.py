@@ -47,6 +47,19 @@ def linear_line(metrics: dict) -> str:
     return text
 
 
+def weights_line(metrics: dict) -> str:
+    """The sample weights' scheme and the training labels' uniqueness (also used by agents.train)."""
+    w = metrics.get("sample_weights")
+    if not isinstance(w, dict) or not isinstance(w.get("uniqueness"), dict):
+        return "not recorded (every label weighed 1)"
+    u = w["uniqueness"]
+    eff, n = w.get("effective_train_events"), w.get("train_events")
+    worth = f"; {n} training labels worth ~{eff:.0f} independent ones" if isinstance(eff, (int, float)) and \
+        isinstance(n, int) else ""
+    return (f"{w.get('scheme')}: label uniqueness mean {_num(u.get('mean'), '.3f')} (min {_num(u.get('min'), '.3f')}, "
+            f"max {_num(u.get('max'), '.3f')}){worth}")
+
+
 def model_card(agent: OnnxAgent) -> str:
     """A human-readable summary of what the agent is, what it saw, and how well it did."""
     m, ds, meta = agent.meta["metrics"], agent.meta["dataset"], agent.meta
@@ -77,6 +90,7 @@ def model_card(agent: OnnxAgent) -> str:
         f" {_num(pr.get('precision'), '.3f')}, recall {_num(pr.get('recall'), '.3f')}, signal rate {_num(pr.get('signal_rate'), '.3f')}",
         f"verdict     {judged}",
         *([] if judged.startswith("no verdict") else [f"            ({CAVEAT})"]),
+        f"weights     {weights_line(m)}",
         f"training    {m.get('epochs_run')} epochs, best {m.get('best_epoch')}",
         f"command     {meta['training_command']}",
     ]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from datafeeds import is_universe, load_ohlcv
-from labeling import calendar_cut, events_within, purged_train_val_split, triple_barrier_labels
+from labeling import average_uniqueness, calendar_cut, events_within, purged_train_val_split, triple_barrier_labels
 
 from .config import TrainConfig
 from .features import FeatureSpec, compute_features
@@ -40,6 +40,7 @@ class Prepared:
 
     x: np.ndarray  # (N, F) float32, normalised with training statistics
     y: np.ndarray  # (N,) float32, NaN where a bar has no label
+    uniqueness: np.ndarray  # (N,) float64: the label's average uniqueness (labeling.average_uniqueness), NaN without one
     names: list[str]
     spec: FeatureSpec
     mean: np.ndarray
@@ -67,6 +68,10 @@ class Prepared:
     def rows(self, which: str) -> np.ndarray:
         """Normalised features at each labelled bar of ``which`` (what adversarial validation compares)."""
         return self.x[self._ends(which)]
+
+    def weights(self, which: str) -> np.ndarray:
+        """Average uniqueness of each label of ``dataset(which)``, in its order (float64)."""
+        return self.uniqueness[self._ends(which)]
 
     def last_rows(self, which: str) -> np.ndarray:
         """Normalised features of each window's last bar, in ``dataset(which)``'s order (the linear baseline)."""
@@ -109,6 +114,7 @@ def prepare(cfg: TrainConfig) -> Prepared | PooledPrepared:
     fit_df = df.iloc[:cut]
     pos, t1, x, names, spec, y = _featurise_and_label(cfg, fit_df, what="bars before the holdout")
     train_ends, val_ends = purged_train_val_split(pos, t1, cfg.val_fraction, purge=cfg.horizon)
+    u = _uniqueness(pos, t1, len(fit_df))
     for name, ends in (("training", train_ends), ("validation", val_ends)):
         classes = np.unique(y[ends])
         if classes.size < 2:
@@ -116,7 +122,7 @@ def prepare(cfg: TrainConfig) -> Prepared | PooledPrepared:
                 f"{cfg.data}: every {name} label is {int(classes[0])} with --pt {cfg.pt} --sl {cfg.sl} "
                 f"--horizon {cfg.horizon}; nothing to learn: use barriers the price can reach"
             )
-    return _assemble(cfg, fit_df, x, names, spec, y, train_ends, val_ends,
+    return _assemble(cfg, fit_df, x, names, spec, y, u, train_ends, val_ends,
                      holdout_start=df.index[cut] if cut < len(df) else None)
 
 
@@ -132,7 +138,7 @@ def prepare_segments(cfg: TrainConfig, df: pd.DataFrame, train: range, val: rang
         raise ValueError(f"no labelled training window inside bars {train.start}..{train.stop - 1}; use longer segments")
     if val is not None and val_ends.size == 0:
         raise ValueError(f"no labelled validation window inside bars {val.start}..{val.stop - 1}; use longer segments")
-    return _assemble(cfg, part, x, names, spec, y, train_ends, val_ends,
+    return _assemble(cfg, part, x, names, spec, y, _uniqueness(pos, t1, len(part)), train_ends, val_ends,
                      holdout_start=df.index[stop] if stop < len(df) else None)
 
 
@@ -157,14 +163,21 @@ def _featurise_and_label(cfg: TrainConfig, df: pd.DataFrame, *, what: str):
     return pos[usable], t1[usable], x, names, spec, y
 
 
-def _assemble(cfg, df, x, names, spec, y, train_ends, val_ends, *, holdout_start) -> Prepared:
+def _uniqueness(pos: np.ndarray, t1: np.ndarray, n_bars: int) -> np.ndarray:
+    """Per bar: the average uniqueness of the label that starts there (NaN where none starts)."""
+    u = np.full(n_bars, np.nan)
+    u[pos] = average_uniqueness(pos, t1, n_bars)
+    return u
+
+
+def _assemble(cfg, df, x, names, spec, y, uniqueness, train_ends, val_ends, *, holdout_start) -> Prepared:
     # normalisation from the bars the training windows cover, never from validation
     lo, hi = int(train_ends.min()) - cfg.seq_len + 1, int(train_ends.max()) + 1
     mean = np.nanmean(x[lo:hi].astype(np.float64), axis=0)
     std = np.nanstd(x[lo:hi].astype(np.float64), axis=0)
     std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. zero volume) stays 0, not NaN
     return Prepared(
-        x=((x - mean) / std).astype(np.float32), y=y, names=names, spec=spec, mean=mean, std=std,
+        x=((x - mean) / std).astype(np.float32), y=y, uniqueness=uniqueness, names=names, spec=spec, mean=mean, std=std,
         train_ends=train_ends, val_ends=val_ends, index=df.index, holdout_start=holdout_start,
         source=str(df.attrs.get("source", cfg.data)), sha256=str(df.attrs.get("sha256", "")),
     )
@@ -204,6 +217,20 @@ class PooledPrepared:
         """Targets of ``dataset(which)`` in its order (float64; O(windows): for metrics, not training)."""
         st = self.store
         parts = [np.asarray(st.labels(st.symbols[i])[lo:hi], dtype=np.float64) for i, lo, hi in self.ranges[which]]
+        st.release()
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    def weights(self, which: str) -> np.ndarray:
+        """Average uniqueness of each label of ``dataset(which)`` in its order (float64), concurrency
+        counted among each instrument's own labels."""
+        st = self.store
+        parts = []
+        for i, lo, hi in self.ranges[which]:
+            t1 = np.asarray(st.t1(st.symbols[i]), dtype=np.int64)
+            pos = np.flatnonzero(t1 >= 0)
+            u = np.full(len(t1), np.nan)
+            u[pos] = average_uniqueness(pos, t1[pos], len(t1))
+            parts.append(u[lo:hi])
         st.release()
         return np.concatenate(parts) if parts else np.empty(0)
 

@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="last fraction of labelled events used for validation")
     g.add_argument("--focal-alpha", type=float, default=d.focal_alpha, help="focal loss weight of positives; negative = none")
     g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help="focal loss focusing parameter (0 = cross-entropy)")
+    g.add_argument("--sample-weights", default=d.sample_weights, choices=["uniqueness", "none"],
+                   help="loss weight per label: uniqueness = its average uniqueness among overlapping Triple "
+                   "Barrier labels (AFML ch. 4), so clusters of overlapping labels count as the few independent "
+                   "ones they are; none = 1 each")
     g.add_argument("--threshold", type=float, default=None, help="signal threshold stored in the agent; None = the training-set quantile that signals as often as positives occur")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of weights, shuffling and dropout")
     g = p.add_argument_group("hardware and output")
@@ -107,7 +111,7 @@ def config_dict(args: argparse.Namespace) -> dict:
         lr=args.lr, val_fraction=args.val_fraction, seed=args.seed, pt=args.pt, sl=args.sl,
         horizon=args.horizon, focal_alpha=None if args.focal_alpha is not None and args.focal_alpha < 0 else args.focal_alpha,
         focal_gamma=args.focal_gamma, threshold=args.threshold, normalise=args.normalise, profile=args.profile,
-        gpu=args.gpu, feed=args.feed, compile=args.compile,
+        gpu=args.gpu, feed=args.feed, compile=args.compile, sample_weights=args.sample_weights,
     )
 
 
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         return code
     card = json.loads((ckpt_dir / CARD_FILE).read_text())
-    from .inspect import linear_line
+    from .inspect import linear_line, weights_line
     from .verdict import CAVEAT, verdict
 
     m = card["metrics"]
@@ -186,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"log-loss    val {m['val_logloss']:.4f} (base rate {m['baseline_val_logloss']:.4f})")
     print(f"val AUC     {_fmt(m['val_auc'], '.3f')}   adversarial AUC {_fmt(m['adversarial_auc'], '.3f')} (0.5 = no drift)")
     print(f"linear      {linear_line(m)}")
+    print(f"weights     {weights_line(m)}")
     sources = card.get("feature_sources", {})
     print("features    " + ", ".join(f"{k} ({', '.join(v)})" for k, v in sources.items()))
     print(f"threshold   {m['threshold']:.4f}  val precision {_fmt(pr['precision'], '.3f')}  recall {_fmt(pr['recall'], '.3f')}"

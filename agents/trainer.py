@@ -28,7 +28,7 @@ from .hardware import (
     HardwareError, Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory,
     require_cuda,
 )
-from .losses import FocalLoss
+from .losses import FocalLoss, focal_loss
 from .metadata import build_card
 from .model import TransformerAgent
 from .optim import AdamW
@@ -37,18 +37,28 @@ from .prepare import Prepared, prepare
 log = logging.getLogger(__name__)
 
 
-def epoch_batches(ds, resident, feed: str, batch_size: int, seed: int, epoch: int, device):
-    """Shuffled batches for one epoch, on ``device``; the order depends only on (seed, epoch), whatever
-    the feed or device, so a resumed run replays it and every feed trains on the same batches."""
+def epoch_batches(ds, resident, feed: str, batch_size: int, seed: int, epoch: int, device, weights=None):
+    """Shuffled batches (x, y, w) for one epoch, on ``device``; the order depends only on (seed, epoch),
+    whatever the feed or device, so a resumed run replays it and every feed trains on the same batches.
+    ``w`` is ``weights`` (one per window of ``ds``) of the batch's windows, or None without weights."""
+    order = list(epoch_ids(ds, batch_size, seed, epoch))
+    w = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32), device=device)
     if resident is not None:
-        yield from resident.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch)
-        return
-    host = (ds.batch(ids) for ids in epoch_ids(ds, batch_size, seed, epoch))
-    if feed == "prefetch":
-        yield from prefetch(host, device)
+        batches = (resident.batch(ids) for ids in order)
     else:
-        for xb, yb in host:
-            yield xb.to(device), yb.to(device)
+        host = (ds.batch(ids) for ids in order)
+        batches = prefetch(host, device) if feed == "prefetch" else ((xb.to(device), yb.to(device)) for xb, yb in host)
+    for ids, (xb, yb) in zip(order, batches):
+        yield xb, yb, None if w is None else w[torch.as_tensor(ids, device=device)]
+
+
+def training_weights(cfg: TrainConfig, prep) -> np.ndarray | None:
+    """Loss weight of each training window (``--sample-weights``): the label's average uniqueness scaled
+    to mean 1, or None (every label 1)."""
+    if cfg.sample_weights == "none":
+        return None
+    u = np.asarray(prep.weights("train"), dtype=np.float64)
+    return u / u.mean() if len(u) else u
 
 
 def amp_dtype_for(profile: Profile, device: torch.device) -> torch.dtype | None:
@@ -70,11 +80,14 @@ def tf32_matmuls(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def train_step(model, opt, scaler, loss_fn, xb, yb, amp_dtype) -> torch.Tensor:
-    """One optimisation step; returns the (detached) loss."""
+def train_step(model, opt, scaler, loss_fn, xb, yb, amp_dtype, wb=None) -> torch.Tensor:
+    """One optimisation step; returns the (detached) loss, each window's weighted by ``wb`` if given."""
     with torch.autocast(xb.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(xb)
-    loss = loss_fn(logits.float(), yb.float())
+    if wb is None:
+        loss = loss_fn(logits.float(), yb.float())
+    else:  # weights average 1 over the training set, so the loss keeps its scale
+        loss = (focal_loss(logits.float(), yb.float(), loss_fn.alpha, loss_fn.gamma, "none") * wb).mean()
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
@@ -188,6 +201,7 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
         except ValueError:
             val_feed = ResidentWindows(val_ds, device)
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    weights = training_weights(cfg, prep)
     batch_table = None
     if cfg.batch_size is None and ckpt is None and profile.name == "beast" and device.type == "cuda" and len(train_ds):
         def batch_of(b):
@@ -227,8 +241,8 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
             t0, total, count = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0
             bar = tqdm(total=len(train_ds), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="win",
                        disable=None if progress else True, leave=False, file=sys.stderr)
-            for xb, yb in epoch_batches(train_ds, resident, feed, batch_size, cfg.seed, epoch, device):
-                loss = train_step(train_model, opt, scaler, loss_fn, xb, yb, amp_dtype)
+            for xb, yb, wb in epoch_batches(train_ds, resident, feed, batch_size, cfg.seed, epoch, device, weights):
+                loss = train_step(train_model, opt, scaler, loss_fn, xb, yb, amp_dtype, wb)
                 total += loss.double() * len(yb)  # summed on the device: no host sync per step
                 count += len(yb)
                 bar.update(len(yb))

@@ -357,3 +357,28 @@ def test_same_bar_ties_occur_in_eurusd_and_resolve_to_lower():
     assert 0.005 < tie.mean() < 0.02  # about 1% of events
     assert (out["barrier"].to_numpy()[tie] == -1).all() and (out["label"].to_numpy()[tie] == 0).all()
     np.testing.assert_allclose(out["ret"].to_numpy()[tie], (c[tie] - 1.5 * a[tie]) / c[tie] - 1, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ uniqueness weights (AFML ch. 4)
+def test_average_uniqueness_by_hand():
+    from labeling import average_uniqueness
+
+    # bars 0..5; events A = [0, 2], B = [1, 3], C = [4, 5]
+    # concurrency per bar: 1, 2, 2, 1, 1, 1
+    # A: (1 + 1/2 + 1/2) / 3 = 2/3;  B: (1/2 + 1/2 + 1) / 3 = 2/3;  C: (1 + 1) / 2 = 1
+    u = average_uniqueness([0, 1, 4], [2, 3, 5], 6)
+    np.testing.assert_allclose(u, [2 / 3, 2 / 3, 1.0], rtol=0, atol=1e-15)
+    # three identical spans share every bar: a third each
+    np.testing.assert_allclose(average_uniqueness([2, 2, 2], [4, 4, 4], 6), [1 / 3] * 3, atol=1e-15)
+    # a one-bar event inside a long one: bar 3 is shared
+    # long [0, 5]: (1 + 1 + 1 + 1/2 + 1 + 1) / 6 = 11/12; short [3, 3]: 1/2
+    np.testing.assert_allclose(average_uniqueness([0, 3], [5, 3], 6), [11 / 12, 0.5], atol=1e-15)
+
+
+def test_average_uniqueness_refuses_spans_outside_the_bars():
+    from labeling import average_uniqueness
+
+    with pytest.raises(ValueError, match="event 1 spans bars 3..2"):
+        average_uniqueness([0, 3], [1, 2], 5)
+    with pytest.raises(ValueError, match="end < 5"):
+        average_uniqueness([0], [5], 5)

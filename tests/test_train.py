@@ -237,3 +237,49 @@ def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "last.pt: refused" in lines[0], done.stderr
     assert not marker.exists()
+
+
+def test_uniqueness_weights_scale_each_window_loss_and_average_one():
+    import torch
+
+    from agents.losses import FocalLoss, focal_loss
+    from agents.model import ModelConfig, TransformerAgent
+    from agents.optim import AdamW
+    from agents.trainer import train_step
+
+    torch.manual_seed(0)
+    xb, yb = torch.randn(8, 4, 3), torch.tensor([1.0, 0, 1, 0, 1, 1, 0, 0])
+    loss_fn = FocalLoss(alpha=0.25, gamma=2.0)
+
+    def step(wb):
+        torch.manual_seed(1)
+        model = TransformerAgent(ModelConfig(n_features=3, d_model=8, n_heads=2, n_layers=1, seq_len=4, dropout=0.0))
+        with torch.no_grad():
+            per = focal_loss(model(xb), yb, 0.25, 2.0, "none")
+        opt = AdamW(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        return float(train_step(model, opt, scaler, loss_fn, xb, yb, None, wb)), per
+
+    plain, per = step(None)
+    ones, _ = step(torch.ones(8))
+    assert ones == pytest.approx(plain, rel=1e-6) and plain == pytest.approx(float(per.mean()), rel=1e-6)
+    w = torch.tensor([2.0, 0, 0, 0, 0, 0, 0, 6.0])  # only windows 0 and 7 count
+    weighted, _ = step(w)
+    assert weighted == pytest.approx(float((2 * per[0] + 6 * per[7]) / 8), rel=1e-6)
+
+
+def test_training_weights_are_the_labels_uniqueness_scaled_to_mean_one(tiny_agent):
+    from agents.trainer import training_weights
+
+    _, result = tiny_agent
+    cfg, prep = TrainConfig(**TINY), result.prep
+    w = training_weights(cfg, prep)
+    u = prep.weights("train")
+    assert len(w) == len(prep.labels("train")) and w.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, u / u.mean())
+    assert training_weights(dataclasses.replace(cfg, sample_weights="none"), prep) is None
+    # horizon 10: a label spans up to 11 bars, shared with up to 10 neighbours on each side
+    assert 1 / 21 <= u.min() and u.max() <= 1.0
+    card_w = result.card["metrics"]["sample_weights"]
+    assert card_w["scheme"] == "uniqueness" and card_w["train_events"] == len(u)
+    assert card_w["effective_train_events"] == pytest.approx(u.sum())
