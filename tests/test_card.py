@@ -225,13 +225,14 @@ def test_card_without_validation_loads_and_has_no_verdict(tiny_agent, tmp_path):
 def test_shipped_agent_loads_and_its_verdict_is_no_evidence_of_skill():
     metrics = OnnxAgent.load(SHIPPED).meta["metrics"]
     assert verdict(metrics) == (
-        "no evidence of skill: validation AUC 0.511 (p=0.30, one-sided Mann-Whitney vs 0.5, 778 events); "
-        "linear baseline not recorded; log-loss 0.731 vs the base rate's 0.696 (not judged: focal scores are "
-        "not calibrated)"
+        "no evidence of skill: validation AUC 0.488 (p=0.71, one-sided Mann-Whitney vs 0.5, 778 events); "
+        "linear baseline AUC 0.491, difference -0.002 (95% CI -0.104..+0.079, block bootstrap): does not beat it; "
+        "log-loss 0.729 vs the base rate's 0.696 (not judged: focal scores are not calibrated)"
     )
     done = _inspect(SHIPPED)
     assert done.returncode == 0, done.stderr
-    assert "\nverdict     no evidence of skill: validation AUC 0.511 (p=0.30" in done.stdout
+    assert "\nverdict     no evidence of skill: validation AUC 0.488 (p=0.71" in done.stdout
+    assert "\nlinear      validation AUC 0.491, log-loss 0.6921 (logistic regression" in done.stdout
     assert "p-value is optimistic" in done.stdout
 
 
