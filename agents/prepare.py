@@ -15,6 +15,7 @@ holdout). Both offer the trainer the same interface: ``dataset``, ``labels``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -142,6 +143,21 @@ def prepare_segments(cfg: TrainConfig, df: pd.DataFrame, train: range, val: rang
                      holdout_start=df.index[stop] if stop < len(df) else None)
 
 
+def prepare_blocks(cfg: TrainConfig, df: pd.DataFrame, train: Sequence[range]) -> Prepared:
+    """Prepare ``df`` to train on the events lying wholly inside one of the ``train`` blocks (a
+    combinatorial purged split: blocks around test groups); normalisation from the bars of those
+    blocks' windows only; no validation events."""
+    pos, t1, x, names, spec, y = _featurise_and_label(cfg, df, what="bars")
+    train_ends = np.sort(np.concatenate([events_within(pos, t1, r) for r in train] or [np.empty(0, np.int64)]))
+    if train_ends.size == 0:
+        raise ValueError("no labelled training window inside the train blocks; use fewer groups or more bars")
+    rows = np.zeros(len(df), dtype=bool)
+    for r in train:
+        rows[max(0, r.start - cfg.seq_len + 1) : r.stop] = True
+    return _assemble(cfg, df, x, names, spec, y, _uniqueness(pos, t1, len(df)), train_ends,
+                     np.array([], dtype=np.int64), holdout_start=None, norm_rows=rows)
+
+
 def _featurise_and_label(cfg: TrainConfig, df: pd.DataFrame, *, what: str):
     """Features, labels and the label spans of the events that have a full window of features."""
     spec = cfg.feature_spec.pinned(df.columns)
@@ -170,11 +186,16 @@ def _uniqueness(pos: np.ndarray, t1: np.ndarray, n_bars: int) -> np.ndarray:
     return u
 
 
-def _assemble(cfg, df, x, names, spec, y, uniqueness, train_ends, val_ends, *, holdout_start) -> Prepared:
-    # normalisation from the bars the training windows cover, never from validation
-    lo, hi = int(train_ends.min()) - cfg.seq_len + 1, int(train_ends.max()) + 1
-    mean = np.nanmean(x[lo:hi].astype(np.float64), axis=0)
-    std = np.nanstd(x[lo:hi].astype(np.float64), axis=0)
+def _assemble(cfg, df, x, names, spec, y, uniqueness, train_ends, val_ends, *, holdout_start,
+              norm_rows: np.ndarray | None = None) -> Prepared:
+    # normalisation from the bars the training windows cover, never from validation (or test)
+    if norm_rows is None:
+        lo, hi = int(train_ends.min()) - cfg.seq_len + 1, int(train_ends.max()) + 1
+        rows = x[lo:hi].astype(np.float64)
+    else:
+        rows = x[norm_rows].astype(np.float64)
+    mean = np.nanmean(rows, axis=0)
+    std = np.nanstd(rows, axis=0)
     std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. zero volume) stays 0, not NaN
     return Prepared(
         x=((x - mean) / std).astype(np.float32), y=y, uniqueness=uniqueness, names=names, spec=spec, mean=mean, std=std,

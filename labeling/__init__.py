@@ -1,7 +1,8 @@
 """Labels for supervised learning on bars: Wilder ATR, Triple Barrier labels, their uniqueness weights, purged splits."""
 
 from .atr import atr
-from .splits import Fold, calendar_cut, events_within, purged_train_val_split, walk_forward_folds
+from .splits import (CPCVSplit, Fold, calendar_cut, cpcv_paths, cpcv_splits, events_within, purged_train_val_split,
+                     walk_forward_folds)
 from .tbm import TBMConfig, label_spans, triple_barrier_labels
 from .weights import average_uniqueness
 
@@ -16,4 +17,7 @@ __all__ = [
     "walk_forward_folds",
     "events_within",
     "calendar_cut",
+    "CPCVSplit",
+    "cpcv_splits",
+    "cpcv_paths",
 ]

@@ -175,6 +175,69 @@ def walk_forward_folds(
     return folds
 
 
+@dataclass(frozen=True)
+class CPCVSplit:
+    """One combinatorial purged split: its test groups and the train bars left around them."""
+
+    split: int
+    test_groups: tuple[int, ...]
+    test: tuple[range, ...]  # the test groups' bars, in time order
+    train: tuple[range, ...]  # maximal runs of bars that train: outside the test groups, purged, embargoed
+
+
+def cpcv_splits(n_bars: int, n_groups: int, k_test: int, *, purge: int = 0, embargo: int = 0,
+                start: int = 0) -> list[CPCVSplit]:
+    """Combinatorial purged cross-validation (AFML ch. 12) over bars ``start..n_bars-1``.
+
+    The bars form ``n_groups`` contiguous groups of (almost) equal size; each of the C(n_groups, k_test)
+    splits tests on ``k_test`` of them and trains on the rest, less ``purge`` bars before each test
+    group (their labels would reach into it) and ``embargo`` bars after it (their inputs would hold its
+    bars). Events must still lie wholly inside one train run (``events_within``).
+    """
+    from itertools import combinations
+
+    n_bars, start = check_int(n_bars, "n_bars", 0), check_int(start, "start", 0)
+    n_groups, k_test = check_int(n_groups, "n_groups", 2), check_int(k_test, "k_test", 1)
+    purge, embargo = check_int(purge, "purge", 0), check_int(embargo, "embargo", 0)
+    if k_test >= n_groups:
+        raise ValueError(f"k_test must be < n_groups (something must train), got {k_test} of {n_groups}")
+    edges = np.linspace(start, n_bars, n_groups + 1).astype(np.int64)
+    if np.min(np.diff(edges)) < 2:
+        raise ValueError(f"too few bars: {n_bars - start} bars make groups of < 2 bars with n_groups={n_groups}")
+    groups = [range(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    out = []
+    for i, chosen in enumerate(combinations(range(n_groups), k_test)):
+        keep = np.ones(n_bars, dtype=bool)
+        keep[:start] = False
+        for g in chosen:
+            r = groups[g]
+            keep[max(start, r.start - purge) : min(n_bars, r.stop + embargo)] = False
+        train = _runs(keep)
+        if not train:
+            raise ValueError(f"split {i} (test groups {chosen}) has no training bars left after purge {purge} "
+                             f"and embargo {embargo}; use fewer test groups or more bars")
+        out.append(CPCVSplit(i, tuple(chosen), tuple(groups[g] for g in chosen), tuple(train)))
+    return out
+
+
+def cpcv_paths(splits: list[CPCVSplit], n_groups: int) -> list[list[tuple[int, int]]]:
+    """The backtest paths of a CPCV: path j takes each group g from the j-th split (in split order)
+    that tests g; a path is [(group, split), ...] over all groups. C(n_groups - 1, k_test - 1) paths."""
+    by_group: dict[int, list[int]] = {g: [] for g in range(n_groups)}
+    for sp in splits:
+        for g in sp.test_groups:
+            by_group[g].append(sp.split)
+    n_paths = min(len(v) for v in by_group.values())
+    return [[(g, by_group[g][j]) for g in range(n_groups)] for j in range(n_paths)]
+
+
+def _runs(mask: np.ndarray) -> list[range]:
+    """Maximal runs of True in ``mask`` as ranges."""
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    d = np.diff(padded)
+    return [range(int(a), int(b)) for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1))]
+
+
 def calendar_cut(times, fraction_after: float) -> np.int64:
     """The timestamp that leaves the last ``fraction_after`` of all bars of several instruments after it.
 

@@ -187,3 +187,43 @@ def test_calendar_cut_leaves_the_pooled_fraction_after_one_date_for_all():
         calendar_cut([a], 1.0)
     with pytest.raises(ValueError, match="integer timestamp"):
         calendar_cut([a.astype(float)], 0.2)
+
+
+# ------------------------------------------------------------------ combinatorial purged CV (AFML ch. 12)
+def test_cpcv_splits_by_hand():
+    from labeling import cpcv_paths, cpcv_splits
+
+    # 24 bars in 4 groups of 6: [0,6) [6,12) [12,18) [18,24); 2 test groups -> C(4,2) = 6 splits
+    splits = cpcv_splits(24, 4, 2, purge=2, embargo=1)
+    assert [s.test_groups for s in splits] == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    # test groups 1 and 3: train = [0, 6-2) and [12+1, 18-2): purge 2 before each test group, embargo 1 after
+    s = splits[4]
+    assert s.test == (range(6, 12), range(18, 24))
+    assert s.train == (range(0, 4), range(13, 16))
+    # test groups 0 and 1 together: train starts after the embargo, ends at the data
+    assert splits[0].train == (range(13, 24),)
+    # every group is tested in C(3,1) = 3 splits: 3 paths, each covering all 4 groups once
+    paths = cpcv_paths(splits, 4)
+    assert paths == [[(0, 0), (1, 0), (2, 1), (3, 2)], [(0, 1), (1, 3), (2, 3), (3, 4)],
+                     [(0, 2), (1, 4), (2, 5), (3, 5)]]
+
+
+def test_cpcv_never_trains_on_purged_or_test_bars():
+    from labeling import cpcv_splits
+
+    for sp in cpcv_splits(1000, 6, 2, purge=10, embargo=5, start=100):
+        train = {b for r in sp.train for b in r}
+        for t in sp.test:
+            assert not train & set(range(t.start - 10, t.stop + 5))
+        assert min(train) >= 100
+
+
+def test_cpcv_refuses_impossible_geometry():
+    from labeling import cpcv_splits
+
+    with pytest.raises(ValueError, match="k_test must be < n_groups"):
+        cpcv_splits(100, 4, 4)
+    with pytest.raises(ValueError, match="too few bars"):
+        cpcv_splits(7, 4, 1)
+    with pytest.raises(ValueError, match="no training bars left"):
+        cpcv_splits(20, 2, 1, purge=10, embargo=10)

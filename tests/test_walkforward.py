@@ -210,6 +210,40 @@ def test_strategy_search_trains_once_and_scores_trial_batches_through_sweep(tmp_
     assert full["pbo"]["per_fold"] == [report["pbo"]["pbo"]]
 
 
+def test_cpcv_retrains_the_selection_on_every_split_and_reports_its_paths(tmp_path, monkeypatch, capsys):
+    from engine.walkforward import cpcv as wf_cpcv
+
+    seen = []  # (train event bars) of every CPCV training
+    real_fit = wf_cpcv.fit
+
+    def fit(cfg, prep, **kw):
+        seen.append((cfg, prep.train_ends.copy(), len(prep.val_ends)))
+        return real_fit(cfg, prep, **kw)
+
+    monkeypatch.setattr(wf_cpcv, "fit", fit)
+    out = tmp_path / "out"
+    assert wf.main([a for a in STRATEGY_ARGS if a != "--quiet"] + ["--trials", "2", "--study", "cv", "--out", str(out),
+                                                                    "--cpcv", "4,2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    c = report["cpcv"]
+    # C(4,2) = 6 trainings; each group is tested in C(3,1) = 3 splits: 3 paths
+    assert len(seen) == 6 and c["n_splits"] == 6 and c["n_paths"] == 3 and len(c["path_sharpes"]) == 3
+    assert c["params"] == report["folds"][-1]["params"]
+    n = len(load_ohlcv("sp500", start=START, end=END))
+    edges = [n * i // 4 for i in range(5)]  # 4 groups of ~n/4 bars, boundaries rounded down
+    cfg0 = seen[0][0]
+    horizon, embargo = cfg0.horizon, c["embargo"]
+    assert c["purge"] == horizon and embargo >= cfg0.seq_len - 1
+    tested = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    for (cfg, ends, n_val), groups in zip(seen, tested):
+        assert n_val == 0 and cfg.epochs == report["folds"][-1]["best_epoch"]
+        for g in groups:  # no training label starts within horizon before a test group, or in it, or in its embargo
+            lo, hi = edges[g] - horizon, edges[g + 1] + embargo
+            assert not ((ends >= lo) & (ends < hi)).any(), (groups, g)
+    printed = capsys.readouterr().out
+    assert "CPCV of the latest selection (4 groups, 2 tested; 6 trainings, 3 paths): path Sharpe median" in printed
+
+
 def test_a_failing_sweep_fails_its_batch_instead_of_leaving_it_running(tmp_path, monkeypatch, capsys):
     def broken(*a, **kw):
         raise RuntimeError("planted failure in the sweep")
@@ -276,6 +310,7 @@ def test_a_changed_setting_is_refused_on_resume(first_run, capsys):
         (["--objective", "val_los"], "did you mean 'val_loss'?"),
         (["--trails", "3"], "did you mean '--trials'?"),
         (["--scheme", "rollin"], "did you mean 'rolling'?"),
+        (["--cpcv", "six"], "give N,K, e.g. 6,2"),
     ],
 )
 def test_misspelt_names_exit_2_with_one_line_and_a_suggestion(argv, needle, capsys):
@@ -293,6 +328,7 @@ def test_misspelt_names_exit_2_with_one_line_and_a_suggestion(argv, needle, caps
         (["--search", "strategy"], "--objective val_sharpe"),
         (["--storage", "not a url"], "not a database URL"),
         (["--data", "sp5000"], "did you mean 'sp500'?"),
+        (["--cpcv", "4,4"], "--cpcv N,K needs 2 <= N <= 16 groups and 1 <= K < N"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv, needle, tmp_path, capsys):

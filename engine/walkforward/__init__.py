@@ -12,7 +12,8 @@ blocks' equity curves, chained, are the out-of-sample result; the report gives h
 configurations were tried and the Deflated Sharpe Ratio of that result (N = trials of all folds,
 conservative; V = mean within-fold variance of the trials' validation Sharpes) and, per fold, the
 Probability of Backtest Overfitting (``engine.overfitting``, CSCV over the completed trials' per-bar
-validation returns). ``--objective val_loss`` divides each trial's validation focal loss by that of the
+validation returns); ``--cpcv N,K`` adds the path Sharpe ratios of the latest selection under
+combinatorial purged cross-validation (:mod:`engine.walkforward.cpcv`). ``--objective val_loss`` divides each trial's validation focal loss by that of the
 best constant prediction for the validation labels under the trial's own loss, so that searching
 focal alpha/gamma cannot win by recalibration (1 = no skill). Trials are scored
 with the fast simulator (``engine.fastsim``, parity-tested against backtrader trade for trade); the
@@ -40,7 +41,8 @@ Modules, one job each: ``config`` (the study settings), ``space`` (what each --s
 ``cli`` (the argument parser and ``main``; ``__main__`` runs it), ``console`` (log lines, progress
 bars, Ctrl-C), ``search`` (trial sampling and the per-fold trial total), ``storage`` (the Optuna
 storage, fold results and the finalise claim), ``report`` (stitching, Deflated Sharpe, plots, summary,
-report files) and ``run`` (the orchestration: per fold, search, claim, refit, test; then report).
+report files), ``predict`` (a torch model's logits over bar positions), ``cpcv`` (the CPCV paths of a
+selection) and ``run`` (the orchestration: per fold, search, claim, refit, test; then report).
 """
 
 from __future__ import annotations

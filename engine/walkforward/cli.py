@@ -47,6 +47,14 @@ def _search_arg(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--search: ")) from None
 
 
+def _cpcv_arg(text: str) -> tuple[int, int]:
+    try:
+        n, k = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N,K, e.g. 6,2 (N groups, K of them tested)") from None
+    return n, k
+
+
 def parser() -> argparse.ArgumentParser:
     d, b = field_defaults(WalkForwardConfig), base_defaults()
     p = _Parser(
@@ -72,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
                    help="bars left out after each test block. No fold trains on later data, so this only drops "
                    "out-of-sample bars: the stitched curve joins across each gap and its CAGR, which counts the "
                    "gaps' calendar time, then understates")
+    g.add_argument("--cpcv", type=_cpcv_arg, default=None, metavar="N,K",
+                   help="also retrain the latest fold's selected configuration on every combinatorial purged "
+                   "cross-validation split (N groups, K tested, e.g. 6,2: 15 trainings) and report the "
+                   "Sharpe ratios of its C(N-1,K-1) paths (default: off)")
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=d.trials, help="trials per fold, in total over all workers")
     g.add_argument("--timeout", type=float, default=None, help="seconds of search per fold (and process); then the fold is finalised with the trials it has")
@@ -126,7 +138,7 @@ def config_from_args(args: argparse.Namespace) -> WalkForwardConfig:
         test_frac=args.test_frac, embargo=args.embargo, trials=args.trials, timeout=args.timeout,
         storage=args.storage, study=args.study, n_jobs=args.n_jobs, seed=args.seed, objective=args.objective,
         search=tuple(args.search), epochs=args.epochs, out=args.out, cash=args.cash, commission=args.commission,
-        slippage=args.slippage, engine=args.engine, heartbeat=args.heartbeat, base=base,
+        slippage=args.slippage, engine=args.engine, heartbeat=args.heartbeat, base=base, cpcv=args.cpcv,
     )
 
 

@@ -61,6 +61,7 @@ class WalkForwardConfig:
     slippage: float = 0.0
     engine: str = "backtrader"  # engine of each fold's test backtest (trials always use the fast one)
     heartbeat: int = 10  # (*) seconds between worker heartbeats; a trial silent for 3x is failed and retried
+    cpcv: tuple[int, int] | None = None  # (*) (groups, test groups): CPCV of the latest selection; None = off
     base: TrainConfig = dataclasses.field(default_factory=_base)  # everything not searched
 
     def __post_init__(self):
@@ -95,6 +96,10 @@ class WalkForwardConfig:
         if not (self.cash > 0 and self.commission >= 0 and 0 <= self.slippage < 1):
             raise ValueError(f"need --cash > 0, --commission >= 0, 0 <= --slippage < 1; got {self.cash}, "
                              f"{self.commission}, {self.slippage}")
+        if self.cpcv is not None:
+            n, k = self.cpcv
+            if not (isinstance(n, int) and isinstance(k, int) and 2 <= n <= 16 and 1 <= k < n):
+                raise ValueError(f"--cpcv N,K needs 2 <= N <= 16 groups and 1 <= K < N test groups, got {n},{k}")
         if self.study is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study):
             raise ValueError(f"--study {self.study!r}: use letters, digits, '_', '-' and '.' only")
         # the base config describes the same data, seed and epochs (recorded in every agent card)
@@ -129,7 +134,8 @@ class WalkForwardConfig:
     def fingerprint(self, data_sha256: str) -> dict:
         """What a study's trials depend on; reruns must match it (the (*) fields may differ)."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("trials", "timeout", "storage", "n_jobs", "out", "heartbeat", "base", "study", "engine")}
+                if k not in ("trials", "timeout", "storage", "n_jobs", "out", "heartbeat", "base", "study", "engine",
+                             "cpcv")}
         keep["search"] = list(self.search)
         keep["engines"] = {"validation": VALIDATION_ENGINE, "test": self.engine}
         keep["base"] = self.base.to_dict()

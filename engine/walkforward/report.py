@@ -195,10 +195,19 @@ def summary_lines(report: dict) -> list[str]:
         f"expected from the best of {d['n_trials']} skill-less trials, V {d['var_trial_sharpe']:.2e} within-fold; "
         "0.95+ = unlikely to be search luck)",
         _pbo_line(report.get("pbo")),
+        *_cpcv_lines(report.get("cpcv")),
         f"new trials this run: {report['new_trials_this_run']}",
         f"wrote {report['files']['report']} and {report['files']['stitched_equity_png']}",
     ]
     return lines
+
+
+def _cpcv_lines(c: dict | None) -> list[str]:
+    if not isinstance(c, dict):
+        return []
+    return [f"CPCV of the latest selection ({c['n_groups']} groups, {c['k_test']} tested; {c['n_splits']} trainings, "
+            f"{c['n_paths']} paths): path Sharpe median {c['sharpe_median']:.2f}, 5%..95% {c['sharpe_p05']:.2f}.."
+            f"{c['sharpe_p95']:.2f}, {c['share_positive']:.0%} of paths positive"]
 
 
 def _pbo_line(pbo: dict | None) -> str:

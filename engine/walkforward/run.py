@@ -41,7 +41,9 @@ from engine.metrics import infer_periods_per_year
 from engine.runner import run_backtest
 from engine.walkforward import space
 from engine.walkforward.config import VALIDATION_ENGINE, WalkForwardConfig
+from engine.walkforward.predict import full_window_ends, logits, sigmoid
 from engine.walkforward.space import Execution
+from engine.walkforward.cpcv import evaluate_cpcv
 from engine.walkforward.console import Progress, check_stop, format_params, pruned_line, stop_on_interrupt, trial_line
 from engine.walkforward.report import (deflated_sharpe, fold_pbo, pbo_summary, plot_stitched, plot_study,
                                        save_figure, stitched_result, write_csv, write_json)
@@ -309,14 +311,14 @@ def _fit_fold_model(ctx: _Context, fold: Fold, tcfg: TrainConfig, on_epoch) -> _
     res = fit(tcfg, prep, checkpoint_dir=None, on_epoch=lambda record, state: on_epoch(
         record["epoch"], record["val_loss"] / baseline), progress=False)
     model, state = res["model"], res["state"]
-    z_tr = _logits(model, prep.x, tcfg.seq_len, prep.train_ends)
-    z_va = _logits(model, prep.x, tcfg.seq_len, prep.val_ends)
+    z_tr = logits(model, prep.x, tcfg.seq_len, prep.train_ends)
+    z_va = logits(model, prep.x, tcfg.seq_len, prep.val_ends)
     # the validation backtest trades every bar of the block whose window is whole (history for warm-up)
     part = ctx.df.iloc[: fold.val.stop]
-    ends = _full_window_ends(prep.x, tcfg.seq_len, fold.val)
+    ends = full_window_ends(prep.x, tcfg.seq_len, fold.val)
     prob = np.full(len(part), np.nan)
-    prob[ends] = _sigmoid(_logits(model, prep.x, tcfg.seq_len, ends))
-    return _FittedTrial(tcfg, _sigmoid(z_tr), base_rate, pd.Series(prob, index=part.index),
+    prob[ends] = sigmoid(logits(model, prep.x, tcfg.seq_len, ends))
+    return _FittedTrial(tcfg, sigmoid(z_tr), base_rate, pd.Series(prob, index=part.index),
                         state["best_val"] / baseline, roc_auc(y_va, z_va), int(state["best_epoch"]))
 
 
@@ -343,28 +345,6 @@ def _record_trial(ctx: _Context, fold: Fold, trial, fitted: _FittedTrial, thresh
     log.info("%s", trial_line(fold.fold, trial.number, cfg.objective, value, auc=fitted.val_auc,
                               sharpe=val["sharpe"], trades=val["n_trades"], seconds=seconds, params=trial.params))
     return float(value)
-
-
-def _logits(model, x: np.ndarray, seq_len: int, ends: np.ndarray) -> np.ndarray:
-    ds = LazySequenceDataset(x, np.zeros(len(x), dtype=np.float32), seq_len, index=ends)
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for xb, _ in ds.iter_batches(1024):
-            out.append(model(xb).float())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.array([], dtype=np.float64)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
-
-
-def _full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray:
-    """Bars of ``segment`` whose window of ``seq_len`` normalised feature rows is all finite."""
-    ok_rows = np.isfinite(x).all(axis=1).astype(np.int64)
-    csum = np.concatenate([[0], np.cumsum(ok_rows)])
-    ends = np.arange(max(segment.start, seq_len - 1), min(segment.stop, len(x)))
-    return ends[(csum[ends + 1] - csum[ends + 1 - seq_len]) == seq_len]
 
 
 def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) -> dict:
@@ -540,8 +520,8 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     model = res["model"]
     y_tr = prep.y[prep.train_ends].astype(np.float64)
     base_rate = float(y_tr.mean())
-    z_tr = _logits(model, prep.x, tcfg.seq_len, prep.train_ends)
-    threshold = execution.threshold(_sigmoid(z_tr), base_rate)
+    z_tr = logits(model, prep.x, tcfg.seq_len, prep.train_ends)
+    threshold = execution.threshold(sigmoid(z_tr), base_rate)
     loss_fn = FocalLoss(alpha=tcfg.focal_alpha, gamma=tcfg.focal_gamma)
     metrics = {
         "threshold": threshold,
@@ -593,6 +573,16 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     return result
 
 
+def _cpcv(ctx: _Context, results: list[dict]) -> dict | None:
+    """CPCV of the latest fold's selected configuration (``--cpcv``), or None when not asked for."""
+    if ctx.cfg.cpcv is None:
+        return None
+    last = results[-1]
+    log.info("cpcv: retraining fold %d's selection on every split of %d groups, %d tested", last["fold"],
+             *ctx.cfg.cpcv)
+    return evaluate_cpcv(ctx.cfg, ctx.df, last["params"], int(last["best_epoch"]), ctx.ppy, stop=ctx.stop)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -621,6 +611,7 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
         "stitched": {"stats": stats, "benchmark_stats": bench_stats},
         "deflated_sharpe": dsr,
         "pbo": pbo_summary(results),
+        "cpcv": _cpcv(ctx, results),
         "new_trials_this_run": sum(
             1 for f in ctx.folds for t in optuna.load_study(study_name=f"{cfg.study_name}_fold{f.fold}",
                                                             storage=ctx.storage).get_trials(deepcopy=False, states=FINISHED)

@@ -1,0 +1,32 @@
+"""A torch model's predictions over bar positions: logits of labelled windows, probabilities, whole windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agents import LazySequenceDataset
+
+
+def logits(model, x: np.ndarray, seq_len: int, ends: np.ndarray) -> np.ndarray:
+    """The model's logit for the window of ``seq_len`` rows of ``x`` ending at each of ``ends``."""
+    ds = LazySequenceDataset(x, np.zeros(len(x), dtype=np.float32), seq_len, index=ends)
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for xb, _ in ds.iter_batches(1024):
+            out.append(model(xb).float())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.array([], dtype=np.float64)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Probabilities from logits (tanh form: no overflow warnings)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+def full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray:
+    """Bars of ``segment`` whose window of ``seq_len`` normalised feature rows is all finite."""
+    ok_rows = np.isfinite(x).all(axis=1).astype(np.int64)
+    csum = np.concatenate([[0], np.cumsum(ok_rows)])
+    ends = np.arange(max(segment.start, seq_len - 1), min(segment.stop, len(x)))
+    return ends[(csum[ends + 1] - csum[ends + 1 - seq_len]) == seq_len]
