@@ -10,7 +10,7 @@ Deterministic planted-signal datasets (``datafeeds.synthetic``; business-day bar
 On each, the default agent (``TrainConfig()``: the default architecture, features, labels, loss and
 split; ``--epochs`` caps the epochs to keep the run short) is trained with its card's linear baseline
 (logistic regression on the last bar's features, same labels, split and purge). Printed per dataset:
-the agent's and the baseline's validation AUC, the oracle AUC (the true latent signal against the same
+the agent's and the baseline's validation AUC, the latent-signal AUC (the true planted signal against the same
 validation labels: the ceiling), and the agent's out-of-sample Sharpe on the held-out last 20% of bars
 (fast engine, the card's threshold and barriers) beside buy-and-hold's.
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                    "oracle_auc": oracle, "sharpe": bt.stats["sharpe"], "bh_sharpe": bt.benchmark_stats["sharpe"],
                    "trades": bt.stats["n_trades"], "epochs": m["epochs_run"], "seconds": time.perf_counter() - t0}
             rows.append(row)
-            print(f"  {name}: agent AUC {row['agent_auc']:.3f}, baseline {row['baseline_auc']:.3f}, oracle "
+            print(f"  {name}: agent AUC {row['agent_auc']:.3f}, baseline {row['baseline_auc']:.3f}, latent signal "
                   f"{'n/a' if oracle is None else f'{oracle:.3f}'}, {row['epochs']} epochs, {row['seconds']:.0f} s",
                   flush=True)
             if name == "random_walk" and row["agent_auc"] > CONTROL_MAX_AUC:
