@@ -170,13 +170,26 @@ def _timestamp(value, option):
         raise UsageError(f"{option}: {exc}") from None
 
 
+def _card_data(agent) -> str:
+    """The agent's own dataset as the default --data: only a bundled sample or universe name. A card is
+    data inside a file anyone can edit; a path in it would make us read whatever it names."""
+    from datafeeds import list_samples, list_universes
+
+    name = agent.meta["dataset"]["name"]
+    bundled = set(list_samples()) | set(list_universes())
+    if all(part.strip() in bundled for part in str(name).split(",")):  # a name, or a comma list of names
+        return name
+    raise UsageError(f"the agent was trained on {name!r}, not a bundled sample: pass that data with --data "
+                     "(a path in an agent file is never read by default)")
+
+
 def prepare_run(args) -> dict:
     """Resolve data, period, agent signals and strategy parameters (options already checked by
     ``_check_options``); raise UsageError on bad input."""
     from datafeeds import DataError, is_universe, load_ohlcv
 
     agent = _load_agent(args.agent or DEFAULT_AGENT) if args.strategy == "agent" else None
-    data_name = args.data or (agent.meta["dataset"]["name"] if agent else DEFAULT_DATA)
+    data_name = args.data or (_card_data(agent) if agent else DEFAULT_DATA)
     if is_universe(data_name):
         if agent is None:
             raise UsageError(f"--data {data_name} is a universe; --strategy {args.strategy} trades one instrument: "

@@ -10,6 +10,7 @@ otherwise. Either way the file is written only if onnxruntime reproduces torch's
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -79,6 +80,8 @@ def export_agent(model: torch.nn.Module, card: dict, path: str | os.PathLike, ex
         expected = model(x).numpy()
     onnx.checker.check_model(proto)
     card["exporter"] = exporter  # the caller's card too: it describes the file written
+    # ties the card to this graph: a card copied onto another model is refused at load
+    card["graph_sha256"] = hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
 
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()

@@ -122,16 +122,27 @@ def _float_param(feature: str, key: str, value: Any) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+# The most weights (= bars of warm-up) a fracdiff feature may have: a threshold of 1e-300 would otherwise
+# grow the list until memory runs out (|w_k| ~ k^-(d+1) never reaches it); 100,000 is agents.metadata's
+# bound on any feature window.
+MAX_FRACDIFF_WEIGHTS = 100_000
+
+
 @functools.lru_cache(maxsize=64)
 def _fracdiff_weights_cached(d: float, threshold: float, max_window: int | None) -> np.ndarray:
+    cap = MAX_FRACDIFF_WEIGHTS if max_window is None else max_window
     weights = [1.0]
     k = 1
-    while max_window is None or len(weights) < max_window:
+    while len(weights) < cap:
         w = -weights[-1] * (d - k + 1) / k
         if abs(w) < threshold:
             break
         weights.append(w)
         k += 1
+    else:
+        if max_window is None:
+            raise ValueError(f"fracdiff: d={d:g} with threshold={threshold:g} needs more than "
+                             f"{MAX_FRACDIFF_WEIGHTS:,} weights (bars of warm-up); raise the threshold or set max_window")
     out = np.asarray(weights, dtype=np.float64)
     out.flags.writeable = False
     return out
@@ -148,6 +159,8 @@ def fracdiff_weights(d: float, threshold: float = 1e-5, max_window: int | None =
         raise ValueError(f"fracdiff: threshold must be > 0, got {threshold}")
     if max_window is not None:
         max_window = _int_param("fracdiff", "max_window", max_window, 1)
+        if max_window > MAX_FRACDIFF_WEIGHTS:
+            raise ValueError(f"fracdiff: max_window must be <= {MAX_FRACDIFF_WEIGHTS:,}, got {max_window:,}")
     return _fracdiff_weights_cached(d, threshold, max_window)
 
 

@@ -98,7 +98,14 @@ def model_card(agent: OnnxAgent) -> str:
     if wf:
         lines.append(f"walk-fwd    study {wf.get('study')} fold {wf.get('fold')}, test {wf.get('test', ['?', '?'])[0]} .."
                      f" {wf.get('test', ['?', '?'])[1]}, best trial {wf.get('best_trial')}: {wf.get('params')}")
-    return "\n".join(lines)
+    # card strings are data from a file anyone can edit: terminal escape sequences or line breaks in them
+    # are shown escaped, never interpreted
+    return "\n".join(escape_controls(line) for line in lines)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every non-printable character (ESC, newline, ...) written as its Python escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,43 @@ STREAM_HISTORY = 1000
 _BAR_FIELDS = ("open", "high", "low", "close", "volume")
 
 
+def graph_sha256(proto) -> str:
+    """Digest of a model's graph (weights included, metadata not): the card records it at export."""
+    import hashlib
+
+    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _external_tensor(graph) -> str | None:
+    """Name of the first tensor of ``graph`` (subgraphs included) stored outside the file, else None."""
+    tensors = list(graph.initializer) + [t.values for t in graph.sparse_initializer]
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                name = _external_tensor(sub)
+                if name is not None:
+                    return name
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            return t.name or "(unnamed)"
+    return None
+
+
+def _check_signature(session, card: dict, path: str) -> None:
+    """The graph's input and output must be the card's: name, and (batch, seq_len, features)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names = [i.name for i in inputs]
+    if names != [card["input_name"]] or [o.name for o in outputs] != [card["output_name"]]:
+        raise _meta.AgentFileError(f"{path}: the graph's input/output {names}/{[o.name for o in outputs]} are not the "
+                                   f"card's {card['input_name']!r}/{card['output_name']!r}; re-export the agent")
+    shape = list(inputs[0].shape)
+    want = [card["seq_len"], len(card["feature_names"])]
+    if len(shape) != 3 or shape[1:] != want:
+        raise _meta.AgentFileError(f"{path}: the graph takes input of shape {shape}, the card describes "
+                                   f"(batch, {want[0]}, {want[1]}) (seq_len, features); re-export the agent")
+
+
 class OnnxAgent:
     """A TransformerAgent exported by ``agents.export``, with everything needed to use it correctly."""
 
@@ -66,6 +103,16 @@ class OnnxAgent:
             raise _meta.AgentFileError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
         props = {p.key: p.value for p in proto.metadata_props}
         card = _meta.parse(props.get(_meta.METADATA_KEY), path=path)
+        external = _external_tensor(proto.graph)
+        if external is not None:
+            # onnxruntime would resolve the location against the current folder: any file could be read
+            raise _meta.AgentFileError(f"{path}: tensor {external!r} keeps its data in an external file; agent files "
+                                       "must hold all their weights (external data is refused)")
+        digest = graph_sha256(proto)
+        if card.get("graph_sha256") != digest:
+            raise _meta.AgentFileError(
+                f"{path}: the card was not written for this graph (graph sha256 {digest[:16]}..., card says "
+                f"{str(card.get('graph_sha256'))[:16]}...): a card moved onto another model is refused; re-export the agent")
         try:
             FeatureSpec.from_dict(card["features"])
             TBMConfig.from_dict(card["tbm"])
@@ -77,9 +124,11 @@ class OnnxAgent:
             session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise _meta.AgentFileError(f"{path}: onnxruntime cannot load the model ({exc})") from None
+        _check_signature(session, card, path)
         return cls(session, card, path)
 
     # ------------------------------------------------------------------ properties
+
     @property
     def warmup(self) -> int:
         """Bars before the first probability: feature warm-up plus one full window."""

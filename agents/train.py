@@ -138,6 +138,21 @@ def _universe_table(ds: dict) -> str:
     return "\n".join(lines)
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (created if missing), or None: tried with a real file."""
+    import os
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 def _list_features() -> int:
     from .features import FEATURES
 
@@ -160,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     from .staged import CARD_FILE, run
 
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path("checkpoints") / out.stem
+    for option, folder in (("--out", out.parent), ("--checkpoint-dir", ckpt_dir)):
+        problem = unwritable(folder)
+        if problem:  # found now, not after the training it would lose
+            print(f"error: {option}: cannot write in {folder} ({problem}); choose another folder", file=sys.stderr)
+            return 2
     command = "python -m agents.train" + ("" if not argv else " " + shlex.join(argv))
     # the steps run in child processes (agents.staged): this process stays small, so a container
     # holds one step's imports at a time; the options are validated by the first step

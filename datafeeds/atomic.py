@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
+
+# A temporary file is named .<name>.<host>.<pid>.<random>.tmp. One left by a killed writer is removed by
+# the next write of the same file: at once when its writer is a dead process of this host, after a day
+# when it comes from another host (a shared folder: its process cannot be checked from here).
+_FOREIGN_MAX_AGE = 86_400.0
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -25,3 +35,37 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` that killed writers left behind; the ones removed."""
+    path = Path(path)
+    mine = re.compile(rf"\.{re.escape(path.name)}\.([^.]*)\.(\d+)\.[^.]+\.tmp")
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = mine.fullmatch(tmp.name)
+        try:
+            if m and m.group(1) == _host():
+                stale = not _alive(int(m.group(2)))
+            else:  # another host's, or the naming before hosts and pids: by age only
+                stale = time.time() - tmp.stat().st_mtime > _FOREIGN_MAX_AGE
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone meanwhile, or not ours to remove
+            pass
+    return removed
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -283,7 +283,9 @@ def _timestamps_into(t: _Table, raw: pd.DataFrame, roles: dict[str, str], found:
         raise t.error(f"no timestamp column (found: {found})", column="datetime", header=True,
                       fix="name it datetime, date, timestamp or time (or give Date and Time columns)")
     t.time_col = label
-    ts = _to_naive_datetime64(text)
+    ts = _day_month_dates(t, text, label)
+    if ts is None:
+        ts = _to_naive_datetime64(text)
     bad = np.isnat(ts)
     if bad.any():
         pos = t.first(bad)
@@ -292,6 +294,57 @@ def _timestamps_into(t: _Table, raw: pd.DataFrame, roles: dict[str, str], found:
         raise t.error(problem, pos=pos, column=label,
                       fix="use one format throughout, e.g. 2020-01-31 or 2020-01-31 09:30:00")
     t.ts = ts
+
+
+_DMY = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})(.*)$"  # 03/04/2015, 3.4.2015, 03-04-2015 10:00
+
+
+def _day_month_dates(t: _Table, text: pd.Series, label: str) -> np.ndarray | None:
+    """Dates written a/b/yyyy are month-first or day-first; pandas reads each cell the way that parses,
+    so a day-first file comes out partly month-first. Read the whole column both ways and keep the one
+    valid on every row and in time order (either direction); refuse when both are. None: not such dates."""
+    if is_datetime64_any_dtype(text) or is_numeric_dtype(text):
+        return None
+    cells = text.astype("string")
+    first = cells.dropna()
+    if first.empty or re.match(_DMY, str(first.iloc[0])) is None:  # the usual case: one cell decides
+        return None
+    parts = cells.str.extract(_DMY)
+    if not (parts[0].notna() | cells.isna()).all() or cells.isna().all():
+        return None
+
+    def read(month, day) -> np.ndarray:
+        iso = parts[2] + "-" + parts[month].str.zfill(2) + "-" + parts[day].str.zfill(2) + parts[3].fillna("")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _to_naive_datetime64(iso.where(parts[0].notna()))
+
+    def ordered(ts) -> bool:
+        d = np.diff(ts[~np.isnat(ts)].astype("int64"))
+        return bool((d > 0).all() or (d < 0).all())
+
+    month_first, day_first = read(0, 1), read(1, 0)
+    known = cells.notna().to_numpy()
+    ok_m, ok_d = (not np.isnat(month_first[known]).any()), (not np.isnat(day_first[known]).any())
+    if ok_m and ok_d and np.array_equal(month_first, day_first):  # every day equals its month: no question
+        return month_first
+    if ok_m and ok_d:
+        in_order = [name for name, ts in (("month/day/year", month_first), ("day/month/year", day_first))
+                    if ordered(ts)]
+        if len(in_order) != 1:
+            raise t.error(f"dates like {str(cells.dropna().iloc[0])!r} read as month/day/year and as day/month/year "
+                          f"are both valid{' and both in time order' if in_order else ''}; the order cannot decide",
+                          pos=0, column=label, fix="write the dates as YYYY-MM-DD")
+        chosen = in_order[0]
+    elif ok_m or ok_d:
+        chosen = "month/day/year" if ok_m else "day/month/year"
+    else:
+        return None  # neither reading parses every row: the general parser reports the first bad cell
+    if chosen == "day/month/year":
+        t.notes.append(f"{t.file}: column {label!r} read as day/month/year (the only reading "
+                       f"{'in time order' if ok_m else 'valid on every row'})")
+        return day_first
+    return month_first
 
 
 def _to_naive_datetime64(values: pd.Series) -> np.ndarray:
@@ -358,6 +411,15 @@ def _validate(t: _Table) -> None:
     prices = np.column_stack([t.cols[c] for c in _PRICES])
     _check_cells(t, prices, ~np.isfinite(prices), _PRICES, "price is {v}", "fill or remove the row")
     _check_cells(t, prices, prices <= 0, _PRICES, "non-positive price {v}", "prices must be > 0; fix or remove the row")
+    # features are float32: a price beyond its range turns every later feature row into inf/NaN
+    _check_cells(t, prices, prices > _MAX_VALUE, _PRICES, "price {v:g} is beyond the float32 range (3.4e38)",
+                 "fix or remove the row")
+    # a bar more than 1,000x (or under 1/1,000 of) the previous close: no market moves so; a corrupt cell
+    prev = np.concatenate([[np.nan], t.cols["close"][:-1]])
+    with np.errstate(invalid="ignore"):
+        ratio = np.maximum(prices / prev[:, None], prev[:, None] / prices)
+    _check_cells(t, ratio, ratio > _MAX_JUMP, _PRICES, "price is {v:,.0f}x the previous row's close",
+                 "a bar 1,000x away from its neighbour is a corrupt cell: fix or remove the row")
 
     o, h, lo, c = (t.cols[k] for k in _PRICES)
     top, bottom = np.maximum(o, c), np.minimum(o, c)
@@ -375,6 +437,12 @@ def _validate(t: _Table) -> None:
     vol = t.cols["volume"][:, None]
     _check_cells(t, vol, ~np.isfinite(vol), ("volume",), "volume is {v}", "use 0 where volume is unknown")
     _check_cells(t, vol, vol < 0, ("volume",), "negative volume {v:g}", "volume must be >= 0; fix or remove the row")
+    _check_cells(t, vol, vol > _MAX_VALUE, ("volume",), "volume {v:g} is beyond the float32 range (3.4e38)",
+                 "fix or remove the row")
+
+
+_MAX_VALUE = float(np.finfo(np.float32).max)
+_MAX_JUMP = 1_000.0
 
 
 def _check_cells(t: _Table, values: np.ndarray, bad: np.ndarray, names: tuple[str, ...],

@@ -447,6 +447,26 @@ def test_sampler_seeds_by_trial_number_not_by_process():
     assert other.trials[0].params != params[0][0]
 
 
+def test_a_failed_trial_does_not_shift_the_draws_of_the_trials_after_it():
+    # uninterrupted: trials 0, 1, 2. Interrupted: trial 1 fails, its slot is re-run as trial 2 (new
+    # number, a new draw), trial 3 follows: the draws are seeded by position (trials before that did
+    # not fail), so the resumed study draws what the uninterrupted one drew, in the same order
+    clean = optuna.create_study(sampler=wf_search.TrialSeededTPE(seed=5, n_startup_trials=10))
+    clean.optimize(_sample, n_trials=3)
+    broken = optuna.create_study(sampler=wf_search.TrialSeededTPE(seed=5, n_startup_trials=10))
+    broken.optimize(_sample, n_trials=1)
+
+    def dies(trial):
+        _sample(trial)
+        raise RuntimeError("killed")
+
+    broken.optimize(dies, n_trials=1, catch=(RuntimeError,))
+    broken.optimize(_sample, n_trials=2)
+    done = [t.params for t in broken.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done == [t.params for t in clean.trials]
+    assert wf_search.position(broken, 3) == 2
+
+
 def test_a_trial_beyond_the_total_is_refused():
     study = optuna.create_study()
     for _ in range(2):
@@ -514,6 +534,44 @@ def plant_dead_workers_trial(storage_url: str, study: str) -> optuna.trial.Froze
         storage.get_study_id_from_name(s.study_name), trial.number))
     time.sleep(3.5)  # > grace period (3 heartbeats of 1 s)
     return s.trials[trial.number]
+
+
+def test_a_run_killed_mid_fold_and_resumed_reports_what_an_uninterrupted_run_reports(tmp_path):
+    def command(name):
+        # 8 epochs: trials long enough (~1 s) to be killed in the middle of one
+        return [sys.executable, "-m", "engine.walkforward", *TINY_ARGS, "--folds", "1", "--trials", "4", "--study",
+                name, "--out", str(tmp_path / name), "--heartbeat", "1", "--epochs", "8"]
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    clean = subprocess.run(command("clean"), cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert clean.returncode == 0, clean.stderr
+    # the same study, killed (SIGKILL: no clean-up) while its third trial runs
+    proc = subprocess.Popen(command("killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"sqlite:///{(tmp_path / 'killed' / 'optuna.db').resolve()}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            trials = _trials(url, "killed_fold0")
+        except Exception:  # the database or the study does not exist yet
+            continue
+        if any(t.number == 2 and t.state == optuna.trial.TrialState.RUNNING for t in trials):
+            break
+    proc.kill()
+    proc.wait(timeout=30)
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in _trials(url, "killed_fold0"))
+    time.sleep(3.5)  # the dead worker's heartbeat goes stale (3 heartbeats of 1 s)
+    resumed = subprocess.run(command("killed"), cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "clean" / "report.json").read_text())
+    b = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert b["trials"]["failed"] == 1 and b["configurations_tried"] == a["configurations_tried"] == 4
+    done = lambda url_, name: sorted((t.params["horizon"], round(t.params["pt"], 12), round(t.value, 12))
+                                     for t in _finished(_trials(url_, name)))
+    assert done(url, "killed_fold0") == done(f"sqlite:///{(tmp_path / 'clean' / 'optuna.db').resolve()}", "clean_fold0")
+    assert b["folds"][0]["params"] == a["folds"][0]["params"] and b["folds"][0]["best_value"] == a["folds"][0]["best_value"]
+    assert b["stitched"]["stats"] == a["stitched"]["stats"]
+    assert b["deflated_sharpe"]["dsr"] == a["deflated_sharpe"]["dsr"]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the planted trial comes from ask()

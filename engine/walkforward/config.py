@@ -93,9 +93,9 @@ class WalkForwardConfig:
             raise ValueError(f"--test-frac must be in (0, 1), got {self.test_frac}")
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
-        if not (self.cash > 0 and self.commission >= 0 and 0 <= self.slippage < 1):
-            raise ValueError(f"need --cash > 0, --commission >= 0, 0 <= --slippage < 1; got {self.cash}, "
-                             f"{self.commission}, {self.slippage}")
+        if not (self.cash > 0 and 0 <= self.commission < 1 and 0 <= self.slippage < 1):
+            raise ValueError(f"need --cash > 0, 0 <= --commission < 1 and 0 <= --slippage < 1 (fractions of the "
+                             f"traded value, e.g. 0.0005); got {self.cash}, {self.commission}, {self.slippage}")
         if self.cpcv is not None:
             n, k = self.cpcv
             if not (isinstance(n, int) and isinstance(k, int) and 2 <= n <= 16 and 1 <= k < n):

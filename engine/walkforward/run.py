@@ -88,6 +88,7 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     check_memory(cfg, len(df))
     folds = walk_forward_folds(len(df), n_folds=cfg.folds, scheme=cfg.scheme, test_frac=cfg.test_frac,
                                purge=cfg.purge, embargo=cfg.embargo)
+    check_fold_geometry(cfg, folds, df)
     try:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -168,6 +169,27 @@ def check_memory(cfg: WalkForwardConfig, n_rows: int) -> None:
                                   d_model=big.d_model, n_layers=big.n_layers, n_heads=big.n_heads,
                                   dim_feedforward=model.dim_feedforward)
     check_fits(max(train, EXPORTER_MEMORY["torchscript"]) + _WALK_FORWARD_EXTRA, detect(), what="the walk-forward run")
+
+
+# Fewest labelled events a fold's training block must leave after its warm-up and horizon, and the
+# fewest bars of a validation or test block: below these a trial trains or scores on noise of a few bars.
+MIN_TRAIN_EVENTS = 100
+MIN_BLOCK_BARS = 20
+
+
+def check_fold_geometry(cfg: WalkForwardConfig, folds: list[Fold], df: pd.DataFrame) -> None:
+    """Refuse, before any trial, folds too small to train or score on (ValueError, one line)."""
+    big = space.largest(cfg.search, cfg.base)
+    warmup = big.feature_spec.pinned(df.columns).warmup + big.seq_len - 1
+    need_train = warmup + cfg.purge + MIN_TRAIN_EVENTS
+    f = folds[0]  # all folds' blocks have the first one's sizes (rolling) or more training (anchored)
+    val, test, train = len(f.val), len(f.test), len(f.train)
+    if min(val, test) < MIN_BLOCK_BARS or train < need_train:
+        raise ValueError(
+            f"--folds {cfg.folds} on {len(df)} bars gives folds of {train} training, {val} validation and {test} test "
+            f"bars; each fold needs >= {need_train} training bars (warm-up {warmup} + horizon {cfg.purge} + "
+            f"{MIN_TRAIN_EVENTS} events) and >= {MIN_BLOCK_BARS} validation and test bars: use fewer --folds, a "
+            "different --test-frac or more data")
 
 
 def _fold_study(ctx: _Context, fold: Fold) -> optuna.Study:

@@ -17,11 +17,19 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
-class TrialSeededTPE(optuna.samplers.BaseSampler):
-    """TPE whose random stream is seeded by (seed, trial number) instead of once per process.
+def position(study: optuna.Study, number: int) -> int:
+    """Trials before trial ``number`` that did not fail: a trial's place in the study's history. A run
+    interrupted and resumed numbers its trials differently (a failed trial keeps its number, its retry
+    takes a new one) but gives each new trial the position it had in an uninterrupted run."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and t.state != TrialState.FAIL)
 
-    One worker reproduces its runs; workers sharing a study draw different parameters (a TPE with
-    the same seed in each would propose identical startup trials in every worker).
+
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """TPE whose random stream is seeded by (seed, trial position) instead of once per process.
+
+    One worker reproduces its runs, also across kills and resumes (``position``); workers sharing a
+    study draw different parameters (a TPE with the same seed in each would propose identical startup
+    trials in every worker).
     """
 
     def __init__(self, seed: int, n_startup_trials: int):
@@ -35,7 +43,7 @@ class TrialSeededTPE(optuna.samplers.BaseSampler):
 
     def before_trial(self, study, trial):
         self.started.add(trial._trial_id)
-        seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([self._seed, position(study, trial.number)]).generate_state(1)[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar
             # constant liar: running trials count as bad, so parallel workers spread out
