@@ -65,16 +65,25 @@ def test_sharpe_and_moments_of_a_tiny_series():
     assert sharpe_ratio([0.01, 0.01, 0.01]) is None
 
 
-def test_deflated_sharpe_ratio_from_returns_matches_the_pieces():
+def test_deflated_sharpe_ratio_from_returns_by_the_formula_written_out():
+    from statistics import NormalDist
+
+    from scipy import stats
+
     rng = np.random.default_rng(0)
     r = rng.normal(0.001, 0.01, 500)
     trial_srs = [0.05, 0.1, -0.02, 0.08, None]  # None: a pruned trial, counted in N only
     out = deflated_sharpe_ratio(r, trial_srs, n_trials=5)
+    # by hand: V from the four Sharpes, SR0 from N = 5, PSR with scipy's population skew and Pearson kurtosis
     var = float(np.var([0.05, 0.1, -0.02, 0.08], ddof=1))
-    assert out["var_trial_sharpe"] == pytest.approx(var)
-    assert out["sr0"] == pytest.approx(expected_max_sharpe(5, var))
-    skew, kurt = moments(r)
-    assert out["dsr"] == pytest.approx(probabilistic_sharpe_ratio(sharpe_ratio(r), out["sr0"], 500, skew, kurt))
+    phi, g = NormalDist(), 0.5772156649015329
+    sr0 = np.sqrt(var) * ((1 - g) * phi.inv_cdf(1 - 1 / 5) + g * phi.inv_cdf(1 - 1 / (5 * np.e)))
+    sr = r.mean() / r.std(ddof=1)
+    skew, kurt = stats.skew(r), stats.kurtosis(r, fisher=False)
+    dsr = phi.cdf((sr - sr0) * np.sqrt(499) / np.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    assert out["var_trial_sharpe"] == pytest.approx(var, rel=1e-12)
+    assert out["sr0"] == pytest.approx(sr0, rel=1e-12)
+    assert out["dsr"] == pytest.approx(dsr, rel=1e-9)
     assert out["n_obs"] == 500 and out["n_trials"] == 5
     # a bigger search for the same result deflates it more
     assert deflated_sharpe_ratio(r, trial_srs, n_trials=500)["dsr"] < out["dsr"]

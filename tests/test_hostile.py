@@ -10,13 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
-import pandas as pd
 import pytest
 
 import datafeeds
-from agents.metadata import METADATA_KEY, dumps
+from agents.metadata import METADATA_KEY
 from agents.runtime import graph_sha256
 
 ROOT = Path(__file__).resolve().parents[1]

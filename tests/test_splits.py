@@ -227,3 +227,14 @@ def test_cpcv_refuses_impossible_geometry():
         cpcv_splits(7, 4, 1)
     with pytest.raises(ValueError, match="no training bars left"):
         cpcv_splits(20, 2, 1, purge=10, embargo=10)
+
+
+def test_events_within_at_the_segment_edges_by_hand():
+    from labeling import events_within
+
+    # segment = bars 10..19 (range(10, 20)); a span counts when 10 <= t and t1 <= 19
+    t = np.array([9, 10, 12, 15, 19, 20])
+    t1 = np.array([15, 19, 20, 19, 19, 22])
+    # (9, 15): starts one bar before: out; (10, 19): starts on the first bar, ends on the last: in;
+    # (12, 20): ends one bar past: out; (15, 19): in; (19, 19): a one-bar span on the last bar: in; (20, 22): out
+    assert events_within(t, t1, range(10, 20)).tolist() == [10, 15, 19]

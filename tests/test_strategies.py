@@ -98,6 +98,24 @@ def test_stop_inside_bar_fills_at_stop_price(native):
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=6, exit_price=98.5, reason="stop_loss")
 
 
+@pytest.mark.parametrize("engine", ["native", "stock", "fast"])
+@pytest.mark.parametrize("bar, exit_bar, exit_price, reason", [
+    # entry at bar 4's open 100.0, ATR 1: take-profit 101.5, stop 98.5 (both exact in binary)
+    ((100.0, 100.3, 98.5, 99.0), 6, 98.5, "stop_loss"),  # the low touches the stop exactly: out at the stop
+    ((100.0, 101.5, 99.8, 101.0), 6, 101.5, "take_profit"),  # the high touches the take-profit exactly
+    ((100.0, 100.3, 98.5 + 1e-9, 99.0), 14, 100.0, "time_limit"),  # a hair above the stop: held to the horizon
+    ((100.0, 101.5 - 1e-9, 99.8, 101.0), 14, 100.0, "time_limit"),  # a hair below the take-profit
+])
+def test_a_bar_that_touches_a_barrier_exactly_exits_there_in_every_engine(engine, bar, exit_bar, exit_price, reason):
+    df = flat_bars(overrides={6: bar})
+    kw = dict(signal=signal_at(20, 3), atr=np.full(20, 1.0), cash=CASH, commission=COMM, benchmark=False, horizon=10)
+    if engine == "fast":
+        res = run_backtest(df, "agent", engine="fast", **kw)
+    else:
+        res = run_backtest(df, "agent", native_barriers=engine == "native", **kw)
+    _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=exit_bar, exit_price=exit_price, reason=reason)
+
+
 def test_both_barriers_in_one_bar_stop_first(native):
     df = flat_bars(overrides={5: (100.0, 102.0, 98.0, 101.0)})
     res = _run(df, signal_at(20, 3), native=native)

@@ -29,8 +29,6 @@ from engine.walkforward import run as wfr  # the orchestration behind the CLI
 from engine.walkforward import search as wf_search  # trial sampling and the per-fold trial total
 from engine.walkforward import storage as wfs  # storage, fold results and the finalise claim
 from engine.metrics import infer_periods_per_year
-from engine.deflated_sharpe import deflated_sharpe_ratio, mean_within_group_variance
-from labeling import walk_forward_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny everything: a 1-layer d_model-8 model for 1 epoch per trial on 2008-2012
@@ -77,12 +75,14 @@ def test_run_writes_agents_plots_and_an_honest_report(first_run):
     assert report["trials"]["complete"] + report["trials"]["pruned"] == 4
     assert report["new_trials_this_run"] == 4
     assert [f["this_run"] for f in report["folds"]] == ["finalised here", "finalised here"]
-    # folds follow each other: test blocks are the walk-forward splits of the loaded bars, in order
+    # the folds by hand: 1,259 bars; test_frac 0.3 -> the last int(377.7) = 377 bars hold 2 test blocks of
+    # 188 (bars 883..1070 and 1071..1258); each validation block (188 bars) ends a purge of 20 bars (the
+    # longest searched horizon) before its test block: bars 675..862 and 863..1050
     df = load_ohlcv("sp500", start=START, end=END)
-    splits = walk_forward_folds(len(df), n_folds=2, purge=20)  # label search: horizons up to 20 bars
-    for f, s in zip(report["folds"], splits):
-        assert f["test"] == [str(df.index[s.test.start]), str(df.index[s.test.stop - 1])]
-        assert f["validation"] == [str(df.index[s.val.start]), str(df.index[s.val.stop - 1])]
+    assert len(df) == 1259
+    for f, (val, test) in zip(report["folds"], [((675, 862), (883, 1070)), ((863, 1050), (1071, 1258))]):
+        assert f["test"] == [str(df.index[test[0]]), str(df.index[test[1]])]
+        assert f["validation"] == [str(df.index[val[0]]), str(df.index[val[1]])]
 
 
 def test_stitched_equity_chains_the_fold_test_curves(first_run):
@@ -100,17 +100,28 @@ def test_stitched_equity_chains_the_fold_test_curves(first_run):
     assert report["stitched"]["stats"]["total_return"] == pytest.approx(growth - 1, rel=1e-9)
     assert report["stitched"]["stats"]["n_trades"] == sum(f["stats"]["n_trades"] for f in folds)
     # DSR from the stitched returns, N = 4 configurations (all folds), V = mean within-fold variance
-    # of the trials' validation Sharpes (each fold's 2 trials share one validation period)
+    # of the trials' validation Sharpes (each fold's 2 trials share one validation period), by the formula
     var = np.mean([np.var(f["trial_val_sr"], ddof=1) for f in folds])
-    dsr = deflated_sharpe_ratio(stitched["equity"].pct_change().dropna(),
-                                [s for f in folds for s in f["trial_val_sr"]], n_trials=4, var_trial_sharpe=var)
     d = report["deflated_sharpe"]
     assert d["var_trial_sharpe"] == pytest.approx(var, rel=1e-12)
-    assert d["var_trial_sharpe"] == pytest.approx(mean_within_group_variance([f["trial_val_sr"] for f in folds])[0])
     assert d["var_pooled_across_folds"] == pytest.approx(np.var([s for f in folds for s in f["trial_val_sr"]], ddof=1))
     assert "within-fold" in d["var_method"] and "conservative" in d["note"]
-    assert d["dsr"] == pytest.approx(dsr["dsr"], rel=1e-9)
     assert d["n_trials"] == 4
+    assert d["dsr"] == pytest.approx(_dsr_by_hand(stitched["equity"].pct_change().dropna().to_numpy(), 4, var), rel=1e-9)
+
+
+def _dsr_by_hand(r: np.ndarray, n: int, var: float) -> float:
+    """Bailey & Lopez de Prado's Deflated Sharpe Ratio, written out from the paper with scipy's moments."""
+    from statistics import NormalDist
+
+    from scipy import stats
+
+    phi = NormalDist()
+    sr = r.mean() / r.std(ddof=1)
+    skew, kurt = stats.skew(r), stats.kurtosis(r, fisher=False)
+    g = 0.5772156649015329
+    sr0 = np.sqrt(var) * ((1 - g) * phi.inv_cdf(1 - 1 / n) + g * phi.inv_cdf(1 - 1 / (n * np.e)))
+    return phi.cdf((sr - sr0) * np.sqrt(len(r) - 1) / np.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
 
 
 def test_trials_use_the_fast_engine_and_test_blocks_backtrader(first_run):
@@ -135,7 +146,12 @@ def test_exported_agents_never_saw_their_test_block(first_run):
         assert pd.Timestamp(card["dataset"]["last_bar_used"]) == pd.Timestamp(fold["validation"][1])
         assert pd.Timestamp(card["dataset"]["last_bar_used"]) < pd.Timestamp(fold["test"][0])
         assert card["tbm"]["horizon"] == fold["params"]["horizon"] == fold["execution"]["horizon"]
-        assert agent.threshold == pytest.approx(fold["execution"]["threshold"])
+        # the threshold: the agent signals on its training bars (train + validation, refit) about as often
+        # as their labels are positive
+        df = load_ohlcv("sp500", start=START, end=END)
+        p = agent.predict_proba(df.loc[:fold["validation"][1]]).dropna()
+        rate = card["metrics"]["label_balance"]["train_positive_rate"]
+        assert abs(float((p >= agent.threshold).mean()) - rate) < 0.03
         # refit epochs = the best trial's best epoch
         assert card["metrics"]["epochs_run"] == fold["best_epoch"] == 1
 
@@ -242,6 +258,33 @@ def test_cpcv_retrains_the_selection_on_every_split_and_reports_its_paths(tmp_pa
             assert not ((ends >= lo) & (ends < hi)).any(), (groups, g)
     printed = capsys.readouterr().out
     assert "CPCV of the latest selection (4 groups, 2 tested; 6 trainings, 3 paths): path Sharpe median" in printed
+
+
+class _PruneOddTrials(optuna.pruners.BasePruner):
+    """Prunes every odd-numbered trial at its first report."""
+
+    def prune(self, study, trial) -> bool:
+        return trial.number % 2 == 1
+
+
+def test_pruned_trials_count_in_the_deflated_sharpe_and_val_auc_is_maximised(tmp_path, monkeypatch):
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kw: _PruneOddTrials())
+    out = tmp_path / "out"
+    args = TINY_ARGS + ["--objective", "val_auc", "--epochs", "2", "--folds", "1", "--trials", "4", "--study", "pr",
+                        "--out", str(out)]
+    assert wf.main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    trials = _trials(f"sqlite:///{(out / 'optuna.db').resolve()}", "pr_fold0")
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
+    # N of the Deflated Sharpe Ratio: every configuration tried, 2 completed + 2 pruned
+    assert report["trials"] == {"complete": 2, "pruned": 2, "failed": 0}
+    assert report["deflated_sharpe"]["n_trials"] == 4 and report["configurations_tried"] == 4
+    # val_auc: each trial scores its validation AUC, and the fold keeps the highest
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert all(t.value == t.user_attrs["val_auc"] for t in done)
+    assert report["objective"] == {"name": "val_auc", "direction": "maximize"}
+    assert report["folds"][0]["best_value"] == max(t.value for t in done)
 
 
 def test_a_failing_sweep_fails_its_batch_instead_of_leaving_it_running(tmp_path, monkeypatch, capsys):
