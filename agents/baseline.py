@@ -48,7 +48,7 @@ def auc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, b
 
     Each resample joins random blocks of ``block`` consecutive events until it has as many events;
     both models are scored on the same resample, so what they share cancels. ``n_boot`` drops for
-    very many events (resamples x events <= 2e7); the count used is returned.
+    very many events (resamples x events <= 2e7, at least 100); the count used is returned.
     """
     y = np.asarray(y, dtype=bool)
     a, b = np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)
@@ -59,12 +59,14 @@ def auc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, b
         raise ValueError(f"block must be >= 1 events, got {block}")
     diff = float(auc_of(y, a)[0] - auc_of(y, b)[0])
     block = min(int(block), n)
-    n_boot = int(max(200, min(n_boot, _BOOT_CELLS // max(n, 1))))
+    # resamples x events stay under _BOOT_CELLS (at least 100 resamples); 2e6 cells a chunk bound memory
+    n_boot = int(min(n_boot, max(100, _BOOT_CELLS // max(n, 1))))
+    chunk = max(1, min(100, 2_000_000 // max(n, 1)))
     rng = np.random.default_rng(seed)
     k = -(-n // block)  # blocks per resample
     draws = []
-    for lo in range(0, n_boot, 100):  # 100 resamples at a time: memory stays ~100 x n
-        m = min(100, n_boot - lo)
+    for lo in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - lo)
         starts = rng.integers(0, n - block + 1, size=(m, k))
         idx = (starts[:, :, None] + np.arange(block)).reshape(m, -1)[:, :n]
         draws.append(auc_of(y[idx], a[idx]) - auc_of(y[idx], b[idx]))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .baseline import linear_baselines
+from .baseline import MAX_FIT_ROWS, linear_baselines
 from .losses import FocalLoss, best_constant_probability
 
 if TYPE_CHECKING:
@@ -139,7 +139,11 @@ def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epo
     # which lies elsewhere; a model beating only the base rate under focal loss may just be recalibrated.
     p_const = best_constant_probability(torch.from_numpy(y_tr), cfg.focal_alpha, cfg.focal_gamma)
     bce = FocalLoss(alpha=None, gamma=0.0)  # = binary cross-entropy (log-loss)
-    baseline = linear_baselines(prep.last_rows("train"), y_tr, prep.last_rows("val"), y_va, z_va,
+    # the baseline fits on at most MAX_FIT_ROWS training windows, spread evenly: reading only those keeps
+    # a large universe's rows out of memory
+    fit_ids = (np.linspace(0, len(y_tr) - 1, MAX_FIT_ROWS).astype(np.int64) if len(y_tr) > MAX_FIT_ROWS
+               else np.arange(len(y_tr)))
+    baseline = linear_baselines(prep.last_rows("train", fit_ids), y_tr[fit_ids], prep.last_rows("val"), y_va, z_va,
                                 names=list(prep.names), sources=prep.spec.sources(), block=cfg.horizon,
                                 seed=cfg.seed)
     return {

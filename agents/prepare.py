@@ -74,9 +74,11 @@ class Prepared:
         """Average uniqueness of each label of ``dataset(which)``, in its order (float64)."""
         return self.uniqueness[self._ends(which)]
 
-    def last_rows(self, which: str) -> np.ndarray:
-        """Normalised features of each window's last bar, in ``dataset(which)``'s order (the linear baseline)."""
-        return self.x[self._ends(which)]
+    def last_rows(self, which: str, ids: np.ndarray | None = None) -> np.ndarray:
+        """Normalised features of each window's last bar, in ``dataset(which)``'s order, or of the windows
+        ``ids`` of it (the linear baseline)."""
+        ends = self._ends(which)
+        return self.x[ends if ids is None else ends[ids]]
 
     @property
     def n_rows(self) -> int:
@@ -265,13 +267,14 @@ class PooledPrepared:
         x, _ = ds.batch(ids)
         return x[:, -1, :].numpy()
 
-    def last_rows(self, which: str) -> np.ndarray:
-        """Normalised features of each window's last bar, in ``dataset(which)``'s order (the linear baseline);
-        read in chunks, so memory is the rows, not the windows."""
+    def last_rows(self, which: str, ids: np.ndarray | None = None) -> np.ndarray:
+        """Normalised features of each window's last bar, in ``dataset(which)``'s order, or of the windows
+        ``ids`` of it (the linear baseline); read in chunks, so memory is the rows, not the windows."""
         ds = self.dataset(which, self.seq_len)
-        out = np.empty((len(ds), len(self.names)), dtype=np.float32)
-        for lo in range(0, len(ds), 4096):
-            x, _ = ds.batch(np.arange(lo, min(lo + 4096, len(ds))))
+        ids = np.arange(len(ds)) if ids is None else np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), len(self.names)), dtype=np.float32)
+        for lo in range(0, len(ids), 4096):
+            x, _ = ds.batch(ids[lo : lo + 4096])
             out[lo : lo + len(x)] = x[:, -1, :].numpy()
         self.store.release()
         return out

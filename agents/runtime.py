@@ -42,10 +42,14 @@ def graph_sha256(proto) -> str:
 
 def _external_tensor(graph) -> str | None:
     """Name of the first tensor of ``graph`` (subgraphs included) stored outside the file, else None."""
-    tensors = list(graph.initializer) + [t.values for t in graph.sparse_initializer]
+    tensors = list(graph.initializer) + [x for t in graph.sparse_initializer for x in (t.values, t.indices)]
     for node in graph.node:
         for attr in node.attribute:
             tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            if attr.HasField("sparse_tensor"):
+                tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+            for st in attr.sparse_tensors:
+                tensors += [st.values, st.indices]
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 name = _external_tensor(sub)
                 if name is not None:
@@ -104,6 +108,8 @@ class OnnxAgent:
         props = {p.key: p.value for p in proto.metadata_props}
         card = _meta.parse(props.get(_meta.METADATA_KEY), path=path)
         external = _external_tensor(proto.graph)
+        for fn in proto.functions:  # model-local functions hold nodes (and constants) too
+            external = external or _external_tensor(onnx.helper.make_graph(list(fn.node), fn.name, [], []))
         if external is not None:
             # onnxruntime would resolve the location against the current folder: any file could be read
             raise _meta.AgentFileError(f"{path}: tensor {external!r} keeps its data in an external file; agent files "

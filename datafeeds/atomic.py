@@ -10,9 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# A temporary file is named .<name>.<host>.<pid>.<random>.tmp. One left by a killed writer is removed by
-# the next write of the same file: at once when its writer is a dead process of this host, after a day
-# when it comes from another host (a shared folder: its process cannot be checked from here).
+# A temporary file is named .<name>.<space>.<pid>.<random>.tmp, <space> a digest of the host name and
+# the pid namespace (containers may share a host name, not their pids). One left by a killed writer is
+# removed by the next write of the same file: at once when its writer is a dead process of this pid
+# space, after a day when it comes from another (a shared folder: its process cannot be checked here).
 _FOREIGN_MAX_AGE = 86_400.0
 
 
@@ -21,7 +22,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_space()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -45,7 +46,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         m = mine.fullmatch(tmp.name)
         try:
-            if m and m.group(1) == _host():
+            if m and m.group(1) == _space():
                 stale = not _alive(int(m.group(2)))
             else:  # another host's, or the naming before hosts and pids: by age only
                 stale = time.time() - tmp.stat().st_mtime > _FOREIGN_MAX_AGE
@@ -57,8 +58,15 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+def _space() -> str:
+    """Where a pid means one process: this host name and pid namespace, as 12 hex digits."""
+    import hashlib
+
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:  # no /proc (macOS, Windows): the host name alone
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{ns}".encode()).hexdigest()[:12]
 
 
 def _alive(pid: int) -> bool:

@@ -222,20 +222,21 @@ def test_an_unwritable_output_is_refused_before_training(option, tmp_path):
 
 # ------------------------------------------------------------------ litter
 def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
-    from datafeeds.atomic import _host, write_atomic
+    from datafeeds.atomic import _space, write_atomic
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     target = tmp_path / "report.json"
-    stale = tmp_path / f".report.json.{_host()}.{dead.pid}.abc123.tmp"
-    live = tmp_path / f".report.json.{_host()}.{os.getpid()}.def456.tmp"  # a writer still at work
+    stale = tmp_path / f".report.json.{_space()}.{dead.pid}.abc123.tmp"
+    live = tmp_path / f".report.json.{_space()}.{os.getpid()}.def456.tmp"  # a writer still at work
+    elsewhere = tmp_path / f".report.json.0123456789ab.{dead.pid}.ghi789.tmp"  # another container's pid space
     old = tmp_path / ".report.json.k2j3h4.tmp"  # the naming before hosts and pids, two days old
     other = tmp_path / ".other.json.x.1.y.tmp"
-    for f in (stale, live, old, other):
+    for f in (stale, live, elsewhere, old, other):
         f.write_text("partial")
     two_days = time.time() - 2 * 86_400
     os.utime(old, (two_days, two_days))
     write_atomic(target, b"{}")
     assert target.read_bytes() == b"{}"
     assert not stale.exists() and not old.exists()
-    assert live.exists() and other.exists()
+    assert live.exists() and elsewhere.exists() and other.exists()  # not judged by a pid from another space

@@ -50,3 +50,15 @@ def test_a_truly_better_trial_is_not_overfit():
 def test_bad_input_is_refused_with_the_reason(args, needle):
     with pytest.raises(ValueError, match=needle):
         pbo(*args)
+
+
+def test_a_fold_whose_trials_all_returned_the_same_has_no_pbo():
+    from types import SimpleNamespace
+
+    from engine.walkforward.report import fold_pbo
+
+    flat = [SimpleNamespace(user_attrs={"val_returns": [0.0] * 100}) for _ in range(3)]
+    assert fold_pbo(flat) == {"pbo": None, "why": "every completed trial has the same validation returns"}
+    rng = np.random.default_rng(1)
+    varied = [SimpleNamespace(user_attrs={"val_returns": rng.normal(0, 0.01, 100).tolist()}) for _ in range(3)]
+    assert 0.0 <= fold_pbo(varied)["pbo"] <= 1.0 and fold_pbo(varied)["n_blocks"] == 10

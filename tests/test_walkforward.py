@@ -258,6 +258,10 @@ def test_cpcv_retrains_the_selection_on_every_split_and_reports_its_paths(tmp_pa
             assert not ((ends >= lo) & (ends < hi)).any(), (groups, g)
     printed = capsys.readouterr().out
     assert "CPCV of the latest selection (4 groups, 2 tested; 6 trainings, 3 paths): path Sharpe median" in printed
+    # a rerun reports the kept result: nothing retrained
+    seen.clear()
+    assert wf.main(STRATEGY_ARGS + ["--trials", "2", "--study", "cv", "--out", str(out), "--cpcv", "4,2"]) == 0
+    assert seen == [] and json.loads((out / "report.json").read_text())["cpcv"] == c
 
 
 class _PruneOddTrials(optuna.pruners.BasePruner):
@@ -508,6 +512,20 @@ def test_a_failed_trial_does_not_shift_the_draws_of_the_trials_after_it():
     done = [t.params for t in broken.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done == [t.params for t in clean.trials]
     assert wf_search.position(broken, 3) == 2
+
+
+def test_a_failure_while_later_trials_run_hands_out_no_draw_twice():
+    # trials 0 and 1 run (two workers); trial 0 fails; trial 2 must not take trial 1's draw
+    study = optuna.create_study(sampler=wf_search.TrialSeededTPE(seed=5, n_startup_trials=10))
+    t0, t1 = study.ask(), study.ask()
+    for t in (t0, t1):
+        t.suggest_float("x", 0.0, 1.0)
+    study.tell(t0, state=optuna.trial.TrialState.FAIL)
+    t2 = study.ask()
+    t2.suggest_float("x", 0.0, 1.0)
+    draws = {t.number: t.system_attrs["draw_position"] for t in study.get_trials(deepcopy=False)}
+    assert draws == {0: 0, 1: 1, 2: 2}
+    assert t2.params["x"] != t1.params["x"]
 
 
 def test_a_trial_beyond_the_total_is_refused():

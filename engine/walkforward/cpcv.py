@@ -9,6 +9,8 @@ the distribution of the paths' Sharpe ratios instead of one number.
 
 The configuration was chosen on the walk-forward folds' validation blocks, which CPCV also tests on:
 the distribution measures how the configuration holds up across periods, not a clean out-of-sample.
+The embargo covers every feature's warm-up and the window; recursive features (EWMs, Wilder's ATR)
+still carry a decaying trace of a test group past it.
 """
 
 from __future__ import annotations

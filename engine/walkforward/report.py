@@ -88,10 +88,13 @@ def fold_pbo(trials) -> dict:
     if len({len(r) for r in rows}) != 1:
         return {"pbo": None, "why": "trials' validation returns differ in length"}
     n_periods = len(rows[0])
+    m = np.array(rows, dtype=np.float64).T
+    if np.all(m == m[:, :1]):  # every trial the same returns (e.g. none traded): there is no selection to judge
+        return {"pbo": None, "why": "every completed trial has the same validation returns"}
     n_blocks = min(16, n_periods // PBO_MIN_BLOCK) // 2 * 2
     if n_blocks < 2:
         return {"pbo": None, "why": f"{n_periods} validation bars: needs >= {2 * PBO_MIN_BLOCK} for 2 blocks"}
-    return probability_of_backtest_overfitting(np.array(rows, dtype=np.float64).T, n_blocks)
+    return probability_of_backtest_overfitting(m, n_blocks)
 
 
 def pbo_summary(results: list[dict]) -> dict:
@@ -99,8 +102,9 @@ def pbo_summary(results: list[dict]) -> dict:
     per_fold = [r.get("pbo", {}).get("pbo") if isinstance(r.get("pbo"), dict) else None for r in results]
     known = [v for v in per_fold if v is not None]
     return {"per_fold": per_fold, "mean": float(np.mean(known)) if known else None,
-            "note": "CSCV over each fold's completed trials (pruned trials have no validation backtest); "
-                    "~0.5 = the selection is luck, ~0 = the chosen configuration is really better",
+            "note": "CSCV over each fold's completed trials (pruned trials have no validation backtest): the "
+                    "probability that picking the best validation Sharpe among them is overfit, whatever the "
+                    "run's --objective; ~0.5 = luck, ~0 = one configuration is really better",
             "method": next((r["pbo"]["method"] for r in results if isinstance(r.get("pbo"), dict)
                             and r["pbo"].get("method")), None)}
 
@@ -214,8 +218,8 @@ def _pbo_line(pbo: dict | None) -> str:
     if not isinstance(pbo, dict) or pbo.get("mean") is None:
         return "probability of backtest overfitting: n/a (fewer than 2 completed trials or validation bars too few)"
     folds = ", ".join(f"fold {k} {fmt(v, '.2f')}" for k, v in enumerate(pbo["per_fold"]))
-    return (f"probability of backtest overfitting (CSCV): {pbo['mean']:.2f} mean over folds ({folds}); "
-            "0.5 = selection by luck, 0 = a really better configuration")
+    return (f"probability of backtest overfitting (CSCV, best validation Sharpe among each fold's trials): "
+            f"{pbo['mean']:.2f} mean over folds ({folds}); 0.5 = selection by luck, 0 = a really better configuration")
 
 
 # ------------------------------------------------------------------------------------ the files

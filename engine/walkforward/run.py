@@ -408,22 +408,24 @@ def _search_by_sweep(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: i
             fitted = _fit_fold_model(ctx, fold, tcfg, on_epoch)
         ctx.fold_models[fold.fold] = fitted
     started = 0
-    while started < n_trials and (seconds is None or time.perf_counter() - t0 < seconds):
+    # like study.optimize, at least one batch runs even if training the model used up the time
+    while started < n_trials and (started == 0 or seconds is None or time.perf_counter() - t0 < seconds):
         check_stop(ctx.stop)
         if len(study.get_trials(deepcopy=False, states=LIVE)) >= cfg.trials and not study.get_trials(
                 deepcopy=False, states=(TrialState.WAITING,)):
             return  # full: other workers hold the remaining slots
         batch: list[tuple[optuna.Trial, Execution]] = []
         told: set[int] = set()
+        beating = _BatchHeartbeat(ctx.storage, cfg.heartbeat)
         try:
             surplus = None
             while len(batch) < min(_SWEEP_BATCH, n_trials - started):
                 with warnings.catch_warnings():  # heartbeats are recorded by hand below
                     warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                     trial = study.ask()
-                # a worker killed before telling leaves RUNNING trials: with a heartbeat they go stale
-                # after the grace period and are retried like any dead worker's trial
-                ctx.storage.record_heartbeat(trial._trial_id)
+                # beats until told (as study.optimize's heartbeat thread does); a worker killed before telling
+                # leaves RUNNING trials that go stale after the grace period and are retried
+                beating.add(trial._trial_id)
                 try:
                     check_not_surplus(trial, cfg.trials)
                 except SurplusTrial as exc:
@@ -442,12 +444,38 @@ def _search_by_sweep(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: i
             if surplus is not None:
                 raise surplus
         finally:  # an error or Ctrl-C: the batch's trials not yet told fail (a rerun retries their slots)
+            beating.stop()
             for trial, _ in batch:
                 if trial.number not in told:
                     try:
                         study.tell(trial, state=TrialState.FAIL)
                     except Exception as exc:  # the database; fail_stale retries it after the grace period
                         log.warning("could not mark trial %d failed (%s)", trial.number, exc)
+
+
+class _BatchHeartbeat:
+    """Heartbeats for a batch's asked trials every ``interval`` seconds on a thread, until ``stop``."""
+
+    def __init__(self, storage, interval: float):
+        self._storage, self._ids, self._done = storage, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(float(interval),), daemon=True, name="batch heartbeat")
+        self._thread.start()
+
+    def add(self, trial_id: int) -> None:
+        self._storage.record_heartbeat(trial_id)
+        self._ids.append(trial_id)
+
+    def _run(self, interval: float) -> None:
+        while not self._done.wait(interval):
+            for trial_id in list(self._ids):
+                try:
+                    self._storage.record_heartbeat(trial_id)
+                except Exception as exc:  # a busy database: the next beat retries
+                    log.debug("heartbeat of trial id %d failed (%s)", trial_id, exc)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _FittedTrial,
@@ -467,8 +495,12 @@ def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _Fitted
         val = {"sharpe": sharpe, "sr": None if sharpe is None else sharpe / float(np.sqrt(ctx.ppy)),
                "total_return": float(row["total_return"]), "n_trades": int(row["n_trades"]),
                "returns": curves[j].pct_change().dropna().tolist()}
-        value = _record_trial(ctx, fold, trial, fitted, th, val, each)
-        study.tell(trial, value)
+        try:
+            value = _record_trial(ctx, fold, trial, fitted, th, val, each)
+            study.tell(trial, value, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another worker: it retries it
+            log.warning("fold %d trial %d: failed by another worker while this one scored it; its retry counts",
+                        fold.fold, trial.number)
         told.add(trial.number)
 
 
@@ -600,9 +632,17 @@ def _cpcv(ctx: _Context, results: list[dict]) -> dict | None:
     if ctx.cfg.cpcv is None:
         return None
     last = results[-1]
+    # kept in the last fold's study: a rerun or another worker reports it without retraining every split
+    study = optuna.load_study(study_name=f"{ctx.cfg.study_name}_fold{last['fold']}", storage=ctx.storage)
+    key = "cpcv_{}_{}".format(*ctx.cfg.cpcv)
+    kept = study.user_attrs.get(key)
+    if kept is not None and kept.get("params") == last["params"]:
+        return kept
     log.info("cpcv: retraining fold %d's selection on every split of %d groups, %d tested", last["fold"],
              *ctx.cfg.cpcv)
-    return evaluate_cpcv(ctx.cfg, ctx.df, last["params"], int(last["best_epoch"]), ctx.ppy, stop=ctx.stop)
+    result = evaluate_cpcv(ctx.cfg, ctx.df, last["params"], int(last["best_epoch"]), ctx.ppy, stop=ctx.stop)
+    study.set_user_attr(key, json.loads(json.dumps(result)))
+    return result
 
 
 def _sha256(path: Path) -> str:

@@ -24,6 +24,19 @@ def position(study: optuna.Study, number: int) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and t.state != TrialState.FAIL)
 
 
+def draw_position(study: optuna.Study, trial) -> int:
+    """The position that seeds ``trial``'s draw: its ``position``, or the next one no live or finished
+    trial holds. A failed trial frees its position (a resumed run draws what the uninterrupted one drew);
+    with several workers a failure while later trials run must not hand out a position in use twice."""
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.system_attrs.get("draw_position") for t in trials
+             if t.state != TrialState.FAIL and t.number != trial.number}
+    p = position(study, trial.number)
+    while p in taken:
+        p += 1
+    return p
+
+
 class TrialSeededTPE(optuna.samplers.BaseSampler):
     """TPE whose random stream is seeded by (seed, trial position) instead of once per process.
 
@@ -43,7 +56,9 @@ class TrialSeededTPE(optuna.samplers.BaseSampler):
 
     def before_trial(self, study, trial):
         self.started.add(trial._trial_id)
-        seed = int(np.random.SeedSequence([self._seed, position(study, trial.number)]).generate_state(1)[0])
+        draw = draw_position(study, trial)
+        study._storage.set_trial_system_attr(trial._trial_id, "draw_position", draw)
+        seed = int(np.random.SeedSequence([self._seed, draw]).generate_state(1)[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar
             # constant liar: running trials count as bad, so parallel workers spread out
