@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -609,15 +610,20 @@ def test_a_run_killed_mid_fold_and_resumed_reports_what_an_uninterrupted_run_rep
     # the same study, killed (SIGKILL: no clean-up) while its third trial runs
     proc = subprocess.Popen(command("killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"sqlite:///{(tmp_path / 'killed' / 'optuna.db').resolve()}"
+    # kill once the third (or a later) trial runs and has beaten once: optuna records a trial's first
+    # heartbeat just after creating it, and a trial killed before that could never go stale
+    running = ("SELECT t.number FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+               "WHERE t.state = 'RUNNING' AND t.number >= 2")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
         try:
-            trials = _trials(url, "killed_fold0")
-        except Exception:  # the database or the study does not exist yet
+            # read-only: connecting must not create the file before the run does
+            with sqlite3.connect(f"file:{tmp_path / 'killed' / 'optuna.db'}?mode=ro", uri=True, timeout=1) as db:
+                if db.execute(running).fetchall():
+                    break
+        except sqlite3.Error:  # the database or its tables do not exist yet
             continue
-        if any(t.number == 2 and t.state == optuna.trial.TrialState.RUNNING for t in trials):
-            break
     proc.kill()
     proc.wait(timeout=30)
     assert any(t.state == optuna.trial.TrialState.RUNNING for t in _trials(url, "killed_fold0"))
