@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 def _num(x, spec=".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
+    """A card number formatted, or "n/a" for anything else (a hand-edited card may hold any value)."""
+    ok = isinstance(x, (int, float)) and not isinstance(x, bool)
+    return format(x, spec) if ok else "n/a"
 
 
 def _features(agent: OnnxAgent) -> str:

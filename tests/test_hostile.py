@@ -240,3 +240,14 @@ def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     assert target.read_bytes() == b"{}"
     assert not stale.exists() and not old.exists()
     assert live.exists() and elsewhere.exists() and other.exists()  # not judged by a pid from another space
+
+
+def test_inspect_shows_n_a_for_crafted_values_in_unchecked_card_sections(tmp_path):
+    proto = onnx.load(str(SHIPPED))
+    card = _card(proto)
+    card["metrics"]["sample_weights"]["uniqueness"]["mean"] = "lots"
+    card["metrics"]["linear_baseline"]["price_volume"] = {"other_columns": ["bid_size"], "val_auc": "0.9"}
+    path = _save(proto, card, tmp_path / "odd.onnx")
+    done = _run("-m", "agents.inspect", str(path))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "label uniqueness mean n/a" in done.stdout and "(without bid_size): AUC n/a" in done.stdout

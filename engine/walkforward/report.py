@@ -216,7 +216,7 @@ def _cpcv_lines(c: dict | None) -> list[str]:
 
 def _pbo_line(pbo: dict | None) -> str:
     if not isinstance(pbo, dict) or pbo.get("mean") is None:
-        return "probability of backtest overfitting: n/a (fewer than 2 completed trials or validation bars too few)"
+        return "probability of backtest overfitting: n/a in every fold (each fold's reason is in report.json)"
     folds = ", ".join(f"fold {k} {fmt(v, '.2f')}" for k, v in enumerate(pbo["per_fold"]))
     return (f"probability of backtest overfitting (CSCV, best validation Sharpe among each fold's trials): "
             f"{pbo['mean']:.2f} mean over folds ({folds}); 0.5 = selection by luck, 0 = a really better configuration")
