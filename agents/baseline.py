@@ -89,18 +89,14 @@ def fit_logistic(x_train: np.ndarray, y_train: np.ndarray, *, seed: int = 0):
     return LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(x, y)
 
 
-def _logloss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 def linear_baselines(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                      agent_val_score: np.ndarray, *, names: list[str], sources: dict, block: int,
                      seed: int = 0) -> dict:
     """The card's ``linear_baseline`` section: the logistic regression's validation AUC and log-loss, the
     agent-minus-baseline AUC difference with its interval, and the price-and-volume-only baseline's AUC
     when other data columns are in use. Rows are the normalised features at each labelled bar."""
+    from sklearn.metrics import log_loss
+
     y_tr, y_va = np.asarray(y_train) > 0.5, np.asarray(y_val) > 0.5
     out: dict = {"model": f"logistic regression (L2, C=1) on the last bar's {len(names)} normalised features"}
     if len(np.unique(y_tr)) < 2 or len(y_va) == 0:
@@ -109,7 +105,7 @@ def linear_baselines(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     model = fit_logistic(x_train, y_tr, seed=seed)
     p_va = model.predict_proba(np.asarray(x_val, dtype=np.float64))[:, 1]
     two_classes = len(np.unique(y_va)) == 2
-    out.update(val_auc=float(auc_of(y_va, p_va)[0]) if two_classes else None, val_logloss=_logloss(y_va, p_va),
+    out.update(val_auc=float(auc_of(y_va, p_va)[0]) if two_classes else None, val_logloss=float(log_loss(y_va, p_va, labels=[False, True])),
                auc_difference=(auc_difference(y_va, agent_val_score, p_va, block=block, seed=seed)
                                if two_classes else None))
     other = sorted({c for col in names for c in sources.get(col, ())} - PRICE_VOLUME)

@@ -247,13 +247,15 @@ class PooledPrepared:
         """Average uniqueness of each label of ``dataset(which)`` in its order (float64), concurrency
         counted among each instrument's own labels."""
         st = self.store
+        per_symbol: dict[int, np.ndarray] = {}  # an instrument's uniqueness, once for all its ranges
         parts = []
         for i, lo, hi in self.ranges[which]:
-            t1 = np.asarray(st.t1(st.symbols[i]), dtype=np.int64)
-            pos = np.flatnonzero(t1 >= 0)
-            u = np.full(len(t1), np.nan)
-            u[pos] = average_uniqueness(pos, t1[pos], len(t1))
-            parts.append(u[lo:hi])
+            if i not in per_symbol:
+                t1 = np.asarray(st.t1(st.symbols[i]), dtype=np.int64)
+                pos = np.flatnonzero(t1 >= 0)
+                per_symbol[i] = np.full(len(t1), np.nan)
+                per_symbol[i][pos] = average_uniqueness(pos, t1[pos], len(t1))
+            parts.append(per_symbol[i][lo:hi])
         st.release()
         return np.concatenate(parts) if parts else np.empty(0)
 

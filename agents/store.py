@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from datafeeds.atomic import write_atomic
+from datafeeds.process import pid_alive
 from labeling import TBMConfig, triple_barrier_labels
 
 from .features import FeatureSpec, compute_features
@@ -501,7 +502,7 @@ def _remove_stale_temps(root: Path, now: float | None = None) -> None:
             # owner.json is written right after mkdir and removed just before the index: without it,
             # the folder is either brand new, or complete and about to be renamed. Judge by the pid alone.
             owner = {"host": host, "pid": pid}
-        dead = owner.get("host") == host and not _pid_alive(int(owner.get("pid", pid)))
+        dead = owner.get("host") == host and not pid_alive(int(owner.get("pid", pid)))
         if dead or now - _newest_mtime(tmp) > STALE_AFTER:
             log.info("removing %s, left by a build that died", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -516,17 +517,3 @@ def _newest_mtime(folder: Path) -> float:
             except OSError:
                 pass
     return newest
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    except OSError:
-        return True
-    return True

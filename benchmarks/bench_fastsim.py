@@ -49,18 +49,8 @@ def main() -> None:
     print(f"machine: {machine_info(np, pd, numba)}")
     print(f"data: {len(df):,} bootstrapped sp500 bars, random signal, params {PARAMS}")
 
-    t0 = time.perf_counter()
-    fast = run_backtest(df, "agent", engine="fast", **kw)
-    first_call = time.perf_counter() - t0
-    times, kernel = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fast = run_backtest(df, "agent", engine="fast", **kw)
-        times.append(time.perf_counter() - t0)
-        kernel.append(fast.config["run_seconds"])
-    fast_s, kernel_s = statistics.median(times), statistics.median(kernel)
-    # each call against its own kernel: a burst of load on the machine slows both parts of that call
-    ratio = statistics.median(w / k for w, k in zip(times, kernel))
+    fast, first_call, fast_s, kernel_s, ratio = timed_fast_calls(
+        lambda: run_backtest(df, "agent", engine="fast", **kw), args.repeats)
 
     t0 = time.perf_counter()
     ref = run_backtest(df, "agent", engine="backtrader", **kw)
@@ -82,6 +72,23 @@ def main() -> None:
           f"(median over the calls of each call's ratio)")
     if args.sweep:
         sweep_case(df, signal, args.sweep)
+
+
+def timed_fast_calls(call, repeats: int):
+    """A first (compile or cache load) call, then ``repeats`` timed ones: the last result, the first call's
+    seconds, the median whole call and kernel seconds, and the median of each call's whole / kernel ratio
+    (a burst of load on the machine slows both parts of that call)."""
+    t0 = time.perf_counter()
+    result = call()
+    first = time.perf_counter() - t0
+    times, kernel = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - t0)
+        kernel.append(result.config["run_seconds"])
+    ratio = statistics.median(w / k for w, k in zip(times, kernel))
+    return result, first, statistics.median(times), statistics.median(kernel), ratio
 
 
 def sweep_case(df, signal, n_conf: int) -> None:
@@ -132,18 +139,8 @@ def universe_case(args) -> None:
     print(f"machine: {machine_info(np, pd, numba)}")
     print(f"data: {n} instruments x {bars:,} bootstrapped sp500 bars (~5% missing each, own calendars), "
           f"random signals, params {kw}")
-    t0 = time.perf_counter()
-    fast = run_portfolio(frames, signals, engine="fast", **kw)
-    first_call = time.perf_counter() - t0
-    times, kernel = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fast = run_portfolio(frames, signals, engine="fast", **kw)
-        times.append(time.perf_counter() - t0)
-        kernel.append(fast.config["run_seconds"])
-    fast_s, kernel_s = statistics.median(times), statistics.median(kernel)
-    # each call against its own kernel: a burst of load on the machine slows both parts of that call
-    ratio = statistics.median(w / k for w, k in zip(times, kernel))
+    fast, first_call, fast_s, kernel_s, ratio = timed_fast_calls(
+        lambda: run_portfolio(frames, signals, engine="fast", **kw), args.repeats)
     t0 = time.perf_counter()
     ref = run_portfolio(frames, signals, engine="backtrader", **kw)
     bt_s = time.perf_counter() - t0

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
-import socket
 import tempfile
 import time
 from pathlib import Path
 
-# A temporary file is named .<name>.<space>.<pid>.<random>.tmp, <space> a digest of the host name and
-# the pid namespace (containers may share a host name, not their pids). One left by a killed writer is
-# removed by the next write of the same file: at once when its writer is a dead process of this pid
+from datafeeds.process import pid_alive, pid_space
+
+# A temporary file is named .<name>.<space>.<pid>.<random>.tmp, <space> a digest of the pid space
+# (datafeeds.process: containers may share a host name, not their pids). One left by a killed writer
+# is removed by the next write of the same file: at once when its writer is a dead process of this pid
 # space, after a day when it comes from another (a shared folder: its process cannot be checked here).
 _FOREIGN_MAX_AGE = 86_400.0
 
@@ -47,7 +49,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
         m = mine.fullmatch(tmp.name)
         try:
             if m and m.group(1) == _space():
-                stale = not _alive(int(m.group(2)))
+                stale = not pid_alive(int(m.group(2)))
             else:  # another host's, or the naming before hosts and pids: by age only
                 stale = time.time() - tmp.stat().st_mtime > _FOREIGN_MAX_AGE
             if stale:
@@ -59,21 +61,5 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
 
 
 def _space() -> str:
-    """Where a pid means one process: this host name and pid namespace, as 12 hex digits."""
-    import hashlib
-
-    try:
-        ns = os.readlink("/proc/self/ns/pid")
-    except OSError:  # no /proc (macOS, Windows): the host name alone
-        ns = ""
-    return hashlib.sha256(f"{socket.gethostname()}|{ns}".encode()).hexdigest()[:12]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    """This process's pid space (``datafeeds.process.pid_space``) as 12 hex digits, for file names."""
+    return hashlib.sha256(pid_space().encode()).hexdigest()[:12]

@@ -673,12 +673,12 @@ def test_a_sqlite_transaction_holds_the_write_lock_from_its_first_read(tmp_path)
 
 # ------------------------------------------------------------------------------------ the finalise claim
 def _claim_info(pid: int, **extra) -> dict:
-    return {"worker": f"h:{pid}", "pid": pid, "pid_space": wfs._pid_space(), "pid_start": wfs._pid_start(pid), "token": "t0",
+    return {"worker": f"h:{pid}", "pid": pid, "pid_space": wfs.pid_space(), "pid_start": wfs._pid_start(pid), "token": "t0",
             "alive": time.time(), **extra}
 
 
 def _stale(info, now=0.0, seen=None):
-    return wfs._claim_is_stale(info, 3.0, here=wfs._pid_space(), now=now, seen={} if seen is None else seen, name="m.0")
+    return wfs._claim_is_stale(info, 3.0, here=wfs.pid_space(), now=now, seen={} if seen is None else seen, name="m.0")
 
 
 @pytest.fixture

@@ -6,13 +6,14 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import threading
 import time
 import warnings
 
 import numpy as np
 import optuna
+
+from datafeeds.process import pid_alive, pid_space
 
 # the walk-forward logger: `python -m engine.walkforward` shows its INFO lines under that name
 log = logging.getLogger("engine.walkforward")
@@ -111,7 +112,7 @@ def record_fold_result(study: optuna.Study, result: dict) -> None:
 # takeover of a stale generation g is the creation of generation g + 1 (again one winner; nothing is
 # deleted while the fold is open, so two workers taking over at once cannot delete each other's claim).
 # The marker's one attribute "claim" (written in one statement) says who holds it: worker, pid, the pid
-# namespace (``_pid_space``), the pid's start time, a random token, and "alive", renewed every heartbeat.
+# namespace (``pid_space``), the pid's start time, a random token, and "alive", renewed every heartbeat.
 #
 # Stale, i.e. may be taken over:
 #  - released by its holder (refit failed or interrupted);
@@ -148,18 +149,6 @@ _seen: dict[str, tuple] = {}  # marker name -> (its claim value, when this proce
 _seen_lock = threading.Lock()
 
 
-def _pid_space() -> str:
-    """What makes a pid name one process: the kernel boot and pid namespace on Linux, else the host name.
-
-    Two containers may share a host name but not their pids; two hosts never share a boot id.
-    """
-    try:
-        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
-        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return f"host:{socket.gethostname()}"
-
-
 def _pid_start(pid: int) -> str | None:
     """The start time of process ``pid`` (Linux: clock ticks since boot), to tell a reused pid; else None."""
     try:
@@ -169,20 +158,10 @@ def _pid_start(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[19]  # field 22; the name in parentheses may contain spaces
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _claim_is_stale(info: dict | None, grace: float, *, here: str, now: float, seen: dict, name: str) -> str | None:
     """Why the claim ``info`` (a marker's "claim" value; None: not written yet) may be taken over, or None.
 
-    ``here`` is this process's ``_pid_space()``; ``now`` a monotonic clock; ``seen`` this process's
+    ``here`` is this process's ``pid_space()``; ``now`` a monotonic clock; ``seen`` this process's
     record of when it first saw each marker's current value (updated here).
     """
     info = info or {}
@@ -192,7 +171,7 @@ def _claim_is_stale(info: dict | None, grace: float, *, here: str, now: float, s
     if info.get("pid_space") == here and isinstance(pid, int):
         if pid == os.getpid():  # this process: stale unless it is one of the claims it holds now
             return None if info.get("token") in _held else "left by an earlier run in this process"
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return f"its process {pid} is gone"
         start = info.get("pid_start")
         if start is not None and start != _pid_start(pid):
@@ -235,7 +214,7 @@ def take_claim(storage, base: str, worker: str, heartbeat: float) -> Claim | Non
     except KeyError:  # deleted meanwhile (a holder cleaning up after recording the fold): look again later
         return None
     if top >= 0:
-        why = _claim_is_stale(info, _GRACE_BEATS * heartbeat, here=_pid_space(), now=time.monotonic(),
+        why = _claim_is_stale(info, _GRACE_BEATS * heartbeat, here=pid_space(), now=time.monotonic(),
                               seen=_seen, name=f"{base}.{top}")
         if why is None:
             return None
@@ -253,7 +232,7 @@ def take_claim(storage, base: str, worker: str, heartbeat: float) -> Claim | Non
 
 def _claim_value(claim: Claim, **extra) -> dict:
     pid = os.getpid()
-    return {"worker": claim.worker, "pid": pid, "pid_space": _pid_space(), "pid_start": _pid_start(pid),
+    return {"worker": claim.worker, "pid": pid, "pid_space": pid_space(), "pid_start": _pid_start(pid),
             "token": claim.token, "alive": time.time(), **extra}
 
 
