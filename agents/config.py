@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .features import FeatureSpec
 
 _POSITIONAL = ("learned", "sinusoidal")
+POOLING = ("last", "mean", "attention", "lags")  # how the encoded window becomes one vector
+LR_SCHEDULES = ("constant", "onecycle", "cosine")
 
 
 def field_defaults(cls) -> SimpleNamespace:
@@ -39,9 +41,15 @@ class ModelConfig:
     dropout: float = 0.1  # on embeddings, attention and MLP; inactive in eval()
     positional: str = "learned"  # "learned" (a trained (L, d_model) table) or "sinusoidal" (fixed)
     norm_first: bool = True  # pre-LN layers: steadier training without warm-up tricks
+    # "last": the last step's state; "mean": the mean over steps; "attention": a learned query attends
+    # over the steps; "lags": the last ``lags`` steps' states, each cut to ``lag_width`` channels,
+    # side by side into an MLP, so every lag keeps its own weights (what a tree on lagged features sees)
+    pooling: str = "last"
+    lags: int = 16  # steps read by pooling="lags" (at most seq_len)
+    lag_width: int = 8  # channels kept per lag with pooling="lags"
 
     def __post_init__(self) -> None:
-        for name in ("n_features", "seq_len", "d_model", "n_heads", "n_layers", "dim_feedforward"):
+        for name in ("n_features", "seq_len", "d_model", "n_heads", "n_layers", "dim_feedforward", "lags", "lag_width"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
@@ -53,6 +61,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.positional not in _POSITIONAL:
             raise ValueError(f"ModelConfig.positional must be one of {_POSITIONAL}, got {self.positional!r}")
+        if self.pooling not in POOLING:
+            raise ValueError(f"ModelConfig.pooling must be one of {POOLING}, got {self.pooling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,10 +95,16 @@ class TrainConfig:
     n_heads: int = 4
     n_layers: int = 2
     dropout: float = 0.1
+    positional: str = "learned"  # learned | sinusoidal (ModelConfig.positional)
+    pooling: str = "last"  # last | mean | attention | lags (ModelConfig.pooling)
     epochs: int = 20  # upper bound; early stopping usually ends sooner
     patience: int = 4  # epochs without validation improvement before stopping
     batch_size: int | None = None  # None: the hardware profile's
-    lr: float = 3e-4
+    lr: float = 3e-4  # peak learning rate
+    # constant; onecycle = linear warm-up over the first ``warmup`` of the steps then cosine decay to 0
+    # over the rest of ``epochs``; cosine = the same without warm-up
+    lr_schedule: str = "constant"
+    warmup: float = 0.1  # fraction of all steps spent warming up with lr_schedule=onecycle
     weight_decay: float = 1e-2
     val_fraction: float = 0.2  # last fraction of the labelled events used for validation
     seed: int = 0
@@ -134,6 +150,10 @@ class TrainConfig:
             raise ValueError(f"--focal-alpha must be in [0, 1] (or negative for none), got {self.focal_alpha}")
         if not (self.focal_gamma >= 0 and math.isfinite(self.focal_gamma)):
             raise ValueError(f"--focal-gamma must be >= 0, got {self.focal_gamma}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"--warmup must be in [0, 1), got {self.warmup}")
         if self.sample_weights not in ("uniqueness", "none"):
             raise ValueError(f"--sample-weights must be uniqueness or none, got {self.sample_weights!r}")
         if self.normalise not in ("pooled", "per-symbol"):
@@ -162,6 +182,7 @@ class TrainConfig:
         return ModelConfig(
             n_features=n_features, seq_len=self.seq_len, d_model=self.d_model,
             n_heads=self.n_heads, n_layers=self.n_layers, dropout=self.dropout,
+            positional=self.positional, pooling=self.pooling,
         )
 
     def to_dict(self) -> dict:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .baseline import MAX_FIT_ROWS, linear_baselines
+from .baseline import GBM_LAGS, MAX_FIT_ROWS, evenly, gbm_baseline, gbm_fit_rows, linear_baselines
 from .losses import FocalLoss, best_constant_probability
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def adversarial_auc(train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0, ma
 
 
 # Working-set growth of `evaluate` over a process with torch and the data loaded: scikit-learn's import
-# (~70 MiB) and the adversarial classifier on the default data, measured in a memory cgroup here.
+# (~70 MiB), the baselines and the adversarial classifier on the default data, measured in a memory cgroup here.
 EVALUATION_MEMORY = 100 * 2**20
 # Windows per forward pass when scoring. Attention maps grow with it: at 1024 the default model's
 # inference peaked ~200 MiB above its working set here, at 256 ~15 MiB, at the same speed on CPU.
@@ -124,6 +124,34 @@ def weights_summary(cfg: TrainConfig, prep) -> dict:
                      else "every label weighs 1; the uniqueness is recorded for reference")}
 
 
+def loss_weights(cfg: TrainConfig, prep) -> np.ndarray | None:
+    """Each training window's loss weight (``--sample-weights``): the label's average uniqueness scaled to
+    mean 1, or None (every label 1). The trainer trains with these, and the GBM baseline fits with them."""
+    if cfg.sample_weights == "none":
+        return None
+    u = np.asarray(prep.weights("train"), dtype=np.float64)
+    return u / u.mean() if len(u) else u
+
+
+# Validation cells (rows x lags x features) the gradient-boosting baseline scores per block.
+_VAL_BLOCK_CELLS = 4_000_000
+
+
+def gbm_baseline_of(cfg: TrainConfig, prep: Prepared, y_tr: np.ndarray, y_va: np.ndarray, z_va: np.ndarray) -> dict:
+    """The card's ``gbm_baseline``: LightGBM on the last min(seq_len, GBM_LAGS) bars of training windows drawn
+    evenly (`gbm_fit_rows`), read in time order with the agent's sample weights; validation scored in blocks."""
+    k = min(cfg.seq_len, GBM_LAGS)
+    cols = k * len(prep.names)
+    ids = evenly(len(y_tr), gbm_fit_rows(cols))
+    ids = ids[np.argsort(prep.end_times("train", ids), kind="stable")]  # a universe's ids run instrument by instrument
+    weights = loss_weights(cfg, prep)
+    step = max(1, _VAL_BLOCK_CELLS // cols)
+    val_blocks = (prep.last_windows("val", k, np.arange(lo, min(lo + step, len(y_va))))
+                  for lo in range(0, len(y_va), step))
+    return gbm_baseline(prep.last_windows("train", k, ids), y_tr[ids], val_blocks, y_va, z_va, lags=k,
+                        weight=None if weights is None else weights[ids], block=cfg.horizon, seed=cfg.seed)
+
+
 def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
     """Metrics stored in the agent card: every loss next to its no-skill baseline."""
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
@@ -141,8 +169,7 @@ def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epo
     bce = FocalLoss(alpha=None, gamma=0.0)  # = binary cross-entropy (log-loss)
     # the baseline fits on at most MAX_FIT_ROWS training windows, spread evenly: reading only those keeps
     # a large universe's rows out of memory
-    fit_ids = (np.linspace(0, len(y_tr) - 1, MAX_FIT_ROWS).astype(np.int64) if len(y_tr) > MAX_FIT_ROWS
-               else np.arange(len(y_tr)))
+    fit_ids = evenly(len(y_tr), MAX_FIT_ROWS)
     baseline = linear_baselines(prep.last_rows("train", fit_ids), y_tr[fit_ids], prep.last_rows("val"), y_va, z_va,
                                 names=list(prep.names), sources=prep.spec.sources(), block=cfg.horizon,
                                 seed=cfg.seed)
@@ -160,6 +187,7 @@ def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epo
         "val_auc": roc_auc(y_va, z_va),
         "train_auc": roc_auc(y_tr, z_tr),
         "linear_baseline": baseline,
+        "gbm_baseline": gbm_baseline_of(cfg, prep, y_tr, y_va, z_va),
         "sample_weights": weights_summary(cfg, prep),
         "threshold": threshold,
         "threshold_rule": "given" if cfg.threshold is not None else "train signal rate = train base rate",

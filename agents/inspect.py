@@ -33,6 +33,15 @@ def _features(agent: OnnxAgent) -> str:
                      else name for name in agent.feature_names)
 
 
+def _difference(section: dict) -> str:
+    """The agent-minus-baseline AUC difference with its interval, or "" where the card has none."""
+    d = section.get("auc_difference")
+    if not isinstance(d, dict) or d.get("value") is None:
+        return ""
+    return (f"; agent minus it {_num(d.get('value'), '+.3f')} ({_num(d.get('level', 0.95), '.0%')} CI "
+            f"{_num(d.get('low'), '+.3f')}..{_num(d.get('high'), '+.3f')})")
+
+
 def linear_line(metrics: dict) -> str:
     """The linear baseline's validation numbers, or why there are none (also used by agents.train)."""
     lin = metrics.get("linear_baseline")
@@ -41,12 +50,24 @@ def linear_line(metrics: dict) -> str:
     if lin.get("val_auc") is None and lin.get("val_logloss") is None:
         return f"{lin.get('model', 'logistic regression')}: {lin.get('note', 'not fitted')}"
     text = (f"validation AUC {_num(lin.get('val_auc'), '.3f')}, log-loss {_num(lin.get('val_logloss'), '.4f')}"
-            f" ({lin.get('model', 'logistic regression')})")
+            f" ({lin.get('model', 'logistic regression')}){_difference(lin)}")
     pv = lin.get("price_volume")
     if isinstance(pv, dict) and pv.get("other_columns"):
         text += f"; on price and volume alone (without {', '.join(map(str, pv['other_columns']))}): AUC " \
                 f"{_num(pv.get('val_auc'), '.3f')}"
     return text
+
+
+def gbm_line(metrics: dict) -> str:
+    """The gradient-boosting baseline's validation numbers, or why there are none (also used by agents.train)."""
+    gbm = metrics.get("gbm_baseline")
+    if not isinstance(gbm, dict):
+        return "not recorded (a card from before the gradient-boosting baseline)"
+    if gbm.get("val_auc") is None and gbm.get("val_logloss") is None:
+        return f"{gbm.get('model', 'gradient boosting')}: {gbm.get('note', 'not fitted')}"
+    return (f"validation AUC {_num(gbm.get('val_auc'), '.3f')}, log-loss {_num(gbm.get('val_logloss'), '.4f')}"
+            f" ({gbm.get('model', 'gradient boosting')}; trees kept {_num(gbm.get('n_estimators'), '.0f')}, "
+            f"training rows {_num(gbm.get('train_rows'), '.0f')}){_difference(gbm)}")
 
 
 def weights_line(metrics: dict) -> str:
@@ -88,6 +109,7 @@ def model_card(agent: OnnxAgent) -> str:
         f"AUC         validation {_num(m.get('val_auc'), '.3f')}; adversarial (train vs validation features)"
         f" {_num(m.get('adversarial_auc'), '.3f')}, 0.5 = no drift",
         f"linear      {linear_line(m)}",
+        f"gbm         {gbm_line(m)}",
         f"threshold   {agent.threshold:.4f} ({m.get('threshold_rule', 'given')}); at it on validation: precision"
         f" {_num(pr.get('precision'), '.3f')}, recall {_num(pr.get('recall'), '.3f')}, signal rate {_num(pr.get('signal_rate'), '.3f')}",
         f"verdict     {judged}",

@@ -223,6 +223,10 @@ _FIELDS: tuple[tuple[str, bool, Check], ...] = (
     ("metrics.linear_baseline", OPTIONAL, _or_null(_DICT)),  # I, V
     ("metrics.linear_baseline.val_auc", OPTIONAL, _PROBABILITY),
     ("metrics.linear_baseline.val_logloss", OPTIONAL, _LOSS),
+    ("metrics.gbm_baseline", OPTIONAL, _or_null(_DICT)),  # I, V
+    ("metrics.gbm_baseline.val_auc", OPTIONAL, _PROBABILITY),
+    ("metrics.gbm_baseline.val_logloss", OPTIONAL, _LOSS),
+    *((f"metrics.gbm_baseline.{k}", OPTIONAL, _COUNT) for k in ("lags", "n_estimators", "train_rows")),
     ("metrics.val_at_threshold", OPTIONAL, _DICT),
     *((f"metrics.val_at_threshold.{k}", OPTIONAL, _PROBABILITY) for k in ("precision", "recall", "signal_rate")),
     ("walk_forward", OPTIONAL, _DICT),  # I: walk-forward refits only

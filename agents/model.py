@@ -1,7 +1,8 @@
 """Transformer encoder over a window of bar features -> one logit per window.
 
-Read top to bottom: project features to d_model, add positions, encode, take the last step,
-normalise, map to a logit. Window-level: the logit depends on the given (L, F) window only.
+Read top to bottom: project features to d_model, add positions, encode, pool the steps into one
+vector (``ModelConfig.pooling``), normalise, map to a logit. Window-level: the logit depends on the
+given (L, F) window only.
 """
 
 from __future__ import annotations
@@ -50,7 +51,15 @@ class TransformerAgent(nn.Module):
         # enable_nested_tensor=False: padding-free windows gain nothing from it, and it blocks ONNX export.
         self.encoder = nn.TransformerEncoder(layer, num_layers=c.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(c.d_model)
-        self.head = nn.Linear(c.d_model, 1)
+        if c.pooling == "attention":
+            self.query = nn.Parameter(torch.zeros(c.d_model))  # zero: uniform weights (the mean) at the start
+        if c.pooling == "lags":
+            self.lags = min(c.lags, c.seq_len)
+            self.lag_proj = nn.Linear(c.d_model, c.lag_width)
+            self.head = nn.Sequential(nn.Linear(self.lags * c.lag_width, c.d_model), nn.GELU(), nn.Dropout(c.dropout),
+                                      nn.Linear(c.d_model, 1))
+        else:
+            self.head = nn.Linear(c.d_model, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -61,8 +70,17 @@ class TransformerAgent(nn.Module):
         h = self.input_proj(x)  # (B, L, D)
         h = self.drop(h + self.pos)  # (B, L, D) + (L, D)
         h = self.encoder(h)  # (B, L, D)
-        h = self.norm(h[:, -1])  # (B, D): the last bar's state summarises the window
-        return self.head(h).squeeze(-1)  # (B, 1) -> (B,)
+        if c.pooling == "lags":
+            h = self.lag_proj(self.norm(h[:, -self.lags:]))  # (B, K, W): each recent bar, narrowed
+            return self.head(h.flatten(1)).squeeze(-1)  # (B, K * W) -> (B,)
+        if c.pooling == "mean":
+            h = h.mean(dim=1)  # (B, D)
+        elif c.pooling == "attention":
+            w = torch.softmax(h @ self.query / math.sqrt(c.d_model), dim=1)  # (B, L): weight of each step
+            h = (w.unsqueeze(-1) * h).sum(dim=1)  # (B, D)
+        else:
+            h = h[:, -1]  # (B, D): the last bar's state summarises the window
+        return self.head(self.norm(h)).squeeze(-1)  # (B, 1) -> (B,)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -80,6 +80,18 @@ class Prepared:
         ends = self._ends(which)
         return self.x[ends if ids is None else ends[ids]]
 
+    def last_windows(self, which: str, k: int, ids: np.ndarray | None = None) -> np.ndarray:
+        """Normalised features of each window's last ``k`` bars, oldest first, flattened to (n, k * F) float32,
+        in ``dataset(which)``'s order, or of the windows ``ids`` of it (the gradient-boosting baseline)."""
+        ends = self._ends(which)
+        ends = ends if ids is None else ends[np.asarray(ids, dtype=np.int64)]
+        _check_lags(k, int(ends.min()) + 1 if len(ends) else k)
+        return self.x[ends[:, None] + np.arange(1 - k, 1)].reshape(len(ends), k * self.x.shape[1])
+
+    def end_times(self, which: str, ids: np.ndarray) -> np.ndarray:
+        """Timestamps (datetime64[ns]) of the last bars of the windows ``ids`` of ``dataset(which)``."""
+        return self.index[self._ends(which)[np.asarray(ids, dtype=np.int64)]].to_numpy().astype("datetime64[ns]")
+
     @property
     def n_rows(self) -> int:
         """Feature rows held in memory (the trainer's memory estimate)."""
@@ -104,6 +116,12 @@ class Prepared:
             "validation": ([str(idx[int(self.val_ends.min())]), str(idx[int(self.val_ends.max())])]
                            if len(self.val_ends) else None),
         }
+
+
+def _check_lags(k: int, most: int) -> None:
+    """``k`` bars must be a whole number in [1, ``most``] (the bars every window has)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= most:
+        raise ValueError(f"k must be an integer in [1, {most}] (the bars every window has), got {k!r}")
 
 
 def prepare(cfg: TrainConfig) -> Prepared | PooledPrepared:
@@ -280,6 +298,31 @@ class PooledPrepared:
             out[lo : lo + len(x)] = x[:, -1, :].numpy()
         self.store.release()
         return out
+
+    def last_windows(self, which: str, k: int, ids: np.ndarray | None = None) -> np.ndarray:
+        """Normalised features of each window's last ``k`` bars, oldest first, flattened to (n, k * F) float32,
+        in ``dataset(which)``'s order, or of the windows ``ids`` of it (the gradient-boosting baseline); read
+        in chunks, and never across instruments (``k`` <= the windows' ``seq_len``)."""
+        _check_lags(k, self.seq_len)
+        ds = self.dataset(which, self.seq_len)
+        ids = np.arange(len(ds)) if ids is None else np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), k * len(self.names)), dtype=np.float32)
+        for lo in range(0, len(ids), 4096):
+            x, _ = ds.batch(ids[lo : lo + 4096])
+            out[lo : lo + len(x)] = x[:, -k:, :].reshape(len(x), -1).numpy()
+        self.store.release()
+        return out
+
+    def end_times(self, which: str, ids: np.ndarray) -> np.ndarray:
+        """Timestamps (datetime64[ns]) of the last bars of the windows ``ids`` of ``dataset(which)``."""
+        ds = self.dataset(which, self.seq_len)
+        inst, end = ds.ends(np.asarray(ids, dtype=np.int64))
+        out = np.empty(len(end), dtype=np.int64)
+        for i in np.unique(inst):
+            mine = inst == i
+            out[mine] = np.asarray(self.store.time(self.store.symbols[i])[end[mine]], dtype=np.int64)
+        self.store.release()
+        return out.view("datetime64[ns]")
 
     n_rows = 0  # features stay on disk: nothing of them counts in the trainer's memory estimate
 

@@ -71,10 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--n-heads", type=int, default=d.n_heads, help="attention heads (must divide --d-model)")
     g.add_argument("--n-layers", type=int, default=d.n_layers, help="encoder layers")
     g.add_argument("--dropout", type=float, default=d.dropout, help="dropout on embeddings, attention and MLP")
+    g.add_argument("--positional", default=d.positional, choices=["learned", "sinusoidal"],
+                   help="position encoding: a trained table or the fixed sinusoidal one")
+    g.add_argument("--pooling", default=d.pooling, choices=["last", "mean", "attention", "lags"],
+                   help="how the encoded window becomes one vector: the last bar's state, the mean over bars, a "
+                   "learned attention over bars, or the last 16 bars' states side by side into an MLP (lags)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--patience", type=int, default=d.patience, help="epochs without validation improvement before stopping")
     g.add_argument("--batch-size", type=int, default=None, help="windows per step; None = the hardware profile's")
-    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
+    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "onecycle", "cosine"],
+                   help="learning rate over the run: constant; onecycle = linear warm-up (--warmup) then cosine "
+                   "decay to 0 at --epochs; cosine = the decay alone")
+    g.add_argument("--warmup", type=float, default=d.warmup, help="fraction of all steps spent warming up (onecycle)")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="last fraction of labelled events used for validation")
     g.add_argument("--focal-alpha", type=float, default=d.focal_alpha, help="focal loss weight of positives; negative = none")
     g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help="focal loss focusing parameter (0 = cross-entropy)")
@@ -107,8 +116,9 @@ def config_dict(args: argparse.Namespace) -> dict:
     return dict(
         data=args.data, start=args.start, end=args.end, holdout=args.holdout, features=features,
         seq_len=args.seq_len, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers,
-        dropout=args.dropout, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
-        lr=args.lr, val_fraction=args.val_fraction, seed=args.seed, pt=args.pt, sl=args.sl,
+        dropout=args.dropout, positional=args.positional, pooling=args.pooling, epochs=args.epochs,
+        patience=args.patience, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+        warmup=args.warmup, val_fraction=args.val_fraction, seed=args.seed, pt=args.pt, sl=args.sl,
         horizon=args.horizon, focal_alpha=None if args.focal_alpha is not None and args.focal_alpha < 0 else args.focal_alpha,
         focal_gamma=args.focal_gamma, threshold=args.threshold, normalise=args.normalise, profile=args.profile,
         gpu=args.gpu, feed=args.feed, compile=args.compile, sample_weights=args.sample_weights,
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         return code
     card = json.loads((ckpt_dir / CARD_FILE).read_text())
-    from .inspect import linear_line, weights_line
+    from .inspect import gbm_line, linear_line, weights_line
     from .verdict import CAVEAT, verdict
 
     m = card["metrics"]
@@ -210,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"log-loss    val {m['val_logloss']:.4f} (base rate {m['baseline_val_logloss']:.4f})")
     print(f"val AUC     {_fmt(m['val_auc'], '.3f')}   adversarial AUC {_fmt(m['adversarial_auc'], '.3f')} (0.5 = no drift)")
     print(f"linear      {linear_line(m)}")
+    print(f"gbm         {gbm_line(m)}")
     print(f"weights     {weights_line(m)}")
     sources = card.get("feature_sources", {})
     print("features    " + ", ".join(f"{k} ({', '.join(v)})" for k, v in sources.items()))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluation import EVALUATION_MEMORY, evaluate, mean_loss
+from .evaluation import loss_weights as training_weights  # the loss weights, shared with the GBM baseline
 from .export import EXPORTER_MEMORY, export_agent
 from .feed import ResidentWindows, epoch_ids, fits_on_device, prefetch, resident_bytes
 from .hardware import (
@@ -50,15 +51,6 @@ def epoch_batches(ds, resident, feed: str, batch_size: int, seed: int, epoch: in
         batches = prefetch(host, device) if feed == "prefetch" else ((xb.to(device), yb.to(device)) for xb, yb in host)
     for ids, (xb, yb) in zip(order, batches):
         yield xb, yb, None if w is None else w[torch.as_tensor(ids, device=device)]
-
-
-def training_weights(cfg: TrainConfig, prep) -> np.ndarray | None:
-    """Loss weight of each training window (``--sample-weights``): the label's average uniqueness scaled
-    to mean 1, or None (every label 1)."""
-    if cfg.sample_weights == "none":
-        return None
-    u = np.asarray(prep.weights("train"), dtype=np.float64)
-    return u / u.mean() if len(u) else u
 
 
 def amp_dtype_for(profile: Profile, device: torch.device) -> torch.dtype | None:
@@ -142,6 +134,18 @@ def measure_batch_size(model, loss_fn, batches_of, device, amp_dtype=None, *, ca
     best = max(r["windows_per_s"] for r in timed)
     chosen = next(r["batch_size"] for r in timed if r["windows_per_s"] >= _BATCH_TOLERANCE * best)
     return chosen, table
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: float) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` of ``total`` (agents.config
+    LR_SCHEDULES): 1 throughout, or a linear warm-up then a half-cosine down to 0."""
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    ramp = int(warmup * total) if schedule == "onecycle" else 0
+    if step < ramp:
+        return (step + 1) / ramp
+    done = min(1.0, (step - ramp) / max(1, total - ramp))
+    return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def _sync(device: torch.device) -> None:
@@ -241,7 +245,12 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
             t0, total, count = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0
             bar = tqdm(total=len(train_ds), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="win",
                        disable=None if progress else True, leave=False, file=sys.stderr)
-            for xb, yb, wb in epoch_batches(train_ds, resident, feed, batch_size, cfg.seed, epoch, device, weights):
+            steps_per_epoch = -(-len(train_ds) // batch_size)
+            for k, (xb, yb, wb) in enumerate(epoch_batches(train_ds, resident, feed, batch_size, cfg.seed, epoch, device,
+                                                           weights)):
+                # a function of the step alone, so a resume replays it
+                opt.lr = cfg.lr * lr_factor(cfg.lr_schedule, epoch * steps_per_epoch + k, cfg.epochs * steps_per_epoch,
+                                            cfg.warmup)
                 loss = train_step(train_model, opt, scaler, loss_fn, xb, yb, amp_dtype, wb)
                 total += loss.double() * len(yb)  # summed on the device: no host sync per step
                 count += len(yb)

@@ -2,9 +2,10 @@
 
 The model card lists losses and AUCs; this module says what they add up to. Ranking skill is
 decided by the one-sided Mann-Whitney test of validation ROC AUC > 0.5 (AUC = U / (n_pos * n_neg)),
-normal approximation without ties, at level ``ALPHA``; skill beyond a linear model by the 95%
-block-bootstrap interval of the AUC difference to the logistic-regression baseline
-(:mod:`agents.baseline`), which must lie above 0; a validation AUC more than ``LOOKAHEAD_MARGIN``
+normal approximation without ties, at level ``ALPHA``; skill beyond the baselines by the 95%
+block-bootstrap interval of the AUC difference to the better of them (:mod:`agents.baseline`: logistic
+regression on the last bar, gradient boosting on the last bars; the higher validation AUC, ties to
+gradient boosting), which must lie above 0; a validation AUC more than ``LOOKAHEAD_MARGIN``
 above the price-and-volume-only baseline, with other data columns in use, is flagged as possible
 look-ahead in those columns.
 
@@ -57,15 +58,59 @@ def _number(x) -> float | None:
     return float(x) if ok else None
 
 
+def _baselines(m: dict) -> list[dict]:
+    """The card's baselines as {"section", "name", "kind", "short", "auc", "interval"}: gradient boosting
+    first (so it wins ties), then the linear one; absent sections left out, unusable numbers None."""
+    out = []
+    gbm = m.get("gbm_baseline")
+    if isinstance(gbm, dict):
+        k = gbm.get("lags")
+        k = k if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else None
+        out.append({"section": gbm, "kind": "gradient boosting",
+                    "name": f"gradient boosting (LightGBM, last {k} bars)" if k else "gradient boosting (LightGBM)",
+                    "short": f"gradient boosting on the last {k} bars' features" if k else
+                    "gradient boosting on the last bars' features"})
+    lin = m.get("linear_baseline")
+    if isinstance(lin, dict):
+        out.append({"section": lin, "kind": "logistic regression", "name": "logistic regression (last bar)",
+                    "short": "a linear model on the last bar's features"})
+    for b in out:
+        d = b["section"].get("auc_difference")
+        d = d if isinstance(d, dict) else {}
+        b["auc"] = _number(b["section"].get("val_auc"))
+        interval = (_number(d.get("value")), _number(d.get("low")), _number(d.get("high")))
+        b["interval"] = None if None in interval else (*interval, _number(d.get("level")) or 0.95)
+    return out
+
+
+def _against(baselines: list[dict]) -> tuple[dict | None, int, list[str]]:
+    """The baseline the agent is judged against (the higher validation AUC among those with an interval),
+    how many had one, and the verdict's text on the baselines."""
+    usable = [b for b in baselines if b["auc"] is not None and b["interval"] is not None]
+    if not usable:
+        return None, 0, ["no baseline recorded"]
+    best = max(usable, key=lambda b: b["auc"])
+    diff, low, high, level = best["interval"]
+    parts = [f"{'better baseline' if len(usable) > 1 else 'baseline'} {best['name']} AUC {best['auc']:.3f}, "
+             f"difference {diff:+.3f} ({level:.0%} CI {low:+.3f}..{high:+.3f}, block bootstrap): "
+             f"{'beats it' if low > 0 else 'does not beat it'}"]
+    for b in baselines:
+        if b is not best:
+            parts.append(f"other baseline {b['name']} " + (f"AUC {b['auc']:.3f}" if b["auc"] is not None
+                                                              else "not fitted"))
+    return best, len(usable), parts
+
+
 def verdict(metrics: dict) -> str:
-    """One line: does the validation data show ranking skill (AUC test), and more than the linear
+    """One line: does the validation data show ranking skill (AUC test), and more than the better
     baseline's (bootstrap interval of the AUC difference)? "no verdict: ..." when the card has no
-    usable validation numbers; never raises.
+    usable validation numbers; never raises. Cards from before the gradient-boosting baseline are
+    judged against the linear one.
 
     Reads metrics["val_auc"], ["label_balance"]["val_events"] and ["val_positive_rate"],
-    ["linear_baseline"], ["val_logloss"] and ["baseline_val_logloss"]. The log-loss is reported, not
-    judged: focal-loss scores are not calibrated probabilities, so a skilled model can lose to the
-    base rate there. See the module docstring for the caveat.
+    ["linear_baseline"], ["gbm_baseline"], ["val_logloss"] and ["baseline_val_logloss"]. The log-loss is
+    reported, not judged: focal-loss scores are not calibrated probabilities, so a skilled model can
+    lose to the base rate there. See the module docstring for the caveat.
     """
     m = metrics if isinstance(metrics, dict) else {}
     balance = m.get("label_balance") if isinstance(m.get("label_balance"), dict) else {}
@@ -84,24 +129,15 @@ def verdict(metrics: dict) -> str:
     ranks = p < ALPHA
     parts = [f"validation AUC {auc:.3f} ({_p_text(p)}, {_TEST}, {events} events)"]
 
-    lin = m.get("linear_baseline") if isinstance(m.get("linear_baseline"), dict) else {}
-    lin_auc = _number(lin.get("val_auc"))
-    d = lin.get("auc_difference") if isinstance(lin.get("auc_difference"), dict) else {}
-    diff, low, high = _number(d.get("value")), _number(d.get("low")), _number(d.get("high"))
-    beats = None
-    if lin_auc is None or None in (diff, low, high):
-        parts.append("linear baseline not recorded")
-    else:
-        beats = low > 0
-        level = _number(d.get("level")) or 0.95
-        parts.append(f"linear baseline AUC {lin_auc:.3f}, difference {diff:+.3f} ({level:.0%} CI {low:+.3f}.."
-                     f"{high:+.3f}, block bootstrap): {'beats it' if beats else 'does not beat it'}")
+    best, n_usable, said = _against(_baselines(m))
+    parts += said
 
     logloss, base = _number(m.get("val_logloss")), _number(m.get("baseline_val_logloss"))
     if logloss is not None and base is not None:
         parts.append(f"log-loss {logloss:.3f} vs the base rate's {base:.3f} (not judged: focal scores are "
                      "not calibrated)")
 
+    lin = m.get("linear_baseline") if isinstance(m.get("linear_baseline"), dict) else {}
     pv = lin.get("price_volume") if isinstance(lin.get("price_volume"), dict) else {}
     pv_auc = _number(pv.get("val_auc"))
     others = [str(c) for c in pv.get("other_columns", []) if isinstance(c, str)] if isinstance(
@@ -111,10 +147,11 @@ def verdict(metrics: dict) -> str:
                 f"{auc - pv_auc:.2f} above a linear model on price and volume alone ({pv_auc:.3f})")
     elif not ranks:
         head = "no evidence of skill"
-    elif beats is None:
+    elif best is None:
         head = "evidence of ranking skill"
-    elif beats:
-        head = "evidence of skill beyond a linear model"
+    elif best["interval"][1] > 0:  # the interval's low end
+        head = (f"evidence of skill beyond {best['short']}" if n_usable == 1 else
+                f"evidence of skill beyond the best baseline ({best['kind']})")
     else:
-        head = "ranks better than chance, but no better than a linear model on the last bar's features"
+        head = f"ranks better than chance, but no better than {best['short']}"
     return f"{head}: {'; '.join(parts)}"

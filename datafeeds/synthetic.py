@@ -8,6 +8,16 @@ against the labels is the oracle: the most any model can reach on that data.
 - ``ar1``: log returns r[t] = phi * r[t-1] + e[t]; latent = r[t] (the next returns lean its way).
 - ``vol_regime``: a two-state Markov chain; calm = small volatility and an upward drift, storm =
   three times the volatility and a downward drift; latent = 1 in the calm state, 0 in the storm.
+
+Nonlinear ones: no single bar's value, and no linear combination of lags, tells the direction. Each
+bar t sets a sign ``s[t]`` from the path so far; the next ``k`` bars drift by ``mu * sigma`` times the
+mean of the last ``k`` signs; latent = sum over a < k of (k - a) s[t - a], the drift still to come.
+
+- ``sign_interaction``: s[t] = sign(r[t - a]) * sign(r[t - b]) for two lags: an XOR of two bars.
+- ``volume_momentum``: volume comes in persistent heavy/light regimes; s[t] = sign(r[t]) on heavy
+  volume (momentum) and -sign(r[t]) on light volume (reversal).
+- ``motif``: s[t] = +1 after a given pattern of return signs over the last bars or its mirror image,
+  -1 after either with the last sign flipped, 0 otherwise: no single bar's sign tells the drift.
 """
 
 from __future__ import annotations
@@ -15,20 +25,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["GENERATORS", "ar1", "bars_from_returns", "random_walk", "vol_regime"]
+__all__ = ["GENERATORS", "LINEAR", "NONLINEAR", "ar1", "bars_from_returns", "motif", "random_walk", "sign_interaction",
+           "vol_regime", "volume_momentum"]
 
 
 def bars_from_returns(log_returns: np.ndarray, rng: np.random.Generator, *, start: str = "2000-01-03",
-                      price: float = 100.0, wick: float = 0.004) -> pd.DataFrame:
+                      price: float = 100.0, wick: float = 0.004, log_volume: np.ndarray | None = None) -> pd.DataFrame:
     """OHLCV from close-to-close log returns: open = previous close, high/low beyond both by a
-    half-normal ``wick`` fraction, lognormal volume independent of the returns."""
+    half-normal ``wick`` fraction; volume lognormal around ``log_volume`` (default 10, independent
+    of the returns)."""
     r = np.asarray(log_returns, dtype=np.float64)
     n = len(r)
     close = price * np.exp(np.cumsum(r))
     open_ = np.concatenate([[price], close[:-1]])
     high = np.maximum(open_, close) * (1.0 + np.abs(rng.normal(0.0, wick, n)))
     low = np.minimum(open_, close) * (1.0 - np.abs(rng.normal(0.0, wick, n)))
-    volume = np.round(rng.lognormal(10.0, 0.3, n))
+    volume = np.round(np.exp((10.0 if log_volume is None else np.asarray(log_volume)) + rng.normal(0.0, 0.3, n)))
     index = pd.bdate_range(start, periods=n, name="datetime")
     return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index)
 
@@ -68,4 +80,92 @@ def vol_regime(n: int, seed: int = 0, stay: float = 0.98, sigma: float = 0.008, 
     return bars_from_returns(r, rng), calm.astype(np.float64)
 
 
-GENERATORS = {"random_walk": random_walk, "ar1": ar1, "vol_regime": vol_regime}
+def _check_drift(mu: float, k: int) -> None:
+    if not (np.isfinite(mu) and mu > 0):
+        raise ValueError(f"mu must be a positive number, got {mu}")
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+
+
+def _sign_driven(n: int, rng: np.random.Generator, sign_at, *, mu: float, k: int, sigma: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Log returns whose drift is ``mu * sigma`` times the mean of the last ``k`` signs, where
+    ``sign_at(r, t)`` is the sign bar t sets from returns up to t; and the latent drift to come."""
+    e = rng.normal(0.0, sigma, n)
+    r = np.empty(n)
+    s = np.zeros(n)
+    recent = 0.0  # sum of s[t - k .. t - 1]
+    for t in range(n):
+        r[t] = e[t] + mu * sigma * recent / k
+        s[t] = sign_at(r, t)
+        recent += s[t] - (s[t - k] if t >= k else 0.0)
+    weights = np.arange(k, 0, -1, dtype=np.float64)  # (k - a) for a = 0 .. k - 1
+    latent = np.convolve(s, weights)[:n]
+    return r, latent
+
+
+def sign_interaction(n: int, seed: int = 0, lags: tuple[int, int] = (0, 2), mu: float = 0.25, k: int = 5,
+                     sigma: float = 0.01) -> tuple[pd.DataFrame, np.ndarray]:
+    """Drift set by the product of the signs of two lagged returns (``lags`` bars back from t)."""
+    _check_drift(mu, k)
+    a, b = (int(x) for x in lags)
+    if a < 0 or b < 0 or a == b:
+        raise ValueError(f"lags must be two different non-negative integers, got {lags}")
+    m = max(a, b)
+    rng = np.random.default_rng(seed)
+
+    def sign_at(r, t):
+        return float(np.sign(r[t - a]) * np.sign(r[t - b])) if t >= m else 0.0
+
+    r, latent = _sign_driven(n, rng, sign_at, mu=mu, k=k, sigma=sigma)
+    return bars_from_returns(r, rng), latent
+
+
+def volume_momentum(n: int, seed: int = 0, mu: float = 0.25, k: int = 5, stay: float = 0.9, heavy: float = 0.6,
+                    sigma: float = 0.01) -> tuple[pd.DataFrame, np.ndarray]:
+    """Momentum on heavy volume, reversal on light: the volume regime (log volume ``heavy`` above the
+    light one, each bar staying with probability ``stay``) decides the sign of the last return's echo."""
+    _check_drift(mu, k)
+    if not 0.0 < stay < 1.0:
+        raise ValueError(f"stay must be in (0, 1), got {stay}")
+    rng = np.random.default_rng(seed)
+    switch = rng.random(n) > stay
+    loud = np.empty(n, dtype=bool)
+    loud[0] = True
+    for t in range(1, n):
+        loud[t] = loud[t - 1] != switch[t]
+
+    def sign_at(r, t):
+        return float(np.sign(r[t])) * (1.0 if loud[t] else -1.0)
+
+    r, latent = _sign_driven(n, rng, sign_at, mu=mu, k=k, sigma=sigma)
+    return bars_from_returns(r, rng, log_volume=10.0 + heavy * loud), latent
+
+
+def motif(n: int, seed: int = 0, pattern: str = "+-+", mu: float = 0.6, k: int = 5, sigma: float = 0.01
+          ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Drift up after ``pattern`` (return signs, oldest first, "+" or "-") or its mirror image, down
+    after either with its last sign flipped: every bar's sign is balanced, only the shape says anything."""
+    _check_drift(mu, k)
+    if len(pattern) < 2 or set(pattern) - {"+", "-"}:
+        raise ValueError(f"pattern must be a string of two or more '+' and '-', got {pattern!r}")
+    want = np.array([1.0 if c == "+" else -1.0 for c in pattern])
+    m = len(want)
+    rng = np.random.default_rng(seed)
+
+    def sign_at(r, t):
+        if t < m - 1:
+            return 0.0
+        got = np.sign(r[t - m + 1:t + 1])
+        got = got * got[0] * want[0]  # a mirror image turned back into the pattern (its first sign agrees)
+        if not np.array_equal(got[:-1], want[:-1]):
+            return 0.0
+        return 1.0 if got[-1] == want[-1] else -1.0
+
+    r, latent = _sign_driven(n, rng, sign_at, mu=mu, k=k, sigma=sigma)
+    return bars_from_returns(r, rng), latent
+
+
+LINEAR = {"random_walk": random_walk, "ar1": ar1, "vol_regime": vol_regime}
+NONLINEAR = {"sign_interaction": sign_interaction, "volume_momentum": volume_momentum, "motif": motif}
+GENERATORS = {**LINEAR, **NONLINEAR}

@@ -1,12 +1,13 @@
-"""The linear baseline beside every agent: AUC by hand, the bootstrap interval of a difference,
-the price-and-volume-only baseline, and what the card and the console show."""
+"""The baselines beside every agent: AUC by hand, the bootstrap interval of a difference, the
+price-and-volume-only baseline, the gradient-boosting baseline's lagged rows, and what the card and
+the console show."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agents.baseline import auc_difference, auc_of, linear_baselines
+from agents.baseline import auc_difference, auc_of, fit_logistic, gbm_baseline, linear_baselines
 
 
 def test_auc_by_hand_with_ties_counted_half():
@@ -82,6 +83,123 @@ def test_one_label_class_in_training_fits_nothing():
     assert out["val_auc"] is None and "not fitted" in out["note"]
 
 
+def _prepared(x, train_ends, val_ends):
+    """A hand-made `Prepared` over feature rows ``x`` (daily bars from 2020-01-01)."""
+    import pandas as pd
+
+    from agents.prepare import Prepared
+
+    n, f = x.shape
+    return Prepared(x=x, y=np.zeros(n, np.float32), uniqueness=np.ones(n), names=[f"f{i}" for i in range(f)],
+                    spec=None, mean=np.zeros(f), std=np.ones(f), train_ends=np.array(train_ends),
+                    val_ends=np.array(val_ends), index=pd.date_range("2020-01-01", periods=n), holdout_start=None,
+                    source="hand-made", sha256="")
+
+
+def test_last_windows_are_the_last_k_bars_oldest_first_flattened():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)  # bar t holds (2t, 2t+1)
+    prep = _prepared(x, [2, 4, 5], [5])
+    assert prep.last_windows("train", 3).tolist() == [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9], [6, 7, 8, 9, 10, 11]]
+    assert prep.last_windows("train", 2, np.array([2, 0])).tolist() == [[8, 9, 10, 11], [2, 3, 4, 5]]
+    assert prep.last_windows("val", 1).tolist() == [[10, 11]]  # k = 1: the last bar, as last_rows
+    assert str(prep.end_times("train", np.array([2, 0]))[0]) == "2020-01-06T00:00:00.000000000"
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 3\]"):
+        prep.last_windows("train", 4)  # bar 2's window would start before the first bar
+
+
+class _Store:
+    """What `PooledPrepared` reads of a feature store, over arrays in memory."""
+
+    def __init__(self, features: dict, times: dict):
+        self.symbols, self._x, self._t = list(features), features, times
+
+    def features(self, s):
+        return self._x[s]
+
+    def labels(self, s):
+        return np.zeros(len(self._x[s]), np.float32)
+
+    def time(self, s):
+        return self._t[s]
+
+    def release(self):
+        return 0
+
+
+def test_pooled_last_windows_never_mix_instruments():
+    import pandas as pd
+
+    from agents.prepare import PooledPrepared
+
+    a = np.arange(10, dtype=np.float32).reshape(5, 2)  # instrument a, bar t: (2t, 2t+1)
+    b = 100 + np.arange(8, dtype=np.float32).reshape(4, 2)  # instrument b: (100+2t, 101+2t)
+    day = 86_400 * 10**9
+    store = _Store({"a": a, "b": b}, {"a": np.arange(5, dtype=np.int64) * day,
+                                      "b": np.arange(4, dtype=np.int64) * day + day // 2})
+    ranges = {"train": np.array([[0, 2, 5], [1, 2, 4]]), "val": np.empty((0, 3), np.int64)}
+    pooled = PooledPrepared(store=store, names=["f0", "f1"], spec=None, mode="pooled", mean=np.zeros(2),
+                            std=np.ones(2), ranges=ranges, symbols={}, cuts={}, holdout_start=None, source="hand-made",
+                            sha256="", seq_len=3)
+    rows = pooled.last_windows("train", 3)
+    # a's windows end at bars 2, 3, 4; b's first window ends at its bar 2 and reads b's bars 0..2 only
+    assert rows.tolist() == [[0, 1, 2, 3, 4, 5], [2, 3, 4, 5, 6, 7], [4, 5, 6, 7, 8, 9],
+                             [100, 101, 102, 103, 104, 105], [102, 103, 104, 105, 106, 107]]
+    assert pooled.last_windows("train", 2, np.array([3, 2])).tolist() == [[102, 103, 104, 105], [6, 7, 8, 9]]
+    # ids run instrument by instrument; their end times interleave the two calendars
+    assert np.argsort(pooled.end_times("train", np.arange(5)), kind="stable").tolist() == [0, 3, 1, 4, 2]
+    with pytest.raises(ValueError, match="k must be an integer"):
+        pooled.last_windows("train", 4)  # more bars than a window has: it would reach the instrument before
+
+
+def _lagged(x: np.ndarray, k: int) -> np.ndarray:
+    """Row i: bars i .. i+k-1 of ``x`` (N, F), oldest first, flattened."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    return sliding_window_view(x, k, axis=0).transpose(0, 2, 1).reshape(len(x) - k + 1, -1)
+
+
+def test_gradient_boosting_sees_an_interaction_of_lags_a_linear_model_cannot():
+    # the label is the product of the signs of the returns 1 and 3 bars before the window's last bar,
+    # 10% of labels flipped: no feature, and no linear combination, carries it alone
+    rng = np.random.default_rng(0)
+    n, k = 4000, 16
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    ends = np.arange(k - 1, n)
+    y = (np.sign(x[ends - 1, 0]) * np.sign(x[ends - 3, 0]) > 0) ^ (rng.random(len(ends)) < 0.1)
+    rows = _lagged(x, k)
+    tr, va = slice(0, 3000), slice(3000, None)
+    out = gbm_baseline(rows[tr], y[tr], rows[va], y[va], rng.random(len(ends) - 3000), lags=k, block=5)
+    assert out["val_auc"] > 0.85 and out["lags"] == 16 and out["train_rows"] == 3000 and out["stop_rows"] == 600
+    assert 0 < out["n_estimators"] <= 300 and out["val_logloss"] < 0.5
+    linear = fit_logistic(rows[tr], y[tr]).predict_proba(rows[va])[:, 1]
+    assert abs(auc_of(y[va], linear)[0] - 0.5) < 0.05
+    # validation in blocks scores the same as validation whole
+    blocks = gbm_baseline(rows[tr], y[tr], iter([rows[3000:3500], rows[3500:]]), y[va], np.zeros(len(ends) - 3000),
+                          lags=k, block=5)
+    assert blocks["val_auc"] == out["val_auc"]
+
+
+def test_gradient_boosting_weighs_rows_by_the_sample_weights():
+    # even rows: y = x > 0; odd rows: the opposite. Weight 0 on the odd rows leaves the even rows' rule
+    rng = np.random.default_rng(1)
+    n = 4000
+    x = rng.normal(size=(n, 1)).astype(np.float32)
+    y = (x[:, 0] > 0) ^ (np.arange(n) % 2 == 1)
+    xv = rng.normal(size=(1000, 1)).astype(np.float32)
+    yv = xv[:, 0] > 0
+    unweighted = gbm_baseline(x, y, xv, yv, np.zeros(1000), lags=1, block=1)
+    even_only = gbm_baseline(x, y, xv, yv, np.zeros(1000), lags=1, block=1, weight=(np.arange(n) % 2 == 0) * 2.0)
+    assert abs(unweighted["val_auc"] - 0.5) < 0.1
+    assert even_only["val_auc"] > 0.95
+
+
+def test_one_label_class_before_the_stopping_slice_fits_no_gbm():
+    x = np.zeros((10, 2), np.float32)
+    y = np.array([0] * 8 + [1] * 2)  # the last 20% (the early-stopping slice) holds the only positives
+    out = gbm_baseline(x, y, x, np.array([0, 1] * 5), np.zeros(10), lags=1, block=2)
+    assert out["val_auc"] is None and out["n_estimators"] is None and "not fitted" in out["note"]
+
+
 def test_the_tiny_agent_card_holds_the_baseline_and_inspect_shows_it(tiny_agent):
     import subprocess
     import sys
@@ -102,6 +220,14 @@ def test_the_tiny_agent_card_holds_the_baseline_and_inspect_shows_it(tiny_agent)
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"linear      validation AUC {lin['val_auc']:.3f}" in done.stdout
+    gbm = meta["metrics"]["gbm_baseline"]
+    assert gbm["lags"] == 16 and gbm["train_rows"] == len(result.prep.labels("train"))
+    assert 0.0 <= gbm["val_auc"] <= 1.0 and gbm["val_logloss"] > 0 and 1 <= gbm["n_estimators"] <= 300
+    d = gbm["auc_difference"]
+    assert d["value"] == pytest.approx(meta["metrics"]["val_auc"] - gbm["val_auc"], abs=1e-9)
+    assert (f"gbm         validation AUC {gbm['val_auc']:.3f}, log-loss {gbm['val_logloss']:.4f} (gradient boosting "
+            "(LightGBM") in done.stdout
+    assert f"agent minus it {d['value']:+.3f} (95% CI {d['low']:+.3f}..{d['high']:+.3f})" in done.stdout
     assert "obi (close)" in done.stdout
 
 

@@ -226,8 +226,9 @@ def test_shipped_agent_loads_and_its_verdict_is_no_evidence_of_skill():
     metrics = OnnxAgent.load(SHIPPED).meta["metrics"]
     assert verdict(metrics) == (
         "no evidence of skill: validation AUC 0.488 (p=0.71, one-sided Mann-Whitney vs 0.5, 778 events); "
-        "linear baseline AUC 0.491, difference -0.002 (95% CI -0.104..+0.079, block bootstrap): does not beat it; "
-        "log-loss 0.729 vs the base rate's 0.696 (not judged: focal scores are not calibrated)"
+        "baseline logistic regression (last bar) AUC 0.491, difference -0.002 (95% CI -0.104..+0.079, block "
+        "bootstrap): does not beat it; log-loss 0.729 vs the base rate's 0.696 (not judged: focal scores are not "
+        "calibrated)"
     )
     done = _inspect(SHIPPED)
     assert done.returncode == 0, done.stderr
@@ -272,17 +273,23 @@ def test_auc_p_value_rejects_bad_input(args):
         auc_p_value(*args)
 
 
-def _metrics(auc, events, rate, logloss=None, base=None, linear=None):
+def _metrics(auc, events, rate, logloss=None, base=None, linear=None, gbm=None):
     m = {"val_auc": auc, "label_balance": {"val_events": events, "val_positive_rate": rate}}
     if logloss is not None:
         m.update(val_logloss=logloss, baseline_val_logloss=base)
     if linear is not None:
         m["linear_baseline"] = linear
+    if gbm is not None:
+        m["gbm_baseline"] = gbm
     return m
 
 
 def _linear(auc, diff, low, high, pv=None):
     return {"val_auc": auc, "auc_difference": {"value": diff, "low": low, "high": high, "level": 0.95}, "price_volume": pv}
+
+
+def _gbm(auc, diff, low, high, lags=16):
+    return {"val_auc": auc, "lags": lags, "auc_difference": {"value": diff, "low": low, "high": high, "level": 0.95}}
 
 
 _P56 = "validation AUC 0.560 (p=0.0017, one-sided Mann-Whitney vs 0.5, 800 events)"  # 400 + 400 events
@@ -291,49 +298,98 @@ _P56 = "validation AUC 0.560 (p=0.0017, one-sided Mann-Whitney vs 0.5, 800 event
 @pytest.mark.parametrize("metrics, expected", [
     # 400 + 400 events, AUC 0.56: z = 0.06*160000 / sqrt(160000*801/12) = 2.937, p = 0.0017
     (_metrics(0.56, 800, 0.5, 0.680, 0.693, _linear(0.52, 0.04, 0.01, 0.07)),
-     f"evidence of skill beyond a linear model: {_P56}; linear baseline AUC 0.520, difference +0.040 (95% CI "
-     "+0.010..+0.070, block bootstrap): beats it; log-loss 0.680 vs the base rate's 0.693 (not judged: focal "
+     f"evidence of skill beyond a linear model on the last bar's features: {_P56}; baseline logistic regression "
+     "(last bar) AUC 0.520, difference +0.040 (95% CI +0.010..+0.070, block bootstrap): beats it; log-loss 0.680 "
+     "vs the base rate's 0.693 (not judged: focal "
      "scores are not calibrated)"),
     # significant against 0.5, but the interval of the difference to the linear model holds 0
     (_metrics(0.56, 800, 0.5, 0.731, 0.696, _linear(0.556, 0.004, -0.03, 0.04)),
      f"ranks better than chance, but no better than a linear model on the last bar's features: {_P56}; "
-     "linear baseline AUC 0.556, difference +0.004 (95% CI -0.030..+0.040, block bootstrap): does not beat it; "
-     "log-loss 0.731 vs the base rate's 0.696 (not judged: focal scores are not calibrated)"),
+     "baseline logistic regression (last bar) AUC 0.556, difference +0.004 (95% CI -0.030..+0.040, block "
+     "bootstrap): does not beat it; log-loss 0.731 vs the base rate's 0.696 (not judged: focal scores are not "
+     "calibrated)"),
     # a log-loss worse than the base rate's no longer decides anything
     (_metrics(0.56, 800, 0.5, 0.731, 0.696),
-     f"evidence of ranking skill: {_P56}; linear baseline not recorded; log-loss 0.731 vs the base rate's 0.696 "
+     f"evidence of ranking skill: {_P56}; no baseline recorded; log-loss 0.731 vs the base rate's 0.696 "
      "(not judged: focal scores are not calibrated)"),
     (_metrics(0.51, 778, 458 / 778, None, None, _linear(0.5, 0.01, -0.05, 0.07)),
-     "no evidence of skill: validation AUC 0.510 (p=0.32, one-sided Mann-Whitney vs 0.5, 778 events); linear "
-     "baseline AUC 0.500, difference +0.010 (95% CI -0.050..+0.070, block bootstrap): does not beat it"),
+     "no evidence of skill: validation AUC 0.510 (p=0.32, one-sided Mann-Whitney vs 0.5, 778 events); baseline "
+     "logistic regression (last bar) AUC 0.500, difference +0.010 (95% CI -0.050..+0.070, block bootstrap): does "
+     "not beat it"),
     (_metrics(0.65, 800, 0.5),
      "evidence of ranking skill: validation AUC 0.650 (p<0.0001, one-sided Mann-Whitney vs 0.5, 800 events); "
-     "linear baseline not recorded"),
+     "no baseline recorded"),
     (_metrics(0.45, 800, 0.5),
      "no evidence of skill: validation AUC 0.450 (p=0.99, one-sided Mann-Whitney vs 0.5, 800 events); "
-     "linear baseline not recorded"),
+     "no baseline recorded"),
     # book columns that encode the future: far above what price and volume alone give
     (_metrics(0.743, 800, 0.5, None, None, _linear(0.74, 0.003, -0.02, 0.03,
                                                     {"other_columns": ["ask_size", "bid_size"], "val_auc": 0.51})),
      "CHECK FOR LOOK-AHEAD in your data columns (ask_size, bid_size): validation AUC 0.743 is 0.23 above a linear "
      "model on price and volume alone (0.510): validation AUC 0.743 (p<0.0001, one-sided Mann-Whitney vs 0.5, "
-     "800 events); linear baseline AUC 0.740, difference +0.003 (95% CI -0.020..+0.030, block bootstrap): "
-     "does not beat it"),
+     "800 events); baseline logistic regression (last bar) AUC 0.740, difference +0.003 (95% CI -0.020..+0.030, "
+     "block bootstrap): does not beat it"),
     # 0.10 above is the margin: 0.09 is not flagged
     (_metrics(0.60, 800, 0.5, None, None, _linear(0.59, 0.01, -0.02, 0.04, {"other_columns": ["bid_size"],
                                                                           "val_auc": 0.51})),
      "ranks better than chance, but no better than a linear model on the last bar's features: validation AUC "
-     "0.600 (p<0.0001, one-sided Mann-Whitney vs 0.5, 800 events); linear baseline AUC 0.590, difference +0.010 "
-     "(95% CI -0.020..+0.040, block bootstrap): does not beat it"),
+     "0.600 (p<0.0001, one-sided Mann-Whitney vs 0.5, 800 events); baseline logistic regression (last bar) AUC "
+     "0.590, difference +0.010 (95% CI -0.020..+0.040, block bootstrap): does not beat it"),
 ])
 def test_verdict_outcomes(metrics, expected):
     assert verdict(metrics) == expected
+
+
+_GBM16 = "gradient boosting (LightGBM, last 16 bars)"
+
+
+@pytest.mark.parametrize("metrics, expected", [
+    # gradient boosting ranks better than the linear model: the agent is judged against it, and beats it
+    (_metrics(0.56, 800, 0.5, None, None, _linear(0.52, 0.04, 0.01, 0.07), _gbm(0.53, 0.03, 0.005, 0.06)),
+     f"evidence of skill beyond the best baseline (gradient boosting): {_P56}; better baseline {_GBM16} AUC 0.530, "
+     "difference +0.030 (95% CI +0.005..+0.060, block bootstrap): beats it; other baseline logistic regression "
+     "(last bar) AUC 0.520"),
+    # ... and does not: it beats the linear model (interval above 0), but that is not the better baseline
+    (_metrics(0.56, 800, 0.5, None, None, _linear(0.52, 0.04, 0.01, 0.07), _gbm(0.55, 0.01, -0.02, 0.04)),
+     f"ranks better than chance, but no better than gradient boosting on the last 16 bars' features: {_P56}; "
+     f"better baseline {_GBM16} AUC 0.550, difference +0.010 (95% CI -0.020..+0.040, block bootstrap): does not "
+     "beat it; other baseline logistic regression (last bar) AUC 0.520"),
+    # the other order: the linear model ranks better, so it decides, whatever the agent does against the GBM
+    (_metrics(0.56, 800, 0.5, None, None, _linear(0.55, 0.01, -0.02, 0.04), _gbm(0.50, 0.06, 0.02, 0.09, lags=8)),
+     f"ranks better than chance, but no better than a linear model on the last bar's features: {_P56}; better "
+     "baseline logistic regression (last bar) AUC 0.550, difference +0.010 (95% CI -0.020..+0.040, block "
+     "bootstrap): does not beat it; other baseline gradient boosting (LightGBM, last 8 bars) AUC 0.500"),
+    (_metrics(0.56, 800, 0.5, None, None, _linear(0.53, 0.03, 0.005, 0.06), _gbm(0.52, 0.04, 0.01, 0.07)),
+     f"evidence of skill beyond the best baseline (logistic regression): {_P56}; better baseline logistic "
+     "regression (last bar) AUC 0.530, difference +0.030 (95% CI +0.005..+0.060, block bootstrap): beats it; other "
+     f"baseline {_GBM16} AUC 0.520"),
+    # a GBM that could not be fitted: the linear baseline decides, and the line says so
+    (_metrics(0.56, 800, 0.5, None, None, _linear(0.52, 0.04, 0.01, 0.07),
+              {"val_auc": None, "lags": 16, "auc_difference": None, "note": "not fitted"}),
+     f"evidence of skill beyond a linear model on the last bar's features: {_P56}; baseline logistic regression "
+     f"(last bar) AUC 0.520, difference +0.040 (95% CI +0.010..+0.070, block bootstrap): beats it; other baseline "
+     f"{_GBM16} not fitted"),
+])
+def test_verdict_judges_against_the_better_baseline_and_names_it(metrics, expected):
+    assert verdict(metrics) == expected
+
+
+def test_a_card_from_before_the_gbm_baseline_is_judged_against_the_linear_one():
+    lin = _linear(0.55, 0.01, -0.02, 0.04)
+    old = verdict(_metrics(0.56, 800, 0.5, None, None, lin))
+    assert old.startswith("ranks better than chance, but no better than a linear model on the last bar's features")
+    assert "baseline logistic regression (last bar) AUC 0.550" in old and "gradient boosting" not in old
+    # the same card with a weaker GBM beside it: the same judgement, the GBM's AUC added
+    both = verdict(_metrics(0.56, 800, 0.5, None, None, lin, _gbm(0.51, 0.05, 0.01, 0.09)))
+    assert both.split(":")[0] == old.split(":")[0] and f"other baseline {_GBM16} AUC 0.510" in both
 
 
 def test_verdict_never_raises_on_crafted_baseline_fields():
     for lin in ("x", [], {"val_auc": "high"}, {"val_auc": 0.5, "auc_difference": {"value": "a"}},
                 {"price_volume": {"other_columns": "bid", "val_auc": 0.1}}):
         assert verdict(_metrics(0.6, 800, 0.5, None, None, lin)).startswith("evidence of ranking skill")
+        for gbm in ("x", {"lags": "16", "val_auc": True}, {"lags": True, "val_auc": 0.5, "auc_difference": []}):
+            assert verdict(_metrics(0.6, 800, 0.5, None, None, lin, gbm)).startswith("evidence of ranking skill")
 
 
 def test_the_verdict_repeats_the_baseline_module_margin():

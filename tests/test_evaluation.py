@@ -40,3 +40,30 @@ def test_the_threshold_comes_from_training_predictions_only(tiny_agent):
     scrambled = evaluate(TrainConfig(**TINY), dataclasses.replace(prep, x=x, y=y), model, 1, [])
     assert scrambled["threshold"] == m["threshold"]
     assert scrambled["val_auc"] != m["val_auc"]  # the scrambling reached validation
+
+
+def test_the_gbm_baseline_gets_the_agents_rows_labels_and_sample_weights(tiny_agent, monkeypatch):
+    from agents import evaluation
+
+    _, result = tiny_agent
+    prep, cfg = result.prep, TrainConfig(**TINY)
+    seen = {}
+
+    def record(x_train, y_train, x_val, y_val, agent_val_score, **kw):
+        seen.update(x=x_train, y=y_train, val=np.concatenate(list(x_val)), y_val=y_val, **kw)
+        return {}
+
+    monkeypatch.setattr(evaluation, "gbm_baseline", record)
+    y_tr, y_va = prep.labels("train"), prep.labels("val")
+    evaluation.gbm_baseline_of(cfg, prep, y_tr, y_va, np.zeros(len(y_va)))
+    # every training window (fewer than the cap), in time order; the last 16 bars of each
+    np.testing.assert_array_equal(seen["x"], prep.last_windows("train", 16))
+    np.testing.assert_array_equal(seen["y"], y_tr)
+    np.testing.assert_array_equal(seen["val"], prep.last_windows("val", 16))
+    assert seen["x"].shape == (len(y_tr), 16 * len(prep.names)) and seen["lags"] == 16
+    assert seen["block"] == cfg.horizon and seen["seed"] == cfg.seed
+    u = prep.weights("train")
+    np.testing.assert_allclose(seen["weight"], u / u.mean())  # uniqueness, mean 1
+    evaluation.gbm_baseline_of(dataclasses.replace(cfg, sample_weights="none"), prep, y_tr, y_va, np.zeros(len(y_va)))
+    assert seen["weight"] is None
+

@@ -181,3 +181,95 @@ def test_auto_exporter_follows_the_memory_left():
     assert choose_exporter("torchscript", available=4 * 2**30) == "torchscript"
     with pytest.raises(ValueError, match="exporter must be"):
         choose_exporter("onnxscript")
+
+
+class _Fixed(torch.nn.Module):
+    """An encoder stand-in whose output is known: every step's state is the input's first feature in every channel."""
+
+    def __init__(self, x, d_model):
+        super().__init__()
+        self.out = x[:, :, :1].expand(-1, -1, d_model)
+
+    def forward(self, h):
+        return self.out
+
+
+def _constant_encoder(model, x):
+    model.encoder = _Fixed(x, model.config.d_model)
+
+
+def test_mean_and_attention_pooling_by_hand():
+    """With the encoder replaced by a known map, mean pooling is the mean over steps; attention pooling
+    with its query at zero (as initialised) gives every step the same weight, so it equals the mean."""
+    x = torch.arange(2 * 12 * 5, dtype=torch.float32).reshape(2, 12, 5) / 100
+    for pooling in ("mean", "attention"):
+        model = TransformerAgent(_tiny(pooling=pooling, dropout=0.0)).eval()
+        _constant_encoder(model, x)
+        with torch.no_grad():
+            model.norm = torch.nn.Identity()
+            model.head.weight.fill_(1.0)
+            model.head.bias.zero_()
+            got = model(x)
+        want = x[:, :, 0].mean(dim=1) * 16  # 16 channels, each the mean of the first feature
+        torch.testing.assert_close(got, want)
+
+
+def test_attention_pooling_follows_its_query():
+    """A query that scores the last step far above the others turns attention pooling into last-step pooling."""
+    torch.manual_seed(0)
+    att = TransformerAgent(_tiny(pooling="attention", dropout=0.0)).eval()
+    last = TransformerAgent(_tiny(pooling="last", dropout=0.0)).eval()
+    last.load_state_dict({k: v for k, v in att.state_dict().items() if k != "query"})
+    x = torch.randn(3, 12, 5)
+    x[:, -1, 0] = 50.0  # the last step stands out in the first feature
+    with torch.no_grad():
+        h = att.encoder(att.drop(att.input_proj(x) + att.pos))
+        direction = h[:, -1] - h[:, :-1].mean(dim=1)
+        att.query.copy_(direction.mean(dim=0) * 1e3)
+        torch.testing.assert_close(att(x), last(x), rtol=1e-4, atol=1e-4)
+
+
+def test_lags_pooling_reads_the_last_lags_steps_only_each_with_its_own_weights():
+    torch.manual_seed(0)
+    model = TransformerAgent(_tiny(pooling="lags", lags=4, lag_width=3, dropout=0.0)).eval()
+    assert model.lag_proj.out_features == 3 and model.head[0].in_features == 4 * 3
+    x = torch.randn(2, 12, 5)
+    with torch.no_grad():
+        base = model(x)
+        # with the encoder replaced by a known map (and no norm, which would flatten its equal channels),
+        # bars older than the last 4 change nothing and one of the last 4 does
+        model.norm = torch.nn.Identity()
+        _constant_encoder(model, x)
+        a = model(x)
+        y = x.clone()
+        y[:, :8] = torch.randn(2, 8, 5)
+        _constant_encoder(model, y)
+        b = model(y)
+        z = x.clone()
+        z[:, 9, 0] += 1.0  # one of the last 4 bars
+        _constant_encoder(model, z)
+        c = model(z)
+    assert base.shape == (2,)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="pooling"):
+        _tiny(pooling="max")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention", "lags"])
+def test_every_pooling_exports_to_onnx_with_torchs_logits(pooling, tmp_path):
+    import onnxruntime as ort
+
+    from agents.export import export_agent
+
+    torch.manual_seed(0)
+    model = TransformerAgent(_tiny(pooling=pooling, lags=8)).eval()
+    example = torch.randn(8, model.config.seq_len, model.config.n_features).numpy()
+    card = {"input_name": "x", "output_name": "logit", "package_version": "test"}
+    export_agent(model, card, tmp_path / "m.onnx", example, exporter="torchscript")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        x = torch.randn(batch, model.config.seq_len, model.config.n_features)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, rtol=0, atol=1e-5)
