@@ -22,6 +22,11 @@ POOLING = ("last", "mean", "attention", "lags")  # how the encoded window become
 LR_SCHEDULES = ("constant", "onecycle", "cosine")
 
 
+def loss_label(alpha: float | None, gamma: float) -> str:
+    """The training loss's name as the card and the console show it."""
+    return "cross-entropy" if alpha is None and gamma == 0 else f"focal loss (alpha {alpha}, gamma {gamma})"
+
+
 def field_defaults(cls) -> SimpleNamespace:
     """The plain defaults of a config dataclass's fields, without constructing (and validating) one;
     fields with a default factory are left out (a factory may build and validate a config)."""
@@ -43,7 +48,8 @@ class ModelConfig:
     norm_first: bool = True  # pre-LN layers: steadier training without warm-up tricks
     # "last": the last step's state; "mean": the mean over steps; "attention": a learned query attends
     # over the steps; "lags": the last ``lags`` steps' states, each cut to ``lag_width`` channels,
-    # side by side into an MLP, so every lag keeps its own weights (what a tree on lagged features sees)
+    # side by side into an MLP, so every lag keeps its own weights (what a tree on lagged features sees).
+    # "last" here is what agents exported before pooling was a choice used; TrainConfig picks the trained one
     pooling: str = "last"
     lags: int = 16  # steps read by pooling="lags" (at most seq_len)
     lag_width: int = 8  # channels kept per lag with pooling="lags"
@@ -90,14 +96,15 @@ class TrainConfig:
     # much of the price level, so training and validation features drift apart (adversarial AUC
     # 0.96 with it vs 0.83 without on sp500). Add it back with --features.
     features: tuple[str, ...] | None = ("log_ret", "rsi", "macd", "atr", "volume_z", "obi")  # None: FeatureSpec.default()
-    seq_len: int = 64  # bars per window
+    seq_len: int = 32  # bars per window (64 learnt no more on planted signals, at twice the time: docs/LEARNER.md)
     d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2
     dropout: float = 0.1
     positional: str = "learned"  # learned | sinusoidal (ModelConfig.positional)
-    pooling: str = "last"  # last | mean | attention | lags (ModelConfig.pooling)
-    epochs: int = 20  # upper bound; early stopping usually ends sooner
+    # last | mean | attention | lags (ModelConfig.pooling); lags: interactions between bars (docs/LEARNER.md)
+    pooling: str = "lags"
+    epochs: int = 12  # upper bound; early stopping usually ends sooner
     patience: int = 4  # epochs without validation improvement before stopping
     batch_size: int | None = None  # None: the hardware profile's
     lr: float = 3e-4  # peak learning rate
@@ -112,8 +119,10 @@ class TrainConfig:
     sl: float = 1.5  # stop-loss barrier, in ATRs
     horizon: int = 20  # vertical barrier, in bars
     atr_period: int = 14
-    focal_alpha: float | None = 0.25  # weight of positives; None = unweighted
-    focal_gamma: float = 2.0
+    # focal loss (Lin et al. 2017); the defaults, alpha None and gamma 0, are plain cross-entropy: with
+    # alpha 0.25 and gamma 2 the learner barely moved on planted interactions (docs/LEARNER.md)
+    focal_alpha: float | None = None  # weight of positives; None = unweighted
+    focal_gamma: float = 0.0
     # per-label loss weight: "uniqueness" = the label's average uniqueness (AFML ch. 4; mean 1 over the
     # training labels), so a cluster of overlapping Triple Barrier labels counts as the few independent
     # ones it is rather than as many; "none" = every label 1 (the losses the models before it used)

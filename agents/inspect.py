@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from .config import loss_label
 from .metadata import AgentFileError
 from .verdict import CAVEAT, verdict
 
@@ -23,6 +24,14 @@ def _num(x, spec=".4f") -> str:
     """A card number formatted, or "n/a" for anything else (a hand-edited card may hold any value)."""
     ok = isinstance(x, (int, float)) and not isinstance(x, bool)
     return format(x, spec) if ok else "n/a"
+
+
+def _loss_name(config) -> str:
+    """The training loss, from the card's config (what the losses and their baselines are measured in)."""
+    c = config if isinstance(config, dict) else {}
+    alpha, gamma = c.get("focal_alpha"), c.get("focal_gamma")
+    ok = (alpha is None or isinstance(alpha, (int, float))) and isinstance(gamma, (int, float))
+    return escape_controls(loss_label(alpha, gamma)) if ok else "n/a"
 
 
 def _features(agent: OnnxAgent) -> str:
@@ -101,7 +110,8 @@ def model_card(agent: OnnxAgent) -> str:
         f"            last bar seen {ds['last_bar_used']}; out-of-sample from {ds.get('holdout_start')}",
         f"balance     train positive rate {_num(lb.get('train_positive_rate'), '.3f')} ({lb.get('train_events')} events),"
         f" validation {_num(lb.get('val_positive_rate'), '.3f')} ({lb.get('val_events')})",
-        f"focal loss  train {_num(m.get('train_loss'))} vs no-skill baseline {_num(m.get('baseline_train_loss'))}"
+        f"loss        {_loss_name(agent.meta.get('train_config'))}",
+        f"            train {_num(m.get('train_loss'))} vs no-skill baseline {_num(m.get('baseline_train_loss'))}"
         f" (base rate), {_num(m.get('best_constant_train_loss'))} (best constant p={_num(m.get('best_constant_p'), '.3f')})",
         f"            validation {_num(m.get('val_loss'))} vs no-skill baseline {_num(m.get('baseline_val_loss'))}"
         f" (base rate), {_num(m.get('best_constant_val_loss'))} (best constant)",

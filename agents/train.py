@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import TrainConfig, field_defaults
+from .config import TrainConfig, field_defaults, loss_label
 
 _TRAINER_NAMES = ("fit", "train", "TrainResult")
 
@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  val {lb['val_positive_rate']:.3f} ({lb['val_events']})")
     if ds.get("universe"):
         print(_universe_table(ds))
-    print(f"focal loss  train {m['train_loss']:.4f}  val {m['val_loss']:.4f} (best epoch {m['best_epoch']})")
+    print(f"loss        train {m['train_loss']:.4f}  val {m['val_loss']:.4f} (best epoch {m['best_epoch']}; "
+          f"{loss_label(card['train_config']['focal_alpha'], card['train_config']['focal_gamma'])})")
     print(f"  no skill  base rate: train {m['baseline_train_loss']:.4f}  val {m['baseline_val_loss']:.4f};"
           f"  best constant p={m['best_constant_p']:.3f}: train {m['best_constant_train_loss']:.4f}"
           f"  val {m['best_constant_val_loss']:.4f}")

@@ -109,7 +109,7 @@ def verdict(metrics: dict) -> str:
 
     Reads metrics["val_auc"], ["label_balance"]["val_events"] and ["val_positive_rate"],
     ["linear_baseline"], ["gbm_baseline"], ["val_logloss"] and ["baseline_val_logloss"]. The log-loss is
-    reported, not judged: focal-loss scores are not calibrated probabilities, so a skilled model can
+    reported, not judged: focal-loss scores (an option) are not calibrated probabilities, so a skilled model can
     lose to the base rate there. See the module docstring for the caveat.
     """
     m = metrics if isinstance(metrics, dict) else {}
@@ -134,8 +134,7 @@ def verdict(metrics: dict) -> str:
 
     logloss, base = _number(m.get("val_logloss")), _number(m.get("baseline_val_logloss"))
     if logloss is not None and base is not None:
-        parts.append(f"log-loss {logloss:.3f} vs the base rate's {base:.3f} (not judged: focal scores are "
-                     "not calibrated)")
+        parts.append(f"log-loss {logloss:.3f} vs the base rate's {base:.3f} (reported, not judged)")
 
     lin = m.get("linear_baseline") if isinstance(m.get("linear_baseline"), dict) else {}
     pv = lin.get("price_volume") if isinstance(lin.get("price_volume"), dict) else {}

@@ -50,8 +50,8 @@ DATASETS = {  # name -> (generator, keyword arguments, seed, kind)
     "ar1_0.2": ("ar1", {"phi": 0.2}, 103, "linear"),
     "vol_regime": ("vol_regime", {}, 104, "linear"),
     "sign_interaction": ("sign_interaction", {"lags": (0, 2), "mu": 0.5, "k": 10}, 105, "nonlinear"),
-    "volume_momentum": ("volume_momentum", {"mu": 0.5, "k": 10}, 106, "nonlinear"),
-    "motif": ("motif", {"pattern": "+-+", "mu": 1.0, "k": 10}, 107, "nonlinear"),
+    "volume_momentum": ("volume_momentum", {"mu": 1.0, "k": 3, "stay": 0.5}, 106, "nonlinear"),
+    "motif": ("motif", {"pattern": "+-+", "mu": 1.5, "k": 3}, 107, "nonlinear"),
 }
 
 

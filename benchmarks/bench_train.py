@@ -1,7 +1,7 @@
 """Training speed stays at the hardware's pace: the trainer's windows/s on CPU beside a bare PyTorch loop.
 
     python benchmarks/bench_train.py                      # 40,000 bars, batch 64 and 256 (+ the profile's), 1 epoch
-    python benchmarks/bench_train.py --bars 12000 --batch 64 --repeats 2
+    python benchmarks/bench_train.py --bars 12000 --batch 64 --repeats 1
 
 Data: ``--bars`` synthetic OHLCV bars (``datafeeds.synthetic.random_walk``; speed does not depend on
 the signal) written to a temporary CSV and prepared as the trainer does (``agents.prepare.prepare``:
@@ -80,7 +80,7 @@ def parse_args(argv=None):
                    help="bars per window (default: TrainConfig's, %(default)s)")
     p.add_argument("--d-model", type=int, default=d.d_model,
                    help="model width (default: TrainConfig's, %(default)s)")
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--repeats", type=int, default=2,
                    help="runs of each pair, alternating which side goes first; each side keeps its best "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="data, weights and shuffle seed (default: %(default)s)")

@@ -22,7 +22,7 @@ def test_tiny_run_prints_the_table_and_both_sides_train_the_same_windows(capsys)
     threads = torch.get_num_threads()
     try:
         # --threads 1: also the path that imposes a thread count on fit; one thread is the fastest on busy cores
-        rc = bench.main(["--bars", "3000", "--seq-len", "8", "--d-model", "16", "--epochs", "1",
+        rc = bench.main(["--bars", "3000", "--seq-len", "8", "--d-model", "16", "--epochs", "1", "--repeats", "1",
                          "--batch", "32,64", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)  # main() sets the process's thread count

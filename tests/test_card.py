@@ -222,18 +222,21 @@ def test_card_without_validation_loads_and_has_no_verdict(tiny_agent, tmp_path):
     assert "walk-fwd    study wf fold 2, test 2016-01-04 00:00:00 .. 2016-12-30 00:00:00, best trial 3" in done.stdout
 
 
-def test_shipped_agent_loads_and_its_verdict_is_no_evidence_of_skill():
+def test_shipped_agent_loads_and_its_verdict_is_no_better_than_the_linear_model():
     metrics = OnnxAgent.load(SHIPPED).meta["metrics"]
     assert verdict(metrics) == (
-        "no evidence of skill: validation AUC 0.488 (p=0.71, one-sided Mann-Whitney vs 0.5, 778 events); "
-        "baseline logistic regression (last bar) AUC 0.491, difference -0.002 (95% CI -0.104..+0.079, block "
-        "bootstrap): does not beat it; log-loss 0.729 vs the base rate's 0.696 (not judged: focal scores are not "
-        "calibrated)"
+        "ranks better than chance, but no better than a linear model on the last bar's features: validation AUC "
+        "0.538 (p=0.03, one-sided Mann-Whitney vs 0.5, 785 events); better baseline logistic regression (last bar) "
+        "AUC 0.496, difference +0.042 (95% CI -0.057..+0.120, block bootstrap): does not beat it; other baseline "
+        "gradient boosting (LightGBM, last 16 bars) AUC 0.428; log-loss 0.675 vs the base rate's 0.695 (reported, "
+        "not judged)"
     )
     done = _inspect(SHIPPED)
     assert done.returncode == 0, done.stderr
-    assert "\nverdict     no evidence of skill: validation AUC 0.488 (p=0.71" in done.stdout
-    assert "\nlinear      validation AUC 0.491, log-loss 0.6921 (logistic regression" in done.stdout
+    assert "\nverdict     ranks better than chance, but no better than a linear model" in done.stdout
+    assert "\nlinear      validation AUC 0.496, log-loss 0.6917 (logistic regression" in done.stdout
+    assert "\ngbm         validation AUC 0.428, log-loss 0.7050 (gradient boosting (LightGBM" in done.stdout
+    assert "\nloss        cross-entropy\n" in done.stdout
     assert "p-value is optimistic" in done.stdout
 
 
@@ -300,18 +303,16 @@ _P56 = "validation AUC 0.560 (p=0.0017, one-sided Mann-Whitney vs 0.5, 800 event
     (_metrics(0.56, 800, 0.5, 0.680, 0.693, _linear(0.52, 0.04, 0.01, 0.07)),
      f"evidence of skill beyond a linear model on the last bar's features: {_P56}; baseline logistic regression "
      "(last bar) AUC 0.520, difference +0.040 (95% CI +0.010..+0.070, block bootstrap): beats it; log-loss 0.680 "
-     "vs the base rate's 0.693 (not judged: focal "
-     "scores are not calibrated)"),
+     "vs the base rate's 0.693 (reported, not judged)"),
     # significant against 0.5, but the interval of the difference to the linear model holds 0
     (_metrics(0.56, 800, 0.5, 0.731, 0.696, _linear(0.556, 0.004, -0.03, 0.04)),
      f"ranks better than chance, but no better than a linear model on the last bar's features: {_P56}; "
      "baseline logistic regression (last bar) AUC 0.556, difference +0.004 (95% CI -0.030..+0.040, block "
-     "bootstrap): does not beat it; log-loss 0.731 vs the base rate's 0.696 (not judged: focal scores are not "
-     "calibrated)"),
+     "bootstrap): does not beat it; log-loss 0.731 vs the base rate's 0.696 (reported, not judged)"),
     # a log-loss worse than the base rate's no longer decides anything
     (_metrics(0.56, 800, 0.5, 0.731, 0.696),
      f"evidence of ranking skill: {_P56}; no baseline recorded; log-loss 0.731 vs the base rate's 0.696 "
-     "(not judged: focal scores are not calibrated)"),
+     "(reported, not judged)"),
     (_metrics(0.51, 778, 458 / 778, None, None, _linear(0.5, 0.01, -0.05, 0.07)),
      "no evidence of skill: validation AUC 0.510 (p=0.32, one-sided Mann-Whitney vs 0.5, 778 events); baseline "
      "logistic regression (last bar) AUC 0.500, difference +0.010 (95% CI -0.050..+0.070, block bootstrap): does "

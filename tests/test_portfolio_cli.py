@@ -136,7 +136,7 @@ def test_in_sample_warning_names_the_members_overlapping_the_training_period(tmp
     assert warning.startswith("warning: for nvda (1 of 2 instruments) the period overlaps the agent's training "
                               "period (1999-01-04 .. 2014-12-31, on sp500)")
     assert "late" not in warning
-    assert "the first 113 bars of late are the agent's warm-up" in err  # it has no earlier history
+    assert "the first 81 bars of late are the agent's warm-up" in err  # it has no earlier history
 
 
 @pytest.mark.parametrize(

@@ -27,16 +27,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _focal_by_hand(p, y, alpha=0.25, gamma=2.0):
-    """-alpha_t (1 - p_t)^gamma log(p_t), averaged: the formula of Lin et al., in numpy."""
+    """-alpha_t (1 - p_t)^gamma log(p_t), averaged: the formula of Lin et al., in numpy (alpha None: 1)."""
     p_t = np.where(y == 1, p, 1 - p)
-    a_t = np.where(y == 1, alpha, 1 - alpha)
+    a_t = 1.0 if alpha is None else np.where(y == 1, alpha, 1 - alpha)
     return float(np.mean(-a_t * (1 - p_t) ** gamma * np.log(p_t)))
 
 
-def test_card_reports_losses_beside_the_no_skill_baseline(tiny_agent):
+@pytest.mark.parametrize("loss", ["default", "focal"])
+def test_card_reports_losses_beside_the_no_skill_baseline(tiny_agent, tmp_path, loss):
     from sklearn.metrics import roc_auc_score
 
-    path, result = tiny_agent
+    from agents.trainer import train
+
+    if loss == "default":  # cross-entropy: the best constant is the base rate
+        path, result = tiny_agent
+    else:  # focal loss: the base rate is not the best constant
+        result = train(TrainConfig(**TINY, focal_alpha=0.25, focal_gamma=2.0), tmp_path / "f.onnx",
+                       checkpoint_dir=tmp_path / "ckpt", progress=False)
+    alpha, gamma = result.card["train_config"]["focal_alpha"], result.card["train_config"]["focal_gamma"]
     m, prep, model = result.card["metrics"], result.prep, result.model
     y_tr, y_va = prep.labels("train"), prep.labels("val")
     assert m["label_balance"]["val_events"] == len(y_va)
@@ -46,18 +54,21 @@ def test_card_reports_losses_beside_the_no_skill_baseline(tiny_agent):
         z = torch.cat([model(xb) for xb, _ in prep.dataset("val", TINY["seq_len"]).iter_batches(256)]).double().numpy()
     p = 1 / (1 + np.exp(-z))
     base = float(np.mean(y_tr))
-    assert m["val_loss"] == pytest.approx(_focal_by_hand(p, y_va), rel=1e-4)
-    assert m["baseline_val_loss"] == pytest.approx(_focal_by_hand(np.full(len(y_va), base), y_va), rel=1e-6)
+    assert m["val_loss"] == pytest.approx(_focal_by_hand(p, y_va, alpha, gamma), rel=1e-4)
+    assert m["baseline_val_loss"] == pytest.approx(_focal_by_hand(np.full(len(y_va), base), y_va, alpha, gamma), rel=1e-6)
     logloss = float(np.mean(-(y_va * np.log(p) + (1 - y_va) * np.log(1 - p))))
     assert m["val_logloss"] == pytest.approx(logloss, rel=1e-4)
     assert m["baseline_val_logloss"] == pytest.approx(
         float(-(y_va * np.log(base) + (1 - y_va) * np.log(1 - base)).mean()), rel=1e-6)
     assert m["val_auc"] == pytest.approx(roc_auc_score(y_va, z), abs=1e-9)
-    # under focal loss the base rate is not the best constant: a grid search finds the same minimum
+    # the best constant by grid search: the base rate under cross-entropy, elsewhere under focal loss
     grid = np.linspace(0.01, 0.99, 9801)
-    best = grid[np.argmin([_focal_by_hand(np.full(len(y_tr), q), y_tr) for q in grid])]
+    best = grid[np.argmin([_focal_by_hand(np.full(len(y_tr), q), y_tr, alpha, gamma) for q in grid])]
     assert m["best_constant_p"] == pytest.approx(best, abs=2e-4)
-    assert abs(m["best_constant_p"] - base) > 0.01
+    if loss == "default":
+        assert (alpha, gamma) == (None, 0.0) and m["best_constant_p"] == pytest.approx(base, abs=2e-4)
+    else:
+        assert abs(m["best_constant_p"] - base) > 0.01
     assert len(m["history"]) == m["epochs_run"] == TINY["epochs"]
 
 
@@ -303,3 +314,27 @@ def test_training_weights_are_the_labels_uniqueness_scaled_to_mean_one(tiny_agen
     card_w = result.card["metrics"]["sample_weights"]
     assert card_w["scheme"] == "uniqueness" and card_w["train_events"] == len(u)
     assert card_w["effective_train_events"] == pytest.approx(u.sum())
+
+
+def test_lr_schedules_by_hand():
+    from agents.trainer import lr_factor
+
+    assert [lr_factor("constant", k, 10, 0.1) for k in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    # onecycle over 100 steps, 10% warm-up: 1/10, 2/10 .. 10/10, then a half-cosine from 1 down to 0
+    assert [lr_factor("onecycle", k, 100, 0.1) for k in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor("onecycle", 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor("onecycle", 55, 100, 0.1) == pytest.approx(0.5)  # halfway through the 90 decay steps
+    assert lr_factor("onecycle", 100, 100, 0.1) == pytest.approx(0.0, abs=1e-12)
+    # cosine: no warm-up
+    assert lr_factor("cosine", 0, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor("cosine", 50, 100, 0.1) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"lr_schedule": "step"}, "--lr-schedule"),
+    ({"warmup": 1.0}, "--warmup"),
+    ({"pooling": "max"}, "pooling"),
+])
+def test_schedule_and_pooling_options_are_checked(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**bad)
