@@ -64,18 +64,24 @@ def ar1(n: int, seed: int = 0, phi: float = 0.2, sigma: float = 0.01) -> tuple[p
     return bars_from_returns(r, rng), r * np.sign(phi)
 
 
+def _two_states(n: int, rng: np.random.Generator, stay: float) -> np.ndarray:
+    """A two-state Markov chain starting True, each bar keeping its state with probability ``stay``."""
+    if not 0.0 < stay < 1.0:
+        raise ValueError(f"stay must be in (0, 1), got {stay}")
+    switch = rng.random(n) > stay
+    state = np.empty(n, dtype=bool)
+    state[0] = True
+    for t in range(1, n):
+        state[t] = state[t - 1] != switch[t]
+    return state
+
+
 def vol_regime(n: int, seed: int = 0, stay: float = 0.98, sigma: float = 0.008, drift: float = 0.002
                ) -> tuple[pd.DataFrame, np.ndarray]:
     """Two regimes that persist (each day stays with probability ``stay``): calm (sigma, +drift) and
     storm (3 sigma, -drift)."""
-    if not 0.0 < stay < 1.0:
-        raise ValueError(f"stay must be in (0, 1), got {stay}")
     rng = np.random.default_rng(seed)
-    switch = rng.random(n) > stay
-    calm = np.empty(n, dtype=bool)
-    calm[0] = True
-    for t in range(1, n):
-        calm[t] = calm[t - 1] != switch[t]
+    calm = _two_states(n, rng, stay)
     r = np.where(calm, rng.normal(drift, sigma, n), rng.normal(-drift, 3.0 * sigma, n))
     return bars_from_returns(r, rng), calm.astype(np.float64)
 
@@ -126,14 +132,8 @@ def volume_momentum(n: int, seed: int = 0, mu: float = 0.25, k: int = 5, stay: f
     """Momentum on heavy volume, reversal on light: the volume regime (log volume ``heavy`` above the
     light one, each bar staying with probability ``stay``) decides the sign of the last return's echo."""
     _check_drift(mu, k)
-    if not 0.0 < stay < 1.0:
-        raise ValueError(f"stay must be in (0, 1), got {stay}")
     rng = np.random.default_rng(seed)
-    switch = rng.random(n) > stay
-    loud = np.empty(n, dtype=bool)
-    loud[0] = True
-    for t in range(1, n):
-        loud[t] = loud[t - 1] != switch[t]
+    loud = _two_states(n, rng, stay)
 
     def sign_at(r, t):
         return float(np.sign(r[t])) * (1.0 if loud[t] else -1.0)
