@@ -163,7 +163,7 @@ def main(argv=None) -> int:
 
     import agents.trainer as T
     from _common import load_avg, machine_info
-    from agents.config import TrainConfig, field_defaults
+    from agents.config import TrainConfig, field_defaults, loss_label
     from agents.hardware import choose_profile, configure_main_threads, detect
     from agents.model import TransformerAgent
     from agents.prepare import prepare
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
           f"{cfg.seq_len} bars (validation windows left out); prepared in {time.perf_counter() - t0:.1f} s")
     print(f"model: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
           f"{TransformerAgent(cfg.model_config(n_features)).num_parameters():,} parameters; "
-          f"{args.epochs} epoch(s) per side, focal loss, {cfg.sample_weights} weights")
+          f"{args.epochs} epoch(s) per side, {loss_label(cfg.focal_alpha, cfg.focal_gamma)}, {cfg.sample_weights} weights")
 
     def threads_for_fit():
         if threads == trainer_threads:
