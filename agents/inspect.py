@@ -51,17 +51,25 @@ def _difference(section: dict) -> str:
             f"{_num(d.get('low'), '+.3f')}..{_num(d.get('high'), '+.3f')})")
 
 
+def _baseline_line(metrics: dict, key: str, kind: str, default_model: str, detail) -> str:
+    """One baseline section's validation numbers, or why there are none; ``detail(section)`` adds what is
+    particular to it inside the model's parentheses."""
+    sec = metrics.get(key)
+    if not isinstance(sec, dict):
+        return f"not recorded (a card from before the {kind} baseline)"
+    model = sec.get("model", default_model)
+    if sec.get("val_auc") is None and sec.get("val_logloss") is None:
+        return f"{model}: {sec.get('note', 'not fitted')}"
+    return (f"validation AUC {_num(sec.get('val_auc'), '.3f')}, log-loss {_num(sec.get('val_logloss'), '.4f')}"
+            f" ({model}{detail(sec)}){_difference(sec)}")
+
+
 def linear_line(metrics: dict) -> str:
     """The linear baseline's validation numbers, or why there are none (also used by agents.train)."""
+    text = _baseline_line(metrics, "linear_baseline", "linear", "logistic regression", lambda sec: "")
     lin = metrics.get("linear_baseline")
-    if not isinstance(lin, dict):
-        return "not recorded (a card from before the linear baseline)"
-    if lin.get("val_auc") is None and lin.get("val_logloss") is None:
-        return f"{lin.get('model', 'logistic regression')}: {lin.get('note', 'not fitted')}"
-    text = (f"validation AUC {_num(lin.get('val_auc'), '.3f')}, log-loss {_num(lin.get('val_logloss'), '.4f')}"
-            f" ({lin.get('model', 'logistic regression')}){_difference(lin)}")
-    pv = lin.get("price_volume")
-    if isinstance(pv, dict) and pv.get("other_columns"):
+    pv = lin.get("price_volume") if isinstance(lin, dict) else None
+    if isinstance(pv, dict) and pv.get("other_columns") and text.startswith("validation AUC"):
         text += f"; on price and volume alone (without {', '.join(map(str, pv['other_columns']))}): AUC " \
                 f"{_num(pv.get('val_auc'), '.3f')}"
     return text
@@ -69,14 +77,8 @@ def linear_line(metrics: dict) -> str:
 
 def gbm_line(metrics: dict) -> str:
     """The gradient-boosting baseline's validation numbers, or why there are none (also used by agents.train)."""
-    gbm = metrics.get("gbm_baseline")
-    if not isinstance(gbm, dict):
-        return "not recorded (a card from before the gradient-boosting baseline)"
-    if gbm.get("val_auc") is None and gbm.get("val_logloss") is None:
-        return f"{gbm.get('model', 'gradient boosting')}: {gbm.get('note', 'not fitted')}"
-    return (f"validation AUC {_num(gbm.get('val_auc'), '.3f')}, log-loss {_num(gbm.get('val_logloss'), '.4f')}"
-            f" ({gbm.get('model', 'gradient boosting')}; trees kept {_num(gbm.get('n_estimators'), '.0f')}, "
-            f"training rows {_num(gbm.get('train_rows'), '.0f')}){_difference(gbm)}")
+    return _baseline_line(metrics, "gbm_baseline", "gradient-boosting", "gradient boosting", lambda sec: (
+        f"; trees kept {_num(sec.get('n_estimators'), '.0f')}, training rows {_num(sec.get('train_rows'), '.0f')}"))
 
 
 def weights_line(metrics: dict) -> str:
