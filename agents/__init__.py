@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from .compare import compare_cpcv
     from .config import ModelConfig, TrainConfig
     from .dataset import LazySequenceDataset
     from .export import ExportError, export_agent
@@ -37,6 +38,7 @@ _EXPORTS = {  # public name -> its module
     "LazySequenceDataset": ".dataset",
     "ResidentWindows": ".feed",
     "prefetch": ".feed",
+    "compare_cpcv": ".compare",
     "ModelConfig": ".config",
     "TrainConfig": ".config",
     "TransformerAgent": ".model",

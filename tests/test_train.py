@@ -119,7 +119,7 @@ def test_resume_refuses_different_settings(tmp_path):
     prep = prepare(cfg)
     fit(cfg, prep, checkpoint_dir=tmp_path, stop_after=1, progress=False)
     other = TrainConfig(**{**TINY, "lr": 1e-2})
-    with pytest.raises(ValueError, match=r"different settings lr=0.0003 \(now 0.01\)"):
+    with pytest.raises(ValueError, match=rf"different settings lr={cfg.lr} \(now 0.01\)"):
         fit(other, prep, checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
