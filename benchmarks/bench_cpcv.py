@@ -17,6 +17,7 @@ under CPCV is walk-forward's job).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -74,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     results, t_all = {}, time.perf_counter()
     for name, df in frames.items():
         t0 = time.perf_counter()
-        res = compare_cpcv(cfg, df, n, k, on_split=lambda r: print(
-            f"  {name} split {r['split'] + 1}: best epoch {r['best_epoch']}, {r['agent_seconds']:.0f} s", flush=True))
+        try:
+            res = compare_cpcv(dataclasses.replace(cfg, data=name), df, n, k, on_split=lambda r: print(
+                f"  {name} split {r['split'] + 1}: best epoch {r['best_epoch']}, {r['agent_seconds']:.0f} s", flush=True))
+        except ValueError as e:  # too few bars or events for these groups
+            print(f"error: {name}: {e}", file=sys.stderr)
+            return 2
         results[name] = res
         s = res["summary"]
         print(f"{name} ({res['first_bar'][:10]}..{res['last_bar'][:10]}, {res['bars']} bars, {res['n_paths']} paths, "

@@ -246,7 +246,7 @@ def test_book_columns_that_encode_the_future_are_flagged_as_look_ahead(tmp_path)
     csv = tmp_path / "book.csv"
     df.to_csv(csv)
     cfg = TrainConfig(data=str(csv), holdout=0.2, seq_len=8, d_model=16, n_heads=2, n_layers=1, epochs=3,
-                      patience=5, batch_size=64, horizon=5, lr=1e-3)
+                      patience=5, batch_size=64, horizon=5, lr=1e-3, dropout=0.1)
     res = train(cfg, tmp_path / "a.onnx", checkpoint_dir=tmp_path / "ckpt", progress=False)
     m = res.card["metrics"]
     assert res.card["feature_sources"]["obi"] == ["bid_size", "ask_size"]
