@@ -123,6 +123,12 @@ def _check_options(args) -> None:
         raise UsageError(f"--plot {args.plot}: must be a .png path")
     if args.trades and not args.trades.lower().endswith(".csv"):
         raise UsageError(f"--trades {args.trades}: must be a .csv path")
+    from datafeeds.atomic import refusal
+
+    for option, path in (("--report", args.report), ("--trades", args.trades), ("--plot", args.plot)):
+        problem = path and refusal(path, streams=option != "--plot")
+        if problem:  # found now, not after the backtest it would lose
+            raise UsageError(f"{option} {path}: {problem}")
     if args.engine == "fast" and args.strategy != "agent":
         raise UsageError("--engine fast simulates the agent strategy only; use --engine backtrader for baselines")
     if args.live and args.strategy != "agent":

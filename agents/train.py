@@ -178,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_features:
         return _list_features()
     out = Path(args.out) if args.out else default_out(args.data)
+    from datafeeds.atomic import refusal
+
+    problem = refusal(out, streams=False)
+    if problem:
+        print(f"error: --out {out}: {problem}", file=sys.stderr)
+        return 2
     if out.exists() and not args.overwrite:
         print(f"error: --out {out} exists; pass --overwrite to replace it, or choose another --out", file=sys.stderr)
         return 2

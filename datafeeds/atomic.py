@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -20,23 +22,136 @@ _FOREIGN_MAX_AGE = 86_400.0
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and a rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and a rename.
+
+    Only a regular file is ever replaced, and it keeps its mode. A symbolic link is followed: the file
+    it points to is written, the link stays. A character device or a FIFO (``/dev/null``,
+    a pipe) is written through, never replaced; ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` through
+    this process's own descriptor. Refused, as an OSError whose ``strerror`` says what to do: a read-only file (mode
+    without any w bit: root could otherwise replace it), a directory, a block device or a socket,
+    and a FIFO without a reader.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_space()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd = _own_descriptor(path)
+    if fd is not None:
+        return _write_to_descriptor(path, fd, data)
+    target = Path(os.path.realpath(path))  # a link's target; the link itself stays
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory: name a file inside it", str(path))
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+                return _write_to_stream(path, data)
+            raise OSError(errno.EINVAL, "not a regular file (a block device or a socket): choose a file path",
+                          str(path))
+        if not st.st_mode & 0o222:
+            raise PermissionError(errno.EACCES, f"read-only file (mode {stat.S_IMODE(st.st_mode):04o}): make it "
+                                  "writable (chmod u+w) or choose another path", str(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_space()}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        if st is not None:  # the file's own mode and, where allowed, its owner
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            try:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            except OSError:  # not root: the new file is ours
+                pass
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def refusal(path: str | os.PathLike, *, streams: bool = True) -> str | None:
+    """Why ``write_atomic(path)`` would refuse ``path`` (one line, what to do included), or None; for CLIs to
+    check before any work. ``streams=False`` also refuses devices and FIFOs (an agent file must be a file)."""
+    path = Path(path)
+    if _own_descriptor(path) is not None:
+        return None if streams else "is a stream, not a file: choose a file path"
+    try:
+        st = os.stat(os.path.realpath(path))
+    except OSError:  # not there (yet), or its folder is not one: the writer's folder check says why
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory: name a file inside it"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return None if streams else "is a device or a FIFO, not a file: choose a file path"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a block device or a socket): choose a file path"
+    if not st.st_mode & 0o222:
+        return f"read-only file (mode {stat.S_IMODE(st.st_mode):04o}): make it writable (chmod u+w) or choose another path"
+    return None
+
+
+def _own_descriptor(path: Path) -> int | None:
+    """The descriptor that ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names, else
+    None. Written through the process's own descriptor, so a redirect (``> out.txt``) keeps its offset."""
+    text = os.path.abspath(path)
+    if text in _STD_PATHS:
+        return _STD_PATHS[text]
+    m = re.fullmatch(r"/(?:dev/fd|proc/self/fd)/(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+_STD_PATHS = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _write_to_descriptor(path: Path, fd: int, data: bytes) -> Path:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # what was printed comes first
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or "cannot write", str(path)) from None
+    return path
+
+
+def _write_to_stream(path: Path, data: bytes) -> Path:
+    """Write ``data`` into a character device or FIFO as it is (no temporary file, no rename)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "no such device or stream", str(path)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory: name a file inside it", str(path))
+    if stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a block device or a socket): choose a file path", str(path))
+    flags = os.O_WRONLY | (os.O_NONBLOCK if stat.S_ISFIFO(st.st_mode) else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads: writing would block for ever
+            raise OSError(errno.ENXIO, "a FIFO with no reader: start the reader first", str(path)) from None
+        raise
+    try:
+        if flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     return path
 
 
