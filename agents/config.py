@@ -84,6 +84,15 @@ class ModelConfig:
 
 
 
+# Upper bounds of the numeric options: far above any useful value, low enough that a typo (1e20, 65536)
+# is one line before anything is built, not a 48 GiB allocation or an overflow deep in torch or numba.
+_INT_LIMITS = {"seq_len": 4096, "epochs": 100_000, "patience": 100_000, "d_model": 4096, "n_heads": 64,
+               "n_layers": 48, "batch_size": 1 << 20}
+MAX_LR = 1.0
+MAX_FOCAL_GAMMA = 10.0
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (recorded in the exported agent)."""
@@ -145,21 +154,22 @@ class TrainConfig:
             raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("seq_len", "epochs", "patience", "d_model", "n_heads", "n_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        for name, most in _INT_LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name == "batch_size":
+                continue
+            if not 1 <= value <= most:
+                raise ValueError(f"--{name.replace('_', '-')} must be in 1..{most:,}, got {value}")
+        if not (0 < self.lr <= MAX_LR):
+            raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be in 0..{MAX_SEED:,}, got {self.seed}")
         if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
             raise ValueError(f"--focal-alpha must be in [0, 1] (or negative for none), got {self.focal_alpha}")
-        if not (self.focal_gamma >= 0 and math.isfinite(self.focal_gamma)):
-            raise ValueError(f"--focal-gamma must be >= 0, got {self.focal_gamma}")
+        if not 0 <= self.focal_gamma <= MAX_FOCAL_GAMMA:
+            raise ValueError(f"--focal-gamma must be in [0, {MAX_FOCAL_GAMMA:g}], got {self.focal_gamma}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0.0 <= self.warmup < 1.0:

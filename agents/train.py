@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -177,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.list_features:
         return _list_features()
+    for key, value in config_dict(args).items():  # the job file is JSON: NaN and inf stop here, in one line
+        if isinstance(value, float) and not math.isfinite(value):
+            print(f"error: --{key.replace('_', '-')} {value}: must be a finite number", file=sys.stderr)
+            return 2
     out = Path(args.out) if args.out else default_out(args.data)
     from datafeeds.atomic import refusal
 

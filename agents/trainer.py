@@ -181,13 +181,13 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
             log.warning("feed: %s; prefetching batched gathers from pinned host memory instead", why)
             feed = "prefetch"
 
-    torch.manual_seed(cfg.seed)
-    model = TransformerAgent(cfg.model_config(len(prep.names))).to(device)
-    mc = model.config
+    mc = cfg.model_config(len(prep.names))
+    with torch.device("meta"):  # the parameter count without allocating them: checked before they exist
+        n_parameters = TransformerAgent(mc).num_parameters()
     # given; else, resuming a run that chose its own (measured on a GPU), that one; else the profile's
     chosen_before = ckpt is not None and ckpt.get("config", {}).get("batch_size") is None
     batch_size = cfg.batch_size or (chosen_before and ckpt.get("run", {}).get("batch_size")) or profile.batch_size
-    need = estimate_train_memory(max(1, prep.n_rows), len(prep.names), cfg.seq_len, batch_size, model.num_parameters(),
+    need = estimate_train_memory(max(1, prep.n_rows), len(prep.names), cfg.seq_len, batch_size, n_parameters,
                                  0, d_model=mc.d_model, n_layers=mc.n_layers, n_heads=mc.n_heads,
                                  dim_feedforward=mc.dim_feedforward)
     if feed == "resident" and device.type == "cpu":
@@ -196,6 +196,8 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
     # process or in their own (agents.staged, each no bigger than this one's imports): the run needs
     # the largest of the three on top of what is in use now
     check_fits(max(need, EVALUATION_MEMORY, EXPORTER_MEMORY["torchscript"]), resources)
+    torch.manual_seed(cfg.seed)
+    model = TransformerAgent(mc).to(device)
 
     resident = val_feed = None
     if feed == "resident":

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 _REQUIRED_COLUMNS = ("high", "low", "close")
 
 
+MAX_BARS = 1_000_000  # the largest horizon or ATR period accepted, in bars
+
+
 @dataclass(frozen=True)
 class TBMConfig:
     """Triple Barrier parameters; barriers are multiples of ATR around the event close."""
@@ -36,8 +39,9 @@ class TBMConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"TBMConfig.{name} must be a positive finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
-        object.__setattr__(self, "horizon", check_int(self.horizon, "TBMConfig.horizon", 1))
-        object.__setattr__(self, "atr_period", check_int(self.atr_period, "TBMConfig.atr_period", 1))
+        # upper bounds far above any sensible value, so a typo (1e20) is one line, not a crash in numba
+        object.__setattr__(self, "horizon", check_int(self.horizon, "TBMConfig.horizon", 1, MAX_BARS))
+        object.__setattr__(self, "atr_period", check_int(self.atr_period, "TBMConfig.atr_period", 1, MAX_BARS))
 
     def to_dict(self) -> dict:
         """Plain dict of the fields (JSON-serialisable)."""

@@ -221,6 +221,29 @@ def test_an_unwritable_output_is_refused_before_training(option, tmp_path):
     assert done.seconds < 30
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--pt", "nan"], "--pt nan: must be a finite number"),
+    (["--holdout", "inf"], "--holdout inf: must be a finite number"),
+    (["--dropout", "nan"], "--dropout nan: must be a finite number"),
+    (["--focal-alpha", "nan"], "--focal-alpha nan: must be a finite number"),
+    (["--threshold", "inf"], "--threshold inf: must be a finite number"),
+    (["--lr", "1e308"], "--lr must be in (0, 1]"),
+    (["--focal-gamma", "1e308"], "--focal-gamma must be in [0, 10]"),
+    (["--d-model", "65536"], "--d-model must be in 1..4,096"),
+    (["--n-layers", "100000"], "--n-layers must be in 1..48"),
+    (["--seed", "100000000000000000000"], "--seed must be in 0..4,294,967,295"),
+    (["--horizon", "100000000000000000000"], "horizon must be an integer <= 1,000,000"),
+    (["--d-model", "4096", "--n-heads", "64", "--n-layers", "48"], "out of memory: training needs"),
+])
+def test_training_options_out_of_range_are_one_line_before_anything_is_built(args, needle, tmp_path):
+    # NaN used to reach the job file's JSON, 1e308 torch's optimiser, d_model 65536 a 48 GiB allocation
+    # (the memory check now counts the parameters on torch's meta device, before they exist)
+    done = _run("-m", "agents.train", *args, "--out", str(tmp_path / "x.onnx"),
+                "--checkpoint-dir", str(tmp_path / "ckpt"), timeout=120)
+    _refused(done, needle)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 # ------------------------------------------------------------------ litter
 def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     from datafeeds.atomic import _space, write_atomic
