@@ -70,9 +70,15 @@ def adversarial_auc(train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0, ma
         return None
     x = np.concatenate([a, b])
     y = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+    from .hardware import detect
+
     clf = HistGradientBoostingClassifier(max_iter=100, max_depth=3, random_state=seed)
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
-    proba = cross_val_predict(clf, x, y, cv=folds, method="predict_proba")[:, 1]
+    # OpenMP would start a thread per host core; on a busy or CPU-limited machine extra threads only wait
+    with threadpool_limits(limits=detect().effective_cpus, user_api="openmp"):
+        proba = cross_val_predict(clf, x, y, cv=folds, method="predict_proba")[:, 1]
     return float(roc_auc_score(y, proba))
 
 

@@ -227,6 +227,9 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
     # what, besides the config, decides the numbers an epoch produces; a resume must match it
     run = {"batch_size": batch_size, "device": device.type, "amp": amp, "threads": threads, "data_sha256": prep.sha256}
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if cfg.compile and device.type == "cpu":
+        log.warning("--compile on the CPU: compiling takes minutes and training ran ~10x slower in our "
+                    "measurements; it is meant for CUDA")
     train_model = torch.compile(model) if cfg.compile else model
 
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "best_weights": None, "bad_epochs": 0, "history": []}

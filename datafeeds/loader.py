@@ -148,6 +148,9 @@ def _resolve(source: object) -> tuple[Path, str, str]:
     path = path.resolve()
     if path.is_dir():
         raise DataError("is a directory, not a file", file=str(path), fix="pass the data file inside it")
+    if not path.is_file():  # a FIFO would block the read for ever, a device never end
+        raise DataError("not a regular file (a FIFO, device or socket)", file=str(path),
+                        fix="save the data to a .csv, .csv.gz or .parquet file and pass that")
     if not path.name.lower().endswith(_SUFFIXES):
         raise DataError(f"unsupported file type {''.join(path.suffixes) or '(no extension)'!r}",
                         file=str(path), fix="convert it to .csv, .csv.gz or .parquet")

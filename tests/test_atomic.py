@@ -1,4 +1,4 @@
-"""datafeeds.atomic.write_atomic never replaces what is not a regular file the user may overwrite.
+"""Paths that are not regular files: write_atomic never replaces them, the loader never reads them.
 
 Devices are made with mknod in a temporary folder (root only), and the CLI cases run in a private mount
 namespace with a tmpfs over /dev, so the machine's own /dev is never touched.
@@ -145,3 +145,14 @@ test -c /dev/full && echo full-still-a-device-after-train
     assert "train-exit 2" in lines and "full-still-a-device-after-train" in lines
     assert (tmp_path / "train.err").read_text().strip() == (
         "error: --out /dev/full: is a device or a FIFO, not a file: choose a file path")
+
+
+def test_a_fifo_as_data_is_refused_in_one_line_not_read_for_ever(tmp_path):
+    # nobody writes the FIFO: reading it would block; the loader refuses it by its type, before opening it
+    fifo = tmp_path / "bars.csv"
+    os.mkfifo(fifo)
+    done = subprocess.run([sys.executable, "run_backtest.py", "--strategy", "buyhold", "--data", str(fifo),
+                           "--no-plot"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1 and "not a regular file (a FIFO, device or socket)" in err, err

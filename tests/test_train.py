@@ -338,3 +338,13 @@ def test_lr_schedules_by_hand():
 def test_schedule_and_pooling_options_are_checked(bad, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**bad)
+
+
+def test_compile_on_the_cpu_warns(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # the warning, not minutes of compiling
+    cfg = TrainConfig(**{**TINY, "compile": True})
+    with caplog.at_level(logging.WARNING, logger="agents.trainer"):
+        fit(cfg, prepare(cfg), checkpoint_dir=None, stop_after=1, progress=False)
+    assert any("--compile on the CPU" in r.getMessage() for r in caplog.records)
