@@ -40,6 +40,44 @@ def graph_sha256(proto) -> str:
     return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
 
 
+# The operators our exporters emit (both, every pooling and positional table; tests/test_runtime.py checks
+# it), plus elementwise ones they may emit in other torch versions. Nothing that loops, branches or makes a
+# tensor whose size is read from data (Loop, If, Scan, ConstantOfShape, Range, Expand, Tile, Resize):
+# an agent file is untrusted input, and those could hang or exhaust the machine.
+ALLOWED_OPS = frozenset({
+    "Abs", "Add", "Cast", "CastLike", "Concat", "Constant", "Div", "Dropout", "Erf", "Exp", "Flatten", "Gather",
+    "Gelu", "Gemm", "Identity", "LayerNormalization", "Log", "MatMul", "Max", "Min", "Mod", "Mul", "Neg", "Pow",
+    "Reciprocal", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Slice",
+    "Softmax", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+})
+MAX_NODES = 20_000  # graph nodes (functions' included); the shipped agent has a few hundred
+MAX_WEIGHT_BYTES = 256 * 2**20  # weights and constants held in the file; the shipped agent's are < 1 MiB
+
+
+def _check_graph(proto, path: str) -> None:
+    """Refuse a graph with an operator outside ``ALLOWED_OPS`` (control flow included), another domain than
+    the standard one, more than ``MAX_NODES`` nodes or more than ``MAX_WEIGHT_BYTES`` of weights."""
+    local = {(f.domain, f.name) for f in proto.functions}
+    nodes = list(proto.graph.node) + [n for f in proto.functions for n in f.node]
+    if len(nodes) > MAX_NODES:
+        raise _meta.AgentFileError(f"{path}: the graph has {len(nodes):,} nodes, over the {MAX_NODES:,} an agent may "
+                                   "have; re-export the agent with python -m agents.train")
+    for n in nodes:
+        if (n.domain, n.op_type) in local:
+            continue  # a call to a model-local function: its nodes are checked here too
+        if n.domain not in ("", "ai.onnx") or n.op_type not in ALLOWED_OPS:
+            raise _meta.AgentFileError(
+                f"{path}: operator {n.domain + '.' if n.domain else ''}{n.op_type} is not one our exporter emits "
+                "(control flow and custom operators are refused in agent files); re-export the agent")
+        if any(a.HasField("g") or len(a.graphs) for a in n.attribute):
+            raise _meta.AgentFileError(f"{path}: node {n.name or n.op_type} holds a subgraph; agent files may not")
+    sizes = [t.ByteSize() for t in proto.graph.initializer]
+    sizes += [a.t.ByteSize() for n in nodes for a in n.attribute if a.HasField("t")]
+    if sum(sizes) > MAX_WEIGHT_BYTES:
+        raise _meta.AgentFileError(f"{path}: {sum(sizes) / 2**20:,.0f} MiB of weights, over the "
+                                   f"{MAX_WEIGHT_BYTES // 2**20} MiB an agent file may hold")
+
+
 def _external_tensor(graph) -> str | None:
     """Name of the first tensor of ``graph`` (subgraphs included) stored outside the file, else None."""
     tensors = list(graph.initializer) + [x for t in graph.sparse_initializer for x in (t.values, t.indices)]
@@ -105,8 +143,13 @@ class OnnxAgent:
             proto = onnx.load(path, load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError and friends for garbage input
             raise _meta.AgentFileError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+        keys = [p.key for p in proto.metadata_props]
+        if keys.count(_meta.METADATA_KEY) > 1:
+            raise _meta.AgentFileError(f"{path}: {keys.count(_meta.METADATA_KEY)} {_meta.METADATA_KEY!r} metadata "
+                                       "entries; an agent file holds one card (which would win is not ours to guess)")
         props = {p.key: p.value for p in proto.metadata_props}
         card = _meta.parse(props.get(_meta.METADATA_KEY), path=path)
+        _check_graph(proto, path)
         external = _external_tensor(proto.graph)
         for fn in proto.functions:  # model-local functions hold nodes (and constants) too
             external = external or _external_tensor(onnx.helper.make_graph(list(fn.node), fn.name, [], []))

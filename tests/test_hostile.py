@@ -53,6 +53,47 @@ def _save(proto, card: dict, path: Path, *, restamp: bool = False) -> Path:
 
 
 # ------------------------------------------------------------------ agent files that would make us lie
+def _forged(tmp_path, name: str, node) -> Path:
+    """The shipped agent with ``node`` added to its graph and the card's digest recomputed (a careful forger)."""
+    proto = onnx.load(str(SHIPPED))
+    proto.graph.node.append(node)
+    return _save(proto, _card(onnx.load(str(SHIPPED))), tmp_path / name, restamp=True)
+
+
+def test_a_forged_graph_with_a_loop_is_refused_before_it_runs(tmp_path):
+    # a Loop of 1e12 iterations hung run_backtest for ever; control flow is not in the allow-list
+    body = onnx.helper.make_graph([], "body", [], [])
+    loop = onnx.helper.make_node("Loop", ["trip", "cond"], [], body=body)
+    _refused(_run("run_backtest.py", "--agent", str(_forged(tmp_path, "loop.onnx", loop))),
+             "operator Loop is not one our exporter emits")
+
+
+def test_a_forged_graph_that_makes_a_huge_tensor_or_a_custom_op_is_refused(tmp_path):
+    big = onnx.helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"])  # 4 GiB from an 8-byte input
+    _refused(_run("run_backtest.py", "--agent", str(_forged(tmp_path, "big.onnx", big))),
+             "operator ConstantOfShape is not one our exporter emits")
+    custom = onnx.helper.make_node("Anything", ["x"], ["y"], domain="com.evil")
+    _refused(_run("run_backtest.py", "--agent", str(_forged(tmp_path, "custom.onnx", custom))),
+             "operator com.evil.Anything is not one our exporter emits")
+
+
+def test_a_second_card_entry_is_refused_not_silently_chosen(tmp_path):
+    proto = onnx.load(str(SHIPPED))
+    extra = proto.metadata_props.add()
+    extra.key, extra.value = METADATA_KEY, json.dumps({**_card(proto), "threshold": 0.01})
+    onnx.save(proto, str(tmp_path / "two.onnx"))
+    _refused(_run("run_backtest.py", "--agent", str(tmp_path / "two.onnx")), "2 'tbm_agent' metadata entries")
+
+
+def test_weights_over_the_bound_are_refused(monkeypatch):
+    import agents.runtime as runtime
+    from agents.metadata import AgentFileError
+
+    monkeypatch.setattr(runtime, "MAX_WEIGHT_BYTES", 1024)
+    with pytest.raises(AgentFileError, match="MiB of weights, over the"):
+        runtime.OnnxAgent.load(SHIPPED)
+
+
 def test_a_card_copied_onto_another_graph_is_refused(tiny_agent, tmp_path):
     tiny_path, _ = tiny_agent
     foreign = onnx.load(str(tiny_path))

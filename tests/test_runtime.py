@@ -160,3 +160,24 @@ def test_inspect_prints_the_model_card_with_baseline(tiny_agent):
     bad = subprocess.run([sys.executable, "-m", "agents.inspect", "nope.onnx"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "attention", "lags"])
+def test_the_allow_list_holds_every_operator_our_exporters_emit(pooling):
+    import onnx
+    import torch
+
+    from agents import export
+    from agents.config import ModelConfig
+    from agents.model import TransformerAgent
+    from agents.runtime import ALLOWED_OPS
+
+    model = TransformerAgent(ModelConfig(n_features=5, seq_len=8, d_model=16, n_heads=2, n_layers=1, pooling=pooling,
+                                         lags=4, lag_width=3)).eval()
+    card = {"input_name": "x", "output_name": "logit"}
+    for make in (export._dynamo, export._torchscript):
+        proto = make(model, torch.randn(3, 8, 5), dict(card))
+        ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
+        ops -= {f.name for f in proto.functions}  # calls to the model's own functions
+        assert ops <= ALLOWED_OPS, (make.__name__, sorted(ops - ALLOWED_OPS))
+        assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"} | {f.domain for f in proto.functions}
