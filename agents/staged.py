@@ -49,10 +49,58 @@ def run(job: dict, folder: Path) -> int:
         return 2
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / JOB_FILE, job)
+        lock = _lock(folder)
     except OSError as exc:
         print(f"error: cannot write the checkpoint folder {folder}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    if isinstance(lock, str):
+        print(f"error: another training is using the checkpoint folder {folder} ({lock}); wait for it to end, or "
+              "give this one another --out or --checkpoint-dir", file=sys.stderr)
+        return 2
+    fresh = not (folder / "last.pt").exists()
+    try:
+        _write_json(folder / JOB_FILE, job)
+        code = _run_steps(job, folder)
+    except OSError as exc:
+        print(f"error: cannot write the checkpoint folder {folder}: {exc.strerror or exc}", file=sys.stderr)
+        code = 2
+    finally:
+        lock.close()  # the kernel also drops the lock if this process dies
+    if code == 2 and fresh and not (folder / "last.pt").exists():  # refused before the first epoch: no litter
+        for name in (JOB_FILE, LOCK_FILE):
+            (folder / name).unlink(missing_ok=True)
+        try:
+            folder.rmdir()  # only if nothing else is in it
+        except OSError:
+            pass
+    return code
+
+
+LOCK_FILE = ".lock"  # held (flock) by the parent of the training that uses the folder; holds its pid
+
+
+def _lock(folder: Path):
+    """The open, exclusively locked lock file of ``folder``, or why it is taken (its holder's pid)."""
+    import fcntl
+    import os
+
+    fh = open(folder / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        return f"pid {holder}" if holder.isdigit() else "a running process"
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def _run_steps(job: dict, folder: Path) -> int:
+    """Each step in its own child process, in order; the exit status of the first that fails, else 0."""
     for step in STEPS:
         child = subprocess.Popen([sys.executable, "-m", "agents.staged", step, str(folder)], preexec_fn=_die_with_parent)
         try:

@@ -285,6 +285,29 @@ def test_training_options_out_of_range_are_one_line_before_anything_is_built(arg
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_a_second_training_on_a_busy_checkpoint_folder_is_refused(tmp_path):
+    # two trainings with the same --out shared checkpoints/<name>/: one trained the other's settings
+    import fcntl
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    with open(folder / ".lock", "a+") as held:  # what the first training's parent holds while it runs
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        done = _run("-m", "agents.train", "--out", str(tmp_path / "a.onnx"), "--checkpoint-dir", str(folder))
+    _refused(done, f"another training is using the checkpoint folder {folder} (pid 4242)")
+    assert not (folder / "job.json").exists()
+
+
+def test_a_training_refused_before_its_first_epoch_leaves_no_checkpoint_folder(tmp_path):
+    folder = tmp_path / "ckpt"
+    done = _run("-m", "agents.train", "--seq-len", "4000", "--out", str(tmp_path / "a.onnx"),
+                "--checkpoint-dir", str(folder), timeout=120)
+    _refused(done, "lower --seq-len")
+    assert not folder.exists()
+
+
 # ------------------------------------------------------------------ litter
 def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     from datafeeds.atomic import _space, write_atomic
