@@ -29,6 +29,8 @@ import os
 import sys
 from pathlib import Path
 
+from datafeeds.cli import ArgumentParser
+
 DEFAULT_AGENT = "models/agent1.onnx"
 DEFAULT_DATA = "sp500"  # for baselines; the agent defaults to its own training data
 STRATEGY_NAMES = ("agent", "buyhold", "smacross")  # strategies.STRATEGIES, spelt out for a fast --help (tested equal)
@@ -40,7 +42,7 @@ class UsageError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python run_backtest.py",
         description="Backtest a trained agent (or a baseline) through backtrader with costs and compare it "
         "with buy-and-hold over the same bars. The agent defaults to the shipped one, on its own dataset, "

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from datafeeds.cli import ArgumentParser
+
 from .config import loss_label
 from .metadata import AgentFileError
 from .verdict import CAVEAT, verdict
@@ -145,7 +147,7 @@ def escape_controls(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m agents.inspect", description="Print the model card of an exported agent.")
+    p = ArgumentParser(prog="python -m agents.inspect", description="Print the model card of an exported agent.")
     p.add_argument("model", help="path to an .onnx agent, e.g. models/agent1.onnx")
     p.add_argument("--json", action="store_true", help="print the full metadata as JSON instead")
     args = p.parse_args(argv)

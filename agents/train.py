@@ -19,6 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from datafeeds.cli import ArgumentParser
+
 from .config import TrainConfig, field_defaults, loss_label
 
 _TRAINER_NAMES = ("fit", "train", "TrainResult")
@@ -42,7 +44,7 @@ def default_out(data: str) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     d = field_defaults(TrainConfig)
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m agents.train",
         description="Train a TransformerAgent on Triple Barrier labels and export it to ONNX. "
         "Defaults train on the bundled S&P 500 sample, holding out its last 20% for backtests.",

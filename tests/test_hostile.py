@@ -308,6 +308,16 @@ def test_a_training_refused_before_its_first_epoch_leaves_no_checkpoint_folder(t
     assert not folder.exists()
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["run_backtest.py", "--cash", "x"], "argument --cash: invalid float value: 'x' (see --help)"),
+    (["-m", "agents.train", "--epochs", "x"], "argument --epochs: invalid int value: 'x' (see --help)"),
+    (["-m", "agents.inspect"], "the following arguments are required: model (see --help)"),
+    (["-m", "engine.walkforward", "--trails", "3"], "did you mean '--trials'?"),
+])
+def test_every_cli_reports_a_usage_error_in_one_line(args, needle):
+    _refused(_run(*args), needle)  # not the whole usage block
+
+
 # ------------------------------------------------------------------ litter
 def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     from datafeeds.atomic import _space, write_atomic

@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import shlex
 import sys
 
 from agents.config import field_defaults
+from datafeeds.cli import ArgumentParser
 from engine.walkforward import space
 from engine.walkforward.config import ENGINES, OBJECTIVES, WalkForwardConfig, base_defaults, did_you_mean
 
 
-class _Parser(argparse.ArgumentParser):
-    """One-line errors (exit 2) with a suggestion for misspelt options."""
-
-    def error(self, message):
-        m = re.match(r"unrecognized arguments: (.*)", message)
-        if m:
-            opts = [s for a in self._actions for s in a.option_strings]
-            bad = [w for w in m.group(1).split() if w.startswith("-")]
-            hints = [f"{w}:{did_you_mean(w.split('=')[0], opts)}" for w in bad if did_you_mean(w.split("=")[0], opts)]
-            if hints:
-                message += " (" + "; ".join(hints) + ")"
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+_Parser = ArgumentParser  # one-line errors, like every CLI here
 
 
 def _choice(name: str, options):
