@@ -96,6 +96,21 @@ def weights_line(metrics: dict) -> str:
             f"max {_num(u.get('max'), '.3f')}){worth}")
 
 
+def universe_table(ds: dict) -> str:
+    """Per instrument: bars, dates, and the label balance of each split (pooled metrics follow)."""
+    cuts = ds.get("cuts", {})
+    lines = [f"universe    {len(ds['universe'])} instruments, cut dates: validation {str(cuts.get('validation'))[:10]}, "
+             f"holdout {str(cuts.get('holdout'))[:10]}; normalisation {ds.get('normalise')}",
+             f"            {'symbol':<14}{'bars':>7}  {'first .. last':<24}{'train events':>13} {'pos':>6}"
+             f"{'val events':>12} {'pos':>6}"]
+    for sym in ds.get("symbols") or ds["universe"]:
+        e = ds["universe"][sym]
+        rate = {w: "n/a" if e[f"{w}_positive_rate"] is None else f"{e[f'{w}_positive_rate']:.3f}" for w in ("train", "val")}
+        lines.append(f"            {sym:<14}{e['bars']:>7}  {e['first'][:10]} .. {e['last'][:10]}  "
+                     f"{e['train_events']:>12} {rate['train']:>6}{e['val_events']:>12} {rate['val']:>6}")
+    return "\n".join(lines)
+
+
 def model_card(agent: OnnxAgent) -> str:
     """A human-readable summary of what the agent is, what it saw, and how well it did."""
     m, ds, meta = agent.meta["metrics"], agent.meta["dataset"], agent.meta
@@ -112,6 +127,7 @@ def model_card(agent: OnnxAgent) -> str:
         f"            validation {ds['validation'][0]} .. {ds['validation'][1]}" if ds.get("validation")
         else "            validation: none (refit on train + validation)",
         f"            last bar seen {ds['last_bar_used']}; out-of-sample from {ds.get('holdout_start')}",
+        *(universe_table(ds).splitlines() if ds.get("universe") else []),
         f"balance     train positive rate {_num(lb.get('train_positive_rate'), '.3f')} ({lb.get('train_events')} events),"
         f" validation {_num(lb.get('val_positive_rate'), '.3f')} ({lb.get('val_events')})",
         f"loss        {_loss_name(agent.meta.get('train_config'))}",

@@ -136,21 +136,6 @@ def _fmt(x, spec=".4f"):
     return "n/a" if x is None else format(x, spec)
 
 
-def _universe_table(ds: dict) -> str:
-    """Per instrument: bars, dates, and the label balance of each split (pooled metrics follow)."""
-    cuts = ds.get("cuts", {})
-    lines = [f"universe    {len(ds['universe'])} instruments, cut dates: validation {str(cuts.get('validation'))[:10]}, "
-             f"holdout {str(cuts.get('holdout'))[:10]}; normalisation {ds.get('normalise')}",
-             f"            {'symbol':<14}{'bars':>7}  {'first .. last':<24}{'train events':>13} {'pos':>6}"
-             f"{'val events':>12} {'pos':>6}"]
-    for sym in ds.get("symbols") or ds["universe"]:
-        e = ds["universe"][sym]
-        rate = {w: "n/a" if e[f"{w}_positive_rate"] is None else f"{e[f'{w}_positive_rate']:.3f}" for w in ("train", "val")}
-        lines.append(f"            {sym:<14}{e['bars']:>7}  {e['first'][:10]} .. {e['last'][:10]}  "
-                     f"{e['train_events']:>12} {rate['train']:>6}{e['val_events']:>12} {rate['val']:>6}")
-    return "\n".join(lines)
-
-
 def unwritable(folder: Path) -> str | None:
     """Why files cannot be written in ``folder`` (created if missing), or None: tried with a real file."""
     import os
@@ -212,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         return code
     card = json.loads((ckpt_dir / CARD_FILE).read_text())
-    from .inspect import gbm_line, linear_line, weights_line
+    from .inspect import gbm_line, linear_line, universe_table, weights_line
     from .verdict import CAVEAT, verdict
 
     m = card["metrics"]
@@ -225,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"labels      train positive rate {lb['train_positive_rate']:.3f} ({lb['train_events']} events)"
           f"  val {lb['val_positive_rate']:.3f} ({lb['val_events']})")
     if ds.get("universe"):
-        print(_universe_table(ds))
+        print(universe_table(ds))
     print(f"loss        train {m['train_loss']:.4f}  val {m['val_loss']:.4f} (best epoch {m['best_epoch']}; "
           f"{loss_label(card['train_config']['focal_alpha'], card['train_config']['focal_gamma'])})")
     print(f"  no skill  base rate: train {m['baseline_train_loss']:.4f}  val {m['baseline_val_loss']:.4f};"

@@ -126,6 +126,12 @@ def test_universe_agent_records_its_instruments_and_prints_their_balance(univers
     for sym in ("sp500", "nvda", "goog"):
         assert f"\n            {sym:<14}" in printed  # the per-instrument table
     assert "verdict" in printed and "no skill" in printed
+    card = subprocess.run([sys.executable, "-m", "agents.inspect", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert card.returncode == 0, card.stderr
+    assert "\nuniverse    3 instruments, cut dates:" in card.stdout  # inspect lists the members too
+    for sym in ("sp500", "nvda", "goog"):
+        assert f"\n            {sym:<14}" in card.stdout
 
 
 @pytest.mark.parametrize("symbol", ["sp500", "nvda", "goog"])
