@@ -167,6 +167,16 @@ def _load_agent(path: str):
         raise UsageError(f"--agent: {exc}") from None
 
 
+def _signal(agent, history):
+    """The agent's probabilities over ``history``; a model that fails to run is one line (exit 2)."""
+    from agents import AgentFileError
+
+    try:
+        return agent.predict_proba(history)
+    except AgentFileError as exc:
+        raise UsageError(f"--agent: {exc}") from None
+
+
 def _timestamp(value, option):
     from datafeeds import parse_date
 
@@ -266,7 +276,7 @@ def prepare_run(args) -> dict:
                 raise UsageError(f"--data {data_name}: {exc}") from None
             params.update(live=True, agent=agent)
         else:
-            signal = agent.predict_proba(history)
+            signal = _signal(agent, history)
         if period.index[0] < history.index[agent.warmup]:
             notes.append(f"note: the first {agent.warmup} bars of {data_name} are the agent's warm-up: no signal there")
     return dict(kind="single", agent=agent, data_name=data_name, history=history, start=period.index[0],
@@ -361,7 +371,7 @@ def prepare_portfolio(args, agent, data_name: str) -> dict:
     signals = {}
     for sym, history in histories.items():
         agent.select_symbol_for(history)  # per-symbol agents: this member's statistics (a no-op otherwise)
-        signals[sym] = agent.predict_proba(history)
+        signals[sym] = _signal(agent, history)
     n = len(histories)
     max_positions = n if args.max_positions is None else args.max_positions
     if args.max_positions is not None and max_positions > n and args.size_frac is None:

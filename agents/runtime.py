@@ -248,7 +248,14 @@ class OnnxAgent:
         return ((x.astype(np.float64) - mean) / std).astype(np.float32)  # (N, F)
 
     def _logits(self, windows: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: np.ascontiguousarray(windows)})[0].reshape(-1)
+        try:
+            return self._session.run(None, {self._input: np.ascontiguousarray(windows)})[0].reshape(-1)
+        except MemoryError:
+            raise
+        except Exception as exc:  # onnxruntime's own exception types; the file is untrusted input
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise _meta.AgentFileError(f"{self.path}: onnxruntime could not run the model ({type(exc).__name__}: "
+                                       f"{first}); re-export the agent with python -m agents.train") from None
 
     def predict_proba(self, df: pd.DataFrame, *, batch_size: int = BATCH_SIZE) -> pd.Series:
         """Probability that the upper barrier is touched first, per bar of ``df`` (NaN during warm-up).

@@ -181,3 +181,23 @@ def test_the_allow_list_holds_every_operator_our_exporters_emit(pooling):
         ops -= {f.name for f in proto.functions}  # calls to the model's own functions
         assert ops <= ALLOWED_OPS, (make.__name__, sorted(ops - ALLOWED_OPS))
         assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"} | {f.domain for f in proto.functions}
+
+
+def test_an_onnxruntime_failure_while_running_is_one_line_naming_the_file():
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    from agents.metadata import AgentFileError
+    from datafeeds import load_ohlcv
+
+    shipped = ROOT / "models" / "agent1.onnx"
+    agent = OnnxAgent.load(shipped)
+
+    class Failing:
+        def run(self, *_args, **_kw):
+            raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status\nstack trace ...")
+
+    agent._session = Failing()
+    with pytest.raises(AgentFileError) as info:
+        agent.predict_proba(load_ohlcv("sp500").iloc[:300])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{shipped}: onnxruntime could not run the model (RuntimeException")
