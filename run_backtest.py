@@ -32,6 +32,7 @@ from pathlib import Path
 from datafeeds.cli import ArgumentParser
 
 DEFAULT_AGENT = "models/agent1.onnx"
+MAX_POSITIONS = 100_000  # --max-positions at most: far above any portfolio, below what overflows the kernels
 DEFAULT_DATA = "sp500"  # for baselines; the agent defaults to its own training data
 STRATEGY_NAMES = ("agent", "buyhold", "smacross")  # strategies.STRATEGIES, spelt out for a fast --help (tested equal)
 SMA_DEFAULTS = (10, 30)  # strategies.SmaCross's fast/slow windows (tested equal)
@@ -101,22 +102,25 @@ def _check_options(args) -> None:
         hint = f" did you mean {close[0]!r}?" if close else ""
         raise UsageError(f"--strategy: unknown strategy {args.strategy!r}:{hint} known strategies: "
                          f"{', '.join(sorted(STRATEGY_NAMES))}")
+    from labeling.tbm import MAX_BARS  # the labels' own bound on a horizon, in bars
+
     fin = math.isfinite
     checks = [
         ("--cash", args.cash, fin(args.cash) and args.cash > 0, "a positive amount"),
         ("--size-frac", args.size_frac, args.size_frac is None or 0 < args.size_frac <= 1,
          "a fraction in (0, 1] (no leverage)"),
-        ("--max-positions", args.max_positions, args.max_positions is None or args.max_positions >= 1,
-         "a whole number of positions >= 1"),
+        ("--max-positions", args.max_positions, args.max_positions is None or 1 <= args.max_positions <= MAX_POSITIONS,
+         f"a whole number of positions in 1..{MAX_POSITIONS:,}"),
         ("--commission", args.commission, 0 <= args.commission < 1, "a fraction in [0, 1)"),
         ("--slippage", args.slippage, 0 <= args.slippage < 1, "a fraction in [0, 1)"),
         ("--risk-free", args.risk_free, -1 < args.risk_free < 1, "an annual rate in (-1, 1), e.g. 0.02 for 2%"),
         ("--threshold", args.threshold, args.threshold is None or 0 <= args.threshold <= 1, "a probability in [0, 1]"),
         ("--pt", args.pt, args.pt is None or (args.pt > 0 and fin(args.pt)), "a positive number of ATRs"),
         ("--sl", args.sl, args.sl is None or (args.sl > 0 and fin(args.sl)), "a positive number of ATRs"),
-        ("--horizon", args.horizon, args.horizon is None or args.horizon >= 1, "a whole number of bars >= 1"),
-        ("--fast", args.fast, args.fast is None or args.fast >= 1, "a whole number of bars >= 1"),
-        ("--slow", args.slow, args.slow is None or args.slow >= 2, "a whole number of bars >= 2"),
+        ("--horizon", args.horizon, args.horizon is None or 1 <= args.horizon <= MAX_BARS,
+         f"a whole number of bars in 1..{MAX_BARS:,}"),
+        ("--fast", args.fast, args.fast is None or 1 <= args.fast <= MAX_BARS, f"a whole number of bars in 1..{MAX_BARS:,}"),
+        ("--slow", args.slow, args.slow is None or 2 <= args.slow <= MAX_BARS, f"a whole number of bars in 2..{MAX_BARS:,}"),
     ]
     for name, value, ok, what in checks:
         if not ok:

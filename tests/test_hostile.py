@@ -318,6 +318,17 @@ def test_every_cli_reports_a_usage_error_in_one_line(args, needle):
     _refused(_run(*args), needle)  # not the whole usage block
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--horizon", "100000000000000000000", "--engine", "fast"], "--horizon 100000000000000000000: must be a whole "
+                                                                  "number of bars in 1..1,000,000"),
+    (["--max-positions", "100000000000000000000", "--data", "us_daily"], "must be a whole number of positions in "
+                                                                         "1..100,000"),
+    (["--strategy", "smacross", "--slow", "100000000000000000000"], "--slow 100000000000000000000: must be"),
+])
+def test_backtest_numbers_too_large_for_the_kernels_are_one_line(args, needle):
+    _refused(_run("run_backtest.py", "--no-plot", *args), needle)  # numba overflowed on them
+
+
 # ------------------------------------------------------------------ litter
 def test_temp_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     from datafeeds.atomic import _space, write_atomic

@@ -145,7 +145,7 @@ def test_in_sample_warning_names_the_members_overlapping_the_training_period(tmp
         (["--strategy", "smacross", "--data", "us_daily"], "--strategy smacross trades one instrument"),
         (["--strategy", "buyhold", "--data", "sp500,nasdaq"], "--strategy buyhold trades one instrument"),
         (["--agent", AGENT1, "--data", "us_daily", "--max-positions", "0"],
-         "--max-positions 0: must be a whole number of positions >= 1"),
+         "--max-positions 0: must be a whole number of positions in 1..100,000"),
         (["--agent", AGENT1, "--data", "us_daily", "--max-positions", "-2"], "--max-positions -2"),
         (["--agent", AGENT1, "--data", "sp500", "--max-positions", "2"], "--data sp500 is one instrument"),
         (["--agent", AGENT1, "--data", "us_daily", "--live"], "--live streams one instrument"),
