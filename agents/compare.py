@@ -25,7 +25,7 @@ from labeling import cpcv_paths, cpcv_splits
 from .baseline import GBM_LAGS, GBM_STOP_FRACTION, MAX_FIT_ROWS, evenly, fit_gbm, fit_logistic, gbm_fit_rows
 from .config import TrainConfig
 from .evaluation import loss_weights, predict_logits, roc_auc
-from .prepare import prepare_blocks
+from .prepare import full_window_ends, prepare_blocks
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,7 @@ MODELS = ("agent", "logistic", "gbm")
 
 def _test_ends(prep, seq_len: int, r: range) -> np.ndarray:
     """Labelled bars of test group ``r`` with a full window of finite features."""
-    ok = np.isfinite(prep.x).all(axis=1).astype(np.int64)
-    csum = np.concatenate([[0], np.cumsum(ok)])
-    ends = np.arange(max(r.start, seq_len - 1), min(r.stop, len(prep.x)))
-    ends = ends[(csum[ends + 1] - csum[ends + 1 - seq_len]) == seq_len]
+    ends = full_window_ends(prep.x, seq_len, r)
     return ends[np.isfinite(prep.y[ends])]
 
 
@@ -46,8 +43,8 @@ def _inner_split(ends: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray
     """(inner train, stop) events of a split's time-ordered training events: the last ``STOP_FRACTION`` stop,
     and the training events whose label could reach the first of them (``horizon`` bars) are purged."""
     n_stop = max(1, int(round(len(ends) * STOP_FRACTION)))
-    stop = ends[len(ends) - n_stop:]
-    return ends[: len(ends) - n_stop][ends[: len(ends) - n_stop] + horizon < stop[0]], stop
+    before, stop = ends[: len(ends) - n_stop], ends[len(ends) - n_stop:]
+    return before[before + horizon < stop[0]], stop
 
 
 def _split_scores(cfg: TrainConfig, df: pd.DataFrame, sp) -> dict:

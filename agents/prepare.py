@@ -178,6 +178,14 @@ def prepare_blocks(cfg: TrainConfig, df: pd.DataFrame, train: Sequence[range]) -
                      np.array([], dtype=np.int64), holdout_start=None, norm_rows=rows)
 
 
+def full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray:
+    """Bars of ``segment`` whose window of ``seq_len`` normalised feature rows is all finite."""
+    ok_rows = np.isfinite(x).all(axis=1).astype(np.int64)
+    csum = np.concatenate([[0], np.cumsum(ok_rows)])
+    ends = np.arange(max(segment.start, seq_len - 1), min(segment.stop, len(x)))
+    return ends[(csum[ends + 1] - csum[ends + 1 - seq_len]) == seq_len]
+
+
 def _featurise_and_label(cfg: TrainConfig, df: pd.DataFrame, *, what: str):
     """Features, labels and the label spans of the events that have a full window of features."""
     spec = cfg.feature_spec.pinned(df.columns)

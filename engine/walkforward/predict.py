@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from agents import LazySequenceDataset
+from agents.prepare import full_window_ends  # noqa: F401  (re-exported: cpcv and run read it from here)
 
 
 def logits(model, x: np.ndarray, seq_len: int, ends: np.ndarray) -> np.ndarray:
@@ -22,11 +23,3 @@ def logits(model, x: np.ndarray, seq_len: int, ends: np.ndarray) -> np.ndarray:
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """Probabilities from logits (tanh form: no overflow warnings)."""
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
-
-
-def full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray:
-    """Bars of ``segment`` whose window of ``seq_len`` normalised feature rows is all finite."""
-    ok_rows = np.isfinite(x).all(axis=1).astype(np.int64)
-    csum = np.concatenate([[0], np.cumsum(ok_rows)])
-    ends = np.arange(max(segment.start, seq_len - 1), min(segment.stop, len(x)))
-    return ends[(csum[ends + 1] - csum[ends + 1 - seq_len]) == seq_len]
