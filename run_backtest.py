@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--sl", type=float, default=None, help="stop-loss in ATRs (None = the agent's TBM setting)")
     g.add_argument("--horizon", type=int, default=None, help="time exit in bars (None = the agent's TBM setting)")
     g.add_argument("--live", action="store_true", help="stream bars through the agent one at a time (slower; same trades)")
+    g.add_argument("--any-frequency", action="store_true", help="run an agent on bars of another frequency than it "
+                   "was trained on (refused otherwise: its features and barriers count bars)")
     g.add_argument("--engine", default="backtrader", choices=["backtrader", "fast"],
                    help="backtrader (the reference) or the parity-tested numba simulator (agent strategy only)")
     g = p.add_argument_group("portfolio (--data a universe)")
@@ -263,6 +265,7 @@ def prepare_run(args) -> dict:
             agent.check_columns(df)
         except ValueError as exc:
             raise UsageError(f"--data {data_name}: {exc}") from None
+        _check_frequency(args, agent, df, data_name)
         if len(history) <= agent.warmup:
             raise UsageError(f"{data_name} up to {history.index[-1].date()} has {len(history)} bars; "
                              f"the agent needs {agent.warmup} bars of warm-up before its first signal")
@@ -286,6 +289,19 @@ def prepare_run(args) -> dict:
     return dict(kind="single", agent=agent, data_name=data_name, history=history, start=period.index[0],
                 end=period.index[-1], params=params, signal=signal, notes=notes,
                 atr_period=agent.tbm.atr_period if agent else 14)
+
+
+def _check_frequency(args, agent, df, data_name: str) -> None:
+    """Refuse bars of another frequency than the agent's training bars (unless --any-frequency): its
+    features, seq_len and barriers count bars, so they mean other things on them."""
+    from datafeeds.frequency import bar_seconds, describe_spacing, same_frequency
+
+    trained, here = agent.meta["dataset"].get("bar_seconds"), bar_seconds(df.index)
+    if args.any_frequency or trained is None or here is None or same_frequency(trained, here):
+        return
+    raise UsageError(f"--data {data_name} has a bar every {describe_spacing(here)} but agent {agent.path} was trained "
+                     f"on a bar every {describe_spacing(trained)}: its windows and barriers would span other periods; "
+                     f"backtest it on data with a bar every {describe_spacing(trained)}, or pass --any-frequency to run it anyway")
 
 
 def _agent_date(agent, field: str):
@@ -322,6 +338,7 @@ def prepare_portfolio(args, agent, data_name: str) -> dict:
             agent.check_columns(df)
         except ValueError as exc:
             raise UsageError(f"--data {data_name}: {sym}: {exc}") from None
+        _check_frequency(args, agent, df, f"{data_name}: {sym}")
     if agent.symbols is not None:
         # checked here, before any member is selected (a selected member would stand in for a stranger)
         known = {v["sha256"] for v in agent.meta["normalisation"]["per_symbol"].values()}
@@ -652,9 +669,20 @@ def main(argv: list[str] | None = None) -> int:
     print(results_table(result, label))
     if not args.quiet:
         print("\n" + returns_tables(returns, label))
-    plot = Path(args.plot or f"reports/{label}_{Path(data_label).stem.split('.')[0]}.png")
+    plot = Path(args.plot or default_plot(label, run["data_name"], run["history"].attrs.get("sha256")))
     return _write_outputs(args, result.trades, plot, lambda path: plot_backtest(result, path, label=label),
                           lambda: build_report(result, run, args, returns))
+
+
+def default_plot(label: str, data_name: str, sha256: str | None) -> Path:
+    """reports/<label>_<data>.png. Data given as a path (not a bundled name) adds the first 8 hex digits of its
+    sha256, so data/sp500.csv and the bundled sp500 (or two different files named sp500.csv) keep their own pictures."""
+    from datafeeds import list_samples
+
+    name = str(data_name)
+    stem = _file_label(Path(name.rstrip("/")).name.split(".")[0])
+    bundled = name in list_samples()
+    return Path("reports") / (f"{label}_{stem}.png" if bundled or not sha256 else f"{label}_{stem}_{sha256[:8]}.png")
 
 
 def _write_outputs(args, trades, plot: Path, draw, report) -> int:
@@ -720,8 +748,10 @@ def _main_portfolio(args, run: dict) -> int:
         print("\n" + contribution_table(contribution))
         print("\n" + returns_tables(returns, label, PORTFOLIO_BENCH_LABEL))
     plot = Path(args.plot or f"reports/{label}_{data_label}.png")
-    return _write_outputs(args, result.trades, plot,
-                          lambda path: plot_portfolio(result, path, f"{label} on {data_label}", label=label),
+    traded = list(result.positions.columns)  # the title names these, never a member left out
+    title = f"{label} on {universe_label(run['data_name'], traded)}" + (
+        f" ({len(run['left_out'])} of {len(run['members'])} instruments left out)" if run["left_out"] else "")
+    return _write_outputs(args, result.trades, plot, lambda path: plot_portfolio(result, path, title, label=label),
                           lambda: build_portfolio_report(result, run, args, returns, contribution))
 
 

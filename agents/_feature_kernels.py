@@ -7,10 +7,10 @@ on where the series starts, so a streaming caller must feed them the same histor
 import math
 
 import numpy as np
-from numba import njit
+from labeling.jit import njit_cached
 
 
-@njit(cache=True)
+@njit_cached
 def rsi_centred_nb(close, period):
     """Wilder RSI mapped to [-1, 1] as (RSI - 50) / 50 = (gain - loss) / (gain + loss).
 
@@ -43,7 +43,7 @@ def rsi_centred_nb(close, period):
     return out
 
 
-@njit(cache=True)
+@njit_cached
 def ema_seeded_nb(x, period, first):
     """EMA with k = 2 / (period + 1), seeded at index `first` by the mean of x[first-period+1 : first+1].
 
@@ -66,7 +66,7 @@ def ema_seeded_nb(x, period, first):
     return out
 
 
-@njit(cache=True)
+@njit_cached
 def macd_nb(close, fast, slow, signal):
     """MACD line, signal and histogram exactly as TA-Lib aligns them: first value at slow+signal-2.
 
@@ -85,7 +85,7 @@ def macd_nb(close, fast, slow, signal):
     return line, sig, hist
 
 
-@njit(cache=True)
+@njit_cached
 def rolling_zscore_nb(x, window):
     """(x[t] - mean) / std (ddof=1) over x[t-window+1 : t+1]; 0 when the window is constant.
 
@@ -119,7 +119,7 @@ def rolling_zscore_nb(x, window):
     return out
 
 
-@njit(cache=True)
+@njit_cached
 def fracdiff_nb(x, weights):
     """Fixed-width fractional difference: y[t] = sum_k weights[k] * x[t-k], NaN for t < len(weights)-1."""
     n = x.shape[0]
@@ -133,7 +133,7 @@ def fracdiff_nb(x, weights):
     return out
 
 
-@njit(cache=True)
+@njit_cached
 def bvc_imbalance_nb(close, window):
     """Bulk-volume-classification imbalance 2*Phi(dP[t]/sigma) - 1 = erf(dP[t] / (sigma*sqrt 2)).
 

@@ -258,15 +258,18 @@ def estimate_train_memory(
     return int(features + batches + activations + weights + workers)
 
 
-def check_fits(estimate: int, resources: Resources, *, what: str = "training") -> None:
-    """Raise HardwareError if ``estimate`` bytes (``what`` needs them) exceed 80% of the memory still available."""
-    budget = _FIT_FRACTION * resources.mem_available
+def check_fits(estimate: int, resources: Resources, *, what: str = "training", reserved: int = 0) -> None:
+    """Raise HardwareError if ``estimate`` bytes (``what`` needs them) exceed 80% of the memory still
+    available, less ``reserved`` bytes that this process may hold by then but does not hold yet."""
+    left = max(0, resources.mem_available - reserved)
+    budget = _FIT_FRACTION * left
     if estimate > budget:
+        kept = f" ({_mib(reserved)} of it kept for numba's compiler)" if reserved else ""
         if resources.mem_limit is not None:
-            where = (f"the container's {_mib(resources.mem_limit)} limit leaves {_mib(resources.mem_available)}, "
+            where = (f"the container's {_mib(resources.mem_limit)} limit leaves {_mib(left)}{kept}, "
                      f"of which 80% is {_mib(int(budget))}")
         else:
-            where = f"the host has {_mib(resources.mem_available)} available, of which 80% is {_mib(int(budget))}"
+            where = f"the host has {_mib(left)} available{kept}, of which 80% is {_mib(int(budget))}"
         raise HardwareError(
             f"out of memory: {what} needs ~{_mib(estimate)} more but {where}: lower --batch-size or "
             "--seq-len (or the number of workers), or give the container more memory"

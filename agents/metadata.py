@@ -211,6 +211,7 @@ _FIELDS: tuple[tuple[str, bool, Check], ...] = (
     ("dataset.train", REQUIRED, _date_range),
     ("dataset.validation", OPTIONAL, _or_null(_date_range)),  # null: refit on train + validation
     ("dataset.holdout_start", OPTIONAL, _or_null(_date)),
+    ("dataset.bar_seconds", OPTIONAL, _or_null(_number(above=0))),  # B: absent in cards made before it was recorded
     ("metrics", REQUIRED, _DICT),  # I, V: numbers are formatted with format specs
     *((f"metrics.{k}", OPTIONAL, _PROBABILITY) for k in ("val_auc", "adversarial_auc", "best_constant_p")),
     *((f"metrics.{k}", OPTIONAL, _LOSS) for k in (

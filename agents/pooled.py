@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from numba import njit
+from labeling.jit import njit_cached
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import Dataset, Sampler
 
@@ -176,7 +176,7 @@ def _libc_pread():
 _PREAD = _libc_pread()
 
 
-@njit(cache=True)
+@njit_cached
 def _pread_blocks_nb(pread, fds, offsets, nbytes, dst, dst_stride, dst_slots):
     """For each k, read ``nbytes`` at byte ``offsets[k]`` of file descriptor ``fds[k]`` into the address
     ``dst + dst_slots[k] * dst_stride``. Returns -1, or the first k whose read came back short.

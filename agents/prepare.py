@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from datafeeds import is_universe, load_ohlcv
+from datafeeds.frequency import bar_seconds
 from labeling import average_uniqueness, calendar_cut, events_within, purged_train_val_split, triple_barrier_labels
 
 from .config import TrainConfig
@@ -110,6 +111,7 @@ class Prepared:
             "sha256": self.sha256,
             "first_bar": str(idx[0]),
             "last_bar_used": str(idx[-1]),  # nothing after this bar was seen in training
+            "bar_seconds": bar_seconds(idx),  # how often bars come: run_backtest refuses other data
             "holdout_start": None if self.holdout_start is None else str(self.holdout_start),
             "train": [str(idx[train_lo]), str(idx[int(self.train_ends.max())])],
             # None for a refit that trains on its validation block too (walk-forward)
@@ -334,6 +336,12 @@ class PooledPrepared:
 
     n_rows = 0  # features stay on disk: nothing of them counts in the trainer's memory estimate
 
+    @property
+    def bar_seconds(self) -> float | None:
+        """The members' median bar spacing, seconds."""
+        spacings = [v["bar_seconds"] for v in self.symbols.values() if v.get("bar_seconds")]
+        return float(np.median(spacings)) if spacings else None
+
     def card_normalisation(self) -> dict:
         if self.mode == "pooled":
             return {"mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -354,6 +362,7 @@ class PooledPrepared:
             "sha256": self.sha256,
             "first_bar": min(v["first"] for v in self.symbols.values()),
             "last_bar_used": max(used),  # nothing after this bar, of any instrument, was seen in training
+            "bar_seconds": self.bar_seconds,  # the members' median spacing: run_backtest refuses other data
             "holdout_start": None if self.holdout_start is None else str(self.holdout_start),
             "train": span["train"],
             "validation": span["val"],
@@ -394,7 +403,8 @@ def prepare_universe(cfg: TrainConfig, frames=None, *, store_root=None) -> Poole
         t1 = np.asarray(store.t1(sym)[:stop], dtype=np.int64)
         y = np.asarray(store.labels(sym)[:stop])
         entry = {"sha256": store.info(sym)["sha256"], "source": store.info(sym)["source"], "bars": int(len(t)),
-                 "first": str(pd.Timestamp(int(t[0]))), "last": str(pd.Timestamp(int(t[-1])))}
+                 "first": str(pd.Timestamp(int(t[0]))), "last": str(pd.Timestamp(int(t[-1]))),
+                 "bar_seconds": bar_seconds(t)}
         for which, lo, hi in (("train", first_end, v - cfg.horizon), ("val", max(first_end, v), stop - cfg.horizon)):
             ends = np.arange(lo, max(lo, hi))
             keep = ends[(t1[lo:max(lo, hi)] >= 0) & (t1[lo:max(lo, hi)] < hi)]  # labelled, label ends in the segment

@@ -102,6 +102,7 @@ def _lock(folder: Path):
 def _run_steps(job: dict, folder: Path) -> int:
     """Each step in its own child process, in order; the exit status of the first that fails, else 0."""
     for step in STEPS:
+        kills = oom_kills()
         child = subprocess.Popen([sys.executable, "-m", "agents.staged", step, str(folder)], preexec_fn=_die_with_parent)
         try:
             code = child.wait()
@@ -111,17 +112,57 @@ def _run_steps(job: dict, folder: Path) -> int:
         if code == 0:
             continue
         if code == -signal.SIGKILL or code == 128 + signal.SIGKILL:
-            limit = memory_state().limit
-            print(f"error: out of memory: the {step} step was killed by the kernel"
-                  f"{f' at the container limit of {mib(limit)}' if limit else ''}; last checkpoint: "
-                  f"{folder / 'last.pt'}; continue with: {job['command']} --resume after lowering --batch-size",
-                  file=sys.stderr)
+            print(f"error: {_killed(step, job, folder, oom=kills is None or oom_kills() != kills)}", file=sys.stderr)
             return 1
         if code < 0:
-            print(f"error: the {step} step ended by signal {-code}", file=sys.stderr)
+            print(f"error: the {step} step ended by signal {-code}; {_next_step(job, folder)}", file=sys.stderr)
             return 1
         return code
     return 0
+
+
+def oom_kills(proc_root: Path = Path("/proc")) -> int | None:
+    """The kernel's count of processes its OOM killer has killed (``oom_kill`` in /proc/vmstat, Linux
+    4.13+; cgroup OOM kills included), or None where the kernel does not say."""
+    try:
+        for line in (proc_root / "vmstat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return None
+
+
+def _killed(step: str, job: dict, folder: Path, *, oom: bool) -> str:
+    """Why a step died of SIGKILL, and what to run next: the OOM killer (its counter moved while the
+    step ran) or someone else's kill -9."""
+    if not oom:
+        return f"the {step} step was killed (SIGKILL, not by the kernel's out-of-memory killer); {_next_step(job, folder)}"
+    limit = memory_state().limit
+    where = f" at the container limit of {mib(limit)}" if limit else ""
+    return f"out of memory: the {step} step was killed by the kernel{where}; {memory_advice(job, folder)}"
+
+
+def _resume_command(job: dict) -> str:
+    command = job["command"]
+    return command if " --resume" in f"{command} " else f"{command} --resume"
+
+
+def _next_step(job: dict, folder: Path) -> str:
+    """What to run after a step died: resume from the last checkpoint, or start again if there is none."""
+    if (folder / "last.pt").exists():
+        return f"continue from the last checkpoint ({folder / 'last.pt'}) with: {_resume_command(job)}"
+    return f"no epoch was checkpointed; start again with: {job['command']}"
+
+
+def memory_advice(job: dict, folder: Path) -> str:
+    """What to do after running out of memory. A resume must keep the batch size (the checkpoint is
+    refused otherwise), so a smaller batch means starting again."""
+    smaller = "lower --batch-size or --seq-len and start again without --resume"
+    if (folder / "last.pt").exists():
+        return f"give the container more memory and continue with: {_resume_command(job)}; or {smaller}"
+    return f"{smaller}, or give the container more memory"
 
 
 def _die_with_parent() -> None:
@@ -219,8 +260,7 @@ def _step(step: str, folder: Path) -> int:
     from .memory import MemoryWatchdog
 
     job = json.loads((folder / JOB_FILE).read_text())
-    hint = (f"last checkpoint: {folder / 'last.pt'}; continue with: {job['command']} --resume after lowering "
-            "--batch-size or raising the limit")
+    hint = memory_advice(job, folder)
     try:
         with MemoryWatchdog(f"the {step} step", hint):
             {"fit": _fit, "evaluate": _evaluate, "export": _export}[step](job, folder)
@@ -231,10 +271,14 @@ def _step(step: str, folder: Path) -> int:
         print(f"error: {exc} (the last checkpoint is kept in {folder})", file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"error: out of memory: the {step} step could not allocate; {hint}", file=sys.stderr)
+        print(f"error: out of memory: the {step} step could not allocate; {memory_advice(job, folder)}", file=sys.stderr)
         return EXIT_MEMORY
+    except OSError as exc:  # a full disk, a folder gone: files are written whole or not at all, so nothing is half-made
+        print(f"error: the {step} step cannot write {exc.filename or 'its files'}: {exc.strerror or exc}; once it "
+              f"can, {_next_step(job, folder)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: {job['command']} --resume", file=sys.stderr)
+        print(f"\ninterrupted; continue with: {_resume_command(job)}", file=sys.stderr)
         return 130
     return 0
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from labeling.jit import JIT_MEMORY, kernels_compiled
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluation import EVALUATION_MEMORY, evaluate, mean_loss
@@ -194,8 +196,11 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
         need += resident_bytes(train_ds)  # the "device" copy is host memory here
     # the steps after this one (evaluation with scikit-learn, the export) need memory too, in this
     # process or in their own (agents.staged, each no bigger than this one's imports): the run needs
-    # the largest of the three on top of what is in use now
-    check_fits(max(need, EVALUATION_MEMORY, EXPORTER_MEMORY["torchscript"]), resources)
+    # the largest of the three on top of what is in use now. What is in use depends on whether numba
+    # compiled the kernels here (a cold cache) or loaded them: counted as compiled either way, so the
+    # same command always gets the same answer
+    check_fits(max(need, EVALUATION_MEMORY, EXPORTER_MEMORY["torchscript"]), resources,
+               reserved=0 if kernels_compiled() else JIT_MEMORY)
     torch.manual_seed(cfg.seed)
     model = TransformerAgent(mc).to(device)
 

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import shutil
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -226,6 +227,35 @@ def print_table(results: list[dict]) -> None:
     )
 
 
+_STORE_PREFIX = "bench_scale_"  # + pid + "_" + random: the feature stores of one run
+
+
+def sweep_stale_stores(folder: Path) -> list[Path]:
+    """Remove the store folders of earlier runs that are no longer running (killed with -9: no finally)."""
+    removed = []
+    for path in folder.glob(f"{_STORE_PREFIX}*_*"):
+        pid = path.name[len(_STORE_PREFIX):].split("_", 1)[0]
+        if not (pid.isdigit() and path.is_dir()) or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M,4M,16M",
@@ -256,7 +286,11 @@ def main() -> None:
           "checkpoint_dir=None")
     print("bars: bootstrapped from sp500 daily bars, minute index, one calendar (2000-01-03 00:00 on) for all "
           f"instruments; seed {args.seed}\n")
-    tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    sweep_stale_stores(Path(tempfile.gettempdir()))
+    # a kill (SIGTERM, a closed terminal) ends through the finally below, which removes the stores
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_STORE_PREFIX}{os.getpid()}_"))
     results = []
     t_all = time.perf_counter()
     try:

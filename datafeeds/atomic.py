@@ -70,8 +70,10 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a full disk fails in write(): name the file the caller asked for
         raise
     return path
 

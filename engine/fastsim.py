@@ -36,7 +36,7 @@ from os import PathLike
 import numba
 import numpy as np
 import pandas as pd
-from numba import njit
+from labeling.jit import njit_cached
 
 import datafeeds
 from engine.backtest_common import BacktestResult, prepare_inputs, run_facts, trades_frame
@@ -55,7 +55,7 @@ _EOD = EXIT_REASONS.index("end_of_data")
 _REASON_NAMES = pd.Index(EXIT_REASONS, dtype="str")  # code -> name by `take`: 8x faster than a list of str
 
 
-@njit(cache=True)
+@njit_cached
 def _slip_up_nb(pmax, price, slip):
     # backtrader _slip_up with slip_match=True, slip_out=False: capped at pmax; no slippage = no cap
     if slip == 0.0:
@@ -64,7 +64,7 @@ def _slip_up_nb(pmax, price, slip):
     return p if p <= pmax else pmax
 
 
-@njit(cache=True)
+@njit_cached
 def _slip_down_nb(pmin, price, slip):
     if slip == 0.0:
         return price
@@ -72,7 +72,7 @@ def _slip_down_nb(pmin, price, slip):
     return p if p >= pmin else pmin
 
 
-@njit(cache=True)
+@njit_cached
 def _sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission):
     """A long of ``units`` sold at ``xp`` in BackBroker's order of float operations: (cash after, commission,
     order.executed.price, the trade's pnl net of both commissions)."""
@@ -85,7 +85,7 @@ def _sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission):
     return cash, comm, exit_px, units * (exit_px - entry_px) - entry_comm - comm
 
 
-@njit(cache=True)
+@njit_cached
 def _simulate_nb(open_, high, low, close, signal, atr, threshold, pt, sl, horizon, size_frac,
                  cash, commission, slippage, start, end):
     """Long-only triple-barrier trades on ``signal`` over bars [start, end) (see the module docstring).
@@ -395,7 +395,7 @@ def buy_and_hold_equity(period: pd.DataFrame, cash: float, commission: float,
 # ------------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit_cached
 def _book_nb(tr_i, tr_f, row, k, entry_bar, exit_bar, sig_time, reason, entry_px, exit_px, size, pnl, comm, atr):
     """Write one closed trade into row ``row`` of the trade tables."""
     tr_i[row, 0], tr_i[row, 1], tr_i[row, 2], tr_i[row, 3], tr_i[row, 4] = k, entry_bar, exit_bar, sig_time, reason
@@ -403,7 +403,7 @@ def _book_nb(tr_i, tr_f, row, k, entry_bar, exit_bar, sig_time, reason, entry_px
     tr_f[row, 4], tr_f[row, 5], tr_f[row, 6] = pnl / (size * entry_px), comm, atr
 
 
-@njit(cache=True)
+@njit_cached
 def _portfolio_nb(open_, high, low, close, signal, atr, has_bar, last_t, threshold, pt, sl, horizon,
                   max_positions, size_frac, cash, commission, slippage):
     """The portfolio strategy over (T, n) arrays (NaN where an instrument has no bar; ``has_bar`` marks
@@ -732,7 +732,7 @@ SWEEP_STATS = ("total_return", "cagr", "ann_volatility", "sharpe", "sortino", "m
                "win_rate", "profit_factor", "avg_trade_return", "exposure", "end_value", "rejected_entries")
 
 
-@njit(cache=True)
+@njit_cached
 def _headline_nb(equity, position, pnl, ret, n_trades, years, ppy, rf_bar):
     """compute_stats' headline numbers of one run (NaN where compute_stats gives None)."""
     n = len(equity)
@@ -765,7 +765,7 @@ def _headline_nb(equity, position, pnl, ret, n_trades, years, ppy, rf_bar):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit_cached(parallel=True)
 def _sweep_nb(open_, high, low, close, signal, atr, thresholds, pts, sls, horizons, size_fracs, cash, commission,
               slippage, years, ppy, rf_bar, keep_equity):
     """Every configuration (one row of the parameter arrays) through `_simulate_nb`, in parallel; their headline

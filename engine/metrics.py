@@ -22,7 +22,7 @@ import weakref
 
 import numpy as np
 import pandas as pd
-from numba import njit
+from labeling.jit import njit_cached
 
 from engine.jsonable import jsonable
 
@@ -194,7 +194,7 @@ def _check_equity(equity: pd.Series, check_values: bool = True) -> pd.Series:
     return equity if equity.dtype == np.float64 else equity.astype(np.float64)
 
 
-@njit(cache=True)
+@njit_cached
 def trade_stats_nb(pnl, ret):
     """(winning trades, gross profit, gross loss (>= 0), sum of trade returns) of closed trades."""
     wins, profit, loss, ret_sum = 0, 0.0, 0.0, 0.0
@@ -215,7 +215,7 @@ def _spell(index: pd.DatetimeIndex, start: int, end: int) -> tuple[int, float]:
     return int(end - start), float((index[end] - index[start]).total_seconds() / 86_400.0)
 
 
-@njit(cache=True, fastmath={"reassoc"})  # sums may be reordered (vectorised): ~1e-16 relative
+@njit_cached(fastmath={"reassoc"})  # sums may be reordered (vectorised): ~1e-16 relative
 def curve_stats_nb(values, rf_bar):
     """(ok, mean excess return, std of returns (ddof=1), downside deviation, max drawdown, longest
     spell's first and last bar) of an equity curve of >= 2 bars, without temporary arrays; ok is
@@ -236,7 +236,7 @@ def curve_stats_nb(values, rf_bar):
     return True, mean_r - rf_bar, std, math.sqrt(down / m), mdd, start, end
 
 
-@njit(cache=True)
+@njit_cached
 def _drawdown_nb(values):
     """The most negative ``value / running max - 1``, and (peak bar, recovery bar) of the longest spell from a
     running peak to the first bar at or above it (the last bar if never recovered; (0, 0) if the curve never

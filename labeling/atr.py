@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .jit import njit_cached
 
 from ._checks import check_int
 
 
-@njit(cache=True)
+@njit_cached
 def _atr_nb(high, low, close, period):
     """Wilder ATR over float64 arrays; NaN before index `period`.
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from numba import njit
+from .jit import njit_cached
 
 from ._checks import check_int
 from .atr import _atr_nb
@@ -57,7 +57,7 @@ class TBMConfig:
         return cls(**d)
 
 
-@njit(cache=True)
+@njit_cached
 def _triple_barrier_nb(high, low, close, atr, pt, sl, horizon):
     """First barrier touched after every bar t.
 

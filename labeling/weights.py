@@ -10,12 +10,12 @@ times, and the sum of the weights estimates how many independent labels the data
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .jit import njit_cached
 
 __all__ = ["average_uniqueness"]
 
 
-@njit(cache=True)
+@njit_cached
 def _average_uniqueness_nb(starts, ends, n_bars):
     """Mean over [starts[i], ends[i]] of 1 / (events spanning each bar), per event (spans inclusive)."""
     diff = np.zeros(n_bars + 1, dtype=np.int64)

@@ -102,17 +102,47 @@ class _Child:
 
 @pytest.mark.parametrize("code", [-signal.SIGKILL, 137])
 def test_parent_turns_a_step_killed_by_the_kernel_into_one_line(code, monkeypatch, tmp_path, capsys):
-    started = []
+    started, kills = [], iter([4, 4, 5])  # the OOM counter moved while the evaluate step ran
     monkeypatch.setattr(staged, "memory_state", lambda: _state(10, 0))
+    monkeypatch.setattr(staged, "oom_kills", lambda: next(kills))
     monkeypatch.setattr(staged.subprocess, "Popen", lambda args, **k: started.append(args[3]) or _Child(
         0 if args[3] == "fit" else code))
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "last.pt").write_bytes(b"epoch 1")
     assert staged.run({"command": "python -m agents.train --epochs 1"}, tmp_path / "ck") == 1
     assert started == ["fit", "evaluate"]  # nothing after the killed step
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: out of memory: the evaluate step was killed by the kernel at the container limit of "
-                   f"488 MiB; last checkpoint: {tmp_path / 'ck' / 'last.pt'}; continue with: python -m agents.train "
-                   "--epochs 1 --resume after lowering --batch-size"]
+    # a resume must keep the batch size: "lower --batch-size and --resume" would be refused
+    assert err == ["error: out of memory: the evaluate step was killed by the kernel at the container limit of "
+                   "488 MiB; give the container more memory and continue with: python -m agents.train --epochs 1 "
+                   "--resume; or lower --batch-size or --seq-len and start again without --resume"]
     assert json.loads((tmp_path / "ck" / "job.json").read_text())["command"] == "python -m agents.train --epochs 1"
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_a_kill_9_that_is_not_the_oom_killer_is_not_called_out_of_memory(checkpointed, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(staged, "memory_state", lambda: _state(10, 0))
+    monkeypatch.setattr(staged, "oom_kills", lambda: 7)  # the kernel killed nothing
+    monkeypatch.setattr(staged.subprocess, "Popen", lambda args, **k: _Child(-signal.SIGKILL))
+    (tmp_path / "ck").mkdir()
+    if checkpointed:
+        (tmp_path / "ck" / "last.pt").write_bytes(b"epoch 1")
+    assert staged.run({"command": "python -m agents.train --resume"}, tmp_path / "ck") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of memory" not in err[0], err
+    assert err[0].startswith("error: the fit step was killed (SIGKILL, not by the kernel's out-of-memory killer); ")
+    if checkpointed:  # the advice is the command as given, --resume not doubled
+        assert err[0].endswith(f"({tmp_path / 'ck' / 'last.pt'}) with: python -m agents.train --resume")
+    else:
+        assert err[0].endswith("no epoch was checkpointed; start again with: python -m agents.train --resume")
+
+
+def test_oom_kills_reads_the_kernels_counter(tmp_path):
+    (tmp_path / "vmstat").write_text("nr_free_pages 12\noom_kill 3\n")
+    assert staged.oom_kills(tmp_path) == 3
+    (tmp_path / "vmstat").write_text("nr_free_pages 12\n")
+    assert staged.oom_kills(tmp_path) is None
+    assert isinstance(staged.oom_kills(), int)  # this machine's kernel says
 
 
 def test_parent_passes_a_steps_own_exit_status_on(monkeypatch, tmp_path, capsys):

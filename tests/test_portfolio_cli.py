@@ -279,3 +279,16 @@ def test_plot_portfolio_writes_a_png_atomically(small_portfolio, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["p.png"]  # no temporary file left
     with pytest.raises(ValueError, match=".png"):
         plot_portfolio(small_portfolio, tmp_path / "p.jpg")
+
+
+def test_the_picture_title_names_only_the_instruments_traded(tmp_path, capsys, monkeypatch):
+    import engine.plotting
+
+    titles = []
+    monkeypatch.setattr(engine.plotting, "plot_portfolio", lambda result, path, title, label: titles.append(title))
+    # goog's data ends in 2014, before the out-of-sample period: it is left out
+    code, out, err = _run(["--agent", AGENT1, "--data", "sp500,goog,nasdaq", "--end", "2015-06-30", "--quiet",
+                           "--plot", str(tmp_path / "p.png")], capsys)
+    assert code == 0, err
+    assert "left out" in err and "goog" in err
+    assert titles == ["agent1 on nasdaq+sp500 (1 of 3 instruments left out)"]  # in symbol order, as the tables

@@ -131,6 +131,9 @@ def short_csv(tmp_path):
         (lambda a, d: ["--agent", str(a), "--live", "--engine", "fast"], "drop --engine fast"),
         (lambda a, d: ["--strategy", "buyhold", "--pt", "2"], "--pt sets the agent strategy"),
         (lambda a, d: ["--agent", str(a), "--data", "stoxx50_1d"], "before the agent's training data does"),
+        (lambda a, d: ["--agent", "models/agent1.onnx", "--data", "eurusd_1h"],
+         "--data eurusd_1h has a bar every 1 hour but agent models/agent1.onnx was trained on a bar every 1 day"),
+        (lambda a, d: ["--agent", str(a), "--data", str(_weekly(d))], "has a bar every 1 week but agent"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tiny_agent, tmp_path, short_csv, capsys, make_args, message):
@@ -139,6 +142,20 @@ def test_user_errors_exit_2_with_one_line(tiny_agent, tmp_path, short_csv, capsy
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
     assert "Traceback" not in err
+
+
+def test_any_frequency_runs_an_agent_on_bars_it_was_not_trained_on(tiny_agent, tmp_path, capsys):
+    code, out, err = _run(["--agent", str(tiny_agent[0]), "--data", str(_weekly(tmp_path)), "--any-frequency",
+                           "--no-plot", "--quiet"], capsys)
+    assert code == 0, err
+    assert "buy & hold" in out
+
+
+def _weekly(d: Path) -> Path:
+    path = d / "weekly.csv"
+    df = load_ohlcv("sp500", start="2015-01-01")
+    df.resample("W-FRI").agg({"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}).to_csv(path)
+    return path
 
 
 def _junk(d: Path) -> Path:
@@ -261,3 +278,17 @@ def test_output_into_a_closed_pipe_is_not_a_traceback():
     proc.stdout.close()  # before the listing is written (importing datafeeds alone takes longer)
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_default_picture_of_a_file_does_not_overwrite_the_bundled_samples(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    load_ohlcv("sp500", start="2018-01-01").to_csv(tmp_path / "data" / "sp500.csv")
+    pictures = []
+    for data in ("sp500", "data/sp500.csv"):
+        code, out, err = _run(["--strategy", "buyhold", "--data", data, "--start", "2018-06-01"], capsys)
+        assert code == 0, err
+        pictures.append(next(line for line in out.splitlines() if line.startswith("plot: ")))
+    assert pictures[0] == "plot: reports/buyhold_sp500.png"
+    assert pictures[1].startswith("plot: reports/buyhold_sp500_") and len(pictures[1]) == len(pictures[0]) + 9
+    assert len(list((tmp_path / "reports").glob("*.png"))) == 2

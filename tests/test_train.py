@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -166,6 +168,26 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in reference["state"]["history"]]
     for name, value in reference["model"].state_dict().items():
         assert torch.equal(resumed["best_weights"][name], value), name
+
+
+def test_kill_9_of_the_fit_step_is_reported_as_a_kill_not_out_of_memory(tmp_path):
+    """Someone's kill -9 of the step (not the kernel's OOM killer): one line that says so, and advice that works."""
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, "-m", "agents.train", *_cli("--epochs", "50", "--patience", "50",
+           "--out", str(tmp_path / "a.onnx"), "--checkpoint-dir", str(ck))]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (ck / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1, children  # the fit step
+    os.kill(int(children[0]), signal.SIGKILL)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 1, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert lines == [f"error: the fit step was killed (SIGKILL, not by the kernel's out-of-memory killer); continue "
+                     f"from the last checkpoint ({ck / 'last.pt'}) with: python -m agents.train {shlex.join(cmd[3:])} "
+                     "--resume"], err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

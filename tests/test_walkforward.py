@@ -50,6 +50,8 @@ def _finished(trials) -> list:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("wf") / "out"
+    out.mkdir()
+    (out / ".fold1.0123abcd.onnx").write_bytes(b"half an export")  # left by a worker killed during its export
     args = TINY_ARGS + ["--folds", "2", "--trials", "2", "--study", "e2e", "--out", str(out)]
     calls = []  # (engine, first bar) of every backtest the run makes
     real = wfr.run_backtest
@@ -70,6 +72,7 @@ def test_run_writes_agents_plots_and_an_honest_report(first_run):
     for name in ("fold0.onnx", "fold1.onnx", "fold0_history.png", "fold1_history.png", "stitched_equity.png",
                  "fold0.json", "fold1.json", "stitched_equity.csv"):
         assert (out / name).stat().st_size > 0, name
+    assert not [p.name for p in out.glob(".*")]  # no hidden temporaries, a killed worker's included
     url = f"sqlite:///{(out / 'optuna.db').resolve()}"
     n = sum(len(_finished(_trials(url, f"e2e_fold{k}"))) for k in range(2))
     assert n == 4 and report["configurations_tried"] == 4
@@ -377,6 +380,8 @@ def test_misspelt_names_exit_2_with_one_line_and_a_suggestion(argv, needle, caps
         (["--storage", "not a url"], "not a database URL"),
         (["--data", "sp5000"], "did you mean 'sp500'?"),
         (["--cpcv", "4,4"], "--cpcv N,K needs 2 <= N <= 16 groups and 1 <= K < N"),
+        (["--study", ".."], "--study '..': use letters"),  # reports/.. is the repository root
+        (["--study", ".hidden"], "starting with a letter or digit"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv, needle, tmp_path, capsys):

@@ -147,13 +147,28 @@ def main(argv: list[str] | None = None) -> int:
     from engine.walkforward.report import summary_lines
     from engine.walkforward.run import run_walk_forward
 
+    import optuna
+
+    from engine.walkforward.storage import disk_full, redact
+
+    resume = "rerun the same command to resume (finished trials and folds are kept)"
     try:
         with console_logging(quiet=args.quiet):
             report = run_walk_forward(cfg, command=command, progress=not args.quiet)
     except (DataError, ValueError, HardwareError) as exc:  # HardwareError: the container is too small
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # output folder or storage path not writable
+    except optuna.exceptions.StorageInternalError as exc:  # the database failed (full, gone) after retries
+        cause = str(exc.__cause__ or exc).splitlines()[0]
+        print(f"error: the study storage {redact(cfg.storage_url)} failed: {cause}; "
+              f"{'free space, then ' if disk_full(exc) else ''}{resume}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if disk_full(exc):
+            print(f"error: cannot write {exc.filename or cfg.out_dir}: {exc.strerror}; free space, then {resume}",
+                  file=sys.stderr)
+            return 1
+        # output folder or storage path not writable
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

@@ -100,8 +100,10 @@ class WalkForwardConfig:
             n, k = self.cpcv
             if not (isinstance(n, int) and isinstance(k, int) and 2 <= n <= 16 and 1 <= k < n):
                 raise ValueError(f"--cpcv N,K needs 2 <= N <= 16 groups and 1 <= K < N test groups, got {n},{k}")
-        if self.study is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study):
-            raise ValueError(f"--study {self.study!r}: use letters, digits, '_', '-' and '.' only")
+        if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.study):
+            # it names the output folder reports/<study>: '..' or '.hidden' would land elsewhere
+            raise ValueError(f"--study {self.study!r}: use letters, digits, '_', '-' and '.', starting with a "
+                             "letter or digit")
         # the base config describes the same data, seed and epochs (recorded in every agent card)
         object.__setattr__(self, "base", dataclasses.replace(
             self.base, data=self.data, start=self.start, end=self.end, seed=self.seed, epochs=self.epochs,

@@ -41,6 +41,11 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+def _no_trial_failures(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Trial ") and " failed " in message)
+
+
 @contextlib.contextmanager
 def console_logging(quiet: bool):
     """The command's console while it runs: walk-forward INFO lines unless ``quiet``, warnings of every
@@ -55,7 +60,19 @@ def console_logging(quiet: bool):
     if not root.handlers:
         handler = _ConsoleHandler()
         handler.setFormatter(_ConsoleFormatter())
+        # a failing trial ends the run (no catch=), and the command prints its one line: optuna's
+        # "Trial N failed ..." lines would repeat it
+        handler.addFilter(_no_trial_failures)
         root.addHandler(handler)
+    thread_hook = threading.excepthook
+
+    def quiet_storage_errors(args):  # optuna's heartbeat thread meets the storage error the run reports
+        if isinstance(args.exc_value, optuna.exceptions.StorageInternalError):
+            log.debug("storage error in thread %s: %s", args.thread.name if args.thread else "?", args.exc_value)
+            return
+        thread_hook(args)
+
+    threading.excepthook = quiet_storage_errors
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     optuna_log.handlers, optuna_log.propagate = [], True  # optuna's own "[W date]" handler off: ours formats
     logging.captureWarnings(True)
@@ -63,6 +80,7 @@ def console_logging(quiet: bool):
         yield
     finally:
         logging.captureWarnings(False)
+        threading.excepthook = thread_hook
         log.setLevel(saved[0])
         optuna_log.handlers, optuna_log.propagate = saved[1], saved[2]
         if handler is not None:

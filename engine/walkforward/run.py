@@ -49,7 +49,7 @@ from engine.walkforward.report import (deflated_sharpe, fold_pbo, pbo_summary, p
                                        save_figure, stitched_result, write_csv, write_json)
 from engine.walkforward.search import (FINISHED, LIVE, StopWhenFull, SurplusTrial, TrialSeededTPE, check_not_surplus,
                                        fail_interrupted)
-from engine.walkforward.storage import (fail_stale, fold_result, holds_claim, keep_alive, open_storage,
+from engine.walkforward.storage import (disk_full, fail_stale, fold_result, holds_claim, keep_alive, open_storage,
                                         record_fold_result, redact, release_claim, take_claim, trial_counts)
 from labeling import Fold, walk_forward_folds
 
@@ -120,7 +120,7 @@ def _run(ctx: _Context, t0: float) -> dict:
             except optuna.exceptions.StorageInternalError as exc:
                 # a busy database (SQLite under several workers): the step is redone, a trial in flight is lost
                 storage_errors += 1
-                if storage_errors > 10:
+                if storage_errors > 10 or disk_full(exc):  # a full disk stays full: no retries
                     raise
                 log.warning("fold %d: storage error (%s); retrying", fold.fold, exc.__cause__ or exc)
                 time.sleep(1.0 + np.random.default_rng().random())
@@ -514,6 +514,8 @@ def _finalise_claimed(ctx: _Context, fold: Fold, study: optuna.Study):
         return "blocked"
     finished = False
     tmp = ctx.cfg.out_dir / f".fold{fold.fold}.{claim.token}.onnx"  # this worker's export until it has won
+    for stale in ctx.cfg.out_dir.glob(f".fold{fold.fold}.*.onnx"):  # a killed worker's export: the claim is ours
+        stale.unlink(missing_ok=True)
     try:
         # read again: since _advance looked, the previous holder may have recorded the result and exited
         result = fold_result(study)
@@ -545,7 +547,7 @@ def _publish(ctx: _Context, fold: Fold, study: optuna.Study, claim, result: dict
             return True
         except optuna.exceptions.StorageInternalError as exc:
             attempt += 1
-            if attempt == 3:
+            if attempt == 3 or disk_full(exc):
                 raise
             log.warning("fold %d: storage error recording the result (%s); retrying", fold.fold, exc.__cause__ or exc)
             time.sleep(attempt)

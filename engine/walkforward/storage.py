@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import contextlib
 import dataclasses
 import logging
@@ -73,6 +75,18 @@ def _serialize_sqlite_transactions(engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin_immediate(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or quota: retrying cannot help."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(exc) or "No space left on device" in str(exc):  # SQLite's words, a driver's
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def redact(url: str) -> str:
