@@ -102,6 +102,8 @@ def _lock(folder: Path):
 def _run_steps(job: dict, folder: Path) -> int:
     """Each step in its own child process, in order; the exit status of the first that fails, else 0."""
     for step in STEPS:
+        if step in _STEP_LINES:  # a line per step, also through a pipe: a long step is work, not a hang
+            print(_STEP_LINES[step], flush=True)
         kills = oom_kills()
         child = subprocess.Popen([sys.executable, "-m", "agents.staged", step, str(folder)], preexec_fn=_die_with_parent)
         try:
@@ -119,6 +121,11 @@ def _run_steps(job: dict, folder: Path) -> int:
             return 1
         return code
     return 0
+
+
+_STEP_LINES = {"evaluate": "evaluating: metrics beside the no-skill, logistic and gradient-boosting baselines; "
+                           "adversarial validation",
+               "export": "exporting: the ONNX agent, parity-checked against torch"}
 
 
 def oom_kills(proc_root: Path = Path("/proc")) -> int | None:

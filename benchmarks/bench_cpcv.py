@@ -16,29 +16,22 @@ under CPCV is walk-forward's job).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-
-def _cpcv_arg(text: str) -> tuple[int, int]:
-    try:
-        n, k = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--cpcv wants N,K (e.g. 5,2), got {text!r}") from None
-    if not (2 <= n <= 16 and 1 <= k < n):
-        raise argparse.ArgumentTypeError(f"--cpcv N,K needs 2 <= N <= 16 groups and 1 <= K < N test groups, got {text}")
-    return n, k
+from datafeeds.cli import ArgumentParser
+from engine.walkforward.cli import cpcv_arg
+from engine.walkforward.config import check_cpcv
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", nargs="+", default=["us_daily"],
                     help="samples, files or universes (a universe: each member); default: us_daily")
-    ap.add_argument("--cpcv", type=_cpcv_arg, default=(5, 2), metavar="N,K",
+    ap.add_argument("--cpcv", type=cpcv_arg, default=(5, 2), metavar="N,K",
                     help="N contiguous groups, K tested per split (C(N,K) trainings, C(N-1,K-1) paths); default 5,2")
     ap.add_argument("--epochs", type=int, default=None,
                     help="most epochs per training; default: TrainConfig's (early stopping may end sooner)")
@@ -46,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         ap.error(f"--epochs must be >= 1, got {args.epochs}")
+    try:
+        check_cpcv(*args.cpcv)
+    except ValueError as exc:
+        ap.error(str(exc))
 
     import numpy as np
     import pandas as pd

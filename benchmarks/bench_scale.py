@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from _common import bootstrap_bars, load_avg, machine_info, reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from datafeeds.process import pid_alive  # noqa: E402
 
 PRESETS = {"1M": (16, 62_500), "4M": (32, 125_000), "16M": (64, 250_000)}
 ACCEPT_MIB = 150.0  # the issue: peak RSS at 16M within +150 MiB of the 1M run
@@ -235,21 +236,11 @@ def sweep_stale_stores(folder: Path) -> list[Path]:
     removed = []
     for path in folder.glob(f"{_STORE_PREFIX}*_*"):
         pid = path.name[len(_STORE_PREFIX):].split("_", 1)[0]
-        if not (pid.isdigit() and path.is_dir()) or _alive(int(pid)):
+        if not (pid.isdigit() and path.is_dir()) or pid_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _exit_on_signal(signum, frame) -> None:

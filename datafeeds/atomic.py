@@ -41,16 +41,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     except FileNotFoundError:
         st = None
     if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a directory: name a file inside it", str(path))
-        if not stat.S_ISREG(st.st_mode):
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
-                return _write_to_stream(path, data)
-            raise OSError(errno.EINVAL, "not a regular file (a block device or a socket): choose a file path",
-                          str(path))
-        if not st.st_mode & 0o222:
-            raise PermissionError(errno.EACCES, f"read-only file (mode {stat.S_IMODE(st.st_mode):04o}): make it "
-                                  "writable (chmod u+w) or choose another path", str(path))
+        if _is_stream(st):
+            return _write_to_stream(path, data)
+        _raise_if_refused(st, path)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_space()}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
@@ -88,15 +81,35 @@ def refusal(path: str | os.PathLike, *, streams: bool = True) -> str | None:
         st = os.stat(os.path.realpath(path))
     except OSError:  # not there (yet), or its folder is not one: the writer's folder check says why
         return None
-    if stat.S_ISDIR(st.st_mode):
-        return "is a directory: name a file inside it"
-    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+    if _is_stream(st):
         return None if streams else "is a device or a FIFO, not a file: choose a file path"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file (a block device or a socket): choose a file path"
-    if not st.st_mode & 0o222:
-        return f"read-only file (mode {stat.S_IMODE(st.st_mode):04o}): make it writable (chmod u+w) or choose another path"
+    refused = _refused(st)
+    return refused[2] if refused else None
+
+
+def _is_stream(st: os.stat_result) -> bool:
+    """A character device or a FIFO: written through, never replaced."""
+    return stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)
+
+
+def _refused(st: os.stat_result) -> tuple[type[OSError], int, str] | None:
+    """Why what ``st`` describes is never written (exception type, errno, what to do), or None (a
+    writable regular file, or a stream)."""
+    if stat.S_ISDIR(st.st_mode):
+        return IsADirectoryError, errno.EISDIR, "is a directory: name a file inside it"
+    if not stat.S_ISREG(st.st_mode) and not _is_stream(st):
+        return OSError, errno.EINVAL, "not a regular file (a block device or a socket): choose a file path"
+    if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o222:
+        return (PermissionError, errno.EACCES, f"read-only file (mode {stat.S_IMODE(st.st_mode):04o}): make it "
+                "writable (chmod u+w) or choose another path")
     return None
+
+
+def _raise_if_refused(st: os.stat_result, path: Path) -> None:
+    refused = _refused(st)
+    if refused:
+        kind, code, message = refused
+        raise kind(code, message, str(path))
 
 
 def _own_descriptor(path: Path) -> int | None:
@@ -135,10 +148,7 @@ def _write_to_stream(path: Path, data: bytes) -> Path:
         st = os.stat(path)
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "no such device or stream", str(path)) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a directory: name a file inside it", str(path))
-    if stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file (a block device or a socket): choose a file path", str(path))
+    _raise_if_refused(st, path)  # it may have changed since the caller looked
     flags = os.O_WRONLY | (os.O_NONBLOCK if stat.S_ISFIFO(st.st_mode) else 0)
     try:
         fd = os.open(path, flags)

@@ -161,6 +161,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert not (tmp_path / "a.onnx").exists()
     done = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    # through a pipe too, a line per epoch and per step: a user can tell work from a hang
+    lines = done.stdout.splitlines()
+    steps = [i for i, ln in enumerate(lines) if ln.startswith(("epoch ", "evaluating: ", "exporting: ", "wrote "))]
+    assert [lines[i].split()[0] for i in steps][-3:] == ["evaluating:", "exporting:", "wrote"], done.stdout
+    assert any(ln.startswith("epoch ") for ln in lines), done.stdout
     resumed = load_checkpoint(ck)["state"]
 
     cfg = TrainConfig(**{**TINY, "epochs": 3})

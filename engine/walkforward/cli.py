@@ -36,7 +36,8 @@ def _search_arg(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--search: ")) from None
 
 
-def _cpcv_arg(text: str) -> tuple[int, int]:
+def cpcv_arg(text: str) -> tuple[int, int]:
+    """argparse type of ``--cpcv N,K``: two integers (checked by ``check_cpcv``)."""
     try:
         n, k = (int(v) for v in text.split(","))
     except ValueError:
@@ -69,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
                    help="bars left out after each test block. No fold trains on later data, so this only drops "
                    "out-of-sample bars: the stitched curve joins across each gap and its CAGR, which counts the "
                    "gaps' calendar time, then understates")
-    g.add_argument("--cpcv", type=_cpcv_arg, default=None, metavar="N,K",
+    g.add_argument("--cpcv", type=cpcv_arg, default=None, metavar="N,K",
                    help="also retrain the latest fold's selected configuration on every combinatorial purged "
                    "cross-validation split (N groups, K tested, e.g. 6,2: 15 trainings) and report the "
                    "Sharpe ratios of its C(N-1,K-1) paths (default: off)")

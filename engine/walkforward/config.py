@@ -35,6 +35,12 @@ def _base() -> TrainConfig:
     return TrainConfig(**BASE_OVERRIDES)
 
 
+def check_cpcv(n: int, k: int) -> None:
+    """``--cpcv N,K``: N contiguous groups, K of them tested per split (C(N,K) trainings)."""
+    if not (isinstance(n, int) and isinstance(k, int) and 2 <= n <= 16 and 1 <= k < n):
+        raise ValueError(f"--cpcv N,K needs 2 <= N <= 16 groups and 1 <= K < N test groups, got {n},{k}")
+
+
 @dataclass(frozen=True)
 class WalkForwardConfig:
     """One walk-forward study; the fields marked (*) may change between runs of the same study."""
@@ -97,9 +103,7 @@ class WalkForwardConfig:
             raise ValueError(f"need --cash > 0, 0 <= --commission < 1 and 0 <= --slippage < 1 (fractions of the "
                              f"traded value, e.g. 0.0005); got {self.cash}, {self.commission}, {self.slippage}")
         if self.cpcv is not None:
-            n, k = self.cpcv
-            if not (isinstance(n, int) and isinstance(k, int) and 2 <= n <= 16 and 1 <= k < n):
-                raise ValueError(f"--cpcv N,K needs 2 <= N <= 16 groups and 1 <= K < N test groups, got {n},{k}")
+            check_cpcv(*self.cpcv)
         if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.study):
             # it names the output folder reports/<study>: '..' or '.hidden' would land elsewhere
             raise ValueError(f"--study {self.study!r}: use letters, digits, '_', '-' and '.', starting with a "
