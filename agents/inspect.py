@@ -96,6 +96,13 @@ def weights_line(metrics: dict) -> str:
             f"max {_num(u.get('max'), '.3f')}){worth}")
 
 
+def _spacing(seconds) -> str:
+    """The training bars' spacing, as run_backtest compares it; cards made before it was recorded lack it."""
+    from datafeeds.frequency import describe_spacing
+
+    return "bar spacing not recorded" if seconds is None else f"a bar every {describe_spacing(seconds)}"
+
+
 def universe_table(ds: dict) -> str:
     """Per instrument: bars, dates, and the label balance of each split (pooled metrics follow)."""
     cuts = ds.get("cuts", {})
@@ -122,7 +129,7 @@ def model_card(agent: OnnxAgent) -> str:
         f"  seq_len={agent.seq_len}  warm-up {agent.warmup} bars",
         f"features    {_features(agent)}",
         f"labels      TBM pt={agent.tbm.pt} sl={agent.tbm.sl} horizon={agent.tbm.horizon} atr_period={agent.tbm.atr_period}",
-        f"data        {ds['name']}  sha256 {ds['sha256'][:16]}...",
+        f"data        {ds['name']}  sha256 {ds['sha256'][:16]}...  {_spacing(ds.get('bar_seconds'))}",
         f"            train {ds['train'][0]} .. {ds['train'][1]}",
         f"            validation {ds['validation'][0]} .. {ds['validation'][1]}" if ds.get("validation")
         else "            validation: none (refit on train + validation)",

@@ -149,6 +149,8 @@ CASES = [
     ("output_name-number", _set("output_name", 0), "output_name"),
     ("training_command-null", _set("training_command", None), "training_command"),
     ("walk_forward-list", _set("walk_forward", ["study", 0]), "walk_forward"),
+    ("bar_seconds-zero", _set("dataset.bar_seconds", 0), "dataset.bar_seconds"),
+    ("bar_seconds-string", _set("dataset.bar_seconds", "1d"), "dataset.bar_seconds"),
 ]
 # One subprocess per case costs ~1 s: the CLI is checked on a representative subset.
 CLI_CASES = {"std-zero", "seq_len-huge", "threshold-nan", "features-reordered", "dataset-sha256-missing",
@@ -200,6 +202,7 @@ def test_untouched_tiny_agent_loads_and_inspects_with_its_verdict(tiny_agent):
     done = _inspect(tiny_agent[0])
     assert done.returncode == 0, done.stderr
     assert f"verdict     {verdict(agent.meta['metrics'])}\n" in done.stdout
+    assert "a bar every 1 day\n" in done.stdout  # the frequency run_backtest holds data to
 
 
 def test_card_without_validation_loads_and_has_no_verdict(tiny_agent, tmp_path):
