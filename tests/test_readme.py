@@ -205,3 +205,26 @@ def test_checks_catch_broken_markdown(tmp_path):
         "a.md#nope (no heading with anchor #nope in a.md)",
         f"img/p.png (no such file {tmp_path / 'img' / 'p.png'})",
     ]
+
+
+def _fence_after(text: str, marker: str) -> list[str]:
+    """The lines of the first fenced block after the line containing ``marker``."""
+    tokens = [t for t in _parse(text) if t.type == "fence"]
+    at = text.split("\n").index(next(line for line in text.split("\n") if marker in line))
+    block = next(t for t in tokens if t.map[0] > at)
+    return block.content.rstrip("\n").split("\n")
+
+
+def test_the_main_commands_output_is_what_the_readme_shows(tmp_path):
+    """The Quickstart's `python run_backtest.py --agent models/agent1.onnx`, run now, prints the block the
+    README shows (the picture's path aside: it is written to a scratch folder here)."""
+    import subprocess
+    import sys
+
+    shown = _fence_after(README.read_text(), "The main command backtests the shipped agent")
+    done = subprocess.run([sys.executable, "run_backtest.py", "--agent", "models/agent1.onnx", "--plot",
+                           str(tmp_path / "p.png")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.rstrip("\n").split("\n")
+    assert shown[-1] == "plot: reports/agent1_sp500.png" and printed[-1] == f"plot: {tmp_path / 'p.png'}"
+    assert printed[:-1] == shown[:-1]
