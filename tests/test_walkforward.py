@@ -375,13 +375,17 @@ def test_misspelt_names_exit_2_with_one_line_and_a_suggestion(argv, needle, caps
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["--folds", "0"], "--folds must be >= 1"),
+        (["--folds", "0"], "--folds must be in 1..1,000"),
         (["--search", "strategy"], "--objective val_sharpe"),
         (["--storage", "not a url"], "not a database URL"),
         (["--data", "sp5000"], "did you mean 'sp500'?"),
         (["--cpcv", "4,4"], "--cpcv N,K needs 2 <= N <= 16 groups and 1 <= K < N"),
         (["--study", ".."], "--study '..': use letters"),  # reports/.. is the repository root
         (["--study", ".hidden"], "starting with a letter or digit"),
+        (["--heartbeat", str(10**20)], "--heartbeat must be in 1..86,400"),  # overflowed a sleep
+        (["--trials", str(10**7)], "--trials must be in 1..1,000,000"),
+        (["--n-jobs", "100000"], "--n-jobs must be in 1..256"),
+        (["--timeout", "1e300"], "--timeout must be in (0, 10,000,000] seconds"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv, needle, tmp_path, capsys):

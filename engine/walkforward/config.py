@@ -35,6 +35,12 @@ def _base() -> TrainConfig:
     return TrainConfig(**BASE_OVERRIDES)
 
 
+# Upper bounds of the counts (beyond them a run is a typo, or overflows a sleep or a thread pool):
+# folds are bounded by the data; --epochs as TrainConfig's; a heartbeat of a day.
+_INT_LIMITS = {"folds": 1_000, "trials": 1_000_000, "epochs": 100_000, "n_jobs": 256, "heartbeat": 86_400}
+MAX_TIMEOUT = 10_000_000  # seconds per fold: ~4 months
+
+
 def check_cpcv(n: int, k: int) -> None:
     """``--cpcv N,K``: N contiguous groups, K of them tested per split (C(N,K) trainings)."""
     if not (isinstance(n, int) and isinstance(k, int) and 2 <= n <= 16 and 1 <= k < n):
@@ -90,15 +96,15 @@ class WalkForwardConfig:
         if "strategy" in self.search and self.objective != "val_sharpe":
             raise ValueError("--search strategy only changes the trading, which only --objective val_sharpe "
                              "scores; add --objective val_sharpe or drop the strategy group")
-        for name in ("folds", "trials", "epochs", "n_jobs", "heartbeat"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name, most in _INT_LIMITS.items():
+            if not 1 <= getattr(self, name) <= most:
+                raise ValueError(f"--{name.replace('_', '-')} must be in 1..{most:,}, got {getattr(self, name)}")
         if self.embargo < 0:
             raise ValueError(f"--embargo must be >= 0 bars, got {self.embargo}")
         if not 0.0 < self.test_frac < 1.0:
             raise ValueError(f"--test-frac must be in (0, 1), got {self.test_frac}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
+        if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT:
+            raise ValueError(f"--timeout must be in (0, {MAX_TIMEOUT:,}] seconds, got {self.timeout}")
         if not (self.cash > 0 and 0 <= self.commission < 1 and 0 <= self.slippage < 1):
             raise ValueError(f"need --cash > 0, 0 <= --commission < 1 and 0 <= --slippage < 1 (fractions of the "
                              f"traded value, e.g. 0.0005); got {self.cash}, {self.commission}, {self.slippage}")
