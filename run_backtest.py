@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from datafeeds.cli import ArgumentParser
+from datafeeds.errors import escape
 
 DEFAULT_AGENT = "models/agent1.onnx"
 MAX_POSITIONS = 100_000  # --max-positions at most: far above any portfolio, below what overflows the kernels
@@ -635,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_options(args)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 2
 
     from datafeeds import DataError
@@ -650,13 +651,13 @@ def main(argv: list[str] | None = None) -> int:
                               atr_period=run["atr_period"], engine=args.engine, risk_free=args.risk_free,
                               **run["params"])
     except (UsageError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 2
     for note in run["notes"]:
-        print(note, file=sys.stderr)
+        print(escape(note), file=sys.stderr)
 
     label = Path(run["agent"].path).stem if run["agent"] else args.strategy
-    data_label = Path(str(run["data_name"])).name
+    data_label = escape(Path(str(run["data_name"])).name)
     returns = returns_by_period(result)
     if not args.quiet:
         print(f"{label} on {data_label}, {run['start'].date()} .. {run['end'].date()} "
@@ -696,19 +697,19 @@ def _write_outputs(args, trades, plot: Path, draw, report) -> int:
             target = plot
             draw(plot)
             if not args.quiet:
-                print(f"plot: {plot}")
+                print(f"plot: {escape(str(plot))}")
         if args.report:
             target = args.report
             write_atomic(args.report, json.dumps(report(), indent=1, allow_nan=False).encode())
             if not args.quiet:
-                print(f"report: {args.report}")
+                print(f"report: {escape(str(args.report))}")
         if args.trades:
             target = args.trades
             write_atomic(args.trades, trades.to_csv(index=False).encode())
             if not args.quiet:
-                print(f"trades: {args.trades} ({len(trades)} rows)")
+                print(f"trades: {escape(str(args.trades))} ({len(trades)} rows)")
     except OSError as exc:
-        print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"error: cannot write {escape(str(target))}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -725,13 +726,13 @@ def _main_portfolio(args, run: dict) -> int:
                                atr_period=run["atr_period"], risk_free=args.risk_free, engine=args.engine,
                                **run["params"])
     except (UsageError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 2
     for note in run["notes"]:
-        print(note, file=sys.stderr)
+        print(escape(note), file=sys.stderr)
 
     label = Path(run["agent"].path).stem
-    data_label = universe_label(run["data_name"], run["members"])
+    data_label = escape(universe_label(run["data_name"], run["members"]))
     symbols = result.config["symbols"]
     params = run["params"]
     returns = returns_by_period(result)

@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from datafeeds.cli import ArgumentParser
+from datafeeds.errors import escape
 
 from .config import loss_label
 from .metadata import AgentFileError
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         agent = OnnxAgent.load(args.model)
     except AgentFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 2
     print(json.dumps(agent.meta, indent=2) if args.json else model_card(agent))
     return 0

@@ -1,19 +1,10 @@
-"""Memory this process may still use, read from its own cgroup, and a watchdog for the limit.
-
-A container shows the host's RAM in ``free`` and /proc/meminfo; the limit that applies is that of
-the process's own cgroup (``/proc/self/cgroup``), the smallest one up the chain, cgroup v1 or v2.
-The cgroup's usage counts page cache too, and right after `import torch` in a fresh container most
-of it is cache: the kernel reclaims clean cache before it kills anything, so counting it would
-refuse runs that fit (measured: every training step completed in 488 MiB with the cache dropped
-beforehand, its usage pinned at the limit). What cannot be reclaimed without swap is anonymous and
-shared memory (``in_use``); the code being run, mapped from torch's libraries, is reclaimable on
-paper, but evicting it means reading it straight back, so ``CODE_RESERVE`` is kept for it:
-``available = limit - in_use - CODE_RESERVE``, capped by the host's MemAvailable.
+"""A watchdog for this process's memory limit; the limit-reading functions live in `datafeeds.memory`.
 
 The watchdog turns the hang at the limit (the kernel reclaiming pages the process keeps touching,
 "workingset refaults") into one line and an exit status; the staged trainer's parent turns the other
 failure, the OOM kill (exit 137, no message), into one line too. Torch-free: that light parent
-imports this module.
+imports this module. The reading functions (``memory_state``, ``MemoryState``, ...) moved down to
+``datafeeds.memory`` so the data loader can size its inputs; they are re-exported here unchanged.
 """
 
 from __future__ import annotations
@@ -22,174 +13,26 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-MIB = 2**20
+from datafeeds.memory import (  # noqa: F401  (re-exported: agents.hardware, agents.staged and tests use them here)
+    _UNLIMITED_V1,
+    CODE_RESERVE,
+    MIB,
+    MemoryState,
+    _events_max,
+    _read,
+    _read_int,
+    _refaults,
+    _stat,
+    cgroup_chain,
+    meminfo,
+    memory_state,
+    mib,
+    own_cgroups,
+    process_rss,
+)
+
 EXIT_MEMORY = 3  # exit status of a step the watchdog stopped
-# Resident code a step keeps running (torch's, numpy's libraries): counted as needed although the
-# kernel could evict it. Training at 488 MiB with the page cache dropped left ~110 MiB beside its
-# anonymous peak and never refaulted; 64 MiB is kept.
-CODE_RESERVE = 64 * MIB
-_UNLIMITED_V1 = 2**60  # cgroup v1 writes ~2**63 rounded to a page for "no limit"
-
-
-@dataclass(frozen=True)
-class MemoryState:
-    """A reading of the process's memory situation; bytes."""
-
-    limit: int | None  # smallest memory limit up the cgroup chain; None = unlimited
-    usage: int | None  # the limiting cgroup's charged memory, page cache included
-    in_use: int | None  # anonymous + shared memory: what reclaim cannot take without swap
-    limit_hits: int  # times the cgroup reached its limit (v1 failcnt; v2 memory.events "max")
-    refaults: int  # pages read back soon after reclaim pushed them out (workingset refaults; else major faults)
-    host_available: int  # /proc/meminfo MemAvailable
-    version: int | None  # cgroup version: 1, 2 or None (none found)
-    path: str | None  # the cgroup directory read (the one with the smallest limit)
-
-    @property
-    def available(self) -> int:
-        """Bytes this process can still allocate without reaching the limit."""
-        if self.limit is None:
-            return self.host_available
-        return max(0, min(self.host_available, self.limit - (self.in_use or 0) - CODE_RESERVE))
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except (OSError, ValueError):
-        return None
-
-
-def _read_int(path: Path) -> int | None:
-    text = _read(path)
-    try:
-        return None if text is None else int(text)
-    except ValueError:
-        return None
-
-
-def meminfo(proc_root: Path = Path("/proc")) -> dict[str, int]:
-    """/proc/meminfo as bytes per key."""
-    out: dict[str, int] = {}
-    for line in (_read(Path(proc_root) / "meminfo") or "").splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            out[key] = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
-    return out
-
-
-def own_cgroups(proc_root: Path = Path("/proc")) -> dict[str, str]:
-    """Controller -> cgroup path of this process ("" key = the v2 unified hierarchy)."""
-    out: dict[str, str] = {}
-    for line in (_read(Path(proc_root) / "self" / "cgroup") or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            out[""] = path
-        for c in controllers.split(","):
-            if c:
-                out[c] = path
-    return out
-
-
-def cgroup_chain(mount: Path, rel: str | None) -> list[Path]:
-    """The process's cgroup dir under ``mount`` and its ancestors up to ``mount``, leaf first.
-
-    Falls back to ``mount`` alone when the path is unknown or not visible (e.g. a cgroup namespace
-    already makes the container's cgroup the root).
-    """
-    if rel:
-        leaf = mount / rel.strip("/")
-        if leaf.is_dir():
-            chain = [leaf]
-            while chain[-1] != mount and mount in chain[-1].parents:
-                chain.append(chain[-1].parent)
-            return chain
-    return [mount]
-
-
-def _events_max(directory: Path) -> int:
-    for line in (_read(directory / "memory.events") or "").splitlines():
-        k, _, value = line.partition(" ")
-        if k == "max" and value.strip().isdigit():
-            return int(value)
-    return 0
-
-
-def memory_state(cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
-                 proc_root: str | os.PathLike = "/proc") -> MemoryState:
-    """This process's memory limit, usage and working set; the roots are parameters for tests."""
-    cgroup_root, proc_root = Path(cgroup_root), Path(proc_root)
-    info = meminfo(proc_root)
-    host_available = info.get("MemAvailable", info.get("MemFree", info.get("MemTotal", 0)))
-    own = own_cgroups(proc_root)
-    if (cgroup_root / "cgroup.controllers").is_file():
-        version, chain = 2, cgroup_chain(cgroup_root, own.get(""))
-        limit_file, usage_file, prefix = "memory.max", "memory.current", ""
-    elif (cgroup_root / "memory").is_dir():
-        version, chain = 1, cgroup_chain(cgroup_root / "memory", own.get("memory"))
-        limit_file, usage_file, prefix = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_"
-    else:
-        return MemoryState(None, None, None, 0, 0, host_available, None, None)
-    # the limit that bites is the smallest up the chain; usage is read where it is
-    best: tuple[int, Path] | None = None
-    for d in chain:
-        lim = _read_int(d / limit_file)  # v2 "max" reads as None
-        if lim is not None and lim < _UNLIMITED_V1 and (best is None or lim < best[0]):
-            best = (lim, d)
-    where = best[1] if best else chain[0]
-    usage = _read_int(where / usage_file)
-    if usage is None and where is not chain[0]:
-        where = chain[0]
-        usage = _read_int(where / usage_file)
-    stat = _stat(where)
-    anon = stat.get(prefix + ("rss" if version == 1 else "anon"))
-    if anon is not None:
-        in_use = anon + stat.get(prefix + "shmem", 0)
-    else:  # no breakdown: usage less the cache the kernel would drop first
-        in_use = None if usage is None else max(0, usage - stat.get(prefix + "inactive_file", 0))
-    hits = (_read_int(where / "memory.failcnt") or 0) if version == 1 else _events_max(where)
-    return MemoryState(best[0] if best else None, usage, in_use, hits, _refaults(stat, prefix),
-                       host_available, version, str(where))
-
-
-def _stat(directory: Path) -> dict[str, int]:
-    out = {}
-    for line in (_read(directory / "memory.stat") or "").splitlines():
-        key, _, value = line.partition(" ")
-        if value.strip().isdigit():
-            out[key] = int(value)
-    return out
-
-
-def _refaults(stat: dict[str, int], prefix: str) -> int:
-    """Thrash counter: workingset refaults (pages evicted and needed again), else major page faults."""
-    keys = [f"{prefix}workingset_refault_anon", f"{prefix}workingset_refault_file"]
-    if any(k in stat for k in keys):
-        return sum(stat.get(k, 0) for k in keys)
-    if f"{prefix}workingset_refault" in stat:  # kernels before 5.9 count them together
-        return stat[f"{prefix}workingset_refault"]
-    return stat.get(f"{prefix}pgmajfault", 0)
-
-
-def process_rss() -> tuple[int, int]:
-    """(current, peak) resident set size of this process, bytes (VmRSS, VmHWM)."""
-    cur = peak = 0
-    for line in (_read(Path("/proc/self/status")) or "").splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM") and rest.split():
-            value = int(rest.split()[0]) * 1024
-            cur, peak = (value, peak) if key == "VmRSS" else (cur, value)
-    return cur, peak
-
-
-def mib(n: int | None) -> str:
-    return "?" if n is None else f"{n / MIB:,.0f} MiB"
 
 
 class MemoryWatchdog:
@@ -200,10 +43,11 @@ class MemoryWatchdog:
     That is the hang the journal saw ("still running 20 minutes later"): the kernel keeps reclaiming
     code and data the process touches again. A cgroup merely full of page cache (a big file read
     once) refaults nothing and is left alone. ``what`` names the run in the message; ``hint`` says
-    what to do. No limit, no watchdog (``start`` does nothing).
+    what to do (a string, or a function giving it when the watchdog stops the run, when what to do
+    may have changed: a checkpoint written since the start). No limit, no watchdog (``start`` does nothing).
     """
 
-    def __init__(self, what: str, hint: str = "", *, fraction: float = 0.95, seconds: float = 3.0,
+    def __init__(self, what: str, hint=None, *, fraction: float = 0.95, seconds: float = 3.0,
                  interval: float = 0.25, min_refaults: int = 64, read=memory_state, on_stop=None):
         self.what, self.hint = what, hint
         self.fraction, self.seconds, self.interval, self.min_refaults = fraction, seconds, interval, min_refaults
@@ -239,10 +83,11 @@ class MemoryWatchdog:
             return None
         since = now if since is None else since
         if now - since >= self.seconds:
+            hint = (self.hint() if callable(self.hint) else self.hint) or ""
             self._on_stop(
                 f"out of memory: {self.what} stopped, thrashing at the container's limit ({mib(state.usage)} of "
                 f"{mib(state.limit)} in use, {refaults * 4096 / self.interval / MIB:,.0f} MiB/s of its pages read back "
-                f"for {now - since:.0f} s){'; ' + self.hint if self.hint else ''}")
+                f"for {now - since:.0f} s){'; ' + hint if hint else ''}")
         return since
 
     def _watch(self) -> None:

@@ -8,8 +8,11 @@ long enough that the exponential indicators have forgotten where the tail starts
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from collections import deque
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 
+from datafeeds.errors import escape
+from datafeeds.memory import MIB, memory_budget, size_text
 from labeling import TBMConfig
 
 from . import metadata as _meta
@@ -52,11 +57,31 @@ ALLOWED_OPS = frozenset({
 })
 MAX_NODES = 20_000  # graph nodes (functions' included); the shipped agent has a few hundred
 MAX_WEIGHT_BYTES = 256 * 2**20  # weights and constants held in the file; the shipped agent's are < 1 MiB
+CONTROL_FLOW = frozenset({"Loop", "If", "Scan"})  # never allowed (tests/test_runtime.py checks the allow-list)
+# The file: weights, metadata and the graph's structure (the shipped agent: 0.5 MB). Checked before parsing.
+MAX_FILE_BYTES = MAX_WEIGHT_BYTES + 32 * MIB
+# Metadata, read from the file's bytes before it is parsed: a 500 MB card cost 4.1 GiB to load. The shipped
+# card (the tbm_agent JSON) is 6 KB; a per-symbol universe card adds ~0.5 KB per instrument.
+MAX_CARD_BYTES = 4 * MIB
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_BYTES = 8 * MIB  # keys and values of all entries together
+_MAX_TOP_LEVEL_FIELDS = 100_000  # protobuf fields of the model message scanned before parsing
+# Elements of any one tensor: an initializer, a Constant, or a shape the graph's shape inference knows
+# (batch dimensions counted as 1): 2**26 float32 is 256 MiB, MAX_WEIGHT_BYTES.
+MAX_TENSOR_ELEMENTS = 2**26
+# Peak memory of OnnxAgent.load per byte of file, measured here (peak RSS above the imports): 4.0x for a
+# file of 200 MiB of weights (onnx's parse, the copy handed to onnxruntime, the session's own), 7.0x for
+# one of 200 MiB of metadata (Python strings of it too). Metadata is capped before parsing, so weights rule.
+LOAD_BYTES_PER_FILE_BYTE = 5
+# Memory of a run per window over the largest intermediate tensor per window: the shipped agent (largest
+# 24 KiB per window) measured 232-277 KiB per window at batch 128-8192 (peak RSS above the session's), ~11x.
+ACTIVATION_FACTOR = 12
 
 
 def _check_graph(proto, path: str) -> None:
     """Refuse a graph with an operator outside ``ALLOWED_OPS`` (control flow included), another domain than
-    the standard one, more than ``MAX_NODES`` nodes or more than ``MAX_WEIGHT_BYTES`` of weights."""
+    the standard one, more than ``MAX_NODES`` nodes, more than ``MAX_WEIGHT_BYTES`` of weights or a tensor
+    over ``MAX_TENSOR_ELEMENTS`` elements."""
     local = {(f.domain, f.name) for f in proto.functions}
     nodes = list(proto.graph.node) + [n for f in proto.functions for n in f.node]
     if len(nodes) > MAX_NODES:
@@ -66,9 +91,10 @@ def _check_graph(proto, path: str) -> None:
         if (n.domain, n.op_type) in local:
             continue  # a call to a model-local function: its nodes are checked here too
         if n.domain not in ("", "ai.onnx") or n.op_type not in ALLOWED_OPS:
-            raise _meta.AgentFileError(
-                f"{path}: operator {n.domain + '.' if n.domain else ''}{n.op_type} is not one our exporter emits "
-                "(control flow and custom operators are refused in agent files); re-export the agent")
+            kind = ("control flow (Loop, If, Scan) is refused in agent files" if n.op_type in CONTROL_FLOW
+                    else "control flow and custom operators are refused in agent files")
+            raise _meta.AgentFileError(f"{path}: operator {n.domain + '.' if n.domain else ''}{n.op_type} is not one "
+                                       f"our exporter emits ({kind}); re-export the agent")
         if any(a.HasField("g") or len(a.graphs) for a in n.attribute):
             raise _meta.AgentFileError(f"{path}: node {n.name or n.op_type} holds a subgraph; agent files may not")
     sizes = [t.ByteSize() for t in proto.graph.initializer]
@@ -76,6 +102,185 @@ def _check_graph(proto, path: str) -> None:
     if sum(sizes) > MAX_WEIGHT_BYTES:
         raise _meta.AgentFileError(f"{path}: {sum(sizes) / 2**20:,.0f} MiB of weights, over the "
                                    f"{MAX_WEIGHT_BYTES // 2**20} MiB an agent file may hold")
+    for name, count in _constant_sizes(proto.graph, nodes):
+        _check_elements(path, f"constant {name!r}", count)
+
+
+def _constant_sizes(graph, nodes) -> list[tuple[str, int]]:
+    """(name, element count) of every initializer and Constant value, from its declared dims."""
+    out = [(t.name, math.prod(t.dims)) for t in graph.initializer]
+    out += [(t.values.name or t.indices.name, math.prod(t.dims)) for t in graph.sparse_initializer]
+    for n in nodes:
+        for a in n.attribute:
+            if a.HasField("t"):
+                out.append(((n.name or n.output[0]) if n.output else n.op_type, math.prod(a.t.dims)))
+            if a.HasField("sparse_tensor"):
+                out.append((n.name or n.op_type, math.prod(a.sparse_tensor.dims)))
+            if len(a.floats) or len(a.ints) or len(a.strings):
+                out.append((n.name or n.op_type, len(a.floats) + len(a.ints) + len(a.strings)))
+    return out
+
+
+def _check_elements(path: str, what: str, count: int, shape: str = "") -> None:
+    if count > MAX_TENSOR_ELEMENTS:
+        raise _meta.AgentFileError(f"{path}: {what} has {count:,} elements{shape}, over the {MAX_TENSOR_ELEMENTS:,} "
+                                   "a tensor of an agent may have; re-export the agent with python -m agents.train")
+
+
+# ------------------------------------------------------------------ the file before it is parsed
+def _check_file(path: str, label: str) -> None:
+    """Refuse, before onnx parses it, a file over ``MAX_FILE_BYTES``, one whose load would not fit in the
+    memory that applies, or one whose metadata is over its caps (read from the protobuf wire format)."""
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise _meta.AgentFileError(f"{label}: {size_text(size)}, over the {size_text(MAX_FILE_BYTES)} an agent file "
+                                   f"may have (its weights at most {size_text(MAX_WEIGHT_BYTES)}); re-export the agent")
+    need, (budget, source) = LOAD_BYTES_PER_FILE_BYTE * size, memory_budget()
+    if need > budget:
+        raise _meta.AgentFileError(f"{label}: loading this {size_text(size)} agent file needs ~{size_text(need)}, "
+                                   f"over the {size_text(budget)} this process may still use ({source}); raise the "
+                                   "container's memory limit")
+    try:
+        entries = _metadata_entries(path, label)
+    except _meta.AgentFileError:
+        raise
+    except ValueError as exc:
+        raise _meta.AgentFileError(f"{label}: not an ONNX model ({exc})") from None
+    if len(entries) > MAX_METADATA_ENTRIES:
+        raise _meta.AgentFileError(f"{label}: {len(entries):,} metadata entries, over the {MAX_METADATA_ENTRIES} an "
+                                   "agent file may have; re-export the agent")
+    for key, value_bytes in entries:
+        if key == _meta.METADATA_KEY.encode() and value_bytes > MAX_CARD_BYTES:
+            raise _meta.AgentFileError(f"{label}: the {_meta.METADATA_KEY!r} card is {value_bytes:,} bytes, over the "
+                                       f"{MAX_CARD_BYTES:,} a card may have; re-export the agent")
+
+
+def _metadata_entries(path: str, label: str) -> list[tuple[bytes, int]]:
+    """(key, value length) of each metadata_props entry (ModelProto field 14), reading only the fields' tags
+    and lengths; ValueError if the bytes are not a protobuf message, AgentFileError over ``MAX_METADATA_BYTES``."""
+    entries, total = [], 0
+    with open(path, "rb") as fh:
+        for number, wire, length in _fields(fh, _MAX_TOP_LEVEL_FIELDS):
+            if number != 14 or wire != 2:
+                fh.seek(length, os.SEEK_CUR)
+                continue
+            total += length
+            if total > MAX_METADATA_BYTES:
+                raise _meta.AgentFileError(f"{label}: over {size_text(MAX_METADATA_BYTES)} of metadata, the most an "
+                                           "agent file may have; re-export the agent")
+            entries.append(_entry(fh.read(length)))
+    return entries
+
+
+def _entry(data: bytes) -> tuple[bytes, int]:
+    """(key, value length) of one StringStringEntryProto (key: field 1, value: field 2)."""
+    body, key, value = BytesIO(data), b"", 0
+    for number, _, length in _fields(body, 16):
+        if number == 1:
+            key = body.read(length)
+            continue
+        value = length if number == 2 else value
+        body.seek(length, os.SEEK_CUR)
+    return key, value
+
+
+def _fields(fh, most: int):
+    """(field number, wire type, bytes to skip or read) of each field of the protobuf message in ``fh``."""
+    for _ in range(most + 1):
+        tag = _varint(fh)
+        if tag is None:
+            return
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            if _varint(fh) is None:
+                raise ValueError("truncated")
+            yield number, wire, 0
+        elif wire in (1, 5):
+            yield number, wire, 8 if wire == 1 else 4
+        elif wire == 2:
+            length = _varint(fh)
+            if length is None:
+                raise ValueError("truncated")
+            yield number, wire, length
+        else:
+            raise ValueError(f"wire type {wire} in field {number}")
+    raise ValueError(f"more than {most:,} fields in one message")
+
+
+def _varint(fh) -> int | None:
+    """A protobuf base-128 varint read from ``fh``; None at the end of the file."""
+    value = shift = 0
+    while byte := fh.read(1):
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+    if shift:
+        raise ValueError("truncated")
+    return None
+
+
+# ------------------------------------------------------------------ shapes and the memory a run needs
+def _tensor_shapes(proto, path: str) -> tuple[int, int, int]:
+    """Refuse a tensor whose shape (from onnx's shape inference) is over ``MAX_TENSOR_ELEMENTS``; return
+    (input bytes per window, largest intermediate bytes per window, largest batch-free intermediate bytes)."""
+    graph = proto.graph
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param if graph.input else ""
+    light = _without_weights(proto)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True).graph
+    except Exception as exc:  # onnx's InferenceError and friends: the file is untrusted input
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise _meta.AgentFileError(f"{path}: the graph's shapes cannot be inferred ({type(exc).__name__}: {first}); "
+                                   "re-export the agent") from None
+    per_window = static = 0
+    for v in list(inferred.value_info) + list(inferred.output):
+        t = v.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        count, batched = _elements(t.shape.dim, batch)
+        _check_elements(path, f"tensor {v.name!r}", count,
+                        f" (shape {[d.dim_value or d.dim_param for d in t.shape.dim]})")
+        size = count * _itemsize(t.elem_type)
+        per_window, static = (max(per_window, size), static) if batched else (per_window, max(static, size))
+    first, _ = _elements(graph.input[0].type.tensor_type.shape.dim, batch) if graph.input else (0, False)
+    return first * 4, per_window, static
+
+
+def _without_weights(proto):
+    """A copy of ``proto`` for shape inference: large initializers become graph inputs of the same shape
+    (no bytes copied); small ones stay, since reshapes read their shapes from them."""
+    graph = proto.graph
+    inputs = {i.name for i in graph.input}  # an initializer may also be listed as an input (older exports)
+    small = [t for t in graph.initializer if math.prod(t.dims) <= 1024]
+    big = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+           for t in graph.initializer if math.prod(t.dims) > 1024 and t.name not in inputs]
+    return onnx.helper.make_model(
+        onnx.helper.make_graph(list(graph.node), graph.name, list(graph.input) + big, list(graph.output), small),
+        opset_imports=list(proto.opset_import), functions=list(proto.functions), ir_version=proto.ir_version)
+
+
+def _elements(dims, batch: str) -> tuple[int, bool]:
+    """Element count of a shape per window (batch dimensions, or unknown ones, count 1 or their multiple of the
+    batch: ``4*batch`` counts 4) and whether it grows with the batch."""
+    count, batched = 1, False
+    for d in dims:
+        if d.HasField("dim_value"):
+            count *= max(d.dim_value, 0)
+            continue
+        batched = True
+        m = re.fullmatch(rf"(\d+)\*{re.escape(batch)}|{re.escape(batch)}\*(\d+)", d.dim_param) if batch else None
+        count *= int(m.group(1) or m.group(2)) if m else 1
+    return count, batched
+
+
+def _itemsize(elem_type: int) -> int:
+    try:
+        return max(1, onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 8
 
 
 def _external_tensor(graph) -> str | None:
@@ -130,6 +335,8 @@ class OnnxAgent:
         self._per_symbol = card["normalisation"].get("per_symbol")
         self._symbol: str | None = None
         self._input = card["input_name"]
+        # bytes per window of input and of the largest intermediate, and of the largest batch-free one
+        self._shapes = (0, 0, 0)
         self.reset()
 
     # ------------------------------------------------------------------ loading
@@ -137,44 +344,49 @@ class OnnxAgent:
     def load(cls, path: str | os.PathLike) -> "OnnxAgent":
         """Open an agent file; raise AgentFileError if it is missing, not ONNX, or has no valid card."""
         path = str(path)
+        label = escape(path)  # messages show the name with terminal control characters escaped
         if not Path(path).is_file():
-            raise _meta.AgentFileError(f"{path}: agent file not found (train one with: python -m agents.train)")
+            raise _meta.AgentFileError(f"{label}: agent file not found (train one with: python -m agents.train)")
+        _check_file(path, label)
         try:
             proto = onnx.load(path, load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError and friends for garbage input
-            raise _meta.AgentFileError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+            raise _meta.AgentFileError(f"{label}: not an ONNX model ({type(exc).__name__})") from None
         keys = [p.key for p in proto.metadata_props]
         if keys.count(_meta.METADATA_KEY) > 1:
-            raise _meta.AgentFileError(f"{path}: {keys.count(_meta.METADATA_KEY)} {_meta.METADATA_KEY!r} metadata "
+            raise _meta.AgentFileError(f"{label}: {keys.count(_meta.METADATA_KEY)} {_meta.METADATA_KEY!r} metadata "
                                        "entries; an agent file holds one card (which would win is not ours to guess)")
         props = {p.key: p.value for p in proto.metadata_props}
-        card = _meta.parse(props.get(_meta.METADATA_KEY), path=path)
-        _check_graph(proto, path)
+        card = _meta.parse(props.get(_meta.METADATA_KEY), path=label)
+        _check_graph(proto, label)
         external = _external_tensor(proto.graph)
         for fn in proto.functions:  # model-local functions hold nodes (and constants) too
             external = external or _external_tensor(onnx.helper.make_graph(list(fn.node), fn.name, [], []))
         if external is not None:
             # onnxruntime would resolve the location against the current folder: any file could be read
-            raise _meta.AgentFileError(f"{path}: tensor {external!r} keeps its data in an external file; agent files "
+            raise _meta.AgentFileError(f"{label}: tensor {external!r} keeps its data in an external file; agent files "
                                        "must hold all their weights (external data is refused)")
         digest = graph_sha256(proto)
         if card.get("graph_sha256") != digest:
             raise _meta.AgentFileError(
-                f"{path}: the card was not written for this graph (graph sha256 {digest[:16]}..., card says "
+                f"{label}: the card was not written for this graph (graph sha256 {digest[:16]}..., card says "
                 f"{str(card.get('graph_sha256'))[:16]}...): a card moved onto another model is refused; re-export the agent")
         try:
             FeatureSpec.from_dict(card["features"])
             TBMConfig.from_dict(card["tbm"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise _meta.AgentFileError(f"{path}: metadata has an invalid feature spec or TBM settings ({exc})") from None
+            raise _meta.AgentFileError(f"{label}: metadata has an invalid feature spec or TBM settings ({exc})") from None
+        shapes = _tensor_shapes(proto, label)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         try:
             session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise _meta.AgentFileError(f"{path}: onnxruntime cannot load the model ({exc})") from None
-        _check_signature(session, card, path)
-        return cls(session, card, path)
+            raise _meta.AgentFileError(f"{label}: onnxruntime cannot load the model ({_first_line(exc)})") from None
+        _check_signature(session, card, label)
+        agent = cls(session, card, path)
+        agent._shapes = shapes
+        return agent
 
     # ------------------------------------------------------------------ properties
 
@@ -253,9 +465,32 @@ class OnnxAgent:
         except MemoryError:
             raise
         except Exception as exc:  # onnxruntime's own exception types; the file is untrusted input
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise _meta.AgentFileError(f"{self.path}: onnxruntime could not run the model ({type(exc).__name__}: "
-                                       f"{first}); re-export the agent with python -m agents.train") from None
+            raise _meta.AgentFileError(f"{escape(self.path)}: onnxruntime could not run the model ("
+                                       f"{_first_line(exc)}); re-export the agent with python -m agents.train") from None
+
+    def run_memory(self, windows: int) -> int:
+        """Bytes a run over ``windows`` windows at once needs: the input plus ``ACTIVATION_FACTOR`` times the
+        largest intermediate tensor the graph's shapes allow."""
+        per_input, per_window, static = self._shapes
+        return windows * per_input + ACTIVATION_FACTOR * max(static, windows * per_window)
+
+    def _fitting_batch(self, batch_size: int) -> int:
+        """The largest batch up to ``batch_size`` whose run fits in the memory that applies; refuse in one line
+        when not even one window does."""
+        budget, source = memory_budget()
+        if self.run_memory(batch_size) <= budget:
+            return batch_size
+        lo, hi = 0, batch_size  # run_memory grows with the batch: bisect the largest that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.run_memory(mid) <= budget else (lo, mid - 1)
+        if lo == 0:
+            raise _meta.AgentFileError(
+                f"{escape(self.path)}: running the model needs ~{size_text(self.run_memory(1))} for one window (its "
+                f"largest tensor x{ACTIVATION_FACTOR}), over the {size_text(budget)} this process may still use "
+                f"({source}); raise the container's memory limit")
+        log.info("%s: %d windows per run fit in memory (of %d asked)", self.path, lo, batch_size)
+        return lo
 
     def predict_proba(self, df: pd.DataFrame, *, batch_size: int = BATCH_SIZE) -> pd.Series:
         """Probability that the upper barrier is touched first, per bar of ``df`` (NaN during warm-up).
@@ -271,6 +506,7 @@ class OnnxAgent:
             # a window ending at bar t is usable only if all its L rows are finite
             ok = np.convolve(valid.astype(np.int64), np.ones(self.seq_len, dtype=np.int64), "valid") == self.seq_len
             ends = np.flatnonzero(ok)  # window starts; the window ends at start + L - 1
+            batch_size = self._fitting_batch(min(batch_size, len(ends))) if len(ends) else batch_size
             for lo in range(0, len(ends), batch_size):
                 starts = ends[lo : lo + batch_size]
                 batch = windows[starts].transpose(0, 2, 1)  # (B, L, F)
@@ -301,7 +537,13 @@ class OnnxAgent:
         x = self._normalised_features(frame, self._stats(None))[-self.seq_len :]  # (L, F)
         if np.isnan(x).any():
             return float("nan")
+        self._fitting_batch(1)
         return float(_sigmoid(self._logits(x[None, :, :]))[0])  # (1, L, F)
+
+
+def _first_line(exc: BaseException) -> str:
+    """``exc`` as ``Type: first line`` (at most 300 characters), terminal control characters escaped."""
+    return escape(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

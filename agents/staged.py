@@ -267,9 +267,8 @@ def _step(step: str, folder: Path) -> int:
     from .memory import MemoryWatchdog
 
     job = json.loads((folder / JOB_FILE).read_text())
-    hint = memory_advice(job, folder)
     try:
-        with MemoryWatchdog(f"the {step} step", hint):
+        with MemoryWatchdog(f"the {step} step", lambda: memory_advice(job, folder)):
             {"fit": _fit, "evaluate": _evaluate, "export": _export}[step](job, folder)
     except (DataError, HardwareError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

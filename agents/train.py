@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from datafeeds.cli import ArgumentParser
+from datafeeds.errors import escape
 
 from .config import TrainConfig, field_defaults, loss_label
 
@@ -174,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
 
     problem = refusal(out, streams=False)
     if problem:
-        print(f"error: --out {out}: {problem}", file=sys.stderr)
+        print(f"error: --out {escape(str(out))}: {problem}", file=sys.stderr)
         return 2
     if out.exists() and not args.overwrite:
-        print(f"error: --out {out} exists; pass --overwrite to replace it, or choose another --out", file=sys.stderr)
+        print(f"error: --out {escape(str(out))} exists; pass --overwrite to replace it, or choose another --out", file=sys.stderr)
         return 2
 
     from .staged import CARD_FILE, run
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     for option, folder in (("--out", out.parent), ("--checkpoint-dir", ckpt_dir)):
         problem = unwritable(folder)
         if problem:  # found now, not after the training it would lose
-            print(f"error: {option}: cannot write in {folder} ({problem}); choose another folder", file=sys.stderr)
+            print(f"error: {option}: cannot write in {escape(str(folder))} ({problem}); choose another folder", file=sys.stderr)
             return 2
     command = "python -m agents.train" + ("" if not argv else " " + shlex.join(argv))
     # the steps run in child processes (agents.staged): this process stays small, so a container

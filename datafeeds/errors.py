@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
+# Characters a terminal acts on or hides: C0/C1 controls (ESC starts colour and cursor sequences), DEL,
+# line/paragraph separators and bidirectional overrides (they reorder what is shown). Printed escaped.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
 
 class DataError(ValueError):
     """Bad input data, reported on one line: file, row, column, problem and how to fix it.
 
-    The parts are also kept as attributes so callers can act on them without parsing text.
+    The parts are also kept as attributes (unescaped) so callers can act on them without parsing text.
     """
 
     def __init__(
@@ -23,7 +29,13 @@ class DataError(ValueError):
         self.row = row
         self.column = column
         self.fix = fix
-        super().__init__(_one_line(_format(problem, file, row, column, fix)))
+        shown = None if file is None else escape(str(file))
+        super().__init__(escape(_one_line(_format(problem, shown, row, column, fix))))
+
+
+def escape(text: str) -> str:
+    """``text`` with terminal control characters written as Python escapes (``\\x1b``, ``\\n``, ``\\u202e``)."""
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _format(problem: str, file: str | None, row: str | None, column: str | None, fix: str | None) -> str:
@@ -33,5 +45,5 @@ def _format(problem: str, file: str | None, row: str | None, column: str | None,
 
 
 def _one_line(text: str) -> str:
-    # File names and cell values can carry line breaks; a log line or a test match must not.
+    # Cell values and explanations can carry line breaks; a log line or a test match must not.
     return " ".join(text.splitlines())

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
 
+from datafeeds.budget import check_csv, check_parquet
 from datafeeds.dates import parse_date
 from datafeeds.errors import DataError
 from datafeeds.samples import _is_sample, _unknown_sample, file_sha256, sample_info
@@ -96,11 +97,16 @@ def load_ohlcv(
       carry the timestamps as its index.
     - ``Adj Close`` is ignored: prices are used as given, never adjusted.
     - A file without a volume column gets volume 0.0 and a warning.
-    - tz-aware timestamps are converted to UTC and the zone is dropped.
+    - Time zones (``2020-01-03 20:00-05:00``, or a tz-aware parquet column): on intraday bars the
+      timestamps are converted to UTC; on daily or coarser bars (median spacing >= 20 hours) each
+      keeps the date and time it shows in its own zone, the zone dropped without converting, so a
+      Friday's bar stamped 20:00-05:00 stays on Friday. The rule applied is logged (INFO).
     - Unsorted rows are sorted with a warning; any other defect raises `DataError`.
     - ``start``/``end`` are inclusive; an ``end`` string covers its whole resolution like
       ``df.loc``: ``end="2006-01-31"`` keeps that whole day on intraday data.
     - ``min_rows``: fewer rows than this (after slicing) is a `DataError`.
+    - A file whose load would not fit in the memory that applies (the cgroup limit, else MemAvailable)
+      is refused before pandas reads it, and so is binary junk (NUL bytes): see `datafeeds.budget`.
     """
     path, label, source_name = _resolve(source)
     lo = _parse_bound(start, "start", label)
@@ -160,10 +166,12 @@ def _resolve(source: object) -> tuple[Path, str, str]:
 def _read(path: Path, label: str) -> _Table:
     try:
         if path.name.lower().endswith(".parquet"):
+            check_parquet(path, label)  # rows x columns from the footer fit in memory
             raw = pd.read_parquet(path)
             raw = _parquet_index_to_column(raw)
             t = _Table(label, "row", np.arange(1, len(raw) + 1))
         else:
+            check_csv(path, label)  # streamed once: fits in memory, text only (no NUL bytes)
             # Blank lines kept (then dropped below) so row i stays on file line i + 2.
             raw = pd.read_csv(path, skip_blank_lines=False, low_memory=False)
             t = _Table(label, "line", np.arange(2, len(raw) + 2))
@@ -286,9 +294,10 @@ def _timestamps_into(t: _Table, raw: pd.DataFrame, roles: dict[str, str], found:
         raise t.error(f"no timestamp column (found: {found})", column="datetime", header=True,
                       fix="name it datetime, date, timestamp or time (or give Date and Time columns)")
     t.time_col = label
-    ts = _day_month_dates(t, text, label)
-    if ts is None:
-        ts = _to_naive_datetime64(text)
+    iso = _day_month_dates(t, text, label)
+    ts, zoned = _to_naive_datetime64(text if iso is None else iso)
+    if zoned:
+        ts = _zone_rule(t, text if iso is None else iso, ts)
     bad = np.isnat(ts)
     if bad.any():
         pos = t.first(bad)
@@ -302,10 +311,11 @@ def _timestamps_into(t: _Table, raw: pd.DataFrame, roles: dict[str, str], found:
 _DMY = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})(.*)$"  # 03/04/2015, 3.4.2015, 03-04-2015 10:00
 
 
-def _day_month_dates(t: _Table, text: pd.Series, label: str) -> np.ndarray | None:
+def _day_month_dates(t: _Table, text: pd.Series, label: str) -> pd.Series | None:
     """Dates written a/b/yyyy are month-first or day-first; pandas reads each cell the way that parses,
     so a day-first file comes out partly month-first. Read the whole column both ways and keep the one
-    valid on every row and in time order (either direction); refuse when both are. None: not such dates."""
+    valid on every row and in time order (either direction), as ISO text; refuse when both are.
+    None: not such dates."""
     if is_datetime64_any_dtype(text) or is_numeric_dtype(text):
         return None
     cells = text.astype("string")
@@ -316,11 +326,14 @@ def _day_month_dates(t: _Table, text: pd.Series, label: str) -> np.ndarray | Non
     if not (parts[0].notna() | cells.isna()).all() or cells.isna().all():
         return None
 
+    def iso(month, day) -> pd.Series:
+        text = parts[2] + "-" + parts[month].str.zfill(2) + "-" + parts[day].str.zfill(2) + parts[3].fillna("")
+        return text.where(parts[0].notna())
+
     def read(month, day) -> np.ndarray:
-        iso = parts[2] + "-" + parts[month].str.zfill(2) + "-" + parts[day].str.zfill(2) + parts[3].fillna("")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _to_naive_datetime64(iso.where(parts[0].notna()))
+            return _to_naive_datetime64(iso(month, day))[0]
 
     def ordered(ts) -> bool:
         d = np.diff(ts[~np.isnat(ts)].astype("int64"))
@@ -330,7 +343,7 @@ def _day_month_dates(t: _Table, text: pd.Series, label: str) -> np.ndarray | Non
     known = cells.notna().to_numpy()
     ok_m, ok_d = (not np.isnat(month_first[known]).any()), (not np.isnat(day_first[known]).any())
     if ok_m and ok_d and np.array_equal(month_first, day_first):  # every day equals its month: no question
-        return month_first
+        return iso(0, 1)
     if ok_m and ok_d:
         in_order = [name for name, ts in (("month/day/year", month_first), ("day/month/year", day_first))
                     if ordered(ts)]
@@ -346,26 +359,83 @@ def _day_month_dates(t: _Table, text: pd.Series, label: str) -> np.ndarray | Non
     if chosen == "day/month/year":
         t.notes.append(f"{t.file}: column {label!r} read as day/month/year (the only reading "
                        f"{'in time order' if ok_m else 'valid on every row'})")
-        return day_first
-    return month_first
+        return iso(1, 0)
+    return iso(0, 1)
 
 
-def _to_naive_datetime64(values: pd.Series) -> np.ndarray:
-    """Parse to datetime64 (NaT where unparsable); tz-aware input -> UTC, zone dropped."""
+def _to_naive_datetime64(values: pd.Series) -> tuple[np.ndarray, bool]:
+    """(datetime64 instants in UTC, zone dropped, NaT where unparsable; whether they carried a zone).
+    Text without a zone is taken as it reads."""
     if is_datetime64_any_dtype(values):
-        s = values
+        s, zoned = values, values.dt.tz is not None
     else:
         if is_numeric_dtype(values) and not is_bool_dtype(values):
             # Integer dates like 20200131; floats appear when blank cells forced a float column.
             values = values.astype("Int64").astype("string") if _integral(values) else values.astype("string")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pandas' "could not infer format" chatter
-            s = pd.to_datetime(values, utc=True, errors="coerce")
+            s, zoned = _parse_times(values)
             if (s.isna() & values.notna()).any():
-                s = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
-    if s.dt.tz is not None:
+                s, zoned = _parse_times(values, format="mixed")
+    if zoned:
         s = s.dt.tz_convert("UTC").dt.tz_localize(None)
-    return s.to_numpy()
+    return s.to_numpy(), zoned
+
+
+def _parse_times(values: pd.Series, **options) -> tuple[pd.Series, bool]:
+    """pandas' parse (NaT where it fails) and whether the result carries a zone; offsets that differ
+    from cell to cell (summer time, zoned and plain cells mixed) are parsed as UTC instants."""
+    try:
+        s = pd.to_datetime(values, errors="coerce", **options)
+    except ValueError:  # "Mixed timezones detected"
+        return pd.to_datetime(values, utc=True, errors="coerce", **options), True
+    return s, s.dt.tz is not None
+
+
+# Bars this far apart or more (median spacing) are daily or coarser: they keep their local date.
+_DAILY_SPACING = np.timedelta64(20, "h")
+
+
+def _zone_rule(t: _Table, values: pd.Series, utc: np.ndarray) -> np.ndarray:
+    """Zoned timestamps: intraday bars in UTC; daily (or coarser) bars at their own local date and time,
+    the zone dropped, not converted (a Friday's bar stamped 20:00-05:00 stays on Friday)."""
+    known = np.sort(utc[~np.isnat(utc)])
+    steps = np.diff(known)
+    spacing = np.median(steps[steps > np.timedelta64(0)]) if (steps > np.timedelta64(0)).any() else None
+    hours = "?" if spacing is None else f"{spacing / np.timedelta64(1, 'h'):,.1f} h"
+    if spacing is None or spacing < _DAILY_SPACING:
+        _LOG.info("%s: timestamps carry a time zone and the bars are intraday (median spacing %s): converted "
+                  "to UTC, zone dropped", t.file, hours)
+        return utc
+    _LOG.info("%s: timestamps carry a time zone and the bars are daily or coarser (median spacing %s): each "
+              "keeps its local date and time, zone dropped (not converted to UTC)", t.file, hours)
+    return _wall_clock(values, utc)
+
+
+def _wall_clock(values: pd.Series, utc: np.ndarray) -> np.ndarray:
+    """Each timestamp's date and time as written in its own zone, zone dropped; NaT where ``utc`` is."""
+    if is_datetime64_any_dtype(values):
+        return values.dt.tz_localize(None).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            s = pd.to_datetime(values, errors="coerce")  # one fixed offset throughout: vectorised
+            wall = (s.dt.tz_localize(None) if s.dt.tz is not None else s).to_numpy()
+        except (ValueError, TypeError):  # offsets that change (summer time), or zoned and plain cells mixed
+            wall = np.full(len(values), np.datetime64("NaT"), dtype=utc.dtype)
+        redo = np.flatnonzero(np.isnat(wall) & ~np.isnat(utc))
+        for i in redo:  # one at a time, only what the vectorised parse missed (daily files are small)
+            wall[i] = _naive(values.iloc[i])
+    return wall.astype(utc.dtype)
+
+
+def _naive(value: object) -> np.datetime64:
+    """``value`` parsed alone, its zone dropped without converting; NaT if it does not parse."""
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        return np.datetime64("NaT")
+    return (ts.tz_localize(None) if ts.tzinfo is not None else ts).to_datetime64()
 
 
 def _integral(values: pd.Series) -> bool:

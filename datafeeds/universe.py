@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 _SUFFIXES = (".csv.gz", ".csv", ".parquet")  # longest first: ".csv.gz" must win over ".gz"
 _SUFFIX_TEXT = ".csv, .csv.gz, .parquet"
-_GLOB_CHARS = ("*", "?", "[")
 
 
 @lru_cache(maxsize=1)
@@ -84,7 +83,7 @@ def is_universe(source: object) -> bool:
         return False
     if path.is_dir():
         return True
-    return any(c in text for c in _GLOB_CHARS) or "," in text
+    return _is_glob(text) or "," in text
 
 
 def load_universe(
@@ -189,7 +188,7 @@ def _items(source: object) -> list[str]:
             raise DataError(f"no {_SUFFIX_TEXT} files in this directory (subdirectories are not searched)",
                             file=str(path.resolve()), fix="point at the folder that holds the data files")
         return [str(p) for p in sorted(found, key=lambda p: (_symbol(p.name), p.name))]
-    if any(c in text for c in _GLOB_CHARS):
+    if _is_glob(text):
         found = [p for p in glob.glob(os.path.expanduser(text)) if os.path.isfile(p) and _data_suffix(p)]
         if not found:
             raise DataError(f"the glob matches no {_SUFFIX_TEXT} file", file=text,
@@ -205,6 +204,14 @@ def _items(source: object) -> list[str]:
         raise DataError(f"unknown sample or universe {text!r} and no such file or directory", file=text,
                         fix=f"{hint}samples: {', '.join(list_samples())}; universes: {', '.join(list_universes())}")
     return [text]  # a missing file: load_ohlcv reports it
+
+
+def _is_glob(text: str) -> bool:
+    """A glob pattern: it holds * or ?, or a [...] class that matches an existing path. A missing file
+    with [ in its name (``prices[1].csv``) is a missing file, reported as such by the loader."""
+    if "*" in text or "?" in text:
+        return True
+    return "[" in text and bool(glob.glob(os.path.expanduser(text)))
 
 
 def _list_items(parts: list, source: object) -> list[str]:

@@ -209,3 +209,69 @@ def test_watchdog_leaves_a_cgroup_that_is_merely_full_of_page_cache_alone(big_fi
         done = run_in(group, [sys.executable, "-c", _READ_ONCE, str(big_file)], timeout=120)
     assert done.returncode == 0, done.stderr
     assert "read it all" in done.stdout
+
+
+# ------------------------------------------------------------------ inputs larger than the container
+# Before: a 2 GB sparse CSV used 14.5 GiB, a valid CSV with a 2 GB tail 22.7 GiB and a 9 MB .csv.gz bomb GBs:
+# each was OOM-killed (137) in a 1-2 GiB container. Smaller files in a smaller container show the same here.
+_LIMIT_MIB = 400
+_HEADER = b"datetime,open,high,low,close,volume\n"
+
+
+def _minute_bars(year: int, n: int) -> bytes:
+    """``n`` valid one-minute OHLCV lines from ``year``-03-01 09:00 (no leap day inside)."""
+    import numpy as np
+
+    stamps = np.datetime64(f"{year}-03-01T09:00") + np.arange(n).astype("timedelta64[m]")
+    return "".join(f"{str(t).replace('T', ' ')}:00,3600.5,3602.0,3598.5,3601.0,{700 + i % 300}\n"
+                   for i, t in enumerate(stamps)).encode()
+
+
+def _sparse_csv(path: Path) -> Path:
+    """A valid header and rows, then 2 GiB of NUL bytes that take no disk (``truncate -s 2G``)."""
+    path.write_bytes(_HEADER + _minute_bars(2001, 5))
+    os.truncate(path, 2 * 1024 * MiB)
+    return path
+
+
+def _long_csv(path: Path, mib: int = 128) -> Path:
+    """A valid CSV of ``mib`` MiB: blocks of 100,000 minute bars, one year apart, in time order."""
+    block = _minute_bars(2001, 100_000)
+    with open(path, "wb") as f:
+        f.write(_HEADER)
+        for year in range(2001, 2001 + mib * MiB // len(block) + 1):
+            f.write(block.replace(b"2001-", f"{year}-".encode()))
+    return path
+
+
+def _gzip_bomb(path: Path, mib: int = 512) -> Path:
+    """A .csv.gz of ~0.5 MB that decompresses to ``mib`` MiB of CSV lines (gzip members, one per MiB)."""
+    import gzip
+
+    line = b"2020-01-02,1.5,2.5,1.0,2.0,100\n"
+    member = gzip.compress(_HEADER + line * (MiB // len(line)))
+    path.write_bytes(member + gzip.compress(line * (MiB // len(line))) * (mib - 1))
+    return path
+
+
+@pytest.mark.parametrize("make, needle", [
+    (_sparse_csv, "2,048 MiB of text"),
+    (_long_csv, "MiB of text"),
+    (_gzip_bomb, "decompressed so far"),
+], ids=["sparse-2GiB", "valid-128MiB", "gzip-bomb-512MiB"])
+def test_data_over_the_containers_memory_is_refused_in_one_line_not_killed(make, needle, tmp_path):
+    path = make(tmp_path / ("big.csv.gz" if make is _gzip_bomb else "big.csv"))
+    try:
+        with memory_cgroup(_LIMIT_MIB) as group:
+            t0 = time.monotonic()
+            done = run_in(group, [sys.executable, "run_backtest.py", "--data", str(path), "--quiet",
+                                  "--plot", str(tmp_path / "bt.png")], timeout=180)
+            seconds = time.monotonic() - t0
+    finally:
+        path.unlink()
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])  # 137 before: killed by the kernel
+    line = _one_error_line(done)
+    assert line.startswith(f"error: --data: {path}: too large to load: ") and needle in line, line
+    assert f"the {_LIMIT_MIB} MiB memory limit of this process's cgroup" in line, line
+    assert "fix: split the file" in line and "raise the container's memory limit" in line, line
+    assert seconds < 60

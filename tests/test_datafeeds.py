@@ -4,6 +4,8 @@ import gzip
 import hashlib
 import json
 import logging
+import os
+import time
 import warnings
 from pathlib import Path
 
@@ -452,7 +454,7 @@ def test_messages_are_one_line(tmp_path):
             case()
         assert "\n" not in str(info.value) and "\r" not in str(info.value)
     err = DataError("two\nlines", file="a\nb.csv", row="line 2", column="close", fix="do\r\nthis")
-    assert str(err) == "a b.csv, line 2, column 'close': two lines; fix: do this"
+    assert str(err) == "a\\nb.csv, line 2, column 'close': two lines; fix: do this"  # the name escaped, as written
     assert (err.file, err.row, err.column) == ("a\nb.csv", "line 2", "close")
 
 
@@ -610,3 +612,145 @@ def test_repeated_header_and_time_only_column_are_refused(tmp_path, text, messag
     path.write_text(text)
     with pytest.raises(DataError, match=message):
         load_ohlcv(path)
+
+
+# --------------------------------------------------------------------------- hostile names and bytes
+
+
+def test_file_names_are_printed_with_terminal_escapes_escaped(tmp_path):
+    # a name like "\x1b[31m.csv" reached the terminal raw and coloured (or cleared) it
+    err = DataError("bad", file="\x1b[31mred\x1b[0m.csv", fix="\x1b[2J")
+    assert "\x1b" not in str(err) and str(err).startswith("\\x1b[31mred\\x1b[0m.csv: bad")
+    assert err.file == "\x1b[31mred\x1b[0m.csv"  # the attribute keeps the real name
+    assert "\\u202e" in str(DataError("x", file="evil\u202ecsv.exe"))  # a bidi override reorders what is shown
+    with pytest.raises(DataError) as info:
+        load_ohlcv(tmp_path / "\x1b[31m.csv")
+    assert "\x1b" not in str(info.value) and "\\x1b[31m.csv: file not found" in str(info.value)
+
+
+def _budget(monkeypatch, mib: float) -> None:
+    """Make the loader see ``mib`` MiB of memory left, from a pretend limit named in its messages."""
+    from datafeeds import budget
+
+    monkeypatch.setattr(budget, "memory_budget", lambda: (int(mib * 2**20), "a test's limit"))
+
+
+def test_nul_bytes_are_refused_naming_their_line(tmp_path):
+    path = tmp_path / "nul.csv"
+    path.write_bytes(GOOD.encode() + b"2020-01-07,1,2,1,2,0\n" + b"\0" * 5000)
+    with pytest.raises(DataError, match=r"nul\.csv, line 7: binary data, not CSV text: byte 0x00 \(NUL\); fix: "):
+        load_ohlcv(path)
+    path.write_bytes(GOOD.encode().replace(b"10.5,100", b"10.5,1\x07"))
+    with pytest.raises(DataError, match=r"line 2: binary data, not CSV text: byte 0x07"):
+        load_ohlcv(path)
+
+
+def test_a_sparse_file_on_a_large_machine_is_refused_at_its_first_nul(tmp_path):
+    # before: 14.5 GiB of memory, then the wrong message; now the first MiB says what it is
+    path = tmp_path / "sparse.csv"
+    path.write_bytes(GOOD.encode())
+    os.truncate(path, 2**31)
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"line 6: binary data, not CSV text: byte 0x00 \(NUL\)"):
+        load_ohlcv(path)
+    assert time.monotonic() - t0 < 5
+
+
+def test_invalid_utf8_names_its_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(GOOD.encode() + "2020-01-07,1,2,1,2,0,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"line 6: not a UTF-8 text file \(byte 0xe9\); fix: save it as UTF-8"):
+        load_ohlcv(path)
+
+
+def test_a_csv_larger_than_memory_is_refused_up_front_naming_size_budget_and_limit(tmp_path, monkeypatch):
+    path = tmp_path / "big.csv"
+    path.write_bytes(GOOD.encode())
+    os.truncate(path, 64 * 2**20)
+    _budget(monkeypatch, 10)
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: pytest.fail("pandas read the file"))
+    with pytest.raises(DataError) as info:
+        load_ohlcv(path)
+    assert str(info.value) == (f"{path}: too large to load: 64 MiB of text need ~64 MiB, over the 10 MiB this process "
+                               "may still use (a test's limit); fix: split the file into smaller ones (fewer rows each: "
+                               "a directory of them loads one by one as a universe) or raise the container's memory limit")
+
+
+def test_the_rows_of_the_first_mib_size_the_whole_file(tmp_path, monkeypatch):
+    # 3 MiB of short lines fits as text but not as rows: judged from the first MiB, before pandas
+    line = b"2020-01-02,1,1,1,1,5\n"
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"datetime,open,high,low,close,volume\n" + line * (3 * 2**20 // len(line)))
+    _budget(monkeypatch, 20)
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: pytest.fail("pandas read the file"))
+    with pytest.raises(DataError, match=r"too large to load: 3\.0 MiB of text, ~149,7\d\d rows need ~3\d MiB, "
+                                        r"over the 20 MiB"):
+        load_ohlcv(path)
+
+
+def test_a_gzip_bomb_is_stopped_once_over_the_budget(tmp_path, monkeypatch):
+    line = b"2020-01-02,1.5,2.5,1.0,2.0,100\n"
+    member = gzip.compress(line * (2**20 // len(line)))
+    path = tmp_path / "bomb.csv.gz"
+    path.write_bytes(gzip.compress(b"datetime,open,high,low,close,volume\n") + member * 256)  # 256 MiB of text
+    assert path.stat().st_size < 2**20
+    _budget(monkeypatch, 16)
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"bomb\.csv\.gz: too large to load: over \d\.\d MiB of text, [\d,]+ rows read "
+                                        r"\(decompressed so far from a \d+ KiB \.gz file; stopped there\) need ~\d\d MiB, over the 16 MiB"):
+        load_ohlcv(path)
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_parquet_file_is_judged_from_its_footer(tmp_path, monkeypatch):
+    frame = load_ohlcv("sp500")
+    path = tmp_path / "sp.parquet"
+    frame.to_parquet(path)
+    _budget(monkeypatch, 1)
+    monkeypatch.setattr(pd, "read_parquet", lambda *a, **k: pytest.fail("pandas read the file"))
+    with pytest.raises(DataError, match=rf"sp\.parquet: too large to load: \d+ KiB of parquet, {len(frame):,} rows x 6 "
+                                        r"columns need ~\d\.\d MiB, over the 1\.0 MiB this process may still use"):
+        load_ohlcv(path)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared sample data folder is not here")
+def test_the_shared_real_data_still_loads():
+    for path in sorted(SHARED_DATA.glob("*.csv")):
+        assert len(load_ohlcv(path)) > 10, path
+
+
+# --------------------------------------------------------------------------- time zones
+
+
+def test_daily_bars_keep_their_local_date_whatever_their_zone(tmp_path, caplog):
+    # before: Friday bars stamped 20:00-05:00 became Saturday 01:00 UTC
+    rows = "".join(f"2020-01-{d:02d} 20:00:00-05:00,1,2,1,2,0\n" for d in (3, 10, 17, 24, 31))
+    path = _write(tmp_path, "datetime,open,high,low,close,volume\n" + rows, "fridays.csv")
+    with caplog.at_level(logging.INFO, logger="datafeeds.loader"):
+        df = load_ohlcv(path)
+    assert set(df.index.day_name()) == {"Friday"} and df.index[0] == pd.Timestamp("2020-01-03 20:00")
+    assert "the bars are daily or coarser (median spacing 168.0 h): each keeps its local date" in caplog.text
+    # midnight stamps across a summer-time change keep their dates too (offsets differ row to row)
+    path = _write(tmp_path, "Date,Open,High,Low,Close,Volume\n2020-03-06 00:00-05:00,1,2,1,2,0\n"
+                            "2020-03-09 00:00-04:00,1,2,1,2,0\n2020-03-10 00:00-04:00,1,2,1,2,0\n", "dst.csv")
+    assert list(load_ohlcv(path).index) == [pd.Timestamp(d) for d in ("2020-03-06", "2020-03-09", "2020-03-10")]
+
+
+def test_hourly_bars_with_offsets_still_convert_to_utc(tmp_path, caplog):
+    path = _write(tmp_path, "datetime,open,high,low,close,volume\n2020-03-06 20:00:00-05:00,1,2,1,2,0\n"
+                            "2020-03-06 21:00:00-05:00,1,2,1,2,0\n2020-03-06 23:00:00-04:00,1,2,1,2,0\n", "hourly.csv")
+    with caplog.at_level(logging.INFO, logger="datafeeds.loader"):
+        df = load_ohlcv(path)
+    assert list(df.index) == [pd.Timestamp("2020-03-07 01:00"), pd.Timestamp("2020-03-07 02:00"),
+                              pd.Timestamp("2020-03-07 03:00")]
+    assert "the bars are intraday (median spacing 1.0 h): converted to UTC" in caplog.text
+
+
+def test_a_tz_aware_daily_parquet_keeps_its_local_dates(tmp_path):
+    idx = pd.DatetimeIndex(["2020-01-03 20:00", "2020-01-06 20:00", "2020-01-07 20:00"], tz="America/New_York")
+    frame = pd.DataFrame({"open": 1.0, "high": 2.0, "low": 1.0, "close": 2.0, "volume": 0.0}, index=idx)
+    frame.to_parquet(tmp_path / "d.parquet")
+    assert list(load_ohlcv(tmp_path / "d.parquet").index.day_name()) == ["Friday", "Monday", "Tuesday"]

@@ -360,3 +360,31 @@ def test_inspect_shows_n_a_for_crafted_values_in_unchecked_card_sections(tmp_pat
     done = _run("-m", "agents.inspect", str(path))
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "label uniqueness mean n/a" in done.stdout and "(without bid_size): AUC n/a" in done.stdout
+
+
+# ------------------------------------------------------------------ data files and names that would mislead
+def test_a_csv_with_nul_bytes_is_one_line_naming_the_line(tmp_path):
+    # a sparse or truncated copy: before, pandas read the NULs as data (14.5 GiB for 2 GB) and then said something else
+    path = tmp_path / "sparse.csv"
+    path.write_bytes(b"datetime,open,high,low,close,volume\n2020-01-02,1,2,1,2,0\n2020-01-03,1,2,1,2,0\n" + b"\0" * 4096)
+    _refused(_run("run_backtest.py", "--data", str(path)),
+             f"error: --data: {path}, line 4: binary data, not CSV text: byte 0x00 (NUL)")
+
+
+def test_a_data_path_with_terminal_escapes_is_printed_escaped(tmp_path):
+    name = tmp_path / "\x1b[31mred\x1b[0m.csv"
+    done = _run("run_backtest.py", "--data", str(name))
+    _refused(done, f"{tmp_path}/\\x1b[31mred\\x1b[0m.csv: file not found")
+    assert "\x1b" not in done.stderr
+
+
+def test_an_existing_data_file_with_terminal_escapes_in_its_name_is_printed_escaped(tmp_path):
+    from datafeeds import load_ohlcv
+
+    name = tmp_path / "\x1b]0;pwned\x07x.csv"
+    load_ohlcv("sp500", start="2018-01-01").to_csv(name)
+    done = _run("run_backtest.py", "--strategy", "buyhold", "--data", str(name), "--plot", str(tmp_path / "p.png"),
+                "--trades", str(tmp_path / "\x1b[2Jt.csv"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout + done.stderr
+    assert done.stdout.startswith("buyhold on \\x1b]0;pwned\\x07x.csv, 2018-01-02 .. 2018-12-31")

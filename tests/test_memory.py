@@ -83,6 +83,18 @@ def test_watchdog_stops_only_after_seconds_of_thrashing_at_the_limit():
     assert dog.check(unlimited, _state(480, 0), 10.0, now=20.0) is None
 
 
+def test_watchdog_asks_for_its_advice_when_it_stops_the_run(tmp_path):
+    """What to do may change while a step runs (a checkpoint written since it started)."""
+    job, folder, stops = {"command": "python -m agents.train"}, tmp_path / "ck", []
+    folder.mkdir()
+    dog = MemoryWatchdog("the fit step", lambda: staged.memory_advice(job, folder), on_stop=stops.append)
+    (folder / "last.pt").write_bytes(b"epoch 3")  # after the watchdog started
+    quiet, thrash = _state(480, 1000), _state(480, 1200)
+    dog.check(thrash, quiet, 10.0, now=13.0)
+    assert stops[0].endswith("; give the container more memory and continue with: python -m agents.train --resume; "
+                             "or lower --batch-size or --seq-len and start again without --resume")
+
+
 def test_parent_refuses_below_the_import_floor_before_starting_a_step(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(staged, "memory_state", lambda: _state(10, 0, limit_mib=200))
     monkeypatch.setattr(staged.subprocess, "Popen", lambda *a, **k: pytest.fail("a step was started"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,130 @@ def test_an_onnxruntime_failure_while_running_is_one_line_naming_the_file():
         agent.predict_proba(load_ohlcv("sp500").iloc[:300])
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{shipped}: onnxruntime could not run the model (RuntimeException")
+
+
+# ------------------------------------------------------------------ untrusted agent files: bounds before anything runs
+SHIPPED = ROOT / "models" / "agent1.onnx"
+
+
+def _forge(tmp_path, name: str, change) -> Path:
+    """The shipped agent changed by ``change(proto)``, the card's graph digest recomputed (a careful forger)."""
+    import json
+
+    from agents.runtime import graph_sha256
+
+    proto = onnx.load(str(SHIPPED))
+    change(proto)
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = json.dumps({**json.loads(prop.value), "graph_sha256": graph_sha256(proto)})
+    onnx.save(proto, str(tmp_path / name))
+    return tmp_path / name
+
+
+def _refusal(path, match: str) -> str:
+    with pytest.raises(AgentFileError, match=match) as info:
+        OnnxAgent.load(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
+    return str(info.value)
+
+
+@pytest.mark.parametrize("op", ["Loop", "If", "Scan"])
+def test_control_flow_is_refused_and_never_allowed(op, tmp_path):
+    from agents.runtime import ALLOWED_OPS, CONTROL_FLOW
+
+    assert CONTROL_FLOW == {"Loop", "If", "Scan"} and not CONTROL_FLOW & ALLOWED_OPS
+    path = _forge(tmp_path, f"{op}.onnx", lambda p: p.graph.node.append(onnx.helper.make_node(op, ["c"], ["y"])))
+    _refusal(path, rf"operator {op} is not one our exporter emits \(control flow \(Loop, If, Scan\) is refused")
+
+
+def _declared(name: str, dims: list[int]) -> onnx.TensorProto:
+    """A float tensor that declares ``dims`` and stores no values (a forger's; onnx.helper would refuse it)."""
+    t = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT)
+    t.dims.extend(dims)
+    return t
+
+
+def test_an_initializer_or_constant_over_the_element_bound_is_refused(tmp_path):
+    # 2**28 elements declared, no bytes stored: the cap on the weights' bytes alone would pass it
+    _refusal(_forge(tmp_path, "init.onnx", lambda p: p.graph.initializer.append(_declared("huge", [2**14, 2**14]))),
+             r"constant 'huge' has 268,435,456 elements, over the 67,108,864 a tensor of an agent may have")
+    constant = onnx.helper.make_node("Constant", [], ["big"], name="big", value=_declared("v", [2**27]))
+    _refusal(_forge(tmp_path, "const.onnx", lambda p: p.graph.node.append(constant)),
+             r"constant 'big' has 134,217,728 elements")
+
+
+def test_a_huge_shape_the_graph_would_build_is_refused_at_load(tmp_path):
+    # two small weights (96 KB) whose outer product is 2**27 floats (512 MiB) once run
+    def outer(p):
+        p.graph.initializer.extend([onnx.numpy_helper.from_array(np.ones((8192, 1), np.float32), "col"),
+                                    onnx.numpy_helper.from_array(np.ones((1, 16384), np.float32), "row")])
+        p.graph.node.append(onnx.helper.make_node("MatMul", ["col", "row"], ["outer"]))
+
+    _refusal(_forge(tmp_path, "outer.onnx", outer),
+             r"tensor 'outer' has 134,217,728 elements \(shape \[8192, 16384\]\), over the 67,108,864")
+
+
+def test_metadata_over_its_caps_is_refused_before_the_file_is_parsed(tmp_path, monkeypatch):
+    import agents.runtime as runtime
+
+    def add(n: int, size: int):
+        def change(p):
+            for i in range(n):
+                e = p.metadata_props.add()
+                e.key, e.value = f"pad{i}", "x" * size
+        return change
+
+    many = _forge(tmp_path, "many.onnx", add(64, 10))
+    big = _forge(tmp_path, "big.onnx", add(1, 100_000))
+    monkeypatch.setattr(runtime.onnx, "load", lambda *a, **k: pytest.fail("the file was parsed"))
+    _refusal(many, r"65 metadata entries, over the 64 an agent file may have")
+    monkeypatch.setattr(runtime, "MAX_METADATA_BYTES", 64 * 1024)
+    _refusal(big, r"over 64 KiB of metadata, the most an agent file may have")
+    monkeypatch.setattr(runtime, "MAX_CARD_BYTES", 4096)
+    _refusal(SHIPPED, r"the 'tbm_agent' card is [\d,]+ bytes, over the 4,096 a card may have")
+
+
+def test_a_file_over_the_size_cap_or_the_memory_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    import agents.runtime as runtime
+
+    padded = tmp_path / "padded.onnx"
+    padded.write_bytes(SHIPPED.read_bytes())
+    os.truncate(padded, 300 * 2**20)  # sparse: no disk, no time
+    monkeypatch.setattr(runtime.onnx, "load", lambda *a, **k: pytest.fail("the file was parsed"))
+    _refusal(padded, r"padded\.onnx: 300 MiB, over the 288 MiB an agent file may have \(its weights at most 256 MiB\)")
+    monkeypatch.setattr(runtime, "memory_budget", lambda: (2**20, "a test's limit"))
+    _refusal(SHIPPED, r"loading this \d+ KiB agent file needs ~\d\.\d MiB, over the 1\.0 MiB this process may still "
+                      r"use \(a test's limit\); raise the container's memory limit")
+
+
+def test_inference_runs_in_batches_that_fit_and_refuses_when_one_window_does_not(monkeypatch):
+    import agents.runtime as runtime
+
+    agent = OnnxAgent.load(SHIPPED)
+    bars = load_ohlcv("sp500").iloc[:400]
+    expected = agent.predict_proba(bars)
+    assert agent.run_memory(128) > 128 * 12 * 24 * 1024  # the shipped graph's largest tensor: 24 KiB per window
+
+    sizes = []
+    real = agent._session
+
+    class Spy:
+        def run(self, out, feeds):
+            sizes.append(next(iter(feeds.values())).shape[0])
+            return real.run(out, feeds)
+
+    agent._session = Spy()
+    monkeypatch.setattr(runtime, "memory_budget", lambda: (agent.run_memory(7), "a test's limit"))
+    pd.testing.assert_series_equal(agent.predict_proba(bars), expected)
+    assert max(sizes) == 7 and len(sizes) > 20
+    monkeypatch.setattr(runtime, "memory_budget", lambda: (agent.run_memory(1) - 1, "a test's limit"))
+    with pytest.raises(AgentFileError, match=r"agent1\.onnx: running the model needs ~\d+ KiB for one window \(its "
+                                             r"largest tensor x12\), over the \d+ KiB this process may still use"):
+        agent.predict_proba(bars)
+
+
+def test_agent_file_names_are_printed_escaped(tmp_path):
+    with pytest.raises(AgentFileError) as info:
+        OnnxAgent.load(tmp_path / "\x1b[2Jx.onnx")
+    assert "\x1b" not in str(info.value) and "\\x1b[2Jx.onnx: agent file not found" in str(info.value)

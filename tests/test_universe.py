@@ -258,13 +258,15 @@ def test_is_universe_truth_table(folder, tmp_path):
     odd.write_bytes(_csv_bytes("goog"))
     assert is_universe("us_daily")
     assert is_universe(folder) and is_universe(str(folder))
-    assert is_universe(str(folder / "*.csv")) and is_universe("data/?.csv") and is_universe("data/[ab].csv")
+    assert is_universe(str(folder / "*.csv")) and is_universe("data/?.csv") and is_universe(str(folder / "[gn]*"))
+    assert is_universe(str(folder / "[go]o[gr]*.csv"))  # a [...] class that matches files is a glob
     assert is_universe("sp500,nasdaq") and is_universe("a.csv,b.csv")
     assert is_universe(["sp500"])
     assert not is_universe("sp500") and not is_universe("nvda")
     assert not is_universe(folder / "goog.csv") and not is_universe(str(folder / "goog.csv"))
     assert not is_universe(str(odd))  # an existing file, whatever its name
     assert not is_universe("missing.csv") and not is_universe("us_dayly")
+    assert not is_universe("data/[ab].csv") and not is_universe(str(folder / "prices[1].csv"))  # missing files
     assert not is_universe(42) and not is_universe(None)
     assert list(load_universe(str(odd))) == ["a,b[1]"]
 
@@ -290,3 +292,16 @@ def test_a_lazy_universe_loads_each_member_when_read_and_keeps_none(monkeypatch)
     assert first.index[0] >= pd.Timestamp("2010-01-01") and calls == ["nvda"]
     assert frames["nvda"] is not first and calls == ["nvda", "nvda"]  # read again, loaded again: none kept
     assert datafeeds.universe_sha256(frames) == datafeeds.universe_sha256(dict(datafeeds.load_universe("sp500,nvda")))
+
+
+def test_a_missing_file_with_a_bracket_in_its_name_is_a_missing_file_not_a_universe(folder):
+    # before: "prices[1].csv" was taken for a glob, so run_backtest called it a universe
+    missing = folder / "prices[1].csv"
+    assert _one_line_error(load_universe, str(missing)) == (f"{missing}: file not found; fix: check the path (or pass "
+                                                            "a name from list_samples())")
+    assert _one_line_error(load_ohlcv, str(missing)).startswith(f"{missing}: file not found")
+    assert list(load_universe(str(folder / "[gn]*"))) == ["goog", "nvda_daily"]  # a real glob still is one
+    done = subprocess.run([sys.executable, "run_backtest.py", "--data", str(missing)], capture_output=True, text=True,
+                          cwd=Path(datafeeds.__file__).parent.parent, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (f"error: --data: {missing}: file not found; fix: check "
+                                                           "the path (or pass a name from list_samples())")

@@ -13,6 +13,7 @@ import sys
 
 from agents.config import field_defaults
 from datafeeds.cli import ArgumentParser
+from datafeeds.errors import escape
 from engine.walkforward import space
 from engine.walkforward.config import ENGINES, OBJECTIVES, WalkForwardConfig, base_defaults, did_you_mean
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 2
 
     from agents.hardware import HardwareError
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         with console_logging(quiet=args.quiet):
             report = run_walk_forward(cfg, command=command, progress=not args.quiet)
     except (DataError, ValueError, HardwareError) as exc:  # HardwareError: the container is too small
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 2
     except optuna.exceptions.StorageInternalError as exc:  # the database failed (full, gone) after retries
         cause = str(exc.__cause__ or exc).splitlines()[0]
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # CPython quirk: when the interrupt landed in code compiled from a string (exec/eval, as inside
