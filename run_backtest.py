@@ -70,13 +70,15 @@ def _parser() -> argparse.ArgumentParser:
                    "the free cash)")
     g.add_argument("--commission", type=float, default=0.0005, help="fraction of traded value per side")
     g.add_argument("--slippage", type=float, default=0.0, help="fraction of price, against us on every fill")
-    g.add_argument("--risk-free", type=float, default=0.0, help="annual risk-free rate for Sharpe and Sortino, e.g. 0.02")
+    g.add_argument("--risk-free", type=float, default=0.0,
+                   help="annual risk-free rate for Sharpe and Sortino, e.g. 0.02")
     g = p.add_argument_group("agent strategy")
     g.add_argument("--threshold", type=float, default=None, help="enter when probability >= this (None = the agent's)")
     g.add_argument("--pt", type=float, default=None, help="take-profit in ATRs (None = the agent's TBM setting)")
     g.add_argument("--sl", type=float, default=None, help="stop-loss in ATRs (None = the agent's TBM setting)")
     g.add_argument("--horizon", type=int, default=None, help="time exit in bars (None = the agent's TBM setting)")
-    g.add_argument("--live", action="store_true", help="stream bars through the agent one at a time (slower; same trades)")
+    g.add_argument("--live", action="store_true",
+                   help="stream bars through the agent one at a time (slower; same trades)")
     g.add_argument("--any-frequency", action="store_true", help="run an agent on bars of another frequency than it "
                    "was trained on (refused otherwise: its features and barriers count bars)")
     g.add_argument("--engine", default="backtrader", choices=["backtrader", "fast"],
@@ -122,8 +124,10 @@ def _check_options(args) -> None:
         ("--sl", args.sl, args.sl is None or (args.sl > 0 and fin(args.sl)), "a positive number of ATRs"),
         ("--horizon", args.horizon, args.horizon is None or 1 <= args.horizon <= MAX_BARS,
          f"a whole number of bars in 1..{MAX_BARS:,}"),
-        ("--fast", args.fast, args.fast is None or 1 <= args.fast <= MAX_BARS, f"a whole number of bars in 1..{MAX_BARS:,}"),
-        ("--slow", args.slow, args.slow is None or 2 <= args.slow <= MAX_BARS, f"a whole number of bars in 2..{MAX_BARS:,}"),
+        ("--fast", args.fast, args.fast is None or 1 <= args.fast <= MAX_BARS,
+         f"a whole number of bars in 1..{MAX_BARS:,}"),
+        ("--slow", args.slow, args.slow is None or 2 <= args.slow <= MAX_BARS,
+         f"a whole number of bars in 2..{MAX_BARS:,}"),
     ]
     for name, value, ok, what in checks:
         if not ok:
@@ -244,9 +248,11 @@ def prepare_run(args) -> dict:
         if start <= last_seen and period_end >= first_seen:
             # a universe agent saw all its instruments up to the same date: any data overlapping it is in-sample
             members = {v["sha256"]: sym for sym, v in (agent.meta["dataset"].get("universe") or {}).items()}
-            same = (data_name == agent.meta["dataset"]["name"] or df.attrs.get("sha256") == agent.meta["dataset"]["sha256"]
+            same = (data_name == agent.meta["dataset"]["name"]
+                    or df.attrs.get("sha256") == agent.meta["dataset"]["sha256"]
                     or df.attrs.get("sha256") in members)
-            on = agent.meta["dataset"]["name"] if not members else f"{len(members)} instruments ({', '.join(members.values())})"
+            on = (agent.meta["dataset"]["name"] if not members
+                  else f"{len(members)} instruments ({', '.join(members.values())})")
             notes.append(f"warning: the period overlaps the agent's training period ({first_seen.date()} .. "
                          f"{last_seen.date()}{'' if same and not members else ', on ' + on}): results are IN-SAMPLE")
     history = df.loc[:end] if end is not None else df
@@ -302,7 +308,8 @@ def _check_frequency(args, agent, df, data_name: str) -> None:
         return
     raise UsageError(f"--data {data_name} has a bar every {describe_spacing(here)} but agent {agent.path} was trained "
                      f"on a bar every {describe_spacing(trained)}: its windows and barriers would span other periods; "
-                     f"backtest it on data with a bar every {describe_spacing(trained)}, or pass --any-frequency to run it anyway")
+                     f"backtest it on data with a bar every {describe_spacing(trained)}, "
+                     "or pass --any-frequency to run it anyway")
 
 
 def _agent_date(agent, field: str):

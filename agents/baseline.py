@@ -133,7 +133,8 @@ def linear_baselines(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     model = fit_logistic(x_train, y_tr, seed=seed)
     p_va = model.predict_proba(np.asarray(x_val, dtype=np.float64))[:, 1]
     two_classes = len(np.unique(y_va)) == 2
-    out.update(val_auc=float(auc_of(y_va, p_va)[0]) if two_classes else None, val_logloss=float(log_loss(y_va, p_va, labels=[False, True])),
+    out.update(val_auc=float(auc_of(y_va, p_va)[0]) if two_classes else None,
+               val_logloss=float(log_loss(y_va, p_va, labels=[False, True])),
                auc_difference=(auc_difference(y_va, agent_val_score, p_va, block=block, seed=seed)
                                if two_classes else None))
     other = sorted({c for col in names for c in sources.get(col, ())} - PRICE_VOLUME)

@@ -37,7 +37,8 @@ def load_checkpoint(directory: str | os.PathLike) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused something that is not a tensor or plain value
-        refused = str(exc).split("Unsupported global: ")[-1].split("\n")[0][:120] if "Unsupported global" in str(exc) else ""
+        refused = (str(exc).split("Unsupported global: ")[-1].split("\n")[0][:120]
+                   if "Unsupported global" in str(exc) else "")
         raise ValueError(
             f"{path}: refused: the checkpoint holds objects other than tensors and plain values"
             f"{' (' + refused + ')' if refused else ''}, which could run code when loaded; "

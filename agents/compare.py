@@ -95,7 +95,8 @@ def compare_cpcv(cfg: TrainConfig, df: pd.DataFrame, n_groups: int, k_test: int,
     """Agent, logistic and GBM validation AUC on every CPCV path of ``df`` and the paired differences.
 
     ``cfg`` sets the agent, labels and features (its ``holdout`` and ``val_fraction`` are not used: CPCV
-    decides what is tested; ``data`` only names ``df`` in errors). ``on_split(record)`` is called after each split (progress).
+    decides what is tested; ``data`` only names ``df`` in errors). ``on_split(record)`` is called after each
+    split (progress).
     """
     spec = cfg.feature_spec.pinned(df.columns)
     purge, embargo = cfg.horizon, spec.warmup + cfg.seq_len - 1

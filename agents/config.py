@@ -7,7 +7,6 @@ Importing this module is light (no numpy, pandas or torch): the CLIs build their
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import asdict, dataclass, fields
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -104,7 +103,8 @@ class TrainConfig:
     # Fractional differentiation is left out by default: with its window capped at 100 bars it keeps
     # much of the price level, so training and validation features drift apart (adversarial AUC
     # 0.96 with it vs 0.83 without on sp500). Add it back with --features.
-    features: tuple[str, ...] | None = ("log_ret", "rsi", "macd", "atr", "volume_z", "obi")  # None: FeatureSpec.default()
+    # None: FeatureSpec.default()
+    features: tuple[str, ...] | None = ("log_ret", "rsi", "macd", "atr", "volume_z", "obi")
     seq_len: int = 32  # bars per window (64 learnt no more on planted signals, at twice the time: docs/LEARNER.md)
     d_model: int = 64
     n_heads: int = 4

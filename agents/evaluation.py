@@ -126,7 +126,8 @@ def weights_summary(cfg: TrainConfig, prep) -> dict:
             "uniqueness": {"min": q[0], "median": q[1], "max": q[2], "mean": float(u.mean()) if len(u) else None},
             # sum of uniqueness: how many independent labels the overlapping ones are worth
             "effective_train_events": float(u.sum()), "train_events": int(len(u)),
-            "note": ("loss weight = uniqueness / its mean over the training labels" if cfg.sample_weights == "uniqueness"
+            "note": ("loss weight = uniqueness / its mean over the training labels"
+                     if cfg.sample_weights == "uniqueness"
                      else "every label weighs 1; the uniqueness is recorded for reference")}
 
 

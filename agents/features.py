@@ -142,7 +142,8 @@ def _fracdiff_weights_cached(d: float, threshold: float, max_window: int | None)
     else:
         if max_window is None:
             raise ValueError(f"fracdiff: d={d:g} with threshold={threshold:g} needs more than "
-                             f"{MAX_FRACDIFF_WEIGHTS:,} weights (bars of warm-up); raise the threshold or set max_window")
+                             f"{MAX_FRACDIFF_WEIGHTS:,} weights (bars of warm-up); "
+                             "raise the threshold or set max_window")
     out = np.asarray(weights, dtype=np.float64)
     out.flags.writeable = False
     return out

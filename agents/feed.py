@@ -60,7 +60,8 @@ def resident_bytes(ds) -> int:
     elif isinstance(ds, PooledSequenceDataset):
         n_rows, n_features = sum(len(y) for y in ds.label_arrays), ds.n_features
     else:
-        raise TypeError(f"resident windows need a LazySequenceDataset or PooledSequenceDataset, got {type(ds).__name__}")
+        raise TypeError("resident windows need a LazySequenceDataset or PooledSequenceDataset, "
+                        f"got {type(ds).__name__}")
     return n_rows * (n_features + 1) * 4 + len(ds) * 8
 
 

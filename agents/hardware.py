@@ -117,7 +117,8 @@ def _cpu_quota(cgroup_root: Path, own: dict[str, str], version: int | None) -> f
                 except (ValueError, ZeroDivisionError):
                     pass
     elif version == 1:
-        mount = next((cgroup_root / m for m in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (cgroup_root / m).is_dir()), None)
+        mount = next((cgroup_root / m for m in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (cgroup_root / m).is_dir()),
+                     None)
         if mount is not None:
             for d in cgroup_chain(mount, own.get("cpu")):
                 q, p = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")

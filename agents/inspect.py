@@ -6,7 +6,6 @@ so ``--help`` and usage errors answer at once.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -107,13 +106,15 @@ def _spacing(seconds) -> str:
 def universe_table(ds: dict) -> str:
     """Per instrument: bars, dates, and the label balance of each split (pooled metrics follow)."""
     cuts = ds.get("cuts", {})
-    lines = [f"universe    {len(ds['universe'])} instruments, cut dates: validation {str(cuts.get('validation'))[:10]}, "
+    lines = [f"universe    {len(ds['universe'])} instruments, "
+             f"cut dates: validation {str(cuts.get('validation'))[:10]}, "
              f"holdout {str(cuts.get('holdout'))[:10]}; normalisation {ds.get('normalise')}",
              f"            {'symbol':<14}{'bars':>7}  {'first .. last':<24}{'train events':>13} {'pos':>6}"
              f"{'val events':>12} {'pos':>6}"]
     for sym in ds.get("symbols") or ds["universe"]:
         e = ds["universe"][sym]
-        rate = {w: "n/a" if e[f"{w}_positive_rate"] is None else f"{e[f'{w}_positive_rate']:.3f}" for w in ("train", "val")}
+        rate = {w: "n/a" if e[f"{w}_positive_rate"] is None else f"{e[f'{w}_positive_rate']:.3f}"
+                for w in ("train", "val")}
         lines.append(f"            {sym:<14}{e['bars']:>7}  {e['first'][:10]} .. {e['last'][:10]}  "
                      f"{e['train_events']:>12} {rate['train']:>6}{e['val_events']:>12} {rate['val']:>6}")
     return "\n".join(lines)
@@ -126,21 +127,25 @@ def model_card(agent: OnnxAgent) -> str:
     judged = verdict(m)
     lines = [
         f"agent       {agent.path}  (tbm-backtest {meta['package_version']}, format {meta['format_version']})",
-        f"model       TransformerAgent d_model={mc.get('d_model')} heads={mc.get('n_heads')} layers={mc.get('n_layers')}"
+        f"model       TransformerAgent d_model={mc.get('d_model')} heads={mc.get('n_heads')}"
+        f" layers={mc.get('n_layers')}"
         f"  seq_len={agent.seq_len}  warm-up {agent.warmup} bars",
         f"features    {_features(agent)}",
-        f"labels      TBM pt={agent.tbm.pt} sl={agent.tbm.sl} horizon={agent.tbm.horizon} atr_period={agent.tbm.atr_period}",
+        f"labels      TBM pt={agent.tbm.pt} sl={agent.tbm.sl} horizon={agent.tbm.horizon}"
+        f" atr_period={agent.tbm.atr_period}",
         f"data        {ds['name']}  sha256 {ds['sha256'][:16]}...  {_spacing(ds.get('bar_seconds'))}",
         f"            train {ds['train'][0]} .. {ds['train'][1]}",
         f"            validation {ds['validation'][0]} .. {ds['validation'][1]}" if ds.get("validation")
         else "            validation: none (refit on train + validation)",
         f"            last bar seen {ds['last_bar_used']}; out-of-sample from {ds.get('holdout_start')}",
         *(universe_table(ds).splitlines() if ds.get("universe") else []),
-        f"balance     train positive rate {_num(lb.get('train_positive_rate'), '.3f')} ({lb.get('train_events')} events),"
+        f"balance     train positive rate {_num(lb.get('train_positive_rate'), '.3f')}"
+        f" ({lb.get('train_events')} events),"
         f" validation {_num(lb.get('val_positive_rate'), '.3f')} ({lb.get('val_events')})",
         f"loss        {_loss_name(agent.meta.get('train_config'))}",
         f"            train {_num(m.get('train_loss'))} vs no-skill baseline {_num(m.get('baseline_train_loss'))}"
-        f" (base rate), {_num(m.get('best_constant_train_loss'))} (best constant p={_num(m.get('best_constant_p'), '.3f')})",
+        f" (base rate), {_num(m.get('best_constant_train_loss'))}"
+        f" (best constant p={_num(m.get('best_constant_p'), '.3f')})",
         f"            validation {_num(m.get('val_loss'))} vs no-skill baseline {_num(m.get('baseline_val_loss'))}"
         f" (base rate), {_num(m.get('best_constant_val_loss'))} (best constant)",
         f"log-loss    validation {_num(m.get('val_logloss'))} vs {_num(m.get('baseline_val_logloss'))} (base rate)",
@@ -149,7 +154,8 @@ def model_card(agent: OnnxAgent) -> str:
         f"linear      {linear_line(m)}",
         f"gbm         {gbm_line(m)}",
         f"threshold   {agent.threshold:.4f} ({m.get('threshold_rule', 'given')}); at it on validation: precision"
-        f" {_num(pr.get('precision'), '.3f')}, recall {_num(pr.get('recall'), '.3f')}, signal rate {_num(pr.get('signal_rate'), '.3f')}",
+        f" {_num(pr.get('precision'), '.3f')}, recall {_num(pr.get('recall'), '.3f')},"
+        f" signal rate {_num(pr.get('signal_rate'), '.3f')}",
         f"verdict     {judged}",
         *([] if judged.startswith("no verdict") else [f"            ({CAVEAT})"]),
         f"weights     {weights_line(m)}",
@@ -158,7 +164,8 @@ def model_card(agent: OnnxAgent) -> str:
     ]
     wf = meta.get("walk_forward")
     if wf:
-        lines.append(f"walk-fwd    study {wf.get('study')} fold {wf.get('fold')}, test {wf.get('test', ['?', '?'])[0]} .."
+        lines.append(f"walk-fwd    study {wf.get('study')} fold {wf.get('fold')},"
+                     f" test {wf.get('test', ['?', '?'])[0]} .."
                      f" {wf.get('test', ['?', '?'])[1]}, best trial {wf.get('best_trial')}: {wf.get('params')}")
     # card strings are data from a file anyone can edit: terminal escape sequences or line breaks in them
     # are shown escaped, never interpreted

@@ -29,7 +29,6 @@ from datafeeds.memory import (  # noqa: F401  (re-exported: agents.hardware, age
     memory_state,
     mib,
     own_cgroups,
-    process_rss,
 )
 
 EXIT_MEMORY = 3  # exit status of a step the watchdog stopped

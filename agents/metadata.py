@@ -394,7 +394,8 @@ def parse(text: str | None, *, path: str) -> dict:
     return validate(card, path=path)
 
 
-def build_card(cfg: TrainConfig, prep: Prepared | PooledPrepared, model: TransformerAgent, metrics: dict, command: str) -> dict:
+def build_card(cfg: TrainConfig, prep: Prepared | PooledPrepared, model: TransformerAgent, metrics: dict,
+               command: str) -> dict:
     """The card of a trained model: everything ``OnnxAgent`` needs, plus provenance and metrics."""
     import torch  # here, not at the top: reading agents (OnnxAgent) must not load torch
 

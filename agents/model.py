@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from .config import ModelConfig  # noqa: F401  (re-exported: the model's architecture)
+from .config import ModelConfig
 
 
 def sinusoidal_positions(seq_len: int, d_model: int) -> torch.Tensor:

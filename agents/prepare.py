@@ -42,7 +42,8 @@ class Prepared:
 
     x: np.ndarray  # (N, F) float32, normalised with training statistics
     y: np.ndarray  # (N,) float32, NaN where a bar has no label
-    uniqueness: np.ndarray  # (N,) float64: the label's average uniqueness (labeling.average_uniqueness), NaN without one
+    uniqueness: np.ndarray  # (N,) float64: the label's average uniqueness (labeling.average_uniqueness),
+                            # NaN without one
     names: list[str]
     spec: FeatureSpec
     mean: np.ndarray
@@ -158,7 +159,8 @@ def prepare_segments(cfg: TrainConfig, df: pd.DataFrame, train: range, val: rang
     train_ends = events_within(pos, t1, train)
     val_ends = events_within(pos, t1, val) if val is not None else np.array([], dtype=np.int64)
     if train_ends.size == 0:
-        raise ValueError(f"no labelled training window inside bars {train.start}..{train.stop - 1}; use longer segments")
+        raise ValueError(f"no labelled training window inside bars {train.start}..{train.stop - 1}; "
+                         "use longer segments")
     if val is not None and val_ends.size == 0:
         raise ValueError(f"no labelled validation window inside bars {val.start}..{val.stop - 1}; use longer segments")
     return _assemble(cfg, part, x, names, spec, y, _uniqueness(pos, t1, len(part)), train_ends, val_ends,
@@ -203,7 +205,8 @@ def _featurise_and_label(cfg: TrainConfig, df: pd.DataFrame, *, what: str):
     t1 = df.index.get_indexer(labels["t1"])
     usable = pos >= spec.warmup + cfg.seq_len - 1  # a full window of finite features ends there
     if not usable.any():
-        raise ValueError(f"{cfg.data}: no labelled bar has a full {cfg.seq_len}-bar window of features; lower --seq-len")
+        raise ValueError(f"{cfg.data}: no labelled bar has a full {cfg.seq_len}-bar window of features; "
+                         "lower --seq-len")
     y = np.full(len(df), np.nan, dtype=np.float32)
     y[pos] = labels["label"].to_numpy(np.float32)
     return pos[usable], t1[usable], x, names, spec, y
@@ -413,7 +416,8 @@ def prepare_universe(cfg: TrainConfig, frames=None, *, store_root=None) -> Poole
             entry.update({f"{which}_events": int(len(keep)),
                           f"{which}_positive_rate": float(labels.mean()) if len(keep) else None,
                           # training: from the first bar its windows read; validation: its first labelled bar
-                          f"{which}_first": str(pd.Timestamp(int(t[keep[0] - (cfg.seq_len - 1 if which == "train" else 0)])))
+                          f"{which}_first": str(pd.Timestamp(int(t[keep[0]
+                                                                   - (cfg.seq_len - 1 if which == "train" else 0)])))
                           if len(keep) else None,
                           f"{which}_last": str(pd.Timestamp(int(t[keep[-1]]))) if len(keep) else None})
         entry["last_bar_used"] = str(pd.Timestamp(int(t[stop - 1]))) if stop else None

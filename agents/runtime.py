@@ -370,12 +370,14 @@ class OnnxAgent:
         if card.get("graph_sha256") != digest:
             raise _meta.AgentFileError(
                 f"{label}: the card was not written for this graph (graph sha256 {digest[:16]}..., card says "
-                f"{str(card.get('graph_sha256'))[:16]}...): a card moved onto another model is refused; re-export the agent")
+                f"{str(card.get('graph_sha256'))[:16]}...): a card moved onto another model is refused; "
+                "re-export the agent")
         try:
             FeatureSpec.from_dict(card["features"])
             TBMConfig.from_dict(card["tbm"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise _meta.AgentFileError(f"{label}: metadata has an invalid feature spec or TBM settings ({exc})") from None
+            raise _meta.AgentFileError(f"{label}: metadata has an invalid feature spec or "
+                                       f"TBM settings ({exc})") from None
         shapes = _tensor_shapes(proto, label)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -466,7 +468,8 @@ class OnnxAgent:
             raise
         except Exception as exc:  # onnxruntime's own exception types; the file is untrusted input
             raise _meta.AgentFileError(f"{escape(self.path)}: onnxruntime could not run the model ("
-                                       f"{_first_line(exc)}); re-export the agent with python -m agents.train") from None
+                                       f"{_first_line(exc)}); "
+                                       "re-export the agent with python -m agents.train") from None
 
     def run_memory(self, windows: int) -> int:
         """Bytes a run over ``windows`` windows at once needs: the input plus ``ACTIVATION_FACTOR`` times the

@@ -105,7 +105,8 @@ def _run_steps(job: dict, folder: Path) -> int:
         if step in _STEP_LINES:  # a line per step, also through a pipe: a long step is work, not a hang
             print(_STEP_LINES[step], flush=True)
         kills = oom_kills()
-        child = subprocess.Popen([sys.executable, "-m", "agents.staged", step, str(folder)], preexec_fn=_die_with_parent)
+        child = subprocess.Popen([sys.executable, "-m", "agents.staged", step, str(folder)],
+                                 preexec_fn=_die_with_parent)
         try:
             code = child.wait()
         except KeyboardInterrupt:  # the child got the same SIGINT; let it finish its own message
@@ -145,7 +146,8 @@ def _killed(step: str, job: dict, folder: Path, *, oom: bool) -> str:
     """Why a step died of SIGKILL, and what to run next: the OOM killer (its counter moved while the
     step ran) or someone else's kill -9."""
     if not oom:
-        return f"the {step} step was killed (SIGKILL, not by the kernel's out-of-memory killer); {_next_step(job, folder)}"
+        return (f"the {step} step was killed (SIGKILL, not by the kernel's out-of-memory killer); "
+                f"{_next_step(job, folder)}")
     limit = memory_state().limit
     where = f" at the container limit of {mib(limit)}" if limit else ""
     return f"out of memory: the {step} step was killed by the kernel{where}; {memory_advice(job, folder)}"
@@ -277,7 +279,8 @@ def _step(step: str, folder: Path) -> int:
         print(f"error: {exc} (the last checkpoint is kept in {folder})", file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"error: out of memory: the {step} step could not allocate; {memory_advice(job, folder)}", file=sys.stderr)
+        print(f"error: out of memory: the {step} step could not allocate; {memory_advice(job, folder)}",
+              file=sys.stderr)
         return EXIT_MEMORY
     except OSError as exc:  # a full disk, a folder gone: files are written whole or not at all, so nothing is half-made
         print(f"error: the {step} step cannot write {exc.filename or 'its files'}: {exc.strerror or exc}; once it "

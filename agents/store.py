@@ -238,7 +238,8 @@ class FeatureStore:
         try:
             return self._info[sym]
         except KeyError:
-            raise ValueError(f"symbol {sym!r} is not in the feature store {self.path}; it holds {self.symbols}") from None
+            raise ValueError(f"symbol {sym!r} is not in the feature store {self.path}; "
+                             f"it holds {self.symbols}") from None
 
     def features(self, sym: str) -> np.memmap:
         """(N, F) float32 features of ``sym`` (NaN during the first ``spec.warmup`` bars at most)."""
@@ -469,7 +470,8 @@ def _check_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> str | Non
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
             got_shape, fortran, got_dtype = (
-                np.lib.format.read_array_header_1_0(fh) if version == (1, 0) else np.lib.format.read_array_header_2_0(fh)
+                np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                else np.lib.format.read_array_header_2_0(fh)
             )
             offset = fh.tell()
         size = path.stat().st_size
@@ -478,7 +480,8 @@ def _check_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> str | Non
     if got_shape != shape or got_dtype != dtype or fortran:
         return f"{path.parent.name}/{path.name} holds {got_dtype} {got_shape}, expected {dtype} {shape}"
     if size != offset + dtype.itemsize * int(np.prod(shape)):
-        return f"{path.parent.name}/{path.name} has {size} bytes, expected {offset + dtype.itemsize * int(np.prod(shape))}"
+        return (f"{path.parent.name}/{path.name} has {size} bytes, "
+                f"expected {offset + dtype.itemsize * int(np.prod(shape))}")
     return None
 
 

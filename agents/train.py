@@ -4,15 +4,14 @@
     python -m agents.train --epochs 1 --out /tmp/quick.onnx
     python -m agents.train --data my.csv --end 2020-12-31 --gpu
 
-This module is the command line; the pipeline is :mod:`agents.trainer` (``fit``, ``train``), whose
-names are also importable from here. Arguments are parsed before torch and pandas are imported, so
+This module is the command line; the pipeline is :mod:`agents.trainer` (``fit``, ``train``).
+Arguments are parsed before torch and pandas are imported, so
 ``--help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import shlex
@@ -23,15 +22,6 @@ from datafeeds.cli import ArgumentParser
 from datafeeds.errors import escape
 
 from .config import TrainConfig, field_defaults, loss_label
-
-_TRAINER_NAMES = ("fit", "train", "TrainResult")
-
-
-def __getattr__(name: str):  # the pipeline's names, loaded (with torch) on first use
-    if name in _TRAINER_NAMES:
-        return getattr(importlib.import_module(".trainer", __package__), name)
-    raise AttributeError(f"module 'agents.train' has no attribute {name!r}")
-
 
 def default_out(data: str) -> Path:
     """Where an agent trained on ``data`` goes by default: ``models/<data name>.onnx`` (never the
@@ -52,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="a bundled sample (python -m datafeeds lists them) or a CSV/Parquet path; "
+    g.add_argument("--data", default=d.data, help="a bundled sample (python -m datafeeds lists them) or a CSV/Parquet "
+                   "path; "
                    "or a universe, one instrument per file: a bundled universe (us_daily), a directory, a glob "
                    "or a comma list of files or samples")
     g.add_argument("--normalise", default=d.normalise, choices=["pooled", "per-symbol"],
@@ -61,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    "scales for price-level features such as MACD; the agent then trades only its own symbols)")
     g.add_argument("--start", default=None, help="first date to load, ISO: 2005-01-01")
     g.add_argument("--end", default=None, help="last date to load, ISO; later bars are never seen")
-    g.add_argument("--holdout", type=float, default=d.holdout, help="last fraction of loaded bars kept unseen for out-of-sample backtests")
+    g.add_argument("--holdout", type=float, default=d.holdout,
+                   help="last fraction of loaded bars kept unseen for out-of-sample backtests")
     g.add_argument("--features", default=",".join(d.features),
                    help="comma-separated feature names (--list-features shows them all)")
     g.add_argument("--list-features", action="store_true", help="list the registered features and exit")
@@ -81,25 +73,31 @@ def _parser() -> argparse.ArgumentParser:
                    help="how the encoded window becomes one vector: the last bar's state, the mean over bars, a "
                    "learned attention over bars, or the last 16 bars' states side by side into an MLP (lags)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
-    g.add_argument("--patience", type=int, default=d.patience, help="epochs without validation improvement before stopping")
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help="epochs without validation improvement before stopping")
     g.add_argument("--batch-size", type=int, default=None, help="windows per step; None = the hardware profile's")
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "onecycle", "cosine"],
                    help="learning rate over the run: constant; onecycle = linear warm-up (--warmup) then cosine "
                    "decay to 0 at --epochs; cosine = the decay alone")
     g.add_argument("--warmup", type=float, default=d.warmup, help="fraction of all steps spent warming up (onecycle)")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="last fraction of labelled events used for validation")
-    g.add_argument("--focal-alpha", type=float, default=d.focal_alpha, help="focal loss weight of positives; negative = none")
-    g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help="focal loss focusing parameter (0 = cross-entropy)")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="last fraction of labelled events used for validation")
+    g.add_argument("--focal-alpha", type=float, default=d.focal_alpha,
+                   help="focal loss weight of positives; negative = none")
+    g.add_argument("--focal-gamma", type=float, default=d.focal_gamma,
+                   help="focal loss focusing parameter (0 = cross-entropy)")
     g.add_argument("--sample-weights", default=d.sample_weights, choices=["uniqueness", "none"],
                    help="loss weight per label: uniqueness = its average uniqueness among overlapping Triple "
                    "Barrier labels (AFML ch. 4), so clusters of overlapping labels count as the few independent "
                    "ones they are; none = 1 each")
-    g.add_argument("--threshold", type=float, default=None, help="signal threshold stored in the agent; None = the training-set quantile that signals as often as positives occur")
+    g.add_argument("--threshold", type=float, default=None, help="signal threshold stored in the agent; None = the "
+                   "training-set quantile that signals as often as positives occur")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of weights, shuffling and dropout")
     g = p.add_argument_group("hardware and output")
     g.add_argument("--gpu", action="store_true", help="train on CUDA; exits at once if CUDA is absent")
-    g.add_argument("--profile", default=d.profile, choices=["auto", "beast", "safe"], help="hardware profile (auto detects GPU memory and the container's RAM)")
+    g.add_argument("--profile", default=d.profile, choices=["auto", "beast", "safe"],
+                   help="hardware profile (auto detects GPU memory and the container's RAM)")
     g.add_argument("--feed", default=d.feed, choices=["auto", "host", "resident", "prefetch"],
                    help="how batches reach the model: host = gathered in the main process; resident = windows copied "
                         "to the device once and gathered there; prefetch = gathered on a background thread, pinned; "
@@ -123,7 +121,8 @@ def config_dict(args: argparse.Namespace) -> dict:
         dropout=args.dropout, positional=args.positional, pooling=args.pooling, epochs=args.epochs,
         patience=args.patience, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
         warmup=args.warmup, val_fraction=args.val_fraction, seed=args.seed, pt=args.pt, sl=args.sl,
-        horizon=args.horizon, focal_alpha=None if args.focal_alpha is not None and args.focal_alpha < 0 else args.focal_alpha,
+        horizon=args.horizon,
+        focal_alpha=None if args.focal_alpha is not None and args.focal_alpha < 0 else args.focal_alpha,
         focal_gamma=args.focal_gamma, threshold=args.threshold, normalise=args.normalise, profile=args.profile,
         gpu=args.gpu, feed=args.feed, compile=args.compile, sample_weights=args.sample_weights,
     )
@@ -178,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out {escape(str(out))}: {problem}", file=sys.stderr)
         return 2
     if out.exists() and not args.overwrite:
-        print(f"error: --out {escape(str(out))} exists; pass --overwrite to replace it, or choose another --out", file=sys.stderr)
+        print(f"error: --out {escape(str(out))} exists; pass --overwrite to replace it, or choose another --out",
+              file=sys.stderr)
         return 2
 
     from .staged import CARD_FILE, run
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     for option, folder in (("--out", out.parent), ("--checkpoint-dir", ckpt_dir)):
         problem = unwritable(folder)
         if problem:  # found now, not after the training it would lose
-            print(f"error: {option}: cannot write in {escape(str(folder))} ({problem}); choose another folder", file=sys.stderr)
+            print(f"error: {option}: cannot write in {escape(str(folder))} ({problem}); choose another folder",
+                  file=sys.stderr)
             return 2
     command = "python -m agents.train" + ("" if not argv else " " + shlex.join(argv))
     # the steps run in child processes (agents.staged): this process stays small, so a container
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     pr = m["val_at_threshold"]
     print(f"\nwrote {out} ({card.get('exporter', '?')} exporter)")
     print(f"data        {ds['name']}  train {ds['train'][0][:10]}..{ds['train'][1][:10]}"
-          f"  validation {ds['validation'][0][:10]}..{ds['validation'][1][:10]}  holdout from {str(ds['holdout_start'])[:10]}")
+          f"  validation {ds['validation'][0][:10]}..{ds['validation'][1][:10]}"
+          f"  holdout from {str(ds['holdout_start'])[:10]}")
     print(f"labels      train positive rate {lb['train_positive_rate']:.3f} ({lb['train_events']} events)"
           f"  val {lb['val_positive_rate']:.3f} ({lb['val_events']})")
     if ds.get("universe"):
@@ -218,13 +220,15 @@ def main(argv: list[str] | None = None) -> int:
           f"  best constant p={m['best_constant_p']:.3f}: train {m['best_constant_train_loss']:.4f}"
           f"  val {m['best_constant_val_loss']:.4f}")
     print(f"log-loss    val {m['val_logloss']:.4f} (base rate {m['baseline_val_logloss']:.4f})")
-    print(f"val AUC     {_fmt(m['val_auc'], '.3f')}   adversarial AUC {_fmt(m['adversarial_auc'], '.3f')} (0.5 = no drift)")
+    print(f"val AUC     {_fmt(m['val_auc'], '.3f')}   adversarial AUC {_fmt(m['adversarial_auc'], '.3f')}"
+          " (0.5 = no drift)")
     print(f"linear      {linear_line(m)}")
     print(f"gbm         {gbm_line(m)}")
     print(f"weights     {weights_line(m)}")
     sources = card.get("feature_sources", {})
     print("features    " + ", ".join(f"{k} ({', '.join(v)})" for k, v in sources.items()))
-    print(f"threshold   {m['threshold']:.4f}  val precision {_fmt(pr['precision'], '.3f')}  recall {_fmt(pr['recall'], '.3f')}"
+    print(f"threshold   {m['threshold']:.4f}  val precision {_fmt(pr['precision'], '.3f')}"
+          f"  recall {_fmt(pr['recall'], '.3f')}"
           f"  signal rate {_fmt(pr['signal_rate'], '.3f')}")
     line = verdict(m)
     print(f"verdict     {line}")

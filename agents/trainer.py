@@ -1,7 +1,7 @@
 """The training loop and the whole pipeline behind ``python -m agents.train`` (the CLI is agents/train.py).
 
-Steps (prepare.py, then here): load -> features -> TBM labels -> chronological train/validation split purged by the label
-horizon -> normalisation fitted on train only -> AdamW + FocalLoss with early stopping, checkpoint
+Steps (prepare.py, then here): load -> features -> TBM labels -> chronological train/validation split purged by the
+label horizon -> normalisation fitted on train only -> AdamW + FocalLoss with early stopping, checkpoint
 every epoch -> metrics beside the no-skill baseline -> ONNX export with parity check.
 """
 
@@ -256,8 +256,8 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
             bar = tqdm(total=len(train_ds), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="win",
                        disable=None if progress else True, leave=False, file=sys.stderr)
             steps_per_epoch = -(-len(train_ds) // batch_size)
-            for k, (xb, yb, wb) in enumerate(epoch_batches(train_ds, resident, feed, batch_size, cfg.seed, epoch, device,
-                                                           weights)):
+            for k, (xb, yb, wb) in enumerate(epoch_batches(train_ds, resident, feed, batch_size, cfg.seed, epoch,
+                                                           device, weights)):
                 # a function of the step alone, so a resume replays it
                 opt.lr = cfg.lr * lr_factor(cfg.lr_schedule, epoch * steps_per_epoch + k, cfg.epochs * steps_per_epoch,
                                             cfg.warmup)

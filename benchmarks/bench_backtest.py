@@ -230,7 +230,7 @@ def main() -> None:
     print(f"repeat: {args.repeat} (minimum reported); at end: {load_avg()}")
     sweep = [float(x) for x in args.sweep.split(",") if x.strip()]
     if sweep:
-        print(f"\ncost vs trade rate (cpu of cerebro.run + Python around it, over (a)):")
+        print("\ncost vs trade rate (cpu of cerebro.run + Python around it, over (a)):")
         print(f"{'signal rate':>11s} {'trades':>7s} {'bars/trade':>10s} {'(b) agent':>10s} {'(m) market floor':>17s}")
         print(f"{args.signal_rate:11.2f} {len(trades):7,d} {n / max(1, len(trades)):10.1f} {c_b / c_a:10.2f} "
               f"{c_m / c_a:17.2f}")
@@ -247,7 +247,8 @@ def main() -> None:
     print(f"\nacceptance ({verdict} the <= {TARGET_RATIO}x target): agent strategy / bare pass (a) = "
           f"{r_b / w_a:.2f}x wall (cerebro.run), {c_b / c_a:.2f}x cpu (run_backtest total); same harness "
           f"(b)/(a') = {c_b / c_ea:.2f}x cpu; floor for this many trades (m)/(a) = {c_m / c_a:.2f}x cpu; "
-          f"native barrier order vs stock broker (b)/(s) = {c_b / c_s:.2f}x cpu; fast engine: {c_f / c_a:.3f}x cpu of (a)")
+          f"native barrier order vs stock broker (b)/(s) = {c_b / c_s:.2f}x cpu; "
+          f"fast engine: {c_f / c_a:.3f}x cpu of (a)")
 
 if __name__ == "__main__":
     main()

@@ -67,14 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**({} if args.epochs is None else {"epochs": args.epochs}))
     print(f"machine: {machine_info(np, pd, torch)}")
     print(f"CPCV {n} groups, {k} tested: {len(frames)} instruments; the default agent "
-          f"(seq_len {cfg.seq_len}, {cfg.pooling} pooling, {loss_label(cfg.focal_alpha, cfg.focal_gamma)}, at most {cfg.epochs} epochs), "
+          f"(seq_len {cfg.seq_len}, {cfg.pooling} pooling, {loss_label(cfg.focal_alpha, cfg.focal_gamma)}, "
+          f"at most {cfg.epochs} epochs), "
           f"logistic on the last bar, LightGBM on the last {min(cfg.seq_len, 16)} bars", flush=True)
     results, t_all = {}, time.perf_counter()
     for name, df in frames.items():
         t0 = time.perf_counter()
         try:
             res = compare_cpcv(dataclasses.replace(cfg, data=name), df, n, k, on_split=lambda r: print(
-                f"  {name} split {r['split'] + 1}: best epoch {r['best_epoch']}, {r['agent_seconds']:.0f} s", flush=True))
+                f"  {name} split {r['split'] + 1}: best epoch {r['best_epoch']}, {r['agent_seconds']:.0f} s",
+                flush=True))
         except ValueError as e:  # too few bars or events for these groups
             print(f"error: {name}: {e}", file=sys.stderr)
             return 2
@@ -109,7 +111,8 @@ def _r(s: dict | None) -> str:
 
 
 def _d(s: dict | None) -> str:
-    return "n/a" if s is None else f"{s['median']:+.3f} ({s['min']:+.3f}..{s['max']:+.3f}; {s['share_positive']:.0%} > 0)"
+    return "n/a" if s is None else (f"{s['median']:+.3f} ({s['min']:+.3f}..{s['max']:+.3f}; "
+                                    f"{s['share_positive']:.0%} > 0)")
 
 
 if __name__ == "__main__":

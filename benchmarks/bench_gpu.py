@@ -84,7 +84,6 @@ def main(argv=None) -> int:
     import agents.trainer as T
     from _common import bootstrap_bars, machine_info
     from agents.config import TrainConfig
-    from agents.dataset import LazySequenceDataset
     from agents.evaluation import mean_loss
     from agents.export import export_agent
     from agents.feed import ResidentWindows, epoch_ids
@@ -210,7 +209,8 @@ def main(argv=None) -> int:
     vd = mean_loss(results[3]["model"], val_resident, loss_fn, device)
     rel = abs(vd - vc) / vc
     print(f"\nvalidation focal loss after one epoch: (c) fp32 {vc:.6f}, (d) {amp_name} {vd:.6f}; "
-          f"relative difference {rel:.2e} (AMP allowed {AMP_TOLERANCE:g}): {'PASS' if rel <= AMP_TOLERANCE else 'FAIL'}")
+          f"relative difference {rel:.2e} (AMP allowed {AMP_TOLERANCE:g}): "
+          f"{'PASS' if rel <= AMP_TOLERANCE else 'FAIL'}")
     best = max(results[2]["windows_per_s"], results[3]["windows_per_s"])
     print(f"resident vs the old loader: {best / base:.1f}x (issue: >= {ACCEPT_RATIO:g}x): "
           f"{'PASS' if best >= ACCEPT_RATIO * base else 'FAIL'}{' (dry run on CPU)' if not cuda else ''}")
@@ -232,7 +232,8 @@ def main(argv=None) -> int:
         with torch.no_grad():
             want = model(xv).numpy()
         diff = float(np.max(np.abs(got - want)))
-        print(f"onnx: {card['exporter']} export in {time.perf_counter() - t_ex:.1f} s; onnxruntime (CPU) vs torch (CPU) "
+        print(f"onnx: {card['exporter']} export in {time.perf_counter() - t_ex:.1f} s; "
+              "onnxruntime (CPU) vs torch (CPU) "
               f"on {len(ids):,} validation windows: max |logit diff| {diff:.2e} (tolerance 1e-5): "
               f"{'PASS' if diff <= 1e-5 else 'FAIL'}")
     return 0

@@ -29,7 +29,8 @@ def load_sp500() -> pd.DataFrame:
 
         return load_ohlcv("sp500")
     except ImportError:
-        return pd.read_csv(ROOT / "datafeeds" / "samples" / "sp500.csv.gz", index_col="datetime", parse_dates=["datetime"])
+        return pd.read_csv(ROOT / "datafeeds" / "samples" / "sp500.csv.gz", index_col="datetime",
+                           parse_dates=["datetime"])
 
 
 def pandas_loop_labels(df: pd.DataFrame, cfg: TBMConfig, n_events: int | None = None) -> pd.DataFrame:
@@ -120,7 +121,8 @@ def main() -> None:
     )
     print(f"labels identical on the {k:,} overlapping events: {same}")
     counts = labels["barrier"].value_counts().sort_index()
-    print("barrier counts: " + ", ".join(f"{name} {counts.get(i, 0):,}" for i, name in ((-1, "lower"), (0, "vertical"), (1, "upper"))))
+    print("barrier counts: " + ", ".join(f"{name} {counts.get(i, 0):,}"
+                                         for i, name in ((-1, "lower"), (0, "vertical"), (1, "upper"))))
     print(f"speed ratio (pandas loop / numba, same events, this run): "
           f"{extrapolated / t_numba:,.0f}x end to end, {extrapolated / t_kernel:,.0f}x vs the kernel alone")
     if not same:

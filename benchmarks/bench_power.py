@@ -65,7 +65,8 @@ def checks(row: dict) -> list[str]:
         out.append(f"{name}: agent AUC {agent:.3f} is more than {LINEAR_TOLERANCE} below logistic's {lin:.3f}")
     if kind == "nonlinear":
         if gbm is not None and agent < gbm - GBM_TOLERANCE:
-            out.append(f"{name}: agent AUC {agent:.3f} is more than {GBM_TOLERANCE} below gradient boosting's {gbm:.3f}")
+            out.append(f"{name}: agent AUC {agent:.3f} is more than {GBM_TOLERANCE} below "
+                       f"gradient boosting's {gbm:.3f}")
         if agent < lin + NONLINEAR_MARGIN:
             out.append(f"{name}: agent AUC {agent:.3f} is less than {NONLINEAR_MARGIN} above logistic's {lin:.3f}")
     return out
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                               threshold=agent.threshold, pt=agent.tbm.pt, sl=agent.tbm.sl, horizon=agent.tbm.horizon)
             best, section = best_baseline(m)
             d = section.get("auc_difference") or {}
-            row = {"data": name, "kind": kind, "agent_auc": m["val_auc"], "logistic_auc": m["linear_baseline"]["val_auc"],
+            row = {"data": name, "kind": kind, "agent_auc": m["val_auc"],
+                   "logistic_auc": m["linear_baseline"]["val_auc"],
                    "gbm_auc": (m.get("gbm_baseline") or {}).get("val_auc"), "best": best, "diff": d.get("value"),
                    "diff_low": d.get("low"), "diff_high": d.get("high"), "oracle_auc": oracle,
                    "sharpe": bt.stats["sharpe"], "bh_sharpe": bt.benchmark_stats["sharpe"],

@@ -60,7 +60,8 @@ def parse_size(token: str) -> tuple[str, int, int]:
     try:
         s, n = (int(v.replace("_", "")) for v in token.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size {token!r}: use one of {', '.join(PRESETS)} or SxN, e.g. 8x100000") from None
+        raise argparse.ArgumentTypeError(
+            f"size {token!r}: use one of {', '.join(PRESETS)} or SxN, e.g. 8x100000") from None
     if s < 1 or n < 1000:
         raise argparse.ArgumentTypeError(f"size {token!r}: need at least 1 instrument of 1000 bars")
     return (token, s, n)
@@ -211,7 +212,8 @@ def print_table(results: list[dict]) -> None:
             f"{_mib(r['peak']):.0f}", f"{_mib(r['peak'] - base['peak']):+.0f}",
         ])
     header = ["size", "instr x bars", "bars", "build s", "bars/s", "prep s", "train win", "val win", "epoch s",
-              "win/s", "train win/s", "val win/s", "RSS imp", "pk build", "pk prep", "pk fit", "peak", f"vs {base['label']}"]
+              "win/s", "train win/s", "val win/s", "RSS imp", "pk build", "pk prep", "pk fit", "peak",
+              f"vs {base['label']}"]
     widths = [max(len(h), *(len(row[k]) for row in rows)) for k, h in enumerate(header)]
     line = "  ".join(h.rjust(w) for h, w in zip(header, widths))
     print(line)
@@ -287,7 +289,8 @@ def main() -> None:
     try:
         for label, n_inst, n_bars in sizes:
             t0 = time.perf_counter()
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", label if label in PRESETS else f"{n_inst}x{n_bars}",
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child",
+                   label if label in PRESETS else f"{n_inst}x{n_bars}",
                    "--store-root", str(tmp / label), "--seed", str(args.seed)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:

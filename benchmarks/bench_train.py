@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import sys
 import tempfile
 import time
@@ -202,7 +201,8 @@ def main(argv=None) -> int:
           f"{cfg.seq_len} bars (validation windows left out); prepared in {time.perf_counter() - t0:.1f} s")
     print(f"model: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
           f"{TransformerAgent(cfg.model_config(n_features)).num_parameters():,} parameters; "
-          f"{args.epochs} epoch(s) per side, {loss_label(cfg.focal_alpha, cfg.focal_gamma)}, {cfg.sample_weights} weights")
+          f"{args.epochs} epoch(s) per side, {loss_label(cfg.focal_alpha, cfg.focal_gamma)}, "
+          f"{cfg.sample_weights} weights")
 
     def threads_for_fit():
         if threads == trainer_threads:

@@ -8,7 +8,8 @@ from datafeeds.universe import universes_table
 
 def main() -> int:
     print(samples_table())
-    print("\nuse a name as --data (or datafeeds.load_ohlcv(name)); provenance and hashes: datafeeds/samples/samples.json")
+    print("\nuse a name as --data (or datafeeds.load_ohlcv(name)); "
+          "provenance and hashes: datafeeds/samples/samples.json")
     print()
     print(universes_table())
     print("\nuse a universe name, a directory, a glob or a comma list of files or sample names as --data "

@@ -172,17 +172,6 @@ def _refaults(stat: dict[str, int], prefix: str) -> int:
     return stat.get(f"{prefix}pgmajfault", 0)
 
 
-def process_rss() -> tuple[int, int]:
-    """(current, peak) resident set size of this process, bytes (VmRSS, VmHWM)."""
-    cur = peak = 0
-    for line in (_read(Path("/proc/self/status")) or "").splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM") and rest.split():
-            value = int(rest.split()[0]) * 1024
-            cur, peak = (value, peak) if key == "VmRSS" else (cur, value)
-    return cur, peak
-
-
 def mib(n: int | None) -> str:
     """Bytes as "1,234 MiB" ("?" for unknown)."""
     return "?" if n is None else f"{n / MIB:,.0f} MiB"

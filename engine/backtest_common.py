@@ -16,7 +16,6 @@ import labeling
 from engine.metrics import infer_periods_per_year, periods_per_year_rule
 from strategies import TRADE_FIELDS
 
-TRADE_COLUMNS = list(TRADE_FIELDS)
 
 
 @dataclasses.dataclass
@@ -24,7 +23,7 @@ class BacktestResult:
     """Everything one backtest produced; ``data`` is the OHLCV of the bars traded."""
 
     equity: pd.Series  # broker value at each bar's close (DatetimeIndex)
-    trades: pd.DataFrame  # one row per closed trade, columns TRADE_COLUMNS
+    trades: pd.DataFrame  # one row per closed trade, columns strategies.TRADE_FIELDS
     signal: pd.Series | None  # probability used per bar (batch line or live agent), None for baselines
     stats: dict  # engine.metrics.compute_stats of equity and trades
     benchmark_stats: dict | None  # same for buy-and-hold over the same bars and costs
@@ -97,7 +96,7 @@ def _align(values, df: pd.DataFrame, name: str) -> pd.Series:
 
 
 def trades_frame(log_rows: list[dict], index: pd.DatetimeIndex) -> pd.DataFrame:
-    trades = pd.DataFrame(log_rows, columns=TRADE_COLUMNS)
+    trades = pd.DataFrame(log_rows, columns=list(TRADE_FIELDS))
     if len(trades):
         # Timestamps from the frame's own index (backtrader's float dates can round microseconds).
         trades["entry_time"] = index[trades["entry_bar"].to_numpy(dtype=np.int64)]

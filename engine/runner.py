@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine.backtest_common import TRADE_COLUMNS, BacktestResult, prepare_inputs, run_facts, trades_frame
+from engine.backtest_common import BacktestResult, prepare_inputs, run_facts, trades_frame
 from engine.fastsim import simulate
 from engine.portfolio import PortfolioResult, run_portfolio
 from engine.jsonable import jsonable
@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("backtrader", "fast")  # run_backtest(engine=...): the reference, and engine.fastsim
 
-# BacktestResult and TRADE_COLUMNS live in engine.backtest_common (shared with engine.fastsim); kept here too
-__all__ = ["ENGINES", "TRADE_COLUMNS", "BacktestResult", "run_backtest"]
+__all__ = ["ENGINES", "run_backtest"]
 
 
 def run_backtest(

@@ -1,4 +1,5 @@
-"""Labels for supervised learning on bars: Wilder ATR, Triple Barrier labels, their uniqueness weights, purged splits."""
+"""Labels for supervised learning on bars: Wilder ATR, Triple Barrier labels, their uniqueness weights,
+purged splits."""
 
 from .atr import atr
 from .splits import (CPCVSplit, Fold, calendar_cut, cpcv_paths, cpcv_splits, events_within, purged_train_val_split,

@@ -48,7 +48,8 @@ def _as_float_array(x, name: str) -> np.ndarray:
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: cannot convert to float64 ({exc}); pass a numeric numpy array or pandas Series") from exc
+        raise ValueError(f"{name}: cannot convert to float64 ({exc}); "
+                         "pass a numeric numpy array or pandas Series") from exc
     if arr.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array or Series, got shape {arr.shape}")
     bad = ~np.isfinite(arr)

@@ -29,7 +29,8 @@ def _check_spans(event_index, t1_index) -> tuple[np.ndarray, np.ndarray]:
     t1 = np.asarray(t1_index)
     for name, arr in (("event_index", ev), ("t1_index", t1)):
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{name} must be a 1-D integer array of bar positions, got dtype {arr.dtype} shape {arr.shape}")
+            raise ValueError(f"{name} must be a 1-D integer array of bar positions, "
+                             f"got dtype {arr.dtype} shape {arr.shape}")
     if ev.shape != t1.shape:
         raise ValueError(f"event_index and t1_index must have equal lengths, got {ev.size} and {t1.size}")
     ev = ev.astype(np.int64)
@@ -40,7 +41,8 @@ def _check_spans(event_index, t1_index) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("event_index must be strictly increasing (events in time order, one per bar)")
     if (t1 < ev).any():
         i = int(np.flatnonzero(t1 < ev)[0])
-        raise ValueError(f"t1_index[{i}] = {t1[i]} is before its event bar {ev[i]}; label spans must end at or after the event")
+        raise ValueError(f"t1_index[{i}] = {t1[i]} is before its event bar {ev[i]}; "
+                         "label spans must end at or after the event")
     return ev, t1
 
 
@@ -68,7 +70,8 @@ def purged_train_val_split(
     Use np.searchsorted(event_index, train) to turn the returned bar positions into event rows.
     """
     ev, t1 = _check_spans(event_index, t1_index)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.floating)) or not (0.0 < val_fraction < 1.0):
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.floating))
+            or not (0.0 < val_fraction < 1.0)):
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
     n = ev.size
     if n < 2:
@@ -108,7 +111,8 @@ def walk_forward_folds(
 
     The last `test_frac` of the bars holds `n_folds` equal test blocks in time order, the last ending
     at bar n_bars-1 (rounding leftovers stay in the history before them), separated by `embargo` bars
-    so that, with embargo >= horizon, the labels of one test block end before the next block begins. Each fold's val block (`val_size` bars,
+    so that, with embargo >= horizon, the labels of one test block end before the next block begins. Each fold's
+    val block (`val_size` bars,
     default the test size) sits `purge` bars before its test block, and its train block ends `purge`
     bars before val. Rolling: every train block has `train_size` bars (default: all the first fold
     can have). Anchored: train always starts at bar 0 and grows. With purge >= horizon, labels of
@@ -120,7 +124,8 @@ def walk_forward_folds(
         raise ValueError("n_folds must be >= 1")
     if scheme not in ("rolling", "anchored"):
         raise ValueError(f"scheme must be 'rolling' or 'anchored', got {scheme!r}")
-    if isinstance(test_frac, bool) or not isinstance(test_frac, (int, float, np.floating)) or not (0.0 < test_frac < 1.0):
+    if (isinstance(test_frac, bool) or not isinstance(test_frac, (int, float, np.floating))
+            or not (0.0 < test_frac < 1.0)):
         raise ValueError(f"test_frac must be a number in (0, 1), got {test_frac!r}")
     purge = check_int(purge, "purge", 0)
     embargo = check_int(embargo, "embargo", 0)

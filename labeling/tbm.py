@@ -53,7 +53,8 @@ class TBMConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"TBMConfig.from_dict: unknown key(s) {sorted(unknown)}; expected a subset of {sorted(known)}")
+            raise ValueError(f"TBMConfig.from_dict: unknown key(s) {sorted(unknown)}; "
+                             f"expected a subset of {sorted(known)}")
         return cls(**d)
 
 
@@ -200,5 +201,6 @@ def label_spans(labels: pd.DataFrame, bars_index: pd.DatetimeIndex) -> tuple[np.
     for name, pos, stamps in (("event", ev, labels.index), ("t1", t1, labels["t1"])):
         if (pos < 0).any():
             first = np.asarray(stamps)[int(np.flatnonzero(pos < 0)[0])]
-            raise ValueError(f"label_spans: {name} timestamp {first} is not in bars_index; pass the index of the bars that were labelled")
+            raise ValueError(f"label_spans: {name} timestamp {first} is not in bars_index; "
+                             "pass the index of the bars that were labelled")
     return ev.astype(np.int64), t1.astype(np.int64)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from agents.config import TrainConfig
-from agents.train import train
+from agents.trainer import train
 
 # Small enough to train in seconds on 2 cores, big enough to exercise every step.
 TINY = dict(
@@ -21,7 +21,8 @@ def tiny_agent(tmp_path_factory):
     """A TrainResult (card, torch model, prepared data) plus the path of its exported ONNX file."""
     folder = tmp_path_factory.mktemp("agent")
     out = folder / "tiny.onnx"
-    result = train(TrainConfig(**TINY), out, checkpoint_dir=folder / "ckpt", command="pytest tiny agent", progress=False)
+    result = train(TrainConfig(**TINY), out, checkpoint_dir=folder / "ckpt", command="pytest tiny agent",
+                   progress=False)
     return out, result
 
 

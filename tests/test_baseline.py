@@ -127,8 +127,6 @@ class _Store:
 
 
 def test_pooled_last_windows_never_mix_instruments():
-    import pandas as pd
-
     from agents.prepare import PooledPrepared
 
     a = np.arange(10, dtype=np.float32).reshape(5, 2)  # instrument a, bar t: (2t, 2t+1)
@@ -235,7 +233,7 @@ def test_book_columns_that_encode_the_future_are_flagged_as_look_ahead(tmp_path)
     # a random walk whose bid/ask sizes at bar t encode the return of bar t+1: the obi feature reads
     # them, the agent "predicts" the walk, and the verdict says where to look
     from agents.config import TrainConfig
-    from agents.train import train
+    from agents.trainer import train
     from agents.verdict import verdict
     from datafeeds.synthetic import random_walk
 

@@ -143,7 +143,8 @@ CASES = [
      "metrics.label_balance.val_positive_rate"),
     ("metrics-events-bool", _set("metrics.label_balance.val_events", True), "metrics.label_balance.val_events"),
     ("metrics-balance-list", _set("metrics.label_balance", [0.5]), "metrics.label_balance"),
-    ("metrics-precision-above-1", _set("metrics.val_at_threshold.precision", 1.2), "metrics.val_at_threshold.precision"),
+    ("metrics-precision-above-1", _set("metrics.val_at_threshold.precision", 1.2),
+     "metrics.val_at_threshold.precision"),
     ("model-list", _set("model", []), "model"),
     ("input_name-missing", _delete("input_name"), "input_name"),
     ("output_name-number", _set("output_name", 0), "output_name"),
@@ -245,7 +246,8 @@ def test_shipped_agent_loads_and_its_verdict_is_no_better_than_the_linear_model(
 
 def test_inspect_help_does_not_load_the_runtime():
     code = ("import sys\nfrom agents import inspect\ntry:\n    inspect.main(['--help'])\nexcept SystemExit as e:\n"
-            "    assert e.code == 0\nprint(sorted(m for m in ('onnx', 'onnxruntime', 'pandas', 'torch') if m in sys.modules))")
+            "    assert e.code == 0\n"
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'pandas', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
@@ -291,7 +293,8 @@ def _metrics(auc, events, rate, logloss=None, base=None, linear=None, gbm=None):
 
 
 def _linear(auc, diff, low, high, pv=None):
-    return {"val_auc": auc, "auc_difference": {"value": diff, "low": low, "high": high, "level": 0.95}, "price_volume": pv}
+    return {"val_auc": auc, "auc_difference": {"value": diff, "low": low, "high": high, "level": 0.95},
+            "price_volume": pv}
 
 
 def _gbm(auc, diff, low, high, lags=16):

@@ -278,7 +278,8 @@ def test_source_of_wrong_type():
 
 def test_missing_required_column(tmp_path):
     path = _write(tmp_path, "datetime,open,high,low,volume\n2020-01-02,1,2,1,5\n", "noclose.csv")
-    with pytest.raises(DataError, match=r"noclose\.csv, line 1 \(header\), column 'close': required column missing \(found: datetime, open"):
+    with pytest.raises(DataError, match=r"noclose\.csv, line 1 \(header\), column 'close': "
+                                        r"required column missing \(found: datetime, open"):
         load_ohlcv(path)
 
 
@@ -290,7 +291,8 @@ def test_missing_timestamp_column(tmp_path):
 
 def test_ambiguous_columns(tmp_path):
     path = _write(tmp_path, "datetime,open,high,low,close,Close,volume\n2020-01-02,1,2,1,2,2,5\n", "twice.csv")
-    with pytest.raises(DataError, match=r"twice\.csv, line 1 \(header\), column 'Close': columns 'close' and 'Close' both mean 'close'"):
+    with pytest.raises(DataError, match=r"twice\.csv, line 1 \(header\), column 'Close': "
+                                        r"columns 'close' and 'Close' both mean 'close'"):
         load_ohlcv(path)
 
 
@@ -315,20 +317,23 @@ def test_missing_timestamp_cell(tmp_path):
 def test_unparsable_date_time_pair_names_both_columns(tmp_path):
     path = _write(tmp_path, "Date,Time,Open,High,Low,Close,Volume\n"
                             "2006-01-02,09:01:00,1,2,1,2,0\n2006-01-02,25:99,1,2,1,2,0\n", "dt.csv")
-    with pytest.raises(DataError, match=r"dt\.csv, line 3, column 'Date\+Time': cannot parse timestamp '2006-01-02 25:99'"):
+    with pytest.raises(DataError, match=r"dt\.csv, line 3, column 'Date\+Time': "
+                                        r"cannot parse timestamp '2006-01-02 25:99'"):
         load_ohlcv(path)
 
 
 def test_duplicate_timestamps(tmp_path):
     path = _write(tmp_path, _replace_line(4, "2020-01-02,11,11.5,10.5,11.2,150"), "dup.csv")
-    with pytest.raises(DataError, match=r"dup\.csv, line 4 \(2020-01-02 00:00:00\), column 'datetime': duplicate timestamp \(same as line 3\)"):
+    with pytest.raises(DataError, match=r"dup\.csv, line 4 \(2020-01-02 00:00:00\), column 'datetime': "
+                                        r"duplicate timestamp \(same as line 3\)"):
         load_ohlcv(path)
 
 
 def test_blank_lines_do_not_shift_line_numbers(tmp_path):
     text = GOOD.replace("2020-01-02,", "\n2020-01-02,").replace("11.8", "-11.8")
     path = _write(tmp_path, text, "blank.csv")
-    with pytest.raises(DataError, match=r"blank\.csv, line 6 \(2020-01-06 00:00:00\), column 'high': non-positive price -11\.8"):
+    with pytest.raises(DataError, match=r"blank\.csv, line 6 \(2020-01-06 00:00:00\), column 'high': "
+                                        r"non-positive price -11\.8"):
         load_ohlcv(path)
 
 
@@ -340,9 +345,12 @@ def test_blank_lines_do_not_shift_line_numbers(tmp_path):
         ("2020-01-03,11,11.5,10.5,0,150", r"line 4 \(2020-01-03 00:00:00\), column 'close': non-positive price 0"),
         ("2020-01-03,-11,11.5,10.5,11.2,150", r"line 4 \(2020-01-03 00:00:00\), column 'open': non-positive price -11"),
         ("2020-01-03,11,11.5,abc,11.2,150", r"line 4 \(2020-01-03 00:00:00\), column 'low': 'abc' is not a number"),
-        ("2020-01-03,11,10,10.5,10.6,150", r"line 4 \(2020-01-03 00:00:00\), column 'high': high 10 is below low 10\.5"),
-        ("2020-01-03,11,11.1,10.5,11.2,150", r"line 4 \(2020-01-03 00:00:00\), column 'high': high 11\.1 is below max\(open, close\) 11\.2"),
-        ("2020-01-03,11,11.5,11.1,11.2,150", r"line 4 \(2020-01-03 00:00:00\), column 'low': low 11\.1 is above min\(open, close\) 11"),
+        ("2020-01-03,11,10,10.5,10.6,150",
+         r"line 4 \(2020-01-03 00:00:00\), column 'high': high 10 is below low 10\.5"),
+        ("2020-01-03,11,11.1,10.5,11.2,150",
+         r"line 4 \(2020-01-03 00:00:00\), column 'high': high 11\.1 is below max\(open, close\) 11\.2"),
+        ("2020-01-03,11,11.5,11.1,11.2,150",
+         r"line 4 \(2020-01-03 00:00:00\), column 'low': low 11\.1 is above min\(open, close\) 11"),
         ("2020-01-03,11,11.5,10.5,11.2,-1", r"line 4 \(2020-01-03 00:00:00\), column 'volume': negative volume -1"),
         ("2020-01-03,11,11.5,10.5,11.2,", r"line 4 \(2020-01-03 00:00:00\), column 'volume': volume is nan"),
     ],
@@ -364,7 +372,8 @@ def test_bad_parquet_row_is_named_by_row_and_timestamp(tmp_path):
     frame = load_ohlcv("stoxx50_1d").iloc[:5].copy()
     frame.iloc[2, frame.columns.get_loc("low")] = frame["high"].iloc[2] + 1
     frame.to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(DataError, match=r"bad\.parquet, row 3 \(2005-01-05 00:00:00\), column 'high': high .* is below low"):
+    with pytest.raises(DataError, match=r"bad\.parquet, row 3 \(2005-01-05 00:00:00\), column 'high': "
+                                        r"high .* is below low"):
         load_ohlcv(tmp_path / "bad.parquet")
 
 
@@ -435,7 +444,8 @@ def test_iso_dates_are_read_one_way(text, expected):
 
 def test_period_selecting_no_rows(tmp_path):
     path = _write(tmp_path, GOOD, "good.csv")
-    with pytest.raises(DataError, match=r"good\.csv: period from 2021-01-01 to the end selects no rows; the file covers 2020-01-01 00:00:00 to 2020-01-06 00:00:00"):
+    with pytest.raises(DataError, match=r"good\.csv: period from 2021-01-01 to the end selects no rows; "
+                                        r"the file covers 2020-01-01 00:00:00 to 2020-01-06 00:00:00"):
         load_ohlcv(path, start="2021-01-01")
     with pytest.raises(DataError, match="selects no rows"):
         load_ohlcv(path, start="2020-01-04", end="2020-01-05")  # a weekend gap
@@ -542,12 +552,14 @@ def test_openinterest_is_nan_in_a_run():
 @pytest.mark.parametrize(
     ("lines", "pattern"),
     [
-        ({"signal": np.zeros(9)}, r"column 'signal': values for line 'signal' have shape \(9,\), the frame has 10 rows"),
+        ({"signal": np.zeros(9)},
+         r"column 'signal': values for line 'signal' have shape \(9,\), the frame has 10 rows"),
         ({"signal": "nope"}, r"column 'nope': signal='nope' is not a column"),
         ({"signal": ["a"] * 10}, r"column 'signal': values for line 'signal' are not numeric"),
         ({"close": np.zeros(10)}, r"column 'close': line name clashes"),
         ({"tz": np.zeros(10)}, r"column 'tz': line name clashes"),
-        ({"Signal": np.zeros(10), "signal": np.zeros(10)}, r"column 'signal': line name differs from another only in case"),
+        ({"Signal": np.zeros(10), "signal": np.zeros(10)},
+         r"column 'signal': line name differs from another only in case"),
     ],
 )
 def test_bad_extra_lines(lines, pattern):
@@ -603,8 +615,10 @@ def _umask() -> int:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("datetime,open,high,low,close,close,volume\n2020-01-01,1,2,0.5,1.5,1.5,10\n", r"line 1 \(header\), column 'close': duplicate column name"),
-        ("time,open,high,low,close,volume\n09:30,1,2,0.5,1.5,10\n", r"line 2, column 'time': column holds times of day only"),
+        ("datetime,open,high,low,close,close,volume\n2020-01-01,1,2,0.5,1.5,1.5,10\n",
+         r"line 1 \(header\), column 'close': duplicate column name"),
+        ("time,open,high,low,close,volume\n09:30,1,2,0.5,1.5,10\n",
+         r"line 2, column 'time': column holds times of day only"),
     ],
 )
 def test_repeated_header_and_time_only_column_are_refused(tmp_path, text, message):
@@ -671,9 +685,10 @@ def test_a_csv_larger_than_memory_is_refused_up_front_naming_size_budget_and_lim
     monkeypatch.setattr(pd, "read_csv", lambda *a, **k: pytest.fail("pandas read the file"))
     with pytest.raises(DataError) as info:
         load_ohlcv(path)
-    assert str(info.value) == (f"{path}: too large to load: 64 MiB of text need ~64 MiB, over the 10 MiB this process "
-                               "may still use (a test's limit); fix: split the file into smaller ones (fewer rows each: "
-                               "a directory of them loads one by one as a universe) or raise the container's memory limit")
+    assert str(info.value) == (f"{path}: too large to load: 64 MiB of text need ~64 MiB, over the 10 MiB "
+                               "this process may still use (a test's limit); fix: split the file into smaller ones "
+                               "(fewer rows each: a directory of them loads one by one as a universe) "
+                               "or raise the container's memory limit")
 
 
 def test_the_rows_of_the_first_mib_size_the_whole_file(tmp_path, monkeypatch):
@@ -697,7 +712,8 @@ def test_a_gzip_bomb_is_stopped_once_over_the_budget(tmp_path, monkeypatch):
     _budget(monkeypatch, 16)
     t0 = time.monotonic()
     with pytest.raises(DataError, match=r"bomb\.csv\.gz: too large to load: over \d\.\d MiB of text, [\d,]+ rows read "
-                                        r"\(decompressed so far from a \d+ KiB \.gz file; stopped there\) need ~\d\d MiB, over the 16 MiB"):
+                                        r"\(decompressed so far from a \d+ KiB \.gz file; stopped there\) "
+                                        r"need ~\d\d MiB, over the 16 MiB"):
         load_ohlcv(path)
     assert time.monotonic() - t0 < 5
 

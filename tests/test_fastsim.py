@@ -281,7 +281,8 @@ def test_sweep_gives_each_configuration_the_numbers_of_its_own_run():
 
     df = datafeeds.load_ohlcv("sp500")
     sig = pd.Series(np.random.default_rng(3).random(len(df)), index=df.index)
-    grid = {"threshold": [0.55, 0.7, 0.9], "pt": [1.0, 2.5], "sl": [1.0, 2.0], "horizon": [5, 20], "size_frac": [0.5, 1.0]}
+    grid = {"threshold": [0.55, 0.7, 0.9], "pt": [1.0, 2.5], "sl": [1.0, 2.0], "horizon": [5, 20],
+            "size_frac": [0.5, 1.0]}
     res, curves = sweep(df, sig, grid, commission=0.001, slippage=0.0005, start="2005-01-01", risk_free=0.02,
                         equity=True)
     assert len(res) == 3 * 2 * 2 * 2 * 2 and curves.shape == (len(df.loc["2005-01-01":]), len(res))

@@ -177,12 +177,14 @@ def test_every_feed_trains_the_same_model_bit_for_bit():
 def test_batch_size_is_measured_and_the_smallest_near_the_fastest_wins(monkeypatch):
     import agents.trainer as trainer
     from agents.losses import FocalLoss
-    from agents.model import ModelConfig, TransformerAgent
+    from agents.config import ModelConfig
+    from agents.model import TransformerAgent
 
     model = TransformerAgent(ModelConfig(n_features=3, seq_len=8, d_model=8, n_heads=1, n_layers=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ds = _lazy()
-    chosen, table = trainer.measure_batch_size(model, FocalLoss(), lambda b: ds.batch(np.arange(b)), torch.device("cpu"),
+    chosen, table = trainer.measure_batch_size(model, FocalLoss(), lambda b: ds.batch(np.arange(b)),
+                                               torch.device("cpu"),
                                                candidates=(16, 32, 64), steps=2, warmup=1, max_windows=50)
     assert [r["batch_size"] for r in table] == [16, 32]  # 64 > the 50 windows there are
     assert chosen in (16, 32) and all(r["windows_per_s"] > 0 for r in table)

@@ -79,7 +79,8 @@ def test_a_walk_forward_whose_disk_fills_is_one_line(tmp_path):
 mount -t tmpfs -o size=200k none {full}
 set +e
 {sys.executable} -m engine.walkforward --start 2008-01-01 --end 2012-12-31 --epochs 1 --seq-len 8 --d-model 8 \\
-    --n-heads 1 --batch-size 256 --search labels --quiet --folds 2 --trials 2 --study df --out {full}/wf 2>{tmp_path}/err
+    --n-heads 1 --batch-size 256 --search labels --quiet --folds 2 --trials 2 --study df --out {full}/wf """
+                         f"""2>{tmp_path}/err
 echo "exit $?"
 """)
     assert done.returncode == 0, done.stderr

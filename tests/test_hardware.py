@@ -33,7 +33,8 @@ def _write(root: Path, rel: str, text: str) -> None:
 
 def _proc(tmp_path: Path, cgroup_lines: str, mem_total_kb=TB_KB, mem_available_kb=TB_KB - 1000) -> Path:
     proc = tmp_path / "proc"
-    _write(proc, "meminfo", f"MemTotal:       {mem_total_kb} kB\nMemFree:  5 kB\nMemAvailable:   {mem_available_kb} kB\n")
+    _write(proc, "meminfo",
+           f"MemTotal:       {mem_total_kb} kB\nMemFree:  5 kB\nMemAvailable:   {mem_available_kb} kB\n")
     _write(proc, "self/cgroup", cgroup_lines)
     return proc
 

@@ -155,7 +155,8 @@ def test_fracdiff_weights_are_bounded_whatever_the_threshold():
     assert len(fracdiff_weights(1.0, 1e-300)) == 2  # integer d: the weights end by themselves
 
 
-# ------------------------------------------------------------------ agent files that would make us read what we should not
+# ------------------------------------------------------------------ agent files that would make us read what we
+# should not
 def test_external_data_is_refused(tmp_path):
     proto = onnx.load(str(SHIPPED))
     w = proto.graph.initializer[0]
@@ -366,7 +367,8 @@ def test_inspect_shows_n_a_for_crafted_values_in_unchecked_card_sections(tmp_pat
 def test_a_csv_with_nul_bytes_is_one_line_naming_the_line(tmp_path):
     # a sparse or truncated copy: before, pandas read the NULs as data (14.5 GiB for 2 GB) and then said something else
     path = tmp_path / "sparse.csv"
-    path.write_bytes(b"datetime,open,high,low,close,volume\n2020-01-02,1,2,1,2,0\n2020-01-03,1,2,1,2,0\n" + b"\0" * 4096)
+    path.write_bytes(b"datetime,open,high,low,close,volume\n2020-01-02,1,2,1,2,0\n"
+                     b"2020-01-03,1,2,1,2,0\n" + b"\0" * 4096)
     _refused(_run("run_backtest.py", "--data", str(path)),
              f"error: --data: {path}, line 4: binary data, not CSV text: byte 0x00 (NUL)")
 

@@ -57,7 +57,8 @@ def test_atr_matches_python_loop_on_random_walk():
 @pytest.mark.parametrize("period", [1, 14, 30])
 def test_atr_equals_talib(bars, period):
     got = atr(bars["high"], bars["low"], bars["close"], period)
-    ref = talib.ATR(bars["high"].to_numpy(float), bars["low"].to_numpy(float), bars["close"].to_numpy(float), timeperiod=period)
+    ref = talib.ATR(bars["high"].to_numpy(float), bars["low"].to_numpy(float), bars["close"].to_numpy(float),
+                    timeperiod=period)
     assert got.dtype == np.float64
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     assert np.isnan(got[:period]).all() and not np.isnan(got[period:]).any()

@@ -211,7 +211,8 @@ def test_no_import_cycles_within_a_package(package):
 
 def test_the_cycle_check_finds_a_function_level_circle():
     # the shape engine.fastsim <-> engine.runner had: one side imports the other inside a function
-    runner = "import numpy\nfrom engine.metrics import compute_stats\ndef run():\n    from engine.fastsim import simulate\n"
+    runner = ("import numpy\nfrom engine.metrics import compute_stats\n"
+              "def run():\n    from engine.fastsim import simulate\n")
     fastsim = "from engine.runner import BacktestResult\n"
     graph = {"engine.runner": intra_package_imports(runner, "engine.runner", "engine"),
              "engine.fastsim": intra_package_imports(fastsim, "engine.fastsim", "engine"),

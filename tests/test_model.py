@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.model import ModelConfig, TransformerAgent, sinusoidal_positions
+from agents.config import ModelConfig
+from agents.model import TransformerAgent, sinusoidal_positions
 
 
 def _tiny(**kw) -> ModelConfig:

@@ -88,9 +88,11 @@ def test_a_missing_bar_never_shifts_another_instrument(engine):
     r = _run(frames, sig, engine, max_positions=2, size_frac=0.5)
     t = r.trades.set_index("symbol")
     # A: decided day 1, fills day 2 (its next bar), time exit after 2 of its own bars: day 4
-    assert (t.loc["A", "entry_time"], t.loc["A", "exit_time"], t.loc["A", "exit_reason"]) == (DAYS[2], DAYS[4], "time_limit")
+    assert (t.loc["A", "entry_time"], t.loc["A", "exit_time"],
+            t.loc["A", "exit_reason"]) == (DAYS[2], DAYS[4], "time_limit")
     # B: decided day 1, no bar on day 2: fills at its next bar, day 3; its 2 bars held are days 3 and 5, out at day 6
-    assert (t.loc["B", "entry_time"], t.loc["B", "exit_time"], t.loc["B", "exit_reason"]) == (DAYS[3], DAYS[6], "time_limit")
+    assert (t.loc["B", "entry_time"], t.loc["B", "exit_time"],
+            t.loc["B", "exit_reason"]) == (DAYS[3], DAYS[6], "time_limit")
     assert (t.loc["B", "entry_bar"], t.loc["B", "exit_bar"], t.loc["B", "bars_held"]) == (2, 4, 2)  # B's own bars
     assert t.loc["A", "entry_price"] == 51.0 and t.loc["B", "exit_price"] == 100.0
     # the union calendar: 8 days; B's position is valued at its last close on its holidays
@@ -178,7 +180,8 @@ def test_truncating_the_future_changes_nothing_before_the_cut(universe):
     for engine in ("backtrader", "fast"):
         short = run_portfolio(short_frames, short_sig, engine=engine, **kw)
         before = short.equity.index < short.equity.index[-1]  # the last time closes positions: costs differ
-        np.testing.assert_array_equal(short.equity[before].to_numpy(), full.equity.loc[short.equity.index[before]].to_numpy())
+        np.testing.assert_array_equal(short.equity[before].to_numpy(),
+                                      full.equity.loc[short.equity.index[before]].to_numpy())
         done = full.trades[full.trades["exit_time"] < short.equity.index[-1]].reset_index(drop=True)
         mine = short.trades[short.trades["exit_reason"] != "end_of_data"].reset_index(drop=True)
         mine = mine[mine["exit_time"] < short.equity.index[-1]].reset_index(drop=True)

@@ -28,7 +28,8 @@ def _run(argv, capsys):
 def test_main_command_on_the_shipped_agent_is_out_of_sample(tmp_path):
     plot, report = tmp_path / "eq.png", tmp_path / "r.json"
     done = subprocess.run(
-        [sys.executable, "run_backtest.py", "--agent", "models/agent1.onnx", "--plot", str(plot), "--report", str(report)],
+        [sys.executable, "run_backtest.py", "--agent", "models/agent1.onnx", "--plot", str(plot),
+         "--report", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -58,13 +59,15 @@ def test_report_round_trips_the_result(tiny_agent, tmp_path, capsys):
 
 
 def test_in_sample_period_is_flagged(tiny_agent, capsys):
-    code, out, err = _run(["--agent", str(tiny_agent[0]), "--start", "2012-01-01", "--end", "2012-12-31", "--no-plot"], capsys)
+    code, out, err = _run(["--agent", str(tiny_agent[0]), "--start", "2012-01-01", "--end", "2012-12-31", "--no-plot"],
+                          capsys)
     assert code == 0
     assert "IN-SAMPLE" in err
 
 
 def test_live_mode_gives_the_same_trades_as_batch(tiny_agent, tmp_path, capsys):
-    args = ["--agent", str(tiny_agent[0]), "--start", "2015-06-01", "--end", "2015-12-31", "--no-plot", "--threshold", "0.3"]
+    args = ["--agent", str(tiny_agent[0]), "--start", "2015-06-01", "--end", "2015-12-31", "--no-plot",
+            "--threshold", "0.3"]
     assert run_backtest.main(args + ["--report", str(tmp_path / "b.json")]) == 0
     assert run_backtest.main(args + ["--live", "--report", str(tmp_path / "l.json")]) == 0
     batch, live = (json.loads((tmp_path / n).read_text()) for n in ("b.json", "l.json"))
@@ -108,7 +111,8 @@ def short_csv(tmp_path):
     [
         (lambda a, d: ["--agent", str(d / "missing.onnx")], "agent file not found"),
         (lambda a, d: ["--agent", str(_junk(d))], "not an ONNX model"),
-        (lambda a, d: ["--agent", str(_agent_needing_book(a, d / "book.onnx"))], "needs column(s) ['bid_size', 'ask_size']"),
+        (lambda a, d: ["--agent", str(_agent_needing_book(a, d / "book.onnx"))],
+         "needs column(s) ['bid_size', 'ask_size']"),
         (lambda a, d: ["--agent", str(a), "--data", "sp5000"], "did you mean 'sp500'"),
         (lambda a, d: ["--agent", str(a), "--data", str(d / "short.csv")], "bars of warm-up"),
         (lambda a, d: ["--agent", str(a), "--start", "2030-01-01"], "need at least 2"),
@@ -118,7 +122,8 @@ def short_csv(tmp_path):
         (lambda a, d: ["--agent", str(a), "--size-frac", "1.5"], "--size-frac 1.5: must be a fraction in (0, 1]"),
         (lambda a, d: ["--agent", str(a), "--risk-free", "5"], "--risk-free 5.0: must be an annual rate"),
         (lambda a, d: ["--agent", str(a), "--fast", "5"], "--fast sets the smacross strategy"),
-        (lambda a, d: ["--strategy", "smacross", "--fast", "30", "--slow", "10"], "--fast 30 must be shorter than --slow 10"),
+        (lambda a, d: ["--strategy", "smacross", "--fast", "30", "--slow", "10"],
+         "--fast 30 must be shorter than --slow 10"),
         (lambda a, d: ["--strategy", "smacross", "--agent", str(a)], "--agent sets the agent strategy"),
         (lambda a, d: ["--agent", str(a), "--trades", str(d / "t.txt")], "--trades"),
         (lambda a, d: ["--agent", str(a), "--strategy", "smacros"], "did you mean 'smacross'"),
@@ -154,7 +159,8 @@ def test_any_frequency_runs_an_agent_on_bars_it_was_not_trained_on(tiny_agent, t
 def _weekly(d: Path) -> Path:
     path = d / "weekly.csv"
     df = load_ohlcv("sp500", start="2015-01-01")
-    df.resample("W-FRI").agg({"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}).to_csv(path)
+    df.resample("W-FRI").agg({"open": "first", "high": "max", "low": "min", "close": "last",
+                              "volume": "sum"}).to_csv(path)
     return path
 
 
@@ -186,11 +192,13 @@ def test_unwritable_outputs_are_one_line_errors(tiny_agent, capsys):
 
 def test_other_data_defaults_to_after_the_training_period_too(tiny_agent, tmp_path, capsys):
     report = tmp_path / "r.json"
-    code, out, err = _run(["--agent", str(tiny_agent[0]), "--data", "nasdaq", "--no-plot", "--report", str(report)], capsys)
+    code, out, err = _run(["--agent", str(tiny_agent[0]), "--data", "nasdaq", "--no-plot", "--report", str(report)],
+                          capsys)
     assert code == 0 and "IN-SAMPLE" not in err
     last_seen = tiny_agent[1].card["dataset"]["last_bar_used"]
     assert json.loads(report.read_text())["bars"]["datetime"][0] > last_seen
-    code, out, err = _run(["--agent", str(tiny_agent[0]), "--data", "nasdaq", "--start", "2010-01-01", "--no-plot"], capsys)
+    code, out, err = _run(["--agent", str(tiny_agent[0]), "--data", "nasdaq", "--start", "2010-01-01", "--no-plot"],
+                          capsys)
     assert code == 0 and "IN-SAMPLE" in err and "on sp500" in err
 
 
@@ -223,8 +231,8 @@ def test_smacross_windows_size_and_risk_free_reach_the_backtest(tmp_path, capsys
     assert rep["config"]["params"] == {"size_frac": 0.5, "fast": 5, "slow": 20}
     assert rep["config"]["risk_free"] == 0.03 and rep["stats"]["risk_free"] == 0.03
     # the same run through the API, and its Sharpe at rf = 0 recomputed from the report's equity
-    direct = engine_run(load_ohlcv("nasdaq", end="2014-12-31"), "smacross", start="2010-01-01", end="2014-12-31", fast=5, slow=20,
-                        size_frac=0.5, risk_free=0.03)
+    direct = engine_run(load_ohlcv("nasdaq", end="2014-12-31"), "smacross", start="2010-01-01", end="2014-12-31",
+                        fast=5, slow=20, size_frac=0.5, risk_free=0.03)
     assert rep["stats"]["sharpe"] == pytest.approx(direct.stats["sharpe"], rel=1e-12)
     equity = pd.Series(rep["bars"]["equity"], index=pd.to_datetime(rep["bars"]["datetime"]))
     assert compute_stats(equity)["sharpe"] > rep["stats"]["sharpe"]  # 3% a year of hurdle lowers it

@@ -135,7 +135,9 @@ def _rewrite_card(src, dst, change):
         (lambda src, d: d / "missing.onnx", "not found"),
         (lambda src, d: (d / "junk.onnx").write_bytes(b"not a model at all") and d / "junk.onnx", "not an ONNX model"),
         (lambda src, d: _strip(src, d / "nometa.onnx"), "no 'tbm_agent' metadata"),
-        (lambda src, d: _rewrite_card(src, d / "v99.onnx", lambda v: v.replace('"format_version": 1', '"format_version": 99')), "incompatible"),
+        (lambda src, d: _rewrite_card(src, d / "v99.onnx",
+                                      lambda v: v.replace('"format_version": 1', '"format_version": 99')),
+         "incompatible"),
         (lambda src, d: _rewrite_card(src, d / "bad.onnx", lambda v: v[:-5]), "not valid JSON"),
     ],
 )
@@ -165,7 +167,6 @@ def test_inspect_prints_the_model_card_with_baseline(tiny_agent):
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "attention", "lags"])
 def test_the_allow_list_holds_every_operator_our_exporters_emit(pooling):
-    import onnx
     import torch
 
     from agents import export
@@ -201,7 +202,8 @@ def test_an_onnxruntime_failure_while_running_is_one_line_naming_the_file():
     with pytest.raises(AgentFileError) as info:
         agent.predict_proba(load_ohlcv("sp500").iloc[:300])
     message = str(info.value)
-    assert "\n" not in message and message.startswith(f"{shipped}: onnxruntime could not run the model (RuntimeException")
+    assert "\n" not in message and message.startswith(f"{shipped}: onnxruntime could not run the model "
+                                                      "(RuntimeException")
 
 
 # ------------------------------------------------------------------ untrusted agent files: bounds before anything runs

@@ -1,7 +1,6 @@
 """Tests for labeling.splits: purged train/val split and walk-forward folds over label spans."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from datafeeds import load_ohlcv

@@ -172,11 +172,13 @@ def test_a_changed_file_builds_a_new_store(tmp_path, frames):
     data.mkdir()
     df = frames["goog"]
     path = _csv(data, df, "goog")
-    one = FeatureStore.build_or_open({"goog": load_ohlcv(path), "sp500": frames["sp500"]}, SPEC, TBM, tmp_path / "cache")
+    one = FeatureStore.build_or_open({"goog": load_ohlcv(path), "sp500": frames["sp500"]}, SPEC, TBM,
+                                     tmp_path / "cache")
     changed = df.copy()
     changed.iloc[-1, changed.columns.get_loc("close")] += 1.0
     _csv(data, changed, "goog")
-    two = FeatureStore.build_or_open({"goog": load_ohlcv(path), "sp500": frames["sp500"]}, SPEC, TBM, tmp_path / "cache")
+    two = FeatureStore.build_or_open({"goog": load_ohlcv(path), "sp500": frames["sp500"]}, SPEC, TBM,
+                                     tmp_path / "cache")
     assert two.key != one.key and two.path.is_dir() and one.path.is_dir()
     assert two.info("goog")["sha256"] != one.info("goog")["sha256"]
     assert two.features("sp500").tobytes() == one.features("sp500").tobytes()

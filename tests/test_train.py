@@ -22,7 +22,8 @@ from agents.runtime import OnnxAgent
 from agents.hardware import choose_profile, detect
 from agents.config import TrainConfig
 from agents.prepare import prepare
-from agents.train import fit, main
+from agents.train import main
+from agents.trainer import fit
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,8 @@ def test_card_reports_losses_beside_the_no_skill_baseline(tiny_agent, tmp_path, 
     p = 1 / (1 + np.exp(-z))
     base = float(np.mean(y_tr))
     assert m["val_loss"] == pytest.approx(_focal_by_hand(p, y_va, alpha, gamma), rel=1e-4)
-    assert m["baseline_val_loss"] == pytest.approx(_focal_by_hand(np.full(len(y_va), base), y_va, alpha, gamma), rel=1e-6)
+    assert m["baseline_val_loss"] == pytest.approx(_focal_by_hand(np.full(len(y_va), base), y_va, alpha, gamma),
+                                                   rel=1e-6)
     logloss = float(np.mean(-(y_va * np.log(p) + (1 - y_va) * np.log(1 - p))))
     assert m["val_logloss"] == pytest.approx(logloss, rel=1e-4)
     assert m["baseline_val_logloss"] == pytest.approx(
@@ -135,7 +137,8 @@ def test_resume_refuses_a_different_batch_size_and_names_a_broken_checkpoint(tmp
         fit(other, prep, checkpoint_dir=tmp_path, resume=True, progress=False,
             profile=dataclasses.replace(choose_profile(detect(), "safe"), batch_size=1024))
     (tmp_path / "last.pt").write_bytes(b"truncated")
-    with pytest.raises(ValueError, match="last.pt: not a readable training checkpoint .*; delete it or run without --resume"):
+    with pytest.raises(ValueError, match="last.pt: not a readable training checkpoint .*; "
+                                         "delete it or run without --resume"):
         fit(cfg, prep, checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
@@ -289,8 +292,9 @@ def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(tmp_path)
     ck = tmp_path / "ck2"
     ck.mkdir()
     torch.save({"model": {}, "x": _Payload(marker)}, ck / "last.pt")
-    done = subprocess.run([sys.executable, "-m", "agents.train", *_cli("--epochs", "1", "--out", str(tmp_path / "a.onnx"),
-                           "--checkpoint-dir", str(ck), "--resume")], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "agents.train",
+                           *_cli("--epochs", "1", "--out", str(tmp_path / "a.onnx"), "--checkpoint-dir", str(ck),
+                                 "--resume")], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "last.pt: refused" in lines[0], done.stderr
@@ -301,7 +305,8 @@ def test_uniqueness_weights_scale_each_window_loss_and_average_one():
     import torch
 
     from agents.losses import FocalLoss, focal_loss
-    from agents.model import ModelConfig, TransformerAgent
+    from agents.config import ModelConfig
+    from agents.model import TransformerAgent
     from agents.optim import AdamW
     from agents.trainer import train_step
 

@@ -174,7 +174,8 @@ def test_a_per_symbol_agent_trades_its_members_with_their_statistics_and_refuses
     agent.reset()
     agent.select_symbol_for(nvda)
     probs = [agent.update(bar) for _, bar in nvda.iloc[: agent.warmup + 5].iterrows()]
-    np.testing.assert_allclose(probs[-5:], agent.predict_proba(nvda.iloc[: agent.warmup + 5]).to_numpy()[-5:], atol=1e-6)
+    np.testing.assert_allclose(probs[-5:], agent.predict_proba(nvda.iloc[: agent.warmup + 5]).to_numpy()[-5:],
+                               atol=1e-6)
     # a member selected does not make another file tradable: the file's own hash decides
     with pytest.raises(ValueError, match="trades only those"):
         agent.predict_proba(load_ohlcv("nasdaq"))

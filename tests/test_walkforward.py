@@ -111,7 +111,8 @@ def test_stitched_equity_chains_the_fold_test_curves(first_run):
     assert d["var_pooled_across_folds"] == pytest.approx(np.var([s for f in folds for s in f["trial_val_sr"]], ddof=1))
     assert "within-fold" in d["var_method"] and "conservative" in d["note"]
     assert d["n_trials"] == 4
-    assert d["dsr"] == pytest.approx(_dsr_by_hand(stitched["equity"].pct_change().dropna().to_numpy(), 4, var), rel=1e-9)
+    assert d["dsr"] == pytest.approx(_dsr_by_hand(stitched["equity"].pct_change().dropna().to_numpy(), 4, var),
+                                     rel=1e-9)
 
 
 def _dsr_by_hand(r: np.ndarray, n: int, var: float) -> float:
@@ -463,7 +464,8 @@ def test_embargo_help_says_it_drops_out_of_sample_bars_and_understates_cagr():
 def test_report_files_go_through_write_atomic(tmp_path, monkeypatch):
     written = []
     real = wf_report.write_atomic
-    monkeypatch.setattr(wf_report, "write_atomic", lambda path, data: written.append(Path(path).name) or real(path, data))
+    monkeypatch.setattr(wf_report, "write_atomic",
+                        lambda path, data: written.append(Path(path).name) or real(path, data))
     wf_report.write_json(tmp_path / "r.json", {"a": np.float64(1.5), "t": pd.Timestamp("2020-01-02")})
     frame = pd.DataFrame({"equity": [1.0, 2.0]}, index=pd.DatetimeIndex(["2020-01-01", "2020-01-02"], name="datetime"))
     wf_report.write_csv(tmp_path / "e.csv", frame)
@@ -642,10 +644,12 @@ def test_a_run_killed_mid_fold_and_resumed_reports_what_an_uninterrupted_run_rep
     a = json.loads((tmp_path / "clean" / "report.json").read_text())
     b = json.loads((tmp_path / "killed" / "report.json").read_text())
     assert b["trials"]["failed"] == 1 and b["configurations_tried"] == a["configurations_tried"] == 4
-    done = lambda url_, name: sorted((t.params["horizon"], round(t.params["pt"], 12), round(t.value, 12))
-                                     for t in _finished(_trials(url_, name)))
+    def done(url_, name):
+        return sorted((t.params["horizon"], round(t.params["pt"], 12), round(t.value, 12))
+                      for t in _finished(_trials(url_, name)))
     assert done(url, "killed_fold0") == done(f"sqlite:///{(tmp_path / 'clean' / 'optuna.db').resolve()}", "clean_fold0")
-    assert b["folds"][0]["params"] == a["folds"][0]["params"] and b["folds"][0]["best_value"] == a["folds"][0]["best_value"]
+    assert (b["folds"][0]["params"] == a["folds"][0]["params"]
+            and b["folds"][0]["best_value"] == a["folds"][0]["best_value"])
     assert b["stitched"]["stats"] == a["stitched"]["stats"]
     assert b["deflated_sharpe"]["dsr"] == a["deflated_sharpe"]["dsr"]
 
@@ -682,8 +686,8 @@ def test_a_sqlite_transaction_holds_the_write_lock_from_its_first_read(tmp_path)
 
 # ------------------------------------------------------------------------------------ the finalise claim
 def _claim_info(pid: int, **extra) -> dict:
-    return {"worker": f"h:{pid}", "pid": pid, "pid_space": wfs.pid_space(), "pid_start": wfs._pid_start(pid), "token": "t0",
-            "alive": time.time(), **extra}
+    return {"worker": f"h:{pid}", "pid": pid, "pid_space": wfs.pid_space(), "pid_start": wfs._pid_start(pid),
+            "token": "t0", "alive": time.time(), **extra}
 
 
 def _stale(info, now=0.0, seen=None):
@@ -857,7 +861,8 @@ def test_trial_lines_round_parameters_and_name_the_scores():
     line = wf_console.trial_line(0, 3, "val_loss", 0.98712, auc=0.51234, sharpe=0.3121, trades=42, seconds=12.34,
                           params={"pt": 1.75, "horizon": 10})
     assert line == "fold 0 trial 3: val_loss 0.9871  (AUC 0.512, Sharpe 0.31, 42 trades, 12.3 s)  pt=1.75 horizon=10"
-    assert wf_console.trial_line(1, 0, "val_sharpe", -0.25, auc=None, sharpe=None, trades=0, seconds=1.0, params={}) == (
+    assert wf_console.trial_line(1, 0, "val_sharpe", -0.25, auc=None, sharpe=None, trades=0, seconds=1.0,
+                                 params={}) == (
         "fold 1 trial 0: val_sharpe -0.2500  (AUC n/a, Sharpe n/a, 0 trades, 1.0 s)  ")
     assert wf_console.pruned_line(2, 5, 3, 1.02134, 8.06, {"pt": 2.0}) == (
         "fold 2 trial 5: pruned after epoch 3, val_loss 1.0213  (8.1 s)  pt=2")
@@ -996,8 +1001,8 @@ def test_a_trial_interrupted_before_its_objective_runs_is_failed_not_left_runnin
         raise KeyboardInterrupt
 
     monkeypatch.setattr(wf_search.TrialSeededTPE, "before_trial", interrupted)
-    ctx = SimpleNamespace(cfg=SimpleNamespace(timeout=None, n_jobs=1, trials=5, search=("model",)), spent={}, storage=storage,
-                          progress=wf_console.Progress(False, trials=5), stop=threading.Event())
+    ctx = SimpleNamespace(cfg=SimpleNamespace(timeout=None, n_jobs=1, trials=5, search=("model",)), spent={},
+                          storage=storage, progress=wf_console.Progress(False, trials=5), stop=threading.Event())
     with pytest.raises(KeyboardInterrupt):
         wfr._search(ctx, SimpleNamespace(fold=0), study, n_trials=1)
     states = [t.state for t in optuna.load_study(study_name="i_fold0", storage=storage).trials]

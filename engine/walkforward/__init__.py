@@ -13,7 +13,8 @@ configurations were tried and the Deflated Sharpe Ratio of that result (N = tria
 conservative; V = mean within-fold variance of the trials' validation Sharpes) and, per fold, the
 Probability of Backtest Overfitting (``engine.overfitting``, CSCV over the completed trials' per-bar
 validation returns); ``--cpcv N,K`` adds the path Sharpe ratios of the latest selection under
-combinatorial purged cross-validation (:mod:`engine.walkforward.cpcv`). ``--objective val_loss`` divides each trial's validation focal loss by that of the
+combinatorial purged cross-validation (:mod:`engine.walkforward.cpcv`). ``--objective val_loss`` divides each
+trial's validation focal loss by that of the
 best constant prediction for the validation labels under the trial's own loss, so that searching
 focal alpha/gamma cannot win by recalibration (1 = no skill). Trials are scored
 with the fast simulator (``engine.fastsim``, parity-tested against backtrader trade for trade); the

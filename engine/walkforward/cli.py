@@ -55,18 +55,21 @@ def parser() -> argparse.ArgumentParser:
         "is retrained on train+validation and traded on the next unseen test block; the chained test blocks "
         "are the out-of-sample result. Rerun the same command to resume; start it on several machines with "
         "one --storage URL to share the work.",
-        epilog="Example: python -m engine.walkforward --folds 3 --trials 5   (bundled S&P 500, a few minutes on 2 cores). "
+        epilog="Example: python -m engine.walkforward --folds 3 --trials 5   "
+        "(bundled S&P 500, a few minutes on 2 cores). "
         "Outputs in --out: report.json, stitched_equity.png/.csv, fold<k>.onnx/.json, fold<k>_history.png, "
         "fold<k>_importance.png.",
     )
     g = p.add_argument_group("data and folds")
-    g.add_argument("--data", default=d.data, help="bundled sample name (sp500, nasdaq, eurusd_1h, ...) or a CSV/Parquet path")
+    g.add_argument("--data", default=d.data,
+                   help="bundled sample name (sp500, nasdaq, eurusd_1h, ...) or a CSV/Parquet path")
     g.add_argument("--start", default=None, help="first date used, e.g. 2005-01-01")
     g.add_argument("--end", default=None, help="last date used")
     g.add_argument("--folds", type=int, default=d.folds, help="number of walk-forward folds (test blocks)")
     g.add_argument("--scheme", type=_choice("scheme", ("rolling", "anchored")), default=d.scheme,
                    help="rolling: fixed-length train window; anchored: train always starts at the first bar")
-    g.add_argument("--test-frac", type=float, default=d.test_frac, help="last fraction of the bars split into the test blocks")
+    g.add_argument("--test-frac", type=float, default=d.test_frac,
+                   help="last fraction of the bars split into the test blocks")
     g.add_argument("--embargo", type=int, default=d.embargo,
                    help="bars left out after each test block. No fold trains on later data, so this only drops "
                    "out-of-sample bars: the stitched curve joins across each gap and its CAGR, which counts the "
@@ -77,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
                    "Sharpe ratios of its C(N-1,K-1) paths (default: off)")
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=d.trials, help="trials per fold, in total over all workers")
-    g.add_argument("--timeout", type=float, default=None, help="seconds of search per fold (and process); then the fold is finalised with the trials it has")
+    g.add_argument("--timeout", type=float, default=None,
+                   help="seconds of search per fold (and process); then the fold is finalised with the trials it has")
     g.add_argument("--objective", type=_choice("objective", tuple(OBJECTIVES)), default=d.objective,
                    help="val_loss: validation focal loss / that of the best constant prediction under the trial's own "
                    "loss (minimised; 1 = no skill); val_auc: validation AUC; "
@@ -87,11 +91,13 @@ def parser() -> argparse.ArgumentParser:
                    "labels (pt, sl, horizon), strategy (threshold as a training signal rate, pt/sl at execution; "
                    "needs --objective val_sharpe; alone, the fold's model is trained once and trials are scored in "
                    "sweeps of 16)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial (the refit uses the best trial's best epoch)")
+    g.add_argument("--epochs", type=int, default=d.epochs,
+                   help="epochs per trial (the refit uses the best trial's best epoch)")
     g.add_argument("--seed", type=int, default=d.seed, help="sampler and model seed")
     g.add_argument("--n-jobs", type=int, default=d.n_jobs, help="trials in parallel threads in this process")
     g = p.add_argument_group("storage and output")
-    g.add_argument("--study", default=None, help="study name (default: wf_<data>); fold k's Optuna study is <study>_fold<k>")
+    g.add_argument("--study", default=None,
+                   help="study name (default: wf_<data>); fold k's Optuna study is <study>_fold<k>")
     g.add_argument("--storage", default=None, help="Optuna RDB URL shared by all workers, e.g. "
                    "postgresql+psycopg2://user:pw@host/db (default: sqlite:///<out>/optuna.db)")
     g.add_argument("--out", default=None, help="output folder (default: reports/<study>)")

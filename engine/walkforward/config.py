@@ -19,7 +19,8 @@ OBJECTIVES = {  # name -> optimisation direction
     "val_sharpe": "maximize",  # annualised Sharpe of a backtest on the validation block
 }
 VALIDATION_ENGINE = "fast"  # every trial's validation backtest: engine.fastsim, parity-tested with backtrader
-ENGINES = ("backtrader", "fast")  # engine.runner.ENGINES, spelt out so the CLI parser needs no backtrader (tested equal)
+ENGINES = ("backtrader", "fast")  # engine.runner.ENGINES, spelt out so the CLI parser needs no backtrader
+                                  # (tested equal)
 # everything not searched; a base option of a searched group must keep its value here (else refused)
 BASE_OVERRIDES = dict(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256, holdout=0.0)
 

@@ -190,7 +190,8 @@ def summary_lines(report: dict) -> list[str]:
     s, b, d = report["stitched"]["stats"], report["stitched"]["benchmark_stats"], report["deflated_sharpe"]
     lines += [
         f"stitched out-of-sample {s['start'][:10]}..{s['end'][:10]}: return {_pct(s['total_return'])}  "
-        f"CAGR {_pct(s['cagr'])}  Sharpe {fmt(s['sharpe'], '.2f')}  max DD {_pct(s['max_drawdown'])}  trades {s['n_trades']}",
+        f"CAGR {_pct(s['cagr'])}  Sharpe {fmt(s['sharpe'], '.2f')}  max DD {_pct(s['max_drawdown'])}  "
+        f"trades {s['n_trades']}",
         f"buy and hold, same bars:  return {_pct(b['total_return'])}  CAGR {_pct(b['cagr'])}  "
         f"Sharpe {fmt(b['sharpe'], '.2f')}  max DD {_pct(b['max_drawdown'])}",
         f"configurations tried: {report['configurations_tried']} (all folds: {report['trials']['complete']} complete, "

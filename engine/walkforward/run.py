@@ -255,7 +255,8 @@ def _search(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int) -> No
             study.optimize(
                 _Objective(ctx, fold), n_trials=n_trials, timeout=left, n_jobs=cfg.n_jobs, gc_after_trial=True,
                 callbacks=[MaxTrialsCallback(cfg.trials, states=FINISHED), StopWhenFull(cfg.trials),
-                           lambda s, _: ctx.progress.fold(fold.fold, len(s.get_trials(deepcopy=False, states=FINISHED))),
+                           lambda s, _: ctx.progress.fold(fold.fold,
+                                                          len(s.get_trials(deepcopy=False, states=FINISHED))),
                            lambda s, _: check_stop(ctx.stop)],
             )
     except SurplusTrial:
@@ -614,7 +615,8 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
         "trials": {"complete": c["COMPLETE"], "pruned": c["PRUNED"],
                    "failed": sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                                  if not t.user_attrs.get("surplus"))},
-        "trial_val_sr": [t.user_attrs.get("val_sr") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))],
+        "trial_val_sr": [t.user_attrs.get("val_sr")
+                         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))],
         "pbo": fold_pbo(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
         "best_trial": best.number, "best_value": best.value, "params": best.params, "best_epoch": best_epoch,
         "execution": execution.strategy_params(tcfg, agent.threshold),
@@ -623,7 +625,8 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
         "benchmark_equity": bt.benchmark_equity.tolist(), "trades": trades,
         "onnx": {"path": str((cfg.out_dir / f"fold{k}.onnx").resolve()), "sha256": _sha256(onnx_tmp),
                  "host": socket.gethostname()},
-        "plots": plots, "finalised_by": ctx.worker, "run_id": ctx.run_id, "finalised_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "plots": plots, "finalised_by": ctx.worker, "run_id": ctx.run_id,
+        "finalised_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": time.perf_counter() - t0,
     }
     return result
@@ -678,7 +681,8 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
         "cpcv": _cpcv(ctx, results),
         "new_trials_this_run": sum(
             1 for f in ctx.folds for t in optuna.load_study(study_name=f"{cfg.study_name}_fold{f.fold}",
-                                                            storage=ctx.storage).get_trials(deepcopy=False, states=FINISHED)
+                                                            storage=ctx.storage).get_trials(deepcopy=False,
+                                                                                            states=FINISHED)
             if t.user_attrs.get("run_id") == ctx.run_id),
         "files": {"report": str(cfg.out_dir / "report.json"), "stitched_equity_png": str(png)},
         "seconds": seconds,

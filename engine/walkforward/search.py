@@ -139,7 +139,8 @@ def check_not_surplus(trial: optuna.Trial, cap: int) -> None:
     # only the first copy runs
     me = next((t for t in live if t.number == trial.number), None)
     origin = None if me is None else me.system_attrs.get("failed_trial")
-    if origin is not None and any(t.system_attrs.get("failed_trial") == origin for t in live if t.number < trial.number):
+    if origin is not None and any(t.system_attrs.get("failed_trial") == origin
+                                  for t in live if t.number < trial.number):
         trial.set_user_attr("surplus", True)
         raise SurplusTrial(f"trial {trial.number}: a copy of failed trial {origin} already runs")
 
