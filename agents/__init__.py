@@ -7,8 +7,9 @@ onnxruntime alone, without torch's second of import and ~1 GB of memory.
 ``from agents import *`` takes every name, so it loads torch.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from datafeeds.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .compare import compare_cpcv
@@ -64,17 +65,7 @@ _EXPORTS = {  # public name -> its module
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agents' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = list(_EXPORTS)

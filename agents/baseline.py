@@ -29,8 +29,7 @@ __all__ = ["GBM_LAGS", "GBM_MAX_CELLS", "GBM_PARAMS", "LOOKAHEAD_MARGIN", "MAX_F
            "linear_baselines"]
 
 PRICE_VOLUME = frozenset({"open", "high", "low", "close", "volume"})  # the columns every OHLCV file has
-# A validation AUC this far above the price-and-volume baseline, with other data columns in use, is
-# flagged as possible look-ahead: on our planted tests real signals gave 0.0-0.03 over a linear model.
+# AUC this far over the price-and-volume baseline, other columns in use, flags look-ahead (docs/DECISIONS.md)
 LOOKAHEAD_MARGIN = 0.10
 MAX_FIT_ROWS = 200_000  # training events the logistic regression is fitted on at most (drawn evenly)
 GBM_LAGS = 16  # bars the gradient-boosting baseline reads (at most seq_len)
@@ -44,7 +43,7 @@ GBM_PARAMS = {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 15, "min
               "bin_construct_sample_cnt": 20_000, "deterministic": True, "force_row_wise": True, "verbose": -1}
 GBM_STOP_FRACTION = 0.2  # the last training events (in time order) that early stopping watches
 GBM_STOP_ROUNDS = 30  # trees without improvement there before it stops
-# few threads for small data (LightGBM's docs); on busy cores 2 threads fitted 3,200 rows 15x slower than 1
+# few threads for small data (LightGBM's docs; measurements: docs/DECISIONS.md)
 _ROWS_PER_THREAD = 100_000
 _LEVEL = 0.95
 _BOOT_CELLS = 20_000_000  # resamples x events per bootstrap, bounding its time and memory

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
     """ROC AUC, or None where it is undefined (one class only)."""
-    from sklearn.metrics import roc_auc_score  # here: training imports this module; sklearn is ~70 MiB
+    from sklearn.metrics import roc_auc_score  # here: training imports this module; sklearn is heavy
 
     y = np.asarray(y)
     if np.unique(y).size < 2:
@@ -82,11 +82,9 @@ def adversarial_auc(train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0, ma
     return float(roc_auc_score(y, proba))
 
 
-# Working-set growth of `evaluate` over a process with torch and the data loaded: scikit-learn's import
-# (~70 MiB), the baselines and the adversarial classifier on the default data, measured in a memory cgroup here.
+# Working-set growth of `evaluate` over torch and the data (measurements: docs/DECISIONS.md)
 EVALUATION_MEMORY = 100 * 2**20
-# Windows per forward pass when scoring. Attention maps grow with it: at 1024 the default model's
-# inference peaked ~200 MiB above its working set here, at 256 ~15 MiB, at the same speed on CPU.
+# Windows per forward pass when scoring: attention maps grow with it, the speed does not (docs/DECISIONS.md)
 SCORE_BATCH = 256
 
 

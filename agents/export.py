@@ -1,9 +1,9 @@
 """Export a trained TransformerAgent to a self-describing ONNX file, parity-checked before writing.
 
 Two exporters, one check. torch's default (``dynamo``: torch.export + onnxscript) needs about
-``EXPORTER_MEMORY["dynamo"]`` beyond the process's working set, more than a 488 MiB container has left
-after importing torch; the TorchScript exporter needs about a third of it (measured here, torch 2.13,
-the shipped model size). ``exporter="auto"`` takes dynamo when it fits the memory left and TorchScript
+``EXPORTER_MEMORY["dynamo"]`` beyond the process's working set, more than a small container has left
+after importing torch; the TorchScript exporter needs about a third of it (measurements: docs/DECISIONS.md).
+``exporter="auto"`` takes dynamo when it fits the memory left and TorchScript
 otherwise. Either way the file is written only if onnxruntime reproduces torch's logits to
 ``PARITY_TOL``, and the card records which exporter made it.
 """
@@ -30,9 +30,7 @@ OPSET = 18  # >= 17 for LayerNormalization as one op; 18 is what onnxscript targ
 OPSET_TORCHSCRIPT = 17  # the TorchScript exporter's LayerNormalization needs 17
 PARITY_TOL = 1e-5  # max |onnxruntime - torch| on the validation batch
 EXPORTERS = ("dynamo", "torchscript")
-# Peak working-set growth of an export plus its onnxruntime parity check, over a process that has
-# torch and the model loaded, in a memory cgroup here (torch 2.13, d_model 64): dynamo 243 MiB,
-# TorchScript 90 MiB; rounded up.
+# Peak growth of an export plus its parity check over torch and the model, rounded up (docs/DECISIONS.md)
 EXPORTER_MEMORY = {"dynamo": 260 * 2**20, "torchscript": 110 * 2**20}
 
 

@@ -1,8 +1,8 @@
 """Feeding training batches to the device: windows resident on it, or batched gathers prefetched on a thread.
 
 The journal's "Beast mode" fed a GPU through 8 per-sample DataLoader workers: each window gathered
-alone in Python, then collated; our benchmark measures that path 15x slower than one batched gather
-on the CPU. Two batched feeds replace it:
+alone in Python, then collated, far slower than one batched gather (measurements: docs/DECISIONS.md).
+Two batched feeds replace it:
 
 - `ResidentWindows`: the (N, F) features and the labels are copied to the device once; a batch is
   gathered there by index, rows ``end - L + 1 .. end`` of each window end, the same arithmetic as

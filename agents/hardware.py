@@ -16,18 +16,14 @@ from .memory import _read, _read_int, cgroup_chain, meminfo, memory_state, own_c
 
 log = logging.getLogger(__name__)
 
-# Beast thresholds, nominal 16 GB / 32 GB: cards and hosts report a bit less than the label
-# (a "16 GB" T4 reports 15.8e9 bytes), so the cut-offs sit below the nominal sizes.
+# Beast thresholds under the nominal 16 GB / 32 GB: devices report less than the label (docs/DECISIONS.md)
 _BEAST_GPU_BYTES = 15 * 10**9
 _BEAST_RAM_BYTES = 30 * 10**9
 _WORKER_OVERHEAD_BYTES = 200 * 2**20  # a DataLoader worker: interpreter + torch, private pages
 # Floats kept per (sample, bar, layer) for backward: ~24 d_model-wide tensors (qkv, norms, residuals,
 # dropout masks), 4 attention maps of n_heads * L, 4 MLP-wide ones.
 _ACT_D_MODEL, _ACT_ATTENTION, _ACT_FEEDFORWARD = 24, 4, 4
-# What training really added, over the process after imports and data, in a memory cgroup here
-# (working set, default model, L 64): +148 MiB at batch 64, +524 MiB at batch 256, against 97 and
-# 386 MiB of activations by the count above. Autograd's temporaries and the allocator add about half
-# again; the estimate takes 1.5x.
+# Autograd's temporaries and the allocator add about half again to the activations above (docs/DECISIONS.md)
 _ACT_MEASURED_FACTOR = 1.5
 _FIT_FRACTION = 0.8  # leave 20% of available memory for the allocator, page cache, the unexpected
 

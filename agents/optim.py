@@ -2,8 +2,8 @@
 
 Why: torch.optim imports ``torch._dynamo`` and sympy as soon as an optimizer is built (its
 ``add_param_group``, like ``step``, ``zero_grad`` and ``(load_)state_dict``, goes through
-``torch._disable_dynamo``): ~67 MiB of anonymous memory, measured, that a 488 MiB container cannot
-spare. This is torch 2.13's ``_single_tensor_adam`` (decoupled weight decay) op for op, so results
+``torch._disable_dynamo``): memory a small container cannot spare (measurements: docs/DECISIONS.md).
+This is torch 2.13's ``_single_tensor_adam`` (decoupled weight decay) op for op, so results
 match torch's bit for bit (tests/test_optim.py).
 """
 

@@ -29,8 +29,7 @@ from .features import FeatureSpec, compute_features
 
 log = logging.getLogger(__name__)
 
-# Windows per onnxruntime call in predict_proba. Small batches keep ORT's arena small (peak RSS of
-# predict_proba on the 5k-bar sp500 sample: 410 MB at 128, 1.2 GB at 1024) at the same windows/s here.
+# Windows per onnxruntime call: small batches keep ORT's arena small at the same speed (docs/DECISIONS.md)
 BATCH_SIZE = 128
 # Extra bars of history the streaming path keeps beyond warm-up + seq_len: after 1,000 bars the
 # slowest recursion we use (Wilder's 1/14 smoothing) retains (13/14)**1000 ~ 1e-32 of its seed.
@@ -60,8 +59,7 @@ MAX_WEIGHT_BYTES = 256 * 2**20  # weights and constants held in the file; the sh
 CONTROL_FLOW = frozenset({"Loop", "If", "Scan"})  # never allowed (tests/test_runtime.py checks the allow-list)
 # The file: weights, metadata and the graph's structure (the shipped agent: 0.5 MB). Checked before parsing.
 MAX_FILE_BYTES = MAX_WEIGHT_BYTES + 32 * MIB
-# Metadata, read from the file's bytes before it is parsed: a 500 MB card cost 4.1 GiB to load. The shipped
-# card (the tbm_agent JSON) is 6 KB; a per-symbol universe card adds ~0.5 KB per instrument.
+# Metadata, read from the file's bytes before parsing: a card costs many times its size (docs/DECISIONS.md)
 MAX_CARD_BYTES = 4 * MIB
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_BYTES = 8 * MIB  # keys and values of all entries together
@@ -69,12 +67,9 @@ _MAX_TOP_LEVEL_FIELDS = 100_000  # protobuf fields of the model message scanned 
 # Elements of any one tensor: an initializer, a Constant, or a shape the graph's shape inference knows
 # (batch dimensions counted as 1): 2**26 float32 is 256 MiB, MAX_WEIGHT_BYTES.
 MAX_TENSOR_ELEMENTS = 2**26
-# Peak memory of OnnxAgent.load per byte of file, measured here (peak RSS above the imports): 4.0x for a
-# file of 200 MiB of weights (onnx's parse, the copy handed to onnxruntime, the session's own), 7.0x for
-# one of 200 MiB of metadata (Python strings of it too). Metadata is capped before parsing, so weights rule.
+# Peak memory of OnnxAgent.load per byte of file: metadata is capped, so weights rule (docs/DECISIONS.md)
 LOAD_BYTES_PER_FILE_BYTE = 5
-# Memory of a run per window over the largest intermediate tensor per window: the shipped agent (largest
-# 24 KiB per window) measured 232-277 KiB per window at batch 128-8192 (peak RSS above the session's), ~11x.
+# Memory of a run per window over the largest intermediate tensor per window (measurements: docs/DECISIONS.md)
 ACTIVATION_FACTOR = 12
 
 

@@ -1,10 +1,9 @@
 """Train in steps, each in its own process, so a small container holds one step's imports at a time.
 
-Python never gives back what an import takes. Measured in a memory cgroup here: torch ~175 MiB,
-pandas and numba ~50, scikit-learn ~70, the dynamo ONNX exporter ~250. One process holding all of
-them peaks near 1 GB, and the journal's 488 MiB container killed it. ``python -m agents.train`` is a
-light parent (argparse, json, subprocess: ~10 MiB) that runs each step as ``python -m agents.staged
-STEP FOLDER``; a step's memory is returned when it exits. The steps share the checkpoint folder:
+Python never gives back what an import takes, and one process holding all of training's imports does not fit
+a small container (measurements: docs/DECISIONS.md). ``python -m agents.train`` is a light parent (argparse,
+json, subprocess) that runs each step as ``python -m agents.staged STEP FOLDER``; a step's memory is returned
+when it exits. The steps share the checkpoint folder:
 
 - ``fit``: load, label, split, normalise; train with a checkpoint every epoch (the last one holds
   the best weights). Checks up front that the largest step fits what the container has left.
@@ -30,9 +29,7 @@ STEPS = ("fit", "evaluate", "export")
 JOB_FILE = "job.json"  # what the parent asks for: config, output, resume, command, quiet
 CARD_FILE = "card.json"  # the evaluate step's card, embedded into the ONNX file by the export step
 PARITY_FILE = "parity.npy"  # the windows the export's parity check runs on
-# Memory a step holds after its imports and the data (torch, pandas, numba: ~221 MiB anonymous, measured
-# in a memory cgroup here), plus a margin: with less available the parent refuses before starting a
-# step, rather than have the kernel kill it during `import torch`.
+# A step's imports and data, plus a margin: with less free the parent refuses to start it (docs/DECISIONS.md)
 IMPORT_FLOOR = 240 * 2**20
 
 

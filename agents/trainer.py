@@ -226,7 +226,7 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
                                                      max_windows=len(train_ds))
         log.info("batch size %d chosen by measurement: %s", batch_size, batch_table)
 
-    # agents.optim.AdamW: torch.optim's, op for op, without the ~67 MiB torch._dynamo import
+    # agents.optim.AdamW: torch.optim's, op for op, without the torch._dynamo import (measurements: docs/DECISIONS.md)
     opt = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp = {None: False, torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     # what, besides the config, decides the numbers an epoch produces; a resume must match it

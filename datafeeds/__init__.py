@@ -5,11 +5,11 @@ trainer's light parent process writes files with ``write_atomic`` without import
 trainer, which only loads data, does not pay for backtrader.
 """
 
-import importlib
 from typing import TYPE_CHECKING
 
 from datafeeds.atomic import write_atomic
 from datafeeds.errors import DataError
+from datafeeds.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from datafeeds.backtrader_feed import to_backtrader
@@ -34,17 +34,7 @@ _LAZY = {  # public name -> its module
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'datafeeds' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["DataError", "file_sha256", "is_universe", "list_samples", "list_universes", "load_ohlcv", "load_universe",

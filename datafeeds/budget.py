@@ -6,17 +6,7 @@ decompressed in the stream, so a gzip bomb is stopped as soon as it is over the 
 bytes, rows and fields, and refuses NUL bytes and other binary junk naming the line, before pandas
 would tokenize all of it. A parquet file is judged from its footer (rows, columns, uncompressed size).
 
-What pandas needs was measured here (pandas 3.1, numpy 2.4): the peak RSS of `load_ohlcv` above the
-imports, on ~100 MiB files of OHLCV rows. It grows with rows and fields, not bytes:
-
-    lines                           rows    file      peak     per byte   model below
-    53 B, 6 fields (minute bars)    2.0 M   101 MiB   381 MiB  3.8x       467 MiB
-    27 B, 6 fields (shortest)       3.9 M   100 MiB   740 MiB  7.4x       814 MiB
-    59 B, 6 fields, +05:00 offsets  1.8 M   101 MiB   343 MiB  3.4x       421 MiB
-    87 B, 16 fields                 1.2 M   106 MiB   440 MiB  4.1x       528 MiB
-
-A .csv.gz costs what its decompressed text costs (the same 2.0 M rows gzipped: 381 MiB). A parquet
-file of those 2.0 M rows x 6 columns (26 MiB, 30 MiB uncompressed) peaked at 561 MiB.
+What pandas needs grows with rows and fields, not bytes (the measured table: docs/DECISIONS.md).
 """
 
 from __future__ import annotations
@@ -30,13 +20,13 @@ from pathlib import Path
 from datafeeds.errors import DataError
 from datafeeds.memory import MIB, memory_budget, size_text
 
-# CSV: bytes needed = CSV_PER_BYTE * text bytes + CSV_PER_ROW * rows + CSV_PER_FIELD * fields (table above;
+# CSV: bytes needed = CSV_PER_BYTE * text bytes + CSV_PER_ROW * rows + CSV_PER_FIELD * fields (docs/DECISIONS.md;
 # the tokenizer holds the text once, then ~100 bytes per row and ~16 per cell of parsed values and copies).
 CSV_PER_BYTE = 1
 CSV_PER_ROW = 96
 CSV_PER_FIELD = 16
 # parquet: uncompressed column data + PARQUET_PER_ROW * rows + PARQUET_PER_CELL * rows * columns (arrow,
-# the pandas copy and ours: 2.0 M x 6 measured 561 MiB, this gives 610 MiB)
+# the pandas copy and ours; set a little above the measured peak: docs/DECISIONS.md)
 PARQUET_PER_ROW = 64
 PARQUET_PER_CELL = 40
 SCAN_CHUNK = MIB  # bytes of (decompressed) text read at a time by the scan

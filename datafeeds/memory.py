@@ -4,8 +4,7 @@ A container shows the host's RAM in ``free`` and /proc/meminfo; the limit that a
 the process's own cgroup (``/proc/self/cgroup``), the smallest one up the chain, cgroup v1 or v2.
 The cgroup's usage counts page cache too, and right after `import torch` in a fresh container most
 of it is cache: the kernel reclaims clean cache before it kills anything, so counting it would
-refuse runs that fit (measured: every training step completed in 488 MiB with the cache dropped
-beforehand, its usage pinned at the limit). What cannot be reclaimed without swap is anonymous and
+refuse runs that fit (measurements: docs/DECISIONS.md). What cannot be reclaimed without swap is anonymous and
 shared memory (``in_use``); the code being run, mapped from torch's libraries, is reclaimable on
 paper, but evicting it means reading it straight back, so ``CODE_RESERVE`` is kept for it:
 ``available = limit - in_use - CODE_RESERVE``, capped by the host's MemAvailable.
@@ -22,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 2**20
-# Resident code a step keeps running (torch's, numpy's libraries): counted as needed although the
-# kernel could evict it. Training at 488 MiB with the page cache dropped left ~110 MiB beside its
-# anonymous peak and never refaulted; 64 MiB is kept.
+# Resident code (torch's, numpy's libraries): evictable, but evicting it thrashes (measurements: docs/DECISIONS.md)
 CODE_RESERVE = 64 * MIB
 _UNLIMITED_V1 = 2**60  # cgroup v1 writes ~2**63 rounded to a page for "no limit"
 

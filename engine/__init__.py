@@ -4,8 +4,9 @@ Names load their module on first use (PEP 562 ``__getattr__``), so ``python -m e
 --help`` answers without importing backtrader, numba or matplotlib.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from datafeeds.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from engine.backtest_common import BacktestResult
@@ -31,17 +32,7 @@ _EXPORTS = {  # public name -> its module
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = list(_EXPORTS)

@@ -12,8 +12,7 @@ Parity with the backtrader path (``engine.run_backtest(engine="backtrader")``) i
   flat, enter when ``signal >= threshold`` and ``atr > 0``; equity is cash + units * close.
 - after the last bar an open position leaves at ``close * (1 - slippage)`` floored at the low, net of
   commission (``end_of_data``); the last equity value is net of that exit's costs.
-Speed (benchmarks/bench_fastsim.py, 100k bars, 2-core EPYC): kernel ~6 ms, whole ``simulate`` ~0.12 s
-(statistics and frames), backtrader ~56 s.
+Speed: benchmarks/bench_fastsim.py, orders of magnitude faster than backtrader (measurements: docs/DECISIONS.md).
 Arithmetic follows backtrader's own order of float operations (cash, commission, ``order.executed.price
 = units * price / units``), so results agree to rounding (tests: rtol 1e-9, in practice bit-equal).
 With ``horizon=1`` the time exit is ordered at the fill bar's close, so neither engine works the
@@ -52,7 +51,7 @@ _TP = EXIT_REASONS.index("take_profit")
 _SL = EXIT_REASONS.index("stop_loss")
 _TIME = EXIT_REASONS.index("time_limit")
 _EOD = EXIT_REASONS.index("end_of_data")
-_REASON_NAMES = pd.Index(EXIT_REASONS, dtype="str")  # code -> name by `take`: 8x faster than a list of str
+_REASON_NAMES = pd.Index(EXIT_REASONS, dtype="str")  # code -> name by `take`, faster than a list (docs/DECISIONS.md)
 
 
 @njit_cached

@@ -69,7 +69,7 @@ def _infer_periods_per_year_uncached(index: pd.DatetimeIndex) -> tuple[float, st
     if years >= 1.0:
         ppy = (len(index) - 1) / years
         return float(ppy), f"observed bars per calendar year: (n_bars - 1) / years = {ppy:.2f}"
-    if index.tz is None:  # bars per calendar date from the integer ticks: a groupby costs 100x more
+    if index.tz is None:  # bars per calendar date from the integer ticks: a groupby costs far more (docs/DECISIONS.md)
         ticks_per_day = 86_400 * {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[index.unit]
         day = index.asi8 // ticks_per_day
         if index.is_monotonic_increasing:  # runs of one date: no sort needed

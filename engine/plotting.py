@@ -155,7 +155,7 @@ def _price_panel(ax, result, label: str) -> None:
 
 def _emptiest_corner(ax, *curves: pd.Series | None, box: tuple[float, float] = (0.45, 0.3)) -> str:
     """The legend corner of ``ax`` (a ``box`` of axes fractions) holding the fewest points of ``curves``,
-    ties to upper left. Like loc="best", which rescans every vertex at each draw (seconds at 100k bars)."""
+    ties to upper left. Like loc="best", which rescans every vertex at each draw (slow: docs/DECISIONS.md)."""
     ax.get_xlim(), ax.get_ylim()  # settle autoscaling first
     to_axes = ax.transData + ax.transAxes.inverted()
     w, h = box

@@ -72,7 +72,7 @@ def run_backtest(
     runs the agent strategy (batch signal only) through :func:`engine.fastsim.simulate` instead.
     ``native_barriers=False`` runs on the stock ``bt.brokers.BackBroker``, where the agent's exit is
     three orders (stop, OCO limit, market time exit) instead of one ``strategies.TripleBarrierOrder``:
-    the same trades, at about 1.15x the cost; tests hold the two to parity. ``engine="fast"`` has no
+    the same trades, at a higher cost (docs/DECISIONS.md); tests hold the two to parity. ``engine="fast"`` has no
     broker and ignores it.
     """
     t0 = time.perf_counter()

@@ -15,9 +15,7 @@ from numba import njit
 _LOG = logging.getLogger(__name__)
 _warned = False
 _KERNELS: list = []  # every dispatcher made here, for kernels_compiled()
-# Memory numba's compiler (LLVM) keeps in a process that compiled the training's kernels (a cold
-# cache) rather than loading them: the training's memory check, in a 488 MiB cgroup, found 159 MiB
-# available with a cold cache and 191 MiB with a warm one, every time.
+# Memory LLVM keeps after compiling the kernels rather than loading them (measurements: docs/DECISIONS.md)
 JIT_MEMORY = 32 * 2**20
 
 

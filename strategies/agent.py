@@ -24,8 +24,8 @@ Conventions (pinned by tests/test_strategies.py; they mirror the labels as close
   unit), computed in ``next_open`` of bar t+1 where the open -- the fill price -- is known (backtrader
   cheat-on-open: ``Cerebro(cheat_on_open=True)`` and ``broker.set_coo(True)``, which
   ``engine.run_backtest`` sets). Sizing units from close[t] instead would make backtrader reject
-  (Margin) every entry whose open gaps up past the cash kept spare: 30 of ~550 entries of a momentum
-  rule on the nasdaq sample with 1% spare, a bias against gap-up entries.
+  (Margin) every entry whose open gaps up past the cash kept spare, a bias against gap-up entries
+  (measurements: docs/DECISIONS.md).
 """
 
 from __future__ import annotations

@@ -48,8 +48,7 @@ selection) and ``run`` (the orchestration: per fold, search, claim, refit, test;
 
 from __future__ import annotations
 
-import importlib
-
+from datafeeds.lazy import lazy_exports
 from engine.walkforward.cli import config_from_args, main
 from engine.walkforward.config import OBJECTIVES, WalkForwardConfig
 
@@ -64,12 +63,4 @@ _LAZY = {
 __all__ = ["OBJECTIVES", "WalkForwardConfig", "config_from_args", "main", *_LAZY]
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine.walkforward' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

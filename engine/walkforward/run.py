@@ -153,10 +153,7 @@ def _run(ctx: _Context, t0: float) -> dict:
     return report
 
 
-# Working-set growth of the default walk-forward run (3 folds x 5 trials on sp500) after its imports,
-# in a memory cgroup here: +451 MiB. Its largest trial's training (estimated 176 MiB) or the export
-# (dynamo, ~260 MiB) is one part; scikit-learn's metrics, onnxruntime, the backtests and the plots
-# add the rest, ~200 MiB.
+# Memory a walk-forward run needs beyond its largest training or export (measurements: docs/DECISIONS.md)
 _WALK_FORWARD_EXTRA = 200 * 2**20
 
 
