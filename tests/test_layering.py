@@ -81,7 +81,7 @@ def test_help_and_usage_errors_answer_before_heavy_imports(cli, argv):
 
 
 def test_constants_spelt_out_for_fast_help_match_their_source():
-    import run_backtest
+    from engine import backtest_cli as run_backtest
     from engine.walkforward.config import ENGINES as WF_ENGINES
     from engine.runner import ENGINES
     from strategies import STRATEGIES, SmaCross
@@ -221,3 +221,21 @@ def test_the_cycle_check_finds_a_function_level_circle():
     assert find_cycle(graph) == ["engine.fastsim", "engine.runner", "engine.fastsim"]
     del graph["engine.fastsim"]
     assert find_cycle(graph) is None
+
+
+def test_installed_commands_point_at_the_command_lines():
+    """pyproject's [project.scripts]: each names a main() that exists; installed (pip install -e), each answers
+    --help as its `python ...` form does."""
+    import importlib
+    import shutil
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"tbm-backtest", "tbm-train", "tbm-walkforward", "tbm-inspect"}
+    for name, target in scripts.items():
+        module, _, func = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
+        path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+        assert path, f"{name} is not installed: pip install -e ."
+        done = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.startswith("usage:"), (name, done.stderr)

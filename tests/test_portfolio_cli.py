@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import run_backtest
+from engine import backtest_cli as run_backtest
 from agents.runtime import OnnxAgent
 from datafeeds import load_ohlcv
 

@@ -11,7 +11,7 @@ import onnx
 import pandas as pd
 import pytest
 
-import run_backtest
+from engine import backtest_cli as run_backtest
 from agents.features import FeatureSpec
 from agents.metadata import METADATA_KEY
 from datafeeds import load_ohlcv
