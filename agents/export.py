@@ -46,7 +46,7 @@ def choose_exporter(requested: str = "auto", available: int | None = None) -> st
     if requested != "auto":
         raise ValueError(f"exporter must be 'auto' or one of {EXPORTERS}, got {requested!r}")
     if available is None:
-        from .memory import memory_state
+        from datafeeds.memory import memory_state
 
         available = memory_state().available
     return "dynamo" if 0.8 * available >= EXPORTER_MEMORY["dynamo"] else "torchscript"

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .memory import _read, _read_int, cgroup_chain, meminfo, memory_state, own_cgroups
+from datafeeds.memory import cgroup_chain, meminfo, memory_state, own_cgroups, read_int, read_text
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _cpu_quota(cgroup_root: Path, own: dict[str, str], version: int | None) -> f
     quota: float | None = None
     if version == 2:
         for d in cgroup_chain(cgroup_root, own.get("")):
-            cpu_max = (_read(d / "cpu.max") or "").split()
+            cpu_max = (read_text(d / "cpu.max") or "").split()
             if len(cpu_max) == 2 and cpu_max[0] != "max":
                 try:
                     q = int(cpu_max[0]) / int(cpu_max[1])
@@ -117,7 +117,7 @@ def _cpu_quota(cgroup_root: Path, own: dict[str, str], version: int | None) -> f
                      None)
         if mount is not None:
             for d in cgroup_chain(mount, own.get("cpu")):
-                q, p = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+                q, p = read_int(d / "cpu.cfs_quota_us"), read_int(d / "cpu.cfs_period_us")
                 if q is not None and p and q > 0:  # -1 = unlimited
                     quota = q / p if quota is None else min(quota, q / p)
     return quota

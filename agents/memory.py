@@ -1,10 +1,9 @@
-"""A watchdog for this process's memory limit; the limit-reading functions live in `datafeeds.memory`.
+"""A watchdog for this process's memory limit, read with `datafeeds.memory`.
 
 The watchdog turns the hang at the limit (the kernel reclaiming pages the process keeps touching,
 "workingset refaults") into one line and an exit status; the staged trainer's parent turns the other
 failure, the OOM kill (exit 137, no message), into one line too. Torch-free: that light parent
-imports this module. The reading functions (``memory_state``, ``MemoryState``, ...) moved down to
-``datafeeds.memory`` so the data loader can size its inputs; they are re-exported here unchanged.
+imports this module.
 """
 
 from __future__ import annotations
@@ -14,22 +13,7 @@ import sys
 import threading
 import time
 
-from datafeeds.memory import (  # noqa: F401  (re-exported: agents.hardware, agents.staged and tests use them here)
-    _UNLIMITED_V1,
-    CODE_RESERVE,
-    MIB,
-    MemoryState,
-    _events_max,
-    _read,
-    _read_int,
-    _refaults,
-    _stat,
-    cgroup_chain,
-    meminfo,
-    memory_state,
-    mib,
-    own_cgroups,
-)
+from datafeeds.memory import MIB, MemoryState, memory_state, mib
 
 EXIT_MEMORY = 3  # exit status of a step the watchdog stopped
 

@@ -332,6 +332,7 @@ class OnnxAgent:
         self._input = card["input_name"]
         # bytes per window of input and of the largest intermediate, and of the largest batch-free one
         self._shapes = (0, 0, 0)
+        self._one_window_fits = False  # checked at the first streamed window, not at every bar
         self.reset()
 
     # ------------------------------------------------------------------ loading
@@ -535,7 +536,8 @@ class OnnxAgent:
         x = self._normalised_features(frame, self._stats(None))[-self.seq_len :]  # (L, F)
         if np.isnan(x).any():
             return float("nan")
-        self._fitting_batch(1)
+        if not self._one_window_fits:
+            self._one_window_fits = self._fitting_batch(1) == 1
         return float(_sigmoid(self._logits(x[None, :, :]))[0])  # (1, L, F)
 
 

@@ -23,7 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .memory import EXIT_MEMORY, memory_state, mib
+from datafeeds.memory import memory_state, mib
+
+from .memory import EXIT_MEMORY
 
 STEPS = ("fit", "evaluate", "export")
 JOB_FILE = "job.json"  # what the parent asks for: config, output, resume, command, quiet

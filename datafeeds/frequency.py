@@ -15,11 +15,12 @@ _UNITS = (("week", 7 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60), (
 
 
 def bar_seconds(index) -> float | None:
-    """Median spacing of consecutive timestamps in seconds; None with fewer than 2 bars."""
-    t = np.asarray(index, dtype="datetime64[ns]").astype(np.int64)
-    if len(t) < 2:
-        return None
-    return float(np.median(np.diff(t))) / 1e9
+    """Median spacing of consecutive distinct timestamps in seconds (NaT and order ignored); None with
+    fewer than 2 distinct ones."""
+    t = np.asarray(index, dtype="datetime64[ns]")
+    steps = np.diff(np.sort(t[~np.isnat(t)]).astype(np.int64))
+    steps = steps[steps > 0]
+    return float(np.median(steps)) / 1e9 if len(steps) else None
 
 
 def describe_spacing(seconds: float) -> str:

@@ -17,6 +17,7 @@ from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_
 from datafeeds.budget import check_csv, check_parquet
 from datafeeds.dates import parse_date
 from datafeeds.errors import DataError
+from datafeeds.frequency import bar_seconds
 from datafeeds.samples import _is_sample, _unknown_sample, file_sha256, sample_info
 
 _LOG = logging.getLogger(__name__)
@@ -393,17 +394,15 @@ def _parse_times(values: pd.Series, **options) -> tuple[pd.Series, bool]:
 
 
 # Bars this far apart or more (median spacing) are daily or coarser: they keep their local date.
-_DAILY_SPACING = np.timedelta64(20, "h")
+_DAILY_SECONDS = 20 * 3600
 
 
 def _zone_rule(t: _Table, values: pd.Series, utc: np.ndarray) -> np.ndarray:
     """Zoned timestamps: intraday bars in UTC; daily (or coarser) bars at their own local date and time,
     the zone dropped, not converted (a Friday's bar stamped 20:00-05:00 stays on Friday)."""
-    known = np.sort(utc[~np.isnat(utc)])
-    steps = np.diff(known)
-    spacing = np.median(steps[steps > np.timedelta64(0)]) if (steps > np.timedelta64(0)).any() else None
-    hours = "?" if spacing is None else f"{spacing / np.timedelta64(1, 'h'):,.1f} h"
-    if spacing is None or spacing < _DAILY_SPACING:
+    spacing = bar_seconds(utc)
+    hours = "?" if spacing is None else f"{spacing / 3600:,.1f} h"
+    if spacing is None or spacing < _DAILY_SECONDS:
         _LOG.info("%s: timestamps carry a time zone and the bars are intraday (median spacing %s): converted "
                   "to UTC, zone dropped", t.file, hours)
         return utc

@@ -9,8 +9,8 @@ shared memory (``in_use``); the code being run, mapped from torch's libraries, i
 paper, but evicting it means reading it straight back, so ``CODE_RESERVE`` is kept for it:
 ``available = limit - in_use - CODE_RESERVE``, capped by the host's MemAvailable.
 
-Pure reading, standard library only: the data loader sizes its inputs with it, and ``agents.memory``
-(the watchdog) re-exports it.
+Pure reading, standard library only: the data loader sizes its inputs with it, the trainer its
+runs, and ``agents.memory``'s watchdog watches with it.
 """
 
 from __future__ import annotations
@@ -47,15 +47,15 @@ class MemoryState:
         return max(0, min(self.host_available, self.limit - (self.in_use or 0) - CODE_RESERVE))
 
 
-def _read(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
     try:
         return path.read_text().strip()
     except (OSError, ValueError):
         return None
 
 
-def _read_int(path: Path) -> int | None:
-    text = _read(path)
+def read_int(path: Path) -> int | None:
+    text = read_text(path)
     try:
         return None if text is None else int(text)
     except ValueError:
@@ -65,7 +65,7 @@ def _read_int(path: Path) -> int | None:
 def meminfo(proc_root: Path = Path("/proc")) -> dict[str, int]:
     """/proc/meminfo as bytes per key."""
     out: dict[str, int] = {}
-    for line in (_read(Path(proc_root) / "meminfo") or "").splitlines():
+    for line in (read_text(Path(proc_root) / "meminfo") or "").splitlines():
         key, _, rest = line.partition(":")
         parts = rest.split()
         if parts and parts[0].isdigit():
@@ -76,7 +76,7 @@ def meminfo(proc_root: Path = Path("/proc")) -> dict[str, int]:
 def own_cgroups(proc_root: Path = Path("/proc")) -> dict[str, str]:
     """Controller -> cgroup path of this process ("" key = the v2 unified hierarchy)."""
     out: dict[str, str] = {}
-    for line in (_read(Path(proc_root) / "self" / "cgroup") or "").splitlines():
+    for line in (read_text(Path(proc_root) / "self" / "cgroup") or "").splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
@@ -106,7 +106,7 @@ def cgroup_chain(mount: Path, rel: str | None) -> list[Path]:
 
 
 def _events_max(directory: Path) -> int:
-    for line in (_read(directory / "memory.events") or "").splitlines():
+    for line in (read_text(directory / "memory.events") or "").splitlines():
         k, _, value = line.partition(" ")
         if k == "max" and value.strip().isdigit():
             return int(value)
@@ -131,28 +131,28 @@ def memory_state(cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
     # the limit that bites is the smallest up the chain; usage is read where it is
     best: tuple[int, Path] | None = None
     for d in chain:
-        lim = _read_int(d / limit_file)  # v2 "max" reads as None
+        lim = read_int(d / limit_file)  # v2 "max" reads as None
         if lim is not None and lim < _UNLIMITED_V1 and (best is None or lim < best[0]):
             best = (lim, d)
     where = best[1] if best else chain[0]
-    usage = _read_int(where / usage_file)
+    usage = read_int(where / usage_file)
     if usage is None and where is not chain[0]:
         where = chain[0]
-        usage = _read_int(where / usage_file)
+        usage = read_int(where / usage_file)
     stat = _stat(where)
     anon = stat.get(prefix + ("rss" if version == 1 else "anon"))
     if anon is not None:
         in_use = anon + stat.get(prefix + "shmem", 0)
     else:  # no breakdown: usage less the cache the kernel would drop first
         in_use = None if usage is None else max(0, usage - stat.get(prefix + "inactive_file", 0))
-    hits = (_read_int(where / "memory.failcnt") or 0) if version == 1 else _events_max(where)
+    hits = (read_int(where / "memory.failcnt") or 0) if version == 1 else _events_max(where)
     return MemoryState(best[0] if best else None, usage, in_use, hits, _refaults(stat, prefix),
                        host_available, version, str(where))
 
 
 def _stat(directory: Path) -> dict[str, int]:
     out = {}
-    for line in (_read(directory / "memory.stat") or "").splitlines():
+    for line in (read_text(directory / "memory.stat") or "").splitlines():
         key, _, value = line.partition(" ")
         if value.strip().isdigit():
             out[key] = int(value)

@@ -87,7 +87,7 @@ def _one_error_line(done: subprocess.CompletedProcess) -> str:
 
 
 def test_detection_reads_the_real_cgroup_limit():
-    code = ("from agents.memory import memory_state; from agents.hardware import detect; s = memory_state(); "
+    code = ("from datafeeds.memory import memory_state; from agents.hardware import detect; s = memory_state(); "
             "r = detect(); print(s.limit, s.path, r.mem_limit, r.mem_available <= s.limit)")
     with memory_cgroup(488) as group:
         done = run_in(group, [sys.executable, "-c", code], timeout=120)

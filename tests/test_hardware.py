@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from agents.memory import CODE_RESERVE
+from datafeeds.memory import CODE_RESERVE
 from agents.hardware import (
     CudaDevice,
     HardwareError,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agents import staged
-from agents.memory import MIB, MemoryState, MemoryWatchdog, memory_state
+from agents.memory import MemoryWatchdog
+from datafeeds.memory import MIB, MemoryState, memory_state
 
 
 def _write(root: Path, rel: str, text: str) -> None:
