@@ -9,11 +9,11 @@ with the same ``atr`` and ``signal`` lines (but (a0)), preload + runonce, stdsta
 (a') a bare strategy through ``engine.run_backtest`` (cheat-on-open, equity recording, ATR, stats);
 (m)  the agent run's round trips as two market orders each (bought at the same opens, sold at the open
      of the exit bars), through ``run_backtest``: the least backtrader's broker costs for that many trades;
-(s)  the agent strategy on the stock ``BackBroker`` (``native_barriers=False``): stop + OCO limit +
+(s)  the agent strategy on the stock ``BackBroker`` (``RunConfig(native_barriers=False)``): stop + OCO limit +
      market time exit per trade, checked trade for trade against (b);
 (b)  ``run_backtest(df, "agent", signal=AR(1) probabilities)`` (one ``TripleBarrierOrder`` per exit),
      split into cerebro.run and the rest;
-(f)  the same through ``run_backtest(..., engine="fast")`` (engine.fastsim), checked trade for trade;
+(f)  the same through ``run_backtest(..., run=RunConfig(engine="fast"))`` (engine.fastsim), checked trade for trade;
 (c)  ``OnnxAgent.predict_proba`` of the shipped agent on a prefix of the same bars (warm-up excluded),
      extrapolated linearly to all bars (batch inference is linear in the number of windows).
 Wall and CPU seconds are both shown: the machine may be shared, and CPU time of these single-threaded
@@ -34,7 +34,7 @@ import pandas as pd
 
 import datafeeds
 import labeling
-from engine import run_backtest
+from engine import BarrierRules, RunConfig, run_backtest
 from strategies import TradeLogStrategy
 from _common import bootstrap_bars, load_avg, machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -104,17 +104,17 @@ def plain_cerebro_run(df: pd.DataFrame, lines: dict) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
-def engine_run(df: pd.DataFrame, strategy, **kwargs):
+def engine_run(df: pd.DataFrame, strategy, *, native_barriers: bool = True, **kwargs):
     """(wall, cpu, cerebro.run wall, result) of one run_backtest call."""
     w, c = time.perf_counter(), time.process_time()
-    res = run_backtest(df, strategy, benchmark=False, **kwargs)
+    res = run_backtest(df, strategy, run=RunConfig(benchmark=False, native_barriers=native_barriers), **kwargs)
     return time.perf_counter() - w, time.process_time() - c, res.config["run_seconds"], res
 
 
-def fast_run(df: pd.DataFrame, probs: np.ndarray, atr: np.ndarray, params: dict):
+def fast_run(df: pd.DataFrame, probs: np.ndarray, atr: np.ndarray, rules: BarrierRules):
     """(wall, cpu, result) of run_backtest with engine="fast" (engine.fastsim)."""
     w, c = time.perf_counter(), time.process_time()
-    res = run_backtest(df, "agent", signal=probs, atr=atr, engine="fast", benchmark=False, **params)
+    res = run_backtest(df, "agent", signal=probs, atr=atr, rules=rules, run=RunConfig(engine="fast", benchmark=False))
     return time.perf_counter() - w, time.process_time() - c, res
 
 
@@ -147,7 +147,7 @@ def main() -> None:
     n = len(df)
     probs = ar1_probs(n, args.seed)
     threshold = float(np.nanquantile(probs, 1 - args.signal_rate))
-    params = dict(threshold=threshold, pt=1.5, sl=1.5, horizon=20)
+    rules = BarrierRules(threshold=threshold, pt=1.5, sl=1.5, horizon=20)
 
     labeling.atr(df["high"].iloc[:100], df["low"].iloc[:100], df["close"].iloc[:100], 14)  # warm-up
     t0 = time.perf_counter()
@@ -161,19 +161,18 @@ def main() -> None:
     w_a0, c_a0 = best_of(lambda: plain_cerebro_run(df, {}), args.repeat)
     w_a, c_a = best_of(lambda: plain_cerebro_run(df, lines), args.repeat)
     w_ea, c_ea, r_ea, _ = best_of(lambda: engine_run(df, _Bare, atr=atr), args.repeat)
-    w_b, c_b, r_b, res = best_of(lambda: engine_run(df, "agent", signal=probs, atr=atr, **params), args.repeat)
+    w_b, c_b, r_b, res = best_of(lambda: engine_run(df, "agent", signal=probs, atr=atr, rules=rules), args.repeat)
     trades = res.trades
     w_s, c_s, r_s, stock = best_of(
-        lambda: engine_run(df, "agent", signal=probs, atr=atr, native_barriers=False, **params), args.repeat)
+        lambda: engine_run(df, "agent", signal=probs, atr=atr, native_barriers=False, rules=rules), args.repeat)
     stock_same = stock.trades.equals(trades) and stock.equity.equals(res.equity)
     w_m, c_m, r_m, mkt = best_of(lambda: engine_run(df, _MarketRoundTrips, atr=atr, **round_trips(trades)),
                                  args.repeat)
     held = mkt.position.to_numpy() != 0
     n_trips = int(held[0] + (held[1:] & ~held[:-1]).sum())
 
-    run_backtest(df.iloc[:2000], "agent", signal=probs[:2000], atr=atr[:2000], engine="fast",
-                 benchmark=False, **params)  # warm-up: numba cache load or compile
-    w_f, c_f, fast = best_of(lambda: fast_run(df, probs, atr, params), args.repeat)
+    fast_run(df.iloc[:2000], probs[:2000], atr[:2000], rules)  # warm-up: numba cache load or compile
+    w_f, c_f, fast = best_of(lambda: fast_run(df, probs, atr, rules), args.repeat)
     fast_same = len(fast.trades) == len(trades) and np.allclose(
         fast.equity.to_numpy(), res.equity.to_numpy(), rtol=1e-9, atol=1e-6)
 
@@ -236,8 +235,8 @@ def main() -> None:
               f"{c_m / c_a:17.2f}")
     for rate in sweep:
         thr = float(np.nanquantile(probs, 1 - rate))
-        p2 = dict(params, threshold=thr)
-        _, c2, _, res2 = best_of(lambda: engine_run(df, "agent", signal=probs, atr=atr, **p2), args.repeat)
+        r2 = rules.replace(threshold=thr)
+        _, c2, _, res2 = best_of(lambda: engine_run(df, "agent", signal=probs, atr=atr, rules=r2), args.repeat)
         _, c2m, _, _ = best_of(lambda: engine_run(df, _MarketRoundTrips, atr=atr, **round_trips(res2.trades)),
                                args.repeat)
         k = len(res2.trades)

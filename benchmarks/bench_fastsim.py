@@ -21,11 +21,13 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine import run_backtest
-from engine.fastsim import _simulate_nb
+from engine import BarrierRules, Costs, RunConfig, run_backtest
+from engine.fastsim.kernels import simulate_nb
 from _common import bootstrap_bars, machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-PARAMS = dict(threshold=0.6, pt=1.5, sl=1.5, horizon=20, size_frac=1.0, commission=0.0005, slippage=0.0002)
+RULES = BarrierRules(threshold=0.6, pt=1.5, sl=1.5, horizon=20, size_frac=1.0)
+COSTS = Costs(commission=0.0005, slippage=0.0002)
+RUN = RunConfig(benchmark=False)
 
 
 def main() -> None:
@@ -45,15 +47,16 @@ def main() -> None:
 
     df = bootstrap_bars(datafeeds.load_ohlcv("sp500"), args.bars, args.seed)
     signal = np.random.default_rng(args.seed + 1).random(len(df))
-    kw = dict(signal=signal, benchmark=False, **PARAMS)
+    kw = dict(signal=signal, rules=RULES, costs=COSTS)
     print(f"machine: {machine_info(np, pd, numba)}")
-    print(f"data: {len(df):,} bootstrapped sp500 bars, random signal, params {PARAMS}")
+    print(f"data: {len(df):,} bootstrapped sp500 bars, random signal, rules {RULES.to_dict()}, "
+          f"costs {COSTS.to_dict()}")
 
     fast, first_call, fast_s, kernel_s, ratio = timed_fast_calls(
-        lambda: run_backtest(df, "agent", engine="fast", **kw), args.repeats)
+        lambda: run_backtest(df, "agent", run=RUN.replace(engine="fast"), **kw), args.repeats)
 
     t0 = time.perf_counter()
-    ref = run_backtest(df, "agent", engine="backtrader", **kw)
+    ref = run_backtest(df, "agent", run=RUN.replace(engine="backtrader"), **kw)
     bt_s = time.perf_counter() - t0
 
     pd.testing.assert_frame_equal(fast.trades, ref.trades, check_exact=False, rtol=1e-9)
@@ -63,7 +66,7 @@ def main() -> None:
     print(f"trades: {len(ref.trades):,} identical in both engines (bit-equal: {bit_equal}); "
           f"exit reasons {ref.trades['exit_reason'].value_counts().to_dict()}")
     print(f"first fast call (numba compile or cache load + run): {first_call:8.3f} s "
-          f"(numba on-disk cache {'hit' if sum(_simulate_nb.stats.cache_hits.values()) else 'miss: compiled'})")
+          f"(numba on-disk cache {'hit' if sum(simulate_nb.stats.cache_hits.values()) else 'miss: compiled'})")
     print(f"backtrader run_backtest:                  {bt_s:8.3f} s  ({len(df) / bt_s:,.0f} bars/s)")
     print(f"fast run_backtest (median of {args.repeats}):         {fast_s:8.4f} s  "
           f"({len(df) / fast_s:,.0f} bars/s), of which kernel {kernel_s * 1e3:.2f} ms")
@@ -98,16 +101,15 @@ def sweep_case(df, signal, n_conf: int) -> None:
     rng = np.random.default_rng(123)
     grid = pd.DataFrame({"threshold": rng.uniform(0.5, 0.95, n_conf), "pt": rng.uniform(0.5, 4.0, n_conf),
                          "sl": rng.uniform(0.5, 4.0, n_conf), "horizon": rng.integers(5, 100, n_conf)})
-    costs = dict(commission=PARAMS["commission"], slippage=PARAMS["slippage"])
-    sweep(df, signal, grid.head(2), **costs)  # compile or load the parallel kernel
+    sweep(df, signal, grid.head(2), costs=COSTS)  # compile or load the parallel kernel
     t0 = time.perf_counter()
-    res = sweep(df, signal, grid, **costs)
+    res = sweep(df, signal, grid, costs=COSTS)
     sweep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     worst = 0.0
     for i, row in grid.iterrows():
-        one = run_backtest(df, "agent", engine="fast", signal=signal, benchmark=False, threshold=row.threshold,
-                           pt=row.pt, sl=row.sl, horizon=int(row.horizon), **costs)
+        one = run_backtest(df, "agent", signal=signal, run=RUN.replace(engine="fast"), costs=COSTS,
+                           rules=BarrierRules(threshold=row.threshold, pt=row.pt, sl=row.sl, horizon=int(row.horizon)))
         for name in ("total_return", "sharpe", "max_drawdown", "n_trades"):
             want, got = one.stats[name], res.at[i, name]
             if want is not None:
@@ -134,15 +136,15 @@ def universe_case(args) -> None:
         df = df[rng.random(len(df)) >= 0.05]  # holidays: each instrument misses ~5% of the minutes, its own
         frames[f"S{k:02d}"] = df
         signals[f"S{k:02d}"] = pd.Series(rng.random(len(df)), index=df.index)
-    kw = dict(benchmark=False, max_positions=args.max_positions, threshold=0.6, pt=1.5, sl=1.5, horizon=20,
-              commission=0.0005, slippage=0.0002)
+    rules = BarrierRules(threshold=0.6, pt=1.5, sl=1.5, horizon=20)
+    kw = dict(max_positions=args.max_positions, rules=rules, costs=COSTS)
     print(f"machine: {machine_info(np, pd, numba)}")
     print(f"data: {n} instruments x {bars:,} bootstrapped sp500 bars (~5% missing each, own calendars), "
-          f"random signals, params {kw}")
+          f"random signals, max_positions {args.max_positions}, rules {rules.to_dict()}, costs {COSTS.to_dict()}")
     fast, first_call, fast_s, kernel_s, ratio = timed_fast_calls(
-        lambda: run_portfolio(frames, signals, engine="fast", **kw), args.repeats)
+        lambda: run_portfolio(frames, signals, run=RUN.replace(engine="fast"), **kw), args.repeats)
     t0 = time.perf_counter()
-    ref = run_portfolio(frames, signals, engine="backtrader", **kw)
+    ref = run_portfolio(frames, signals, run=RUN.replace(engine="backtrader"), **kw)
     bt_s = time.perf_counter() - t0
     pd.testing.assert_frame_equal(fast.trades, ref.trades, check_exact=False, rtol=1e-9)
     np.testing.assert_allclose(fast.equity.to_numpy(), ref.equity.to_numpy(), rtol=1e-9, atol=0)

@@ -2,7 +2,7 @@
 
 Bars are bootstrapped from real sp500 daily bars (``_common.bootstrap_bars``); the signal is uniform random;
 the barriers use the ATR our engine uses (``labeling.atr(high, low, close, 14)``). Each peer is configured
-to reproduce our trades exactly (engine/fastsim.py's module docstring has the conventions):
+to reproduce our trades exactly (engine/fastsim/__init__.py's docstring has the conventions):
 
 - decision at close t when ``signal[t] >= threshold`` and ``atr[t] > 0`` while flat; market entry at
   ``open[t+1]``; take-profit ``entry + pt * atr[t]`` and stop ``entry - sl * atr[t]`` from the executed entry
@@ -63,11 +63,15 @@ import pandas as pd  # noqa: E402
 
 import datafeeds  # noqa: E402
 import labeling  # noqa: E402
-from engine import run_backtest  # noqa: E402
+from engine import BarrierRules, Costs, RunConfig, run_backtest  # noqa: E402
 from _common import bootstrap_bars, machine_info, reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PARAMS = dict(threshold=0.6, pt=1.5, sl=1.5, horizon=20, size_frac=1.0, commission=0.0005, slippage=0.0)
 CASH = 100_000.0
+# PARAMS as our engine takes them (the peers read the dict)
+RULES = BarrierRules(**{k: PARAMS[k] for k in ("threshold", "pt", "sl", "horizon", "size_frac")})
+COSTS = Costs(commission=PARAMS["commission"], slippage=PARAMS["slippage"])
+RUN = RunConfig(engine="fast", cash=CASH, benchmark=False)
 RTOL = 1e-12
 
 
@@ -279,7 +283,7 @@ def grid_bench(args, df, signal, atr, run_grid, p) -> bool:
 
     conf = grid_rows(args.grid)
     n_conf = len(conf)
-    costs = dict(cash=CASH, commission=p["commission"], slippage=p["slippage"])
+    costs = dict(costs=COSTS, run=RUN, rules=RULES)  # the grid's columns replace RULES' threshold, pt, sl, horizon
     print(f"\ngrid: {n_conf:,} configurations ({conf['threshold'].nunique()} thresholds "
           f"{conf['threshold'].min():g}..{conf['threshold'].max():g} x pt {GRID_AXES['pt']} x sl {GRID_AXES['sl']}"
           f" x horizon {GRID_AXES['horizon']}; first {n_conf} rows), size_frac {p['size_frac']}, same bars and signal")
@@ -303,8 +307,8 @@ def grid_bench(args, df, signal, atr, run_grid, p) -> bool:
     loop_ret = np.empty(n_conf)
     t0 = time.perf_counter()
     for k, row in enumerate(conf.itertuples(index=False)):
-        r = run_backtest(df, "agent", engine="fast", signal=signal, benchmark=False, threshold=row.threshold,
-                         pt=row.pt, sl=row.sl, horizon=int(row.horizon), size_frac=p["size_frac"], **costs)
+        r = run_backtest(df, "agent", signal=signal, costs=COSTS, run=RUN,
+                         rules=RULES.replace(threshold=row.threshold, pt=row.pt, sl=row.sl, horizon=int(row.horizon)))
         loop_trades[k] = r.stats["n_trades"]
         loop_ret[k] = r.stats["total_return"]
     loop_s = time.perf_counter() - t0
@@ -433,14 +437,14 @@ def main() -> None:
     print(f"data: {len(df):,} bootstrapped sp500 bars, random signal, params {p}, cash {CASH:,.0f}")
 
     # ours
-    kw = dict(signal=signal, benchmark=False, cash=CASH, **p)
+    kw = dict(signal=signal, rules=RULES, costs=COSTS, run=RUN)
     t0 = time.perf_counter()
-    run_backtest(df, "agent", engine="fast", **kw)
+    run_backtest(df, "agent", **kw)
     ours_first = time.perf_counter() - t0
     kernels = []
 
     def ours_call():
-        r = run_backtest(df, "agent", engine="fast", **kw)
+        r = run_backtest(df, "agent", **kw)
         kernels.append(r.config["run_seconds"])
         return r
 
@@ -478,9 +482,9 @@ def main() -> None:
         bt_s, (stats, bpt) = best_of(lambda: run_btpy(df_bt, enter[:n_bt], atr[:n_bt], p, bt_cash),
                                      args.bt_repeats)
         if n_bt < len(df):
-            ours_bt = run_backtest(df_bt, "agent", engine="fast", **{**kw, "signal": signal[:n_bt]})
-            ours_bt_s, _ = best_of(lambda: run_backtest(df_bt, "agent", engine="fast",
-                                                        **{**kw, "signal": signal[:n_bt]}), args.repeats)
+            ours_bt = run_backtest(df_bt, "agent", **{**kw, "signal": signal[:n_bt]})
+            ours_bt_s, _ = best_of(lambda: run_backtest(df_bt, "agent", **{**kw, "signal": signal[:n_bt]}),
+                                   args.repeats)
             ot_bt = ours_bt.trades[["entry_bar", "exit_bar", "entry_price", "exit_price"]]
         else:
             ours_bt_s, ot_bt = ours_s, ot

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from agents.runtime import OnnxAgent
     from agents.trainer import train
     from datafeeds import synthetic
-    from engine import run_backtest
+    from engine import BarrierRules, RunConfig, run_backtest
 
     print(f"machine: {machine_info(np, pd, torch)}")
     epochs = {} if args.epochs is None else {"epochs": args.epochs}
@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             y_va = prep.labels("val")
             oracle = float(auc_of(y_va > 0.5, latent[prep.val_ends])[0]) if np.isfinite(latent).any() else None
             agent = OnnxAgent.load(Path(tmp) / f"{name}.onnx")
-            bt = run_backtest(df, "agent", engine="fast", signal=agent.predict_proba(df), start=prep.holdout_start,
-                              threshold=agent.threshold, pt=agent.tbm.pt, sl=agent.tbm.sl, horizon=agent.tbm.horizon)
+            bt = run_backtest(df, "agent", signal=agent.predict_proba(df),
+                              rules=BarrierRules(threshold=agent.threshold, pt=agent.tbm.pt, sl=agent.tbm.sl,
+                                                 horizon=agent.tbm.horizon),
+                              run=RunConfig(engine="fast", start=prep.holdout_start))
             best, section = best_baseline(m)
             d = section.get("auc_difference") or {}
             row = {"data": name, "kind": kind, "agent_auc": m["val_auc"],

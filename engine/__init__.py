@@ -9,15 +9,22 @@ from typing import TYPE_CHECKING
 from datafeeds.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from engine.backtest_common import BacktestResult
-    from engine.fastsim import simulate
+    from engine.config import ENGINES, RunConfig
+    from engine.fastsim import simulate, sweep
     from engine.metrics import compute_stats, drawdown, infer_periods_per_year, periods_per_year_rule, period_returns
     from engine.plotting import backtest_figure, plot_backtest
-    from engine.runner import ENGINES, run_backtest
+    from engine.portfolio import run_portfolio
+    from engine.results import BacktestResult, PortfolioResult
+    from engine.runner import run_backtest
+    from labeling.rules import BarrierRules, Costs
 
 _EXPORTS = {  # public name -> its module
-    "BacktestResult": "engine.backtest_common",
-    "ENGINES": "engine.runner",
+    "BarrierRules": "labeling.rules",  # the trading rules and costs, defined with the labels they share
+    "Costs": "labeling.rules",
+    "RunConfig": "engine.config",
+    "ENGINES": "engine.config",
+    "BacktestResult": "engine.results",
+    "PortfolioResult": "engine.results",
     "run_backtest": "engine.runner",
     "compute_stats": "engine.metrics",
     "drawdown": "engine.metrics",
@@ -27,7 +34,7 @@ _EXPORTS = {  # public name -> its module
     "backtest_figure": "engine.plotting",
     "plot_backtest": "engine.plotting",
     "simulate": "engine.fastsim",
-    "PortfolioResult": "engine.portfolio",
+    "sweep": "engine.fastsim",
     "run_portfolio": "engine.portfolio",
 }
 

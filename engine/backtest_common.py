@@ -1,5 +1,5 @@
-"""What both backtest engines share: the result type, input preparation, the run facts of a result's
-config and the trades frame.
+"""What both backtest engines share: input preparation, the run facts of a result's config and the trades
+frame (the result types are in :mod:`engine.results`).
 
 :mod:`engine.runner` (backtrader, the reference) and :mod:`engine.fastsim` (numba) both build on this
 module, so neither imports the other's internals.
@@ -7,36 +7,20 @@ module, so neither imports the other's internals.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
 import labeling
+from engine.config import RunConfig
 from engine.metrics import infer_periods_per_year, periods_per_year_rule
+from labeling.rules import BarrierRules, Costs
 from strategies import TRADE_FIELDS
 
 
-
-@dataclasses.dataclass
-class BacktestResult:
-    """Everything one backtest produced; ``data`` is the OHLCV of the bars traded."""
-
-    equity: pd.Series  # broker value at each bar's close (DatetimeIndex)
-    trades: pd.DataFrame  # one row per closed trade, columns strategies.TRADE_FIELDS
-    signal: pd.Series | None  # probability used per bar (batch line or live agent), None for baselines
-    stats: dict  # engine.metrics.compute_stats of equity and trades
-    benchmark_stats: dict | None  # same for buy-and-hold over the same bars and costs
-    benchmark_equity: pd.Series | None
-    config: dict  # what was run, JSON-safe
-    periods_per_year: float
-    data: pd.DataFrame  # OHLCV of the backtest period
-    position: pd.Series  # units held at each bar's close
-
-
-def prepare_inputs(df, signal, atr, atr_period, start, end, periods_per_year):
+def prepare_inputs(df, signal, atr, atr_period: int, run: RunConfig):
     """Both engines' inputs: the signal (None if not given) and ATR aligned to the full data and
-    checked, the traded period, and periods per year (given, else inferred from the full data)."""
+    checked, the period ``run`` trades, and periods per year (given, else inferred from the full data)."""
+    start, end = run.start, run.end
     sig = _align(signal, df, "signal") if signal is not None else None
     if sig is not None and _outside_unit(sig.to_numpy()):
         raise ValueError("signal holds values outside [0, 1]: pass probabilities (NaN = no signal)")
@@ -47,11 +31,11 @@ def prepare_inputs(df, signal, atr, atr_period, start, end, periods_per_year):
     period = df.loc[start:end]
     if len(period) < 2:
         raise ValueError(f"start={start!r}, end={end!r} leave {len(period)} bar(s) of {len(df)}: need >= 2")
-    ppy = float(periods_per_year) if periods_per_year else infer_periods_per_year(df.index)
+    ppy = float(run.periods_per_year) if run.periods_per_year else infer_periods_per_year(df.index)
     return sig, atr_full, period, ppy
 
 
-def run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free=0.0) -> dict:
+def run_facts(df, period, atr, rules: BarrierRules, costs: Costs, run: RunConfig, ppy: float) -> dict:
     """The part of a result's config both engines share: data, period, costs and conventions."""
     return {
         "data_source": str(df.attrs.get("source", "DataFrame")),
@@ -59,15 +43,15 @@ def run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, peri
         "start": str(period.index[0]),
         "end": str(period.index[-1]),
         "n_bars": int(len(period)),
-        "cash": float(cash),
-        "commission": float(commission),
+        "cash": run.cash,
+        "commission": costs.commission,
         "commission_model": "fraction of traded value per side (COMM_PERC, percabs)",
-        "slippage": float(slippage),
+        "slippage": costs.slippage,
         "slippage_model": "set_slippage_perc: buys up, sells down, capped at high/low, incl. opens",
-        "atr": "override" if atr is not None else f"labeling.atr(period={atr_period}) on the full data",
+        "atr": "override" if atr is not None else f"labeling.atr(period={rules.atr_period}) on the full data",
         "periods_per_year": ppy,
-        "periods_per_year_rule": "given" if periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
-        "risk_free": float(risk_free),  # annual rate for Sharpe and Sortino
+        "periods_per_year_rule": "given" if run.periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
+        "risk_free": run.risk_free,  # annual rate for Sharpe and Sortino
     }
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from labeling.jit import njit_cached
 
+from engine.config import check_risk_free
 from engine.jsonable import jsonable
 
 # Trading days per year assumed when a sample is too short to count bars per calendar year.
@@ -104,8 +105,7 @@ def compute_stats(
     ppy = float(periods_per_year) if periods_per_year is not None else infer_periods_per_year(eq.index)
     if not ppy > 0:
         raise ValueError(f"periods_per_year must be > 0, got {periods_per_year}")
-    if not (math.isfinite(risk_free) and -1.0 < risk_free < 1.0):
-        raise ValueError(f"risk_free must be an annual rate in (-1, 1), e.g. 0.02 for 2%, got {risk_free}")
+    risk_free = check_risk_free(risk_free)
     values = eq.to_numpy(dtype=np.float64)
     rf_bar = (1.0 + risk_free) ** (1.0 / ppy) - 1.0 if risk_free else 0.0
     ok, mean, std, downside, mdd, dd_start, dd_end = curve_stats_nb(values, rf_bar)

@@ -1,24 +1,21 @@
 """Run one backtrader backtest of a strategy on OHLCV data and collect equity, trades and statistics.
 
-Causality: the ATR (and the caller's signal) are computed on the *full* data, then ``start``/``end``
+Causality: the ATR (and the caller's signal) are computed on the *full* data, then ``run.start``/``run.end``
 slice the period traded, so indicator warm-up uses real history without seeing the future.
-Costs: ``commission`` is a fraction of traded value per side (backtrader ``COMM_PERC``, percabs);
-``slippage`` is ``broker.set_slippage_perc``: buys fill ``slippage`` higher and sells lower, capped at
-the bar's high/low, also on fills at the open (market orders, gaps through barriers).
-Fills: Cerebro runs with cheat-on-open so strategies size an entry decided at close[t] at the open of
-t+1, its fill price (notional sizing, see ``strategies.agent``); market orders still fill at that open.
-Equity is the broker value at each bar's close; its last value is net of the synthetic end_of_data
-exit's costs. Exposure = fraction of bars with a position at the close.
+Costs and fills: :mod:`engine.cerebro` (cheat-on-open sizing at the fill price, ``COMM_PERC`` commission,
+``set_slippage_perc`` slippage). Equity is the broker value at each bar's close; its last value is net of the
+synthetic end_of_data exit's costs. Exposure = fraction of bars with a position at the close.
 Broker: :class:`strategies.BarrierBroker`, backtrader's BackBroker plus one native order for the agent's
-triple-barrier exit (``native_barriers=False``: the stock BackBroker); equity and position are recorded
-by the strategy (:class:`strategies.TradeLogStrategy`) at each close.
+triple-barrier exit (``RunConfig(native_barriers=False)``: the stock BackBroker); equity and position are
+recorded by the strategy (:class:`strategies.TradeLogStrategy`) at each close.
 Benchmark: a :class:`~strategies.BuyAndHold` backtest over the same bars with the same cash and costs.
-Engines: ``engine="backtrader"`` (default, the reference) or ``"fast"`` (:mod:`engine.fastsim`, the agent
-strategy only, same result to rounding).
+Engines: ``RunConfig(engine="backtrader")`` (default, the reference) or ``"fast"`` (:mod:`engine.fastsim`, the
+agent strategy only, same result to rounding).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -29,59 +26,51 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine.backtest_common import BacktestResult, prepare_inputs, run_facts, trades_frame
+from engine.backtest_common import prepare_inputs, run_facts, trades_frame
+from engine.cerebro import build_cerebro, run_strategy
+from engine.config import RunConfig
 from engine.fastsim import simulate
-from engine.portfolio import PortfolioResult, run_portfolio
+from engine.fastsim.single import agent_params
 from engine.jsonable import jsonable
 from engine.metrics import compute_stats
+from engine.portfolio import run_portfolio
+from engine.results import BacktestResult, PortfolioResult
+from labeling.rules import BarrierRules, Costs
 from strategies import BarrierBroker, BuyAndHold, TradeLogStrategy, TransformerAgentStrategy, get_strategy
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("backtrader", "fast")  # run_backtest(engine=...): the reference, and engine.fastsim
-
-__all__ = ["ENGINES", "run_backtest"]
+__all__ = ["run_backtest"]
 
 
 def run_backtest(
     data: pd.DataFrame | str | PathLike,
     strategy: str | type[TradeLogStrategy],
     *,
-    cash: float = 100_000,
-    commission: float = 0.0005,
-    slippage: float = 0.0,
-    start=None,
-    end=None,
     signal: pd.Series | np.ndarray | None = None,
     atr: pd.Series | np.ndarray | None = None,
-    atr_period: int = 14,
-    periods_per_year: float | None = None,
-    risk_free: float = 0.0,
-    benchmark: bool = True,
-    engine: str = "backtrader",
-    native_barriers: bool = True,
+    rules: BarrierRules | None = None,
+    costs: Costs | None = None,
+    run: RunConfig | None = None,
     **params,
-) -> BacktestResult:
+) -> BacktestResult | PortfolioResult:
     """Backtest ``strategy`` (a name in ``strategies.STRATEGIES`` or a class) on ``data``.
 
-    ``data``: a ``datafeeds.load_ohlcv`` frame, a sample name or a path. ``signal``: probabilities
-    aligned to ``data`` (for the agent strategy). ``atr`` overrides ``labeling.atr(..., atr_period)``
-    (tests use it to set barriers by hand). ``periods_per_year`` defaults to
-    ``infer_periods_per_year`` of the full data. ``risk_free`` is the annual rate Sharpe and Sortino
-    are measured against (``engine.metrics``). ``params`` go to the strategy. ``engine="fast"``
-    runs the agent strategy (batch signal only) through :func:`engine.fastsim.simulate` instead.
-    ``native_barriers=False`` runs on the stock ``bt.brokers.BackBroker``, where the agent's exit is
-    three orders (stop, OCO limit, market time exit) instead of one ``strategies.TripleBarrierOrder``:
-    the same trades, at a higher cost (docs/DECISIONS.md); tests hold the two to parity. ``engine="fast"`` has no
-    broker and ignores it.
+    ``data``: a ``datafeeds.load_ohlcv`` frame, a sample name or a path (a universe: the agent strategy as one
+    portfolio, :func:`engine.run_portfolio`). ``signal``: probabilities aligned to ``data`` (for the agent
+    strategy). ``atr`` overrides ``labeling.atr(..., rules.atr_period)`` (tests use it to set barriers by hand).
+    ``rules``: the agent's :class:`~labeling.BarrierRules` (baselines read only its ``size_frac``); ``costs``:
+    :class:`~labeling.Costs`; ``run``: :class:`~engine.config.RunConfig` (cash, period, measurement, engine).
+    ``params`` go to the strategy (e.g. ``live``/``agent`` for the agent, ``fast``/``slow`` for smacross).
+    ``run.engine="fast"`` runs the agent strategy (batch signal only) through :func:`engine.fastsim.simulate`.
+    ``run.native_barriers=False`` runs on the stock ``bt.brokers.BackBroker``, where the agent's exit is three
+    orders (stop, OCO limit, market time exit) instead of one ``strategies.TripleBarrierOrder``: the same
+    trades, at a higher cost (docs/DECISIONS.md); tests hold the two to parity.
     """
     t0 = time.perf_counter()
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    rules, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
     if isinstance(data, Mapping) or (not isinstance(data, pd.DataFrame) and datafeeds.is_universe(data)):
-        return _run_universe(data, strategy, signal, atr, cash=cash, commission=commission, slippage=slippage,
-                             start=start, end=end, atr_period=atr_period, periods_per_year=periods_per_year,
-                             risk_free=risk_free, benchmark=benchmark, engine=engine, params=params)
+        return _run_universe(data, strategy, signal, atr, (rules, costs, run), params)
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
     strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if not (isinstance(strat_cls, type) and issubclass(strat_cls, TradeLogStrategy)):
@@ -90,7 +79,7 @@ def run_backtest(
             f"trade log and equity), got {strategy!r}"
         )
     _check_params(strat_cls, params)
-    if engine == "fast":
+    if run.engine == "fast":
         if strat_cls is not TransformerAgentStrategy:
             raise ValueError(
                 f"engine='fast' simulates only the agent strategy (TransformerAgentStrategy), not "
@@ -102,12 +91,7 @@ def run_backtest(
             )
         if signal is None:
             raise ValueError("engine='fast' needs signal= (probabilities aligned to the data)")
-        fast_params = {k: v for k, v in params.items() if k not in ("live", "agent", "agent_history")}
-        return simulate(df, signal, atr=atr, cash=cash, commission=commission, slippage=slippage,
-                        start=start, end=end, atr_period=atr_period, periods_per_year=periods_per_year,
-                        risk_free=risk_free, benchmark=benchmark, **fast_params)
-    if cash <= 0 or commission < 0 or not 0 <= slippage < 1:
-        raise ValueError(f"need cash > 0, commission >= 0, 0 <= slippage < 1; got {cash}, {commission}, {slippage}")
+        return simulate(df, signal, atr=atr, rules=rules, costs=costs, run=run)
 
     live = bool(params.get("live", False))
     uses_signal = bool(getattr(strat_cls, "reads_signal", False))
@@ -116,7 +100,7 @@ def run_backtest(
             f"{strat_cls.__name__} reads probabilities: pass signal= (a Series aligned to the data, "
             "e.g. OnnxAgent.predict_proba(df)) or live=True with agent="
         )
-    sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, atr_period, start, end, periods_per_year)
+    sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, rules.atr_period, run)
     if live and "agent_history" not in params:
         params["agent_history"] = df.loc[df.index < period.index[0], ["open", "high", "low", "close", "volume"]]
 
@@ -125,8 +109,11 @@ def run_backtest(
         lines["signal"] = (
             sig.loc[period.index].to_numpy() if sig is not None else np.full(len(period), np.nan)
         )
-    broker = BarrierBroker() if native_barriers else bt.brokers.BackBroker()
-    strat, run_seconds = _run_cerebro(period, strat_cls, lines, broker, cash, commission, slippage, params)
+    broker = BarrierBroker() if run.native_barriers else bt.brokers.BackBroker()
+    cerebro = build_cerebro({None: (period, lines)}, broker, run.cash, costs)
+    strat_params = {"rules": rules, **params} if "rules" in strat_cls.params._getkeys() else {
+        "size_frac": rules.entry_fraction, **params}
+    strat, run_seconds = run_strategy(cerebro, strat_cls, strat_params)
 
     if len(strat.equity_values) != len(period):
         raise RuntimeError(
@@ -143,15 +130,14 @@ def run_backtest(
     )
 
     stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()),
-                          risk_free=risk_free)
+                          risk_free=run.risk_free)
     stats["rejected_entries"] = int(strat.n_rejected)
     bench_stats = bench_equity = None
-    if benchmark:
+    if run.benchmark:
         bench = (
-            None if strat_cls is BuyAndHold and not params else
-            run_backtest(period, BuyAndHold, cash=cash, commission=commission, slippage=slippage,
-                         atr=atr_full.loc[period.index], periods_per_year=ppy, risk_free=risk_free,
-                         benchmark=False)
+            None if strat_cls is BuyAndHold and not params and rules.size_frac is None else
+            run_backtest(period, BuyAndHold, atr=atr_full.loc[period.index], costs=costs,
+                         run=dataclasses.replace(run, start=None, end=None, periods_per_year=ppy, benchmark=False))
         )
         bench_equity = equity if bench is None else bench.equity
         bench_stats = stats if bench is None else bench.stats
@@ -159,13 +145,11 @@ def run_backtest(
     config = {
         "strategy": strat_cls.__name__,
         "engine": "backtrader",
-        "params": {  # every strategy parameter in effect, defaults included
-            k: jsonable(v) for k, v in strat.p._getkwargs().items() if k not in ("agent", "agent_history")
-        },
-        **run_facts(df, period, cash, commission, slippage, atr, atr_period, ppy, periods_per_year, risk_free),
+        "params": _strategy_params(strat, rules, live),  # every strategy parameter in effect, defaults included
+        **run_facts(df, period, atr, rules, costs, run, ppy),
         "live": live,
         "broker": type(broker).__name__,
-        "benchmark": "BuyAndHold backtest, same bars, cash and costs" if benchmark else None,
+        "benchmark": "BuyAndHold backtest, same bars, cash and costs" if run.benchmark else None,
         "rejected_entries": int(strat.n_rejected),
         "backtrader": bt.__version__,
         "run_seconds": run_seconds,
@@ -179,9 +163,19 @@ def run_backtest(
     )
 
 
-def _run_universe(data, strategy, signal, atr, *, params, **kw) -> PortfolioResult:
+def _strategy_params(strat, rules: BarrierRules, live: bool) -> dict:
+    """The strategy's parameters in effect, JSON-safe: the agent's rules flattened as the fast engine records them."""
+    kwargs = strat.p._getkwargs()
+    if "rules" not in kwargs:
+        return {k: jsonable(v) for k, v in kwargs.items()}
+    own = ("rules", "size_frac", "agent", "agent_history", "live")  # in the rules, or not data
+    return {**agent_params(rules, live), **{k: jsonable(v) for k, v in kwargs.items() if k not in own}}
+
+
+def _run_universe(data, strategy, signal, atr, settings: tuple, params: dict) -> PortfolioResult:
     """``run_backtest`` on a universe (symbol -> frame, or a name ``datafeeds.load_universe`` reads): the agent
     strategy as one portfolio (:func:`engine.portfolio.run_portfolio`); ``signal`` maps symbol -> probabilities."""
+    rules, costs, run = settings
     strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if strat_cls is not TransformerAgentStrategy:
         name = getattr(strat_cls, "__name__", strategy)
@@ -190,37 +184,19 @@ def _run_universe(data, strategy, signal, atr, *, params, **kw) -> PortfolioResu
         raise ValueError("a universe needs batch signals (signal={symbol: probabilities}), not live=True")
     if not isinstance(signal, Mapping):
         raise ValueError("a universe needs signal= as a mapping symbol -> probabilities aligned to that instrument")
-    extra = sorted(set(params) - {"threshold", "pt", "sl", "horizon", "max_positions", "size_frac", "live"})
+    extra = sorted(set(params) - {"max_positions", "live"})
     if extra:
         raise ValueError(f"a portfolio has no parameter(s) {extra}")
-    params = {k: v for k, v in params.items() if k != "live"}
     frames = data if isinstance(data, Mapping) else datafeeds.load_universe(data)
-    return run_portfolio(frames, signal, atr=atr, **kw, **params)
-
-
-def _run_cerebro(period, strat_cls, lines, broker, cash, commission, slippage, params):
-    # cheat-on-open: strategies size an entry decided at close[t] in next_open of t+1 (open known);
-    # the market order still fills at that open, exactly as without it.
-    cerebro = bt.Cerebro(stdstats=False, preload=True, runonce=True, optreturn=False, cheat_on_open=True)
-    cerebro.broker = broker
-    cerebro.adddata(datafeeds.to_backtrader(period, **lines))
-    cerebro.broker.set_coo(True)
-    cerebro.broker.setcash(float(cash))
-    cerebro.broker.setcommission(commission=float(commission), commtype=bt.CommInfoBase.COMM_PERC,
-                                 percabs=True, stocklike=True)
-    if slippage:
-        cerebro.broker.set_slippage_perc(float(slippage), slip_open=True, slip_limit=True,
-                                         slip_match=True, slip_out=False)
-    cerebro.addstrategy(strat_cls, **params)
-    t0 = time.perf_counter()
-    strat = cerebro.run()[0]
-    return strat, time.perf_counter() - t0
+    return run_portfolio(frames, signal, atr=atr, rules=rules, costs=costs, run=run,
+                         max_positions=params.get("max_positions", 1))
 
 
 def _check_params(strat_cls, params: dict) -> None:
-    known = set(strat_cls.params._getkeys())
+    known = set(strat_cls.params._getkeys()) - {"rules", "size_frac"}
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValueError(
-            f"{strat_cls.__name__} has no parameter(s) {unknown}; its parameters: {sorted(known)}"
+            f"{strat_cls.__name__} has no parameter(s) {unknown}; its parameters: {sorted(known)} (the agent's "
+            "threshold, barriers and size are rules=BarrierRules(...))"
         )

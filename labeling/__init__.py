@@ -1,24 +1,41 @@
 """Labels for supervised learning on bars: Wilder ATR, Triple Barrier labels, their uniqueness weights,
-purged splits."""
+purged splits; and the trading rules that share the labels' barriers (``labeling.rules``).
 
-from .atr import atr
-from .splits import (CPCVSplit, Fold, calendar_cut, cpcv_paths, cpcv_splits, events_within, purged_train_val_split,
-                     walk_forward_folds)
-from .tbm import TBMConfig, label_spans, triple_barrier_labels
-from .weights import average_uniqueness
+Names load their module on first use (PEP 562), so the command lines read the rules' defaults without numba.
+"""
 
-__all__ = [
-    "atr",
-    "TBMConfig",
-    "triple_barrier_labels",
-    "label_spans",
-    "average_uniqueness",
-    "Fold",
-    "purged_train_val_split",
-    "walk_forward_folds",
-    "events_within",
-    "calendar_cut",
-    "CPCVSplit",
-    "cpcv_splits",
-    "cpcv_paths",
-]
+from typing import TYPE_CHECKING
+
+from datafeeds.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from .average_true_range import atr
+    from .rules import BarrierRules, Costs, TBMConfig
+    from .splits import (CPCVSplit, Fold, calendar_cut, cpcv_paths, cpcv_splits, events_within,
+                         purged_train_val_split, walk_forward_folds)
+    from .tbm import label_spans, triple_barrier_labels
+    from .weights import average_uniqueness
+
+_EXPORTS = {  # public name -> its module
+    "atr": ".average_true_range",  # the module is not named atr: its import would shadow the function
+    "TBMConfig": ".rules",
+    "BarrierRules": ".rules",
+    "Costs": ".rules",
+    "triple_barrier_labels": ".tbm",
+    "label_spans": ".tbm",
+    "average_uniqueness": ".weights",
+    "Fold": ".splits",
+    "purged_train_val_split": ".splits",
+    "walk_forward_folds": ".splits",
+    "events_within": ".splits",
+    "calendar_cut": ".splits",
+    "CPCVSplit": ".splits",
+    "cpcv_splits": ".splits",
+    "cpcv_paths": ".splits",
+}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+__all__ = list(_EXPORTS)

@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from .jit import njit_cached
 
-from ._checks import check_int
-from .atr import _atr_nb
+from .average_true_range import _atr_nb
+from .rules import TBMConfig
 
 log = logging.getLogger(__name__)
 
 _REQUIRED_COLUMNS = ("high", "low", "close")
-
-
-MAX_BARS = 1_000_000  # the largest horizon or ATR period accepted, in bars
-
-
-@dataclass(frozen=True)
-class TBMConfig:
-    """Triple Barrier parameters; barriers are multiples of ATR around the event close."""
-
-    pt: float = 1.5  # upper (profit-taking) barrier = close + pt * ATR
-    sl: float = 1.5  # lower (stop-loss) barrier = close - sl * ATR
-    horizon: int = 20  # vertical barrier: bars after the event bar
-    atr_period: int = 14  # Wilder ATR period used to scale the barriers
-
-    def __post_init__(self):
-        for name in ("pt", "sl"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ValueError(f"TBMConfig.{name} must be a positive finite number, got {value!r}")
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"TBMConfig.{name} must be a positive finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        # upper bounds far above any sensible value, so a typo (1e20) is one line, not a crash in numba
-        object.__setattr__(self, "horizon", check_int(self.horizon, "TBMConfig.horizon", 1, MAX_BARS))
-        object.__setattr__(self, "atr_period", check_int(self.atr_period, "TBMConfig.atr_period", 1, MAX_BARS))
-
-    def to_dict(self) -> dict:
-        """Plain dict of the fields (JSON-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TBMConfig":
-        """Inverse of `to_dict`; unknown keys are an error, missing keys take the defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"TBMConfig.from_dict: unknown key(s) {sorted(unknown)}; "
-                             f"expected a subset of {sorted(known)}")
-        return cls(**d)
 
 
 @njit_cached
@@ -134,10 +92,10 @@ def _validate_bars(df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def triple_barrier_labels(
     df: pd.DataFrame,
     *,
-    pt: float = 1.5,
-    sl: float = 1.5,
-    horizon: int = 20,
-    atr_period: int = 14,
+    pt: float | None = None,
+    sl: float | None = None,
+    horizon: int | None = None,
+    atr_period: int | None = None,
     config: TBMConfig | None = None,
 ) -> pd.DataFrame:
     """Triple Barrier label for every bar that has an ATR and a full horizon ahead.
@@ -153,13 +111,15 @@ def triple_barrier_labels(
     [t, t1], which purging needs), `ret` (touch_price / close[t] - 1), `barrier` (int8: +1 upper,
     -1 lower, 0 vertical). touch_price is the barrier price even when the bar gapped through it: the
     labels say which barrier was hit, not at what price a stop would have filled.
-    Pass either `config` or the keyword parameters, not both.
+    Pass either `config` or the keyword parameters (those left out take TBMConfig's defaults), not both.
     """
+    given = {k: v for k, v in (("pt", pt), ("sl", sl), ("horizon", horizon), ("atr_period", atr_period))
+             if v is not None}
     if config is None:
-        config = TBMConfig(pt=pt, sl=sl, horizon=horizon, atr_period=atr_period)
+        config = TBMConfig(**given)  # keywords not given take TBMConfig's defaults
     elif not isinstance(config, TBMConfig):
         raise ValueError(f"config must be a TBMConfig or None, got {type(config).__name__}")
-    elif (pt, sl, horizon, atr_period) != (1.5, 1.5, 20, 14):
+    elif given:
         raise ValueError("pass either config=TBMConfig(...) or pt/sl/horizon/atr_period keywords, not both")
 
     high, low, close = _validate_bars(df)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import backtrader as bt
 import pandas as pd
 
-from strategies.base import STOP_LOSS, TAKE_PROFIT, TIME_LIMIT, TradeLogStrategy
+from strategies.base import STOP_LOSS, TAKE_PROFIT, TIME_LIMIT, TradeLogStrategy, barrier_rules
 from strategies.broker import BarrierBroker
 
 
@@ -48,21 +48,15 @@ class TransformerAgentStrategy(TradeLogStrategy):
 
     reads_signal = True
     params = (
-        ("threshold", 0.5),  # enter when prob >= threshold
-        ("pt", 1.5),  # take-profit distance in ATR[t]
-        ("sl", 1.5),  # stop distance in ATR[t]
-        ("horizon", 20),  # bars held before the time exit (fill bar counts as 1)
+        ("rules", None),  # labeling.BarrierRules: threshold, barriers and size; None = BarrierRules()
         ("live", False),  # call agent.update per bar instead of reading the signal line
         ("agent", None),
         ("agent_history", None),
     )
 
     def __init__(self):
+        self.rules = barrier_rules(self.p.rules)
         super().__init__()
-        if self.p.pt <= 0 or self.p.sl <= 0:
-            raise ValueError(f"pt and sl must be > 0 ATR multiples, got pt={self.p.pt}, sl={self.p.sl}")
-        if int(self.p.horizon) != self.p.horizon or self.p.horizon < 1:
-            raise ValueError(f"horizon must be an integer >= 1 bars, got {self.p.horizon}")
         if self.p.live and self.p.agent is None:
             raise ValueError("live=True needs agent= (an object with .reset() and .update(bar) -> float)")
         for line in ("atr",) + (() if self.p.live else ("signal",)):
@@ -76,8 +70,14 @@ class TransformerAgentStrategy(TradeLogStrategy):
         # lookup through the feed's lines (a measurable share of a backtest's pure-Python overhead).
         self._atr_line = self.data.lines.atr
         self._signal_line = None if self.p.live else self.data.lines.signal
-        self._threshold = self.p.threshold
-        self._horizon = self.p.horizon
+        self._threshold = self.rules.threshold
+        self._horizon = self.rules.horizon
+
+    def _entry_fraction(self) -> float:
+        if self.p.size_frac is not None:
+            raise ValueError("TransformerAgentStrategy takes its size in rules=BarrierRules(size_frac=...), "
+                             "not size_frac=")
+        return self.rules.entry_fraction
 
     def start(self):
         super().start()
@@ -114,7 +114,7 @@ class TransformerAgentStrategy(TradeLogStrategy):
 
     def _on_entry_filled(self, order):
         entry, atr, size = order.executed.price, self._open["atr"], order.executed.size
-        stop_price, take_price = entry - self.p.sl * atr, entry + self.p.pt * atr
+        stop_price, take_price = entry - self.rules.sl * atr, entry + self.rules.pt * atr
         if self._native:
             # time exit at the open of bar entry_bar + horizon: the same fill as a market order
             # placed at the close before it

@@ -12,6 +12,8 @@ import math
 import backtrader as bt
 import pandas as pd
 
+from labeling.rules import BarrierRules, check_size_frac
+
 log = logging.getLogger(__name__)
 
 TAKE_PROFIT = "take_profit"
@@ -30,6 +32,15 @@ CASH_EPS = 1e-9  # sizing headroom so float rounding never puts the fill's cost 
 _DEAD = (bt.Order.Completed, bt.Order.Canceled, bt.Order.Expired, bt.Order.Margin, bt.Order.Rejected)
 
 
+def barrier_rules(rules) -> BarrierRules:
+    """A strategy's ``rules`` parameter: a ``labeling.BarrierRules``, None meaning the defaults."""
+    if rules is None:
+        return BarrierRules()
+    if not isinstance(rules, BarrierRules):
+        raise TypeError(f"rules must be a labeling.BarrierRules, got {type(rules).__name__}")
+    return rules
+
+
 class TradeLogStrategy(bt.Strategy):
     """Base for our strategies: sizing, order bookkeeping, a trade log of dicts (``TRADE_FIELDS``) and
     the broker value and position at every bar's close (``equity_values``, ``position_sizes``).
@@ -40,13 +51,12 @@ class TradeLogStrategy(bt.Strategy):
     """
 
     params = (
-        ("size_frac", 1.0),  # fraction of equity committed per entry, (0, 1]: no leverage
+        ("size_frac", None),  # fraction of equity committed per entry, (0, 1]: no leverage; None = 1
     )
     reads_signal = False  # True: the feed must carry a `signal` line (the engine attaches it)
 
     def __init__(self):
-        if not 0.0 < self.p.size_frac <= 1.0:
-            raise ValueError(f"size_frac must be in (0, 1] (no leverage), got {self.p.size_frac}")
+        self._size_frac = self._entry_fraction()
         self.trade_log: list[dict] = []
         self.n_rejected = 0
         self.eod_cost = 0.0  # value given up by the synthetic end_of_data exit (slippage + commission)
@@ -62,6 +72,11 @@ class TradeLogStrategy(bt.Strategy):
         self.equity_values: list[float] = []  # broker value at each bar's close, warm-up included
         self.position_sizes: list[float] = []  # units held at each bar's close
 
+    def _entry_fraction(self) -> float:
+        """The fraction of equity each entry commits (checked once, by ``labeling.rules``)."""
+        size = check_size_frac(self.p.size_frac)
+        return 1.0 if size is None else size
+
     # -- helpers for subclasses ------------------------------------------------------------------
     def _bar(self) -> int:
         return len(self) - 1
@@ -74,7 +89,7 @@ class TradeLogStrategy(bt.Strategy):
 
     def _enter(self, **info) -> None:
         """Decide at this close to buy at the next open; ``info`` (e.g. atr) goes to the trade record."""
-        notional = self.p.size_frac * self.broker.getvalue()
+        notional = self._size_frac * self.broker.getvalue()
         if notional <= 0.0:  # nothing left to invest (costs have eaten the account)
             return
         self._intent = {"signal_time": self._now(), "atr": math.nan, **info}

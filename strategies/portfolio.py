@@ -35,7 +35,8 @@ import math
 import backtrader as bt
 import pandas as pd
 
-from strategies.base import CASH_EPS, END_OF_DATA, TRADE_FIELDS
+from labeling.rules import check_max_positions
+from strategies.base import CASH_EPS, END_OF_DATA, TRADE_FIELDS, barrier_rules
 from strategies.broker import BarrierBroker
 
 log = logging.getLogger(__name__)
@@ -51,26 +52,16 @@ class PortfolioAgentStrategy(bt.Strategy):
     """
 
     params = (
-        ("threshold", 0.5),
-        ("pt", 1.5),
-        ("sl", 1.5),
-        ("horizon", 20),
-        ("max_positions", 1),  # positions open (or entries in flight) at once
-        ("size_frac", None),  # fraction of equity per entry; None = 1 / max_positions
+        ("rules", None),  # labeling.BarrierRules (size_frac None = 1 / max_positions); None = BarrierRules()
+        ("max_positions", None),  # positions open (or entries in flight) at once (engine.run_portfolio sets it)
         ("n_bars", None),  # per feed, its number of bars
         ("n_times", None),  # number of times of the whole backtest
     )
 
     def __init__(self):
         p = self.p
-        if p.pt <= 0 or p.sl <= 0:
-            raise ValueError(f"pt and sl must be > 0 ATR multiples, got pt={p.pt}, sl={p.sl}")
-        if int(p.horizon) != p.horizon or p.horizon < 1:
-            raise ValueError(f"horizon must be an integer >= 1 bars, got {p.horizon}")
-        if int(p.max_positions) != p.max_positions or p.max_positions < 1:
-            raise ValueError(f"max_positions must be an integer >= 1, got {p.max_positions}")
-        if p.size_frac is not None and not 0.0 < p.size_frac <= 1.0:
-            raise ValueError(f"size_frac must be in (0, 1] (no leverage), got {p.size_frac}")
+        self.rules = barrier_rules(p.rules)
+        check_max_positions(p.max_positions)
         n = len(self.datas)
         if p.n_bars is None or len(p.n_bars) != n or p.n_times is None:
             raise ValueError("n_bars (one count per feed) and n_times are required: use engine.run_portfolio")
@@ -142,8 +133,8 @@ class PortfolioAgentStrategy(bt.Strategy):
                              "size": order.executed.size, "entry_comm": order.executed.comm, "entry_bar": entry_bar,
                              "signal_time": info["signal_time"], "atr": info["atr"]}
             entry, atr = order.executed.price, info["atr"]
-            exit_order = self.broker.sell_barriers(self, d, order.executed.size, entry - self.p.sl * atr,
-                                                   entry + self.p.pt * atr, time_bar=entry_bar + int(self.p.horizon))
+            exit_order = self.broker.sell_barriers(self, d, order.executed.size, entry - self.rules.sl * atr,
+                                                   entry + self.rules.pt * atr, time_bar=entry_bar + self.rules.horizon)
             self._exit[exit_order.ref] = k
             self._exit_order[k] = exit_order
             return
@@ -187,7 +178,7 @@ class PortfolioAgentStrategy(bt.Strategy):
             if not new[k] or ending[k] or k in busy:
                 continue
             prob = float(self._signal[k][0])
-            if prob >= self.p.threshold:  # NaN compares False
+            if prob >= self.rules.threshold:  # NaN compares False
                 atr = float(self._atr[k][0])
                 if atr > 0:
                     candidates.append((-prob, self.symbols[k], k, atr))
@@ -195,7 +186,8 @@ class PortfolioAgentStrategy(bt.Strategy):
             return
         candidates.sort()
         free = int(self.p.max_positions) - len(busy)
-        target = value / self.p.max_positions if self.p.size_frac is None else self.p.size_frac * value
+        size_frac = self.rules.size_frac
+        target = value / self.p.max_positions if size_frac is None else size_frac * value
         # cash not yet committed: entries waiting for their instrument's next bar hold theirs
         available = self.broker.getcash() - sum(i["notional"] for i in self._intents.values())
         for rank, (_, _, k, atr) in enumerate(candidates):

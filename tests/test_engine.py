@@ -9,7 +9,7 @@ import pytest
 
 import datafeeds
 import labeling
-from engine import BacktestResult, plot_backtest, run_backtest
+from engine import BacktestResult, BarrierRules, RunConfig, plot_backtest, run_backtest
 
 COMM = 0.0005
 
@@ -27,13 +27,14 @@ def sp():
 
 @pytest.fixture(scope="module")
 def agent_run(sp):
-    return run_backtest(sp, "agent", signal=_causal_signal(sp), start="2014-01-01", threshold=0.6)
+    return run_backtest(sp, "agent", signal=_causal_signal(sp), rules=BarrierRules(threshold=0.6),
+                        run=RunConfig(start="2014-01-01"))
 
 
 def test_truncated_data_gives_the_same_past(sp):
     # (a) causality: cutting the future off changes nothing before the cut
     cut = pd.Timestamp("2015-08-31")
-    kw = dict(start="2014-01-01", threshold=0.6, horizon=15, benchmark=False)
+    kw = dict(rules=BarrierRules(threshold=0.6, horizon=15), run=RunConfig(start="2014-01-01", benchmark=False))
     full = run_backtest(sp, "agent", signal=_causal_signal(sp), **kw)
     short_df = sp.loc[:cut]
     short = run_backtest(short_df, "agent", signal=_causal_signal(short_df), **kw)
@@ -86,18 +87,18 @@ def test_benchmark_is_buy_and_hold_computed_by_hand(agent_run):
 def test_signal_series_must_align(sp):
     sig = _causal_signal(sp)
     with pytest.raises(ValueError, match="not in the data"):
-        run_backtest(sp.iloc[:100], "agent", signal=sig, benchmark=False)
+        run_backtest(sp.iloc[:100], "agent", signal=sig, run=RunConfig(benchmark=False))
     with pytest.raises(ValueError, match="outside"):
-        run_backtest(sp, "agent", signal=sig * 2, benchmark=False)
+        run_backtest(sp, "agent", signal=sig * 2, run=RunConfig(benchmark=False))
     with pytest.raises(ValueError, match="signal="):
-        run_backtest(sp, "agent", benchmark=False)
+        run_backtest(sp, "agent", run=RunConfig(benchmark=False))
     with pytest.raises(ValueError, match="no parameter"):
         run_backtest(sp, "buyhold", threshold=0.5)
     with pytest.raises(ValueError, match="bar"):
-        run_backtest(sp, "buyhold", start="2030-01-01")
+        run_backtest(sp, "buyhold", run=RunConfig(start="2030-01-01"))
     # a sub-range signal is reindexed: NaN (= no signal) elsewhere
     part = sig.loc["2015-01-01":"2015-06-30"]
-    res = run_backtest(sp, "agent", signal=part, threshold=0.6, benchmark=False)
+    res = run_backtest(sp, "agent", signal=part, rules=BarrierRules(threshold=0.6), run=RunConfig(benchmark=False))
     assert res.signal.loc[: "2014-12-31"].isna().all()
     assert (res.trades["signal_time"] >= pd.Timestamp("2015-01-01")).all()
 
@@ -110,19 +111,19 @@ def test_strategy_classes_the_engine_can_read(sp):
         pass
 
     with pytest.raises(TypeError, match="TradeLogStrategy subclass"):
-        run_backtest(sp, Plain, benchmark=False)
+        run_backtest(sp, Plain, run=RunConfig(benchmark=False))
 
     class OverridesNext(TradeLogStrategy):
         def next(self):  # skips the base class's per-bar equity recording
             pass
 
     with pytest.raises(RuntimeError, match=r"recorded 0 equity values .* on_bar\(\)"):
-        run_backtest(sp, OverridesNext, benchmark=False)
+        run_backtest(sp, OverridesNext, run=RunConfig(benchmark=False))
 
     class Idle(TradeLogStrategy):
         pass
 
-    res = run_backtest(sp.iloc[:50], Idle, cash=1234.0, benchmark=False)
+    res = run_backtest(sp.iloc[:50], Idle, run=RunConfig(cash=1234.0, benchmark=False))
     assert (res.equity == 1234.0).all() and (res.position == 0).all() and res.trades.empty
 
 

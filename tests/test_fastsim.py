@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import datafeeds
-from engine import run_backtest
+from engine import BarrierRules, Costs, RunConfig, run_backtest
 from engine.fastsim import simulate
 from strategies import TRADE_FIELDS
 from strategies.base import CASH_EPS
@@ -22,11 +22,11 @@ RTOL = 1e-9
 
 
 
-def _fast(df, signal, *, atr=1.0, **kw):
-    kw.setdefault("horizon", 10)
+def _fast(df, signal, *, atr=1.0, horizon=10, threshold=0.5, slippage=0.0):
     atr = np.full(len(df), atr) if np.isscalar(atr) else atr
-    return run_backtest(df, "agent", engine="fast", signal=signal, atr=atr, cash=CASH, commission=COMM,
-                        benchmark=False, **kw)
+    return run_backtest(df, "agent", signal=signal, atr=atr, rules=BarrierRules(threshold=threshold, horizon=horizon),
+                        costs=Costs(commission=COMM, slippage=slippage),
+                        run=RunConfig(engine="fast", cash=CASH, benchmark=False))
 
 
 def _size(fill_open, value=CASH, slip=0.0):
@@ -144,15 +144,15 @@ SLIP_CASES = {
 def test_slippage_caps_match_backtrader(name):
     overrides, at, horizon, exit_price, reason, entry_price = SLIP_CASES[name]
     df = flat_bars(overrides=overrides)
-    kw = dict(signal=signal_at(20, at), atr=np.ones(20), cash=CASH, commission=COMM, slippage=0.001,
-              benchmark=False, horizon=horizon)
-    fast = run_backtest(df, "agent", engine="fast", **kw)
+    kw = dict(signal=signal_at(20, at), atr=np.ones(20), rules=BarrierRules(horizon=horizon),
+              costs=Costs(commission=COMM, slippage=0.001))
+    fast = run_backtest(df, "agent", run=RunConfig(engine="fast", cash=CASH, benchmark=False), **kw)
     t = fast.trades.iloc[0]
     assert t["exit_reason"] == reason
     assert t["entry_price"] == pytest.approx(entry_price, rel=1e-12)
     assert t["exit_price"] == pytest.approx(exit_price, rel=1e-12)
     assert t["size"] == pytest.approx(_size(100.0, slip=0.001), rel=1e-12)
-    _assert_same(fast, run_backtest(df, "agent", **kw))
+    _assert_same(fast, run_backtest(df, "agent", run=RunConfig(cash=CASH, benchmark=False), **kw))
 
 
 def test_horizon_one_exits_at_the_next_open_without_barriers():
@@ -163,8 +163,8 @@ def test_horizon_one_exits_at_the_next_open_without_barriers():
     assert len(res.trades) == 1
     assert (t["entry_bar"], t["exit_bar"], t["exit_reason"], t["exit_price"]) == (4, 5, "time_limit", 100.2)
     assert (res.position.iloc[5:] == 0).all()
-    kw = dict(signal=signal_at(20, 3), atr=np.full(len(df), 1.0), cash=CASH, commission=COMM, benchmark=False,
-              horizon=1)
+    kw = dict(signal=signal_at(20, 3), atr=np.full(len(df), 1.0), costs=Costs(commission=COMM),
+              run=RunConfig(cash=CASH, benchmark=False), rules=BarrierRules(horizon=1))
     _assert_same(res, run_backtest(df, "agent", **kw))
 
 
@@ -173,15 +173,15 @@ def test_horizon_one_exits_at_the_next_open_without_barriers():
 def test_fast_engine_refuses_other_strategies_live_mode_and_unknown_engines():
     df = flat_bars()
     with pytest.raises(ValueError, match="only the agent strategy"):
-        run_backtest(df, "smacross", engine="fast")
+        run_backtest(df, "smacross", run=RunConfig(engine="fast"))
     with pytest.raises(ValueError, match="live=True"):
-        run_backtest(df, "agent", engine="fast", live=True, agent=object())
+        run_backtest(df, "agent", run=RunConfig(engine="fast"), live=True, agent=object())
     with pytest.raises(ValueError, match="unknown engine 'numba'"):
-        run_backtest(df, "agent", engine="numba", signal=signal_at(20, 3))
+        run_backtest(df, "agent", run=RunConfig(engine="numba"), signal=signal_at(20, 3))
     with pytest.raises(ValueError, match="size_frac"):
-        simulate(df, signal_at(20, 3), size_frac=1.5)
+        simulate(df, signal_at(20, 3), rules=BarrierRules(size_frac=1.5))
     with pytest.raises(ValueError, match="horizon"):
-        simulate(df, signal_at(20, 3), horizon=2.5)
+        simulate(df, signal_at(20, 3), rules=BarrierRules(horizon=2.5))
     with pytest.raises(ValueError, match="outside"):
         simulate(df, signal_at(20, 3, p=1.2))
 
@@ -238,10 +238,11 @@ def test_parity_with_backtrader_on_samples(sample, config):
     rng = np.random.default_rng(seed)
     signal = rng.random(len(df))
     signal[rng.random(len(df)) < 0.1] = np.nan
-    kw = dict(signal=signal, start=start, end=end, threshold=threshold, pt=pt, sl=sl, horizon=horizon,
-              size_frac=size_frac, commission=comm, slippage=slip, benchmark=config == 0)
-    ref = run_backtest(df, "agent", **kw)
-    fast = run_backtest(df, "agent", engine="fast", **kw)
+    run = RunConfig(start=start, end=end, benchmark=config == 0)
+    kw = dict(signal=signal, rules=BarrierRules(threshold=threshold, pt=pt, sl=sl, horizon=horizon,
+                                                size_frac=size_frac), costs=Costs(commission=comm, slippage=slip))
+    ref = run_backtest(df, "agent", run=run, **kw)
+    fast = run_backtest(df, "agent", run=run.replace(engine="fast"), **kw)
     assert len(ref.trades) >= 20, f"{name}: too few trades to compare"
     assert set(ref.trades["exit_reason"]) >= {"stop_loss", "take_profit", "time_limit"}
     _assert_same(fast, ref)
@@ -266,8 +267,10 @@ def _assert_stats_close(a: dict, b: dict, rel=1e-6) -> None:
 
 def test_parity_without_trades():
     df = datafeeds.load_ohlcv("stoxx50_1d")
-    kw = dict(signal=np.full(len(df), 0.3), threshold=0.5, benchmark=False, end=df.index[60])
-    fast, ref = run_backtest(df, "agent", engine="fast", **kw), run_backtest(df, "agent", **kw)
+    run = RunConfig(benchmark=False, end=df.index[60])
+    kw = dict(signal=np.full(len(df), 0.3), rules=BarrierRules(threshold=0.5))
+    fast = run_backtest(df, "agent", run=run.replace(engine="fast"), **kw)
+    ref = run_backtest(df, "agent", run=run, **kw)
     pd.testing.assert_frame_equal(fast.trades, ref.trades)
     pd.testing.assert_series_equal(fast.equity, ref.equity)
     assert math.isclose(fast.equity.iloc[-1], 100_000.0)
@@ -283,16 +286,17 @@ def test_sweep_gives_each_configuration_the_numbers_of_its_own_run():
     sig = pd.Series(np.random.default_rng(3).random(len(df)), index=df.index)
     grid = {"threshold": [0.55, 0.7, 0.9], "pt": [1.0, 2.5], "sl": [1.0, 2.0], "horizon": [5, 20],
             "size_frac": [0.5, 1.0]}
-    res, curves = sweep(df, sig, grid, commission=0.001, slippage=0.0005, start="2005-01-01", risk_free=0.02,
-                        equity=True)
+    costs = Costs(commission=0.001, slippage=0.0005)
+    res, curves = sweep(df, sig, grid, costs=costs, run=RunConfig(start="2005-01-01", risk_free=0.02), equity=True)
     assert len(res) == 3 * 2 * 2 * 2 * 2 and curves.shape == (len(df.loc["2005-01-01":]), len(res))
     assert list(res.columns[:5]) == ["threshold", "pt", "sl", "horizon", "size_frac"]
     assert res["n_trades"].min() > 0 and res["total_return"].nunique() > 40
     for i in (0, 7, 18, 33, 47):
         row = res.iloc[i]
-        one = run_backtest(df, "agent", engine="fast", signal=sig, benchmark=False, commission=0.001, slippage=0.0005,
-                           start="2005-01-01", risk_free=0.02, threshold=row.threshold, pt=row.pt, sl=row.sl,
-                           horizon=int(row.horizon), size_frac=row.size_frac)
+        one = run_backtest(df, "agent", signal=sig, costs=costs,
+                           run=RunConfig(engine="fast", benchmark=False, start="2005-01-01", risk_free=0.02),
+                           rules=BarrierRules(threshold=row.threshold, pt=row.pt, sl=row.sl,
+                                              horizon=int(row.horizon), size_frac=row.size_frac))
         for name in SWEEP_STATS:
             want = one.stats[name]
             if want is None:

@@ -198,7 +198,7 @@ def _frame(n=400):
 
 
 def test_day_first_dates_give_the_result_of_the_iso_file(tmp_path):
-    from engine import run_backtest
+    from engine import RunConfig, run_backtest
 
     df = _frame(1259)
     iso, dmy = tmp_path / "iso.csv", tmp_path / "dmy.csv"
@@ -210,8 +210,8 @@ def test_day_first_dates_give_the_result_of_the_iso_file(tmp_path):
     with pytest.warns(UserWarning, match="read as day/month/year"):
         got = datafeeds.load_ohlcv(dmy)
     assert got.index.equals(datafeeds.load_ohlcv(iso).index)
-    a = run_backtest(datafeeds.load_ohlcv(iso), "smacross", engine="backtrader").stats
-    b = run_backtest(got, "smacross", engine="backtrader").stats
+    a = run_backtest(datafeeds.load_ohlcv(iso), "smacross", run=RunConfig(engine="backtrader")).stats
+    b = run_backtest(got, "smacross", run=RunConfig(engine="backtrader")).stats
     assert a["total_return"] == b["total_return"] and a["n_trades"] == b["n_trades"]
 
 
@@ -241,7 +241,7 @@ def test_an_impossible_bar_is_refused_naming_its_row(tmp_path, value, needle):
 
 # ------------------------------------------------------------------ options that would fail only after minutes
 @pytest.mark.parametrize("args, needle", [
-    (["--commission", "2"], "0 <= --commission < 1"),
+    (["--commission", "2"], "--commission must be in [0, 1)"),
     (["--folds", "1000"], "--folds 1000 on 5031 bars gives folds of"),
 ])
 def test_walk_forward_options_are_refused_before_the_first_trial(args, needle, tmp_path):

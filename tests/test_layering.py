@@ -82,13 +82,25 @@ def test_help_and_usage_errors_answer_before_heavy_imports(cli, argv):
 
 def test_constants_spelt_out_for_fast_help_match_their_source():
     from engine import backtest_cli as run_backtest
-    from engine.walkforward.config import ENGINES as WF_ENGINES
-    from engine.runner import ENGINES
     from strategies import STRATEGIES, SmaCross
 
     assert run_backtest.STRATEGY_NAMES == tuple(STRATEGIES)
     assert run_backtest.SMA_DEFAULTS == (SmaCross.params.fast, SmaCross.params.slow)
-    assert WF_ENGINES == ENGINES
+
+
+def test_the_walk_forward_engine_choices_are_the_engines_a_backtest_runs_on(capsys):
+    # one list, engine.config.ENGINES (import-light, so --help needs no backtrader): every engine a backtest
+    # accepts is a --engine choice, the default is one of them, and anything else is refused naming them
+    from engine.config import ENGINES, RunConfig
+    from engine.walkforward.cli import parser
+    from engine.walkforward.config import WalkForwardConfig
+
+    for name in ENGINES:
+        assert parser().parse_args(["--engine", name]).engine == RunConfig(engine=name).engine == name
+    assert WalkForwardConfig.engine == RunConfig.engine and RunConfig.engine in ENGINES
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--engine", "numba"])
+    assert f"choose from {', '.join(ENGINES)}" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ within a package
@@ -210,16 +222,17 @@ def test_no_import_cycles_within_a_package(package):
 
 
 def test_the_cycle_check_finds_a_function_level_circle():
-    # the shape engine.fastsim <-> engine.runner had: one side imports the other inside a function
+    # the shape engine.fastsim <-> engine.runner had (before engine.results held the result types): one side
+    # imports the other inside a function
     runner = ("import numpy\nfrom engine.metrics import compute_stats\n"
-              "def run():\n    from engine.fastsim import simulate\n")
+              "def run():\n    from engine.fastsim.single import simulate\n")
     fastsim = "from engine.runner import BacktestResult\n"
     graph = {"engine.runner": intra_package_imports(runner, "engine.runner", "engine"),
-             "engine.fastsim": intra_package_imports(fastsim, "engine.fastsim", "engine"),
+             "engine.fastsim.single": intra_package_imports(fastsim, "engine.fastsim.single", "engine"),
              "engine.metrics": set()}
-    assert graph["engine.runner"] == {"engine.metrics", "engine.fastsim"}
-    assert find_cycle(graph) == ["engine.fastsim", "engine.runner", "engine.fastsim"]
-    del graph["engine.fastsim"]
+    assert graph["engine.runner"] == {"engine.metrics", "engine.fastsim.single"}
+    assert find_cycle(graph) == ["engine.fastsim.single", "engine.runner", "engine.fastsim.single"]
+    del graph["engine.fastsim.single"]
     assert find_cycle(graph) is None
 
 

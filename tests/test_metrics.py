@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import datafeeds
-from engine import compute_stats, infer_periods_per_year, run_backtest
+from engine import RunConfig, compute_stats, infer_periods_per_year, run_backtest
 
 
 def _loop_stats(values, times, ppy):
@@ -37,7 +37,7 @@ def _loop_stats(values, times, ppy):
 
 def test_stats_match_loop_computation_on_a_real_backtest():
     df = datafeeds.load_ohlcv("sp500", start="2012-01-01", end="2015-12-31")
-    res = run_backtest(df, "smacross", benchmark=False)
+    res = run_backtest(df, "smacross", run=RunConfig(benchmark=False))
     values = list(res.equity.to_numpy())
     times = list(res.equity.index)
     expected = _loop_stats(values, times, res.periods_per_year)

@@ -14,7 +14,7 @@ from matplotlib.collections import PathCollection
 
 import datafeeds
 from conftest import flat_bars, signal_at
-from engine import run_backtest
+from engine import BarrierRules, RunConfig, run_backtest
 from engine.walkforward.report import MIN_TRIALS_FOR_IMPORTANCE, plot_stitched, plot_study
 from engine.metrics import drawdown
 from engine.plotting import LOG_SCALE_RATIO, MAX_TRADE_MARKERS, auto_log_scale, backtest_figure, plot_backtest
@@ -32,7 +32,7 @@ def _ax(fig, panel):
 
 @pytest.fixture(scope="module")
 def smacross():
-    return run_backtest("sp500", "smacross", start="2015-01-01")
+    return run_backtest("sp500", "smacross", run=RunConfig(start="2015-01-01"))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def many_trades():
     """A random signal on the whole sp500 sample through the fast engine: hundreds of trades."""
     df = datafeeds.load_ohlcv("sp500")
     signal = np.random.default_rng(0).random(len(df))
-    res = run_backtest(df, "agent", signal=signal, engine="fast", threshold=0.5)
+    res = run_backtest(df, "agent", signal=signal, run=RunConfig(engine="fast"), rules=BarrierRules(threshold=0.5))
     assert len(res.trades) > 3 * MAX_TRADE_MARKERS
     return res
 
@@ -49,7 +49,7 @@ def many_trades():
 def few_trades():
     """Two hand-made trades: bar 4 -> stop at 98.5 on bar 6 (below that bar's close), bar 11 -> TP on bar 13."""
     df = flat_bars(overrides={6: (100.0, 100.3, 98.0, 99.0), 13: (100.5, 101.8, 100.3, 101.0)})
-    res = run_backtest(df, "agent", signal=signal_at(20, [3, 10]), atr=np.ones(20), horizon=10)
+    res = run_backtest(df, "agent", signal=signal_at(20, [3, 10]), atr=np.ones(20), rules=BarrierRules(horizon=10))
     assert list(res.trades["exit_reason"]) == ["stop_loss", "take_profit"]
     return res
 
@@ -223,7 +223,7 @@ def test_stats_box_says_n_a_for_missing_values_and_no_benchmark(smacross, figure
 def test_log_scale_only_for_a_long_rise(hundredfold, smacross, figure):
     fig = figure(hundredfold, label="smacross")
     assert _ax(fig, PRICE).get_yscale() == "log" and _ax(fig, EQUITY).get_yscale() == "log"
-    sp = figure(run_backtest("sp500", "buyhold", start="2015-01-01", end="2018-12-31"), label="buyhold")
+    sp = figure(run_backtest("sp500", "buyhold", run=RunConfig(start="2015-01-01", end="2018-12-31")), label="buyhold")
     assert _ax(sp, PRICE).get_yscale() == "linear" and _ax(sp, EQUITY).get_yscale() == "linear"
     assert _ax(fig, DRAWDOWN).get_yscale() == "linear"
 

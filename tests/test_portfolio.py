@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from datafeeds import load_universe
-from engine import run_backtest, run_portfolio
+from engine import BarrierRules, Costs, RunConfig, run_backtest, run_portfolio
 
 DAYS = pd.date_range("2020-01-01", periods=10, freq="D", name="datetime")
 
@@ -24,11 +24,12 @@ def _frame(opens, closes=None, lows=None, highs=None, index=None):
     return df
 
 
-def _run(frames, sig, engine, **kw):
+def _run(frames, sig, engine, *, max_positions, horizon=2, size_frac=None):
     signals = {s: pd.Series(v, index=frames[s].index, dtype=float) for s, v in sig.items()}
     atr = {s: pd.Series(1.0, index=frames[s].index) for s in frames}  # barriers in price units: pt/sl ATRs of 1
-    kw = {"commission": 0.0, "pt": 40, "sl": 40, "horizon": 2, "benchmark": False, **kw}
-    return run_portfolio(frames, signals, atr=atr, engine=engine, **kw)
+    rules = BarrierRules(pt=40, sl=40, horizon=horizon, size_frac=size_frac)
+    return run_portfolio(frames, signals, atr=atr, rules=rules, costs=Costs(commission=0.0),
+                         run=RunConfig(engine=engine, benchmark=False), max_positions=max_positions)
 
 
 @pytest.mark.parametrize("engine", ["backtrader", "fast"])
@@ -148,9 +149,9 @@ def _assert_same(a, b):
 ])
 def test_fast_equals_backtrader_on_random_calendars_and_signals(seed, k, size_frac, slippage, commission):
     frames, sig = _random_universe(seed)
-    kw = dict(max_positions=k, size_frac=size_frac, slippage=slippage, commission=commission, threshold=0.6,
-              horizon=7, pt=1.0, sl=1.0)
-    _assert_same(run_portfolio(frames, sig, **kw), run_portfolio(frames, sig, engine="fast", **kw))
+    kw = dict(max_positions=k, costs=Costs(slippage=slippage, commission=commission),
+              rules=BarrierRules(size_frac=size_frac, threshold=0.6, horizon=7, pt=1.0, sl=1.0))
+    _assert_same(run_portfolio(frames, sig, **kw), run_portfolio(frames, sig, run=RunConfig(engine="fast"), **kw))
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +164,10 @@ def universe():
 @pytest.mark.parametrize("k, threshold, start", [(3, 0.7, "2010-01-01"), (2, 0.55, None)])
 def test_fast_equals_backtrader_on_the_bundled_universe(universe, k, threshold, start):
     frames, sig = universe
-    kw = dict(max_positions=k, threshold=threshold, start=start, slippage=0.0005)
-    bt_run = run_portfolio(frames, sig, **kw)
-    _assert_same(bt_run, run_portfolio(frames, sig, engine="fast", **kw))
+    run = RunConfig(start=start)
+    kw = dict(max_positions=k, rules=BarrierRules(threshold=threshold), costs=Costs(slippage=0.0005))
+    bt_run = run_portfolio(frames, sig, run=run, **kw)
+    _assert_same(bt_run, run_portfolio(frames, sig, run=run.replace(engine="fast"), **kw))
     assert set(bt_run.trades["symbol"]) == set(frames)  # every instrument traded
     assert bt_run.stats["skipped_signals"] > 0
 
@@ -173,12 +175,13 @@ def test_fast_equals_backtrader_on_the_bundled_universe(universe, k, threshold, 
 def test_truncating_the_future_changes_nothing_before_the_cut(universe):
     frames, sig = universe
     cut = pd.Timestamp("2012-06-01")
-    kw = dict(max_positions=3, threshold=0.65, start="2008-01-01")
-    full = run_portfolio(frames, sig, **kw)
+    run = RunConfig(start="2008-01-01")
+    kw = dict(max_positions=3, rules=BarrierRules(threshold=0.65))
+    full = run_portfolio(frames, sig, run=run, **kw)
     short_frames = {s: df.loc[:cut] for s, df in frames.items()}
     short_sig = {s: v.loc[:cut] for s, v in sig.items()}
     for engine in ("backtrader", "fast"):
-        short = run_portfolio(short_frames, short_sig, engine=engine, **kw)
+        short = run_portfolio(short_frames, short_sig, run=run.replace(engine=engine), **kw)
         before = short.equity.index < short.equity.index[-1]  # the last time closes positions: costs differ
         np.testing.assert_array_equal(short.equity[before].to_numpy(),
                                       full.equity.loc[short.equity.index[before]].to_numpy())
@@ -191,7 +194,8 @@ def test_truncating_the_future_changes_nothing_before_the_cut(universe):
 @pytest.mark.parametrize("engine", ["backtrader", "fast"])
 def test_a_one_instrument_universe_is_todays_single_asset_backtest(universe, engine):
     frames, sig = universe
-    kw = dict(threshold=0.6, start="2009-01-01", slippage=0.001, engine=engine)
+    kw = dict(rules=BarrierRules(threshold=0.6), costs=Costs(slippage=0.001),
+              run=RunConfig(start="2009-01-01", engine=engine))
     for sym in ("nvda", "goog"):
         one = run_portfolio({sym: frames[sym]}, {sym: sig[sym]}, **kw)
         single = run_backtest(frames[sym], "agent", signal=sig[sym], **kw)
@@ -202,7 +206,8 @@ def test_a_one_instrument_universe_is_todays_single_asset_backtest(universe, eng
 
 def test_run_backtest_dispatches_a_universe_and_refuses_baselines(universe):
     frames, sig = universe
-    r = run_backtest(frames, "agent", signal=sig, max_positions=2, threshold=0.7, start="2012-01-01")
+    r = run_backtest(frames, "agent", signal=sig, max_positions=2, rules=BarrierRules(threshold=0.7),
+                     run=RunConfig(start="2012-01-01"))
     assert r.config["strategy"] == "PortfolioAgentStrategy" and r.config["params"]["max_positions"] == 2
     assert r.benchmark_stats is not None and "not rebalanced" in r.config["benchmark"]
     with pytest.raises(ValueError, match="agent strategy only"):

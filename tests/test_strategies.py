@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import datafeeds
-from engine import run_backtest
+from engine import BarrierRules, Costs, RunConfig, run_backtest
 from strategies import (
     STRATEGIES, BarrierBroker, BuyAndHold, SmaCross, TransformerAgentStrategy, TripleBarrierOrder, get_strategy,
 )
@@ -29,10 +29,10 @@ def native(request):
     return request.param
 
 
-def _run(df, signal, *, native, atr=1.0, **params):
-    params.setdefault("horizon", 10)
-    return run_backtest(df, "agent", signal=signal, atr=np.full(len(df), atr), cash=CASH,
-                        commission=COMM, benchmark=False, native_barriers=native, **params)
+def _run(df, signal, *, native, atr=1.0, horizon=10, threshold=0.5):
+    return run_backtest(df, "agent", signal=signal, atr=np.full(len(df), atr),
+                        rules=BarrierRules(threshold=threshold, horizon=horizon), costs=Costs(commission=COMM),
+                        run=RunConfig(cash=CASH, benchmark=False, native_barriers=native))
 
 
 def _size(fill_open, value=CASH, slip=0.0):
@@ -108,11 +108,13 @@ def test_stop_inside_bar_fills_at_stop_price(native):
 ])
 def test_a_bar_that_touches_a_barrier_exactly_exits_there_in_every_engine(engine, bar, exit_bar, exit_price, reason):
     df = flat_bars(overrides={6: bar})
-    kw = dict(signal=signal_at(20, 3), atr=np.full(20, 1.0), cash=CASH, commission=COMM, benchmark=False, horizon=10)
+    kw = dict(signal=signal_at(20, 3), atr=np.full(20, 1.0), costs=Costs(commission=COMM),
+              rules=BarrierRules(horizon=10))
+    run = RunConfig(cash=CASH, benchmark=False)
     if engine == "fast":
-        res = run_backtest(df, "agent", engine="fast", **kw)
+        res = run_backtest(df, "agent", run=run.replace(engine="fast"), **kw)
     else:
-        res = run_backtest(df, "agent", native_barriers=engine == "native", **kw)
+        res = run_backtest(df, "agent", run=run.replace(native_barriers=engine == "native"), **kw)
     _check_trade(_one_trade(res), df, entry_bar=4, exit_bar=exit_bar, exit_price=exit_price, reason=reason)
 
 
@@ -127,8 +129,9 @@ def test_barriers_use_executed_entry_price_and_signal_bar_atr(native):
     df = flat_bars(overrides={4: (100.6, 100.8, 100.4, 100.6), 5: (100.6, 103.7, 100.5, 103.0)})
     atr = np.full(20, 2.0)
     atr[4:] = 50.0  # later ATR values must not move the barriers
-    res = run_backtest(df, "agent", signal=signal_at(20, 3), atr=atr, cash=CASH, commission=COMM,
-                       benchmark=False, horizon=10, native_barriers=native)
+    res = run_backtest(df, "agent", signal=signal_at(20, 3), atr=atr, costs=Costs(commission=COMM),
+                       rules=BarrierRules(horizon=10),
+                       run=RunConfig(cash=CASH, benchmark=False, native_barriers=native))
     t = _one_trade(res)
     _check_trade(t, df, entry_bar=4, exit_bar=5, exit_price=103.6, reason="take_profit")
     assert t["atr"] == 2.0
@@ -185,8 +188,8 @@ def test_no_entry_below_threshold_on_nan_signal_or_nan_atr(native):
     atr = np.full(20, 1.0)
     atr[8] = np.nan
     sig[8] = 0.99
-    res = run_backtest(df, "agent", signal=sig, atr=atr, cash=CASH, commission=COMM,
-                       benchmark=False, threshold=0.6)
+    res = run_backtest(df, "agent", signal=sig, atr=atr, costs=Costs(commission=COMM),
+                       run=RunConfig(cash=CASH, benchmark=False), rules=BarrierRules(threshold=0.6))
     assert res.trades.empty
     assert (res.equity == CASH).all()
     res = _run(df, signal_at(20, 3, p=0.6), threshold=0.6, native=native)  # >= threshold enters
@@ -224,8 +227,9 @@ def test_horizon_one_exits_at_the_next_open_whatever_the_range(native):
 def test_slippage_moves_fills_and_sizing(native):
     slip = 0.001
     df = flat_bars(overrides={9: (100.3, 100.5, 100.1, 100.3)})
-    res = run_backtest(df, "agent", signal=signal_at(20, 3), atr=np.ones(20), cash=CASH, commission=COMM,
-                       slippage=slip, benchmark=False, horizon=5, native_barriers=native)
+    res = run_backtest(df, "agent", signal=signal_at(20, 3), atr=np.ones(20),
+                       costs=Costs(commission=COMM, slippage=slip), rules=BarrierRules(horizon=5),
+                       run=RunConfig(cash=CASH, benchmark=False, native_barriers=native))
     t = _one_trade(res)
     entry, exit_ = 100.0 * (1 + slip), 100.3 * (1 - slip)
     size = _size(100.0, slip=slip)
@@ -249,13 +253,13 @@ def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage,
     monkeypatch.setattr(BarrierBroker, "sell_barriers", spy)
     df = datafeeds.load_ohlcv("nasdaq", start="2012-01-01", end="2016-12-31")
     for horizon, pt, sl in [(1, 1.5, 1.5), (3, 0.5, 0.5), (20, 1.5, 1.0)]:
-        kw = dict(signal=_momentum_batch(df), commission=COMM, slippage=slippage, benchmark=False,
-                  threshold=0.7, horizon=horizon, pt=pt, sl=sl)
+        kw = dict(signal=_momentum_batch(df), costs=Costs(commission=COMM, slippage=slippage),
+                  rules=BarrierRules(threshold=0.7, horizon=horizon, pt=pt, sl=sl))
         submitted.clear()
-        native = run_backtest(df, "agent", **kw)
+        native = run_backtest(df, "agent", run=RunConfig(benchmark=False), **kw)
         # the native path really ran: one TripleBarrierOrder per trade
         assert len(submitted) == len(native.trades) and all(type(o) is TripleBarrierOrder for o in submitted)
-        stock = run_backtest(df, "agent", native_barriers=False, **kw)
+        stock = run_backtest(df, "agent", run=RunConfig(benchmark=False, native_barriers=False), **kw)
         assert native.config["broker"] == "BarrierBroker" and stock.config["broker"] == "BackBroker"
         assert len(native.trades) > 100
         if horizon > 1:
@@ -286,7 +290,7 @@ def test_exit_orders_need_a_reason():
             self._submit_exit(self.sell(size=order.executed.size))
 
     with pytest.raises(ValueError, match="needs a reason"):
-        run_backtest(flat_bars(), NoReason, signal=signal_at(20, 3), atr=np.ones(20), benchmark=False)
+        run_backtest(flat_bars(), NoReason, signal=signal_at(20, 3), atr=np.ones(20), run=RunConfig(benchmark=False))
 
 
 # --- live mode ---------------------------------------------------------------------------------
@@ -315,7 +319,8 @@ def _momentum_batch(df):
 
 def test_live_agent_trades_equal_batch_trades_with_warm_up_history():
     df = datafeeds.load_ohlcv("sp500", start="2016-01-01", end="2017-12-31")
-    kw = dict(start="2016-06-01", commission=COMM, benchmark=False, threshold=0.7, horizon=10)
+    kw = dict(run=RunConfig(start="2016-06-01", benchmark=False), costs=Costs(commission=COMM),
+              rules=BarrierRules(threshold=0.7, horizon=10))
     batch = run_backtest(df, "agent", signal=_momentum_batch(df), **kw)
     agent = _MomentumAgent()
     live = run_backtest(df, "agent", live=True, agent=agent, **kw)
@@ -329,7 +334,7 @@ def test_live_agent_trades_equal_batch_trades_with_warm_up_history():
 
 def test_live_without_agent_is_an_error():
     with pytest.raises(ValueError, match="agent="):
-        run_backtest(flat_bars(), "agent", live=True, benchmark=False)
+        run_backtest(flat_bars(), "agent", live=True, run=RunConfig(benchmark=False))
 
 
 # --- baselines ---------------------------------------------------------------------------------
@@ -345,7 +350,7 @@ def test_registry_and_unknown_name():
 
 def test_buy_and_hold_by_name():
     df = flat_bars(overrides={1: (100.5, 100.7, 100.3, 100.5), 19: (101.0, 103.2, 100.9, 103.0)})
-    res = run_backtest(df, "buyhold", cash=CASH, commission=COMM, benchmark=False)
+    res = run_backtest(df, "buyhold", costs=Costs(commission=COMM), run=RunConfig(cash=CASH, benchmark=False))
     t = _one_trade(res)
     size = _size(100.5)
     assert (t["entry_bar"], t["exit_bar"], t["exit_reason"]) == (1, 19, "end_of_data")
@@ -360,7 +365,8 @@ def test_smacross_enters_and_exits_on_crosses():
     df = pd.DataFrame({"open": open_, "high": np.maximum(open_, close) + 0.5,
                        "low": np.minimum(open_, close) - 0.5, "close": close,
                        "volume": 1.0}, index=pd.bdate_range("2021-01-04", periods=len(close), name="datetime"))
-    res = run_backtest(df, "smacross", cash=CASH, commission=COMM, benchmark=False, fast=3, slow=6)
+    res = run_backtest(df, "smacross", costs=Costs(commission=COMM), run=RunConfig(cash=CASH, benchmark=False),
+                       fast=3, slow=6)
     fast, slow = df["close"].rolling(3).mean(), df["close"].rolling(6).mean()
     above = (fast > slow).to_numpy()
     valid = slow.notna().to_numpy()

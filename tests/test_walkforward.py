@@ -57,7 +57,7 @@ def first_run(tmp_path_factory):
     real = wfr.run_backtest
 
     def recording(*a, **kw):
-        calls.append((kw.get("engine", "backtrader"), pd.Timestamp(kw["start"])))
+        calls.append((kw["run"].engine, pd.Timestamp(kw["run"].start)))
         return real(*a, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
@@ -180,7 +180,7 @@ def test_strategy_search_trains_once_and_scores_trial_batches_through_sweep(tmp_
         return real_sweep(*a, **kw)
 
     def backtest(*a, **kw):
-        calls["backtest"].append(kw.get("engine"))
+        calls["backtest"].append(kw["run"].engine)
         return real_bt(*a, **kw)
 
     def fold_model(ctx, fold, tcfg, on_epoch):
@@ -197,6 +197,8 @@ def test_strategy_search_trains_once_and_scores_trial_batches_through_sweep(tmp_
     assert len({(t.params["signal_rate"], t.params["exec_pt"]) for t in trials}) == 20
 
     # each trial's score is what backtrader gives for its parameters on the fold's validation block
+    from engine import BarrierRules, Costs, RunConfig
+
     df = load_ohlcv("sp500", start=START, end=END)
     report = json.loads((out / "report.json").read_text())["folds"][0]
     first, last = (pd.Timestamp(d) for d in report["validation"])
@@ -205,10 +207,12 @@ def test_strategy_search_trains_once_and_scores_trial_batches_through_sweep(tmp_
     for t in (trials[0], trials[7], trials[19]):
         threshold = float(np.quantile(model.train_proba, 1.0 - t.params["signal_rate"]))
         assert t.user_attrs["threshold"] == pytest.approx(threshold, abs=1e-12)
-        bt = real_bt(part, "agent", engine="backtrader", signal=model.val_signal, threshold=threshold,
-                     pt=t.params["exec_pt"], sl=t.params["exec_sl"], horizon=report["execution"]["horizon"],
-                     cash=100_000.0, commission=0.0005, start=first, end=last,
-                     periods_per_year=infer_periods_per_year(df.index), benchmark=False)
+        bt = real_bt(part, "agent", signal=model.val_signal,
+                     rules=BarrierRules(threshold=threshold, pt=t.params["exec_pt"], sl=t.params["exec_sl"],
+                                        horizon=report["execution"]["horizon"]),
+                     costs=Costs(commission=0.0005),
+                     run=RunConfig(engine="backtrader", cash=100_000.0, start=first, end=last,
+                                   periods_per_year=infer_periods_per_year(df.index), benchmark=False))
         assert t.user_attrs["val_trades"] == bt.stats["n_trades"]
         assert t.user_attrs["val_return"] == pytest.approx(bt.stats["total_return"], abs=1e-9)
         per_bar = bt.equity.pct_change().dropna()

@@ -15,7 +15,8 @@ from agents.config import field_defaults
 from datafeeds.cli import ArgumentParser
 from datafeeds.errors import escape
 from engine.walkforward import space
-from engine.walkforward.config import ENGINES, OBJECTIVES, WalkForwardConfig, base_defaults, did_you_mean
+from engine.config import ENGINES
+from engine.walkforward.config import OBJECTIVES, WalkForwardConfig, base_defaults, did_you_mean
 
 
 _Parser = ArgumentParser  # one-line errors, like every CLI here

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.config import TrainConfig, field_defaults
+from engine.config import RunConfig
 from engine.walkforward import space
+from labeling.rules import Costs
 
 OBJECTIVES = {  # name -> optimisation direction
     "val_loss": "minimize",  # validation focal loss / the best constant prediction's (1 = no skill)
@@ -19,8 +21,6 @@ OBJECTIVES = {  # name -> optimisation direction
     "val_sharpe": "maximize",  # annualised Sharpe of a backtest on the validation block
 }
 VALIDATION_ENGINE = "fast"  # every trial's validation backtest: engine.fastsim, parity-tested with backtrader
-ENGINES = ("backtrader", "fast")  # engine.runner.ENGINES, spelt out so the CLI parser needs no backtrader
-                                  # (tested equal)
 # everything not searched; a base option of a searched group must keep its value here (else refused)
 BASE_OVERRIDES = dict(seq_len=32, d_model=16, n_heads=2, n_layers=1, lr=1e-3, batch_size=256, holdout=0.0)
 
@@ -69,10 +69,10 @@ class WalkForwardConfig:
     search: tuple[str, ...] = ("model",)
     epochs: int = 3  # epochs per trial; the refit uses the best trial's best epoch
     out: str | None = None  # (*) None = reports/<study>
-    cash: float = 100_000.0
-    commission: float = 0.0005  # fraction of traded value per side
-    slippage: float = 0.0
-    engine: str = "backtrader"  # engine of each fold's test backtest (trials always use the fast one)
+    cash: float = RunConfig.cash
+    commission: float = Costs.commission  # fraction of traded value per side
+    slippage: float = Costs.slippage
+    engine: str = RunConfig.engine  # engine of each fold's test backtest (trials always use the fast one)
     heartbeat: int = 10  # (*) seconds between worker heartbeats; a trial silent for 3x is failed and retried
     cpcv: tuple[int, int] | None = None  # (*) (groups, test groups): CPCV of the latest selection; None = off
     base: TrainConfig = dataclasses.field(default_factory=_base)  # everything not searched
@@ -82,9 +82,10 @@ class WalkForwardConfig:
             v = getattr(self, name)
             if v is not None and not math.isfinite(v):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"--engine: unknown {self.engine!r};{did_you_mean(self.engine, ENGINES)}"
-                             f" choose from {', '.join(ENGINES)}")
+        try:  # the checks of the trading costs, cash and engine, written once (labeling.rules, engine.config)
+            self.costs, self.run_config()
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective: unknown {self.objective!r};{did_you_mean(self.objective, OBJECTIVES)}"
                              f" choose from {', '.join(OBJECTIVES)}")
@@ -106,9 +107,6 @@ class WalkForwardConfig:
             raise ValueError(f"--test-frac must be in (0, 1), got {self.test_frac}")
         if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT:
             raise ValueError(f"--timeout must be in (0, {MAX_TIMEOUT:,}] seconds, got {self.timeout}")
-        if not (self.cash > 0 and 0 <= self.commission < 1 and 0 <= self.slippage < 1):
-            raise ValueError(f"need --cash > 0, 0 <= --commission < 1 and 0 <= --slippage < 1 (fractions of the "
-                             f"traded value, e.g. 0.0005); got {self.cash}, {self.commission}, {self.slippage}")
         if self.cpcv is not None:
             check_cpcv(*self.cpcv)
         if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.study):
@@ -119,6 +117,14 @@ class WalkForwardConfig:
         object.__setattr__(self, "base", dataclasses.replace(
             self.base, data=self.data, start=self.start, end=self.end, seed=self.seed, epochs=self.epochs,
             patience=self.epochs))
+
+    @property
+    def costs(self) -> Costs:
+        return Costs(commission=self.commission, slippage=self.slippage)
+
+    def run_config(self, **changes) -> RunConfig:
+        """How a backtest of this walk-forward runs: its cash and engine, with ``changes`` (period, ...)."""
+        return RunConfig(cash=self.cash, engine=self.engine).replace(**changes)
 
     @property
     def study_name(self) -> str:

@@ -60,10 +60,10 @@ def evaluate_cpcv(cfg, df: pd.DataFrame, params: dict, best_epoch: int, ppy: flo
             prob = np.full(len(part), np.nan)
             ends = full_window_ends(prep.x, tcfg.seq_len, r)
             prob[ends] = sigmoid(logits(model, prep.x, tcfg.seq_len, ends))
-            bt = run_backtest(part, "agent", engine="fast", cash=cfg.cash, commission=cfg.commission,
-                              slippage=cfg.slippage, start=part.index[r.start], end=part.index[r.stop - 1],
-                              signal=pd.Series(prob, index=part.index), periods_per_year=ppy, benchmark=False,
-                              **execution.strategy_params(tcfg, threshold))
+            run = cfg.run_config(engine="fast", start=part.index[r.start], end=part.index[r.stop - 1],
+                                 periods_per_year=ppy, benchmark=False)
+            bt = run_backtest(part, "agent", signal=pd.Series(prob, index=part.index),
+                              rules=execution.rules(tcfg, threshold), costs=cfg.costs, run=run)
             returns[(g, sp.split)] = bt.equity.pct_change().dropna().to_numpy()
             trades += int(bt.stats["n_trades"])
         log.info("cpcv split %d/%d (test groups %s) done", sp.split + 1, len(splits), sp.test_groups)

@@ -370,10 +370,10 @@ def _record_trial(ctx: _Context, fold: Fold, trial, fitted: _FittedTrial, thresh
 def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) -> dict:
     """Backtest the trial's model on every bar of the validation block (fast engine)."""
     part = ctx.df.iloc[: fold.val.stop]
-    bt = run_backtest(part, "agent", cash=ctx.cfg.cash, commission=ctx.cfg.commission, slippage=ctx.cfg.slippage,
-                      start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
-                      signal=fitted.val_signal, periods_per_year=ctx.ppy, benchmark=False,
-                      engine=VALIDATION_ENGINE, **execution.strategy_params(fitted.tcfg, threshold))
+    run = ctx.cfg.run_config(engine=VALIDATION_ENGINE, start=part.index[fold.val.start],
+                             end=part.index[fold.val.stop - 1], periods_per_year=ctx.ppy, benchmark=False)
+    bt = run_backtest(part, "agent", signal=fitted.val_signal, rules=execution.rules(fitted.tcfg, threshold),
+                      costs=ctx.cfg.costs, run=run)
     returns = bt.equity.pct_change().dropna()
     return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(returns), "total_return": bt.stats["total_return"],
             "n_trades": int(bt.stats["n_trades"]), "returns": returns.tolist()}
@@ -481,11 +481,12 @@ def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _Fitted
     """Score a batch of strategy trials on the fold's model in one sweep; tell each its value."""
     t0 = time.perf_counter()
     thresholds = [execution.threshold(fitted.train_proba, fitted.base_rate) for _, execution in batch]
-    rows = pd.DataFrame([execution.strategy_params(fitted.tcfg, th) for (_, execution), th in zip(batch, thresholds)])
+    rules = [execution.rules(fitted.tcfg, th) for (_, execution), th in zip(batch, thresholds)]
+    rows = pd.DataFrame([{k: getattr(r, k) for k in ("threshold", "pt", "sl", "horizon")} for r in rules])
     part = ctx.df.iloc[: fold.val.stop]
-    stats, curves = sweep(part, fitted.val_signal, rows, cash=ctx.cfg.cash, commission=ctx.cfg.commission,
-                          slippage=ctx.cfg.slippage, start=part.index[fold.val.start],
-                          end=part.index[fold.val.stop - 1], periods_per_year=ctx.ppy, equity=True)
+    run = ctx.cfg.run_config(start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
+                             periods_per_year=ctx.ppy)
+    stats, curves = sweep(part, fitted.val_signal, rows, costs=ctx.cfg.costs, run=run, rules=rules[0], equity=True)
     each = (time.perf_counter() - t0) / len(batch)
     for j, ((trial, _), th, (_, row)) in enumerate(zip(batch, thresholds, stats.iterrows())):
         sharpe = None if np.isnan(row["sharpe"]) else float(row["sharpe"])
@@ -601,9 +602,9 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     agent = OnnxAgent.load(onnx_tmp)
     hist = df.iloc[: fold.test.stop]
     probs = agent.predict_proba(hist)
-    bt = run_backtest(hist, "agent", cash=cfg.cash, commission=cfg.commission, slippage=cfg.slippage,
-                      start=hist.index[fold.test.start], end=hist.index[-1], signal=probs,
-                      periods_per_year=ctx.ppy, engine=cfg.engine, **execution.strategy_params(tcfg, agent.threshold))
+    rules = execution.rules(tcfg, agent.threshold)
+    run = cfg.run_config(start=hist.index[fold.test.start], end=hist.index[-1], periods_per_year=ctx.ppy)
+    bt = run_backtest(hist, "agent", signal=probs, rules=rules, costs=cfg.costs, run=run)
     c = trial_counts(study)
     plots = plot_study(study, cfg.out_dir, k, save_figure)
     trades = json.loads(bt.trades.to_json(orient="records", date_format="iso")) if len(bt.trades) else []
@@ -616,7 +617,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
                          for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))],
         "pbo": fold_pbo(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
         "best_trial": best.number, "best_value": best.value, "params": best.params, "best_epoch": best_epoch,
-        "execution": execution.strategy_params(tcfg, agent.threshold),
+        "execution": rules.to_dict(),
         "stats": bt.stats, "benchmark_stats": bt.benchmark_stats,
         "index": [str(t) for t in bt.equity.index], "equity": bt.equity.tolist(),
         "benchmark_equity": bt.benchmark_equity.tolist(), "trades": trades,

@@ -11,6 +11,7 @@ import difflib
 from dataclasses import dataclass
 
 from agents.config import TrainConfig
+from labeling.rules import BarrierRules
 
 GROUPS = ("model", "labels", "strategy")
 
@@ -54,10 +55,10 @@ class Execution:
             return suggest_threshold(train_proba, base_rate)
         return float(np.quantile(np.asarray(train_proba, dtype=np.float64), 1.0 - self.signal_rate))
 
-    def strategy_params(self, cfg: TrainConfig, threshold: float) -> dict:
-        """Keyword arguments of the ``agent`` strategy for ``engine.run_backtest``."""
-        return {"threshold": float(threshold), "pt": float(self.pt if self.pt is not None else cfg.pt),
-                "sl": float(self.sl if self.sl is not None else cfg.sl), "horizon": int(cfg.horizon)}
+    def rules(self, cfg: TrainConfig, threshold: float) -> BarrierRules:
+        """The trading rules of an agent trained with ``cfg``: its label barriers, with this execution's."""
+        changes = {k: float(v) for k, v in (("pt", self.pt), ("sl", self.sl)) if v is not None}
+        return BarrierRules.from_tbm(cfg.tbm, float(threshold), **changes)
 
 
 def parse_groups(text: str) -> tuple[str, ...]:

@@ -1,0 +1,82 @@
+"""Parameter grids in one call: :func:`sweep`, the agent strategy on one signal for many rule sets
+(one parallel numba call), each scored with the headline numbers a single fast run reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+from os import PathLike
+
+import numpy as np
+import pandas as pd
+
+import datafeeds
+from engine.backtest_common import prepare_inputs
+from engine.config import RunConfig
+from engine.fastsim.kernels import SWEEP_STATS, Clock, RuleGrid, sweep_nb
+from engine.fastsim.single import account, on_period, period_bars
+from labeling.rules import BarrierRules, Costs
+
+SWEEP_PARAMS = ("threshold", "pt", "sl", "horizon", "size_frac")  # the BarrierRules fields a grid may vary
+
+
+def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, atr=None, costs: Costs | None = None,
+          run: RunConfig | None = None, rules: BarrierRules | None = None, equity: bool = False):
+    """The agent strategy on one signal for many rule sets in one numba call (parallel over them).
+
+    ``grid``: field of :class:`~labeling.BarrierRules` -> values (``SWEEP_PARAMS``; their Cartesian product), or
+    a DataFrame of explicit rows with some of those columns. Fields not given take ``rules``' (default
+    ``BarrierRules()``). Returns one row per configuration: its parameters and the headline numbers
+    ``run_backtest(engine="fast")`` reports for it (``SWEEP_STATS``; NaN where that gives None).
+    ``equity=True``: ``(that frame, equity curves)``, the curves a DataFrame on the period's bars with one column
+    per configuration (8 bytes x bars x configurations: for short periods, e.g. validation blocks).
+    """
+    base, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
+    df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
+    rows = _grid_rows(grid)
+    confs = []
+    for i, row in enumerate(rows.to_dict("records")):  # the checks a single run makes, naming the row
+        try:
+            confs.append(dataclasses.replace(base, **row))
+        except ValueError as exc:
+            raise ValueError(f"sweep: configuration {i}: {exc}") from None
+    conf = {k: np.array([getattr(c, k) for c in confs]) for k in SWEEP_PARAMS}
+    conf["size_frac"] = np.array([c.entry_fraction for c in confs])
+    sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, base.atr_period, run)
+    sig_p, atr_p = (on_period(v, df, period) for v in (sig, atr_full))
+    years = (period.index[-1] - period.index[0]).total_seconds() / (365.25 * 86_400.0)
+    rf_bar = (1.0 + run.risk_free) ** (1.0 / ppy) - 1.0 if run.risk_free else 0.0
+    rule_grid = RuleGrid(conf["threshold"].astype(np.float64), conf["pt"].astype(np.float64),
+                         conf["sl"].astype(np.float64), conf["horizon"].astype(np.int64),
+                         conf["size_frac"].astype(np.float64))
+    res = sweep_nb(period_bars(period), sig_p, atr_p, rule_grid, account(run.cash, costs),
+                   Clock(float(years), float(ppy), float(rf_bar)), bool(equity))
+    out = pd.DataFrame({k: conf[k] for k in SWEEP_PARAMS})
+    out["horizon"] = out["horizon"].astype(np.int64)
+    for j, name in enumerate(SWEEP_STATS):
+        out[name] = res.stats[:, j]
+    out["n_trades"] = out["n_trades"].astype(np.int64)
+    out["rejected_entries"] = out["rejected_entries"].astype(np.int64)
+    if equity:
+        return out, pd.DataFrame(res.curves.T, index=period.index, columns=range(len(rows)))
+    return out
+
+
+def _grid_rows(grid) -> pd.DataFrame:
+    """The configurations of ``grid`` (a dict of value lists: their product; or a DataFrame), names checked."""
+    if isinstance(grid, pd.DataFrame):
+        rows = grid
+    elif isinstance(grid, dict):
+        values = [np.atleast_1d(np.asarray(grid[k])) for k in grid]
+        rows = pd.DataFrame(list(itertools.product(*values)), columns=list(grid))
+    else:
+        raise TypeError(f"grid must be a dict of parameter -> values or a DataFrame, got {type(grid).__name__}")
+    unknown = [k for k in rows.columns if k not in SWEEP_PARAMS]
+    if unknown:
+        hint = difflib.get_close_matches(str(unknown[0]), SWEEP_PARAMS, n=1)
+        raise ValueError(f"sweep: unknown parameter {unknown[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + f"; the parameters are {', '.join(SWEEP_PARAMS)}")
+    if not len(rows):
+        raise ValueError("sweep: the grid is empty")
+    return rows

@@ -1,0 +1,349 @@
+"""The fast simulator's numba kernels: pure functions, numpy arrays and NamedTuples in, NamedTuples out.
+
+``simulate_nb`` is ``strategies.TransformerAgentStrategy`` on BarrierBroker, bar by bar (the conventions are
+in the package docstring), ``sweep_nb`` runs it for many rule sets in parallel and ``headline_nb`` gives a
+run's headline numbers. No pandas, I/O or logging here: :mod:`engine.fastsim.single` and
+:mod:`engine.fastsim.grid` validate inputs and wrap the results.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from labeling.jit import njit_cached
+
+from engine.metrics import curve_stats_nb, trade_stats_nb
+from strategies.base import CASH_EPS, EXIT_REASONS
+
+# Exit-reason codes of the kernels: positions in strategies.EXIT_REASONS.
+TP = EXIT_REASONS.index("take_profit")
+SL = EXIT_REASONS.index("stop_loss")
+TIME = EXIT_REASONS.index("time_limit")
+EOD = EXIT_REASONS.index("end_of_data")
+
+SWEEP_STATS = ("total_return", "cagr", "ann_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "n_trades",
+               "win_rate", "profit_factor", "avg_trade_return", "exposure", "end_value", "rejected_entries")
+
+
+class Bars(NamedTuple):
+    """Price arrays, float64: (bars,) for one instrument, (times, instruments) for a portfolio (NaN: no bar)."""
+
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+
+
+class Rules(NamedTuple):
+    """``labeling.BarrierRules`` as the kernels read it; ``size_frac <= 0``: equity / max positions (portfolio)."""
+
+    threshold: float
+    pt: float
+    sl: float
+    horizon: int
+    size_frac: float
+
+
+class RuleGrid(NamedTuple):
+    """One array per field of :class:`Rules`, one row per configuration (``sweep_nb``)."""
+
+    threshold: np.ndarray
+    pt: np.ndarray
+    sl: np.ndarray
+    horizon: np.ndarray
+    size_frac: np.ndarray
+
+
+class Account(NamedTuple):
+    """Starting cash and ``labeling.Costs``."""
+
+    cash: float
+    commission: float
+    slippage: float
+
+
+class Clock(NamedTuple):
+    """What annualises a run's numbers: its length in years, bars per year, the per-bar risk-free rate."""
+
+    years: float
+    periods_per_year: float
+    rf_bar: float
+
+
+class Trades(NamedTuple):
+    """The closed trades, ``n`` valid rows; bars are positions in the run, ``reason`` indexes EXIT_REASONS."""
+
+    n: int
+    entry_bar: np.ndarray
+    exit_bar: np.ndarray
+    signal_bar: np.ndarray
+    entry_price: np.ndarray
+    exit_price: np.ndarray
+    size: np.ndarray
+    pnl: np.ndarray
+    ret: np.ndarray
+    commission: np.ndarray
+    atr: np.ndarray
+    reason: np.ndarray
+
+
+class SimOut(NamedTuple):
+    """What ``simulate_nb`` returns: trades, equity and units held at each close, refused entries, and the
+    end_of_data exit's costs (already taken off the last equity value)."""
+
+    trades: Trades
+    equity: np.ndarray
+    position: np.ndarray
+    n_rejected: int
+    eod_cost: float
+
+
+class SweepOut(NamedTuple):
+    """``sweep_nb``: headline numbers (configurations x SWEEP_STATS) and equity curves (configurations x bars,
+    or x 0 when not kept)."""
+
+    stats: np.ndarray
+    curves: np.ndarray
+
+
+@njit_cached
+def slip_up_nb(pmax, price, slip):
+    # backtrader _slip_up with slip_match=True, slip_out=False: capped at pmax; no slippage = no cap
+    if slip == 0.0:
+        return price
+    p = price * (1.0 + slip)
+    return p if p <= pmax else pmax
+
+
+@njit_cached
+def slip_down_nb(pmin, price, slip):
+    if slip == 0.0:
+        return price
+    p = price * (1.0 - slip)
+    return p if p >= pmin else pmin
+
+
+@njit_cached
+def sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission):
+    """A long of ``units`` sold at ``xp`` in BackBroker's order of float operations: (cash after, commission,
+    order.executed.price, the trade's pnl net of both commissions)."""
+    pnl_b = units * (xp - pos_price) * 1.0
+    cash += units * pos_price / 1.0 + pnl_b
+    comm = units * commission * xp
+    cash -= comm
+    cash += 0.0
+    exit_px = (0.0 + (-units) * xp) / (-units)
+    return cash, comm, exit_px, units * (exit_px - entry_px) - entry_comm - comm
+
+
+@njit_cached
+def simulate_nb(bars, signal, atr, rules, account, start, end):
+    """Long-only triple-barrier trades on ``signal`` over bars [start, end) (see the package docstring):
+    a :class:`SimOut` whose bars are relative to ``start``."""
+    open_, high, low, close = bars
+    threshold, pt, sl, horizon, size_frac = rules
+    cash, commission, slippage = account
+    n = end - start
+    n_sig = 0  # each trade starts at a bar that signals: a bound on the trades, far below n/2 for high thresholds
+    for i in range(start, end):
+        if signal[i] >= threshold:
+            n_sig += 1
+    cap = min(n // 2 + 2, n_sig + 2)  # entries are >= 2 bars apart
+    t_entry = np.empty(cap, np.int64)
+    t_exit = np.empty(cap, np.int64)
+    t_signal = np.empty(cap, np.int64)
+    t_eprice = np.empty(cap, np.float64)
+    t_xprice = np.empty(cap, np.float64)
+    t_size = np.empty(cap, np.float64)
+    t_pnl = np.empty(cap, np.float64)
+    t_ret = np.empty(cap, np.float64)
+    t_comm = np.empty(cap, np.float64)
+    t_atr = np.empty(cap, np.float64)
+    t_reason = np.empty(cap, np.int8)
+    equity = np.empty(n, np.float64)
+    position = np.empty(n, np.float64)
+
+    k = 0  # trades recorded
+    n_rejected = 0
+    units = 0.0  # position size
+    pos_price = 0.0  # broker position price: the raw fill price
+    entry_px = 0.0  # order.executed.price of the entry: units * price / units
+    entry_comm = 0.0
+    entry_bar = -1
+    sig_bar = -1
+    sig_atr = 0.0
+    stop_px = 0.0
+    limit_px = 0.0
+    exit_ordered = False  # time exit: market sell at the next open
+    intent = False  # entry decided at the previous close
+    notional = 0.0
+    for j in range(n):
+        i = start + j
+        o = open_[i]
+        # next_open: size the entry on this open (slipped up, not capped: the broker caps the fill)
+        if intent:
+            intent = False
+            price = o * (1.0 + slippage)
+            unit_cost = price + 1.0 * commission * price
+            size = notional / unit_cost * (1.0 - CASH_EPS)
+            # broker.check_submitted: margin check at the unslipped open
+            c = cash - size * o
+            c -= size * commission * o
+            if c < 0.0:
+                n_rejected += 1
+            else:
+                p = slip_up_nb(high[i], o, slippage)
+                c = cash - size * p
+                c -= size * commission * p
+                if c < 0.0:
+                    n_rejected += 1
+                else:
+                    cash = c
+                    units = size
+                    pos_price = p
+                    entry_px = (0.0 + size * p) / size
+                    entry_comm = size * commission * p
+                    entry_bar = j
+                    stop_px = entry_px - sl * sig_atr
+                    limit_px = entry_px + pt * sig_atr  # the OCO pair, worked from the next bar
+        elif units != 0.0:
+            xp = 0.0
+            reason = -1
+            if exit_ordered:
+                xp = slip_down_nb(low[i], o, slippage)
+                reason = TIME
+            else:
+                # pending orders are worked FIFO: the stop (submitted first) before the limit
+                if o <= stop_px:
+                    xp = slip_down_nb(low[i], o, slippage)
+                    reason = SL
+                elif low[i] <= stop_px:
+                    xp = slip_down_nb(low[i], stop_px, slippage)
+                    reason = SL
+                elif limit_px <= o:
+                    xp = slip_down_nb(limit_px, o, slippage)  # backtrader floors a limit gap at the limit
+                    reason = TP
+                elif limit_px <= high[i]:
+                    xp = limit_px
+                    reason = TP
+            if reason >= 0:
+                cash, comm, exit_px, pnl = sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission)
+                t_entry[k] = entry_bar
+                t_exit[k] = j
+                t_signal[k] = sig_bar
+                t_eprice[k] = entry_px
+                t_xprice[k] = exit_px
+                t_size[k] = units
+                t_pnl[k] = pnl
+                t_ret[k] = pnl / (units * entry_px)
+                t_comm[k] = entry_comm + comm
+                t_atr[k] = sig_atr
+                t_reason[k] = reason
+                k += 1
+                units = 0.0
+                pos_price = 0.0
+                exit_ordered = False
+        # broker value at the close (backtrader's _get_value for one long-only position)
+        cl = close[i]
+        dvalue = units * cl
+        unrealized = units * (cl - pos_price) * 1.0
+        if dvalue > 0.0:
+            value = cash + ((0.0 + (dvalue - unrealized) / 1.0) + unrealized)
+        else:
+            value = cash + (0.0 + dvalue)
+        equity[j] = value
+        position[j] = units
+        # strategy.next at the close
+        if units != 0.0:
+            if not exit_ordered and j - entry_bar + 1 >= horizon:
+                exit_ordered = True  # the barriers are cancelled with it
+        else:
+            a = atr[i]
+            if signal[i] >= threshold and a > 0.0:  # NaN compares False
+                intent = True
+                notional = size_frac * value
+                sig_bar = j
+                sig_atr = a
+
+    eod_cost = 0.0
+    if units != 0.0:
+        i = end - 1
+        cl = close[i]
+        xp = cl * (1.0 - slippage)
+        if low[i] > xp:
+            xp = low[i]
+        comm = units * commission * xp
+        eod_cost = units * (cl - xp) + comm
+        pnl = units * (xp - entry_px) - entry_comm - comm
+        t_entry[k] = entry_bar
+        t_exit[k] = n - 1
+        t_signal[k] = sig_bar
+        t_eprice[k] = entry_px
+        t_xprice[k] = xp
+        t_size[k] = units
+        t_pnl[k] = pnl
+        t_ret[k] = pnl / (units * entry_px)
+        t_comm[k] = entry_comm + comm
+        t_atr[k] = sig_atr
+        t_reason[k] = EOD
+        k += 1
+        equity[n - 1] -= eod_cost
+    trades = Trades(k, t_entry, t_exit, t_signal, t_eprice, t_xprice, t_size, t_pnl, t_ret, t_comm, t_atr, t_reason)
+    return SimOut(trades, equity, position, n_rejected, eod_cost)
+
+
+@njit_cached
+def headline_nb(run, clock):
+    """compute_stats' headline numbers of one :class:`SimOut` (SWEEP_STATS; NaN where compute_stats gives None)."""
+    equity, position, n_trades = run.equity, run.position, run.trades.n
+    pnl, ret = run.trades.pnl[:n_trades], run.trades.ret[:n_trades]
+    years, ppy, rf_bar = clock
+    n = len(equity)
+    out = np.full(len(SWEEP_STATS), np.nan)
+    start, end = equity[0], equity[n - 1]
+    out[0] = end / start - 1.0
+    if years > 0 and end > 0:
+        out[1] = (end / start) ** (1.0 / years) - 1.0
+    ok, mean, std, down, mdd, _, _ = curve_stats_nb(equity, rf_bar)  # compute_stats' own kernel: equal numbers
+    if not ok:  # compute_stats refuses such a curve
+        return out
+    sqrt_ppy = math.sqrt(ppy)
+    out[2] = std * sqrt_ppy
+    if std > 0:
+        out[3] = mean / std * sqrt_ppy
+    if down > 0:
+        out[4] = mean / down * sqrt_ppy
+    out[5] = mdd
+    if not math.isnan(out[1]) and mdd < 0:
+        out[6] = out[1] / abs(mdd)
+    out[7] = n_trades
+    if n_trades:
+        wins, gp, gl, rsum = trade_stats_nb(pnl[:n_trades], ret[:n_trades])  # as compute_stats counts them
+        out[8] = wins / n_trades
+        if gl > 0:
+            out[9] = gp / gl
+        out[10] = rsum / n_trades
+    out[11] = np.count_nonzero(position) / n
+    out[12] = end
+    out[13] = run.n_rejected
+    return out
+
+
+@njit_cached(parallel=True)
+def sweep_nb(bars, signal, atr, grid, account, clock, keep_equity):
+    """Every configuration (one row of the :class:`RuleGrid`) through `simulate_nb`, in parallel: a :class:`SweepOut`
+    of their headline stats, with their equity curves if ``keep_equity``."""
+    n_conf = len(grid.threshold)
+    n = len(bars.close)
+    out = np.empty((n_conf, len(SWEEP_STATS)))
+    curves = np.empty((n_conf, n if keep_equity else 0))
+    for c in numba.prange(n_conf):
+        rules = Rules(grid.threshold[c], grid.pt[c], grid.sl[c], grid.horizon[c], grid.size_frac[c])
+        run = simulate_nb(bars, signal, atr, rules, account, 0, n)
+        out[c, :] = headline_nb(run, clock)
+        if keep_equity:
+            curves[c, :] = run.equity
+    return SweepOut(out, curves)

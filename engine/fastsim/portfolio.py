@@ -1,0 +1,68 @@
+"""The pandas-facing wrapper of the portfolio kernel: :func:`simulate_portfolio`, behind
+``engine.run_portfolio(engine="fast")``."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from engine.fastsim.kernels import Bars
+from engine.fastsim.portfolio_kernel import TRADE_FLOATS, TRADE_INTS, portfolio_nb
+from engine.fastsim.single import REASON_NAMES, account, kernel_rules, prices
+from labeling.rules import BarrierRules, Costs
+
+
+def simulate_portfolio(per: dict, times: pd.DatetimeIndex, rules: BarrierRules, costs: Costs, cash: float,
+                       max_positions: int) -> dict:
+    """The portfolio strategy through the kernel on (times x instruments) arrays.
+
+    ``per``: symbol -> (period frame, signal array, ATR array), symbols sorted (``engine.portfolio.inputs``);
+    returns what ``engine.portfolio`` assembles its result from (equity, positions, the trades frame, skipped
+    and rejected counts per symbol, the kernel's seconds).
+    """
+    symbols = list(per)
+    T, n = len(times), len(symbols)
+    arrays = {c: np.full((T, n), np.nan) for c in ("open", "high", "low", "close", "signal", "atr")}
+    has_bar = np.zeros((T, n), dtype=np.bool_)
+    last_t = np.empty(n, dtype=np.int64)
+    for k, sym in enumerate(symbols):
+        period, sig, atr = per[sym]
+        pos = times.get_indexer(period.index)
+        has_bar[pos, k] = True
+        last_t[k] = pos[-1]
+        for c in ("open", "high", "low", "close"):
+            arrays[c][pos, k] = prices(period, c)
+        arrays["signal"][pos, k] = sig
+        arrays["atr"][pos, k] = atr
+    bars = Bars(arrays["open"], arrays["high"], arrays["low"], arrays["close"])
+    t0 = time.perf_counter()
+    # size_frac None: equity / max_positions per entry, which the kernel reads from a size <= 0
+    out = portfolio_nb(bars, arrays["signal"], arrays["atr"], has_bar, last_t, kernel_rules(rules, -1.0),
+                       account(cash, costs), int(max_positions))
+    run_seconds = time.perf_counter() - t0
+    k_tr = int(out.n_trades)
+    ints = dict(zip(TRADE_INTS, (out.trade_ints[:k_tr, c] for c in range(len(TRADE_INTS)))))
+    floats = dict(zip(TRADE_FLOATS, (out.trade_floats[:k_tr, c] for c in range(len(TRADE_FLOATS)))))
+    sym_, entry, exit_ = ints["instrument"], ints["entry_bar"], ints["exit_bar"]
+    unit = f"datetime64[{times.unit}]"
+    entry_time = np.empty(k_tr, dtype=unit)
+    exit_time = np.empty(k_tr, dtype=unit)
+    for k, sym in enumerate(symbols):  # each instrument's own bar positions -> its times
+        mine = sym_ == k
+        idx = per[sym][0].index.as_unit(times.unit)
+        idx = (idx.tz_convert("UTC").tz_localize(None) if idx.tz is not None else idx).to_numpy()
+        entry_time[mine], exit_time[mine] = idx[entry[mine]], idx[exit_[mine]]
+    tz = times.tz
+    as_time = (lambda v: pd.DatetimeIndex(v).tz_localize("UTC").tz_convert(tz)) if tz is not None else pd.DatetimeIndex
+    trades = pd.DataFrame({
+        "symbol": np.asarray(symbols, dtype=object)[sym_], "entry_time": as_time(entry_time),
+        "entry_price": floats["entry_price"], "exit_time": as_time(exit_time), "exit_price": floats["exit_price"],
+        "size": floats["size"], "pnl": floats["pnl"], "ret": floats["ret"], "bars_held": exit_ - entry,
+        "exit_reason": REASON_NAMES.take(ints["reason"]), "signal_time": times[ints["signal_time"]],
+        "atr": floats["atr"], "entry_bar": entry, "exit_bar": exit_, "commission": floats["commission"],
+    })
+    return {"equity": out.equity, "positions": out.positions, "trades": trades,
+            "skipped": [int(v) for v in out.skipped], "rejected": [int(v) for v in out.rejected],
+            "run_seconds": run_seconds}

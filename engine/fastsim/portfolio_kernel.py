@@ -1,0 +1,307 @@
+"""The fast simulator's portfolio kernel: ``strategies.PortfolioAgentStrategy`` on BarrierBroker over
+(times x instruments) arrays, with backtrader's cumulative cash check of each cycle's new orders and its
+first-in first-out order processing across instruments. Pure: arrays and NamedTuples in and out.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from labeling.jit import njit_cached
+
+from engine.fastsim.kernels import EOD, SL, TIME, TP, sell_nb, slip_down_nb, slip_up_nb
+from strategies.base import CASH_EPS
+
+TRADE_INTS = ("instrument", "entry_bar", "exit_bar", "signal_time", "reason")  # columns of PortfolioOut.trade_ints
+TRADE_FLOATS = ("entry_price", "exit_price", "size", "pnl", "ret", "commission", "atr")  # of .trade_floats
+
+
+class PortfolioOut(NamedTuple):
+    """What ``portfolio_nb`` returns: ``n_trades`` valid rows of the trade tables (entry and exit bars are the
+    instrument's own bar positions, the signal time a row of the times), equity (T,), units held (T, n), and
+    per instrument the signals skipped for want of a free slot and the entries refused for want of cash."""
+
+    n_trades: int
+    trade_ints: np.ndarray
+    trade_floats: np.ndarray
+    equity: np.ndarray
+    positions: np.ndarray
+    skipped: np.ndarray
+    rejected: np.ndarray
+
+
+@njit_cached
+def _book_nb(tr_i, tr_f, row, ints, floats):
+    """Write one closed trade into row ``row`` of the trade tables: ``ints`` (instrument, entry bar, exit bar,
+    signal time, reason), ``floats`` (entry price, exit price, size, pnl, commission, atr); ret is computed."""
+    tr_i[row, 0], tr_i[row, 1], tr_i[row, 2], tr_i[row, 3], tr_i[row, 4] = ints
+    entry_px, exit_px, size, pnl, comm, atr = floats
+    tr_f[row, 0], tr_f[row, 1], tr_f[row, 2], tr_f[row, 3] = entry_px, exit_px, size, pnl
+    tr_f[row, 4], tr_f[row, 5], tr_f[row, 6] = pnl / (size * entry_px), comm, atr
+
+
+@njit_cached
+def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positions):
+    """The portfolio strategy over (T, n) arrays (NaN where an instrument has no bar; ``has_bar`` marks
+    the bars), instruments in symbol order. ``size_frac <= 0`` means equity / max_positions per entry.
+
+    Follows backtrader's cycle at each time t: the strategy's ``next_open`` (entries waiting for this
+    instrument's bar are sized on its open), the broker (``check_submitted``: a cumulative cash check of
+    the orders submitted since the last cycle, exits first; then the pending orders first in, first
+    out: exits by submission, then the new entries), then the strategy at the close (end-of-data sales,
+    the value, the allocation). Returns trades (rows of instrument, entry bar, exit bar -- the
+    instrument's own bar positions -- signal time, prices, size, pnl, ret, commission, atr, reason),
+    equity (T,), positions (T, n), skipped (n,), rejected (n,): a :class:`PortfolioOut`.
+    """
+    open_, high, low, close = bars
+    threshold, pt, sl, horizon, size_frac = rules
+    cash, commission, slippage = account
+    T, n = close.shape
+    cap = 2
+    for k in range(n):
+        cap += int(has_bar[:, k].sum()) // 2 + 2
+    tr_i = np.empty((cap, 5), np.int64)  # instrument, entry bar, exit bar, signal time, reason
+    tr_f = np.empty((cap, 7), np.float64)  # entry price, exit price, size, pnl, ret, commission, atr
+    equity = np.empty(T, np.float64)
+    positions = np.zeros((T, n), np.float64)
+    skipped = np.zeros(n, np.int64)
+    rejected = np.zeros(n, np.int64)
+
+    nb = np.zeros(n, np.int64)  # bars of each instrument seen so far
+    last_close = np.zeros(n, np.float64)
+    units = np.zeros(n, np.float64)
+    pos_price = np.zeros(n, np.float64)
+    entry_px = np.zeros(n, np.float64)
+    entry_comm = np.zeros(n, np.float64)
+    entry_bar = np.zeros(n, np.int64)
+    stop_px = np.zeros(n, np.float64)
+    limit_px = np.zeros(n, np.float64)
+    time_bar = np.zeros(n, np.int64)
+    exit_live = np.zeros(n, np.bool_)
+    exit_new = np.zeros(n, np.bool_)  # submitted at the last cycle: checked by check_submitted now
+    exit_seq = np.zeros(n, np.int64)
+    intent = np.zeros(n, np.bool_)
+    intent_seq = np.zeros(n, np.int64)
+    intent_notional = np.zeros(n, np.float64)
+    intent_sig = np.zeros(n, np.int64)
+    intent_atr = np.zeros(n, np.float64)
+    sig_t = np.zeros(n, np.int64)  # signal time of the trade held
+    sig_a = np.zeros(n, np.float64)
+    entry_size = np.zeros(n, np.float64)  # entry orders of this cycle
+    entry_list = np.empty(n, np.int64)
+    seq = 0
+    k_tr = 0
+
+    for t in range(T):
+        for k in range(n):
+            if has_bar[t, k]:
+                nb[k] += 1
+                last_close[k] = close[t, k]
+        # -- strategy.next_open: waiting entries of instruments with a bar now, in decision order
+        n_entries = 0
+        while True:
+            best = -1
+            for k in range(n):
+                if intent[k] and has_bar[t, k] and (best < 0 or intent_seq[k] < intent_seq[best]):
+                    best = k
+            if best < 0:
+                break
+            k = best
+            intent[k] = False
+            price = open_[t, k] * (1.0 + slippage)
+            unit_cost = price + 1.0 * commission * price
+            entry_size[k] = intent_notional[k] / unit_cost * (1.0 - CASH_EPS)
+            sig_t[k] = intent_sig[k]
+            sig_a[k] = intent_atr[k]
+            entry_list[n_entries] = k
+            n_entries += 1
+        # -- broker.check_submitted: exits submitted at the last cycle (in order), then the new entries
+        c = cash
+        while True:
+            best = -1
+            for k in range(n):
+                if exit_new[k] and (best < 0 or exit_seq[k] < exit_seq[best]):
+                    best = k
+            if best < 0:
+                break
+            k = best
+            exit_new[k] = False
+            c += units[k] * stop_px[k] / 1.0 + 0.0
+            c -= units[k] * commission * stop_px[k]
+        accepted = np.zeros(n, np.bool_)
+        for e in range(n_entries):
+            k = entry_list[e]
+            o = open_[t, k]
+            c -= entry_size[k] * o / 1.0
+            c -= entry_size[k] * commission * o
+            if c < 0.0:
+                rejected[k] += 1
+            else:
+                accepted[k] = True
+        # -- broker pending orders: live exits by submission (each worked once, at its own bar), then entries
+        worked = np.zeros(n, np.bool_)
+        while True:
+            best = -1
+            for k in range(n):
+                if exit_live[k] and has_bar[t, k] and not worked[k] and (best < 0 or exit_seq[k] < exit_seq[best]):
+                    best = k
+            if best < 0:
+                break
+            k = best
+            worked[k] = True
+            o, hi, lo = open_[t, k], high[t, k], low[t, k]
+            xp = 0.0
+            reason = -1
+            if nb[k] - 1 >= time_bar[k]:
+                xp = slip_down_nb(lo, o, slippage)
+                reason = TIME
+            elif o <= stop_px[k]:
+                xp = slip_down_nb(lo, o, slippage)
+                reason = SL
+            elif lo <= stop_px[k]:
+                xp = slip_down_nb(lo, stop_px[k], slippage)
+                reason = SL
+            elif limit_px[k] <= o:
+                xp = slip_down_nb(limit_px[k], o, slippage)
+                reason = TP
+            elif limit_px[k] <= hi:
+                xp = limit_px[k]
+                reason = TP
+            if reason < 0:
+                continue
+            exit_live[k] = False
+            u = units[k]
+            cash, comm, exit_px, pnl = sell_nb(cash, u, xp, pos_price[k], entry_px[k], entry_comm[k], commission)
+            _book_nb(tr_i, tr_f, k_tr, (k, entry_bar[k], nb[k] - 1, sig_t[k], reason),
+                     (entry_px[k], exit_px, u, pnl, entry_comm[k] + comm, sig_a[k]))
+            k_tr += 1
+            units[k] = 0.0
+            pos_price[k] = 0.0
+        for e in range(n_entries):
+            k = entry_list[e]
+            if not accepted[k]:
+                continue
+            o = open_[t, k]
+            size = entry_size[k]
+            p = slip_up_nb(high[t, k], o, slippage)
+            c2 = cash - size * p
+            c2 -= size * commission * p
+            if c2 < 0.0:
+                rejected[k] += 1
+                continue
+            cash = c2
+            units[k] = size
+            pos_price[k] = p
+            entry_px[k] = (0.0 + size * p) / size
+            entry_comm[k] = size * commission * p
+            entry_bar[k] = nb[k] - 1
+            stop_px[k] = entry_px[k] - sl * sig_a[k]
+            limit_px[k] = entry_px[k] + pt * sig_a[k]
+            time_bar[k] = entry_bar[k] + horizon
+            seq += 1
+            exit_seq[k] = seq
+            exit_new[k] = True
+            exit_live[k] = True
+        # -- strategy.next at the close
+        last_time = t == T - 1
+        if not last_time:
+            for k in range(n):
+                if has_bar[t, k] and t == last_t[k] and units[k] != 0.0:
+                    u = units[k]
+                    xp = close[t, k] * (1.0 - slippage)
+                    if low[t, k] > xp:
+                        xp = low[t, k]
+                    cash, comm, exit_px, pnl = sell_nb(cash, u, xp, pos_price[k], entry_px[k], entry_comm[k],
+                                                        commission)
+                    _book_nb(tr_i, tr_f, k_tr, (k, entry_bar[k], nb[k] - 1, sig_t[k], EOD),
+                             (entry_px[k], exit_px, u, pnl, entry_comm[k] + comm, sig_a[k]))
+                    k_tr += 1
+                    units[k] = 0.0
+                    pos_price[k] = 0.0
+                    exit_live[k] = False
+                    exit_new[k] = False
+        # the broker's value: cash plus each position at its instrument's last close (symbol order)
+        acc = 0.0
+        for k in range(n):
+            u = units[k]
+            if u != 0.0:
+                dvalue = u * last_close[k]
+                unreal = u * (last_close[k] - pos_price[k]) * 1.0
+                if dvalue > 0.0:
+                    acc += (dvalue - unreal) / 1.0
+                    acc += unreal
+                else:
+                    acc += dvalue
+            else:
+                acc += 0.0
+        value = cash + acc
+        equity[t] = value
+        for k in range(n):
+            positions[t, k] = units[k]
+        if last_time:
+            break
+        # allocation: candidates by probability (highest first), then symbol (index) order
+        busy = 0
+        for k in range(n):
+            if units[k] != 0.0 or intent[k]:
+                busy += 1
+        free = max_positions - busy
+        target = value / max_positions if size_frac <= 0.0 else size_frac * value
+        # Python sums the waiting entries' notionals in decision order: so does this
+        committed = 0.0
+        order_ks = np.argsort(np.where(intent, intent_seq, np.iinfo(np.int64).max), kind="mergesort")
+        for q in range(n):
+            k = order_ks[q]
+            if intent[k]:
+                committed = committed + intent_notional[k]
+        available = cash - committed
+        rank = 0
+        taken = np.zeros(n, np.bool_)
+        while True:
+            best = -1
+            best_p = 0.0
+            for k in range(n):
+                if taken[k] or not has_bar[t, k] or t == last_t[k] or units[k] != 0.0 or intent[k]:
+                    continue
+                p = signal[t, k]
+                a = atr[t, k]
+                if not (p >= threshold and a > 0.0):
+                    continue
+                if best < 0 or p > best_p:
+                    best = k
+                    best_p = p
+            if best < 0:
+                break
+            k = best
+            taken[k] = True
+            notional = target if target < available else available
+            if rank >= free or not notional > 0.0:
+                skipped[k] += 1
+            else:
+                available -= notional
+                intent[k] = True
+                seq += 1
+                intent_seq[k] = seq
+                intent_notional[k] = notional
+                intent_sig[k] = t
+                intent_atr[k] = atr[t, k]
+            rank += 1
+
+    eod_cost = 0.0
+    t = T - 1
+    for k in range(n):
+        u = units[k]
+        if u == 0.0:
+            continue
+        cl = last_close[k]
+        xp = cl * (1.0 - slippage)
+        if low[t, k] > xp:
+            xp = low[t, k]
+        comm = u * commission * xp
+        eod_cost += u * (cl - xp) + comm
+        _book_nb(tr_i, tr_f, k_tr, (k, entry_bar[k], nb[k] - 1, sig_t[k], EOD),
+                 (entry_px[k], xp, u, u * (xp - entry_px[k]) - entry_comm[k] - comm, entry_comm[k] + comm, sig_a[k]))
+        k_tr += 1
+    equity[T - 1] -= eod_cost
+    return PortfolioOut(k_tr, tr_i, tr_f, equity, positions, skipped, rejected)

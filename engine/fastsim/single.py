@@ -1,0 +1,167 @@
+"""The pandas-facing wrappers of the one-instrument kernel: :func:`simulate` (``run_backtest(engine="fast")``)
+and buy-and-hold through the same kernel; input validation and result assembly, no arithmetic of their own."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from os import PathLike
+
+import numba
+import numpy as np
+import pandas as pd
+
+import datafeeds
+from engine.backtest_common import prepare_inputs, run_facts, trades_frame
+from engine.config import RunConfig
+from engine.fastsim.kernels import Account, Bars, Rules, SimOut, simulate_nb
+from engine.jsonable import jsonable
+from engine.metrics import compute_stats
+from engine.results import BacktestResult
+from labeling.rules import BarrierRules, Costs
+from strategies import EXIT_REASONS, TRADE_FIELDS
+
+log = logging.getLogger(__name__)
+
+REASON_NAMES = pd.Index(EXIT_REASONS, dtype="str")  # code -> name by `take`, faster than a list (docs/DECISIONS.md)
+
+
+def simulate(
+    data: pd.DataFrame | str | PathLike,
+    signal: pd.Series | np.ndarray,
+    *,
+    atr: pd.Series | np.ndarray | None = None,
+    rules: BarrierRules | None = None,
+    costs: Costs | None = None,
+    run: RunConfig | None = None,
+) -> BacktestResult:
+    """``run_backtest(data, "agent", ...)`` computed by the numba kernel: same result, no backtrader.
+
+    Arguments mean what they mean for :func:`engine.run_backtest` (``run.engine`` and ``run.native_barriers``
+    aside); the benchmark is buy-and-hold run through the same kernel (exact).
+    """
+    t0 = time.perf_counter()
+    rules, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
+    df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
+    if signal is None:
+        raise ValueError("simulate needs signal= (probabilities aligned to the data)")
+    sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, rules.atr_period, run)
+
+    bars = period_bars(period)
+    sig_p, atr_p = (on_period(v, df, period) for v in (sig, atr_full))
+    t_run = time.perf_counter()
+    out = simulate_nb(bars, sig_p, atr_p, kernel_rules(rules, 1.0), account(run.cash, costs), 0, len(period))
+    run_seconds = time.perf_counter() - t_run
+    equity, position, trades = unpack(out, period.index)
+    stats = compute_stats(equity, trades, periods_per_year=ppy,
+                          exposure=float(np.count_nonzero(out.position) / len(period)), risk_free=run.risk_free)
+    stats["rejected_entries"] = int(out.n_rejected)
+    if out.n_rejected:
+        log.warning("%d entry order(s) rejected: not enough cash", out.n_rejected)
+
+    bench_stats = bench_equity = None
+    if run.benchmark:
+        bench_equity, bench_stats = _buy_and_hold(bars, period.index, run, costs, ppy)
+
+    config = {
+        "strategy": "TransformerAgentStrategy",
+        "engine": "fast",
+        "params": agent_params(rules, live=False),
+        **run_facts(df, period, atr, rules, costs, run, ppy),
+        "live": False,
+        "benchmark": "buy-and-hold through the fast kernel, same bars, cash and costs" if run.benchmark else None,
+        "rejected_entries": int(out.n_rejected),
+        "numba": numba.__version__,
+        "run_seconds": run_seconds,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    return BacktestResult(
+        equity=equity, trades=trades,
+        signal=pd.Series(sig_p, index=period.index, name="signal", dtype=np.float64),
+        stats=stats, benchmark_stats=bench_stats, benchmark_equity=bench_equity, config=config,
+        periods_per_year=ppy, data=period, position=position,
+    )
+
+
+def agent_params(rules: BarrierRules, live: bool) -> dict:
+    """The agent strategy's parameters in effect, as a result's config records them (one instrument)."""
+    return {k: jsonable(v) for k, v in (("size_frac", rules.entry_fraction), ("threshold", rules.threshold),
+                                         ("pt", rules.pt), ("sl", rules.sl), ("horizon", rules.horizon),
+                                         ("live", live))}
+
+
+def kernel_rules(rules: BarrierRules, default_size: float) -> Rules:
+    """``rules`` as the kernels read them; ``default_size`` stands for ``size_frac=None``."""
+    size = default_size if rules.size_frac is None else rules.size_frac
+    return Rules(rules.threshold, rules.pt, rules.sl, rules.horizon, float(size))
+
+
+def account(cash: float, costs: Costs) -> Account:
+    return Account(float(cash), costs.commission, costs.slippage)
+
+
+def period_bars(period: pd.DataFrame) -> Bars:
+    """The period's prices as the kernels read them (finite, contiguous float64)."""
+    return Bars(*(prices(period, col) for col in ("open", "high", "low", "close")))
+
+
+def on_period(values: pd.Series, df: pd.DataFrame, period: pd.DataFrame) -> np.ndarray:
+    """``values`` (on ``df.index``) over the period's bars as float64: a slice by position, not a reindex."""
+    lo = 0 if len(period) == len(df) else int(df.index.get_loc(period.index[0]))
+    return np.ascontiguousarray(values.to_numpy(dtype=np.float64)[lo : lo + len(period)])
+
+
+def prices(period: pd.DataFrame, col: str) -> np.ndarray:
+    values = np.ascontiguousarray(period[col].to_numpy(dtype=np.float64))
+    if not np.isfinite(values).all():
+        bad = period.index[~np.isfinite(values)][0]
+        raise ValueError(f"column {col!r} is not finite at {bad}: load the data with datafeeds.load_ohlcv")
+    return values
+
+
+def unpack(out: SimOut, index: pd.DatetimeIndex):
+    """Equity and position (Series on ``index``) and the trades frame (TRADE_FIELDS) of a kernel run."""
+    # the kernel's fresh arrays: wrapped without the copy pandas 3 makes by default
+    equity = pd.Series(out.equity, index=index, name="equity", dtype=np.float64, copy=False)
+    position = pd.Series(out.position, index=index, name="position", dtype=np.float64, copy=False)
+    t = out.trades
+    k = t.n
+    if k == 0:
+        return equity, position, trades_frame([], index)
+    entry, exit_ = t.entry_bar[:k], t.exit_bar[:k]
+    cols = {
+        "entry_time": index[entry], "entry_price": t.entry_price[:k], "exit_time": index[exit_],
+        "exit_price": t.exit_price[:k], "size": t.size[:k], "pnl": t.pnl[:k], "ret": t.ret[:k],
+        "bars_held": exit_ - entry, "exit_reason": REASON_NAMES.take(t.reason[:k]),
+        "signal_time": index[t.signal_bar[:k]], "atr": t.atr[:k], "entry_bar": entry, "exit_bar": exit_,
+        "commission": t.commission[:k],
+    }
+    return equity, position, pd.DataFrame({f: cols[f] for f in TRADE_FIELDS}, copy=False)
+
+
+def _buy_and_hold(bars: Bars, index, run: RunConfig, costs: Costs, ppy: float):
+    """strategies.BuyAndHold through the kernel (see `_buy_and_hold_run`): its equity and stats."""
+    out = _buy_and_hold_run(bars, run.cash, costs)
+    equity, position, trades = unpack(out, index)
+    stats = compute_stats(equity, trades, periods_per_year=ppy, exposure=float((position != 0).mean()),
+                          risk_free=run.risk_free)
+    stats["rejected_entries"] = int(out.n_rejected)
+    return equity, stats
+
+
+def _buy_and_hold_run(bars: Bars, cash: float, costs: Costs) -> SimOut:
+    """One entry decided at the first close, barriers at +-inf and a horizon past the end, so the position
+    leaves by the end_of_data exit."""
+    n = len(bars.close)
+    sig = np.full(n, np.nan)
+    sig[0] = 1.0
+    atr = np.full(n, np.nan)
+    atr[0] = 1.0
+    return simulate_nb(bars, sig, atr, Rules(0.5, math.inf, math.inf, n + 1, 1.0), account(cash, costs), 0, n)
+
+
+def buy_and_hold_equity(period: pd.DataFrame, cash: float, costs: Costs) -> tuple[pd.Series, pd.DataFrame]:
+    """Equity and trade of ``strategies.BuyAndHold`` with ``cash`` over ``period`` (the fast kernel; parity-tested)."""
+    equity, _position, trades = unpack(_buy_and_hold_run(period_bars(period), cash, costs), period.index)
+    return equity, trades
