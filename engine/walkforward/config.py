@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.config import TrainConfig, field_defaults
+from agents.training.config import TrainConfig, field_defaults
 from engine.walkforward import space
 
 OBJECTIVES = {  # name -> optimisation direction
