@@ -1,6 +1,12 @@
 """The learner: causal features, lazy windows, TransformerAgent, focal loss, hardware profiles,
 training (``python -m agents.train``), ONNX export and the OnnxAgent runtime.
 
+Subpackages by job, each importing only those below it (``tests/test_layering.py``):
+``training`` (settings, loop, staged steps, CLI, checkpoints, CPCV comparison) -> ``artifact`` (the agent
+file: card, export, runtime, inspect, evaluation, baselines, verdict) -> ``data`` (features, store,
+windows, preparation, feeds) and ``model`` (architecture, losses, optimiser) -> ``resources`` (hardware,
+memory watchdog).
+
 Every name loads its module on first use (PEP 562 ``__getattr__``): ``python -m agents.train --help``
 answers without importing pandas or torch, and backtesting a saved agent (``OnnxAgent``) runs on
 onnxruntime alone, without torch's second of import and ~1 GB of memory.
@@ -12,56 +18,59 @@ from typing import TYPE_CHECKING
 from datafeeds.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from .compare import compare_cpcv
-    from .config import ModelConfig, TrainConfig
-    from .dataset import LazySequenceDataset
-    from .export import ExportError, export_agent
-    from .feed import ResidentWindows, prefetch
-    from .features import FEATURES, FeatureConfig, FeatureSpec, compute_features, fracdiff_weights, register_feature
-    from .hardware import (
+    from .artifact.export import ExportError, export_agent
+    from .artifact.metadata import AgentFileError
+    from .artifact.runtime import OnnxAgent
+    from .data.dataset import LazySequenceDataset
+    from .data.features import (
+        FEATURES, FeatureConfig, FeatureSpec, compute_features, fracdiff_weights, register_feature,
+    )
+    from .data.feed import ResidentWindows, prefetch
+    from .data.pooled import PooledSequenceDataset, shuffled_ids
+    from .data.store import FeatureStore
+    from .model.config import ModelConfig
+    from .model.losses import FocalLoss, constant_prediction_loss, focal_loss
+    from .model.optim import AdamW
+    from .model.transformer import TransformerAgent
+    from .resources.hardware import (
         HardwareError, Profile, Resources, check_fits, choose_profile, detect, estimate_train_memory, require_cuda,
     )
-    from .losses import FocalLoss, constant_prediction_loss, focal_loss
-    from .metadata import AgentFileError
-    from .model import TransformerAgent
-    from .optim import AdamW
-    from .pooled import PooledSequenceDataset, shuffled_ids
-    from .runtime import OnnxAgent
-    from .store import FeatureStore
+    from .training.compare import compare_cpcv
+    from .training.config import TrainConfig
 
 _EXPORTS = {  # public name -> its module
-    "FEATURES": ".features",
-    "FeatureConfig": ".features",
-    "FeatureSpec": ".features",
-    "compute_features": ".features",
-    "fracdiff_weights": ".features",
-    "register_feature": ".features",
-    "LazySequenceDataset": ".dataset",
-    "ResidentWindows": ".feed",
-    "prefetch": ".feed",
-    "compare_cpcv": ".compare",
-    "ModelConfig": ".config",
-    "TrainConfig": ".config",
-    "TransformerAgent": ".model",
-    "FocalLoss": ".losses",
-    "focal_loss": ".losses",
-    "constant_prediction_loss": ".losses",
-    "HardwareError": ".hardware",
-    "Profile": ".hardware",
-    "Resources": ".hardware",
-    "detect": ".hardware",
-    "choose_profile": ".hardware",
-    "require_cuda": ".hardware",
-    "estimate_train_memory": ".hardware",
-    "check_fits": ".hardware",
-    "ExportError": ".export",
-    "export_agent": ".export",
-    "AgentFileError": ".metadata",
-    "OnnxAgent": ".runtime",
-    "FeatureStore": ".store",
-    "PooledSequenceDataset": ".pooled",
-    "shuffled_ids": ".pooled",
-    "AdamW": ".optim",
+    "FEATURES": ".data.features",
+    "FeatureConfig": ".data.features",
+    "FeatureSpec": ".data.features",
+    "compute_features": ".data.features",
+    "fracdiff_weights": ".data.features",
+    "register_feature": ".data.features",
+    "LazySequenceDataset": ".data.dataset",
+    "ResidentWindows": ".data.feed",
+    "prefetch": ".data.feed",
+    "compare_cpcv": ".training.compare",
+    "ModelConfig": ".model.config",
+    "TrainConfig": ".training.config",
+    "TransformerAgent": ".model.transformer",
+    "FocalLoss": ".model.losses",
+    "focal_loss": ".model.losses",
+    "constant_prediction_loss": ".model.losses",
+    "HardwareError": ".resources.hardware",
+    "Profile": ".resources.hardware",
+    "Resources": ".resources.hardware",
+    "detect": ".resources.hardware",
+    "choose_profile": ".resources.hardware",
+    "require_cuda": ".resources.hardware",
+    "estimate_train_memory": ".resources.hardware",
+    "check_fits": ".resources.hardware",
+    "ExportError": ".artifact.export",
+    "export_agent": ".artifact.export",
+    "AgentFileError": ".artifact.metadata",
+    "OnnxAgent": ".artifact.runtime",
+    "FeatureStore": ".data.store",
+    "PooledSequenceDataset": ".data.pooled",
+    "shuffled_ids": ".data.pooled",
+    "AdamW": ".model.optim",
 }
 
 

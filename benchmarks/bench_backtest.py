@@ -179,7 +179,7 @@ def main() -> None:
     t_load = t_warm = t_pred = float("nan")
     m = n if args.signal_bars <= 0 else min(n, args.signal_bars)
     if Path(args.agent).is_file():
-        from agents.runtime import OnnxAgent
+        from agents import OnnxAgent
 
         t0 = time.perf_counter()
         agent = OnnxAgent.load(args.agent)

@@ -1,7 +1,7 @@
 """Real data, honestly: the default agent against logistic regression and LightGBM across CPCV paths.
 
 For each instrument (a bundled sample, a file, or every member of a universe such as ``us_daily``), the
-three models are retrained on every combinatorial purged split (``agents.compare``: same Triple Barrier
+three models are retrained on every combinatorial purged split (``agents.training.compare``: same Triple Barrier
 labels, training events, sample weights and normalisation; the agent early-stops, and LightGBM stops,
 on the last 20% of the split's training events, never on a test group) and scored by AUC on the test
 groups. Printed per instrument: each model's AUC over the paths (median, min..max) and the paired
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import machine_info
 
-    from agents.compare import compare_cpcv
-    from agents.config import TrainConfig, loss_label
+    from agents import compare_cpcv
+    from agents.training.config import TrainConfig
+    from agents.artifact.metadata import loss_label
     from datafeeds import DataError, load_universe
     from datafeeds.atomic import write_atomic
 

@@ -41,7 +41,7 @@ def _run_variant(args) -> dict:
     """Child process: run one variant, return its numbers."""
     import torch
 
-    from agents.dataset import LazySequenceDataset
+    from agents import LazySequenceDataset
 
     torch.set_num_threads(1)
     base_kib = _status_kib("VmRSS")  # interpreter + torch, before any data
@@ -115,7 +115,7 @@ def _machine_info() -> str:
         pass
     import torch
 
-    from agents.hardware import describe, detect
+    from agents.resources.hardware import describe, detect
 
     return (
         f"{cpu}; Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}\n"

@@ -4,7 +4,7 @@
     python benchmarks/bench_gpu.py --device cpu --bars 40000 --cap-s 3   # a dry run of the same code on CPU
 
 Data: ``--bars`` minute bars bootstrapped from the real sp500 daily bars (`_common.bootstrap_bars`),
-featurised and Triple-Barrier labelled as the trainer does (`agents.prepare.prepare_segments`): the
+featurised and Triple-Barrier labelled as the trainer does (`agents.data.prepare.prepare_segments`): the
 first 70% of bars train, the next 20% validate (purged by the horizon). Model: the default
 TransformerAgent (d_model 64, 2 layers, 4 heads, 64-bar windows; --d-model, --seq-len), focal loss,
 AdamW, seed 0.
@@ -81,18 +81,14 @@ def main(argv=None) -> int:
     import numpy as np
     import pandas as pd
 
-    import agents.trainer as T
+    import agents.training.trainer as T
     from _common import bootstrap_bars, machine_info
-    from agents.config import TrainConfig
-    from agents.evaluation import mean_loss
-    from agents.export import export_agent
-    from agents.feed import ResidentWindows, epoch_ids
-    from agents.hardware import worker_init_fn
-    from agents.losses import FocalLoss
-    from agents.metadata import package_version
-    from agents.model import TransformerAgent
-    from agents.optim import AdamW
-    from agents.prepare import prepare_segments
+    from agents import AdamW, FocalLoss, TrainConfig, TransformerAgent, export_agent
+    from agents.artifact.evaluation import mean_loss
+    from agents.data.feed import ResidentWindows, epoch_ids
+    from agents.resources.hardware import worker_init_fn
+    from agents.artifact.metadata import package_version
+    from agents.data.prepare import prepare_segments
     from datafeeds import load_ohlcv
 
     device = torch.device(args.device)

@@ -30,7 +30,7 @@ from _common import bootstrap_bars, load_avg, machine_info  # noqa: E402
 
 import datafeeds  # noqa: E402
 from agents import ModelConfig, OnnxAgent, TransformerAgent, compute_features  # noqa: E402
-from agents.runtime import BATCH_SIZE, STREAM_HISTORY  # noqa: E402
+from agents.artifact.runtime import BATCH_SIZE, STREAM_HISTORY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

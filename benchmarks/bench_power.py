@@ -104,10 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import machine_info
 
-    from agents.baseline import auc_of
-    from agents.config import TrainConfig
-    from agents.runtime import OnnxAgent
-    from agents.trainer import train
+    from agents.artifact.baseline import auc_of
+    from agents import OnnxAgent, TrainConfig
+    from agents.training.trainer import train
     from datafeeds import synthetic
     from engine import BarrierRules, RunConfig, run_backtest
 

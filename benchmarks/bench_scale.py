@@ -17,7 +17,7 @@ store is built one instrument at a time into a temporary folder. Each size runs 
 process, so its peak RSS (VmHWM) is its own. The child measures: RSS after its imports (the
 baseline), the store build (time, peak RSS), `prepare_universe` on the built store (cut dates,
 statistics; it keys the frames again, so it generates them once more), then one epoch of
-`agents.trainer.fit` with a tiny model over every training window (shuffled, read with pread) and
+`agents.training.trainer.fit` with a tiny model over every training window (shuffled, read with pread) and
 the validation pass over every validation window. Per-phase peaks come from resetting VmHWM
 (``/proc/self/clear_refs``) at each phase's start; "peak" is the largest of them. The acceptance
 figure is each size's peak over the first size's peak (the issue asks for 16M within +150 MiB of 1M).
@@ -120,10 +120,9 @@ def run_child(args) -> dict:
     import pandas as pd
     import torch
 
-    import agents.trainer as trainer
-    from agents.config import TrainConfig
-    from agents.prepare import prepare_universe
-    from agents.store import FeatureStore
+    import agents.training.trainer as trainer
+    from agents import FeatureStore, TrainConfig
+    from agents.data.prepare import prepare_universe
     from datafeeds import load_ohlcv
 
     label, n_inst, n_bars = parse_size(args.child)

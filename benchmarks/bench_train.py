@@ -4,18 +4,18 @@
     python benchmarks/bench_train.py --bars 12000 --batch 64 --repeats 1
 
 Data: ``--bars`` synthetic OHLCV bars (``datafeeds.synthetic.random_walk``; speed does not depend on
-the signal) written to a temporary CSV and prepared as the trainer does (``agents.prepare.prepare``:
+the signal) written to a temporary CSV and prepared as the trainer does (``agents.data.prepare.prepare``:
 features, Triple Barrier labels, purged split, normalisation). Model: ``TransformerAgent`` of
 ``TrainConfig``'s defaults (``--seq-len`` and ``--d-model`` follow them unless given), focal loss with
 the per-window uniqueness weights, gradients clipped at 1.0, seed 0; CPU, ``--threads`` intra-op threads.
 
 Per batch size, over the same training windows, the same number of epochs and the same threads:
 
-  trainer    ``agents.trainer.fit(cfg, prep, checkpoint_dir=None, progress=False)`` on the CPU profile,
+  trainer    ``agents.training.trainer.fit(cfg, prep, checkpoint_dir=None, progress=False)`` on the CPU profile,
              with the validation windows removed from ``prep``. Without them fit runs exactly
              ``--epochs`` epochs and each epoch's ``seconds`` (state["history"]) covers the training
              loop alone: the per-epoch shuffle, the batched gathers (LazySequenceDataset.batch),
-             ``train_step`` (forward, weighted focal loss, backward, clipping, agents.optim.AdamW) and
+             ``train_step`` (forward, weighted focal loss, backward, clipping, agents.model.optim.AdamW) and
              the loss sum. With validation windows ``seconds`` would include a validation pass too.
              Timed: the sum of those ``seconds``. Reported beside it, not used in the ratio: the wall
              time of the whole fit call (model and optimiser set-up, memory check, weights kept).
@@ -35,8 +35,8 @@ Check (exit 1 with a FAIL line): the trainer more than MAX_SLOWDOWN times slower
 the trainer's default CPU batch size (the hardware profile's). Exit 0 otherwise, also when that batch
 size is not among ``--batch`` (no check is then made, and the output says so).
 
---threads other than what the trainer picks (agents.hardware.configure_main_threads: the CPUs this
-process may use) is imposed on fit by replacing agents.trainer's configure_main_threads for the call.
+--threads other than what the trainer picks (agents.resources.hardware.configure_main_threads: the CPUs this
+process may use) is imposed on fit by replacing agents.training.trainer's configure_main_threads for the call.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ WARMUP_STEPS = 2  # untimed bare steps before each pair
 
 
 def parse_args(argv=None):
-    from agents.config import TrainConfig, field_defaults  # light: no numpy, pandas or torch
+    from agents.training.config import TrainConfig, field_defaults  # light: no numpy, pandas or torch
 
     d = field_defaults(TrainConfig)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,7 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=1, help="epochs each side trains (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for both sides (default: what the trainer uses, "
-                        "agents.hardware.configure_main_threads: the CPUs this process may run on)")
+                        "agents.resources.hardware.configure_main_threads: the CPUs this process may run on)")
     p.add_argument("--seq-len", type=int, default=d.seq_len,
                    help="bars per window (default: TrainConfig's, %(default)s)")
     p.add_argument("--d-model", type=int, default=d.d_model,
@@ -102,8 +102,7 @@ def parse_args(argv=None):
 
 def bare_loop(torch, prep, cfg, n_features, batch_size, epochs, weights):
     """The plain PyTorch loop; returns (windows trained, seconds)."""
-    from agents.losses import focal_loss
-    from agents.model import TransformerAgent
+    from agents import TransformerAgent, focal_loss
 
     L = cfg.seq_len
     view = torch.from_numpy(prep.x).unfold(0, L, 1)  # (N-L+1, F, L), a view: no copy
@@ -136,8 +135,7 @@ def bare_loop(torch, prep, cfg, n_features, batch_size, epochs, weights):
 
 def warm_up(torch, prep, cfg, n_features, batch_size):
     """A few untimed steps at ``batch_size`` on a throwaway model: allocator and kernel set-up."""
-    from agents.losses import focal_loss
-    from agents.model import TransformerAgent
+    from agents import TransformerAgent, focal_loss
 
     L = cfg.seq_len
     view = torch.from_numpy(prep.x).unfold(0, L, 1)
@@ -160,12 +158,13 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    import agents.trainer as T
+    import agents.training.trainer as T
     from _common import load_avg, machine_info
-    from agents.config import TrainConfig, field_defaults, loss_label
-    from agents.hardware import choose_profile, configure_main_threads, detect
-    from agents.model import TransformerAgent
-    from agents.prepare import prepare
+    from agents.training.config import TrainConfig, field_defaults
+    from agents.artifact.metadata import loss_label
+    from agents.resources.hardware import choose_profile, configure_main_threads, detect
+    from agents import TransformerAgent
+    from agents.data.prepare import prepare
     from datafeeds.synthetic import random_walk
 
     load_start = load_avg()

@@ -10,7 +10,7 @@ paper, but evicting it means reading it straight back, so ``CODE_RESERVE`` is ke
 ``available = limit - in_use - CODE_RESERVE``, capped by the host's MemAvailable.
 
 Pure reading, standard library only: the data loader sizes its inputs with it, the trainer its
-runs, and ``agents.memory``'s watchdog watches with it.
+runs, and ``agents.resources.memory``'s watchdog watches with it.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.config import TrainConfig
-from agents.trainer import train
+from agents.training.config import TrainConfig
+from agents.training.trainer import train
 
 # Small enough to train in seconds on 2 cores, big enough to exercise every step.
 TINY = dict(

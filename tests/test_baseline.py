@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.baseline import auc_difference, auc_of, fit_logistic, gbm_baseline, linear_baselines
+from agents.artifact.baseline import auc_difference, auc_of, fit_logistic, gbm_baseline, linear_baselines
 
 
 def test_auc_by_hand_with_ties_counted_half():
@@ -87,7 +87,7 @@ def _prepared(x, train_ends, val_ends):
     """A hand-made `Prepared` over feature rows ``x`` (daily bars from 2020-01-01)."""
     import pandas as pd
 
-    from agents.prepare import Prepared
+    from agents.data.prepare import Prepared
 
     n, f = x.shape
     return Prepared(x=x, y=np.zeros(n, np.float32), uniqueness=np.ones(n), names=[f"f{i}" for i in range(f)],
@@ -127,7 +127,7 @@ class _Store:
 
 
 def test_pooled_last_windows_never_mix_instruments():
-    from agents.prepare import PooledPrepared
+    from agents.data.prepare import PooledPrepared
 
     a = np.arange(10, dtype=np.float32).reshape(5, 2)  # instrument a, bar t: (2t, 2t+1)
     b = 100 + np.arange(8, dtype=np.float32).reshape(4, 2)  # instrument b: (100+2t, 101+2t)
@@ -202,7 +202,7 @@ def test_the_tiny_agent_card_holds_the_baseline_and_inspect_shows_it(tiny_agent)
     import subprocess
     import sys
 
-    from agents.runtime import OnnxAgent
+    from agents.artifact.runtime import OnnxAgent
 
     path, result = tiny_agent
     meta = OnnxAgent.load(path).meta
@@ -232,9 +232,9 @@ def test_the_tiny_agent_card_holds_the_baseline_and_inspect_shows_it(tiny_agent)
 def test_book_columns_that_encode_the_future_are_flagged_as_look_ahead(tmp_path):
     # a random walk whose bid/ask sizes at bar t encode the return of bar t+1: the obi feature reads
     # them, the agent "predicts" the walk, and the verdict says where to look
-    from agents.config import TrainConfig
-    from agents.trainer import train
-    from agents.verdict import verdict
+    from agents.training.config import TrainConfig
+    from agents.training.trainer import train
+    from agents.artifact.verdict import verdict
     from datafeeds.synthetic import random_walk
 
     df, _ = random_walk(2500, seed=5)

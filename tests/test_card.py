@@ -14,10 +14,10 @@ from statistics import NormalDist
 import onnx
 import pytest
 
-from agents.metadata import MAX_SEQ_LEN, METADATA_KEY, AgentFileError
-from agents.runtime import OnnxAgent
-from agents import verdict as verdict_module
-from agents.verdict import ALPHA, auc_p_value, verdict
+from agents.artifact.metadata import MAX_SEQ_LEN, METADATA_KEY, AgentFileError
+from agents.artifact.runtime import OnnxAgent
+from agents.artifact import verdict as verdict_module
+from agents.artifact.verdict import ALPHA, auc_p_value, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "agent1.onnx"
@@ -245,8 +245,8 @@ def test_shipped_agent_loads_and_its_verdict_is_no_better_than_the_linear_model(
 
 
 def test_inspect_help_does_not_load_the_runtime():
-    code = ("import sys\nfrom agents import inspect\ntry:\n    inspect.main(['--help'])\nexcept SystemExit as e:\n"
-            "    assert e.code == 0\n"
+    code = ("import sys\nfrom agents.artifact import inspect\ntry:\n    inspect.main(['--help'])\n"
+            "except SystemExit as e:\n    assert e.code == 0\n"
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'pandas', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -400,7 +400,7 @@ def test_verdict_never_raises_on_crafted_baseline_fields():
 
 
 def test_the_verdict_repeats_the_baseline_module_margin():
-    from agents import baseline
+    from agents.artifact import baseline
 
     assert verdict_module.LOOKAHEAD_MARGIN == baseline.LOOKAHEAD_MARGIN
 

@@ -1,4 +1,4 @@
-"""agents.compare: the agent against its baselines across CPCV paths, and that no test group is trained on."""
+"""agents.training.compare: the agent against its baselines across CPCV paths, and that no test group is trained on."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from agents import compare
-from agents.config import TrainConfig
+from agents.training import compare
+from agents.training.config import TrainConfig
 from conftest import TINY
 from datafeeds import load_ohlcv
 
@@ -46,7 +46,7 @@ def test_summarise_medians_and_shares():
 @pytest.fixture(scope="module")
 def compared(monkeypatch_module):
     """A 3-group, 2-tested comparison on real sp500 bars with a tiny agent; every fit's events recorded."""
-    import agents.trainer as trainer
+    import agents.training.trainer as trainer
 
     seen, real_fit = [], trainer.fit
 

@@ -87,8 +87,8 @@ def _one_error_line(done: subprocess.CompletedProcess) -> str:
 
 
 def test_detection_reads_the_real_cgroup_limit():
-    code = ("from datafeeds.memory import memory_state; from agents.hardware import detect; s = memory_state(); "
-            "r = detect(); print(s.limit, s.path, r.mem_limit, r.mem_available <= s.limit)")
+    code = ("from datafeeds.memory import memory_state; from agents.resources.hardware import detect; "
+            "s = memory_state(); r = detect(); print(s.limit, s.path, r.mem_limit, r.mem_available <= s.limit)")
     with memory_cgroup(488) as group:
         done = run_in(group, [sys.executable, "-c", code], timeout=120)
     assert done.returncode == 0, done.stderr
@@ -107,7 +107,7 @@ def test_training_in_the_journals_488_mib_container_finishes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert out.is_file() and "wrote" in done.stdout and "verdict" in done.stdout
     assert peak <= 488
-    from agents.runtime import OnnxAgent
+    from agents.artifact.runtime import OnnxAgent
 
     agent = OnnxAgent.load(out)  # a valid, parity-checked agent
     assert agent.meta["exporter"] in ("dynamo", "torchscript")
@@ -152,7 +152,7 @@ def test_walk_forward_in_488_mib_refuses_up_front_in_one_line(tmp_path):
 
 _THRASH = """
 import mmap, sys, time
-from agents.memory import MemoryWatchdog
+from agents.resources.memory import MemoryWatchdog
 f = open(sys.argv[1], "rb")
 m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 MemoryWatchdog("the test", "what to do").start()
@@ -165,7 +165,7 @@ print("never stopped")
 
 _READ_ONCE = """
 import sys, time
-from agents.memory import MemoryWatchdog
+from agents.resources.memory import MemoryWatchdog
 MemoryWatchdog("the test").start()
 with open(sys.argv[1], "rb") as f:
     while f.read(1 << 20):

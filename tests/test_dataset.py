@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.dataset import LazySequenceDataset
+from agents.data.dataset import LazySequenceDataset
 
 
 def _eager_window(features, labels, end, seq_len):

@@ -1,4 +1,4 @@
-"""agents.evaluation: the adversarial AUC on cases with known answers, and where the threshold comes from."""
+"""agents.artifact.evaluation: the adversarial AUC on cases with known answers, and where the threshold comes from."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from agents.config import TrainConfig
-from agents.evaluation import adversarial_auc, evaluate
+from agents.training.config import TrainConfig
+from agents.artifact.evaluation import adversarial_auc, evaluate
 from conftest import TINY
 
 
@@ -24,7 +24,7 @@ def test_adversarial_auc_bounds_openmp_threads_to_the_usable_cpus(monkeypatch):
     import threadpoolctl
     from types import SimpleNamespace
 
-    import agents.hardware as hardware
+    import agents.resources.hardware as hardware
 
     seen, real = [], threadpoolctl.threadpool_limits
 
@@ -63,7 +63,7 @@ def test_the_threshold_comes_from_training_predictions_only(tiny_agent):
 
 
 def test_the_gbm_baseline_gets_the_agents_rows_labels_and_sample_weights(tiny_agent, monkeypatch):
-    from agents import evaluation
+    from agents.artifact import evaluation
 
     _, result = tiny_agent
     prep, cfg = result.prep, TrainConfig(**TINY)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import talib
 
-from agents.features import (
+from agents.data.features import (
     FEATURES,
     FeatureConfig,
     FeatureSpec,

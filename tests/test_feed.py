@@ -1,12 +1,12 @@
-"""agents.feed: device-resident windows and the prefetching feed, run on the CPU device (what CI has)."""
+"""agents.data.feed: device-resident windows and the prefetching feed, run on the CPU device (what CI has)."""
 
 import numpy as np
 import pytest
 import torch
 
-from agents.dataset import LazySequenceDataset
-from agents.feed import ResidentWindows, epoch_ids, fits_on_device, prefetch, resident_bytes
-from agents.pooled import PooledSequenceDataset
+from agents.data.dataset import LazySequenceDataset
+from agents.data.feed import ResidentWindows, epoch_ids, fits_on_device, prefetch, resident_bytes
+from agents.data.pooled import PooledSequenceDataset
 
 
 def _lazy(n=500, f=3, seq_len=8, seed=0):
@@ -148,7 +148,7 @@ def test_prefetch_raises_the_producers_error():
 
 
 def _fit_with(feed, prep, cfg):
-    from agents.trainer import fit
+    from agents.training.trainer import fit
 
     res = fit(cfg.__class__(**{**cfg.to_dict(), "feed": feed, "features": tuple(cfg.features)}), prep,
               checkpoint_dir=None, progress=False)
@@ -157,8 +157,8 @@ def _fit_with(feed, prep, cfg):
 
 def test_every_feed_trains_the_same_model_bit_for_bit():
     """host, resident and prefetch draw the same batches in the same order: identical weights and losses."""
-    from agents.config import TrainConfig
-    from agents.prepare import prepare
+    from agents.training.config import TrainConfig
+    from agents.data.prepare import prepare
     from conftest import TINY
 
     cfg = TrainConfig(**TINY)
@@ -175,10 +175,10 @@ def test_every_feed_trains_the_same_model_bit_for_bit():
 
 
 def test_batch_size_is_measured_and_the_smallest_near_the_fastest_wins(monkeypatch):
-    import agents.trainer as trainer
-    from agents.losses import FocalLoss
-    from agents.config import ModelConfig
-    from agents.model import TransformerAgent
+    import agents.training.trainer as trainer
+    from agents.model.losses import FocalLoss
+    from agents.model.config import ModelConfig
+    from agents.model.transformer import TransformerAgent
 
     model = TransformerAgent(ModelConfig(n_features=3, seq_len=8, d_model=8, n_heads=1, n_layers=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datafeeds.memory import CODE_RESERVE
-from agents.hardware import (
+from agents.resources.hardware import (
     CudaDevice,
     HardwareError,
     Resources,

@@ -14,8 +14,8 @@ import onnx
 import pytest
 
 import datafeeds
-from agents.metadata import METADATA_KEY
-from agents.runtime import graph_sha256
+from agents.artifact.metadata import METADATA_KEY
+from agents.artifact.runtime import graph_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "agent1.onnx"
@@ -86,8 +86,8 @@ def test_a_second_card_entry_is_refused_not_silently_chosen(tmp_path):
 
 
 def test_weights_over_the_bound_are_refused(monkeypatch):
-    import agents.runtime as runtime
-    from agents.metadata import AgentFileError
+    import agents.artifact.runtime as runtime
+    from agents.artifact.metadata import AgentFileError
 
     monkeypatch.setattr(runtime, "MAX_WEIGHT_BYTES", 1024)
     with pytest.raises(AgentFileError, match="MiB of weights, over the"):
@@ -144,7 +144,7 @@ def test_a_fracdiff_memory_bomb_is_refused_at_once(tmp_path):
 
 
 def test_fracdiff_weights_are_bounded_whatever_the_threshold():
-    from agents.features import MAX_FRACDIFF_WEIGHTS, fracdiff_weights
+    from agents.data.features import MAX_FRACDIFF_WEIGHTS, fracdiff_weights
 
     t0 = time.monotonic()
     with pytest.raises(ValueError, match="needs more than 100,000 weights"):

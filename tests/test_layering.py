@@ -236,6 +236,99 @@ def test_the_cycle_check_finds_a_function_level_circle():
     assert find_cycle(graph) is None
 
 
+
+# ------------------------------------------------------------------------------- agents' subpackages
+# top to bottom; a subpackage imports only from its own or a lower rank, never a sibling (data and model)
+AGENTS_LAYERS = [("training",), ("artifact",), ("data", "model"), ("resources",)]
+AGENTS_RUNNERS = {"train", "inspect"}  # agents/train.py, agents/inspect.py: `python -m agents.train`, `... inspect`
+
+
+def agents_subpackage(module: str) -> str | None:
+    """The subpackage of ``agents`` that ``module`` belongs to; ``"agents"`` for the package itself and its
+    runner modules (the top); None outside ``agents``."""
+    parts = module.split(".")
+    if parts[0] != "agents":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] not in AGENTS_RUNNERS else "agents"
+
+
+def agents_subpackage_imports(source: str, module: str, is_package: bool = False) -> dict[str, list[str]]:
+    """The subpackages of ``agents`` that ``source`` (module ``module``) imports, each with the lines that do:
+    every import statement counts (module-level, in functions, under TYPE_CHECKING alike)."""
+    found: dict[str, list[str]] = {}
+    for line, target, names in _imports(source, module, is_package):
+        imported = names if target is None else [f"{target}.{n}" if _is_module(f"{target}.{n}") else target
+                                                 for n in names]
+        for dotted in imported:
+            sub = agents_subpackage(dotted)
+            if sub is not None:
+                found.setdefault(sub, []).append(f"{module}:{line} imports {dotted}")
+    return found
+
+
+def agents_layer_violations(graph: dict[str, dict[str, list[str]]]) -> list[str]:
+    """Imports in ``graph`` (subpackage -> subpackage it imports -> where) that run up, sideways or to the top."""
+    rank = {sub: r for r, subs in enumerate(AGENTS_LAYERS) for sub in subs}
+    return [where for sub, targets in sorted(graph.items()) if sub != "agents"
+            for target, lines in sorted(targets.items())
+            if target != sub and (target not in rank or rank[target] <= rank[sub])
+            for where in lines]
+
+
+def _agents_graph() -> dict[str, dict[str, list[str]]]:
+    graph: dict[str, dict[str, list[str]]] = {}
+    for path in sorted((ROOT / "agents").rglob("*.py")):
+        module = _module_name(path)
+        into = graph.setdefault(agents_subpackage(module), {})
+        for sub, lines in agents_subpackage_imports(path.read_text(), module, path.name == "__init__.py").items():
+            into.setdefault(sub, []).extend(lines)
+    return graph
+
+
+def test_agents_subpackages_are_the_declared_layers():
+    on_disk = {p.parent.name for p in (ROOT / "agents").glob("*/__init__.py")}
+    assert on_disk == {sub for subs in AGENTS_LAYERS for sub in subs}
+    top = {p.stem for p in (ROOT / "agents").glob("*.py")}
+    assert top == {"__init__"} | AGENTS_RUNNERS, "a module of agents belongs in one of its subpackages"
+
+
+def test_agents_subpackages_import_only_downwards():
+    graph = _agents_graph()
+    assert not agents_layer_violations(graph), "imports up, sideways or into the agents package: " \
+        + "; ".join(agents_layer_violations(graph))
+    cycle = find_cycle({sub: set(targets) - {sub} for sub, targets in graph.items()})
+    assert cycle is None, f"import cycle between agents' subpackages: {' -> '.join(cycle)}"
+
+
+def test_the_agents_layer_check_bites():
+    prepare = ("from typing import TYPE_CHECKING\nfrom .features import FeatureSpec\n"
+               "if TYPE_CHECKING:\n    from ..training.config import TrainConfig\n")
+    transformer = "from .config import ModelConfig\ndef f():\n    from agents import FeatureSpec\n"
+    losses = "from agents.data import features\n"
+    graph = {"data": agents_subpackage_imports(prepare, "agents.data.prepare"),
+             "model": {**agents_subpackage_imports(transformer, "agents.model.transformer"),
+                       **agents_subpackage_imports(losses, "agents.model.losses")},
+             "training": agents_subpackage_imports("from ..artifact.export import export_agent\n",
+                                                   "agents.training.trainer")}
+    assert graph["data"] == {"data": ["agents.data.prepare:2 imports agents.data.features"],
+                             "training": ["agents.data.prepare:4 imports agents.training.config"]}
+    assert agents_layer_violations(graph) == [
+        "agents.data.prepare:4 imports agents.training.config",  # up, under TYPE_CHECKING too
+        "agents.model.transformer:3 imports agents",  # the package's lazy names: the top
+        "agents.model.losses:1 imports agents.data.features",  # a sibling
+    ]
+
+
+def test_the_agents_runners_only_run_a_main():
+    """agents/train.py and agents/inspect.py keep ``python -m agents.train`` and ``... inspect`` working: each
+    imports one ``main`` from its subpackage, nothing more (no shims at old module paths)."""
+    for name in sorted(AGENTS_RUNNERS):
+        path = ROOT / "agents" / f"{name}.py"
+        found = [(target, names) for _, target, names in _imports(path.read_text(), f"agents.{name}")
+                 if (target or names[0]).startswith("agents")]
+        assert len(found) == 1 and found[0][1] == ["main"], (name, found)
+
+
 def test_installed_commands_point_at_the_command_lines():
     """pyproject's [project.scripts]: each names a main() that exists; installed (pip install -e), each answers
     --help as its `python ...` form does."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.losses import FocalLoss, constant_prediction_loss, focal_loss
+from agents.model.losses import FocalLoss, constant_prediction_loss, focal_loss
 
 LOGITS = [-3.0, -0.5, 0.0, 0.7, 2.5, 4.0]
 TARGETS = [0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
@@ -118,7 +118,7 @@ def test_constant_prediction_baseline():
 
 
 def test_best_constant_beats_the_base_rate_under_focal_loss_and_equals_it_under_log_loss():
-    from agents.losses import best_constant_probability, constant_prediction_loss
+    from agents.model.losses import best_constant_probability, constant_prediction_loss
 
     y = torch.tensor([1.0] * 40 + [0.0] * 60)
     grid = np.linspace(0.001, 0.999, 9981)

@@ -1,4 +1,4 @@
-"""agents.memory on fake cgroup trees, the watchdog's rule, and the staged trainer's parent."""
+"""agents.resources.memory on fake cgroup trees, the watchdog's rule, and the staged trainer's parent."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import staged
-from agents.memory import MemoryWatchdog
+from agents.training import staged
+from agents.resources.memory import MemoryWatchdog
 from datafeeds.memory import MIB, MemoryState, memory_state
 
 

@@ -17,9 +17,9 @@ from test_container import HIERARCHY, memory_cgroup, run_in
 pytestmark = pytest.mark.skipif(HIERARCHY is None, reason="needs root and a writable cgroup memory hierarchy")
 
 _BUDGET = """
-from agents.config import TrainConfig
-from agents.hardware import detect
-from agents.prepare import prepare
+from agents.training.config import TrainConfig
+from agents.resources.hardware import detect
+from agents.data.prepare import prepare
 from labeling.jit import JIT_MEMORY, kernels_compiled
 prepare(TrainConfig())
 available = detect().mem_available

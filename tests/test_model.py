@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.config import ModelConfig
-from agents.model import TransformerAgent, sinusoidal_positions
+from agents.model.config import ModelConfig
+from agents.model.transformer import TransformerAgent, sinusoidal_positions
 
 
 def _tiny(**kw) -> ModelConfig:
@@ -157,7 +157,7 @@ def test_onnx_export_dynamic_batch_matches_torch(tmp_path):
 def test_both_exporters_give_torchs_logits_at_any_batch_size(exporter, tmp_path):
     import onnxruntime as ort
 
-    from agents.export import export_agent
+    from agents.artifact.export import export_agent
 
     torch.manual_seed(0)
     model = TransformerAgent(_tiny()).eval()
@@ -175,7 +175,7 @@ def test_both_exporters_give_torchs_logits_at_any_batch_size(exporter, tmp_path)
 
 
 def test_auto_exporter_follows_the_memory_left():
-    from agents.export import EXPORTER_MEMORY, choose_exporter
+    from agents.artifact.export import EXPORTER_MEMORY, choose_exporter
 
     assert choose_exporter("auto", available=4 * 2**30) == "dynamo"
     assert choose_exporter("auto", available=EXPORTER_MEMORY["dynamo"]) == "torchscript"  # no 20% to spare
@@ -261,7 +261,7 @@ def test_lags_pooling_reads_the_last_lags_steps_only_each_with_its_own_weights()
 def test_every_pooling_exports_to_onnx_with_torchs_logits(pooling, tmp_path):
     import onnxruntime as ort
 
-    from agents.export import export_agent
+    from agents.artifact.export import export_agent
 
     torch.manual_seed(0)
     model = TransformerAgent(_tiny(pooling=pooling, lags=8)).eval()

@@ -1,4 +1,4 @@
-"""agents.optim.AdamW: bit-identical to torch.optim.AdamW(foreach=False), without importing torch._dynamo."""
+"""agents.model.optim.AdamW: bit-identical to torch.optim.AdamW(foreach=False), without importing torch._dynamo."""
 
 import copy
 import io
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from agents.config import ModelConfig
-from agents.model import TransformerAgent
-from agents.optim import AdamW
+from agents.model.config import ModelConfig
+from agents.model.transformer import TransformerAgent
+from agents.model.optim import AdamW
 
 ROOT = Path(__file__).resolve().parents[1]
 # dropout=0 so the two twin models see the same forward pass without sharing an RNG stream.
@@ -90,12 +90,12 @@ def test_bit_identical_to_torch_every_step(hyper):
 
 _PROBE = """
 import json, sys, torch
-from agents.config import ModelConfig
-from agents.model import TransformerAgent
+from agents.model.config import ModelConfig
+from agents.model.transformer import TransformerAgent
 torch.manual_seed(0)
 model = TransformerAgent(ModelConfig(n_features=4, seq_len=8, d_model=16, n_heads=2, n_layers=1))
 if sys.argv[1] == "ours":
-    from agents.optim import AdamW
+    from agents.model.optim import AdamW
     opt = AdamW(model.parameters())
 else:
     opt = torch.optim.AdamW(model.parameters(), foreach=False)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.dataset import LazySequenceDataset
-from agents.pooled import PooledBatchSampler, PooledSequenceDataset, epoch_seed, shuffled_ids
+from agents.data.dataset import LazySequenceDataset
+from agents.data.pooled import PooledBatchSampler, PooledSequenceDataset, epoch_seed, shuffled_ids
 
 L = 4
 SIZES = (10, 7, 12)
@@ -389,7 +389,7 @@ def test_memmaps_that_cannot_be_read_with_pread_still_work_and_say_so(tmp_path, 
     features, labels = _hand_made()
     _to_files(tmp_path, features, "f")
     cow = [np.load(tmp_path / f"f{i}.npy", mmap_mode="c") for i in range(3)]  # copy-on-write: not pread
-    with caplog.at_level("WARNING", logger="agents.pooled"):
+    with caplog.at_level("WARNING", logger="agents.data.pooled"):
         ds = PooledSequenceDataset(cow, labels, L, RANGES)
     assert caplog.text.count("read through their mappings") == 1 and "3 array(s)" in caplog.text
     ids = np.arange(len(ds))

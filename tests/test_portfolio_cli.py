@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from engine import backtest_cli as run_backtest
-from agents.runtime import OnnxAgent
+from agents.artifact.runtime import OnnxAgent
 from datafeeds import load_ohlcv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,8 +200,8 @@ def test_fast_engine_gives_the_backtrader_portfolio(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def per_symbol_agent(tmp_path_factory):
     """A tiny agent trained on sp500, nvda, goog with per-symbol normalisation (seconds on 2 cores)."""
-    from agents.config import TrainConfig
-    from agents.trainer import train
+    from agents.training.config import TrainConfig
+    from agents.training.trainer import train
 
     folder = tmp_path_factory.mktemp("per_symbol_agent")
     cfg = TrainConfig(data="sp500,nvda,goog", start="2005-01-01", seq_len=16, d_model=16, n_heads=2, n_layers=1,

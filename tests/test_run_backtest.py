@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from engine import backtest_cli as run_backtest
-from agents.features import FeatureSpec
-from agents.metadata import METADATA_KEY
+from agents.data.features import FeatureSpec
+from agents.artifact.metadata import METADATA_KEY
 from datafeeds import load_ohlcv
 
 ROOT = Path(__file__).resolve().parents[1]

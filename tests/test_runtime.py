@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from agents import export as export_mod
-from agents.dataset import LazySequenceDataset
-from agents.metadata import METADATA_KEY, AgentFileError
-from agents.runtime import OnnxAgent
+from agents.artifact import export as export_mod
+from agents.data.dataset import LazySequenceDataset
+from agents.artifact.metadata import METADATA_KEY, AgentFileError
+from agents.artifact.runtime import OnnxAgent
 from datafeeds import load_ohlcv
 from conftest import TINY
 
@@ -81,7 +81,7 @@ def test_streaming_update_equals_batch(agent, bars):
 
 
 def test_streaming_past_the_bounded_history_still_equals_batch(agent, bars, monkeypatch):
-    from agents import runtime
+    from agents.artifact import runtime
 
     monkeypatch.setattr(runtime, "STREAM_HISTORY", 200)  # force the tail to roll many times
     sub = bars.iloc[:900]
@@ -169,10 +169,10 @@ def test_inspect_prints_the_model_card_with_baseline(tiny_agent):
 def test_the_allow_list_holds_every_operator_our_exporters_emit(pooling):
     import torch
 
-    from agents import export
-    from agents.config import ModelConfig
-    from agents.model import TransformerAgent
-    from agents.runtime import ALLOWED_OPS
+    from agents.artifact import export
+    from agents.model.config import ModelConfig
+    from agents.model.transformer import TransformerAgent
+    from agents.artifact.runtime import ALLOWED_OPS
 
     model = TransformerAgent(ModelConfig(n_features=5, seq_len=8, d_model=16, n_heads=2, n_layers=1, pooling=pooling,
                                          lags=4, lag_width=3)).eval()
@@ -188,7 +188,7 @@ def test_the_allow_list_holds_every_operator_our_exporters_emit(pooling):
 def test_an_onnxruntime_failure_while_running_is_one_line_naming_the_file():
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-    from agents.metadata import AgentFileError
+    from agents.artifact.metadata import AgentFileError
     from datafeeds import load_ohlcv
 
     shipped = ROOT / "models" / "agent1.onnx"
@@ -214,7 +214,7 @@ def _forge(tmp_path, name: str, change) -> Path:
     """The shipped agent changed by ``change(proto)``, the card's graph digest recomputed (a careful forger)."""
     import json
 
-    from agents.runtime import graph_sha256
+    from agents.artifact.runtime import graph_sha256
 
     proto = onnx.load(str(SHIPPED))
     change(proto)
@@ -234,7 +234,7 @@ def _refusal(path, match: str) -> str:
 
 @pytest.mark.parametrize("op", ["Loop", "If", "Scan"])
 def test_control_flow_is_refused_and_never_allowed(op, tmp_path):
-    from agents.runtime import ALLOWED_OPS, CONTROL_FLOW
+    from agents.artifact.runtime import ALLOWED_OPS, CONTROL_FLOW
 
     assert CONTROL_FLOW == {"Loop", "If", "Scan"} and not CONTROL_FLOW & ALLOWED_OPS
     path = _forge(tmp_path, f"{op}.onnx", lambda p: p.graph.node.append(onnx.helper.make_node(op, ["c"], ["y"])))
@@ -269,7 +269,7 @@ def test_a_huge_shape_the_graph_would_build_is_refused_at_load(tmp_path):
 
 
 def test_metadata_over_its_caps_is_refused_before_the_file_is_parsed(tmp_path, monkeypatch):
-    import agents.runtime as runtime
+    import agents.artifact.runtime as runtime
 
     def add(n: int, size: int):
         def change(p):
@@ -289,7 +289,7 @@ def test_metadata_over_its_caps_is_refused_before_the_file_is_parsed(tmp_path, m
 
 
 def test_a_file_over_the_size_cap_or_the_memory_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
-    import agents.runtime as runtime
+    import agents.artifact.runtime as runtime
 
     padded = tmp_path / "padded.onnx"
     padded.write_bytes(SHIPPED.read_bytes())
@@ -302,7 +302,7 @@ def test_a_file_over_the_size_cap_or_the_memory_is_refused_before_it_is_parsed(t
 
 
 def test_inference_runs_in_batches_that_fit_and_refuses_when_one_window_does_not(monkeypatch):
-    import agents.runtime as runtime
+    import agents.artifact.runtime as runtime
 
     agent = OnnxAgent.load(SHIPPED)
     bars = load_ohlcv("sp500").iloc[:400]

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import agents.store as store_mod
-from agents.features import FeatureConfig, FeatureSpec, compute_features
-from agents.pooled import PooledSequenceDataset
-from agents.store import FeatureStore, default_cache_root, release_pages
+import agents.data.store as store_mod
+from agents.data.features import FeatureConfig, FeatureSpec, compute_features
+from agents.data.pooled import PooledSequenceDataset
+from agents.data.store import FeatureStore, default_cache_root, release_pages
 from datafeeds import load_ohlcv
 from labeling import TBMConfig, triple_barrier_labels
 
@@ -102,7 +102,7 @@ def test_identical_inputs_reuse_the_store_without_recomputing(tmp_path, frames, 
     first = FeatureStore.build_or_open(frames, SPEC, TBM, tmp_path)
     monkeypatch.setattr(store_mod, "compute_features", _no_compute)
     monkeypatch.setattr(store_mod, "triple_barrier_labels", _no_compute)
-    with caplog.at_level(logging.INFO, logger="agents.store"):
+    with caplog.at_level(logging.INFO, logger="agents.data.store"):
         again = FeatureStore.build_or_open(dict(frames), SPEC, TBM, tmp_path)
     assert again.path == first.path and "reusing" in caplog.text
     assert again.features("goog").tobytes() == first.features("goog").tobytes()
@@ -211,8 +211,8 @@ def test_a_failed_build_leaves_no_store_and_the_next_call_builds_it(tmp_path, fr
 _CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import agents.store as store_mod
-    from agents.features import FeatureSpec, compute_features
+    import agents.data.store as store_mod
+    from agents.data.features import FeatureSpec, compute_features
     from datafeeds import load_ohlcv
     from labeling import TBMConfig
     root = Path(sys.argv[1])
@@ -270,7 +270,7 @@ def test_an_incomplete_store_is_rebuilt(tmp_path, frames, caplog):
         fh.truncate(victim.stat().st_size - 4)
     with pytest.raises(ValueError, match="labels.npy has .* bytes, expected"):
         FeatureStore.open(store.path)
-    with caplog.at_level(logging.WARNING, logger="agents.store"):
+    with caplog.at_level(logging.WARNING, logger="agents.data.store"):
         again = FeatureStore.build_or_open(frames, SPEC, TBM, tmp_path)
     assert "incomplete" in caplog.text and again.path == store.path
     assert again.labels("nasdaq").shape == (len(frames["nasdaq"]),)

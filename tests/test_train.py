@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from agents.checkpoint import load_checkpoint
+from agents.training.checkpoint import load_checkpoint
 from datafeeds import load_ohlcv
-from agents.runtime import OnnxAgent
-from agents.hardware import choose_profile, detect
-from agents.config import TrainConfig
-from agents.prepare import prepare
-from agents.train import main
-from agents.trainer import fit
+from agents.artifact.runtime import OnnxAgent
+from agents.resources.hardware import choose_profile, detect
+from agents.training.config import TrainConfig
+from agents.data.prepare import prepare
+from agents.training.cli import main
+from agents.training.trainer import fit
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def _focal_by_hand(p, y, alpha=0.25, gamma=2.0):
 def test_card_reports_losses_beside_the_no_skill_baseline(tiny_agent, tmp_path, loss):
     from sklearn.metrics import roc_auc_score
 
-    from agents.trainer import train
+    from agents.training.trainer import train
 
     if loss == "default":  # cross-entropy: the best constant is the base rate
         path, result = tiny_agent
@@ -254,7 +254,7 @@ def test_command_line_training_writes_an_agent_the_runtime_loads(tmp_path, capfd
 
 
 def test_default_out_is_not_the_shipped_agent_and_an_existing_file_is_kept(tmp_path, capsys):
-    from agents.train import default_out
+    from agents.training.cli import default_out
 
     assert default_out(TrainConfig().data) == Path("models/sp500.onnx")  # was models/agent1.onnx, the shipped file
     assert default_out("/data/btc_daily.csv.gz") == Path("models/btc_daily.onnx")
@@ -304,11 +304,11 @@ def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(tmp_path)
 def test_uniqueness_weights_scale_each_window_loss_and_average_one():
     import torch
 
-    from agents.losses import FocalLoss, focal_loss
-    from agents.config import ModelConfig
-    from agents.model import TransformerAgent
-    from agents.optim import AdamW
-    from agents.trainer import train_step
+    from agents.model.losses import FocalLoss, focal_loss
+    from agents.model.config import ModelConfig
+    from agents.model.transformer import TransformerAgent
+    from agents.model.optim import AdamW
+    from agents.training.trainer import train_step
 
     torch.manual_seed(0)
     xb, yb = torch.randn(8, 4, 3), torch.tensor([1.0, 0, 1, 0, 1, 1, 0, 0])
@@ -332,7 +332,7 @@ def test_uniqueness_weights_scale_each_window_loss_and_average_one():
 
 
 def test_training_weights_are_the_labels_uniqueness_scaled_to_mean_one(tiny_agent):
-    from agents.trainer import training_weights
+    from agents.training.trainer import training_weights
 
     _, result = tiny_agent
     cfg, prep = TrainConfig(**TINY), result.prep
@@ -349,7 +349,7 @@ def test_training_weights_are_the_labels_uniqueness_scaled_to_mean_one(tiny_agen
 
 
 def test_lr_schedules_by_hand():
-    from agents.trainer import lr_factor
+    from agents.training.trainer import lr_factor
 
     assert [lr_factor("constant", k, 10, 0.1) for k in (0, 5, 9)] == [1.0, 1.0, 1.0]
     # onecycle over 100 steps, 10% warm-up: 1/10, 2/10 .. 10/10, then a half-cosine from 1 down to 0
@@ -377,6 +377,6 @@ def test_compile_on_the_cpu_warns(monkeypatch, caplog):
 
     monkeypatch.setattr(torch, "compile", lambda model: model)  # the warning, not minutes of compiling
     cfg = TrainConfig(**{**TINY, "compile": True})
-    with caplog.at_level(logging.WARNING, logger="agents.trainer"):
+    with caplog.at_level(logging.WARNING, logger="agents.training.trainer"):
         fit(cfg, prepare(cfg), checkpoint_dir=None, stop_after=1, progress=False)
     assert any("--compile on the CPU" in r.getMessage() for r in caplog.records)

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.config import TrainConfig
-from agents.prepare import prepare_universe
+from agents.training.config import TrainConfig
+from agents.data.prepare import prepare_universe
 from datafeeds import load_ohlcv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def universe_agent(tmp_path_factory):
 
 
 def test_universe_agent_records_its_instruments_and_prints_their_balance(universe_agent):
-    from agents.runtime import OnnxAgent
+    from agents.artifact.runtime import OnnxAgent
 
     out, printed = universe_agent
     ds = OnnxAgent.load(out).meta["dataset"]
@@ -148,9 +148,9 @@ def test_the_universe_agent_backtests_on_each_member(universe_agent, symbol, tmp
 
 
 def test_a_per_symbol_agent_trades_its_members_with_their_statistics_and_refuses_others(tmp_path, monkeypatch):
-    from agents.features import compute_features
-    from agents.runtime import OnnxAgent
-    from agents.trainer import train
+    from agents.data.features import compute_features
+    from agents.artifact.runtime import OnnxAgent
+    from agents.training.trainer import train
 
     monkeypatch.setenv("TBM_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(**TINY, normalise="per-symbol")

@@ -20,7 +20,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from agents.runtime import OnnxAgent
+from agents.artifact.runtime import OnnxAgent
 from datafeeds import load_ohlcv
 from engine import walkforward as wf
 from engine.walkforward import cli as wf_cli  # the argument parser and main

@@ -11,7 +11,7 @@ import dataclasses
 import shlex
 import sys
 
-from agents.config import field_defaults
+from agents.training.config import field_defaults
 from datafeeds.cli import ArgumentParser
 from datafeeds.errors import escape
 from engine.walkforward import space
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {escape(str(exc))}", file=sys.stderr)
         return 2
 
-    from agents.hardware import HardwareError
+    from agents import HardwareError
     from datafeeds import DataError
     from engine.walkforward.console import console_logging
     from engine.walkforward.report import summary_lines

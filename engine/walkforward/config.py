@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.config import TrainConfig, field_defaults
+from agents.training.config import TrainConfig, field_defaults
 from engine.config import RunConfig
 from engine.walkforward import space
 from labeling.rules import Costs

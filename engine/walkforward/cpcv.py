@@ -22,8 +22,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from agents.prepare import prepare_blocks
-from agents.trainer import fit
+from agents.data.prepare import prepare_blocks
+from agents.training.trainer import fit
 from engine.runner import run_backtest
 from engine.walkforward import space
 from engine.walkforward.console import check_stop

@@ -25,15 +25,13 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from agents import FocalLoss, LazySequenceDataset, OnnxAgent, export_agent
-from agents.losses import best_constant_probability
-from agents.evaluation import roc_auc
-from agents.metadata import build_card
-from agents.prepare import prepare_segments
-from agents.export import EXPORTER_MEMORY
-from agents.hardware import check_fits, detect, estimate_train_memory
-from agents.model import TransformerAgent
-from agents.config import TrainConfig
-from agents.trainer import fit
+from agents.model.losses import best_constant_probability
+from agents.artifact.evaluation import roc_auc
+from agents.artifact.metadata import build_card
+from agents.data.prepare import prepare_segments
+from agents.artifact.export import EXPORTER_MEMORY
+from agents import TrainConfig, TransformerAgent, check_fits, detect, estimate_train_memory
+from agents.training.trainer import fit
 from datafeeds import is_universe, load_ohlcv
 from engine.deflated_sharpe import sharpe_ratio
 from engine.fastsim import sweep

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
-from agents.config import TrainConfig
+from agents import TrainConfig
 from labeling.rules import BarrierRules
 
 GROUPS = ("model", "labels", "strategy")
@@ -49,7 +49,7 @@ class Execution:
         """Signal threshold from the training predictions (never validation or test)."""
         import numpy as np  # on use: the CLI parser imports this module
 
-        from agents.evaluation import suggest_threshold
+        from agents.artifact.evaluation import suggest_threshold
 
         if self.signal_rate is None:
             return suggest_threshold(train_proba, base_rate)

@@ -24,8 +24,8 @@ from datafeeds.errors import escape
 from datafeeds.memory import MIB, memory_budget, size_text
 from labeling import TBMConfig
 
+from ..data.features import FeatureSpec, compute_features
 from . import metadata as _meta
-from .features import FeatureSpec, compute_features
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def _check_signature(session, card: dict, path: str) -> None:
 
 
 class OnnxAgent:
-    """A TransformerAgent exported by ``agents.export``, with everything needed to use it correctly."""
+    """A TransformerAgent exported by ``agents.artifact.export``, with everything needed to use it correctly."""
 
     def __init__(self, session: ort.InferenceSession, card: dict, path: str):
         self._session = session

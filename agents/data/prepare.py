@@ -2,14 +2,16 @@
 
 One instrument (`prepare` on a file or sample): in memory, `Prepared`. A universe (``--data`` a
 directory, glob, comma list or bundled universe; `prepare_universe`): features and labels of each
-instrument alone in an on-disk store (`agents.store`), windows that never cross instruments
-(`agents.pooled`), and one calendar split for all, `PooledPrepared`: markets move together, so
+instrument alone in an on-disk store (`agents.data.store`), windows that never cross instruments
+(`agents.data.pooled`), and one calendar split for all, `PooledPrepared`: markets move together, so
 instrument B's 2012 is not out-of-sample for a model trained on A's 2012. The cut dates leave the
 last ``holdout`` of all bars (pooled) after the holdout cut and the last ``val_fraction`` of the rest
 after the validation cut; per instrument, training labels end ``horizon`` bars before the validation
 cut and validation labels ``horizon`` bars before the holdout (train / purge / validation / purge /
 holdout). Both offer the trainer the same interface: ``dataset``, ``labels``, ``rows``, ``n_rows``,
 ``card_normalisation`` and ``card_dataset``.
+
+``cfg`` is the run's `TrainConfig`, read by attribute only: data/ never imports training/.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from datafeeds import is_universe, load_ohlcv
 from datafeeds.frequency import bar_seconds
 from labeling import average_uniqueness, calendar_cut, events_within, purged_train_val_split, triple_barrier_labels
 
-from .config import TrainConfig
 from .features import FeatureSpec, compute_features
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class Prepared:
     def card_normalisation(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
-    def card_dataset(self, cfg: TrainConfig) -> dict:
+    def card_dataset(self, cfg) -> dict:
         """The agent card's "dataset": provenance and the dates each split covers."""
         idx = self.index
         train_lo = int(self.train_ends.min()) - cfg.seq_len + 1
@@ -127,7 +128,7 @@ def _check_lags(k: int, most: int) -> None:
         raise ValueError(f"k must be an integer in [1, {most}] (the bars every window has), got {k!r}")
 
 
-def prepare(cfg: TrainConfig) -> Prepared | PooledPrepared:
+def prepare(cfg) -> Prepared | PooledPrepared:
     """Load, cut the holdout, featurise, label and split; raises DataError/ValueError with a clear message.
 
     A universe goes to `prepare_universe`."""
@@ -150,7 +151,7 @@ def prepare(cfg: TrainConfig) -> Prepared | PooledPrepared:
                      holdout_start=df.index[cut] if cut < len(df) else None)
 
 
-def prepare_segments(cfg: TrainConfig, df: pd.DataFrame, train: range, val: range | None) -> Prepared:
+def prepare_segments(cfg, df: pd.DataFrame, train: range, val: range | None) -> Prepared:
     """Prepare explicit bar segments of ``df`` (walk-forward folds): events whose whole label span
     lies inside ``train`` train, those inside ``val`` validate; nothing after the last segment is used."""
     stop = (val or train).stop
@@ -167,7 +168,7 @@ def prepare_segments(cfg: TrainConfig, df: pd.DataFrame, train: range, val: rang
                      holdout_start=df.index[stop] if stop < len(df) else None)
 
 
-def prepare_blocks(cfg: TrainConfig, df: pd.DataFrame, train: Sequence[range]) -> Prepared:
+def prepare_blocks(cfg, df: pd.DataFrame, train: Sequence[range]) -> Prepared:
     """Prepare ``df`` to train on the events lying wholly inside one of the ``train`` blocks (a
     combinatorial purged split: blocks around test groups); normalisation from the bars of those
     blocks' windows only; no validation events."""
@@ -190,7 +191,7 @@ def full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray:
     return ends[(csum[ends + 1] - csum[ends + 1 - seq_len]) == seq_len]
 
 
-def _featurise_and_label(cfg: TrainConfig, df: pd.DataFrame, *, what: str):
+def _featurise_and_label(cfg, df: pd.DataFrame, *, what: str):
     """Features, labels and the label spans of the events that have a full window of features."""
     spec = cfg.feature_spec.pinned(df.columns)
     min_bars = spec.warmup + cfg.seq_len + cfg.horizon + 2
@@ -355,7 +356,7 @@ class PooledPrepared:
                 "per_symbol": {s: {"sha256": self.symbols[s]["sha256"], "mean": self.mean[i].tolist(),
                                    "std": self.std[i].tolist()} for i, s in enumerate(self.store.symbols)}}
 
-    def card_dataset(self, cfg: TrainConfig) -> dict:
+    def card_dataset(self, cfg) -> dict:
         span = {w: [min(v[f"{w}_first"] for v in self.symbols.values() if v[f"{w}_first"]),
                     max(v[f"{w}_last"] for v in self.symbols.values() if v[f"{w}_last"])] for w in ("train", "val")}
         used = [v["last_bar_used"] for v in self.symbols.values() if v["last_bar_used"]]
@@ -376,12 +377,12 @@ class PooledPrepared:
         }
 
 
-def prepare_universe(cfg: TrainConfig, frames=None, *, store_root=None) -> PooledPrepared:
+def prepare_universe(cfg, frames=None, *, store_root=None) -> PooledPrepared:
     """Featurise and label each instrument of ``cfg.data`` into the feature store, cut every
     instrument at the same calendar dates, and fit the normalisation on the training bars.
 
     ``frames``: symbol -> frame (default: ``datafeeds.load_universe(cfg.data, lazy=True)``, which
-    loads one instrument at a time); ``store_root``: the store cache (default `agents.store`'s).
+    loads one instrument at a time); ``store_root``: the store cache (default `agents.data.store`'s).
     """
     from datafeeds import load_universe, universe_sha256
 
@@ -459,7 +460,7 @@ def _runs(ends: np.ndarray) -> list[tuple[int, int]]:
 _CHUNK = 1 << 16  # rows per read when summing features for the statistics
 
 
-def _universe_statistics(store, train_ranges: list, cfg: TrainConfig, symbols: list[str]):
+def _universe_statistics(store, train_ranges: list, cfg, symbols: list[str]):
     """Mean and std (ddof 0, NaNs skipped) of the feature rows the training windows cover: pooled over
     all instruments, or per instrument. Read in chunks: memory stays O(chunk), not O(bars)."""
     n_feat = len(store.names)

@@ -78,8 +78,8 @@ class Profile:
     """Data-loading and precision settings for a training run."""
 
     name: str  # "beast" or "safe"
-    batch_size: int  # the default; beast on CUDA measures its own (agents.feed.measure_batch_size)
-    # how batches reach the model (agents.feed): "host" = batched gathers in the main process;
+    batch_size: int  # the default; beast on CUDA measures its own (agents.data.feed.measure_batch_size)
+    # how batches reach the model (agents.data.feed): "host" = batched gathers in the main process;
     # "resident" = windows copied to the device once, batches gathered there (falls back to
     # "prefetch", batched host gathers pinned on a background thread, where they do not fit)
     feed: str

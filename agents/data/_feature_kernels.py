@@ -1,4 +1,4 @@
-"""Numba kernels behind `agents.features`: pure functions over float64 arrays, NaN during warm-up.
+"""Numba kernels behind `agents.data.features`: pure functions over float64 arrays, NaN during warm-up.
 
 Every kernel is causal: output[t] reads input[:t + 1] only. Recursive ones (RSI, EMA) also depend
 on where the series starts, so a streaming caller must feed them the same history as the batch.

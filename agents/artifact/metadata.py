@@ -2,11 +2,11 @@
 
 An agent file must be usable with no other input, so it carries its feature spec, sequence
 length, normalisation, Triple Barrier settings, threshold, data provenance and metrics.
-``parse`` validates every field that a reader of the card uses (the runtime, ``agents.inspect``,
-``run_backtest.py``, ``agents.verdict``), so a corrupted or edited file fails at load with one line
+``parse`` validates every field that a reader of the card uses (the runtime, ``agents.artifact.inspect``,
+``run_backtest.py``, ``agents.artifact.verdict``), so a corrupted or edited file fails at load with one line
 naming the field, not later with a traceback or, worse, silently wrong probabilities.
 
-This module stays light (no numpy/pandas at import): ``agents.inspect --help`` imports it.
+This module stays light (no numpy/pandas at import): ``python -m agents.inspect --help`` imports it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from importlib import metadata as _importlib_metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the card module stays importable on its own
-    from .config import TrainConfig
-    from .model import TransformerAgent
-    from .prepare import PooledPrepared, Prepared
+    from ..data.prepare import PooledPrepared, Prepared
+    from ..model.transformer import TransformerAgent
 
 METADATA_KEY = "tbm_agent"  # key in ModelProto.metadata_props holding the JSON card
 FORMAT = "tbm-agent"
@@ -58,6 +57,11 @@ def package_version() -> str:
 
 def dumps(card: dict) -> str:
     return json.dumps(card, sort_keys=True, allow_nan=False)
+
+
+def loss_label(alpha: float | None, gamma: float) -> str:
+    """The training loss's name as the card and the console show it."""
+    return "cross-entropy" if alpha is None and gamma == 0 else f"focal loss (alpha {alpha}, gamma {gamma})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +191,7 @@ _LOSS = _or_null(_number(0))
 _COUNT = _or_null(_int(0))
 
 # Every field a reader uses, parents before children. Who reads it: runtime.OnnxAgent (R),
-# agents.inspect (I), run_backtest.py (B), agents.verdict (V).
+# agents.artifact.inspect (I), run_backtest.py (B), agents.artifact.verdict (V).
 _FIELDS: tuple[tuple[str, bool, Check], ...] = (
     ("package_version", REQUIRED, _string(nonempty=False)),  # I
     ("input_name", REQUIRED, _string()),  # R
@@ -293,7 +297,7 @@ def _check_consistency(card: dict, path: str) -> None:
     """Fields that must agree with each other: the feature spec, its names, normalisation, warm-up, TBM."""
     from labeling import TBMConfig  # here: these load numpy/pandas/numba, which the card module avoids
 
-    from .features import FeatureSpec
+    from ..data.features import FeatureSpec
 
     specs = card["features"].get("features")
     for i, entry in enumerate(specs if isinstance(specs, list) else ()):
@@ -376,7 +380,7 @@ def parse(text: str | None, *, path: str) -> dict:
     if text is None:
         raise AgentFileError(
             f"{path}: ONNX file has no '{METADATA_KEY}' metadata; it was not exported by "
-            "agents.export (train one with: python -m agents.train)"
+            "agents.artifact.export (train one with: python -m agents.train)"
         )
     try:
         card = json.loads(text)
@@ -394,9 +398,10 @@ def parse(text: str | None, *, path: str) -> dict:
     return validate(card, path=path)
 
 
-def build_card(cfg: TrainConfig, prep: Prepared | PooledPrepared, model: TransformerAgent, metrics: dict,
+def build_card(cfg, prep: Prepared | PooledPrepared, model: TransformerAgent, metrics: dict,
                command: str) -> dict:
-    """The card of a trained model: everything ``OnnxAgent`` needs, plus provenance and metrics."""
+    """The card of a trained model: everything ``OnnxAgent`` needs, plus provenance and metrics. ``cfg``: the run's
+    `TrainConfig` (read by attribute: artifact/ never imports training/)."""
     import torch  # here, not at the top: reading agents (OnnxAgent) must not load torch
 
     return {

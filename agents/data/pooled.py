@@ -6,7 +6,7 @@ per-window array is built, and a shuffled epoch order comes from `shuffled_ids`,
 computed block by block instead of a stored permutation of every window.
 
 Reading windows: a feature or label array that is a read-only np.memmap (e.g. from
-`agents.store.FeatureStore`) is read with pread(2) straight into the batch, not through its
+`agents.data.store.FeatureStore`) is read with pread(2) straight into the batch, not through its
 mapping. Reading a mapping makes its pages resident in this process: on ext4 one read fault maps a
 whole large folio (up to 2 MiB), so RSS would grow with the data (measurements: docs/DECISIONS.md).
 pread copies from the page cache (reclaimable, not in RSS). In-memory arrays use the strided view of

@@ -3,7 +3,7 @@
 The model card lists losses and AUCs; this module says what they add up to. Ranking skill is
 decided by the one-sided Mann-Whitney test of validation ROC AUC > 0.5 (AUC = U / (n_pos * n_neg)),
 normal approximation without ties, at level ``ALPHA``; skill beyond the baselines by the 95%
-block-bootstrap interval of the AUC difference to the better of them (:mod:`agents.baseline`: logistic
+block-bootstrap interval of the AUC difference to the better of them (:mod:`agents.artifact.baseline`: logistic
 regression on the last bar, gradient boosting on the last bars; the higher validation AUC, ties to
 gradient boosting), which must lie above 0; a validation AUC more than ``LOOKAHEAD_MARGIN``
 above the price-and-volume-only baseline, with other data columns in use, is flagged as possible
@@ -13,7 +13,7 @@ Caveat: Triple Barrier labels of neighbouring bars share most of their future wi
 events are not independent and the p-value is optimistic (too small); a "no evidence" verdict is
 safe, an "evidence" verdict is an upper bound on the evidence.
 
-Pure Python (math only): it runs where only onnxruntime is loaded (``agents.inspect``).
+Pure Python (math only): it runs where only onnxruntime is loaded (``agents.artifact.inspect``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 __all__ = ["ALPHA", "CAVEAT", "LOOKAHEAD_MARGIN", "auc_p_value", "verdict"]
 
 ALPHA = 0.05  # one-sided significance level for "AUC > 0.5"
-# agents.baseline.LOOKAHEAD_MARGIN, repeated: this module imports nothing of numpy (tested equal)
+# agents.artifact.baseline.LOOKAHEAD_MARGIN, repeated: this module imports nothing of numpy (tested equal)
 LOOKAHEAD_MARGIN = 0.10
 CAVEAT = ("overlapping Triple Barrier labels make neighbouring events dependent, "
           "so the p-value is optimistic")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agents import _feature_kernels as _k
+from . import _feature_kernels as _k
 from labeling import atr as _atr
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def _float_param(feature: str, key: str, value: Any) -> float:
 
 
 # The most weights (= bars of warm-up) a fracdiff feature may have: a threshold of 1e-300 would otherwise
-# grow the list until memory runs out (|w_k| ~ k^-(d+1) never reaches it); 100,000 is agents.metadata's
+# grow the list until memory runs out (|w_k| ~ k^-(d+1) never reaches it); 100,000 is agents.artifact.metadata's
 # bound on any feature window.
 MAX_FRACDIFF_WEIGHTS = 100_000
 

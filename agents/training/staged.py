@@ -2,8 +2,8 @@
 
 Python never gives back what an import takes, and one process holding all of training's imports does not fit
 a small container (measurements: docs/DECISIONS.md). ``python -m agents.train`` is a light parent (argparse,
-json, subprocess) that runs each step as ``python -m agents.staged STEP FOLDER``; a step's memory is returned
-when it exits. The steps share the checkpoint folder:
+json, subprocess) that runs each step as ``python -m agents.training.staged STEP FOLDER``; a step's memory is
+returned when it exits. The steps share the checkpoint folder:
 
 - ``fit``: load, label, split, normalise; train with a checkpoint every epoch (the last one holds
   the best weights). Checks up front that the largest step fits what the container has left.
@@ -11,8 +11,8 @@ when it exits. The steps share the checkpoint folder:
   their baselines and the agent card (``card.json``) plus the parity batch (``parity.npy``).
 - ``export``: card + weights -> the ONNX agent, parity-checked (torch and onnx only, no pandas).
 
-Each step runs under :class:`agents.memory.MemoryWatchdog`; the parent turns a step the kernel
-killed into one line. The in-process API (:func:`agents.trainer.train`) runs the same functions.
+Each step runs under :class:`agents.resources.memory.MemoryWatchdog`; the parent turns a step the kernel
+killed into one line. The in-process API (:func:`agents.training.trainer.train`) runs the same functions.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from datafeeds.memory import memory_state, mib
 
-from .memory import EXIT_MEMORY
+from ..resources.memory import EXIT_MEMORY
 
 STEPS = ("fit", "evaluate", "export")
 JOB_FILE = "job.json"  # what the parent asks for: config, output, resume, command, quiet
@@ -104,7 +104,7 @@ def _run_steps(job: dict, folder: Path) -> int:
         if step in _STEP_LINES:  # a line per step, also through a pipe: a long step is work, not a hang
             print(_STEP_LINES[step], flush=True)
         kills = oom_kills()
-        child = subprocess.Popen([sys.executable, "-m", "agents.staged", step, str(folder)],
+        child = subprocess.Popen([sys.executable, "-m", "agents.training.staged", step, str(folder)],
                                  preexec_fn=_die_with_parent)
         try:
             code = child.wait()
@@ -186,9 +186,9 @@ def _die_with_parent() -> None:
 
 # ------------------------------------------------------------------------------------------ steps
 def _fit(job: dict, folder: Path) -> None:
+    from ..data.prepare import prepare
+    from ..resources.hardware import choose_profile, detect, require_cuda
     from .config import TrainConfig
-    from .hardware import choose_profile, detect, require_cuda
-    from .prepare import prepare
     from .trainer import fit, profile_record
 
     cfg = TrainConfig.from_dict(job["config"])
@@ -211,9 +211,9 @@ def _fit(job: dict, folder: Path) -> None:
 def _evaluate(job: dict, folder: Path) -> None:
     import numpy as np
 
+    from ..data.prepare import prepare
     from .checkpoint import load_checkpoint
     from .config import TrainConfig
-    from .prepare import prepare
     from .trainer import make_card, parity_batch
 
     cfg = TrainConfig.from_dict(job["config"])
@@ -228,9 +228,9 @@ def _evaluate(job: dict, folder: Path) -> None:
 def _export(job: dict, folder: Path) -> None:
     import numpy as np
 
+    from ..artifact.export import export_agent
+    from ..model.config import ModelConfig
     from .checkpoint import load_checkpoint
-    from .config import ModelConfig
-    from .export import export_agent
 
     card = json.loads((folder / CARD_FILE).read_text())
     state = _best_state(load_checkpoint(folder), folder)
@@ -246,7 +246,7 @@ def _best_state(ckpt: dict | None, folder: Path) -> dict:
 
 
 def _model(config, weights):
-    from .model import TransformerAgent
+    from ..model.transformer import TransformerAgent
 
     model = TransformerAgent(config)
     model.load_state_dict(weights)
@@ -263,9 +263,9 @@ def _step(step: str, folder: Path) -> int:
     """A child: run ``step`` under the memory watchdog; errors as one line with the CLI's exit codes."""
     from datafeeds import DataError
 
-    from .export import ExportError
-    from .hardware import HardwareError
-    from .memory import MemoryWatchdog
+    from ..artifact.export import ExportError
+    from ..resources.hardware import HardwareError
+    from ..resources.memory import MemoryWatchdog
 
     job = json.loads((folder / JOB_FILE).read_text())
     try:
@@ -293,5 +293,6 @@ def _step(step: str, folder: Path) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in STEPS:
-        sys.exit(f"usage: python -m agents.staged {{{'|'.join(STEPS)}}} FOLDER  (run by python -m agents.train)")
+        sys.exit(f"usage: python -m agents.training.staged {{{'|'.join(STEPS)}}} FOLDER  "
+                 "(run by python -m agents.train)")
     sys.exit(_step(sys.argv[1], Path(sys.argv[2])))

@@ -1,7 +1,7 @@
-"""The training loop and the whole pipeline behind ``python -m agents.train`` (the CLI is agents/train.py).
+"""The training loop and the whole pipeline behind ``python -m agents.train`` (the CLI is agents/training/cli.py).
 
-Steps (prepare.py, then here): load -> features -> TBM labels -> chronological train/validation split purged by the
-label horizon -> normalisation fitted on train only -> AdamW + FocalLoss with early stopping, checkpoint
+Steps (agents/data/prepare.py, then here): load -> features -> TBM labels -> chronological train/validation split
+purged by the label horizon -> normalisation fitted on train only -> AdamW + FocalLoss with early stopping, checkpoint
 every epoch -> metrics beside the no-skill baseline -> ONNX export with parity check.
 """
 
@@ -21,21 +21,21 @@ from tqdm.auto import tqdm
 
 from labeling.jit import JIT_MEMORY, kernels_compiled
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .evaluation import EVALUATION_MEMORY, evaluate, mean_loss
-from .evaluation import loss_weights as training_weights  # the loss weights, shared with the GBM baseline
-from .export import EXPORTER_MEMORY, export_agent
-from .feed import ResidentWindows, epoch_ids, fits_on_device, prefetch, resident_bytes
-from .hardware import (
+from ..artifact.evaluation import EVALUATION_MEMORY, evaluate, mean_loss
+from ..artifact.evaluation import loss_weights as training_weights  # the loss weights, shared with the GBM baseline
+from ..artifact.export import EXPORTER_MEMORY, export_agent
+from ..artifact.metadata import build_card
+from ..data.feed import ResidentWindows, epoch_ids, fits_on_device, prefetch, resident_bytes
+from ..data.prepare import Prepared, prepare
+from ..model.losses import FocalLoss, focal_loss
+from ..model.optim import AdamW
+from ..model.transformer import TransformerAgent
+from ..resources.hardware import (
     HardwareError, Profile, check_fits, choose_profile, configure_main_threads, detect, estimate_train_memory,
     require_cuda,
 )
-from .losses import FocalLoss, focal_loss
-from .metadata import build_card
-from .model import TransformerAgent
-from .optim import AdamW
-from .prepare import Prepared, prepare
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def measure_batch_size(model, loss_fn, batches_of, device, amp_dtype=None, *, ca
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: float) -> float:
-    """Multiplier of the peak learning rate at optimiser step ``step`` of ``total`` (agents.config
+    """Multiplier of the peak learning rate at optimiser step ``step`` of ``total`` (agents.training.config
     LR_SCHEDULES): 1 throughout, or a linear warm-up then a half-cosine down to 0."""
     if schedule == "constant" or total <= 0:
         return 1.0
@@ -195,7 +195,7 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
     if feed == "resident" and device.type == "cpu":
         need += resident_bytes(train_ds)  # the "device" copy is host memory here
     # the steps after this one (evaluation with scikit-learn, the export) need memory too, in this
-    # process or in their own (agents.staged, each no bigger than this one's imports): the run needs
+    # process or in their own (agents.training.staged, each no bigger than this one's imports): the run needs
     # the largest of the three on top of what is in use now. What is in use depends on whether numba
     # compiled the kernels here (a cold cache) or loaded them: counted as compiled either way, so the
     # same command always gets the same answer
@@ -226,7 +226,8 @@ def fit(cfg: TrainConfig, prep: Prepared, *, checkpoint_dir: Path | None, resume
                                                      max_windows=len(train_ds))
         log.info("batch size %d chosen by measurement: %s", batch_size, batch_table)
 
-    # agents.optim.AdamW: torch.optim's, op for op, without the torch._dynamo import (measurements: docs/DECISIONS.md)
+    # agents.model.optim.AdamW: torch.optim's, op for op, without the torch._dynamo import
+    # (measurements: docs/DECISIONS.md)
     opt = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp = {None: False, torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     # what, besides the config, decides the numbers an epoch produces; a resume must match it
@@ -345,7 +346,7 @@ def train(cfg: TrainConfig, out: Path, *, checkpoint_dir: Path, resume: bool = F
           profile: Profile | None = None, exporter: str = "auto") -> TrainResult | None:
     """The whole pipeline in this process, ending with ``out`` written; None if stopped early by
     ``stop_after`` (tests). ``python -m agents.train`` runs the same steps in child processes
-    (:mod:`agents.staged`) so that a small container holds one step's imports at a time."""
+    (:mod:`agents.training.staged`) so that a small container holds one step's imports at a time."""
     if cfg.gpu:
         require_cuda()  # fail before loading anything
     prep = prepare(cfg)

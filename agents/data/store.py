@@ -278,7 +278,7 @@ def store_key(fingerprints: list[dict], pinned: FeatureSpec, tbm: TBMConfig) -> 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-_CODE_MODULES = ("agents.features", "agents._feature_kernels", "labeling.tbm", "labeling.average_true_range")
+_CODE_MODULES = ("agents.data.features", "agents.data._feature_kernels", "labeling.tbm", "labeling.average_true_range")
 
 
 @functools.lru_cache(maxsize=1)

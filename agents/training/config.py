@@ -1,4 +1,4 @@
-"""The trainer's settings: frozen dataclasses, validated on construction, recorded in every agent.
+"""The trainer's settings: a frozen dataclass, validated on construction, recorded in every agent.
 
 Importing this module is light (no numpy, pandas or torch): the CLIs build their parsers from
 :func:`field_defaults` without constructing a config, so ``--help`` answers at once.
@@ -7,80 +7,24 @@ Importing this module is light (no numpy, pandas or torch): the CLIs build their
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..model.config import ModelConfig
 
 if TYPE_CHECKING:
     from labeling import TBMConfig
 
-    from .features import FeatureSpec
+    from ..data.features import FeatureSpec
 
-_POSITIONAL = ("learned", "sinusoidal")
-POOLING = ("last", "mean", "attention", "lags")  # how the encoded window becomes one vector
 LR_SCHEDULES = ("constant", "onecycle", "cosine")
-
-
-def loss_label(alpha: float | None, gamma: float) -> str:
-    """The training loss's name as the card and the console show it."""
-    return "cross-entropy" if alpha is None and gamma == 0 else f"focal loss (alpha {alpha}, gamma {gamma})"
 
 
 def field_defaults(cls) -> SimpleNamespace:
     """The plain defaults of a config dataclass's fields, without constructing (and validating) one;
     fields with a default factory are left out (a factory may build and validate a config)."""
     return SimpleNamespace(**{f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING})
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a TransformerAgent; JSON round-trip via to_dict/from_dict."""
-
-    n_features: int  # F, columns of the feature matrix
-    seq_len: int  # L, bars per window
-    d_model: int = 64  # width of the residual stream
-    n_heads: int = 4  # attention heads; must divide d_model
-    n_layers: int = 2  # encoder layers
-    dim_feedforward: int = 128  # hidden width of each layer's MLP
-    dropout: float = 0.1  # on embeddings, attention and MLP; inactive in eval()
-    positional: str = "learned"  # "learned" (a trained (L, d_model) table) or "sinusoidal" (fixed)
-    norm_first: bool = True  # pre-LN layers: steadier training without warm-up tricks
-    # "last": the last step's state; "mean": the mean over steps; "attention": a learned query attends
-    # over the steps; "lags": the last ``lags`` steps' states, each cut to ``lag_width`` channels,
-    # side by side into an MLP, so every lag keeps its own weights (what a tree on lagged features sees).
-    # "last" here is what agents exported before pooling was a choice used; TrainConfig picks the trained one
-    pooling: str = "last"
-    lags: int = 16  # steps read by pooling="lags" (at most seq_len)
-    lag_width: int = 8  # channels kept per lag with pooling="lags"
-
-    def __post_init__(self) -> None:
-        for name in ("n_features", "seq_len", "d_model", "n_heads", "n_layers", "dim_feedforward", "lags", "lag_width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.positional not in _POSITIONAL:
-            raise ValueError(f"ModelConfig.positional must be one of {_POSITIONAL}, got {self.positional!r}")
-        if self.pooling not in POOLING:
-            raise ValueError(f"ModelConfig.pooling must be one of {POOLING}, got {self.pooling!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
-
-
 
 
 # Upper bounds of the numeric options: far above any useful value, low enough that a typo (1e20, 65536)
@@ -144,7 +88,7 @@ class TrainConfig:
     normalise: str = "pooled"  # pooled | per-symbol
     profile: str = "auto"  # auto | beast | safe
     gpu: bool = False  # require CUDA
-    # how batches reach the model (agents.feed): auto = the profile's (beast on CUDA: resident);
+    # how batches reach the model (agents.data.feed): auto = the profile's (beast on CUDA: resident);
     # host | resident | prefetch; every feed gives the same batches for a seed
     feed: str = "auto"
     compile: bool = False  # torch.compile the model for training (CUDA; off unless it measurably helps)
@@ -194,7 +138,7 @@ class TrainConfig:
 
     @property
     def feature_spec(self) -> FeatureSpec:
-        from .features import FeatureSpec  # on use: features load pandas and numba
+        from ..data.features import FeatureSpec  # on use: features load pandas and numba
 
         return FeatureSpec.default() if self.features is None else FeatureSpec.from_names(list(self.features))
 

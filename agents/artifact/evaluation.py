@@ -1,4 +1,7 @@
-"""Honest metrics for a trained agent: every loss beside its no-skill baselines, AUC, drift check."""
+"""Honest metrics for a trained agent: every loss beside its no-skill baselines, AUC, drift check.
+
+``cfg`` is the run's `TrainConfig`, read by attribute only: artifact/ never imports training/.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..model.losses import FocalLoss, best_constant_probability
 from .baseline import GBM_LAGS, MAX_FIT_ROWS, evenly, gbm_baseline, gbm_fit_rows, linear_baselines
-from .losses import FocalLoss, best_constant_probability
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
-    from .model import TransformerAgent
-    from .prepare import Prepared
+    from ..data.prepare import Prepared
+    from ..model.transformer import TransformerAgent
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -72,7 +74,7 @@ def adversarial_auc(train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0, ma
     y = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
     from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
-    from .hardware import detect
+    from ..resources.hardware import detect
 
     clf = HistGradientBoostingClassifier(max_iter=100, max_depth=3, random_state=seed)
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
@@ -99,7 +101,7 @@ def predict_logits(model, ds, device, batch_size: int = SCORE_BATCH) -> np.ndarr
 
 
 def mean_loss(model, ds, loss_fn, device, batch_size: int = SCORE_BATCH) -> float:
-    """``loss_fn`` over every window of ``ds`` (a dataset, or `agents.feed.ResidentWindows`), batch by batch:
+    """``loss_fn`` over every window of ``ds`` (a dataset, or `agents.data.feed.ResidentWindows`), batch by batch:
     memory stays one batch whatever its size."""
     model.eval()
     total, count = 0.0, 0
@@ -116,7 +118,7 @@ def loss_of(loss_fn, logits: np.ndarray, y: np.ndarray) -> float:
     return float(loss_fn(torch.from_numpy(logits), torch.from_numpy(y.astype(np.float64))))
 
 
-def weights_summary(cfg: TrainConfig, prep) -> dict:
+def weights_summary(cfg, prep) -> dict:
     """What the card records of the sample weights: the scheme and the training labels' uniqueness."""
     u = np.asarray(prep.weights("train"), dtype=np.float64)
     q = np.quantile(u, [0.0, 0.5, 1.0]) if len(u) else [None] * 3
@@ -129,7 +131,7 @@ def weights_summary(cfg: TrainConfig, prep) -> dict:
                      else "every label weighs 1; the uniqueness is recorded for reference")}
 
 
-def loss_weights(cfg: TrainConfig, prep) -> np.ndarray | None:
+def loss_weights(cfg, prep) -> np.ndarray | None:
     """Each training window's loss weight (``--sample-weights``): the label's average uniqueness scaled to
     mean 1, or None (every label 1). The trainer trains with these, and the GBM baseline fits with them."""
     if cfg.sample_weights == "none":
@@ -142,7 +144,7 @@ def loss_weights(cfg: TrainConfig, prep) -> np.ndarray | None:
 _VAL_BLOCK_CELLS = 4_000_000
 
 
-def gbm_baseline_of(cfg: TrainConfig, prep: Prepared, y_tr: np.ndarray, y_va: np.ndarray, z_va: np.ndarray) -> dict:
+def gbm_baseline_of(cfg, prep: Prepared, y_tr: np.ndarray, y_va: np.ndarray, z_va: np.ndarray) -> dict:
     """The card's ``gbm_baseline``: LightGBM on the last min(seq_len, GBM_LAGS) bars of training windows drawn
     evenly (`gbm_fit_rows`), read in time order with the agent's sample weights; validation scored in blocks."""
     k = min(cfg.seq_len, GBM_LAGS)
@@ -157,7 +159,7 @@ def gbm_baseline_of(cfg: TrainConfig, prep: Prepared, y_tr: np.ndarray, y_va: np
                         weight=None if weights is None else weights[ids], block=cfg.horizon, seed=cfg.seed)
 
 
-def evaluate(cfg: TrainConfig, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
+def evaluate(cfg, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
     """Metrics stored in the agent card: every loss next to its no-skill baseline."""
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
     train_ds, val_ds = prep.dataset("train", cfg.seq_len), prep.dataset("val", cfg.seq_len)

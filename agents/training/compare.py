@@ -22,10 +22,10 @@ import pandas as pd
 
 from labeling import cpcv_paths, cpcv_splits
 
-from .baseline import GBM_LAGS, GBM_STOP_FRACTION, MAX_FIT_ROWS, evenly, fit_gbm, fit_logistic, gbm_fit_rows
+from ..artifact.baseline import GBM_LAGS, GBM_STOP_FRACTION, MAX_FIT_ROWS, evenly, fit_gbm, fit_logistic, gbm_fit_rows
+from ..artifact.evaluation import loss_weights, predict_logits, roc_auc
+from ..data.prepare import full_window_ends, prepare_blocks
 from .config import TrainConfig
-from .evaluation import loss_weights, predict_logits, roc_auc
-from .prepare import full_window_ends, prepare_blocks
 
 log = logging.getLogger(__name__)
 
