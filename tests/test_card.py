@@ -136,6 +136,10 @@ CASES = [
     ("tbm-list", _set("tbm", [1.5, 1.5, 20, 14]), "tbm"),
     ("tbm-horizon-zero", _set("tbm.horizon", 0), "tbm"),
     ("tbm-unknown-key", _set("tbm.ptt", 1.0), "tbm"),
+    ("rules-list", _set("rules", [0.5, 1.5]), "rules"),
+    ("rules-size-2", _set("rules.size_frac", 2.0), "rules"),
+    ("rules-other-pt", _set("rules.pt", 9.0), "rules"),
+    ("rules-other-threshold", _change("rules.threshold", lambda v: v / 2), "rules"),
     ("metrics-list", _set("metrics", []), "metrics"),
     ("metrics-auc-string", _set("metrics.val_auc", "0.51"), "metrics.val_auc"),
     ("metrics-logloss-nan", _set("metrics.val_logloss", math.nan), "metrics.val_logloss"),
@@ -204,6 +208,16 @@ def test_untouched_tiny_agent_loads_and_inspects_with_its_verdict(tiny_agent):
     assert done.returncode == 0, done.stderr
     assert f"verdict     {verdict(agent.meta['metrics'])}\n" in done.stdout
     assert "a bar every 1 day\n" in done.stdout  # the frequency run_backtest holds data to
+
+
+def test_the_card_carries_the_trading_rules_and_older_cards_derive_them(tiny_agent, tmp_path):
+    from labeling.rules import BarrierRules
+
+    agent = OnnxAgent.load(tiny_agent[0])
+    assert _card_of(tiny_agent[0])["rules"] == agent.rules.to_dict()
+    assert agent.rules == BarrierRules.from_tbm(agent.tbm, agent.threshold)
+    older = OnnxAgent.load(_tampered(tiny_agent[0], tmp_path / "older.onnx", _delete("rules")))
+    assert older.rules == agent.rules
 
 
 def test_card_without_validation_loads_and_has_no_verdict(tiny_agent, tmp_path):

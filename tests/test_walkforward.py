@@ -862,11 +862,11 @@ def test_trial_lines_round_parameters_and_name_the_scores():
               "dropout": 0.0, "seq_len": 32}
     assert wf_console.format_params(params) == "pt=1.75 sl=2.095 horizon=10 d_model=16 lr=3.21e-04 dropout=0 seq_len=32"
     assert wf_console.format_params({"lr": 3.2e-4, "big": 123456.0, "x": 12.5}) == "lr=3.2e-04 big=1.23e+05 x=12.5"
-    line = wf_console.trial_line(0, 3, "val_loss", 0.98712, auc=0.51234, sharpe=0.3121, trades=42, seconds=12.34,
-                          params={"pt": 1.75, "horizon": 10})
+    line = wf_console.trial_line(0, 3, "val_loss", 0.98712, {"auc": 0.51234, "sharpe": 0.3121, "trades": 42,
+                                                              "seconds": 12.34}, {"pt": 1.75, "horizon": 10})
     assert line == "fold 0 trial 3: val_loss 0.9871  (AUC 0.512, Sharpe 0.31, 42 trades, 12.3 s)  pt=1.75 horizon=10"
-    assert wf_console.trial_line(1, 0, "val_sharpe", -0.25, auc=None, sharpe=None, trades=0, seconds=1.0,
-                                 params={}) == (
+    assert wf_console.trial_line(1, 0, "val_sharpe", -0.25, {"auc": None, "sharpe": None, "trades": 0,
+                                                              "seconds": 1.0}, {}) == (
         "fold 1 trial 0: val_sharpe -0.2500  (AUC n/a, Sharpe n/a, 0 trades, 1.0 s)  ")
     assert wf_console.pruned_line(2, 5, 3, 1.02134, 8.06, {"pt": 2.0}) == (
         "fold 2 trial 5: pruned after epoch 3, val_loss 1.0213  (8.1 s)  pt=2")

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from importlib import metadata as _importlib_metadata
 from typing import TYPE_CHECKING, Any
 
+from labeling.rules import BarrierRules, TBMConfig
+
 if TYPE_CHECKING:  # annotations only: the card module stays importable on its own
     from ..data.prepare import PooledPrepared, Prepared
     from ..model.transformer import TransformerAgent
@@ -205,6 +207,7 @@ _FIELDS: tuple[tuple[str, bool, Check], ...] = (
     ("normalisation.std", REQUIRED, _items(_number(above=0))),  # divides every feature
     ("tbm", REQUIRED, _DICT),  # R: TBMConfig, checked as a whole below
     ("threshold", REQUIRED, _number(0, 1)),  # R, B
+    ("rules", OPTIONAL, _DICT),  # R: BarrierRules, the tbm and threshold above as one object; checked below
     ("model", REQUIRED, _DICT),  # I
     ("training_command", REQUIRED, _string(nonempty=False)),  # I
     ("dataset", REQUIRED, _DICT),  # I, B
@@ -295,9 +298,7 @@ def _one_line(exc: Exception) -> str:
 
 def _check_consistency(card: dict, path: str) -> None:
     """Fields that must agree with each other: the feature spec, its names, normalisation, warm-up, TBM."""
-    from labeling import TBMConfig  # here: these load numpy/pandas/numba, which the card module avoids
-
-    from ..data.features import FeatureSpec
+    from ..data.features import FeatureSpec  # here: it loads numpy/pandas/numba, which the card module avoids
 
     specs = card["features"].get("features")
     for i, entry in enumerate(specs if isinstance(specs, list) else ()):
@@ -334,10 +335,24 @@ def _check_consistency(card: dict, path: str) -> None:
     except (ValueError, TypeError) as exc:
         raise AgentFileError(f"{path}: metadata field 'tbm' holds invalid Triple Barrier settings: "
                              f"{_one_line(exc)} ({_FIX})") from None
+    if "rules" in card:  # agents exported before the rules were one object carry tbm and threshold only
+        _check_rules(card, path)
     ds = card["dataset"]
     if _as_datetime(ds["first_bar"]) > _as_datetime(ds["last_bar_used"]):
         raise _field_error(path, "dataset.first_bar", ds["first_bar"],
                            f"on or before dataset.last_bar_used ({ds['last_bar_used']})")
+
+
+def _check_rules(card: dict, path: str) -> None:
+    """The card's trading rules: valid, and the same barriers and threshold as its ``tbm`` and ``threshold``."""
+    try:
+        rules = BarrierRules.from_dict(card["rules"])
+    except (ValueError, TypeError) as exc:
+        raise AgentFileError(f"{path}: metadata field 'rules' holds invalid trading rules: {_one_line(exc)} "
+                             f"({_FIX})") from None
+    if rules.tbm != TBMConfig.from_dict(card["tbm"]) or rules.threshold != card["threshold"]:
+        raise AgentFileError(f"{path}: metadata field 'rules' disagrees with 'tbm' and 'threshold'; must hold the "
+                             f"same barriers and threshold ({_FIX})")
 
 
 def _check_per_symbol(card: dict, path: str, n_features: int) -> None:
@@ -421,6 +436,7 @@ def build_card(cfg, prep: Prepared | PooledPrepared, model: TransformerAgent, me
         "normalisation": prep.card_normalisation(),
         "tbm": cfg.tbm.to_dict(),
         "threshold": float(metrics["threshold"]),
+        "rules": BarrierRules.from_tbm(cfg.tbm, float(metrics["threshold"])).to_dict(),  # what a backtest trades
         "model": model.config.to_dict(),
         "dataset": prep.card_dataset(cfg),
         "metrics": metrics,

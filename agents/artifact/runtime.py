@@ -22,7 +22,7 @@ import pandas as pd
 
 from datafeeds.errors import escape
 from datafeeds.memory import MIB, memory_budget, size_text
-from labeling import TBMConfig
+from labeling.rules import BarrierRules, TBMConfig
 
 from ..data.features import FeatureSpec, compute_features
 from . import metadata as _meta
@@ -324,6 +324,9 @@ class OnnxAgent:
         self.feature_names = list(card["feature_names"])
         self.threshold = float(card["threshold"])
         self.tbm = TBMConfig.from_dict(card["tbm"])
+        # the trading rules it was built for (cards before they were one object: from tbm and threshold)
+        self.rules = (BarrierRules.from_dict(card["rules"]) if "rules" in card
+                      else BarrierRules.from_tbm(self.tbm, self.threshold))
         self._mean = np.asarray(card["normalisation"]["mean"], dtype=np.float64)
         self._std = np.asarray(card["normalisation"]["std"], dtype=np.float64)
         # an agent trained on a universe with --normalise per-symbol: each member's own statistics

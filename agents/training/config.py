@@ -11,11 +11,11 @@ from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+from labeling.rules import TBMConfig
+
 from ..model.config import ModelConfig
 
 if TYPE_CHECKING:
-    from labeling import TBMConfig
-
     from ..data.features import FeatureSpec
 
 LR_SCHEDULES = ("constant", "onecycle", "cosine")
@@ -69,10 +69,11 @@ class TrainConfig:
     weight_decay: float = 1e-2
     val_fraction: float = 0.2  # last fraction of the labelled events used for validation
     seed: int = 0
-    pt: float = 1.5  # take-profit barrier, in ATRs
-    sl: float = 1.5  # stop-loss barrier, in ATRs
-    horizon: int = 20  # vertical barrier, in bars
-    atr_period: int = 14
+    # the Triple Barrier labels (labeling.rules.TBMConfig, whose defaults these are)
+    pt: float = TBMConfig.pt  # take-profit barrier, in ATRs
+    sl: float = TBMConfig.sl  # stop-loss barrier, in ATRs
+    horizon: int = TBMConfig.horizon  # vertical barrier, in bars
+    atr_period: int = TBMConfig.atr_period
     # focal loss (Lin et al. 2017); the defaults, alpha None and gamma 0, are plain cross-entropy: with
     # alpha 0.25 and gamma 2 the learner barely moved on planted interactions (docs/LEARNER.md)
     focal_alpha: float | None = None  # weight of positives; None = unweighted
@@ -132,8 +133,6 @@ class TrainConfig:
 
     @property
     def tbm(self) -> TBMConfig:
-        from labeling import TBMConfig  # on use: the parser imports this module, not numba
-
         return TBMConfig(pt=self.pt, sl=self.sl, horizon=self.horizon, atr_period=self.atr_period)
 
     @property

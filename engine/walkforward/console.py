@@ -107,11 +107,11 @@ def _num(v) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
-def trial_line(fold: int, number: int, objective: str, value: float, *, auc, sharpe, trades: int, seconds: float,
-               params: dict) -> str:
-    """The one line logged per finished trial."""
-    return (f"fold {fold} trial {number}: {objective} {value:.4f}  (AUC {fmt(auc, '.3f')}, Sharpe "
-            f"{fmt(sharpe, '.2f')}, {trades} trades, {seconds:.1f} s)  {format_params(params)}")
+def trial_line(fold: int, number: int, objective: str, value: float, scores: dict, params: dict) -> str:
+    """The one line logged per finished trial; ``scores``: its ``auc``, ``sharpe``, ``trades`` and ``seconds``."""
+    return (f"fold {fold} trial {number}: {objective} {value:.4f}  (AUC {fmt(scores['auc'], '.3f')}, Sharpe "
+            f"{fmt(scores['sharpe'], '.2f')}, {scores['trades']} trades, {scores['seconds']:.1f} s)  "
+            f"{format_params(params)}")
 
 
 def pruned_line(fold: int, number: int, epoch: int, val_loss: float, seconds: float, params: dict) -> str:

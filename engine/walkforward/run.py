@@ -360,8 +360,8 @@ def _record_trial(ctx: _Context, fold: Fold, trial, fitted: _FittedTrial, thresh
     value = scores[cfg.objective]
     if value is None:  # AUC with one class, Sharpe of a flat curve: score as no skill
         value = {"val_auc": 0.5, "val_sharpe": 0.0}[cfg.objective]
-    log.info("%s", trial_line(fold.fold, trial.number, cfg.objective, value, auc=fitted.val_auc,
-                              sharpe=val["sharpe"], trades=val["n_trades"], seconds=seconds, params=trial.params))
+    shown = {"auc": fitted.val_auc, "sharpe": val["sharpe"], "trades": val["n_trades"], "seconds": seconds}
+    log.info("%s", trial_line(fold.fold, trial.number, cfg.objective, value, shown, trial.params))
     return float(value)
 
 
