@@ -2,11 +2,23 @@
 
 import sys
 
+from datafeeds.cli import ArgumentParser, run_command
 from datafeeds.samples import samples_table
 from datafeeds.universe import universes_table
 
 
-def main() -> int:
+def build_parser() -> ArgumentParser:
+    return ArgumentParser(prog="python -m datafeeds", description="List the bundled data samples and universes: "
+                          "any name listed is a valid --data of every command.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: parse, print the listing; the exit status."""
+    return run_command(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    build_parser().parse_args(argv)
     print(samples_table())
     print("\nuse a name as --data (or datafeeds.load_ohlcv(name)); "
           "provenance and hashes: datafeeds/samples/samples.json")

@@ -30,6 +30,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from datafeeds import write_atomic  # noqa: E402
 from engine.metrics import drawdown  # noqa: E402
+from engine.report import BENCH_LABEL, PORTFOLIO_BENCH_LABEL  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ _EXIT_COLOURS = {
 }
 _STRATEGY_COLOUR = "tab:blue"
 _BENCH_COLOUR = "dimgray"
-_BENCH_LABEL = "buy & hold"
 
 
 def plot_backtest(result, path: str | PathLike, *, title: str | None = None, label: str | None = None) -> Path:
@@ -198,7 +198,7 @@ def _signal_panel(ax, result, label: str) -> None:
     ax.set_ylabel("signal")
 
 
-def _equity_panel(ax, result, label: str, bench_label: str = _BENCH_LABEL) -> None:
+def _equity_panel(ax, result, label: str, bench_label: str = BENCH_LABEL) -> None:
     """Strategy vs buy-and-hold; the legend is the stats box: one aligned row of headline numbers per curve."""
     bench = result.benchmark_equity
     rows = [("", "return", "CAGR", "Sharpe", "max DD", "trades"), _stats_row(label, result.stats)]
@@ -232,7 +232,7 @@ def _fmt(value, spec: str) -> str:
     return spec.format(value)
 
 
-def _drawdown_panel(ax, result, label: str, bench_label: str = _BENCH_LABEL) -> None:
+def _drawdown_panel(ax, result, label: str, bench_label: str = BENCH_LABEL) -> None:
     dd = drawdown(result.equity) * 100.0
     ax.fill_between(dd.index, dd.to_numpy(), 0.0, color="tab:red", alpha=0.4, lw=0, label=label)
     if result.benchmark_equity is not None:
@@ -247,8 +247,6 @@ def _drawdown_panel(ax, result, label: str, bench_label: str = _BENCH_LABEL) -> 
 # ------------------------------------------------------------------------------------------------------
 # Portfolio backtests (engine.portfolio.PortfolioResult)
 # ------------------------------------------------------------------------------------------------------
-
-_PORTFOLIO_BENCH_LABEL = "equal weight"
 
 
 def plot_portfolio(result, path: str | PathLike, title: str | None = None, *, label: str | None = None) -> Path:
@@ -300,8 +298,8 @@ def portfolio_figure(result, title: str | None = None, *, label: str | None = No
     for ax in (ax_eq, ax_dd):
         ax.margins(x=0.005)
         ax.tick_params(labelbottom=False)  # the positions panel below shows the dates
-    _equity_panel(ax_eq, view, label, _PORTFOLIO_BENCH_LABEL)
-    _drawdown_panel(ax_dd, view, label, _PORTFOLIO_BENCH_LABEL)
+    _equity_panel(ax_eq, view, label, PORTFOLIO_BENCH_LABEL)
+    _drawdown_panel(ax_dd, view, label, PORTFOLIO_BENCH_LABEL)
     _positions_panel(ax_pos, result)
     _contribution_panel(ax_con, result)
     fig.suptitle(title, fontsize=11)

@@ -70,7 +70,8 @@ print("HEAVY", sorted(m for m in {heavy!r} if m in sys.modules), "EXIT", code, f
 """
 
 
-@pytest.mark.parametrize("cli", ["run_backtest.py", "agents.train", "engine.walkforward", "agents.inspect"])
+@pytest.mark.parametrize("cli", ["run_backtest.py", "agents.train", "engine.walkforward", "agents.inspect",
+                                 "datafeeds"])
 @pytest.mark.parametrize("argv", [["--help"], ["--no-such-option"]])
 def test_help_and_usage_errors_answer_before_heavy_imports(cli, argv):
     # --help and argparse errors must come back at once: parse before importing torch, pandas, backtrader ...

@@ -99,7 +99,7 @@ def test_universe_catalogue():
 
 
 def test_listing_shows_universes(capsys):
-    assert datafeeds_main() == 0
+    assert datafeeds_main([]) == 0
     out = capsys.readouterr().out
     samples_at = out.index("stoxx50fut_1m")
     line = next(ln for ln in out.splitlines() if ln.startswith("us_daily"))

@@ -442,7 +442,7 @@ def test_a_base_option_of_a_searched_group_is_refused(argv, option, group, capsy
 
 
 def test_base_options_of_unsearched_groups_or_at_their_defaults_are_kept():
-    parse = wf_cli.parser().parse_args
+    parse = wf_cli.build_parser().parse_args
     cfg = wf.config_from_args(parse(["--search", "labels", "--d-model", "32", "--lr", "0.01"]))
     assert (cfg.base.d_model, cfg.base.lr) == (32, 0.01)
     cfg = wf.config_from_args(parse(["--d-model", "16", "--pt", "2.5"]))  # 16 is the default; labels not searched
@@ -454,13 +454,13 @@ def test_base_options_of_unsearched_groups_or_at_their_defaults_are_kept():
 
 def test_test_engine_is_chosen_and_recorded():
     assert wf.WalkForwardConfig(engine="fast").fingerprint("x")["engines"] == {"validation": "fast", "test": "fast"}
-    assert wf.config_from_args(wf_cli.parser().parse_args([])).engine == "backtrader"
+    assert wf.config_from_args(wf_cli.build_parser().parse_args([])).engine == "backtrader"
     with pytest.raises(ValueError, match="did you mean 'fast'"):
         wf.WalkForwardConfig(engine="fats")
 
 
 def test_embargo_help_says_it_drops_out_of_sample_bars_and_understates_cagr():
-    text = " ".join(wf_cli.parser().format_help().split())
+    text = " ".join(wf_cli.build_parser().format_help().split())
     assert "only drops out-of-sample bars" in text and "CAGR" in text and "understates" in text
     assert "understates the return rate" in " ".join(wf.__doc__.split())
 

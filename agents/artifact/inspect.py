@@ -7,11 +7,9 @@ so ``--help`` and usage errors answer at once.
 from __future__ import annotations
 
 import json
-import sys
 from typing import TYPE_CHECKING
 
-from datafeeds.cli import ArgumentParser
-from datafeeds.errors import escape
+from datafeeds.cli import ArgumentParser, UsageError, run_command
 
 from .metadata import AgentFileError, loss_label
 from .verdict import CAVEAT, verdict
@@ -175,18 +173,25 @@ def escape_controls(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m agents.inspect", description="Print the model card of an exported agent.")
     p.add_argument("model", help="path to an .onnx agent, e.g. models/agent1.onnx")
     p.add_argument("--json", action="store_true", help="print the full metadata as JSON instead")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: parse, load the agent, print its card; the exit status (2: not a valid agent file)."""
+    return run_command(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     from .runtime import OnnxAgent  # here, not at the top: onnx/onnxruntime/pandas take a second to import
 
     try:
         agent = OnnxAgent.load(args.model)
     except AgentFileError as exc:
-        print(f"error: {escape(str(exc))}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     print(json.dumps(agent.meta, indent=2) if args.json else model_card(agent))
     return 0
-

@@ -16,13 +16,12 @@ import argparse
 import json
 import math
 import shlex
-import sys
 from pathlib import Path
 
-from datafeeds.cli import ArgumentParser
-from datafeeds.errors import escape
+from datafeeds.cli import ArgumentParser, UsageError, run_command
 
 from .config import TrainConfig, field_defaults
+
 
 def default_out(data: str) -> Path:
     """Where an agent trained on ``data`` goes by default: ``models/<data name>.onnx`` (never the
@@ -34,7 +33,7 @@ def default_out(data: str) -> Path:
     return Path("models") / f"{name}.onnx"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     d = field_defaults(TrainConfig)
     p = ArgumentParser(
         prog="python -m agents.train",
@@ -162,35 +161,41 @@ def _list_features() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
-    if args.list_features:
-        return _list_features()
+    """The command: parse, check, train (in child processes), print the card's summary; the exit status."""
+    return run_command(_main, argv)
+
+
+def check_options(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Refuse what would fail after training (UsageError): the agent file and checkpoint folder it would write,
+    and numbers the job file (JSON) cannot hold; the other options are validated by the first step.
+    Returns the agent's path and the checkpoint folder."""
     for key, value in config_dict(args).items():  # the job file is JSON: NaN and inf stop here, in one line
         if isinstance(value, float) and not math.isfinite(value):
-            print(f"error: --{key.replace('_', '-')} {value}: must be a finite number", file=sys.stderr)
-            return 2
+            raise UsageError(f"--{key.replace('_', '-')} {value}: must be a finite number")
     out = Path(args.out) if args.out else default_out(args.data)
     from datafeeds.atomic import refusal
 
     problem = refusal(out, streams=False)
     if problem:
-        print(f"error: --out {escape(str(out))}: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--out {out}: {problem}")
     if out.exists() and not args.overwrite:
-        print(f"error: --out {escape(str(out))} exists; pass --overwrite to replace it, or choose another --out",
-              file=sys.stderr)
-        return 2
-
-    from .staged import CARD_FILE, run
-
+        raise UsageError(f"--out {out} exists; pass --overwrite to replace it, or choose another --out")
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path("checkpoints") / out.stem
     for option, folder in (("--out", out.parent), ("--checkpoint-dir", ckpt_dir)):
         problem = unwritable(folder)
         if problem:  # found now, not after the training it would lose
-            print(f"error: {option}: cannot write in {escape(str(folder))} ({problem}); choose another folder",
-                  file=sys.stderr)
-            return 2
+            raise UsageError(f"{option}: cannot write in {folder} ({problem}); choose another folder")
+    return out, ckpt_dir
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_features:
+        return _list_features()
+    out, ckpt_dir = check_options(args)
+
+    from .staged import CARD_FILE, run
+
     command = "python -m agents.train" + ("" if not argv else " " + shlex.join(argv))
     # the steps run in child processes (agents.training.staged): this process stays small, so a container
     # holds one step's imports at a time; the options are validated by the first step

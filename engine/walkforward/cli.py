@@ -12,14 +12,11 @@ import shlex
 import sys
 
 from agents.training.config import field_defaults
-from datafeeds.cli import ArgumentParser
+from datafeeds.cli import ArgumentParser, UsageError, run_command
 from datafeeds.errors import escape
 from engine.walkforward import space
 from engine.config import ENGINES
 from engine.walkforward.config import OBJECTIVES, WalkForwardConfig, base_defaults, did_you_mean
-
-
-_Parser = ArgumentParser  # one-line errors, like every CLI here
 
 
 def _choice(name: str, options):
@@ -47,9 +44,9 @@ def cpcv_arg(text: str) -> tuple[int, int]:
     return n, k
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     d, b = field_defaults(WalkForwardConfig), base_defaults()
-    p = _Parser(
+    p = ArgumentParser(
         prog="python -m engine.walkforward", allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Walk-forward tuning: per fold, Optuna picks hyperparameters on train/validation, the best "
@@ -141,14 +138,18 @@ def config_from_args(args: argparse.Namespace) -> WalkForwardConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_args(argv)
+    """The command: parse, check, run (or resume) the walk-forward, print its summary; the exit status (2: a usage
+    or input error; 1: the storage or disk failed, or a fold could not finish; 130: interrupted)."""
+    return run_command(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     command = "python -m engine.walkforward" + ("" if not argv else " " + shlex.join(argv))
     try:
         cfg = config_from_args(args)
     except ValueError as exc:
-        print(f"error: {escape(str(exc))}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
 
     from agents import HardwareError
     from datafeeds import DataError
@@ -165,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         with console_logging(quiet=args.quiet):
             report = run_walk_forward(cfg, command=command, progress=not args.quiet)
     except (DataError, ValueError, HardwareError) as exc:  # HardwareError: the container is too small
-        print(f"error: {escape(str(exc))}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     except optuna.exceptions.StorageInternalError as exc:  # the database failed (full, gone) after retries
         cause = str(exc.__cause__ or exc).splitlines()[0]
         print(f"error: the study storage {redact(cfg.storage_url)} failed: {cause}; "
