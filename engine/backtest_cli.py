@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,13 @@ from typing import TYPE_CHECKING
 
 from datafeeds.cli import ArgumentParser, UsageError, run_command
 from datafeeds.errors import escape
+from engine.config import ENGINES, RunConfig
+from labeling.rules import MAX_BARS, BarrierRules, Costs
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from agents.runtime import OnnxAgent
+    from agents import OnnxAgent
     from engine.plan import Plan, PortfolioPlan
 
 DEFAULT_AGENT = "models/agent1.onnx"
@@ -69,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "training data; the first bar for baselines)")
     g.add_argument("--end", default=None, help="last bar of the period, ISO date (None = the end of the data)")
     g = p.add_argument_group("account and costs")
-    g.add_argument("--cash", type=float, default=100_000.0, help="starting cash")
+    g.add_argument("--cash", type=float, default=RunConfig.cash, help="starting cash")
     g.add_argument("--size-frac", type=float, default=None, help="fraction of equity committed per entry, (0, 1] "
                    "(None = 1 for one instrument; equity / --max-positions per entry for a universe, at most "
                    "the free cash)")
-    g.add_argument("--commission", type=float, default=0.0005, help="fraction of traded value per side")
-    g.add_argument("--slippage", type=float, default=0.0, help="fraction of price, against us on every fill")
-    g.add_argument("--risk-free", type=float, default=0.0,
+    g.add_argument("--commission", type=float, default=Costs.commission, help="fraction of traded value per side")
+    g.add_argument("--slippage", type=float, default=Costs.slippage, help="fraction of price, against us on every fill")
+    g.add_argument("--risk-free", type=float, default=RunConfig.risk_free,
                    help="annual risk-free rate for Sharpe and Sortino, e.g. 0.02")
     g = p.add_argument_group("agent strategy")
     g.add_argument("--threshold", type=float, default=None, help="enter when probability >= this (None = the agent's)")
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream bars through the agent one at a time (slower; same trades)")
     g.add_argument("--any-frequency", action="store_true", help="run an agent on bars of another frequency than it "
                    "was trained on (refused otherwise: its features and barriers count bars)")
-    g.add_argument("--engine", default="backtrader", choices=["backtrader", "fast"],
+    g.add_argument("--engine", default=RunConfig.engine, choices=ENGINES,
                    help="backtrader (the reference) or the parity-tested numba simulator (agent strategy only)")
     g = p.add_argument_group("portfolio (--data a universe)")
     g.add_argument("--max-positions", type=int, default=None, metavar="K",
@@ -113,23 +114,10 @@ def check_options(args) -> None:
         hint = f" did you mean {close[0]!r}?" if close else ""
         raise UsageError(f"--strategy: unknown strategy {args.strategy!r}:{hint} known strategies: "
                          f"{', '.join(sorted(STRATEGY_NAMES))}")
-    from labeling.tbm import MAX_BARS  # the labels' own bound on a horizon, in bars
-
-    fin = math.isfinite
+    _check_settings(args)  # the money, costs and trading rules: checked by their dataclasses
     checks = [
-        ("--cash", args.cash, fin(args.cash) and args.cash > 0, "a positive amount"),
-        ("--size-frac", args.size_frac, args.size_frac is None or 0 < args.size_frac <= 1,
-         "a fraction in (0, 1] (no leverage)"),
         ("--max-positions", args.max_positions, args.max_positions is None or 1 <= args.max_positions <= MAX_POSITIONS,
          f"a whole number of positions in 1..{MAX_POSITIONS:,}"),
-        ("--commission", args.commission, 0 <= args.commission < 1, "a fraction in [0, 1)"),
-        ("--slippage", args.slippage, 0 <= args.slippage < 1, "a fraction in [0, 1)"),
-        ("--risk-free", args.risk_free, -1 < args.risk_free < 1, "an annual rate in (-1, 1), e.g. 0.02 for 2%"),
-        ("--threshold", args.threshold, args.threshold is None or 0 <= args.threshold <= 1, "a probability in [0, 1]"),
-        ("--pt", args.pt, args.pt is None or (args.pt > 0 and fin(args.pt)), "a positive number of ATRs"),
-        ("--sl", args.sl, args.sl is None or (args.sl > 0 and fin(args.sl)), "a positive number of ATRs"),
-        ("--horizon", args.horizon, args.horizon is None or 1 <= args.horizon <= MAX_BARS,
-         f"a whole number of bars in 1..{MAX_BARS:,}"),
         ("--fast", args.fast, args.fast is None or 1 <= args.fast <= MAX_BARS,
          f"a whole number of bars in 1..{MAX_BARS:,}"),
         ("--slow", args.slow, args.slow is None or 2 <= args.slow <= MAX_BARS,
@@ -175,6 +163,33 @@ def check_options(args) -> None:
             raise UsageError(f"--fast {fast} must be shorter than --slow {slow}")
 
 
+# option -> (the dataclass that checks it, its field); None values are the agent's own and checked in its card
+_SETTINGS = {"--cash": (RunConfig, "cash"), "--risk-free": (RunConfig, "risk_free"), "--size-frac": (BarrierRules,
+             "size_frac"), "--commission": (Costs, "commission"), "--slippage": (Costs, "slippage"),
+             "--threshold": (BarrierRules, "threshold"), "--pt": (BarrierRules, "pt"), "--sl": (BarrierRules, "sl"),
+             "--horizon": (BarrierRules, "horizon")}
+
+
+def _check_settings(args) -> None:
+    """Each of the options behind RunConfig, Costs and BarrierRules through its dataclass's own check: one line
+    naming the option and its value."""
+    for option, (cls, field) in _SETTINGS.items():
+        value = getattr(args, field)
+        if value is None:
+            continue
+        try:
+            cls(**{field: value})
+        except ValueError as exc:
+            why = str(exc).removeprefix(f"{field} ")
+            raise UsageError(f"{option} {value}: {why}") from None
+
+
+def costs_and_run(args) -> tuple[Costs, RunConfig]:
+    """The options' costs, and the run's money, measurement and engine (the period comes from the plan)."""
+    return (Costs(commission=args.commission, slippage=args.slippage),
+            RunConfig(cash=args.cash, risk_free=args.risk_free, engine=args.engine))
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command: parse, check, run, print; the exit status (2: a usage or input error)."""
     return run_command(_main, argv)
@@ -205,13 +220,13 @@ def _backtest(args, run: SingleRun | PortfolioRun):
     """``run`` backtested with the options' money and costs: a BacktestResult, or a PortfolioResult."""
     from engine import run_backtest, run_portfolio
 
+    costs, settings = costs_and_run(args)
+    settings = settings.replace(start=run.plan.start, end=run.plan.end)
     if isinstance(run, PortfolioRun):
-        return run_portfolio(run.frames, run.signals, cash=args.cash, commission=args.commission,
-                             slippage=args.slippage, start=run.plan.start, end=run.plan.end,
-                             atr_period=run.atr_period, risk_free=args.risk_free, engine=args.engine, **run.params)
-    return run_backtest(run.history, args.strategy, cash=args.cash, commission=args.commission,
-                        slippage=args.slippage, start=run.plan.start, end=run.plan.end, signal=run.signal,
-                        atr_period=run.atr_period, engine=args.engine, risk_free=args.risk_free, **run.params)
+        return run_portfolio(run.frames, run.signals, rules=run.rules, costs=costs, run=settings,
+                             max_positions=run.max_positions)
+    return run_backtest(run.history, args.strategy, signal=run.signal, rules=run.rules, costs=costs, run=settings,
+                        **run.params)
 
 
 # ------------------------------------------------------------------------------------ options to a run
@@ -272,29 +287,26 @@ def _check_frequency(args, agent, df, data_name: str) -> None:
                      "or pass --any-frequency to run it anyway")
 
 
-def _agent_params(args, agent) -> dict:
-    """The agent strategy's threshold and barriers: the options', else the agent's own."""
-    tbm = agent.tbm
-    return dict(
-        threshold=agent.threshold if args.threshold is None else args.threshold,
-        pt=tbm.pt if args.pt is None else args.pt,
-        sl=tbm.sl if args.sl is None else args.sl,
-        horizon=tbm.horizon if args.horizon is None else args.horizon,
-    )
+def trading_rules(args, agent) -> BarrierRules:
+    """The rules traded: the agent's own (its card's), each option given instead; a baseline's size only."""
+    given = {k: getattr(args, k) for k in ("threshold", "pt", "sl", "horizon", "size_frac")
+             if getattr(args, k) is not None}
+    return (agent.rules if agent else BarrierRules()).replace(**given)
 
 
 @dataclass(frozen=True)
 class SingleRun:
     """One instrument's backtest, ready to run: the agent (None for a baseline), the data up to the period's
-    end (the warm-up included), the period, the strategy's parameters and the agent's signal (None: live)."""
+    end (the warm-up included), the period, the trading rules, the strategy's other parameters (smacross's
+    windows, a live agent) and the agent's signal (None: live)."""
 
     agent: OnnxAgent | None
     data_name: str
     history: pd.DataFrame
     plan: Plan
+    rules: BarrierRules
     params: dict
     signal: pd.Series | None
-    atr_period: int
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -311,9 +323,9 @@ class PortfolioRun:
     frames: dict[str, pd.DataFrame]
     signals: dict[str, pd.Series]
     plan: PortfolioPlan
-    params: dict
+    rules: BarrierRules
+    max_positions: int
     notes: tuple[str, ...]
-    atr_period: int
     members: list[str]  # every member of the universe, traded or not
 
 
@@ -343,7 +355,7 @@ def prepare_run(args) -> SingleRun | PortfolioRun:
                        data_sha256=df.attrs.get("sha256"))
     history = df.loc[:end] if end is not None else df
 
-    params = {"size_frac": 1.0 if args.size_frac is None else args.size_frac}
+    params = {}
     signal = None
     if args.strategy == "smacross":
         params.update(fast=args.fast or SMA_DEFAULTS[0], slow=args.slow or SMA_DEFAULTS[1])
@@ -356,7 +368,6 @@ def prepare_run(args) -> SingleRun | PortfolioRun:
             raise UsageError(f"--data {data_name}: {exc}") from None
         _check_frequency(args, agent, df, data_name)
         plan = with_warmup(plan, df.index, agent.warmup, data_name=data_name)
-        params.update(_agent_params(args, agent))
         if args.live:
             try:
                 agent.select_symbol_for(df)  # an agent normalised per symbol streams with this file's statistics
@@ -365,8 +376,8 @@ def prepare_run(args) -> SingleRun | PortfolioRun:
             params.update(live=True, agent=agent)
         else:
             signal = _signal(agent, history)
-    return SingleRun(agent=agent, data_name=data_name, history=history, plan=plan, params=params, signal=signal,
-                     atr_period=agent.tbm.atr_period if agent else 14)
+    return SingleRun(agent=agent, data_name=data_name, history=history, plan=plan, rules=trading_rules(args, agent),
+                     params=params, signal=signal)
 
 
 def prepare_portfolio(args, agent, data_name: str) -> PortfolioRun:
@@ -411,9 +422,9 @@ def prepare_portfolio(args, agent, data_name: str) -> PortfolioRun:
     if args.max_positions is not None and max_positions > n and args.size_frac is None:
         notes.append(f"note: --max-positions {max_positions} is more than the {n} instruments traded: at most {n} "
                      f"positions at once, each equity / {max_positions}")
-    params = dict(**_agent_params(args, agent), max_positions=max_positions, size_frac=args.size_frac)
     return PortfolioRun(agent=agent, data_name=data_name, frames=histories, signals=signals, plan=plan,
-                        params=params, notes=tuple(notes), atr_period=agent.tbm.atr_period, members=list(frames))
+                        rules=trading_rules(args, agent), max_positions=max_positions, notes=tuple(notes),
+                        members=list(frames))
 
 
 # ------------------------------------------------------------------------------------ printing and files
@@ -426,9 +437,7 @@ def _print_single(args, run: SingleRun, result) -> int:
     data_label = escape(Path(str(run.data_name)).name)
     returns = report.returns_by_period(result)
     if not args.quiet:
-        print(report.header_line(label, data_label, start=run.plan.start, end=run.plan.end, bars=len(result.equity),
-                                 cash=args.cash, commission=args.commission, slippage=args.slippage,
-                                 risk_free=args.risk_free, params=run.params))
+        print(report.header_line(label, data_label, result))
     print(report.results_table(result, label))
     if not args.quiet:
         print("\n" + report.returns_tables(returns, label))
@@ -449,9 +458,7 @@ def _print_portfolio(args, run: PortfolioRun, result) -> int:
     returns = report.returns_by_period(result)
     contribution = report.contribution_rows(result)
     if not args.quiet:
-        print(report.portfolio_header_line(label, data_label, result, start=run.plan.start, end=run.plan.end,
-                                           cash=args.cash, commission=args.commission, slippage=args.slippage,
-                                           risk_free=args.risk_free, params=run.params))
+        print(report.portfolio_header_line(label, data_label, result))
     print(report.portfolio_table(result, label))
     if not args.quiet:
         print(report.benchmark_line(result))
@@ -464,9 +471,9 @@ def _print_portfolio(args, run: PortfolioRun, result) -> int:
         f" ({len(left_out)} of {len(run.members)} instruments left out)" if left_out else "")
     return _write_outputs(args, result.trades, plot, lambda path: plot_portfolio(result, path, title, label=label),
                           lambda: report.build_portfolio_report(
-                              result, agent=run.agent.path, universe=run.data_name, members=run.members,
-                              left_out=left_out, notes=list(run.notes), signals=run.signals, returns=returns,
-                              contribution=contribution))
+                              result, about={"agent": run.agent.path, "universe": run.data_name, "members": run.members,
+                                             "left_out": left_out},
+                              notes=list(run.notes), signals=run.signals, returns=returns, contribution=contribution))
 
 
 def default_plot(label: str, data_name: str, sha256: str | None) -> Path:

@@ -54,27 +54,28 @@ def _cell(fmt, value) -> str:
 
 
 # ------------------------------------------------------------------------------------ text
-def header_line(label: str, data_label: str, *, start: pd.Timestamp, end: pd.Timestamp, bars: int, cash: float,
-                commission: float, slippage: float, risk_free: float, params: dict) -> str:
-    """The first line of a one-instrument backtest: what traded what, when, with which money and costs."""
-    return (f"{label} on {data_label}, {start.date()} .. {end.date()} "
-            f"({bars} bars), cash {cash:,.0f}, commission {commission:g}, "
-            f"slippage {slippage:g}"
+def header_line(label: str, data_label: str, result) -> str:
+    """The first line of a one-instrument backtest: what traded what, when, with which money and costs (all read
+    from the result's config)."""
+    c, params = result.config, result.config["params"]
+    return (f"{label} on {data_label}, {pd.Timestamp(c['start']).date()} .. {pd.Timestamp(c['end']).date()} "
+            f"({len(result.equity)} bars), cash {c['cash']:,.0f}, commission {c['commission']:g}, "
+            f"slippage {c['slippage']:g}"
             + (f", size {params['size_frac']:g} of equity" if params["size_frac"] != 1 else "")
             + (f", threshold {params['threshold']:.4f}" if "threshold" in params else "")
             + (f", SMA {params['fast']}/{params['slow']}" if "fast" in params else "")
-            + (f", risk-free {risk_free:.2%}" if risk_free else ""))
+            + (f", risk-free {c['risk_free']:.2%}" if c["risk_free"] else ""))
 
 
-def portfolio_header_line(label: str, data_label: str, result, *, start: pd.Timestamp, end: pd.Timestamp,
-                          cash: float, commission: float, slippage: float, risk_free: float, params: dict) -> str:
+def portfolio_header_line(label: str, data_label: str, result) -> str:
     """The first line of a portfolio backtest: the instruments traded, the period, positions, sizing and costs."""
-    symbols = result.config["symbols"]
-    return (f"{label} on {data_label}: {len(symbols)} instruments ({', '.join(symbols)}), {start.date()} .. "
-            f"{end.date()} ({len(result.equity)} times), at most {params['max_positions']} positions, "
-            f"{result.config['sizing']}, cash {cash:,.0f}, commission {commission:g}, "
-            f"slippage {slippage:g}, threshold {params['threshold']:.4f}"
-            + (f", risk-free {risk_free:.2%}" if risk_free else ""))
+    c, params = result.config, result.config["params"]
+    symbols = c["symbols"]
+    return (f"{label} on {data_label}: {len(symbols)} instruments ({', '.join(symbols)}), "
+            f"{pd.Timestamp(c['start']).date()} .. {pd.Timestamp(c['end']).date()} ({len(result.equity)} times), "
+            f"at most {params['max_positions']} positions, {c['sizing']}, cash {c['cash']:,.0f}, commission "
+            f"{c['commission']:g}, slippage {c['slippage']:g}, threshold {params['threshold']:.4f}"
+            + (f", risk-free {c['risk_free']:.2%}" if c["risk_free"] else ""))
 
 
 def results_table(result, label: str, bench_label: str = BENCH_LABEL, extra_rows=()) -> str:
@@ -224,13 +225,14 @@ def build_report(result, *, agent: str | None, data: str, engine: str, notes, re
     })
 
 
-def build_portfolio_report(result, *, agent: str, universe: str, members: list[str], left_out: list[str], notes,
-                           signals: dict, returns: dict, contribution: list[dict]) -> dict:
-    """A portfolio run for audit (JSON-ready): config, stats beside the benchmark's, contribution per instrument,
-    returns by period, trades (with their symbol), and per time the equity, benchmark, units held and signals."""
+def build_portfolio_report(result, *, about: dict, notes, signals: dict, returns: dict,
+                           contribution: list[dict]) -> dict:
+    """A portfolio run for audit (JSON-ready): config (the result's, then ``about``: the agent, universe, members
+    and those left out), stats beside the benchmark's, contribution per instrument, returns by period, trades
+    (with their symbol), and per time the equity, benchmark, units held and signals."""
     times = result.equity.index
     return jsonable({
-        "config": {**result.config, "agent": agent, "universe": universe, "members": members, "left_out": left_out},
+        "config": {**result.config, **about},
         "notes": notes,
         "stats": result.stats,
         "benchmark": benchmark_line(result).removeprefix("benchmark: "),

@@ -17,13 +17,13 @@ from datafeeds.cli import ArgumentParser, UsageError, run_command
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {  # module -> how it is run from a checkout
     "engine.backtest_cli": ["run_backtest.py"],
-    "agents.train": ["-m", "agents.train"],
-    "agents.inspect": ["-m", "agents.inspect"],
+    "agents.training.cli": ["-m", "agents.train"],
+    "agents.artifact.inspect": ["-m", "agents.inspect"],
     "engine.walkforward.cli": ["-m", "engine.walkforward"],
     "datafeeds.__main__": ["-m", "datafeeds"],
 }
-SCRIPTS = {"engine.backtest_cli": "engine/backtest_cli.py", "agents.train": "agents/train.py",  # and run_backtest.py
-           "agents.inspect": "agents/inspect.py", "engine.walkforward.cli": "engine/walkforward/__main__.py",
+SCRIPTS = {"engine.backtest_cli": "engine/backtest_cli.py",  # and run_backtest.py
+           "agents.training.cli": "agents/train.py", "agents.artifact.inspect": "agents/inspect.py", "engine.walkforward.cli": "engine/walkforward/__main__.py",
            "datafeeds.__main__": "datafeeds/__main__.py"}
 
 

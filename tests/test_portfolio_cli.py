@@ -248,7 +248,9 @@ def small_portfolio():
     frames = {s: load_ohlcv(s, start="2014-06-01", end="2015-12-31") for s in ("sp500", "nasdaq", "yhoo")}
     signals = {s: pd.Series(0.4 + 0.2 * np.sin(np.arange(len(f)) / 3.0 + k), index=f.index)
                for k, (s, f) in enumerate(frames.items())}
-    return run_portfolio(frames, signals, threshold=0.5, max_positions=2, start="2015-01-01")
+    from engine import RunConfig
+
+    return run_portfolio(frames, signals, max_positions=2, run=RunConfig(start="2015-01-01"))
 
 
 def test_portfolio_figure_has_the_four_panels(small_portfolio):

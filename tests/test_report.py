@@ -74,20 +74,23 @@ def test_returns_by_period_chain_and_print_as_tables():
 
 
 def test_header_lines_say_what_ran_with_which_costs():
-    kw = dict(start=T("2015-01-02"), end=T("2018-12-31"), bars=1006, cash=100_000.0, commission=0.0005, slippage=0.0)
-    assert report.header_line("agent1", "sp500", risk_free=0.0, params={"size_frac": 1.0, "threshold": 0.54471}, **kw) \
-        == ("agent1 on sp500, 2015-01-02 .. 2018-12-31 (1006 bars), cash 100,000, commission 0.0005, slippage 0, "
-            "threshold 0.5447")
-    assert report.header_line("smacross", "x.csv", risk_free=0.02, params={"size_frac": 0.5, "fast": 5, "slow": 20},
-                              **kw) == ("smacross on x.csv, 2015-01-02 .. 2018-12-31 (1006 bars), cash 100,000, "
-                                        "commission 0.0005, slippage 0, size 0.5 of equity, SMA 5/20, risk-free 2.00%")
+    facts = dict(start="2015-01-02 00:00:00", end="2018-12-31 00:00:00", cash=100_000.0, commission=0.0005,
+                 slippage=0.0)
+    res = SimpleNamespace(equity=pd.Series(np.ones(1006)), config=dict(
+        facts, risk_free=0.0, params={"size_frac": 1.0, "threshold": 0.54471}))
+    assert report.header_line("agent1", "sp500", res) == (
+        "agent1 on sp500, 2015-01-02 .. 2018-12-31 (1006 bars), cash 100,000, commission 0.0005, slippage 0, "
+        "threshold 0.5447")
+    res.config.update(risk_free=0.02, params={"size_frac": 0.5, "fast": 5, "slow": 20})
+    assert report.header_line("smacross", "x.csv", res) == (
+        "smacross on x.csv, 2015-01-02 .. 2018-12-31 (1006 bars), cash 100,000, commission 0.0005, slippage 0, "
+        "size 0.5 of equity, SMA 5/20, risk-free 2.00%")
     res = _result(EQUITY)
-    res.config.update(symbols=["a", "b"], sizing="equity / 3 per entry")
-    line = report.portfolio_header_line("agent1", "us", res, start=T("2015-01-02"), end=T("2018-12-31"),
-                                        cash=1e5, commission=0.0005, slippage=0.0, risk_free=0.0,
-                                        params={"max_positions": 3, "threshold": 0.5})
-    assert line == ("agent1 on us: 2 instruments (a, b), 2015-01-02 .. 2018-12-31 (3 times), at most 3 positions, "
-                    "equity / 3 per entry, cash 100,000, commission 0.0005, slippage 0, threshold 0.5000")
+    res.config.update(facts, risk_free=0.0, symbols=["a", "b"], sizing="equity / 3 per entry",
+                      params={"max_positions": 3, "threshold": 0.5})
+    assert report.portfolio_header_line("agent1", "us", res) == (
+        "agent1 on us: 2 instruments (a, b), 2015-01-02 .. 2018-12-31 (3 times), at most 3 positions, "
+        "equity / 3 per entry, cash 100,000, commission 0.0005, slippage 0, threshold 0.5000")
 
 
 def _portfolio_result():
@@ -166,8 +169,9 @@ def test_the_portfolio_report_holds_each_instrument():
     res = _portfolio_result()
     sig = pd.Series([0.1, 0.2, 0.3], index=res.equity.index)
     rows = report.contribution_rows(res)
-    rep = report.build_portfolio_report(res, agent="a.onnx", universe="us", members=["aa", "b", "c"], left_out=["c"],
-                                        notes=[], signals={"aa": sig, "b": sig.iloc[1:]}, returns={}, contribution=rows)
+    about = {"agent": "a.onnx", "universe": "us", "members": ["aa", "b", "c"], "left_out": ["c"]}
+    rep = report.build_portfolio_report(res, about=about, notes=[], signals={"aa": sig, "b": sig.iloc[1:]}, returns={},
+                                        contribution=rows)
     assert rep["config"]["members"] == ["aa", "b", "c"] and rep["config"]["left_out"] == ["c"]
     assert [r["symbol"] for r in rep["contribution"]] == ["aa", "b"] and rep["contribution_total"]["pnl"] == 20.0
     assert rep["benchmark"].startswith("equal-weight buy-and-hold of the 2 instruments")

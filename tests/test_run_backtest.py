@@ -119,7 +119,7 @@ def short_csv(tmp_path):
         (lambda a, d: ["--agent", str(a), "--start", "yesterday-ish"], "not an ISO date"),
         (lambda a, d: ["--agent", str(a), "--start", "01/02/2016"], "--start: '01/02/2016' is not an ISO date"),
         (lambda a, d: ["--agent", str(a), "--end", "31/12/2016"], "--end: '31/12/2016' is not an ISO date"),
-        (lambda a, d: ["--agent", str(a), "--size-frac", "1.5"], "--size-frac 1.5: must be a fraction in (0, 1]"),
+        (lambda a, d: ["--agent", str(a), "--size-frac", "1.5"], "--size-frac 1.5: must be in (0, 1] (no leverage)"),
         (lambda a, d: ["--agent", str(a), "--risk-free", "5"], "--risk-free 5.0: must be an annual rate"),
         (lambda a, d: ["--agent", str(a), "--fast", "5"], "--fast sets the smacross strategy"),
         (lambda a, d: ["--strategy", "smacross", "--fast", "30", "--slow", "10"],
@@ -127,7 +127,7 @@ def short_csv(tmp_path):
         (lambda a, d: ["--strategy", "smacross", "--agent", str(a)], "--agent sets the agent strategy"),
         (lambda a, d: ["--agent", str(a), "--trades", str(d / "t.txt")], "--trades"),
         (lambda a, d: ["--agent", str(a), "--strategy", "smacros"], "did you mean 'smacross'"),
-        (lambda a, d: ["--agent", str(a), "--cash", "-5"], "--cash -5.0: must be a positive amount"),
+        (lambda a, d: ["--agent", str(a), "--cash", "-5"], "--cash -5.0: must be a positive finite amount"),
         (lambda a, d: ["--agent", str(a), "--threshold", "1.5"], "--threshold"),
         (lambda a, d: ["--agent", str(a), "--horizon", "0"], "--horizon"),
         (lambda a, d: ["--agent", str(a), "--commission", "-0.1"], "--commission"),
@@ -231,8 +231,10 @@ def test_smacross_windows_size_and_risk_free_reach_the_backtest(tmp_path, capsys
     assert rep["config"]["params"] == {"size_frac": 0.5, "fast": 5, "slow": 20}
     assert rep["config"]["risk_free"] == 0.03 and rep["stats"]["risk_free"] == 0.03
     # the same run through the API, and its Sharpe at rf = 0 recomputed from the report's equity
-    direct = engine_run(load_ohlcv("nasdaq", end="2014-12-31"), "smacross", start="2010-01-01", end="2014-12-31",
-                        fast=5, slow=20, size_frac=0.5, risk_free=0.03)
+    from engine import BarrierRules, RunConfig
+
+    direct = engine_run(load_ohlcv("nasdaq", end="2014-12-31"), "smacross", rules=BarrierRules(size_frac=0.5),
+                        run=RunConfig(start="2010-01-01", end="2014-12-31", risk_free=0.03), fast=5, slow=20)
     assert rep["stats"]["sharpe"] == pytest.approx(direct.stats["sharpe"], rel=1e-12)
     equity = pd.Series(rep["bars"]["equity"], index=pd.to_datetime(rep["bars"]["datetime"]))
     assert compute_stats(equity)["sharpe"] > rep["stats"]["sharpe"]  # 3% a year of hurdle lowers it
