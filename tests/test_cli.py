@@ -23,7 +23,8 @@ COMMANDS = {  # module -> how it is run from a checkout
     "datafeeds.__main__": ["-m", "datafeeds"],
 }
 SCRIPTS = {"engine.backtest_cli": "engine/backtest_cli.py",  # and run_backtest.py
-           "agents.training.cli": "agents/train.py", "agents.artifact.inspect": "agents/inspect.py", "engine.walkforward.cli": "engine/walkforward/__main__.py",
+           "agents.training.cli": "agents/train.py", "agents.artifact.inspect": "agents/inspect.py",
+           "engine.walkforward.cli": "engine/walkforward/__main__.py",
            "datafeeds.__main__": "datafeeds/__main__.py"}
 
 
