@@ -166,6 +166,26 @@ def test_readme_is_short():
     assert n <= MAX_README_LINES, f"README.md has {n} lines; move detail into docs/ (limit {MAX_README_LINES})"
 
 
+def _layout_block(text: str) -> str:
+    """The first fenced block that starts with ``datafeeds/``: the repository's layout."""
+    return re.search(r"```\n(datafeeds/.*?)```", text, re.S).group(1)
+
+
+def test_the_layout_block_is_the_architecture_docs_and_names_real_folders():
+    block = _layout_block(README.read_text(encoding="utf-8"))
+    assert block == _layout_block((ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8"))
+    parent = None
+    for line in block.splitlines():
+        m = re.match(r"( {0,2})(\w+/|\w+\.py)\s", line)  # an entry, not a continuation line (indented further)
+        if not m:
+            continue
+        name = m.group(2)
+        path = ROOT / name if not m.group(1) else ROOT / parent / name
+        assert path.exists(), f"the layout names {name!r}, which is not at {path}"
+        if not m.group(1):
+            parent = name
+
+
 def test_readme_links_every_doc_and_shows_its_picture():
     targets = {t.partition("#")[0] for t in link_targets(README.read_text(encoding="utf-8"))}
     missing = [p.relative_to(ROOT).as_posix() for p in DOCS if p.relative_to(ROOT).as_posix() not in targets]
