@@ -1,8 +1,9 @@
 """What every command line of the project shares: the argument parser with one-line errors, ``UsageError``
 and ``run_command``, which runs a command's body with the common error and broken-pipe handling.
 
-Each command (``engine.backtest_cli``, ``agents.train``, ``agents.inspect``, ``engine.walkforward.cli``,
-``datafeeds.__main__``) is written the same way::
+Each command (``engine.backtest_cli``, ``agents.training.cli``, ``agents.artifact.inspect``,
+``engine.walkforward.cli``, ``datafeeds.__main__``) is written the same way (``engine.walkforward.cli`` runs as
+``python -m engine.walkforward``, through its package's ``__main__``)::
 
     def build_parser() -> ArgumentParser: ...          # the options; defaults without heavy imports
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 import labeling
 from engine.config import RunConfig
+from engine.jsonable import jsonable
 from engine.metrics import infer_periods_per_year, periods_per_year_rule
 from labeling.rules import BarrierRules, Costs
 from strategies import TRADE_FIELDS
@@ -53,6 +54,14 @@ def run_facts(df, period, atr, rules: BarrierRules, costs: Costs, run: RunConfig
         "periods_per_year_rule": "given" if run.periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
         "risk_free": run.risk_free,  # annual rate for Sharpe and Sortino
     }
+
+
+def agent_params(rules: BarrierRules, live: bool) -> dict:
+    """The agent strategy's parameters in effect, as a result's config records them (one instrument)."""
+    return {k: jsonable(v) for k, v in (("size_frac", rules.entry_fraction), ("threshold", rules.threshold),
+                                         ("pt", rules.pt), ("sl", rules.sl), ("horizon", rules.horizon),
+                                         ("live", live))}
+
 
 
 def _outside_unit(values: np.ndarray) -> bool:

@@ -31,6 +31,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from datafeeds import write_atomic  # noqa: E402
 from engine.metrics import drawdown  # noqa: E402
 from engine.report import BENCH_LABEL, PORTFOLIO_BENCH_LABEL  # noqa: E402
+from labeling.rules import BarrierRules  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _held_mask(index: pd.DatetimeIndex, trades: pd.DataFrame) -> np.ndarray:
 
 def _signal_panel(ax, result, label: str) -> None:
     ax.plot(result.signal.index, result.signal.to_numpy(), color="tab:blue", lw=0.7, label="probability")
-    threshold = result.config.get("params", {}).get("threshold", 0.5)
+    threshold = result.config.get("params", {}).get("threshold", BarrierRules.threshold)
     ax.axhline(threshold, color="tab:red", ls="--", lw=0.9, label=f"threshold {threshold:.4g}")
     # zoom on where the probabilities live: agents trained with focal loss rarely span [0, 1]
     values = result.signal.dropna().to_numpy()

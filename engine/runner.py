@@ -26,11 +26,10 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine.backtest_common import prepare_inputs, run_facts, trades_frame
+from engine.backtest_common import agent_params, prepare_inputs, run_facts, trades_frame
 from engine.cerebro import build_cerebro, run_strategy
 from engine.config import RunConfig
 from engine.fastsim import simulate
-from engine.fastsim.single import agent_params
 from engine.jsonable import jsonable
 from engine.metrics import compute_stats
 from engine.portfolio import run_portfolio
@@ -82,15 +81,16 @@ def run_backtest(
     if run.engine == "fast":
         if strat_cls is not TransformerAgentStrategy:
             raise ValueError(
-                f"engine='fast' simulates only the agent strategy (TransformerAgentStrategy), not "
-                f"{strat_cls.__name__}: use engine='backtrader' for it"
+                f"RunConfig(engine='fast') simulates only the agent strategy (TransformerAgentStrategy), not "
+                f"{strat_cls.__name__}: use RunConfig(engine='backtrader') for it"
             )
         if params.get("live", False):
             raise ValueError(
-                "engine='fast' needs a batch signal=, not live=True: use engine='backtrader' for live agents"
+                "RunConfig(engine='fast') needs a batch signal=, not live=True: use RunConfig(engine='backtrader') "
+                "for live agents"
             )
         if signal is None:
-            raise ValueError("engine='fast' needs signal= (probabilities aligned to the data)")
+            raise ValueError("RunConfig(engine='fast') needs signal= (probabilities aligned to the data)")
         return simulate(df, signal, atr=atr, rules=rules, costs=costs, run=run)
 
     live = bool(params.get("live", False))
@@ -137,7 +137,8 @@ def run_backtest(
         bench = (
             None if strat_cls is BuyAndHold and not params and rules.size_frac is None else
             run_backtest(period, BuyAndHold, atr=atr_full.loc[period.index], costs=costs,
-                         run=dataclasses.replace(run, start=None, end=None, periods_per_year=ppy, benchmark=False))
+                         run=dataclasses.replace(run, start=None, end=None, periods_per_year=ppy, benchmark=False,
+                                                    native_barriers=True))
         )
         bench_equity = equity if bench is None else bench.equity
         bench_stats = stats if bench is None else bench.stats

@@ -9,7 +9,7 @@ from ._checks import check_int
 
 
 @njit_cached
-def _atr_nb(high, low, close, period):
+def atr_nb(high, low, close, period):
     """Wilder ATR over float64 arrays; NaN before index `period`.
 
     TR[i] = max(h-l, |h-c[i-1]|, |l-c[i-1]|) for i >= 1 (TR[0] is undefined and unused);
@@ -73,4 +73,4 @@ def atr(high, low, close, period: int = 14) -> np.ndarray:
     c = _as_float_array(close, "close")
     if not (h.shape[0] == lo.shape[0] == c.shape[0]):
         raise ValueError(f"high, low, close must have equal lengths, got {h.shape[0]}, {lo.shape[0]}, {c.shape[0]}")
-    return _atr_nb(h, lo, c, p)
+    return atr_nb(h, lo, c, p)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from .jit import njit_cached
 
-from .average_true_range import _atr_nb
+from .average_true_range import atr_nb
 from .rules import TBMConfig
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def triple_barrier_labels(
         raise ValueError("pass either config=TBMConfig(...) or pt/sl/horizon/atr_period keywords, not both")
 
     high, low, close = _validate_bars(df)
-    a = _atr_nb(high, low, close, config.atr_period)
+    a = atr_nb(high, low, close, config.atr_period)
     touch_idx, barrier, touch_price = _triple_barrier_nb(high, low, close, a, config.pt, config.sl, config.horizon)
 
     events = np.flatnonzero(touch_idx >= 0)

@@ -318,3 +318,8 @@ def test_sweep_takes_explicit_rows_and_refuses_unknown_or_bad_parameters():
         sweep(df, sig, {"treshold": [0.5]})
     with pytest.raises(ValueError, match="configuration 1: horizon must be an integer >= 1"):
         sweep(df, sig, {"horizon": [5, 0]})
+    # a float frame (np.array of a grid's product) holds whole horizons as 10.0: taken as the integers they are
+    floats = sweep(df, sig, rows.astype(np.float64))
+    pd.testing.assert_frame_equal(floats, res)
+    with pytest.raises(ValueError, match="configuration 0: horizon must be an integer"):
+        sweep(df, sig, pd.DataFrame({"horizon": [10.5]}))

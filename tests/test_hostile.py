@@ -320,8 +320,8 @@ def test_every_cli_reports_a_usage_error_in_one_line(args, needle):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--horizon", "100000000000000000000", "--engine", "fast"], "--horizon 100000000000000000000: must be a whole "
-                                                                  "number of bars in 1..1,000,000"),
+    (["--horizon", "100000000000000000000", "--engine", "fast"], "--horizon 100000000000000000000: must be an "
+                                                                  "integer <= 1,000,000"),
     (["--max-positions", "100000000000000000000", "--data", "us_daily"], "must be a whole number of positions in "
                                                                          "1..100,000"),
     (["--strategy", "smacross", "--slow", "100000000000000000000"], "--slow 100000000000000000000: must be"),

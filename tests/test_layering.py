@@ -93,14 +93,14 @@ def test_the_walk_forward_engine_choices_are_the_engines_a_backtest_runs_on(caps
     # one list, engine.config.ENGINES (import-light, so --help needs no backtrader): every engine a backtest
     # accepts is a --engine choice, the default is one of them, and anything else is refused naming them
     from engine.config import ENGINES, RunConfig
-    from engine.walkforward.cli import parser
+    from engine.walkforward.cli import build_parser
     from engine.walkforward.config import WalkForwardConfig
 
     for name in ENGINES:
-        assert parser().parse_args(["--engine", name]).engine == RunConfig(engine=name).engine == name
+        assert build_parser().parse_args(["--engine", name]).engine == RunConfig(engine=name).engine == name
     assert WalkForwardConfig.engine == RunConfig.engine and RunConfig.engine in ENGINES
     with pytest.raises(SystemExit):
-        parser().parse_args(["--engine", "numba"])
+        build_parser().parse_args(["--engine", "numba"])
     assert f"choose from {', '.join(ENGINES)}" in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ so ``--help`` and usage errors answer at once.
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING
 
 from datafeeds.cli import ArgumentParser, UsageError, run_command
@@ -195,3 +196,7 @@ def _main(argv: list[str]) -> int:
         raise UsageError(str(exc)) from None
     print(json.dumps(agent.meta, indent=2) if args.json else model_card(agent))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

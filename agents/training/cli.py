@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import shlex
+import sys
 from pathlib import Path
 
 from datafeeds.cli import ArgumentParser, UsageError, run_command
@@ -243,3 +244,6 @@ def _main(argv: list[str]) -> int:
         print(f"            ({CAVEAT})")
     return 0
 
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,15 +18,17 @@ Arithmetic follows backtrader's own order of float operations (cash, commission,
 With ``horizon=1`` the time exit is ordered at the fill bar's close, so neither engine works the
 barriers: the position leaves at the next open.
 
-Portfolios (``simulate_portfolio``, behind ``engine.run_portfolio(engine="fast")``): ``portfolio_nb`` runs
+Portfolios (``simulate_portfolio``, behind ``engine.run_portfolio(run=RunConfig(engine="fast"))``):
+``portfolio_nb`` runs
 ``strategies.PortfolioAgentStrategy`` on BarrierBroker over (times x instruments) arrays with NaN where an
 instrument has no bar, including backtrader's cumulative cash check of each cycle's new orders and its
 first-in first-out order processing across instruments; tests/test_portfolio.py holds it to the
 backtrader run trade for trade (equity to 1e-9 relative; bit-equal in practice).
 
 Layout: the numba kernels (``kernels``: one instrument, the sweep; ``portfolio_kernel``) are pure functions over
-numpy arrays with NamedTuples in and out; ``single``, ``portfolio`` and ``grid`` are the thin pandas-facing
-wrappers that validate the inputs and assemble :class:`engine.results.BacktestResult` and friends.
+numpy arrays with NamedTuples in and out; ``inputs`` makes what they read from pandas; ``single``, ``portfolio``
+and ``grid`` are the thin pandas-facing wrappers that validate the inputs and assemble
+:class:`engine.results.BacktestResult` and friends.
 """
 
 from engine.fastsim.grid import SWEEP_PARAMS, sweep

@@ -15,7 +15,7 @@ import datafeeds
 from engine.backtest_common import prepare_inputs
 from engine.config import RunConfig
 from engine.fastsim.kernels import SWEEP_STATS, Clock, RuleGrid, sweep_nb
-from engine.fastsim.single import account, on_period, period_bars
+from engine.fastsim.inputs import account, on_period, period_bars
 from labeling.rules import BarrierRules, Costs
 
 SWEEP_PARAMS = ("threshold", "pt", "sl", "horizon", "size_frac")  # the BarrierRules fields a grid may vary
@@ -28,7 +28,7 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, atr=None, costs:
     ``grid``: field of :class:`~labeling.BarrierRules` -> values (``SWEEP_PARAMS``; their Cartesian product), or
     a DataFrame of explicit rows with some of those columns. Fields not given take ``rules``' (default
     ``BarrierRules()``). Returns one row per configuration: its parameters and the headline numbers
-    ``run_backtest(engine="fast")`` reports for it (``SWEEP_STATS``; NaN where that gives None).
+    ``run_backtest(run=RunConfig(engine="fast"))`` reports for it (``SWEEP_STATS``; NaN where that gives None).
     ``equity=True``: ``(that frame, equity curves)``, the curves a DataFrame on the period's bars with one column
     per configuration (8 bytes x bars x configurations: for short periods, e.g. validation blocks).
     """
@@ -79,4 +79,8 @@ def _grid_rows(grid) -> pd.DataFrame:
                          + f"; the parameters are {', '.join(SWEEP_PARAMS)}")
     if not len(rows):
         raise ValueError("sweep: the grid is empty")
+    if "horizon" in rows and rows["horizon"].dtype.kind == "f":  # a float frame (np.array of a product) holds 20.0
+        whole = rows["horizon"].to_numpy()
+        if np.all(np.isfinite(whole) & (whole == np.round(whole))):
+            rows = rows.assign(horizon=whole.astype(np.int64))
     return rows

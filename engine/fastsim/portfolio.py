@@ -1,5 +1,5 @@
 """The pandas-facing wrapper of the portfolio kernel: :func:`simulate_portfolio`, behind
-``engine.run_portfolio(engine="fast")``."""
+``engine.run_portfolio(run=RunConfig(engine="fast"))``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 
 from engine.fastsim.kernels import Bars
 from engine.fastsim.portfolio_kernel import TRADE_FLOATS, TRADE_INTS, portfolio_nb
-from engine.fastsim.single import REASON_NAMES, account, kernel_rules, prices
+from engine.fastsim.inputs import REASON_NAMES, account, kernel_rules, prices
 from labeling.rules import BarrierRules, Costs
 
 

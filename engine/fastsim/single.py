@@ -1,5 +1,6 @@
-"""The pandas-facing wrappers of the one-instrument kernel: :func:`simulate` (``run_backtest(engine="fast")``)
-and buy-and-hold through the same kernel; input validation and result assembly, no arithmetic of their own."""
+"""The pandas-facing wrappers of the one-instrument kernel: :func:`simulate` (what
+``run_backtest(run=RunConfig(engine="fast"))`` runs) and buy-and-hold through the same kernel; input validation
+and result assembly, no arithmetic of their own."""
 
 from __future__ import annotations
 
@@ -13,18 +14,16 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine.backtest_common import prepare_inputs, run_facts, trades_frame
+from engine.backtest_common import agent_params, prepare_inputs, run_facts, trades_frame
 from engine.config import RunConfig
-from engine.fastsim.kernels import Account, Bars, Rules, SimOut, simulate_nb
-from engine.jsonable import jsonable
+from engine.fastsim.inputs import REASON_NAMES, account, kernel_rules, on_period, period_bars
+from engine.fastsim.kernels import Bars, Rules, SimOut, simulate_nb
 from engine.metrics import compute_stats
 from engine.results import BacktestResult
 from labeling.rules import BarrierRules, Costs
-from strategies import EXIT_REASONS, TRADE_FIELDS
+from strategies import TRADE_FIELDS
 
 log = logging.getLogger(__name__)
-
-REASON_NAMES = pd.Index(EXIT_REASONS, dtype="str")  # code -> name by `take`, faster than a list (docs/DECISIONS.md)
 
 
 def simulate(
@@ -82,42 +81,6 @@ def simulate(
         stats=stats, benchmark_stats=bench_stats, benchmark_equity=bench_equity, config=config,
         periods_per_year=ppy, data=period, position=position,
     )
-
-
-def agent_params(rules: BarrierRules, live: bool) -> dict:
-    """The agent strategy's parameters in effect, as a result's config records them (one instrument)."""
-    return {k: jsonable(v) for k, v in (("size_frac", rules.entry_fraction), ("threshold", rules.threshold),
-                                         ("pt", rules.pt), ("sl", rules.sl), ("horizon", rules.horizon),
-                                         ("live", live))}
-
-
-def kernel_rules(rules: BarrierRules, default_size: float) -> Rules:
-    """``rules`` as the kernels read them; ``default_size`` stands for ``size_frac=None``."""
-    size = default_size if rules.size_frac is None else rules.size_frac
-    return Rules(rules.threshold, rules.pt, rules.sl, rules.horizon, float(size))
-
-
-def account(cash: float, costs: Costs) -> Account:
-    return Account(float(cash), costs.commission, costs.slippage)
-
-
-def period_bars(period: pd.DataFrame) -> Bars:
-    """The period's prices as the kernels read them (finite, contiguous float64)."""
-    return Bars(*(prices(period, col) for col in ("open", "high", "low", "close")))
-
-
-def on_period(values: pd.Series, df: pd.DataFrame, period: pd.DataFrame) -> np.ndarray:
-    """``values`` (on ``df.index``) over the period's bars as float64: a slice by position, not a reindex."""
-    lo = 0 if len(period) == len(df) else int(df.index.get_loc(period.index[0]))
-    return np.ascontiguousarray(values.to_numpy(dtype=np.float64)[lo : lo + len(period)])
-
-
-def prices(period: pd.DataFrame, col: str) -> np.ndarray:
-    values = np.ascontiguousarray(period[col].to_numpy(dtype=np.float64))
-    if not np.isfinite(values).all():
-        bad = period.index[~np.isfinite(values)][0]
-        raise ValueError(f"column {col!r} is not finite at {bad}: load the data with datafeeds.load_ohlcv")
-    return values
 
 
 def unpack(out: SimOut, index: pd.DatetimeIndex):

@@ -22,12 +22,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from agents.data.prepare import prepare_blocks
+from agents.data.prepare import full_window_ends, prepare_blocks
 from agents.training.trainer import fit
 from engine.runner import run_backtest
 from engine.walkforward import space
 from engine.walkforward.console import check_stop
-from engine.walkforward.predict import full_window_ends, logits, sigmoid
+from engine.walkforward.predict import logits, sigmoid
 from labeling import cpcv_paths, cpcv_splits
 
 log = logging.getLogger("engine.walkforward")

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from agents import LazySequenceDataset
-from agents.data.prepare import full_window_ends  # noqa: F401  (re-exported: cpcv and run read it from here)
 
 
 def logits(model, x: np.ndarray, seq_len: int, ends: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from agents import FocalLoss, LazySequenceDataset, OnnxAgent, export_agent
 from agents.model.losses import best_constant_probability
 from agents.artifact.evaluation import roc_auc
 from agents.artifact.metadata import build_card
-from agents.data.prepare import prepare_segments
+from agents.data.prepare import full_window_ends, prepare_segments
 from agents.artifact.export import EXPORTER_MEMORY
 from agents import TrainConfig, TransformerAgent, check_fits, detect, estimate_train_memory
 from agents.training.trainer import fit
@@ -39,7 +39,7 @@ from engine.metrics import infer_periods_per_year
 from engine.runner import run_backtest
 from engine.walkforward import space
 from engine.walkforward.config import VALIDATION_ENGINE, WalkForwardConfig
-from engine.walkforward.predict import full_window_ends, logits, sigmoid
+from engine.walkforward.predict import logits, sigmoid
 from engine.walkforward.space import Execution
 from engine.walkforward.cpcv import evaluate_cpcv
 from engine.walkforward.console import Progress, check_stop, format_params, pruned_line, stop_on_interrupt, trial_line

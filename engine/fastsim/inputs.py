@@ -1,0 +1,42 @@
+"""What the kernels read, made from pandas: prices, the period's slice of a series, the rules and the account as
+kernel NamedTuples, and the exit-reason names their codes stand for (shared by the fast simulator's wrappers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from engine.fastsim.kernels import Account, Bars, Rules
+from labeling.rules import BarrierRules, Costs
+from strategies import EXIT_REASONS
+
+REASON_NAMES = pd.Index(EXIT_REASONS, dtype="str")  # code -> name by `take`, faster than a list (docs/DECISIONS.md)
+
+
+def kernel_rules(rules: BarrierRules, default_size: float) -> Rules:
+    """``rules`` as the kernels read them; ``default_size`` stands for ``size_frac=None``."""
+    size = default_size if rules.size_frac is None else rules.size_frac
+    return Rules(rules.threshold, rules.pt, rules.sl, rules.horizon, float(size))
+
+
+def account(cash: float, costs: Costs) -> Account:
+    return Account(float(cash), costs.commission, costs.slippage)
+
+
+def period_bars(period: pd.DataFrame) -> Bars:
+    """The period's prices as the kernels read them (finite, contiguous float64)."""
+    return Bars(*(prices(period, col) for col in ("open", "high", "low", "close")))
+
+
+def on_period(values: pd.Series, df: pd.DataFrame, period: pd.DataFrame) -> np.ndarray:
+    """``values`` (on ``df.index``) over the period's bars as float64: a slice by position, not a reindex."""
+    lo = 0 if len(period) == len(df) else int(df.index.get_loc(period.index[0]))
+    return np.ascontiguousarray(values.to_numpy(dtype=np.float64)[lo : lo + len(period)])
+
+
+def prices(period: pd.DataFrame, col: str) -> np.ndarray:
+    values = np.ascontiguousarray(period[col].to_numpy(dtype=np.float64))
+    if not np.isfinite(values).all():
+        bad = period.index[~np.isfinite(values)][0]
+        raise ValueError(f"column {col!r} is not finite at {bad}: load the data with datafeeds.load_ohlcv")
+    return values
