@@ -1,5 +1,6 @@
 """Labels for supervised learning on bars: Wilder ATR, Triple Barrier labels, their uniqueness weights,
-purged splits, bet sizes from probabilities (AFML ch. 10); and the trading rules that share the labels' barriers (``labeling.rules``).
+purged splits, bet sizes from probabilities (AFML ch. 10); and the trading rules that share the labels'
+barriers (``labeling.rules``).
 
 Names load their module on first use (PEP 562), so the command lines read the rules' defaults without numba.
 """
