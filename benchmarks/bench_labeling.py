@@ -83,7 +83,7 @@ def main() -> None:
 
     h, lo, c = (df[col].to_numpy() for col in ("high", "low", "close"))
     a = atr(h, lo, c, cfg.atr_period)
-    kernel_args = (h, lo, c, a, cfg.pt, cfg.sl, cfg.horizon)
+    kernel_args = (h, lo, c, a, np.ones(len(c), np.int8), cfg.pt, cfg.sl, cfg.horizon)
 
     # JIT cost, reported apart from the run time: a fresh uncached copy of the kernel compiles from scratch.
     fresh = numba.njit(cache=False)(_triple_barrier_nb.py_func)

@@ -1,5 +1,6 @@
 """Labels for supervised learning on bars: Wilder ATR, Triple Barrier labels, their uniqueness weights,
-purged splits; and the trading rules that share the labels' barriers (``labeling.rules``).
+purged splits, bet sizes from probabilities (AFML ch. 10); and the trading rules that share the labels'
+barriers (``labeling.rules``).
 
 Names load their module on first use (PEP 562), so the command lines read the rules' defaults without numba.
 """
@@ -10,6 +11,7 @@ from datafeeds.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .average_true_range import atr
+    from .bet_sizing import average_active, bet_size
     from .rules import BarrierRules, Costs, TBMConfig
     from .splits import (CPCVSplit, Fold, calendar_cut, cpcv_paths, cpcv_splits, events_within,
                          purged_train_val_split, walk_forward_folds)
@@ -22,6 +24,8 @@ _EXPORTS = {  # public name -> its module
     "BarrierRules": ".rules",
     "Costs": ".rules",
     "triple_barrier_labels": ".tbm",
+    "bet_size": ".bet_sizing",
+    "average_active": ".bet_sizing",
     "label_spans": ".tbm",
     "average_uniqueness": ".weights",
     "Fold": ".splits",

@@ -17,11 +17,13 @@ _REQUIRED_COLUMNS = ("high", "low", "close")
 
 
 @njit_cached
-def _triple_barrier_nb(high, low, close, atr, pt, sl, horizon):
-    """First barrier touched after every bar t.
+def _triple_barrier_nb(high, low, close, atr, side, pt, sl, horizon):
+    """First barrier touched after every bar t that has a side (+1 long, -1 short; 0 no event).
 
-    Returns (touch_idx int64, barrier int8, touch_price float64), one entry per bar; left-out
-    events (ATR NaN, or t + horizon past the last bar) get touch_idx -1, barrier 0, price NaN.
+    The profit-taker is ``pt`` ATRs on the side's side of close[t] (above for a long, below for a short), the
+    stop ``sl`` ATRs on the other. Returns (touch_idx int64, barrier int8: +1 upper, -1 lower, 0 vertical,
+    touch_price float64), one entry per bar; left-out events (no side, ATR NaN, or t + horizon past the last
+    bar) get touch_idx -1, barrier 0, price NaN.
     """
     n = close.shape[0]
     touch_idx = np.full(n, -1, dtype=np.int64)
@@ -29,22 +31,25 @@ def _triple_barrier_nb(high, low, close, atr, pt, sl, horizon):
     touch_price = np.full(n, np.nan)
     for t in range(n - horizon):
         a = atr[t]
-        if np.isnan(a):
+        s = side[t]
+        if np.isnan(a) or s == 0:
             continue
-        upper = close[t] + pt * a
-        lower = close[t] - sl * a
+        upper = close[t] + (pt if s > 0 else sl) * a
+        lower = close[t] - (sl if s > 0 else pt) * a
         end = t + horizon
         touch_idx[t] = end
         touch_price[t] = close[end]
         for j in range(t + 1, end + 1):
-            # Lower is checked first: when one bar spans both barriers, the order inside the bar is
-            # unknown and we assume the worst (stop before target).
-            if low[j] <= lower:
+            hit_low = low[j] <= lower
+            hit_high = high[j] >= upper
+            # When one bar spans both barriers, the order inside the bar is unknown and we assume the worst:
+            # the stop first (the lower barrier for a long, the upper for a short).
+            if hit_low and (s > 0 or not hit_high):
                 touch_idx[t] = j
                 barrier[t] = -1
                 touch_price[t] = lower
                 break
-            if high[j] >= upper:
+            if hit_high:
                 touch_idx[t] = j
                 barrier[t] = 1
                 touch_price[t] = upper
@@ -97,6 +102,7 @@ def triple_barrier_labels(
     horizon: int | None = None,
     atr_period: int | None = None,
     config: TBMConfig | None = None,
+    side: int | pd.Series | np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Triple Barrier label for every bar that has an ATR and a full horizon ahead.
 
@@ -112,6 +118,14 @@ def triple_barrier_labels(
     -1 lower, 0 vertical). touch_price is the barrier price even when the bar gapped through it: the
     labels say which barrier was hit, not at what price a stop would have filled.
     Pass either `config` or the keyword parameters (those left out take TBMConfig's defaults), not both.
+
+    ``side`` (AFML 3.6, meta-labels): the bet of each event, +1 long or -1 short: one side for every bar, a
+    Series on some of ``df``'s timestamps (the events: only those bars are labelled) or an array of len(df).
+    A short's profit-taker lies ``pt`` ATRs below close[t] and its stop ``sl`` ATRs above; a bar touching
+    both counts as its stop (the upper barrier), as a long's counts as its stop (the lower). ``label`` is
+    then the meta-label, 1 iff the side's profit-taker came first, and a ``side`` column is added;
+    ``barrier`` and ``ret`` stay physical (upper/lower, the price move). ``side=None``: every bar long, the
+    frame of before (no ``side`` column).
     """
     given = {k: v for k, v in (("pt", pt), ("sl", sl), ("horizon", horizon), ("atr_period", atr_period))
              if v is not None}
@@ -123,8 +137,10 @@ def triple_barrier_labels(
         raise ValueError("pass either config=TBMConfig(...) or pt/sl/horizon/atr_period keywords, not both")
 
     high, low, close = _validate_bars(df)
+    sides = _event_sides(side, df.index)
     a = atr_nb(high, low, close, config.atr_period)
-    touch_idx, barrier, touch_price = _triple_barrier_nb(high, low, close, a, config.pt, config.sl, config.horizon)
+    touch_idx, barrier, touch_price = _triple_barrier_nb(high, low, close, a, sides, config.pt, config.sl,
+                                                         config.horizon)
 
     events = np.flatnonzero(touch_idx >= 0)
     if events.size == 0:
@@ -135,16 +151,48 @@ def triple_barrier_labels(
     index = df.index[events]
     index = index.rename("datetime")
     b = barrier[events]
-    out = pd.DataFrame(
-        {
-            "label": (b == 1).astype(np.int8),
-            "t1": df.index[touch_idx[events]].to_numpy(),
-            "ret": touch_price[events] / close[events] - 1.0,
-            "barrier": b,
-        },
-        index=index,
-    )
+    columns = {
+        "label": (b == sides[events]).astype(np.int8),  # the side's profit-taker (+1 upper long, -1 lower short)
+        "t1": df.index[touch_idx[events]].to_numpy(),
+        "ret": touch_price[events] / close[events] - 1.0,
+        "barrier": b,
+    }
+    if side is not None:
+        columns["side"] = sides[events]
+    out = pd.DataFrame(columns, index=index)
     out.attrs["tbm"] = config.to_dict()
+    return out
+
+
+def _event_sides(side, index: pd.DatetimeIndex) -> np.ndarray:
+    """The side of every bar as int8 (+1, -1, 0 = no event) from ``side`` (see ``triple_barrier_labels``)."""
+    n = len(index)
+    if side is None:
+        return np.ones(n, dtype=np.int8)
+    if isinstance(side, pd.Series):
+        where = index.get_indexer(side.index)
+        if (where < 0).any():
+            bad = side.index[where < 0][0]
+            raise ValueError(f"side has timestamp {bad}, which is not a bar of df: give sides on df's timestamps")
+        values = side.to_numpy()
+        stamps = side.index
+    elif np.ndim(side) == 0:
+        values = np.full(n, side, dtype=object)
+        where, stamps = np.arange(n), index
+    else:
+        values = np.asarray(side)
+        if values.shape != (n,):
+            raise ValueError(f"side has shape {values.shape}; give one side per bar ({n},), a Series on event "
+                             "timestamps, or +1/-1 for every bar")
+        where, stamps = np.arange(n), index
+    ok = np.array([not isinstance(v, bool) and v in (1, -1) for v in values.tolist()], dtype=bool)
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        shown = values[k].item() if isinstance(values[k], np.generic) else values[k]
+        raise ValueError(f"side at {stamps[k]} is {shown!r}; a side is +1 (long) or -1 (short): leave bars "
+                         "without a bet out of the Series (e.g. side.dropna())")
+    out = np.zeros(n, dtype=np.int8)
+    out[where] = values.astype(np.int64)
     return out
 
 

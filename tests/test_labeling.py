@@ -142,9 +142,10 @@ def _path(n=4, **bars):
     return h, lo, c
 
 
-def _first_event(h, lo, c, pt=1.0, sl=1.0, horizon=3):
-    """Kernel result for event 0 with ATR = 1 everywhere, so barriers are 100 + pt and 100 - sl."""
-    idx, bar, price = _triple_barrier_nb(h, lo, c, np.ones(len(c)), pt, sl, horizon)
+def _first_event(h, lo, c, pt=1.0, sl=1.0, horizon=3, side=1):
+    """Kernel result for event 0 with ATR = 1 everywhere, so a long's barriers are 100 + pt and 100 - sl (a
+    short's 100 + sl and 100 - pt)."""
+    idx, bar, price = _triple_barrier_nb(h, lo, c, np.ones(len(c)), np.full(len(c), side, np.int8), pt, sl, horizon)
     return int(idx[0]), int(bar[0]), float(price[0])
 
 
@@ -184,9 +185,33 @@ def test_kernel_leaves_out_nan_atr_and_short_horizon():
     h, lo, c = _path(n=6)
     a = np.ones(6)
     a[0] = np.nan
-    idx, bar, price = _triple_barrier_nb(h, lo, c, a, 1.0, 1.0, 3)
+    idx, bar, price = _triple_barrier_nb(h, lo, c, a, np.ones(6, np.int8), 1.0, 1.0, 3)
     np.testing.assert_array_equal(idx, [-1, 4, 5, -1, -1, -1])  # t=1,2 vertical; t>=3 lack 3 bars ahead
     assert np.isnan(price[[0, 3, 4, 5]]).all() and (bar == 0).all()
+    idx, _, _ = _triple_barrier_nb(h, lo, c, np.ones(6), np.array([1, 0, -1, 1, 1, 1], np.int8), 1.0, 1.0, 3)
+    np.testing.assert_array_equal(idx, [3, -1, 5, -1, -1, -1])  # no side, no event
+
+
+# ---------------------------------------------------------------- shorts (side -1): the mirror
+
+
+def test_short_profit_taker_below_and_stop_above():
+    # short at 100, pt=2 -> profit-taker 98, sl=1 -> stop 101
+    h, lo, c = _path(low={2: 98.0})
+    assert _first_event(h, lo, c, pt=2.0, sl=1.0, side=-1) == (2, -1, 98.0)
+    h, lo, c = _path(high={1: 101.0}, low={2: 97.0})  # the stop touched exactly at the high, before the target
+    assert _first_event(h, lo, c, pt=2.0, sl=1.0, side=-1) == (1, 1, 101.0)
+
+
+def test_short_gap_through_the_stop_uses_the_stop_price():
+    h, lo, c = _path(high={1: 106.0}, low={1: 105.0}, close={1: 105.5})  # opens far above the stop at 101
+    assert _first_event(h, lo, c, pt=2.0, sl=1.0, side=-1) == (1, 1, 101.0)
+
+
+def test_short_same_bar_tie_goes_to_its_stop_the_upper_barrier():
+    h, lo, c = _path(high={2: 101.5}, low={2: 97.5})  # spans both 101 (stop) and 98 (target)
+    assert _first_event(h, lo, c, pt=2.0, sl=1.0, side=-1) == (2, 1, 101.0)
+    assert _first_event(h, lo, c, pt=1.0, sl=2.0, side=1) == (2, -1, 98.0)  # the long's mirror: its stop, lower
 
 
 # ---------------------------------------------------------------- wrapper, hand-made frame
@@ -220,6 +245,57 @@ def test_wrapper_hand_computed_labels():
     assert out["label"].dtype == np.int8 and out["barrier"].dtype == np.int8
     assert out["ret"].dtype == np.float64 and np.issubdtype(out["t1"].dtype, np.datetime64)
     assert out.attrs["tbm"] == TBMConfig(pt=1.0, sl=1.0, horizon=2, atr_period=1).to_dict()
+
+
+def test_meta_labels_of_hand_computed_shorts_and_mixed_sides():
+    df = _tiny_frame()
+    # ATR(1) = TR: 1.0, 1.2, 1.6 at bars 1..3.
+    # t=1 short: target 10.1 - 1.0 = 9.1, stop 11.1: bar 2's high 11.2 -> the stop (upper), label 0.
+    # t=2 short: target 11.0 - 1.2 = 9.8, stop 12.2: bar 3's low 9.7 -> the target (lower), label 1.
+    # t=3 long: 11.6 / 8.4 never touched in bars 4..5 -> vertical at close[5] = 10.2, label 0.
+    side = pd.Series([-1, -1, 1], index=df.index[1:4])
+    out = triple_barrier_labels(df, pt=1.0, sl=1.0, horizon=2, atr_period=1, side=side)
+    assert list(out.index) == list(df.index[1:4])
+    assert out["barrier"].tolist() == [1, -1, 0] and out["label"].tolist() == [0, 1, 0]
+    assert out["side"].tolist() == [-1, -1, 1] and out["side"].dtype == np.int8
+    assert list(out["t1"]) == [df.index[2], df.index[3], df.index[5]]
+    np.testing.assert_allclose(out["ret"], [11.1 / 10.1 - 1, 9.8 / 11.0 - 1, 10.2 / 10.0 - 1], rtol=1e-12)
+    # t=2 short with its target 2 ATRs away (8.6) and its stop at 12.2: neither -> vertical at close[4] = 10.1
+    far = triple_barrier_labels(df, pt=2.0, sl=1.0, horizon=2, atr_period=1, side=pd.Series([-1], index=df.index[2:3]))
+    assert far["barrier"].tolist() == [0] and far["label"].tolist() == [0] and far["t1"].tolist() == [df.index[4]]
+
+
+def test_all_long_sides_are_the_long_only_labels(bars):
+    plain = triple_barrier_labels(bars)
+    longs = triple_barrier_labels(bars, side=1)
+    pd.testing.assert_frame_equal(longs.drop(columns="side"), plain)
+    assert (longs["side"] == 1).all()
+
+
+def test_shorts_mirror_longs_on_real_bars(bars):
+    longs = triple_barrier_labels(bars, pt=2.0, sl=1.0)
+    shorts = triple_barrier_labels(bars, pt=1.0, sl=2.0, side=-1)  # the same two prices, roles swapped
+    assert longs.index.equals(shorts.index)
+    same = longs["barrier"] == shorts["barrier"]  # all but the bars touching both: each side's stop wins there
+    assert same.mean() > 0.97
+    assert ((longs.loc[~same, "barrier"] == -1) & (shorts.loc[~same, "barrier"] == 1)).all()
+    assert (shorts["label"] == (shorts["barrier"] == -1)).all()
+    assert (longs.loc[same, "label"] + shorts.loc[same, "label"] <= 1).all()  # never both targets first
+
+
+@pytest.mark.parametrize("side, match", [
+    (0, r"side at .* is 0; a side is \+1 \(long\) or -1 \(short\)"),
+    (2, "is 2"),
+    (True, "is True"),
+    (lambda d: pd.Series([1.0, np.nan], index=d.index[:2]), "2024-01-02 00:00:00 is nan"),
+    (lambda d: pd.Series([1], index=[pd.Timestamp("1999-01-01")]), "not a bar of df"),
+    (lambda d: np.ones(3), "shape"),
+    (lambda d: np.array(["1"] * len(d)), "is '1'"),
+])
+def test_bad_sides_are_refused_in_one_line(side, match):
+    df = _tiny_frame()
+    with pytest.raises(ValueError, match=match):
+        triple_barrier_labels(df, horizon=2, atr_period=1, side=side(df) if callable(side) else side)
 
 
 def test_wrapper_accepts_config_and_rejects_config_plus_keywords():
