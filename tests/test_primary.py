@@ -1,0 +1,72 @@
+"""Primary models (labeling.primary): sides by hand, against pandas, causal (truncating the future changes no
+side), their command-line spelling, and their sides as meta-label events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datafeeds import load_ohlcv
+from labeling import triple_barrier_labels
+from labeling.primary import MomentumRule, SmaCrossRule, parse_primary, primary_side
+
+IDX = pd.date_range("2024-01-01", periods=7, freq="D")
+HAND = pd.DataFrame({"close": [1.0, 2.0, 3.0, 4.0, 3.0, 2.0, 1.0]}, index=IDX)
+
+
+def test_sides_by_hand():
+    # smacross 1/3: t=2 3 > 2, t=3 4 > 3, t=4 3 < 3.33, t=5 2 < 3, t=6 1 < 2
+    assert primary_side(HAND, SmaCrossRule(fast=1, slow=3)).tolist() == [1, 1, -1, -1, -1]
+    # momentum 2: t=2 3-1, t=3 4-2 up; t=4 3-3 flat (no bet); t=5 2-4, t=6 1-3 down
+    side = primary_side(HAND, MomentumRule(lookback=2))
+    assert side.tolist() == [1, 1, -1, -1] and list(side.index) == list(IDX[[2, 3, 5, 6]])
+    assert side.dtype == np.int8 and side.name == "side"
+
+
+def test_sma_cross_is_the_sign_of_pandas_rolling_means():
+    df = load_ohlcv("sp500")
+    got = SmaCrossRule(fast=10, slow=30).sides(df["close"].to_numpy())
+    diff = (df["close"].rolling(10).mean() - df["close"].rolling(30).mean()).to_numpy()
+    clear = np.abs(np.nan_to_num(diff)) > 1e-9 * df["close"].to_numpy()  # not a tie to rounding
+    want = np.sign(np.nan_to_num(diff)).astype(np.int8)
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(got[clear], want[clear])
+    assert (got[:29] == 0).all()
+
+
+@pytest.mark.parametrize("rule", [SmaCrossRule(), MomentumRule(lookback=5)])
+def test_truncating_the_future_changes_no_side(rule):
+    df = load_ohlcv("nasdaq").iloc[:2000]
+    full = primary_side(df, rule)
+    for cut in (100, 777, 1500):
+        part = primary_side(df.iloc[:cut], rule)
+        pd.testing.assert_series_equal(part, full[full.index < df.index[cut]])
+
+
+def test_the_command_line_spelling():
+    assert parse_primary("smacross:fast=5,slow=20") == SmaCrossRule(fast=5, slow=20)
+    assert parse_primary("momentum") == MomentumRule() and parse_primary(" momentum: lookback=60 ").lookback == 60
+
+
+@pytest.mark.parametrize("text, match", [
+    ("smacros", "primary 'smacros' is unknown; did you mean 'smacross'"),
+    ("momentum:lookbak=3", "'lookbak=3' is not a parameter; did you mean 'lookback'"),
+    ("smacross:fast", "'fast' is not a parameter"),
+    ("smacross:fast=x", "fast='x' is not a whole number"),
+    ("smacross:fast=30,slow=20", "fast < slow"),
+    ("momentum:lookback=0", "momentum lookback must be an integer >= 1"),
+])
+def test_bad_primaries_are_one_line(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_primary(text)
+
+
+def test_the_sides_are_meta_label_events():
+    df = load_ohlcv("sp500").iloc[-600:]
+    side = primary_side(df, MomentumRule(lookback=20))
+    labels = triple_barrier_labels(df, side=side)
+    assert set(labels.index) <= set(side.index)
+    assert (labels["side"] == side.reindex(labels.index)).all()
+    assert (labels["label"] == (labels["barrier"] == labels["side"])).all()
+    assert 0 < labels["label"].mean() < 1
