@@ -234,9 +234,16 @@ def _load_agent(path: str):
     from agents import AgentFileError, OnnxAgent
 
     try:
-        return OnnxAgent.load(path)
+        agent = OnnxAgent.load(path)
     except AgentFileError as exc:
         raise UsageError(f"--agent: {exc}") from None
+    train_config = agent.meta.get("train_config")
+    primary = train_config.get("primary") if isinstance(train_config, dict) else None
+    if primary:  # its probability says whether the primary's bet pays, not whether to buy
+        raise UsageError(f"--agent {path} was trained on the meta-labels of primary {primary!r}: it sizes that "
+                         "rule's long and short bets, which this command cannot trade yet (it is long-only); "
+                         "backtest an agent trained without --primary")
+    return agent
 
 
 def _signal(agent, history):

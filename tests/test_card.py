@@ -440,3 +440,20 @@ def test_verdict_boundary_is_the_stated_level():
 ])
 def test_verdict_without_usable_validation_numbers(metrics, expected):
     assert verdict(metrics) == expected
+
+
+def test_a_meta_labelled_agent_shows_its_primary_alone_and_is_not_backtested_long_only(tiny_agent, tmp_path):
+    from agents.artifact.inspect import model_card
+
+    def meta(card):
+        card["train_config"]["primary"] = "momentum:lookback=20"
+        card["metrics"]["primary"] = {"rule": "momentum:lookback=20", "val_bets": 120, "val_precision": 0.525}
+
+    path = _tampered(tiny_agent[0], tmp_path / "meta.onnx", meta)
+    line = next(ln for ln in model_card(OnnxAgent.load(path)).splitlines() if ln.startswith("primary"))
+    assert line.startswith("primary     momentum:lookback=20 alone: precision 0.525 over 120 validation bets; "
+                           "the agent at its threshold: ")
+    done = subprocess.run([sys.executable, "run_backtest.py", "--agent", str(path), "--no-plot"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert "trained on the meta-labels of primary 'momentum:lookback=20'" in done.stderr

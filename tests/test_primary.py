@@ -70,3 +70,32 @@ def test_the_sides_are_meta_label_events():
     assert (labels["side"] == side.reindex(labels.index)).all()
     assert (labels["label"] == (labels["barrier"] == labels["side"])).all()
     assert 0 < labels["label"].mean() < 1
+
+
+def test_a_primary_makes_the_training_events_its_bets_and_their_meta_labels():
+    from agents import TrainConfig
+    from agents.data.prepare import prepare
+
+    rule = "momentum:lookback=20"
+    cfg = TrainConfig(data="sp500", start="2010-01-01", end="2014-12-31", seq_len=16, features=("log_ret",),
+                      primary=rule)
+    prep = prepare(cfg)
+    df = load_ohlcv("sp500", start="2010-01-01", end="2014-12-31")
+    fit = df.iloc[: len(df) - int(round(len(df) * cfg.holdout))]
+    labels = triple_barrier_labels(fit, config=cfg.tbm, side=primary_side(fit, parse_primary(rule)))
+    events = np.concatenate([prep.train_ends, prep.val_ends])
+    assert set(fit.index[events]) <= set(labels.index)  # every event is a bet of the rule
+    np.testing.assert_array_equal(prep.y[events], labels["label"].reindex(fit.index[events]).to_numpy(np.float32))
+    plain = prepare(TrainConfig(data="sp500", start="2010-01-01", end="2014-12-31", seq_len=16, features=("log_ret",)))
+    assert len(plain.train_ends) > len(prep.train_ends)  # every bar was an event without it
+
+
+def test_a_bad_primary_is_refused_when_the_config_is_built():
+    from agents import TrainConfig
+
+    with pytest.raises(ValueError, match="--primary: primary 'momentun' is unknown; did you mean 'momentum'"):
+        TrainConfig(primary="momentun")
+    with pytest.raises(ValueError, match="--primary momentum: meta-labels are built for one instrument"):
+        from agents.data.prepare import prepare
+
+        prepare(TrainConfig(data="us_daily", primary="momentum"))

@@ -159,6 +159,12 @@ def gbm_baseline_of(cfg, prep: Prepared, y_tr: np.ndarray, y_va: np.ndarray, z_v
                         weight=None if weights is None else weights[ids], block=cfg.horizon, seed=cfg.seed)
 
 
+def primary_alone(rule: str, y_val: np.ndarray) -> dict:
+    """The second baseline of a meta-labelled agent: its primary taking every bet. Its precision is the share of
+    the bets that paid (the validation meta-labels' mean); the agent's precision at its threshold must beat it."""
+    return {"rule": rule, "val_bets": int(len(y_val)), "val_precision": float(np.mean(y_val)) if len(y_val) else None}
+
+
 def evaluate(cfg, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
     """Metrics stored in the agent card: every loss next to its no-skill baseline."""
     loss_fn = FocalLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
@@ -201,6 +207,7 @@ def evaluate(cfg, prep: Prepared, model: TransformerAgent, best_epoch: int, hist
         "val_at_threshold": precision_recall(y_va, p_va, threshold),
         "label_balance": {"train_positive_rate": base_rate, "val_positive_rate": float(y_va.mean()),
                           "train_events": int(len(y_tr)), "val_events": int(len(y_va))},
+        **({"primary": primary_alone(cfg.primary, y_va)} if cfg.primary else {}),
         # features at each labelled bar: does validation look like training?
         "adversarial_auc": adversarial_auc(prep.rows("train"), prep.rows("val"), seed=cfg.seed),
         "best_epoch": best_epoch,

@@ -117,6 +117,13 @@ def universe_table(ds: dict) -> str:
     return "\n".join(lines)
 
 
+def primary_line(primary: dict, at_threshold: dict) -> str:
+    """A meta-labelled agent's second baseline: its primary rule taking every bet, beside the agent's precision."""
+    return (f"primary     {primary.get('rule')} alone: precision {_num(primary.get('val_precision'), '.3f')} over"
+            f" {primary.get('val_bets')} validation bets; the agent at its threshold:"
+            f" {_num(at_threshold.get('precision'), '.3f')}")
+
+
 def model_card(agent: OnnxAgent) -> str:
     """A human-readable summary of what the agent is, what it saw, and how well it did."""
     m, ds, meta = agent.meta["metrics"], agent.meta["dataset"], agent.meta
@@ -153,6 +160,7 @@ def model_card(agent: OnnxAgent) -> str:
         f"threshold   {agent.threshold:.4f} ({m.get('threshold_rule', 'given')}); at it on validation: precision"
         f" {_num(pr.get('precision'), '.3f')}, recall {_num(pr.get('recall'), '.3f')},"
         f" signal rate {_num(pr.get('signal_rate'), '.3f')}",
+        *([primary_line(m["primary"], pr)] if isinstance(m.get("primary"), dict) else []),
         f"verdict     {judged}",
         *([] if judged.startswith("no verdict") else [f"            ({CAVEAT})"]),
         f"weights     {weights_line(m)}",

@@ -26,6 +26,7 @@ import pandas as pd
 from datafeeds import is_universe, load_ohlcv
 from datafeeds.frequency import bar_seconds
 from labeling import average_uniqueness, calendar_cut, events_within, purged_train_val_split, triple_barrier_labels
+from labeling.primary import parse_primary, primary_side
 
 from .features import FeatureSpec, compute_features
 
@@ -201,7 +202,8 @@ def _featurise_and_label(cfg, df: pd.DataFrame, *, what: str):
             f"{spec.warmup} + horizon {cfg.horizon} need at least {min_bars}; use more data or lower --seq-len"
         )
     x, names = compute_features(df, spec)
-    labels = triple_barrier_labels(df, config=cfg.tbm)
+    side = primary_side(df, parse_primary(cfg.primary)) if cfg.primary else None  # meta-labels of its bets
+    labels = triple_barrier_labels(df, config=cfg.tbm, side=side)
     pos = df.index.get_indexer(labels.index)
     t1 = df.index.get_indexer(labels["t1"])
     usable = pos >= spec.warmup + cfg.seq_len - 1  # a full window of finite features ends there
@@ -387,6 +389,10 @@ def prepare_universe(cfg, frames=None, *, store_root=None) -> PooledPrepared:
     from datafeeds import load_universe, universe_sha256
 
     from .store import FeatureStore
+
+    if cfg.primary:
+        raise ValueError(f"--primary {cfg.primary}: meta-labels are built for one instrument; {cfg.data} is a "
+                         "universe (train on one file or sample, or drop --primary)")
 
     frames = load_universe(cfg.data, start=cfg.start, end=cfg.end, lazy=True) if frames is None else frames
     store = FeatureStore.build_or_open(frames, cfg.feature_spec, cfg.tbm, root=store_root)

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pt", type=float, default=d.pt, help="take-profit barrier in ATRs")
     g.add_argument("--sl", type=float, default=d.sl, help="stop-loss barrier in ATRs")
     g.add_argument("--horizon", type=int, default=d.horizon, help="vertical barrier in bars")
+    g.add_argument("--primary", default=d.primary, help="meta-labeling: a primary rule whose bets become the events, "
+                   "labelled 1 when the bet's profit-taker came first: smacross[:fast=10,slow=30] or "
+                   "momentum[:lookback=20] (longs and shorts; None = every bar, long)")
     g = p.add_argument_group("model and training")
     g.add_argument("--seq-len", type=int, default=d.seq_len, help="bars per input window")
     g.add_argument("--d-model", type=int, default=d.d_model, help="width of the Transformer's residual stream")
@@ -125,7 +128,7 @@ def config_dict(args: argparse.Namespace) -> dict:
         horizon=args.horizon,
         focal_alpha=None if args.focal_alpha is not None and args.focal_alpha < 0 else args.focal_alpha,
         focal_gamma=args.focal_gamma, threshold=args.threshold, normalise=args.normalise, profile=args.profile,
-        gpu=args.gpu, feed=args.feed, compile=args.compile, sample_weights=args.sample_weights,
+        gpu=args.gpu, feed=args.feed, compile=args.compile, sample_weights=args.sample_weights, primary=args.primary,
     )
 
 
@@ -238,6 +241,10 @@ def _main(argv: list[str]) -> int:
     print(f"threshold   {m['threshold']:.4f}  val precision {_fmt(pr['precision'], '.3f')}"
           f"  recall {_fmt(pr['recall'], '.3f')}"
           f"  signal rate {_fmt(pr['signal_rate'], '.3f')}")
+    if isinstance(m.get("primary"), dict):
+        from ..artifact.inspect import primary_line
+
+        print(primary_line(m["primary"], pr))
     line = verdict(m)
     print(f"verdict     {line}")
     if not line.startswith("no verdict"):

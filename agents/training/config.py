@@ -83,6 +83,9 @@ class TrainConfig:
     # ones it is rather than as many; "none" = every label 1 (the losses the models before it used)
     sample_weights: str = "uniqueness"  # uniqueness | none
     threshold: float | None = None  # None: chosen from training predictions
+    # a primary rule (labeling.primary, e.g. "momentum:lookback=20"): the events are its bets and the labels
+    # their meta-labels (did the bet's profit-taker come first); None: every bar, long (the plain labels)
+    primary: str | None = None
     # universes: normalisation statistics from the pooled training bars of all instruments (one set,
     # so the agent can trade any instrument) or from each instrument's own (per-symbol: comparable
     # scales for price-level features such as MACD, but the agent then trades its own symbols only)
@@ -127,6 +130,13 @@ class TrainConfig:
             raise ValueError(f"--profile must be auto, beast or safe, got {self.profile!r}")
         if self.feed not in ("auto", "host", "resident", "prefetch"):
             raise ValueError(f"--feed must be auto, host, resident or prefetch, got {self.feed!r}")
+        if self.primary is not None:
+            from labeling.primary import parse_primary  # on use: the rules' kernels load numpy and numba
+
+            try:
+                parse_primary(self.primary)
+            except ValueError as exc:
+                raise ValueError(f"--primary: {exc}") from None
         self.tbm  # validates pt/sl/horizon/atr_period
         self.feature_spec  # unknown feature names fail here, with a suggestion
         self.model_config(1)  # validates d_model/n_heads/dropout
