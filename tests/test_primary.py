@@ -99,3 +99,11 @@ def test_a_bad_primary_is_refused_when_the_config_is_built():
         from agents.data.prepare import prepare
 
         prepare(TrainConfig(data="us_daily", primary="momentum"))
+
+
+def test_a_config_without_a_primary_records_what_it_did_before():
+    from agents import TrainConfig
+
+    assert "primary" not in TrainConfig().to_dict()
+    cfg = TrainConfig(primary="smacross:fast=5,slow=20")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg and TrainConfig.from_dict(TrainConfig().to_dict()).primary is None

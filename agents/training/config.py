@@ -161,6 +161,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["features"] = None if self.features is None else list(self.features)
+        if d["primary"] is None:  # configs without one record what they recorded before it existed
+            del d["primary"]
         return d
 
     @classmethod
