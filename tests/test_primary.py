@@ -106,4 +106,5 @@ def test_a_config_without_a_primary_records_what_it_did_before():
 
     assert "primary" not in TrainConfig().to_dict()
     cfg = TrainConfig(primary="smacross:fast=5,slow=20")
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg and TrainConfig.from_dict(TrainConfig().to_dict()).primary is None
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).primary is None
