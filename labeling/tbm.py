@@ -177,7 +177,7 @@ def _event_sides(side, index: pd.DatetimeIndex) -> np.ndarray:
         values = side.to_numpy()
         stamps = side.index
     elif np.ndim(side) == 0:
-        values = np.full(n, side, dtype=object)
+        values = np.full(n, side, dtype=object if isinstance(side, (bool, np.bool_, str)) else None)
         where, stamps = np.arange(n), index
     else:
         values = np.asarray(side)
@@ -185,7 +185,10 @@ def _event_sides(side, index: pd.DatetimeIndex) -> np.ndarray:
             raise ValueError(f"side has shape {values.shape}; give one side per bar ({n},), a Series on event "
                              "timestamps, or +1/-1 for every bar")
         where, stamps = np.arange(n), index
-    ok = np.array([not isinstance(v, bool) and v in (1, -1) for v in values.tolist()], dtype=bool)
+    if values.dtype.kind in "iuf":  # numbers: checked as an array (a million bars in milliseconds)
+        ok = (values == 1) | (values == -1)
+    else:  # bools, text, objects: one by one (True == 1 in Python, yet not a side)
+        ok = np.array([not isinstance(v, (bool, np.bool_)) and v in (1, -1) for v in values.tolist()], dtype=bool)
     if not ok.all():
         k = int(np.flatnonzero(~ok)[0])
         shown = values[k].item() if isinstance(values[k], np.generic) else values[k]
