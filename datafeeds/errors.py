@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
 # Characters a terminal acts on or hides: C0/C1 controls (ESC starts colour and cursor sequences), DEL,
@@ -31,6 +32,12 @@ class DataError(ValueError):
         self.fix = fix
         shown = None if file is None else escape(str(file))
         super().__init__(escape(_one_line(_format(problem, shown, row, column, fix))))
+
+
+def did_you_mean(word, options) -> str:
+    """`` did you mean 'x'?`` for the option closest to ``word`` (difflib), or "" when none is close."""
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" did you mean {close[0]!r}?" if close else ""
 
 
 def escape(text: str) -> str:

@@ -25,14 +25,13 @@ This module is the command line: parser, option checks, orchestration, printing.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datafeeds.cli import ArgumentParser, UsageError, run_command
-from datafeeds.errors import escape
+from datafeeds.errors import did_you_mean, escape
 from engine.config import ENGINES, RunConfig
 from labeling.rules import MAX_BARS, BarrierRules, Costs
 
@@ -110,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_options(args) -> None:
     """Refuse a bad option or combination of options (UsageError), before any data is read."""
     if args.strategy not in STRATEGY_NAMES:
-        close = difflib.get_close_matches(args.strategy, STRATEGY_NAMES, n=1)
-        hint = f" did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(args.strategy, STRATEGY_NAMES)
         raise UsageError(f"--strategy: unknown strategy {args.strategy!r}:{hint} known strategies: "
                          f"{', '.join(sorted(STRATEGY_NAMES))}")
     _check_settings(args)  # the money, costs and trading rules: checked by their dataclasses

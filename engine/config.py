@@ -5,10 +5,11 @@ measurement and engine. Import-light (the standard library only): the command li
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import numbers
 from dataclasses import dataclass
+
+from datafeeds.errors import did_you_mean
 
 ENGINES = ("backtrader", "fast")  # the reference, and the parity-tested numba simulator (engine.fastsim)
 
@@ -30,9 +31,8 @@ class RunConfig:
 
     def __post_init__(self):
         if self.engine not in ENGINES:
-            close = difflib.get_close_matches(str(self.engine), ENGINES, n=1)
-            hint = f" did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"engine: unknown engine {self.engine!r};{hint} choose one of {', '.join(ENGINES)}")
+            raise ValueError(f"engine: unknown engine {self.engine!r};{did_you_mean(self.engine, ENGINES)} choose one "
+                             f"of {', '.join(ENGINES)}")
         if not _finite(self.cash) or self.cash <= 0:
             raise ValueError(f"cash must be a positive finite amount, got {self.cash!r}")
         object.__setattr__(self, "cash", float(self.cash))

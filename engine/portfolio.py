@@ -10,7 +10,6 @@ first close, like ``strategies.BuyAndHold``, holds cash before its first bar and
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -51,7 +50,7 @@ def inputs(frames: Mapping[str, pd.DataFrame], signals: Mapping[str, pd.Series],
         df = frames[sym]
         try:
             sig, atr_full, period, _ = prepare_inputs(df, signals[sym], None if atr is None else atr[sym],
-                                                      atr_period, dataclasses.replace(run, periods_per_year=1.0))
+                                                      atr_period, run.replace(periods_per_year=1.0))
         except ValueError as exc:
             raise ValueError(f"{sym}: {exc}") from None
         per[sym] = (period, sig.loc[period.index].to_numpy(np.float64), atr_full.loc[period.index].to_numpy(np.float64))

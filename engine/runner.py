@@ -15,7 +15,6 @@ agent strategy only, same result to rounding).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -137,8 +136,8 @@ def run_backtest(
         bench = (
             None if strat_cls is BuyAndHold and not params and rules.size_frac is None else
             run_backtest(period, BuyAndHold, atr=atr_full.loc[period.index], costs=costs,
-                         run=dataclasses.replace(run, start=None, end=None, periods_per_year=ppy, benchmark=False,
-                                                    native_barriers=True))
+                         run=run.replace(start=None, end=None, periods_per_year=ppy, benchmark=False,
+                                             native_barriers=True))
         )
         bench_equity = equity if bench is None else bench.equity
         bench_stats = stats if bench is None else bench.stats

@@ -9,11 +9,12 @@ labels take (bars without a bet left out).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from datafeeds.errors import did_you_mean
 
 from ._checks import check_int
 from .jit import njit_cached
@@ -90,19 +91,16 @@ def parse_primary(text: str):
     name, _, rest = str(text).partition(":")
     cls = PRIMARIES.get(name.strip())
     if cls is None:
-        close = difflib.get_close_matches(name.strip(), PRIMARIES, n=1)
-        hint = f" did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"primary {name.strip()!r} is unknown;{hint} primaries: {', '.join(PRIMARIES)}")
+        raise ValueError(f"primary {name.strip()!r} is unknown;{did_you_mean(name.strip(), PRIMARIES)} primaries: "
+                         f"{', '.join(PRIMARIES)}")
     fields = {f.name for f in dataclasses.fields(cls)}
     params = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip()
         if key not in fields or not eq:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"primary {name.strip()}: {item!r} is not a parameter;{hint} its parameters: "
-                             f"{', '.join(sorted(fields))} (write key=value)")
+            raise ValueError(f"primary {name.strip()}: {item!r} is not a parameter;{did_you_mean(key, fields)} its "
+                             f"parameters: {', '.join(sorted(fields))} (write key=value)")
         try:
             params[key] = int(value)
         except ValueError:

@@ -18,9 +18,14 @@ from ._checks import check_int
 MAX_BARS = 1_000_000  # the largest horizon or ATR period accepted, in bars
 
 
+def _real(value) -> bool:
+    """A real number, not a bool (True is an int to Python, never a barrier or a fraction here)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def check_multiple(value, name: str) -> float:
     """A barrier distance in ATRs: a positive finite number, as a float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+    if not _real(value) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number of ATRs, got {value!r}")
     return float(value)
 
@@ -29,20 +34,20 @@ def check_size_frac(value, name: str = "size_frac") -> float | None:
     """The fraction of equity committed per entry: in (0, 1] (no leverage), or None for the runner's default."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value <= 1.0:
+    if not _real(value) or not 0.0 < value <= 1.0:
         raise ValueError(f"{name} must be in (0, 1] (no leverage), got {value!r}")
     return float(value)
 
 
 def check_max_positions(value) -> int:
     """A portfolio's cap on positions open at once: an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value or value < 1:
+    if not _real(value) or int(value) != value or value < 1:
         raise ValueError(f"max_positions must be an integer >= 1, got {value!r}")
     return int(value)
 
 
 def _check_fraction(value, name: str, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+    if not _real(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1) ({what}), got {value!r}")
     return float(value)
 
@@ -98,7 +103,7 @@ class BarrierRules(_Rules):
 
     def __post_init__(self):
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= t <= 1.0:
+        if not _real(t) or not 0.0 <= t <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {t!r}")
         object.__setattr__(self, "threshold", float(t))
         _check_barriers(self, "")

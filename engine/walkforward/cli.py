@@ -16,7 +16,8 @@ from datafeeds.cli import ArgumentParser, UsageError, run_command
 from datafeeds.errors import escape
 from engine.walkforward import space
 from engine.config import ENGINES
-from engine.walkforward.config import OBJECTIVES, WalkForwardConfig, base_defaults, did_you_mean
+from datafeeds.errors import did_you_mean
+from engine.walkforward.config import OBJECTIVES, WalkForwardConfig, base_defaults
 
 
 def _choice(name: str, options):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import re
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.training.config import TrainConfig, field_defaults
+from datafeeds.errors import did_you_mean
 from engine.config import RunConfig
 from engine.walkforward import space
 from labeling.rules import Costs
@@ -160,8 +160,3 @@ class WalkForwardConfig:
         keep["base"] = self.base.to_dict()
         keep["data_sha256"] = data_sha256
         return json.loads(json.dumps(keep))
-
-
-def did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" did you mean {close[0]!r}?" if close else ""

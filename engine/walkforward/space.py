@@ -7,10 +7,10 @@ laptop CPU; anything not searched keeps the value of the base TrainConfig / exec
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 
 from agents import TrainConfig
+from datafeeds.errors import did_you_mean
 from labeling.rules import BarrierRules
 
 GROUPS = ("model", "labels", "strategy")
@@ -68,9 +68,8 @@ def parse_groups(text: str) -> tuple[str, ...]:
         raise ValueError(f"--search needs at least one of {', '.join(GROUPS)}")
     for name in names:
         if name not in GROUPS:
-            close = difflib.get_close_matches(name, GROUPS, n=1)
-            hint = f" did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"--search: unknown group {name!r};{hint} groups: {', '.join(GROUPS)}")
+            raise ValueError(f"--search: unknown group {name!r};{did_you_mean(name, GROUPS)} groups: "
+                             f"{', '.join(GROUPS)}")
     return tuple(g for g in GROUPS if g in names)  # canonical order, duplicates dropped
 
 
