@@ -7,6 +7,8 @@ module, so neither imports the other's internals.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -16,6 +18,16 @@ from engine.jsonable import jsonable
 from engine.metrics import infer_periods_per_year, periods_per_year_rule
 from labeling.rules import BarrierRules, Costs
 from strategies import TRADE_FIELDS
+
+
+class Instrument(NamedTuple):
+    """One portfolio instrument's inputs over the period, float64 arrays on its bars (``engine.portfolio.inputs``)."""
+
+    period: pd.DataFrame
+    signal: np.ndarray
+    atr: np.ndarray
+    side: np.ndarray  # +1 long, -1 short, 0 no bet
+    size: np.ndarray  # entry size multiple (labeling.entry_sizes)
 
 
 def prepare_inputs(df, signal, atr, atr_period: int, run: RunConfig):
@@ -36,6 +48,27 @@ def prepare_inputs(df, signal, atr, atr_period: int, run: RunConfig):
     return sig, atr_full, period, ppy
 
 
+def bet_inputs(df: pd.DataFrame, sig: pd.Series | None, side, rules: BarrierRules) -> tuple[np.ndarray, np.ndarray]:
+    """Both engines' sides and entry sizes on the full data (float64, so sizes average bets before the period):
+    ``side`` as ``labeling.event_sides`` reads it (None: long at every bar) and ``rules``' sizing of ``sig``."""
+    try:
+        sides = labeling.event_sides(side, df.index).astype(np.float64)
+    except ValueError as exc:
+        raise ValueError(f"side: {exc}") from None
+    if rules.sizing != "fixed" and sig is None:
+        raise ValueError(f"sizing={rules.sizing!r} sizes entries from the probabilities: pass a batch signal=")
+    prob = sig.to_numpy(np.float64) if sig is not None else np.full(len(df), np.nan)
+    return sides, labeling.entry_sizes(prob, sides, rules)
+
+
+def day_numbers(index: pd.DatetimeIndex) -> np.ndarray:
+    """Each bar's calendar day as backtrader dates it (UTC), in days since 1970-01-01: what a short's borrow counts."""
+    idx = pd.DatetimeIndex(index)
+    if idx.tz is not None:
+        idx = idx.tz_convert("UTC").tz_localize(None)
+    return idx.normalize().as_unit("s").asi8 // 86_400
+
+
 def run_facts(df, period, atr, rules: BarrierRules, costs: Costs, run: RunConfig, ppy: float) -> dict:
     """The part of a result's config both engines share: data, period, costs and conventions."""
     return {
@@ -49,6 +82,8 @@ def run_facts(df, period, atr, rules: BarrierRules, costs: Costs, run: RunConfig
         "commission_model": "fraction of traded value per side (COMM_PERC, percabs)",
         "slippage": costs.slippage,
         "slippage_model": "set_slippage_perc: buys up, sells down, capped at high/low, incl. opens",
+        "borrow": costs.borrow,  # annual, on a short's entry value per calendar day held
+        "margin": run.margin,  # cash tied up per unit of a position's value
         "atr": "override" if atr is not None else f"labeling.atr(period={rules.atr_period}) on the full data",
         "periods_per_year": ppy,
         "periods_per_year_rule": "given" if run.periods_per_year else f"full data: {periods_per_year_rule(df.index)}",
@@ -60,6 +95,7 @@ def agent_params(rules: BarrierRules, live: bool) -> dict:
     """The agent strategy's parameters in effect, as a result's config records them (one instrument)."""
     return {k: jsonable(v) for k, v in (("size_frac", rules.entry_fraction), ("threshold", rules.threshold),
                                          ("pt", rules.pt), ("sl", rules.sl), ("horizon", rules.horizon),
+                                         ("sizing", rules.sizing), ("size_step", rules.size_step),
                                          ("live", live))}
 
 

@@ -28,6 +28,9 @@ class RunConfig:
     # backtrader only: the agent's exit as one native order (strategies.BarrierBroker); False = the stock
     # BackBroker with a stop, an OCO limit and a market time exit (same trades, slower)
     native_barriers: bool = True
+    # cash a position ties up per unit of its value, (0, 10]: 1 = fully cash-backed (shorts too), 0.5 = 2x leverage;
+    # backtrader's leverage = 1 / margin. No margin calls: a position's losses are not capped
+    margin: float = 1.0
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -40,6 +43,15 @@ class RunConfig:
         if ppy is not None and (not _finite(ppy) or ppy <= 0):
             raise ValueError(f"periods_per_year must be a positive number (or None to infer it), got {ppy!r}")
         object.__setattr__(self, "risk_free", check_risk_free(self.risk_free))
+        if not _finite(self.margin) or not 0.0 < self.margin <= 10.0:
+            raise ValueError(f"margin must be in (0, 10] (the cash a position ties up per unit of its value; "
+                             f"1 = fully cash-backed), got {self.margin!r}")
+        object.__setattr__(self, "margin", float(self.margin))
+
+    @property
+    def leverage(self) -> float:
+        """backtrader's leverage for ``margin``: the one value both engines divide by."""
+        return 1.0 / self.margin
 
     def replace(self, **changes) -> RunConfig:
         """A copy with ``changes`` (validated like any construction)."""

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine.backtest_common import prepare_inputs
+from engine.backtest_common import Instrument, bet_inputs, prepare_inputs
 from engine.cerebro import build_cerebro, run_strategy
 from engine.config import RunConfig
 from engine.fastsim import buy_and_hold_equity, simulate_portfolio
@@ -32,9 +32,10 @@ from strategies.portfolio import PORTFOLIO_TRADE_FIELDS, PortfolioAgentStrategy
 log = logging.getLogger(__name__)
 
 
-def inputs(frames: Mapping[str, pd.DataFrame], signals: Mapping[str, pd.Series], atr, atr_period: int,
+def inputs(frames: Mapping[str, pd.DataFrame], signals: Mapping[str, pd.Series], sides, atr, rules: BarrierRules,
            run: RunConfig):
-    """Per symbol (sorted by name): the period's bars, signal and ATR; the union of the times; periods per year.
+    """Per symbol (sorted by name): its :class:`~engine.backtest_common.Instrument` (the period's bars, signal, ATR,
+    sides and entry sizes); the union of the times; periods per year.
 
     Signals and ATR (``atr``: symbol -> series overriding ``labeling.atr``, e.g. for barriers set by hand) are
     aligned and checked as for one instrument (``prepare_inputs``) over ``run``'s period; an instrument with
@@ -45,16 +46,23 @@ def inputs(frames: Mapping[str, pd.DataFrame], signals: Mapping[str, pd.Series],
     missing = sorted(set(frames) - set(signals))
     if missing:
         raise ValueError(f"no signal for {', '.join(missing)}: pass one probability series per instrument")
+    unknown = sorted(set(sides or {}) - set(frames))
+    if unknown:
+        raise ValueError(f"sides for {', '.join(unknown)}, which the portfolio does not hold")
     per = {}
     for sym in sorted(frames):
         df = frames[sym]
         try:
             sig, atr_full, period, _ = prepare_inputs(df, signals[sym], None if atr is None else atr[sym],
-                                                      atr_period, run.replace(periods_per_year=1.0))
+                                                      rules.atr_period, run.replace(periods_per_year=1.0))
+            side, size = bet_inputs(df, sig, None if sides is None else sides.get(sym), rules)
         except ValueError as exc:
             raise ValueError(f"{sym}: {exc}") from None
-        per[sym] = (period, sig.loc[period.index].to_numpy(np.float64), atr_full.loc[period.index].to_numpy(np.float64))
-    indexes = [p.index for p, _, _ in per.values()]
+        lo = df.index.get_loc(period.index[0])
+        span = slice(lo, lo + len(period))
+        per[sym] = Instrument(period, sig.to_numpy(np.float64)[span], atr_full.to_numpy(np.float64)[span],
+                              side[span], size[span])
+    indexes = [i.period.index for i in per.values()]
     times = indexes[0].append(indexes[1:]).unique().sort_values().rename("datetime")
     ppy = float(run.periods_per_year) if run.periods_per_year else infer_periods_per_year(times)
     return per, times, ppy
@@ -64,6 +72,7 @@ def run_portfolio(
     frames: Mapping[str, pd.DataFrame] | str,
     signals: Mapping[str, pd.Series],
     *,
+    sides: Mapping[str, pd.Series] | None = None,
     atr: Mapping[str, pd.Series] | None = None,
     rules: BarrierRules | None = None,
     costs: Costs | None = None,
@@ -73,17 +82,18 @@ def run_portfolio(
     """Backtest the agent strategy on every instrument of ``frames`` (symbol -> OHLCV frame, or a universe
     name/path/glob for ``datafeeds.load_universe``) with ``signals`` (symbol -> probabilities aligned to
     that frame), one broker and shared cash, at most ``max_positions`` positions at once; each entry commits
-    ``rules.size_frac`` of equity (None: equity / max_positions). ``atr``, ``rules``, ``costs`` and ``run`` as
+    ``rules.size_frac`` of equity (None: equity / max_positions). ``sides``: symbol -> sides as
+    ``run_backtest``'s ``side`` (a symbol left out, or None: long). ``atr``, ``rules``, ``costs`` and ``run`` as
     for :func:`engine.run_backtest` (``run.native_barriers`` aside: portfolios run on BarrierBroker)."""
     t0 = time.perf_counter()
     rules, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
     max_positions = check_max_positions(max_positions)
     if isinstance(frames, (str, bytes)) or not isinstance(frames, Mapping):
         frames = datafeeds.load_universe(frames)
-    per, times, ppy = inputs(frames, signals, atr, rules.atr_period, run)
+    per, times, ppy = inputs(frames, signals, sides, atr, rules, run)
     symbols = list(per)
     simulator = simulate_portfolio if run.engine == "fast" else _run_backtrader
-    out = simulator(per, times, rules, costs, run.cash, max_positions)
+    out = simulator(per, times, rules, costs, run, max_positions)
     equity = pd.Series(out["equity"], index=times, name="equity", dtype=np.float64)
     positions = pd.DataFrame(np.asarray(out["positions"], dtype=np.float64).reshape(len(times), len(symbols)),
                              index=times, columns=symbols)
@@ -111,9 +121,10 @@ def run_portfolio(
         "sizing": (f"equity / {max_positions} per entry" if size_frac is None else f"{size_frac:g} x equity per entry"),
         "data": {s: {"source": str(frames[s].attrs.get("source", s)), "sha256": frames[s].attrs.get("sha256"),
                      "bars": int(len(p)), "start": str(p.index[0]), "end": str(p.index[-1])}
-                 for s, (p, _, _) in per.items()},
+                 for s, p in ((s, i.period) for s, i in per.items())},
         "start": str(times[0]), "end": str(times[-1]), "times": int(len(times)),
-        "cash": run.cash, "commission": costs.commission, "slippage": costs.slippage,
+        "cash": run.cash, "commission": costs.commission, "slippage": costs.slippage, "borrow": costs.borrow,
+        "margin": run.margin, "sides": "given" if sides else "long",
         "atr_period": rules.atr_period, "periods_per_year": ppy, "risk_free": run.risk_free,
         "benchmark": ("equal-weight buy-and-hold of the same instruments, cash / n each, same costs, not rebalanced"
                       if run.benchmark else None),
@@ -122,14 +133,21 @@ def run_portfolio(
     }
     return PortfolioResult(equity=equity, trades=trades, stats=stats, contribution=contribution, positions=positions,
                            benchmark_equity=bench_equity, benchmark_stats=bench_stats, config=config,
-                           periods_per_year=ppy, data={s: p for s, (p, _, _) in per.items()})
+                           periods_per_year=ppy, data={s: i.period for s, i in per.items()})
 
 
-def _run_backtrader(per, times, rules: BarrierRules, costs: Costs, cash: float, max_positions: int) -> dict:
-    feeds = {sym: (period, {"signal": sig, "atr": atr}) for sym, (period, sig, atr) in per.items()}
-    cerebro = build_cerebro(feeds, BarrierBroker(), cash, costs)
+def _run_backtrader(per, times, rules: BarrierRules, costs: Costs, run: RunConfig, max_positions: int) -> dict:
+    feeds = {}
+    for sym, i in per.items():
+        lines = {"signal": i.signal, "atr": i.atr}
+        if (i.side != 1.0).any():  # a long-only instrument reads no side line
+            lines["side"] = i.side
+        if rules.sizing != "fixed":
+            lines["bet_size"] = i.size
+        feeds[sym] = (i.period, lines)
+    cerebro = build_cerebro(feeds, BarrierBroker(), run, costs)
     strat, run_seconds = run_strategy(cerebro, PortfolioAgentStrategy, {
-        "rules": rules, "max_positions": max_positions, "n_bars": tuple(len(p) for p, _, _ in per.values()),
+        "rules": rules, "max_positions": max_positions, "n_bars": tuple(len(i.period) for i in per.values()),
         "n_times": len(times)})
     if len(strat.equity_values) != len(times):
         raise RuntimeError(f"the portfolio strategy recorded {len(strat.equity_values)} values for {len(times)} times")
@@ -158,7 +176,7 @@ def equal_weight_buy_and_hold(per, times, run: RunConfig, costs: Costs, ppy: flo
     total = pd.Series(0.0, index=times)
     held = np.zeros(len(times), dtype=bool)
     trades = []
-    for sym, (period, _, _) in per.items():
+    for sym, period in ((s, i.period) for s, i in per.items()):
         sleeve, sleeve_trades = buy_and_hold_equity(period, cash / n, costs)
         total += sleeve.reindex(times).ffill().fillna(cash / n)
         for t in sleeve_trades.itertuples(index=False):

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine.backtest_common import agent_params, prepare_inputs, run_facts, trades_frame
+from engine.backtest_common import agent_params, bet_inputs, prepare_inputs, run_facts, trades_frame
 from engine.cerebro import build_cerebro, run_strategy
 from engine.config import RunConfig
 from engine.fastsim import simulate
@@ -46,6 +46,7 @@ def run_backtest(
     strategy: str | type[TradeLogStrategy],
     *,
     signal: pd.Series | np.ndarray | None = None,
+    side: pd.Series | np.ndarray | int | None = None,
     atr: pd.Series | np.ndarray | None = None,
     rules: BarrierRules | None = None,
     costs: Costs | None = None,
@@ -56,7 +57,9 @@ def run_backtest(
 
     ``data``: a ``datafeeds.load_ohlcv`` frame, a sample name or a path (a universe: the agent strategy as one
     portfolio, :func:`engine.run_portfolio`). ``signal``: probabilities aligned to ``data`` (for the agent
-    strategy). ``atr`` overrides ``labeling.atr(..., rules.atr_period)`` (tests use it to set barriers by hand).
+    strategy). ``side``: the agent's side per bet, as ``labeling.event_sides`` reads it (a Series of +1/-1 on the bets'
+    timestamps, e.g. ``labeling.primary_side``; None: long on every bar). ``atr`` overrides
+    ``labeling.atr(..., rules.atr_period)`` (tests use it to set barriers by hand).
     ``rules``: the agent's :class:`~labeling.BarrierRules` (baselines read only its ``size_frac``); ``costs``:
     :class:`~labeling.Costs`; ``run``: :class:`~engine.config.RunConfig` (cash, period, measurement, engine).
     ``params`` go to the strategy (e.g. ``live``/``agent`` for the agent, ``fast``/``slow`` for smacross).
@@ -68,7 +71,7 @@ def run_backtest(
     t0 = time.perf_counter()
     rules, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
     if isinstance(data, Mapping) or (not isinstance(data, pd.DataFrame) and datafeeds.is_universe(data)):
-        return _run_universe(data, strategy, signal, atr, (rules, costs, run), params)
+        return _run_universe(data, strategy, signal, side, atr, (rules, costs, run), params)
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
     strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if not (isinstance(strat_cls, type) and issubclass(strat_cls, TradeLogStrategy)):
@@ -90,7 +93,7 @@ def run_backtest(
             )
         if signal is None:
             raise ValueError("RunConfig(engine='fast') needs signal= (probabilities aligned to the data)")
-        return simulate(df, signal, atr=atr, rules=rules, costs=costs, run=run)
+        return simulate(df, signal, side=side, atr=atr, rules=rules, costs=costs, run=run)
 
     live = bool(params.get("live", False))
     uses_signal = bool(getattr(strat_cls, "reads_signal", False))
@@ -99,6 +102,9 @@ def run_backtest(
             f"{strat_cls.__name__} reads probabilities: pass signal= (a Series aligned to the data, "
             "e.g. OnnxAgent.predict_proba(df)) or live=True with agent="
         )
+    if not uses_signal and (side is not None or rules.sizing != "fixed"):
+        raise ValueError(f"{strat_cls.__name__} trades long at a fixed size: side= and sizing are the agent "
+                         "strategy's")
     sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, rules.atr_period, run)
     if live and "agent_history" not in params:
         params["agent_history"] = df.loc[df.index < period.index[0], ["open", "high", "low", "close", "volume"]]
@@ -108,8 +114,17 @@ def run_backtest(
         lines["signal"] = (
             sig.loc[period.index].to_numpy() if sig is not None else np.full(len(period), np.nan)
         )
-    broker = BarrierBroker() if run.native_barriers else bt.brokers.BackBroker()
-    cerebro = build_cerebro({None: (period, lines)}, broker, run.cash, costs)
+        sides, sizes = bet_inputs(df, sig, side, rules)
+        lo = df.index.get_loc(period.index[0])
+        if side is not None:  # a long-only run reads no side line: the same run as before sides existed
+            lines["side"] = sides[lo : lo + len(period)]
+        if rules.sizing != "fixed":
+            lines["bet_size"] = sizes[lo : lo + len(period)]
+    # The stock broker's pre-check of new orders (checksubmit) would pseudo-fill the OCO take-profit after the stop
+    # had closed the position, i.e. as opening the opposite position, and refuse it for cash (shorts tie up
+    # cash): off, so the stock orders fill as they would on a live broker; entries are still cash-checked at the fill.
+    broker = BarrierBroker() if run.native_barriers else bt.brokers.BackBroker(checksubmit=False)
+    cerebro = build_cerebro({None: (period, lines)}, broker, run, costs)
     strat_params = {"rules": rules, **params} if "rules" in strat_cls.params._getkeys() else {
         "size_frac": rules.entry_fraction, **params}
     strat, run_seconds = run_strategy(cerebro, strat_cls, strat_params)
@@ -137,7 +152,7 @@ def run_backtest(
             None if strat_cls is BuyAndHold and not params and rules.size_frac is None else
             run_backtest(period, BuyAndHold, atr=atr_full.loc[period.index], costs=costs,
                          run=run.replace(start=None, end=None, periods_per_year=ppy, benchmark=False,
-                                             native_barriers=True))
+                                         native_barriers=True, margin=1.0))
         )
         bench_equity = equity if bench is None else bench.equity
         bench_stats = stats if bench is None else bench.stats
@@ -149,7 +164,7 @@ def run_backtest(
         **run_facts(df, period, atr, rules, costs, run, ppy),
         "live": live,
         "broker": type(broker).__name__,
-        "benchmark": "BuyAndHold backtest, same bars, cash and costs" if run.benchmark else None,
+        "benchmark": "BuyAndHold backtest, same bars, cash and costs, unlevered" if run.benchmark else None,
         "rejected_entries": int(strat.n_rejected),
         "backtrader": bt.__version__,
         "run_seconds": run_seconds,
@@ -172,9 +187,10 @@ def _strategy_params(strat, rules: BarrierRules, live: bool) -> dict:
     return {**agent_params(rules, live), **{k: jsonable(v) for k, v in kwargs.items() if k not in own}}
 
 
-def _run_universe(data, strategy, signal, atr, settings: tuple, params: dict) -> PortfolioResult:
+def _run_universe(data, strategy, signal, side, atr, settings: tuple, params: dict) -> PortfolioResult:
     """``run_backtest`` on a universe (symbol -> frame, or a name ``datafeeds.load_universe`` reads): the agent
-    strategy as one portfolio (:func:`engine.portfolio.run_portfolio`); ``signal`` maps symbol -> probabilities."""
+    strategy as one portfolio (:func:`engine.portfolio.run_portfolio`); ``signal`` maps symbol -> probabilities,
+    ``side`` (if given) symbol -> sides."""
     rules, costs, run = settings
     strat_cls = get_strategy(strategy) if isinstance(strategy, str) else strategy
     if strat_cls is not TransformerAgentStrategy:
@@ -188,7 +204,9 @@ def _run_universe(data, strategy, signal, atr, settings: tuple, params: dict) ->
     if extra:
         raise ValueError(f"a portfolio has no parameter(s) {extra}")
     frames = data if isinstance(data, Mapping) else datafeeds.load_universe(data)
-    return run_portfolio(frames, signal, atr=atr, rules=rules, costs=costs, run=run,
+    if side is not None and not isinstance(side, Mapping):
+        raise ValueError("a universe needs side= as a mapping symbol -> sides (or None: long everywhere)")
+    return run_portfolio(frames, signal, sides=side, atr=atr, rules=rules, costs=costs, run=run,
                          max_positions=params.get("max_positions", 1))
 
 

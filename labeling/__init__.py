@@ -11,12 +11,12 @@ from datafeeds.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .average_true_range import atr
-    from .bet_sizing import average_active, bet_size
+    from .bet_sizing import average_active, bet_size, entry_sizes
     from .primary import PRIMARIES, MomentumRule, SmaCrossRule, parse_primary, primary_side
     from .rules import BarrierRules, Costs, TBMConfig
     from .splits import (CPCVSplit, Fold, calendar_cut, cpcv_paths, cpcv_splits, events_within,
                          purged_train_val_split, walk_forward_folds)
-    from .tbm import label_spans, triple_barrier_labels
+    from .tbm import event_sides, label_spans, triple_barrier_labels
     from .weights import average_uniqueness
 
 _EXPORTS = {  # public name -> its module
@@ -25,7 +25,9 @@ _EXPORTS = {  # public name -> its module
     "BarrierRules": ".rules",
     "Costs": ".rules",
     "triple_barrier_labels": ".tbm",
+    "event_sides": ".tbm",
     "bet_size": ".bet_sizing",
+    "entry_sizes": ".bet_sizing",
     "average_active": ".bet_sizing",
     "PRIMARIES": ".primary",
     "SmaCrossRule": ".primary",

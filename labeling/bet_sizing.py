@@ -5,6 +5,7 @@ Snippet 10.1 for two outcomes: ``z = (p - 1/2) / sqrt(p (1 - p))`` and ``size = 
 where ``2 Phi(z) - 1 = erf(z / sqrt(2))``: 0 at p = 1/2, +-1 as p reaches 0 or 1. Snippet 10.3 rounds a size
 to a multiple of ``step`` (fewer, larger trades; ``step`` 0 keeps it continuous). Snippet 10.2 averages the
 sizes of every bet still open at a bar, so overlapping bets share the position instead of each taking it all.
+``entry_sizes`` puts the three together for the backtests: the fraction of the full size an entry takes.
 """
 
 from __future__ import annotations
@@ -69,6 +70,48 @@ def average_active_nb(start, end, size, n):
         open_[i] = active
         mean[i] = running / active if active > 0 else 0.0
     return ActiveBets(mean, open_)
+
+
+@njit_cached
+def entry_sizes_nb(prob, side, horizon, step):
+    """Per bar, the fraction of the full size an entry there takes under AFML sizing: every bar with a probability
+    and a side (+1/-1; 0 = no bet) is a bet open for ``horizon`` bars; the sizes (10.1) of the bets open at the bar
+    are averaged (10.2), rounded to ``step`` (10.3) and read on the bar's own side: 0 where that average leans
+    the other way, or the bar has no bet. Reads bars <= t only."""
+    n = prob.shape[0]
+    size = np.empty(n)
+    for i in range(n):
+        size[i] = np.nan if side[i] == 0 else prob[i]
+    size = bet_size_nb(size, side, 0.0)
+    out = np.zeros(n)
+    total, count = 0.0, 0
+    for i in range(n):
+        if not np.isnan(size[i]):
+            total += size[i]
+            count += 1
+        j = i - horizon  # the bet of bar j closed before bar i
+        if j >= 0 and not np.isnan(size[j]):
+            total -= size[j]
+            count -= 1
+        if side[i] == 0 or np.isnan(size[i]) or count == 0:
+            continue
+        m = total / count
+        if step > 0.0:
+            m = min(1.0, max(-1.0, np.round(m / step) * step))
+        m *= side[i]
+        out[i] = m if m > 0.0 else 0.0
+    return out
+
+
+def entry_sizes(prob: np.ndarray, side: np.ndarray, rules) -> np.ndarray:
+    """The size multiplier of an entry at each bar under ``rules`` (a ``labeling.BarrierRules``): 1 for
+    ``sizing="fixed"``, else :func:`entry_sizes_nb` over ``rules.horizon`` and ``rules.size_step``. ``prob`` and
+    ``side`` (int, +1/-1/0) are aligned float/int arrays, as both backtest engines read them."""
+    prob = np.ascontiguousarray(prob, dtype=np.float64)
+    if rules.sizing == "fixed":
+        return np.ones(len(prob))
+    return entry_sizes_nb(prob, np.ascontiguousarray(side, dtype=np.float64), int(rules.horizon),
+                          float(rules.size_step))
 
 
 def bet_size(prob, side=1, *, step: float = 0.0) -> pd.Series:

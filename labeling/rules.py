@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ._checks import check_int
 
 MAX_BARS = 1_000_000  # the largest horizon or ATR period accepted, in bars
+SIZINGS = ("fixed", "probability")  # BarrierRules.sizing: every entry the same size, or AFML 10.1 from the probability
 
 
 def _real(value) -> bool:
@@ -89,8 +90,9 @@ class TBMConfig(_Rules):
 
 @dataclass(frozen=True)
 class BarrierRules(_Rules):
-    """How the agent trades a probability: enter long when it reaches ``threshold``, leave at the first of the
-    take-profit, the stop or the time limit. Barriers default to the labels' (:class:`TBMConfig`)."""
+    """How the agent trades a probability: enter on the bar's side (long unless a primary rule says short) when it
+    reaches ``threshold``, leave at the first of the take-profit, the stop or the time limit. Barriers default to
+    the labels' (:class:`TBMConfig`)."""
 
     threshold: float = 0.5  # enter when the probability >= threshold
     pt: float = TBMConfig.pt  # take-profit at entry fill + pt * ATR of the signal bar
@@ -100,6 +102,10 @@ class BarrierRules(_Rules):
     # fraction of equity committed per entry, (0, 1]; None = all of it for one instrument, equity / max
     # positions for a portfolio
     size_frac: float | None = None
+    # "fixed": every entry takes size_frac; "probability": size_frac times the AFML 10.1 size of the bets of the
+    # last `horizon` bars, averaged (labeling.entry_sizes)
+    sizing: str = "fixed"
+    size_step: float = 0.0  # "probability" sizes rounded to multiples of this, [0, 1); 0 = not rounded
 
     def __post_init__(self):
         t = self.threshold
@@ -108,6 +114,10 @@ class BarrierRules(_Rules):
         object.__setattr__(self, "threshold", float(t))
         _check_barriers(self, "")
         object.__setattr__(self, "size_frac", check_size_frac(self.size_frac))
+        if self.sizing not in SIZINGS:
+            raise ValueError(f"sizing must be one of {', '.join(SIZINGS)}, got {self.sizing!r}")
+        object.__setattr__(self, "size_step", _check_fraction(
+            self.size_step, "size_step", "the rounding step of probability sizes; 0 = not rounded"))
 
     @property
     def tbm(self) -> TBMConfig:
@@ -127,15 +137,20 @@ class BarrierRules(_Rules):
 
 @dataclass(frozen=True)
 class Costs(_Rules):
-    """What each fill costs: a commission on the traded value and slippage against us on the price."""
+    """What trading costs: a commission on the traded value and slippage against us on each fill's price, and a
+    borrow rate on shorts."""
 
     commission: float = 0.0005  # fraction of traded value per side (backtrader COMM_PERC, percabs)
     slippage: float = 0.0  # fraction of the price against us on every fill, capped at the bar's high/low
+    # annual rate charged on a short position's entry value, per calendar day held (backtrader's `interest`)
+    borrow: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "commission", _check_fraction(
             self.commission, "commission", "a fraction of the traded value per side, e.g. 0.0005"))
         object.__setattr__(self, "slippage", _check_fraction(self.slippage, "slippage", "a fraction of the price"))
+        object.__setattr__(self, "borrow", _check_fraction(
+            self.borrow, "borrow", "an annual rate on a short's value, e.g. 0.02 for 2%"))
 
 
 def _check_barriers(rules, prefix: str) -> None:

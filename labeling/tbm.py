@@ -137,7 +137,7 @@ def triple_barrier_labels(
         raise ValueError("pass either config=TBMConfig(...) or pt/sl/horizon/atr_period keywords, not both")
 
     high, low, close = _validate_bars(df)
-    sides = _event_sides(side, df.index)
+    sides = event_sides(side, df.index)
     a = atr_nb(high, low, close, config.atr_period)
     touch_idx, barrier, touch_price = _triple_barrier_nb(high, low, close, a, sides, config.pt, config.sl,
                                                          config.horizon)
@@ -164,8 +164,9 @@ def triple_barrier_labels(
     return out
 
 
-def _event_sides(side, index: pd.DatetimeIndex) -> np.ndarray:
-    """The side of every bar as int8 (+1, -1, 0 = no event) from ``side`` (see ``triple_barrier_labels``)."""
+def event_sides(side, index: pd.DatetimeIndex) -> np.ndarray:
+    """The side of every bar as int8 (+1, -1, 0 = no bet) from ``side``: a Series of +1/-1 on the bets' timestamps,
+    one +1/-1 per bar, or one for every bar; None = +1 everywhere (labels and backtests read sides alike)."""
     n = len(index)
     if side is None:
         return np.ones(n, dtype=np.int8)

@@ -24,12 +24,41 @@ SIGNAL_EXIT = "signal_exit"
 EXIT_REASONS = (TAKE_PROFIT, STOP_LOSS, TIME_LIMIT, END_OF_DATA, SIGNAL_EXIT)
 
 TRADE_FIELDS = (
-    "entry_time", "entry_price", "exit_time", "exit_price", "size", "pnl", "ret", "bars_held",
+    "entry_time", "entry_price", "exit_time", "exit_price", "size", "side", "pnl", "ret", "bars_held",
     "exit_reason", "signal_time", "atr", "entry_bar", "exit_bar", "commission",
 )
 
 CASH_EPS = 1e-9  # sizing headroom so float rounding never puts the fill's cost above the cash
 _DEAD = (bt.Order.Completed, bt.Order.Canceled, bt.Order.Expired, bt.Order.Margin, bt.Order.Rejected)
+
+
+def entry_units(broker, data, notional: float, side: int) -> float:
+    """Units an entry of ``notional`` cash buys (``side`` +1) or sells short (-1) at this bar's open, sized so the
+    broker's cash checks pass: at the open and at the slipped fill, each unit ties up price / leverage plus its
+    commission. A buy is sized at the open slipped up (the broker caps the fill at the high), a short sale at the
+    open itself (its fill slips down, which costs less)."""
+    price = data.open[0] * (1.0 + broker.p.slip_perc) if side > 0 else data.open[0]
+    comminfo = broker.getcommissioninfo(data)
+    unit_cost = price / comminfo.get_leverage() + comminfo.getcommission(1.0, price)
+    # backtrader rejects (Margin) a fill costing a hair more than the cash: keep CASH_EPS spare
+    return notional / unit_cost * (1.0 - CASH_EPS)
+
+
+def close_out_price(broker, data, size: float) -> float:
+    """The synthetic end-of-data fill closing ``size`` units at the bar's close, slipped against us as backtrader
+    slips (slip_match): a long sells at close * (1 - slip) floored at the low, a short buys at close * (1 + slip)
+    capped at the high."""
+    close, slip = data.close[0], broker.p.slip_perc
+    if size > 0:
+        return max(close * (1.0 - slip), data.low[0])
+    return min(close * (1.0 + slip), data.high[0])
+
+
+def barrier_prices(rules, entry: float, atr: float, size: float) -> tuple[float, float]:
+    """(stop, take-profit) of a position of ``size`` units (< 0: short) entered at ``entry``, ATR ``atr``."""
+    if size > 0:
+        return entry - rules.sl * atr, entry + rules.pt * atr
+    return entry + rules.sl * atr, entry - rules.pt * atr
 
 
 def barrier_rules(rules) -> BarrierRules:
@@ -43,11 +72,13 @@ def barrier_rules(rules) -> BarrierRules:
 
 class TradeLogStrategy(bt.Strategy):
     """Base for our strategies: sizing, order bookkeeping, a trade log of dicts (``TRADE_FIELDS``) and
-    the broker value and position at every bar's close (``equity_values``, ``position_sizes``).
+    the broker value and position at every bar's close (``equity_values``, ``position_sizes``; a short's is < 0).
 
     Subclasses put their decision in :meth:`on_bar` (not ``next``, which records the bar first), call
     :meth:`_enter` / :meth:`_exit_market`, and may override :meth:`_on_entry_filled`.
-    ``entry_bar``/``exit_bar`` are 0-based bar positions in the feed; ``ret = pnl / (size * entry_price)``.
+    ``entry_bar``/``exit_bar`` are 0-based bar positions in the feed; ``size`` counts units (> 0) and ``side`` is +1
+    (long) or -1 (short); ``pnl = side * size * (exit_price - entry_price)`` less both commissions (and a short's
+    borrow cost); ``ret = pnl / (size * entry_price)``.
     """
 
     params = (
@@ -87,12 +118,13 @@ class TradeLogStrategy(bt.Strategy):
     def _is_flat(self) -> bool:
         return not self.position.size and not self._live and self._intent is None
 
-    def _enter(self, **info) -> None:
-        """Decide at this close to buy at the next open; ``info`` (e.g. atr) goes to the trade record."""
-        notional = self._size_frac * self.broker.getvalue()
+    def _enter(self, side: int = 1, scale: float = 1.0, **info) -> None:
+        """Decide at this close to buy (``side`` +1) or sell short (-1) at the next open, committing ``scale`` times
+        the usual size; ``info`` (e.g. atr) goes to the trade record."""
+        notional = self._size_frac * self.broker.getvalue() * scale
         if notional <= 0.0:  # nothing left to invest (costs have eaten the account)
             return
-        self._intent = {"signal_time": self._now(), "atr": math.nan, **info}
+        self._intent = {"signal_time": self._now(), "atr": math.nan, **info, "side": side}
         self._notional = notional
 
     def start(self):
@@ -106,10 +138,8 @@ class TradeLogStrategy(bt.Strategy):
         # Bar t+1 before the broker fills: only open[0], the fill price, is read here.
         if self._intent is None:
             return
-        price = self.data.open[0] * (1.0 + self.broker.p.slip_perc)  # the broker caps it at the high
-        unit_cost = price + self.broker.getcommissioninfo(self.data).getcommission(1.0, price)
-        # backtrader rejects (Margin) a fill costing a hair more than the cash: keep CASH_EPS spare
-        order = self.buy(size=self._notional / unit_cost * (1.0 - CASH_EPS))
+        size = entry_units(self.broker, self.data, self._notional, self._intent["side"])
+        order = (self.buy if self._intent["side"] > 0 else self.sell)(size=size)
         if order is None:  # backtrader refuses a zero size: the account can no longer buy anything
             self._intent = None
             return
@@ -170,7 +200,7 @@ class TradeLogStrategy(bt.Strategy):
                 self._open = {
                     "entry_time": self._now(),
                     "entry_price": order.executed.price,
-                    "size": order.executed.size,
+                    "size": abs(order.executed.size),
                     "entry_comm": order.executed.comm,
                     "entry_bar": self._bar(),
                     **self._pending_entry,
@@ -198,13 +228,14 @@ class TradeLogStrategy(bt.Strategy):
             return
         size = self.position.size
         close = self.data.close[0]
-        # backtrader's sell slippage: price * (1 - slip_perc), capped at the bar's low (slip_match).
-        price = max(close * (1.0 - self.broker.p.slip_perc), self.data.low[0])
+        price = close_out_price(self.broker, self.data, size)
         comm = self.broker.getcommissioninfo(self.data).getcommission(size, price)
         self.eod_cost = size * (close - price) + comm
-        self._record_exit(price, size, comm, END_OF_DATA)
+        # the trade's costs include a short's borrow accrued since its entry (already out of the cash)
+        self._record_exit(price, size, comm + self.broker.d_credit.get(self.data, 0.0), END_OF_DATA)
 
     def _record_exit(self, price: float, size: float, comm: float, reason: str) -> None:
+        """Book the open trade's exit: ``size`` is the position closed (< 0 for a short), ``comm`` the exit's costs."""
         trade = self._open
         if trade is None:
             log.error("exit fill at %s with no open trade recorded", self._now())

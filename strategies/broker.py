@@ -1,21 +1,23 @@
 """``BarrierBroker``: backtrader's BackBroker plus one native order for a triple-barrier exit.
 
-A triple-barrier exit on the stock broker is three orders per trade (a sell stop, a sell limit OCO'd
-to it, and a market sell after cancelling both at the time limit), each with its own submit, accept,
-cancel and notification clones: that order traffic, not the strategy, is most of a backtest's cost
-when trades are frequent. :class:`TripleBarrierOrder` is one sell order carrying all three barriers,
-worked by the broker's own fill rules, in the order the stock OCO pair is worked:
+A triple-barrier exit on the stock broker is three orders per trade (a stop, a limit OCO'd to it, and a
+market order after cancelling both at the time limit; sells for a long, buys for a short), each with its
+own submit, accept, cancel and notification clones: that order traffic, not the strategy, is most of a backtest's cost
+when trades are frequent. :class:`TripleBarrierOrder` is one order carrying all three barriers (a sell
+closing a long, or a buy closing a short), worked by the broker's own fill rules, in the order the stock OCO
+pair is worked:
 
-1. from bar ``time_bar`` on: a market sell at the open (``_try_exec_market``): the time exit;
+1. from bar ``time_bar`` on: a market order at the open (``_try_exec_market``): the time exit;
 2. else the stop (``_try_exec_stop`` at ``stop``): a gap through it fills at the open;
 3. else the take-profit (``_try_exec_limit`` at ``take``): a gap through it fills at the open.
 
 The stop is tried first, as FIFO processing of the stock pair (stop submitted first) does when one
-bar spans both barriers -- also when the bar opens above the take-profit and then trades down to the
-stop: both paths book that bar as ``stop_loss`` at the stop price. Fills, commission, slippage, cash
+bar spans both barriers -- also when a long's bar opens above the take-profit and then trades down to
+the stop (a short's: opens below it and trades up to the stop): both paths book that bar as
+``stop_loss`` at the stop price. Fills, commission, slippage, cash
 and positions all go through BackBroker's ``_execute``; ``tests/test_strategies.py`` checks
 trade-for-trade parity with the stock three-order path. The equivalence needs whole fills at the open
-or a barrier: ``sell_barriers`` refuses a broker with cheat-on-close (market fills at the order's
+or a barrier: ``exit_barriers`` refuses a broker with cheat-on-close (market fills at the order's
 creation close) or a volume filler (partial fills). Every other order behaves exactly as on
 ``bt.brokers.BackBroker``.
 """
@@ -27,30 +29,42 @@ import backtrader as bt
 from strategies.base import STOP_LOSS, TAKE_PROFIT, TIME_LIMIT
 
 
-class TripleBarrierOrder(bt.order.SellOrder):
-    """A sell closing a long: stop ``stop``, take-profit ``take``, market exit from bar ``time_bar``.
+class TripleBarrierOrder:
+    """The exit of a position: stop ``stop``, take-profit ``take``, market exit from bar ``time_bar``.
 
+    A sell closing a long (stop below take) or a buy closing a short (stop above take): the concrete orders are
+    :class:`SellBarriers` and :class:`BuyBarriers`, made by :meth:`BarrierBroker.exit_barriers`.
     ``exit_reason`` is set by the broker on the fill (``stop_loss``, ``take_profit``, ``time_limit``).
     ``time_bar`` is a 0-based bar position in the order's data feed.
     """
 
     def __init__(self):
         super().__init__()
-        # set by BarrierBroker.sell_barriers, the only way to make one
+        # set by BarrierBroker.exit_barriers, the only way to make one
         self.stop = self.take = float("nan")
         self.time_bar = -1
         self.exit_reason: str | None = None
         self.seen_len = 0  # bars of the data already worked: a data without a new bar is not worked again
 
 
-class BarrierBroker(bt.brokers.BackBroker):
-    """BackBroker that also works :class:`TripleBarrierOrder` (see :meth:`sell_barriers`)."""
+class SellBarriers(TripleBarrierOrder, bt.order.SellOrder):
+    """The triple-barrier exit of a long."""
 
-    def sell_barriers(self, owner, data, size: float, stop: float, take: float, time_bar: int):
-        """Submit one order selling ``size`` units at the first barrier touched (see the module doc);
-        ``time_bar`` is the 0-based bar of ``data`` whose open takes the time exit."""
-        if not stop < take:
-            raise ValueError(f"stop ({stop}) must be below take-profit ({take})")
+
+class BuyBarriers(TripleBarrierOrder, bt.order.BuyOrder):
+    """The triple-barrier exit of a short (backtrader's buy stop and buy limit, mirrored fills)."""
+
+
+class BarrierBroker(bt.brokers.BackBroker):
+    """BackBroker that also works :class:`TripleBarrierOrder` (see :meth:`exit_barriers`)."""
+
+    def exit_barriers(self, owner, data, size: float, stop: float, take: float, time_bar: int):
+        """Submit one order closing a position of ``size`` units (> 0 long: a sell, stop below take; < 0 short:
+        a buy, stop above take) at the first barrier touched (see the module doc); ``time_bar`` is the 0-based
+        bar of ``data`` whose open takes the time exit."""
+        if not size or not (stop < take if size > 0 else stop > take):
+            raise ValueError(f"a {'long' if size > 0 else 'short'} of {size} units cannot have stop {stop} and "
+                             f"take-profit {take}: the stop lies {'below' if size > 0 else 'above'} the take-profit")
         if int(time_bar) != time_bar or time_bar < 0:
             raise ValueError(f"time_bar must be a bar position >= 0, got {time_bar}")
         if self.p.coc or self.p.filler is not None:
@@ -58,7 +72,8 @@ class BarrierBroker(bt.brokers.BackBroker):
                 "TripleBarrierOrder fills like the stock stop/limit/market orders only without cheat-on-close "
                 "(set_coc) and without a volume filler (set_filler): use bt.brokers.BackBroker for those"
             )
-        order = TripleBarrierOrder(owner=owner, data=data, size=abs(size), price=stop, exectype=bt.Order.Stop)
+        cls = SellBarriers if size > 0 else BuyBarriers
+        order = cls(owner=owner, data=data, size=abs(size), price=stop, exectype=bt.Order.Stop)
         order.stop, order.take, order.time_bar = float(stop), float(take), int(time_bar)
         order.seen_len = len(data)  # the barriers are worked from the data's next bar on
         self._ocoize(order, None)  # a group of its own, as BackBroker.sell does for an order without oco
@@ -90,7 +105,7 @@ class BarrierBroker(bt.brokers.BackBroker):
 
 
     def settle(self, owner, data, price: float, withdraw=None):
-        """Sell the whole long position of ``data`` now at ``price`` (an instrument whose data ends before
+        """Close the whole position of ``data`` now at ``price`` (an instrument whose data ends before
         the backtest: its end-of-data exit), through BackBroker's own execution arithmetic. ``withdraw``:
         the position's exit order, taken back silently wherever it waits (still submitted, or pending).
         Returns the order (already completed) so the owner can recognise its notification."""
@@ -100,8 +115,9 @@ class BarrierBroker(bt.brokers.BackBroker):
                     queue.remove(withdraw)
             withdraw.cancel()
         position = self.getposition(data)
-        order = bt.order.SellOrder(owner=owner, data=data, size=position.size, price=price,
-                                   exectype=bt.Order.Market, simulated=True)
+        cls = bt.order.SellOrder if position.size > 0 else bt.order.BuyOrder
+        order = cls(owner=owner, data=data, size=abs(position.size), price=price, exectype=bt.Order.Market,
+                    simulated=True)
         order.addcomminfo(self.getcommissioninfo(data))
         order.submit(self)
         order.accept(self)

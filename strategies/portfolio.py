@@ -15,14 +15,15 @@ length (``len(data) > length at the previous step``) and acts on an instrument o
 started yet (backtrader's default waits for every feed).
 
 Allocation at each close: the instruments with a new bar, no position, no entry in flight and
-``prob >= threshold`` (and ATR > 0) are candidates; the free slots (``max_positions`` minus positions
-held and entries waiting) go to the highest probability, then the symbol name; each entry commits
-``equity / max_positions`` (or ``size_frac * equity``), at most the cash not yet committed (positions
+``prob >= threshold`` (and ATR > 0, and a side and size where the feed has those lines) are candidates; the
+free slots (``max_positions`` minus positions held and entries waiting) go to the highest probability, then
+the symbol name; each entry (long or short, on its side) commits ``equity / max_positions`` (or
+``size_frac * equity``) times its size multiple, at most the cash not yet committed (positions
 that gained are worth more than the cash they left). A candidate without a free slot or free cash is
 skipped and counted. A decision at an instrument's last bar is not taken (nothing could fill it).
 
-End of data: an instrument whose data ends before the backtest's last time is sold at its last bar's
-close (less slippage, floored at the low) through the broker (``BarrierBroker.settle``), with
+End of data: an instrument whose data ends before the backtest's last time is closed out at its last bar's
+close (slipped against us within the bar's range) through the broker (``BarrierBroker.settle``), with
 exit_reason ``end_of_data``; at the backtest's last time the open positions are closed synthetically
 as in the single-instrument strategy (``eod_cost``).
 """
@@ -36,7 +37,8 @@ import backtrader as bt
 import pandas as pd
 
 from labeling.rules import check_max_positions
-from strategies.base import CASH_EPS, END_OF_DATA, TRADE_FIELDS, barrier_rules
+from strategies.base import (END_OF_DATA, TRADE_FIELDS, barrier_prices, barrier_rules, close_out_price,
+                             entry_units)
 from strategies.broker import BarrierBroker
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,10 @@ PORTFOLIO_TRADE_FIELDS = ("symbol", *TRADE_FIELDS)
 
 
 class PortfolioAgentStrategy(bt.Strategy):
-    """Long-only triple-barrier trades on each feed's ``signal`` line, sharing one broker's cash.
+    """Triple-barrier trades, long or short, on each feed's ``signal`` line, sharing one broker's cash.
 
-    Every feed needs lines ``signal`` and ``atr`` and a ``_name`` (the symbol). ``n_bars``: the bars of
+    Every feed needs lines ``signal`` and ``atr`` and a ``_name`` (the symbol); lines ``side`` and ``size`` are
+    read where present (as in ``TransformerAgentStrategy``). ``n_bars``: the bars of
     each feed (to know its last one); ``n_times``: the times of the backtest (union of the feeds').
     """
 
@@ -84,6 +87,8 @@ class PortfolioAgentStrategy(bt.Strategy):
         self._times = 0
         self._signal = [d.lines.signal for d in self.datas]
         self._atr = [d.lines.atr for d in self.datas]
+        self._side = [getattr(d.lines, "side", None) for d in self.datas]
+        self._size = [getattr(d.lines, "bet_size", None) for d in self.datas]
 
     def start(self):
         if not (self.cerebro.p.cheat_on_open and self.broker.p.coo):
@@ -100,9 +105,8 @@ class PortfolioAgentStrategy(bt.Strategy):
             if len(d) <= self._len[k]:
                 continue  # no bar of this instrument now: the entry waits for its next open
             intent = self._intents.pop(k)
-            price = d.open[0] * (1.0 + self.broker.p.slip_perc)  # the broker caps the fill at the high
-            unit_cost = price + self.broker.getcommissioninfo(d).getcommission(1.0, price)
-            order = self.buy(data=d, size=intent["notional"] / unit_cost * (1.0 - CASH_EPS))
+            size = entry_units(self.broker, d, intent["notional"], intent["side"])
+            order = (self.buy if intent["side"] > 0 else self.sell)(data=d, size=size)
             if order is None:
                 continue
             self._entry[order.ref] = k
@@ -130,11 +134,11 @@ class PortfolioAgentStrategy(bt.Strategy):
                 return
             entry_bar = len(d) - 1
             self._open[k] = {"symbol": self.symbols[k], "entry_time": _time(d), "entry_price": order.executed.price,
-                             "size": order.executed.size, "entry_comm": order.executed.comm, "entry_bar": entry_bar,
-                             "signal_time": info["signal_time"], "atr": info["atr"]}
-            entry, atr = order.executed.price, info["atr"]
-            exit_order = self.broker.sell_barriers(self, d, order.executed.size, entry - self.rules.sl * atr,
-                                                   entry + self.rules.pt * atr, time_bar=entry_bar + self.rules.horizon)
+                             "size": abs(order.executed.size), "side": info["side"], "entry_comm": order.executed.comm,
+                             "entry_bar": entry_bar, "signal_time": info["signal_time"], "atr": info["atr"]}
+            size = order.executed.size
+            stop, take = barrier_prices(self.rules, order.executed.price, info["atr"], size)
+            exit_order = self.broker.exit_barriers(self, d, size, stop, take, time_bar=entry_bar + self.rules.horizon)
             self._exit[exit_order.ref] = k
             self._exit_order[k] = exit_order
             return
@@ -179,9 +183,11 @@ class PortfolioAgentStrategy(bt.Strategy):
                 continue
             prob = float(self._signal[k][0])
             if prob >= self.rules.threshold:  # NaN compares False
+                side = 1 if self._side[k] is None else int(self._side[k][0])
+                scale = 1.0 if self._size[k] is None else float(self._size[k][0])
                 atr = float(self._atr[k][0])
-                if atr > 0:
-                    candidates.append((-prob, self.symbols[k], k, atr))
+                if side and scale > 0.0 and atr > 0:
+                    candidates.append((-prob, self.symbols[k], k, atr, side, scale))
         if not candidates:
             return
         candidates.sort()
@@ -190,19 +196,20 @@ class PortfolioAgentStrategy(bt.Strategy):
         target = value / self.p.max_positions if size_frac is None else size_frac * value
         # cash not yet committed: entries waiting for their instrument's next bar hold theirs
         available = self.broker.getcash() - sum(i["notional"] for i in self._intents.values())
-        for rank, (_, _, k, atr) in enumerate(candidates):
-            notional = min(target, available)
+        for rank, (_, _, k, atr, side, scale) in enumerate(candidates):
+            notional = min(target * scale, available)
             if rank >= free or not notional > 0.0:
                 self.skipped[k] += 1
                 continue
             available -= notional
-            self._intents[k] = {"notional": notional, "signal_time": _time(self.datas[k]), "atr": atr}
+            self._intents[k] = {"notional": notional, "signal_time": _time(self.datas[k]), "atr": atr, "side": side}
 
     def _settle(self, k):
-        """End of this instrument's data before the backtest's end: sell at its last close through the broker."""
+        """End of this instrument's data before the backtest's end: close out at its last close through the broker
+        (whose commission then includes a short's accrued borrow)."""
         d = self.datas[k]
         size = self.getposition(d).size
-        price = max(d.close[0] * (1.0 - self.broker.p.slip_perc), d.low[0])
+        price = close_out_price(self.broker, d, size)
         exit_order = self._exit_order.pop(k, None)
         if exit_order is not None:
             self._exit.pop(exit_order.ref, None)
@@ -218,10 +225,10 @@ class PortfolioAgentStrategy(bt.Strategy):
             if not size:
                 continue
             close = d.close[0]
-            price = max(close * (1.0 - self.broker.p.slip_perc), d.low[0])
+            price = close_out_price(self.broker, d, size)
             comm = self.broker.getcommissioninfo(d).getcommission(size, price)
             self.eod_cost += size * (close - price) + comm
-            self._record_exit(k, price, size, comm, END_OF_DATA)
+            self._record_exit(k, price, size, comm + self.broker.d_credit.get(d, 0.0), END_OF_DATA)
 
     def _record_exit(self, k, price, size, comm, reason):
         trade = self._open.pop(k)

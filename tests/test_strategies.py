@@ -243,14 +243,14 @@ def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage,
     # Real bars, a busy momentum rule, short and long horizons: every fill price, size, reason and
     # equity value is the same on BarrierBroker as on backtrader's own BackBroker.
     submitted = []
-    sell_barriers = BarrierBroker.sell_barriers
+    exit_barriers = BarrierBroker.exit_barriers
 
     def spy(self, *args, **kwargs):
-        order = sell_barriers(self, *args, **kwargs)
+        order = exit_barriers(self, *args, **kwargs)
         submitted.append(order)
         return order
 
-    monkeypatch.setattr(BarrierBroker, "sell_barriers", spy)
+    monkeypatch.setattr(BarrierBroker, "exit_barriers", spy)
     df = datafeeds.load_ohlcv("nasdaq", start="2012-01-01", end="2016-12-31")
     for horizon, pt, sl in [(1, 1.5, 1.5), (3, 0.5, 0.5), (20, 1.5, 1.0)]:
         kw = dict(signal=_momentum_batch(df), costs=Costs(commission=COMM, slippage=slippage),
@@ -258,7 +258,7 @@ def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage,
         submitted.clear()
         native = run_backtest(df, "agent", run=RunConfig(benchmark=False), **kw)
         # the native path really ran: one TripleBarrierOrder per trade
-        assert len(submitted) == len(native.trades) and all(type(o) is TripleBarrierOrder for o in submitted)
+        assert len(submitted) == len(native.trades) and all(isinstance(o, TripleBarrierOrder) for o in submitted)
         stock = run_backtest(df, "agent", run=RunConfig(benchmark=False, native_barriers=False), **kw)
         assert native.config["broker"] == "BarrierBroker" and stock.config["broker"] == "BackBroker"
         assert len(native.trades) > 100
@@ -270,18 +270,20 @@ def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage,
 
 
 def test_triple_barrier_order_refuses_what_it_cannot_fill_like_the_stock_orders():
-    with pytest.raises(ValueError, match="below take-profit"):
-        BarrierBroker().sell_barriers(None, None, 1.0, stop=101.0, take=99.0, time_bar=5)
+    with pytest.raises(ValueError, match="stop lies below the take-profit"):
+        BarrierBroker().exit_barriers(None, None, 1.0, stop=101.0, take=99.0, time_bar=5)
+    with pytest.raises(ValueError, match="stop lies above the take-profit"):
+        BarrierBroker().exit_barriers(None, None, -1.0, stop=99.0, take=101.0, time_bar=5)
     with pytest.raises(ValueError, match="time_bar"):
-        BarrierBroker().sell_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=-1)
+        BarrierBroker().exit_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=-1)
     coc = BarrierBroker()
     coc.set_coc(True)  # market fills at the creation bar's close: not the stock time exit's fill
     with pytest.raises(ValueError, match="cheat-on-close"):
-        coc.sell_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=5)
+        coc.exit_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=5)
     filler = BarrierBroker()
     filler.set_filler(bt.broker.fillers.FixedSize(size=10))  # partial fills
     with pytest.raises(ValueError, match="filler"):
-        filler.sell_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=5)
+        filler.exit_barriers(None, None, 1.0, stop=99.0, take=101.0, time_bar=5)
 
 
 def test_exit_orders_need_a_reason():

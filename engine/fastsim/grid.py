@@ -12,23 +12,26 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine.backtest_common import prepare_inputs
+from engine.backtest_common import bet_inputs, day_numbers, prepare_inputs
 from engine.config import RunConfig
-from engine.fastsim.kernels import SWEEP_STATS, Clock, RuleGrid, sweep_nb
+from engine.fastsim.kernels import SWEEP_STATS, Clock, RuleGrid, Signals, sweep_nb
 from engine.fastsim.inputs import account, on_period, period_bars
 from labeling.rules import BarrierRules, Costs
 
-SWEEP_PARAMS = ("threshold", "pt", "sl", "horizon", "size_frac")  # the BarrierRules fields a grid may vary
+# the BarrierRules fields a grid may vary
+SWEEP_PARAMS = ("threshold", "pt", "sl", "horizon", "size_frac", "sizing", "size_step")
 
 
-def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, atr=None, costs: Costs | None = None,
+def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, side=None, costs: Costs | None = None,
           run: RunConfig | None = None, rules: BarrierRules | None = None, equity: bool = False):
     """The agent strategy on one signal for many rule sets in one numba call (parallel over them).
 
     ``grid``: field of :class:`~labeling.BarrierRules` -> values (``SWEEP_PARAMS``; their Cartesian product), or
     a DataFrame of explicit rows with some of those columns. Fields not given take ``rules``' (default
-    ``BarrierRules()``). Returns one row per configuration: its parameters and the headline numbers
-    ``run_backtest(run=RunConfig(engine="fast"))`` reports for it (``SWEEP_STATS``; NaN where that gives None).
+    ``BarrierRules()``). ``side``: the bets' sides, as for :func:`engine.run_backtest`; the ATR is
+    ``labeling.atr`` over ``rules.atr_period``. Returns one row per configuration: its parameters and the
+    headline numbers ``run_backtest(run=RunConfig(engine="fast"))`` reports for it
+    (``SWEEP_STATS``; NaN where that gives None).
     ``equity=True``: ``(that frame, equity curves)``, the curves a DataFrame on the period's bars with one column
     per configuration (8 bytes x bars x configurations: for short periods, e.g. validation blocks).
     """
@@ -43,14 +46,25 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, atr=None, costs:
             raise ValueError(f"sweep: configuration {i}: {exc}") from None
     conf = {k: np.array([getattr(c, k) for c in confs]) for k in SWEEP_PARAMS}
     conf["size_frac"] = np.array([c.entry_fraction for c in confs])
-    sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, base.atr_period, run)
+    sig, atr_full, period, ppy = prepare_inputs(df, signal, None, base.atr_period, run)
     sig_p, atr_p = (on_period(v, df, period) for v in (sig, atr_full))
+    # one row of entry sizes per distinct (sizing, horizon, size_step), on the full data like a single run's
+    size_key = [(c.sizing, c.horizon if c.sizing != "fixed" else 0, c.size_step) for c in confs]
+    distinct = list(dict.fromkeys(size_key))
+    side_p = None
+    sizes = np.empty((len(distinct), len(period)))
+    for r, key in enumerate(distinct):
+        sides, size_full = bet_inputs(df, sig, side, confs[size_key.index(key)])
+        side_p = on_period(sides, df, period)
+        sizes[r] = on_period(size_full, df, period)
+    size_row = np.array([distinct.index(k) for k in size_key], dtype=np.int64)
     years = (period.index[-1] - period.index[0]).total_seconds() / (365.25 * 86_400.0)
     rf_bar = (1.0 + run.risk_free) ** (1.0 / ppy) - 1.0 if run.risk_free else 0.0
     rule_grid = RuleGrid(conf["threshold"].astype(np.float64), conf["pt"].astype(np.float64),
                          conf["sl"].astype(np.float64), conf["horizon"].astype(np.int64),
-                         conf["size_frac"].astype(np.float64))
-    res = sweep_nb(period_bars(period), sig_p, atr_p, rule_grid, account(run.cash, costs),
+                         conf["size_frac"].astype(np.float64), size_row)
+    signals = Signals(sig_p, atr_p, side_p, sizes[0], day_numbers(period.index))
+    res = sweep_nb(period_bars(period), signals, sizes, rule_grid, account(run, costs),
                    Clock(float(years), float(ppy), float(rf_bar)), bool(equity))
     out = pd.DataFrame({k: conf[k] for k in SWEEP_PARAMS})
     out["horizon"] = out["horizon"].astype(np.int64)

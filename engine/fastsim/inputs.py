@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from engine.config import RunConfig
 from engine.fastsim.kernels import Account, Bars, Rules
 from labeling.rules import BarrierRules, Costs
 from strategies import EXIT_REASONS
@@ -19,8 +20,9 @@ def kernel_rules(rules: BarrierRules, default_size: float) -> Rules:
     return Rules(rules.threshold, rules.pt, rules.sl, rules.horizon, float(size))
 
 
-def account(cash: float, costs: Costs) -> Account:
-    return Account(float(cash), costs.commission, costs.slippage)
+def account(run: RunConfig, costs: Costs) -> Account:
+    """The account as the kernels read it; leverage and the daily borrow rate computed as backtrader does."""
+    return Account(run.cash, costs.commission, costs.slippage, run.leverage, costs.borrow / 365.0)
 
 
 def period_bars(period: pd.DataFrame) -> Bars:
@@ -28,10 +30,11 @@ def period_bars(period: pd.DataFrame) -> Bars:
     return Bars(*(prices(period, col) for col in ("open", "high", "low", "close")))
 
 
-def on_period(values: pd.Series, df: pd.DataFrame, period: pd.DataFrame) -> np.ndarray:
+def on_period(values: pd.Series | np.ndarray, df: pd.DataFrame, period: pd.DataFrame) -> np.ndarray:
     """``values`` (on ``df.index``) over the period's bars as float64: a slice by position, not a reindex."""
     lo = 0 if len(period) == len(df) else int(df.index.get_loc(period.index[0]))
-    return np.ascontiguousarray(values.to_numpy(dtype=np.float64)[lo : lo + len(period)])
+    arr = values.to_numpy(dtype=np.float64) if isinstance(values, pd.Series) else np.asarray(values, np.float64)
+    return np.ascontiguousarray(arr[lo : lo + len(period)])
 
 
 def prices(period: pd.DataFrame, col: str) -> np.ndarray:

@@ -48,21 +48,39 @@ class Rules(NamedTuple):
 
 
 class RuleGrid(NamedTuple):
-    """One array per field of :class:`Rules`, one row per configuration (``sweep_nb``)."""
+    """One array per field of :class:`Rules`, one row per configuration (``sweep_nb``), and the row of the sizes
+    matrix each configuration reads."""
 
     threshold: np.ndarray
     pt: np.ndarray
     sl: np.ndarray
     horizon: np.ndarray
     size_frac: np.ndarray
+    size_row: np.ndarray
+
+
+class Signals(NamedTuple):
+    """What the decisions read per bar, float64 shaped like the prices (``day``: per row): the probability (NaN:
+    none), the ATR the barriers are measured in, the side of an entry there (+1 long, -1 short, 0 no bet), its
+    size as a multiple of the usual notional (``labeling.entry_sizes``; 0 no bet), and the calendar day (days
+    since 1970-01-01, UTC) a short's daily borrow counts."""
+
+    prob: np.ndarray
+    atr: np.ndarray
+    side: np.ndarray
+    size: np.ndarray
+    day: np.ndarray
 
 
 class Account(NamedTuple):
-    """Starting cash and ``labeling.Costs``."""
+    """Starting cash, ``labeling.Costs`` and margin: ``leverage`` = 1 / ``RunConfig.margin``, ``borrow_day`` =
+    ``Costs.borrow`` / 365 (backtrader's credit rate)."""
 
     cash: float
     commission: float
     slippage: float
+    leverage: float
+    borrow_day: float
 
 
 class Clock(NamedTuple):
@@ -88,6 +106,7 @@ class Trades(NamedTuple):
     commission: np.ndarray
     atr: np.ndarray
     reason: np.ndarray
+    side: np.ndarray
 
 
 class SimOut(NamedTuple):
@@ -127,12 +146,12 @@ def slip_down_nb(pmin, price, slip):
 
 
 @njit_cached
-def sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission):
-    """A long of ``units`` sold at ``xp`` in BackBroker's order of float operations: (cash after, commission,
-    order.executed.price, the trade's pnl net of both commissions)."""
+def close_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission, lev):
+    """A position of ``units`` (< 0: short) closed at ``xp`` in BackBroker's order of float operations (shortcash
+    off): (cash after, the fill's commission, order.executed.price, the trade's pnl net of both commissions)."""
     pnl_b = units * (xp - pos_price) * 1.0
-    cash += units * pos_price / 1.0 + pnl_b
-    comm = units * commission * xp
+    cash += abs(units) * pos_price / lev + pnl_b
+    comm = abs(units) * commission * xp
     cash -= comm
     cash += 0.0
     exit_px = (0.0 + (-units) * xp) / (-units)
@@ -140,12 +159,76 @@ def sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission):
 
 
 @njit_cached
-def simulate_nb(bars, signal, atr, rules, account, start, end):
-    """Long-only triple-barrier trades on ``signal`` over bars [start, end) (see the package docstring):
+def barrier_exit_nb(units, o, hi, lo, stop_px, limit_px, timed, slippage):
+    """Where and why a triple-barrier exit fills on this bar (price, reason code; -1: it does not), as BarrierBroker
+    works it: the time exit at the open, else the stop, else the take-profit; a short's orders are buys."""
+    if units > 0.0:
+        if timed:
+            return slip_down_nb(lo, o, slippage), TIME
+        if o <= stop_px:
+            return slip_down_nb(lo, o, slippage), SL
+        if lo <= stop_px:
+            return slip_down_nb(lo, stop_px, slippage), SL
+        if limit_px <= o:
+            return slip_down_nb(limit_px, o, slippage), TP  # backtrader floors a sell limit's gap at the limit
+        if limit_px <= hi:
+            return limit_px, TP
+        return 0.0, -1
+    if timed:
+        return slip_up_nb(hi, o, slippage), TIME
+    if o >= stop_px:
+        return slip_up_nb(hi, o, slippage), SL
+    if hi >= stop_px:
+        return slip_up_nb(hi, stop_px, slippage), SL
+    if limit_px >= o:
+        return slip_up_nb(min(hi, limit_px), o, slippage), TP
+    if limit_px >= lo:
+        return limit_px, TP
+    return 0.0, -1
+
+
+@njit_cached
+def entry_units_nb(notional, o, side, commission, slippage, lev):
+    """``strategies.base.entry_units``: a buy sized at the open slipped up, a short sale at the open."""
+    price = o * (1.0 + slippage) if side > 0 else o
+    unit_cost = price / lev + 1.0 * commission * price
+    return notional / unit_cost * (1.0 - CASH_EPS)
+
+
+@njit_cached
+def position_value_nb(units, close, pos_price, lev):
+    """What BackBroker's value adds for a position (shortcash off): a long at its close, a short at its entry value
+    plus its gain, each unlevered."""
+    if units > 0.0:
+        dvalue = units * close
+    else:
+        dvalue = pos_price * units
+        dvalue += (pos_price - close) * units
+        dvalue = abs(dvalue)
+    unrealized = units * (close - pos_price) * 1.0
+    if dvalue > 0.0:
+        return (0.0 + (dvalue - unrealized) / lev) + unrealized
+    return 0.0 + dvalue
+
+
+@njit_cached
+def close_out_price_nb(units, close, hi, lo, slippage):
+    """``strategies.base.close_out_price``: the synthetic end-of-data fill at the close, slipped against us."""
+    if units > 0.0:
+        xp = close * (1.0 - slippage)
+        return lo if lo > xp else xp
+    xp = close * (1.0 + slippage)
+    return hi if hi < xp else xp
+
+
+@njit_cached
+def simulate_nb(bars, signals, rules, account, start, end):
+    """Triple-barrier trades on :class:`Signals` over bars [start, end), long or short (see the package docstring):
     a :class:`SimOut` whose bars are relative to ``start``."""
     open_, high, low, close = bars
+    signal, atr, side, scale, day = signals
     threshold, pt, sl, horizon, size_frac = rules
-    cash, commission, slippage = account
+    cash, commission, slippage, lev, borrow_day = account
     n = end - start
     n_sig = 0  # each trade starts at a bar that signals: a bound on the trades, far below n/2 for high thresholds
     for i in range(start, end):
@@ -163,97 +246,91 @@ def simulate_nb(bars, signal, atr, rules, account, start, end):
     t_comm = np.empty(cap, np.float64)
     t_atr = np.empty(cap, np.float64)
     t_reason = np.empty(cap, np.int8)
+    t_side = np.empty(cap, np.int8)
     equity = np.empty(n, np.float64)
     position = np.empty(n, np.float64)
 
     k = 0  # trades recorded
     n_rejected = 0
-    units = 0.0  # position size
+    units = 0.0  # position size, < 0 short
     pos_price = 0.0  # broker position price: the raw fill price
+    pos_day = 0  # the day borrow was last charged up to (backtrader's position.datetime)
+    accrued = 0.0  # borrow charged since the entry (backtrader's d_credit, booked with the exit's commission)
     entry_px = 0.0  # order.executed.price of the entry: units * price / units
     entry_comm = 0.0
     entry_bar = -1
     sig_bar = -1
     sig_atr = 0.0
+    sig_side = 1
     stop_px = 0.0
     limit_px = 0.0
-    exit_ordered = False  # time exit: market sell at the next open
+    exit_ordered = False  # time exit: market order at the next open
     intent = False  # entry decided at the previous close
     notional = 0.0
     for j in range(n):
         i = start + j
         o = open_[i]
-        # next_open: size the entry on this open (slipped up, not capped: the broker caps the fill)
+        # next_open: size the entry on this open (the broker caps the fill within the bar)
         if intent:
             intent = False
-            price = o * (1.0 + slippage)
-            unit_cost = price + 1.0 * commission * price
-            size = notional / unit_cost * (1.0 - CASH_EPS)
+            size = entry_units_nb(notional, o, sig_side, commission, slippage, lev)
             # broker.check_submitted: margin check at the unslipped open
-            c = cash - size * o
+            c = cash - size * o / lev
             c -= size * commission * o
             if c < 0.0:
                 n_rejected += 1
             else:
-                p = slip_up_nb(high[i], o, slippage)
-                c = cash - size * p
+                p = slip_up_nb(high[i], o, slippage) if sig_side > 0 else slip_down_nb(low[i], o, slippage)
+                c = cash - size * p / lev
                 c -= size * commission * p
                 if c < 0.0:
                     n_rejected += 1
                 else:
                     cash = c
-                    units = size
+                    units = size * sig_side
                     pos_price = p
-                    entry_px = (0.0 + size * p) / size
+                    pos_day = day[i]
+                    accrued = 0.0
+                    entry_px = (0.0 + units * p) / units
                     entry_comm = size * commission * p
                     entry_bar = j
-                    stop_px = entry_px - sl * sig_atr
-                    limit_px = entry_px + pt * sig_atr  # the OCO pair, worked from the next bar
+                    if sig_side > 0:
+                        stop_px = entry_px - sl * sig_atr
+                        limit_px = entry_px + pt * sig_atr  # the OCO pair, worked from the next bar
+                    else:
+                        stop_px = entry_px + sl * sig_atr
+                        limit_px = entry_px - pt * sig_atr
         elif units != 0.0:
-            xp = 0.0
-            reason = -1
-            if exit_ordered:
-                xp = slip_down_nb(low[i], o, slippage)
-                reason = TIME
-            else:
-                # pending orders are worked FIFO: the stop (submitted first) before the limit
-                if o <= stop_px:
-                    xp = slip_down_nb(low[i], o, slippage)
-                    reason = SL
-                elif low[i] <= stop_px:
-                    xp = slip_down_nb(low[i], stop_px, slippage)
-                    reason = SL
-                elif limit_px <= o:
-                    xp = slip_down_nb(limit_px, o, slippage)  # backtrader floors a limit gap at the limit
-                    reason = TP
-                elif limit_px <= high[i]:
-                    xp = limit_px
-                    reason = TP
+            if units < 0.0 and day[i] > pos_day:  # broker.next: a short's borrow, per calendar day, before fills
+                credit = (day[i] - pos_day) * borrow_day * abs(units) * pos_price
+                accrued += credit
+                cash -= credit
+            pos_day = day[i]
+            xp, reason = barrier_exit_nb(units, o, high[i], low[i], stop_px, limit_px, exit_ordered, slippage)
             if reason >= 0:
-                cash, comm, exit_px, pnl = sell_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission)
+                cash, comm, exit_px, _ = close_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission, lev)
+                comm += accrued
                 t_entry[k] = entry_bar
                 t_exit[k] = j
                 t_signal[k] = sig_bar
                 t_eprice[k] = entry_px
                 t_xprice[k] = exit_px
-                t_size[k] = units
-                t_pnl[k] = pnl
-                t_ret[k] = pnl / (units * entry_px)
+                t_size[k] = abs(units)
+                t_pnl[k] = units * (exit_px - entry_px) - entry_comm - comm
+                t_ret[k] = t_pnl[k] / (abs(units) * entry_px)
                 t_comm[k] = entry_comm + comm
                 t_atr[k] = sig_atr
                 t_reason[k] = reason
+                t_side[k] = 1 if units > 0.0 else -1
                 k += 1
                 units = 0.0
                 pos_price = 0.0
                 exit_ordered = False
-        # broker value at the close (backtrader's _get_value for one long-only position)
-        cl = close[i]
-        dvalue = units * cl
-        unrealized = units * (cl - pos_price) * 1.0
-        if dvalue > 0.0:
-            value = cash + ((0.0 + (dvalue - unrealized) / 1.0) + unrealized)
+        # broker value at the close (backtrader's _get_value for one position)
+        if units != 0.0:
+            value = cash + position_value_nb(units, close[i], pos_price, lev)
         else:
-            value = cash + (0.0 + dvalue)
+            value = cash + (0.0 + 0.0)
         equity[j] = value
         position[j] = units
         # strategy.next at the close
@@ -262,36 +339,37 @@ def simulate_nb(bars, signal, atr, rules, account, start, end):
                 exit_ordered = True  # the barriers are cancelled with it
         else:
             a = atr[i]
-            if signal[i] >= threshold and a > 0.0:  # NaN compares False
+            if signal[i] >= threshold and side[i] != 0.0 and scale[i] > 0.0 and a > 0.0:  # NaN compares False
                 intent = True
-                notional = size_frac * value
+                notional = size_frac * value * scale[i]
                 sig_bar = j
                 sig_atr = a
+                sig_side = 1 if side[i] > 0.0 else -1
 
     eod_cost = 0.0
     if units != 0.0:
         i = end - 1
         cl = close[i]
-        xp = cl * (1.0 - slippage)
-        if low[i] > xp:
-            xp = low[i]
-        comm = units * commission * xp
+        xp = close_out_price_nb(units, cl, high[i], low[i], slippage)
+        comm = abs(units) * commission * xp
         eod_cost = units * (cl - xp) + comm
-        pnl = units * (xp - entry_px) - entry_comm - comm
+        comm += accrued
         t_entry[k] = entry_bar
         t_exit[k] = n - 1
         t_signal[k] = sig_bar
         t_eprice[k] = entry_px
         t_xprice[k] = xp
-        t_size[k] = units
-        t_pnl[k] = pnl
-        t_ret[k] = pnl / (units * entry_px)
+        t_size[k] = abs(units)
+        t_pnl[k] = units * (xp - entry_px) - entry_comm - comm
+        t_ret[k] = t_pnl[k] / (abs(units) * entry_px)
         t_comm[k] = entry_comm + comm
         t_atr[k] = sig_atr
         t_reason[k] = EOD
+        t_side[k] = 1 if units > 0.0 else -1
         k += 1
         equity[n - 1] -= eod_cost
-    trades = Trades(k, t_entry, t_exit, t_signal, t_eprice, t_xprice, t_size, t_pnl, t_ret, t_comm, t_atr, t_reason)
+    trades = Trades(k, t_entry, t_exit, t_signal, t_eprice, t_xprice, t_size, t_pnl, t_ret, t_comm, t_atr, t_reason,
+                    t_side)
     return SimOut(trades, equity, position, n_rejected, eod_cost)
 
 
@@ -333,16 +411,19 @@ def headline_nb(run, clock):
 
 
 @njit_cached(parallel=True)
-def sweep_nb(bars, signal, atr, grid, account, clock, keep_equity):
-    """Every configuration (one row of the :class:`RuleGrid`) through `simulate_nb`, in parallel: a :class:`SweepOut`
-    of their headline stats, with their equity curves if ``keep_equity``."""
+def sweep_nb(bars, signals, sizes, grid, account, clock, keep_equity):
+    """Every configuration (one row of the :class:`RuleGrid`, with row ``size_row`` of ``sizes`` as its entry sizes)
+    through
+    `simulate_nb`, in parallel: a :class:`SweepOut` of their headline stats, with their equity curves if
+    ``keep_equity``."""
     n_conf = len(grid.threshold)
     n = len(bars.close)
     out = np.empty((n_conf, len(SWEEP_STATS)))
     curves = np.empty((n_conf, n if keep_equity else 0))
     for c in numba.prange(n_conf):
         rules = Rules(grid.threshold[c], grid.pt[c], grid.sl[c], grid.horizon[c], grid.size_frac[c])
-        run = simulate_nb(bars, signal, atr, rules, account, 0, n)
+        mine = Signals(signals.prob, signals.atr, signals.side, sizes[grid.size_row[c]], signals.day)
+        run = simulate_nb(bars, mine, rules, account, 0, n)
         out[c, :] = headline_nb(run, clock)
         if keep_equity:
             curves[c, :] = run.equity

@@ -8,39 +8,43 @@ import time
 import numpy as np
 import pandas as pd
 
-from engine.fastsim.kernels import Bars
-from engine.fastsim.portfolio_kernel import TRADE_FLOATS, TRADE_INTS, portfolio_nb
+from engine.backtest_common import day_numbers
+from engine.config import RunConfig
+from engine.fastsim.kernels import Bars, Signals
+from engine.fastsim.portfolio_kernel import TRADE_FLOATS, TRADE_INTS, Calendar, portfolio_nb
 from engine.fastsim.inputs import REASON_NAMES, account, kernel_rules, prices
 from labeling.rules import BarrierRules, Costs
 
 
-def simulate_portfolio(per: dict, times: pd.DatetimeIndex, rules: BarrierRules, costs: Costs, cash: float,
+def simulate_portfolio(per: dict, times: pd.DatetimeIndex, rules: BarrierRules, costs: Costs, run: RunConfig,
                        max_positions: int) -> dict:
     """The portfolio strategy through the kernel on (times x instruments) arrays.
 
-    ``per``: symbol -> (period frame, signal array, ATR array), symbols sorted (``engine.portfolio.inputs``);
+    ``per``: symbol -> its ``engine.backtest_common.Instrument``, symbols sorted (``engine.portfolio.inputs``);
     returns what ``engine.portfolio`` assembles its result from (equity, positions, the trades frame, skipped
     and rejected counts per symbol, the kernel's seconds).
     """
     symbols = list(per)
     T, n = len(times), len(symbols)
     arrays = {c: np.full((T, n), np.nan) for c in ("open", "high", "low", "close", "signal", "atr")}
+    arrays["side"], arrays["size"] = np.zeros((T, n)), np.zeros((T, n))
     has_bar = np.zeros((T, n), dtype=np.bool_)
     last_t = np.empty(n, dtype=np.int64)
     for k, sym in enumerate(symbols):
-        period, sig, atr = per[sym]
+        period = per[sym].period
         pos = times.get_indexer(period.index)
         has_bar[pos, k] = True
         last_t[k] = pos[-1]
         for c in ("open", "high", "low", "close"):
             arrays[c][pos, k] = prices(period, c)
-        arrays["signal"][pos, k] = sig
-        arrays["atr"][pos, k] = atr
+        for c in ("signal", "atr", "side", "size"):
+            arrays[c][pos, k] = getattr(per[sym], c)
     bars = Bars(arrays["open"], arrays["high"], arrays["low"], arrays["close"])
     t0 = time.perf_counter()
     # size_frac None: equity / max_positions per entry, which the kernel reads from a size <= 0
-    out = portfolio_nb(bars, arrays["signal"], arrays["atr"], has_bar, last_t, kernel_rules(rules, -1.0),
-                       account(cash, costs), int(max_positions))
+    signals = Signals(arrays["signal"], arrays["atr"], arrays["side"], arrays["size"], day_numbers(times))
+    out = portfolio_nb(bars, signals, Calendar(has_bar, last_t), kernel_rules(rules, -1.0), account(run, costs),
+                       int(max_positions))
     run_seconds = time.perf_counter() - t0
     k_tr = int(out.n_trades)
     ints = dict(zip(TRADE_INTS, (out.trade_ints[:k_tr, c] for c in range(len(TRADE_INTS)))))
@@ -51,7 +55,7 @@ def simulate_portfolio(per: dict, times: pd.DatetimeIndex, rules: BarrierRules, 
     exit_time = np.empty(k_tr, dtype=unit)
     for k, sym in enumerate(symbols):  # each instrument's own bar positions -> its times
         mine = sym_ == k
-        idx = per[sym][0].index.as_unit(times.unit)
+        idx = per[sym].period.index.as_unit(times.unit)
         idx = (idx.tz_convert("UTC").tz_localize(None) if idx.tz is not None else idx).to_numpy()
         entry_time[mine], exit_time[mine] = idx[entry[mine]], idx[exit_[mine]]
     tz = times.tz
@@ -59,7 +63,8 @@ def simulate_portfolio(per: dict, times: pd.DatetimeIndex, rules: BarrierRules, 
     trades = pd.DataFrame({
         "symbol": np.asarray(symbols, dtype=object)[sym_], "entry_time": as_time(entry_time),
         "entry_price": floats["entry_price"], "exit_time": as_time(exit_time), "exit_price": floats["exit_price"],
-        "size": floats["size"], "pnl": floats["pnl"], "ret": floats["ret"], "bars_held": exit_ - entry,
+        "size": floats["size"], "side": ints["side"], "pnl": floats["pnl"], "ret": floats["ret"],
+        "bars_held": exit_ - entry,
         "exit_reason": REASON_NAMES.take(ints["reason"]), "signal_time": times[ints["signal_time"]],
         "atr": floats["atr"], "entry_bar": entry, "exit_bar": exit_, "commission": floats["commission"],
     })

@@ -10,11 +10,34 @@ from typing import NamedTuple
 import numpy as np
 from labeling.jit import njit_cached
 
-from engine.fastsim.kernels import EOD, SL, TIME, TP, sell_nb, slip_down_nb, slip_up_nb
-from strategies.base import CASH_EPS
+from engine.fastsim.kernels import (EOD, barrier_exit_nb, close_nb, close_out_price_nb, entry_units_nb,
+                                    slip_down_nb, slip_up_nb)
 
-TRADE_INTS = ("instrument", "entry_bar", "exit_bar", "signal_time", "reason")  # columns of PortfolioOut.trade_ints
+# columns of PortfolioOut.trade_ints
+TRADE_INTS = ("instrument", "entry_bar", "exit_bar", "signal_time", "reason", "side")
 TRADE_FLOATS = ("entry_price", "exit_price", "size", "pnl", "ret", "commission", "atr")  # of .trade_floats
+
+
+class Calendar(NamedTuple):
+    """Which instrument has a bar at which time (T, n), and the time of each instrument's last bar (n,)."""
+
+    has_bar: np.ndarray
+    last_t: np.ndarray
+
+
+class Held(NamedTuple):
+    """The positions held, one slot per instrument: units (< 0 short), the broker's position price, the entry's
+    executed price and commission, borrow accrued, entry bar, bars seen, signal time and ATR of the trade."""
+
+    units: np.ndarray
+    pos_price: np.ndarray
+    entry_px: np.ndarray
+    entry_comm: np.ndarray
+    accrued: np.ndarray
+    entry_bar: np.ndarray
+    nb: np.ndarray
+    sig_t: np.ndarray
+    sig_a: np.ndarray
 
 
 class PortfolioOut(NamedTuple):
@@ -34,17 +57,35 @@ class PortfolioOut(NamedTuple):
 @njit_cached
 def _book_nb(tr_i, tr_f, row, ints, floats):
     """Write one closed trade into row ``row`` of the trade tables: ``ints`` (instrument, entry bar, exit bar,
-    signal time, reason), ``floats`` (entry price, exit price, size, pnl, commission, atr); ret is computed."""
-    tr_i[row, 0], tr_i[row, 1], tr_i[row, 2], tr_i[row, 3], tr_i[row, 4] = ints
+    signal time, reason, side), ``floats`` (entry price, exit price, size, pnl, commission, atr); ret is computed."""
+    tr_i[row, 0], tr_i[row, 1], tr_i[row, 2], tr_i[row, 3], tr_i[row, 4], tr_i[row, 5] = ints
     entry_px, exit_px, size, pnl, comm, atr = floats
     tr_f[row, 0], tr_f[row, 1], tr_f[row, 2], tr_f[row, 3] = entry_px, exit_px, size, pnl
     tr_f[row, 4], tr_f[row, 5], tr_f[row, 6] = pnl / (size * entry_px), comm, atr
 
 
 @njit_cached
-def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positions):
+def _exit_nb(k, xp, reason, cash, held, account):
+    """Close instrument ``k``'s position at ``xp`` through the broker (its commission booked with the borrow
+    accrued): the cash after, and the trade's row for :func:`_book_nb` (ints, floats)."""
+    h = held
+    u = h.units[k]
+    cash, comm, exit_px, _ = close_nb(cash, u, xp, h.pos_price[k], h.entry_px[k], h.entry_comm[k], account.commission,
+                                      account.leverage)
+    comm += h.accrued[k]
+    pnl = u * (exit_px - h.entry_px[k]) - h.entry_comm[k] - comm
+    ints = (k, h.entry_bar[k], h.nb[k] - 1, h.sig_t[k], reason, 1 if u > 0.0 else -1)
+    floats = (h.entry_px[k], exit_px, abs(u), pnl, h.entry_comm[k] + comm, h.sig_a[k])
+    h.units[k] = 0.0
+    h.pos_price[k] = 0.0
+    return cash, ints, floats
+
+
+@njit_cached
+def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
     """The portfolio strategy over (T, n) arrays (NaN where an instrument has no bar; ``has_bar`` marks
-    the bars), instruments in symbol order. ``size_frac <= 0`` means equity / max_positions per entry.
+    the bars, :class:`Calendar`), instruments in symbol order; :class:`~engine.fastsim.kernels.Signals` (T, n),
+    days (T,). ``size_frac <= 0`` means equity / max_positions per entry.
 
     Follows backtrader's cycle at each time t: the strategy's ``next_open`` (entries waiting for this
     instrument's bar are sized on its open), the broker (``check_submitted``: a cumulative cash check of
@@ -55,13 +96,15 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
     equity (T,), positions (T, n), skipped (n,), rejected (n,): a :class:`PortfolioOut`.
     """
     open_, high, low, close = bars
+    signal, atr, side, scale, day = signals
+    has_bar, last_t = calendar
     threshold, pt, sl, horizon, size_frac = rules
-    cash, commission, slippage = account
+    cash, commission, slippage, lev, borrow_day = account
     T, n = close.shape
     cap = 2
     for k in range(n):
         cap += int(has_bar[:, k].sum()) // 2 + 2
-    tr_i = np.empty((cap, 5), np.int64)  # instrument, entry bar, exit bar, signal time, reason
+    tr_i = np.empty((cap, 6), np.int64)  # instrument, entry bar, exit bar, signal time, reason, side
     tr_f = np.empty((cap, 7), np.float64)  # entry price, exit price, size, pnl, ret, commission, atr
     equity = np.empty(T, np.float64)
     positions = np.zeros((T, n), np.float64)
@@ -70,8 +113,11 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
 
     nb = np.zeros(n, np.int64)  # bars of each instrument seen so far
     last_close = np.zeros(n, np.float64)
-    units = np.zeros(n, np.float64)
+    last_day = np.zeros(n, np.int64)  # the day of each instrument's last bar (its feed's datetime)
+    units = np.zeros(n, np.float64)  # < 0 short
     pos_price = np.zeros(n, np.float64)
+    pos_day = np.zeros(n, np.int64)  # backtrader's position.datetime, as a day: borrow is charged up to it
+    accrued = np.zeros(n, np.float64)  # borrow charged since the entry (backtrader's d_credit)
     entry_px = np.zeros(n, np.float64)
     entry_comm = np.zeros(n, np.float64)
     entry_bar = np.zeros(n, np.int64)
@@ -86,8 +132,11 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
     intent_notional = np.zeros(n, np.float64)
     intent_sig = np.zeros(n, np.int64)
     intent_atr = np.zeros(n, np.float64)
+    intent_side = np.ones(n, np.int64)
     sig_t = np.zeros(n, np.int64)  # signal time of the trade held
     sig_a = np.zeros(n, np.float64)
+    sig_s = np.ones(n, np.int64)
+    held = Held(units, pos_price, entry_px, entry_comm, accrued, entry_bar, nb, sig_t, sig_a)
     entry_size = np.zeros(n, np.float64)  # entry orders of this cycle
     entry_list = np.empty(n, np.int64)
     seq = 0
@@ -98,6 +147,7 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
             if has_bar[t, k]:
                 nb[k] += 1
                 last_close[k] = close[t, k]
+                last_day[k] = day[t]
         # -- strategy.next_open: waiting entries of instruments with a bar now, in decision order
         n_entries = 0
         while True:
@@ -109,11 +159,10 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
                 break
             k = best
             intent[k] = False
-            price = open_[t, k] * (1.0 + slippage)
-            unit_cost = price + 1.0 * commission * price
-            entry_size[k] = intent_notional[k] / unit_cost * (1.0 - CASH_EPS)
+            entry_size[k] = entry_units_nb(intent_notional[k], open_[t, k], intent_side[k], commission, slippage, lev)
             sig_t[k] = intent_sig[k]
             sig_a[k] = intent_atr[k]
+            sig_s[k] = intent_side[k]
             entry_list[n_entries] = k
             n_entries += 1
         # -- broker.check_submitted: exits submitted at the last cycle (in order), then the new entries
@@ -127,18 +176,28 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
                 break
             k = best
             exit_new[k] = False
-            c += units[k] * stop_px[k] / 1.0 + 0.0
-            c -= units[k] * commission * stop_px[k]
+            c += abs(units[k]) * stop_px[k] / lev + 0.0
+            c -= abs(units[k]) * commission * stop_px[k]
         accepted = np.zeros(n, np.bool_)
         for e in range(n_entries):
             k = entry_list[e]
             o = open_[t, k]
-            c -= entry_size[k] * o / 1.0
+            c -= entry_size[k] * o / lev
             c -= entry_size[k] * commission * o
             if c < 0.0:
                 rejected[k] += 1
             else:
                 accepted[k] = True
+        # -- broker.next: borrow on shorts, per calendar day of each instrument's feed, before the fills
+        credit = 0.0
+        for k in range(n):
+            if units[k] != 0.0:
+                if units[k] < 0.0 and last_day[k] > pos_day[k]:
+                    dc = (last_day[k] - pos_day[k]) * borrow_day * abs(units[k]) * pos_price[k]
+                    accrued[k] += dc
+                    credit += dc
+                pos_day[k] = last_day[k]
+        cash -= credit
         # -- broker pending orders: live exits by submission (each worked once, at its own bar), then entries
         worked = np.zeros(n, np.bool_)
         while True:
@@ -150,54 +209,41 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
                 break
             k = best
             worked[k] = True
-            o, hi, lo = open_[t, k], high[t, k], low[t, k]
-            xp = 0.0
-            reason = -1
-            if nb[k] - 1 >= time_bar[k]:
-                xp = slip_down_nb(lo, o, slippage)
-                reason = TIME
-            elif o <= stop_px[k]:
-                xp = slip_down_nb(lo, o, slippage)
-                reason = SL
-            elif lo <= stop_px[k]:
-                xp = slip_down_nb(lo, stop_px[k], slippage)
-                reason = SL
-            elif limit_px[k] <= o:
-                xp = slip_down_nb(limit_px[k], o, slippage)
-                reason = TP
-            elif limit_px[k] <= hi:
-                xp = limit_px[k]
-                reason = TP
+            xp, reason = barrier_exit_nb(units[k], open_[t, k], high[t, k], low[t, k], stop_px[k], limit_px[k],
+                                         nb[k] - 1 >= time_bar[k], slippage)
             if reason < 0:
                 continue
             exit_live[k] = False
-            u = units[k]
-            cash, comm, exit_px, pnl = sell_nb(cash, u, xp, pos_price[k], entry_px[k], entry_comm[k], commission)
-            _book_nb(tr_i, tr_f, k_tr, (k, entry_bar[k], nb[k] - 1, sig_t[k], reason),
-                     (entry_px[k], exit_px, u, pnl, entry_comm[k] + comm, sig_a[k]))
+            cash, ints, floats = _exit_nb(k, xp, reason, cash, held, account)
+            _book_nb(tr_i, tr_f, k_tr, ints, floats)
             k_tr += 1
-            units[k] = 0.0
-            pos_price[k] = 0.0
         for e in range(n_entries):
             k = entry_list[e]
             if not accepted[k]:
                 continue
             o = open_[t, k]
             size = entry_size[k]
-            p = slip_up_nb(high[t, k], o, slippage)
-            c2 = cash - size * p
+            p = slip_up_nb(high[t, k], o, slippage) if sig_s[k] > 0 else slip_down_nb(low[t, k], o, slippage)
+            c2 = cash - size * p / lev
             c2 -= size * commission * p
             if c2 < 0.0:
                 rejected[k] += 1
                 continue
             cash = c2
-            units[k] = size
+            u = size * sig_s[k]
+            units[k] = u
             pos_price[k] = p
-            entry_px[k] = (0.0 + size * p) / size
+            pos_day[k] = day[t]
+            accrued[k] = 0.0
+            entry_px[k] = (0.0 + u * p) / u
             entry_comm[k] = size * commission * p
             entry_bar[k] = nb[k] - 1
-            stop_px[k] = entry_px[k] - sl * sig_a[k]
-            limit_px[k] = entry_px[k] + pt * sig_a[k]
+            if u > 0.0:
+                stop_px[k] = entry_px[k] - sl * sig_a[k]
+                limit_px[k] = entry_px[k] + pt * sig_a[k]
+            else:
+                stop_px[k] = entry_px[k] + sl * sig_a[k]
+                limit_px[k] = entry_px[k] - pt * sig_a[k]
             time_bar[k] = entry_bar[k] + horizon
             seq += 1
             exit_seq[k] = seq
@@ -208,17 +254,10 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
         if not last_time:
             for k in range(n):
                 if has_bar[t, k] and t == last_t[k] and units[k] != 0.0:
-                    u = units[k]
-                    xp = close[t, k] * (1.0 - slippage)
-                    if low[t, k] > xp:
-                        xp = low[t, k]
-                    cash, comm, exit_px, pnl = sell_nb(cash, u, xp, pos_price[k], entry_px[k], entry_comm[k],
-                                                        commission)
-                    _book_nb(tr_i, tr_f, k_tr, (k, entry_bar[k], nb[k] - 1, sig_t[k], EOD),
-                             (entry_px[k], exit_px, u, pnl, entry_comm[k] + comm, sig_a[k]))
+                    xp = close_out_price_nb(units[k], close[t, k], high[t, k], low[t, k], slippage)
+                    cash, ints, floats = _exit_nb(k, xp, EOD, cash, held, account)
+                    _book_nb(tr_i, tr_f, k_tr, ints, floats)
                     k_tr += 1
-                    units[k] = 0.0
-                    pos_price[k] = 0.0
                     exit_live[k] = False
                     exit_new[k] = False
         # the broker's value: cash plus each position at its instrument's last close (symbol order)
@@ -226,10 +265,15 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
         for k in range(n):
             u = units[k]
             if u != 0.0:
-                dvalue = u * last_close[k]
+                if u > 0.0:
+                    dvalue = u * last_close[k]
+                else:  # a short: its entry value plus its gain (shortcash off), always counted positive
+                    dvalue = pos_price[k] * u
+                    dvalue += (pos_price[k] - last_close[k]) * u
+                    dvalue = abs(dvalue)
                 unreal = u * (last_close[k] - pos_price[k]) * 1.0
                 if dvalue > 0.0:
-                    acc += (dvalue - unreal) / 1.0
+                    acc += (dvalue - unreal) / lev
                     acc += unreal
                 else:
                     acc += dvalue
@@ -247,7 +291,7 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
             if units[k] != 0.0 or intent[k]:
                 busy += 1
         free = max_positions - busy
-        target = value / max_positions if size_frac <= 0.0 else size_frac * value
+        target = value / max_positions if size_frac <= 0.0 else size_frac * value  # times each entry's size
         # Python sums the waiting entries' notionals in decision order: so does this
         committed = 0.0
         order_ks = np.argsort(np.where(intent, intent_seq, np.iinfo(np.int64).max), kind="mergesort")
@@ -266,7 +310,7 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
                     continue
                 p = signal[t, k]
                 a = atr[t, k]
-                if not (p >= threshold and a > 0.0):
+                if not (p >= threshold and side[t, k] != 0.0 and scale[t, k] > 0.0 and a > 0.0):
                     continue
                 if best < 0 or p > best_p:
                     best = k
@@ -275,7 +319,8 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
                 break
             k = best
             taken[k] = True
-            notional = target if target < available else available
+            want = target * scale[t, k]
+            notional = want if want < available else available
             if rank >= free or not notional > 0.0:
                 skipped[k] += 1
             else:
@@ -286,6 +331,7 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
                 intent_notional[k] = notional
                 intent_sig[k] = t
                 intent_atr[k] = atr[t, k]
+                intent_side[k] = 1 if side[t, k] > 0.0 else -1
             rank += 1
 
     eod_cost = 0.0
@@ -295,13 +341,13 @@ def portfolio_nb(bars, signal, atr, has_bar, last_t, rules, account, max_positio
         if u == 0.0:
             continue
         cl = last_close[k]
-        xp = cl * (1.0 - slippage)
-        if low[t, k] > xp:
-            xp = low[t, k]
-        comm = u * commission * xp
+        xp = close_out_price_nb(u, cl, high[t, k], low[t, k], slippage)
+        comm = abs(u) * commission * xp
         eod_cost += u * (cl - xp) + comm
-        _book_nb(tr_i, tr_f, k_tr, (k, entry_bar[k], nb[k] - 1, sig_t[k], EOD),
-                 (entry_px[k], xp, u, u * (xp - entry_px[k]) - entry_comm[k] - comm, entry_comm[k] + comm, sig_a[k]))
+        comm += accrued[k]
+        _book_nb(tr_i, tr_f, k_tr, (k, entry_bar[k], nb[k] - 1, sig_t[k], EOD, 1 if u > 0.0 else -1),
+                 (entry_px[k], xp, abs(u), u * (xp - entry_px[k]) - entry_comm[k] - comm, entry_comm[k] + comm,
+                  sig_a[k]))
         k_tr += 1
     equity[T - 1] -= eod_cost
     return PortfolioOut(k_tr, tr_i, tr_f, equity, positions, skipped, rejected)

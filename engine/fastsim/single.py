@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 import datafeeds
-from engine.backtest_common import agent_params, prepare_inputs, run_facts, trades_frame
+from engine.backtest_common import agent_params, bet_inputs, day_numbers, prepare_inputs, run_facts, trades_frame
 from engine.config import RunConfig
 from engine.fastsim.inputs import REASON_NAMES, account, kernel_rules, on_period, period_bars
-from engine.fastsim.kernels import Bars, Rules, SimOut, simulate_nb
+from engine.fastsim.kernels import Account, Bars, Rules, Signals, SimOut, simulate_nb
 from engine.metrics import compute_stats
 from engine.results import BacktestResult
 from labeling.rules import BarrierRules, Costs
@@ -30,6 +30,7 @@ def simulate(
     data: pd.DataFrame | str | PathLike,
     signal: pd.Series | np.ndarray,
     *,
+    side: pd.Series | np.ndarray | int | None = None,
     atr: pd.Series | np.ndarray | None = None,
     rules: BarrierRules | None = None,
     costs: Costs | None = None,
@@ -38,7 +39,7 @@ def simulate(
     """``run_backtest(data, "agent", ...)`` computed by the numba kernel: same result, no backtrader.
 
     Arguments mean what they mean for :func:`engine.run_backtest` (``run.engine`` and ``run.native_barriers``
-    aside); the benchmark is buy-and-hold run through the same kernel (exact).
+    aside); the benchmark is buy-and-hold run through the same kernel (exact), unlevered.
     """
     t0 = time.perf_counter()
     rules, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
@@ -46,11 +47,13 @@ def simulate(
     if signal is None:
         raise ValueError("simulate needs signal= (probabilities aligned to the data)")
     sig, atr_full, period, ppy = prepare_inputs(df, signal, atr, rules.atr_period, run)
+    sides, sizes = bet_inputs(df, sig, side, rules)
 
     bars = period_bars(period)
-    sig_p, atr_p = (on_period(v, df, period) for v in (sig, atr_full))
+    sig_p, atr_p, side_p, size_p = (on_period(v, df, period) for v in (sig, atr_full, sides, sizes))
+    signals = Signals(sig_p, atr_p, side_p, size_p, day_numbers(period.index))
     t_run = time.perf_counter()
-    out = simulate_nb(bars, sig_p, atr_p, kernel_rules(rules, 1.0), account(run.cash, costs), 0, len(period))
+    out = simulate_nb(bars, signals, kernel_rules(rules, 1.0), account(run, costs), 0, len(period))
     run_seconds = time.perf_counter() - t_run
     equity, position, trades = unpack(out, period.index)
     stats = compute_stats(equity, trades, periods_per_year=ppy,
@@ -95,7 +98,8 @@ def unpack(out: SimOut, index: pd.DatetimeIndex):
     entry, exit_ = t.entry_bar[:k], t.exit_bar[:k]
     cols = {
         "entry_time": index[entry], "entry_price": t.entry_price[:k], "exit_time": index[exit_],
-        "exit_price": t.exit_price[:k], "size": t.size[:k], "pnl": t.pnl[:k], "ret": t.ret[:k],
+        "exit_price": t.exit_price[:k], "size": t.size[:k], "side": t.side[:k].astype(np.int64), "pnl": t.pnl[:k],
+        "ret": t.ret[:k],
         "bars_held": exit_ - entry, "exit_reason": REASON_NAMES.take(t.reason[:k]),
         "signal_time": index[t.signal_bar[:k]], "atr": t.atr[:k], "entry_bar": entry, "exit_bar": exit_,
         "commission": t.commission[:k],
@@ -114,14 +118,16 @@ def _buy_and_hold(bars: Bars, index, run: RunConfig, costs: Costs, ppy: float):
 
 
 def _buy_and_hold_run(bars: Bars, cash: float, costs: Costs) -> SimOut:
-    """One entry decided at the first close, barriers at +-inf and a horizon past the end, so the position
-    leaves by the end_of_data exit."""
+    """One long entry decided at the first close, barriers at +-inf and a horizon past the end, so the position
+    leaves by the end_of_data exit; fully cash-backed."""
     n = len(bars.close)
     sig = np.full(n, np.nan)
     sig[0] = 1.0
     atr = np.full(n, np.nan)
     atr[0] = 1.0
-    return simulate_nb(bars, sig, atr, Rules(0.5, math.inf, math.inf, n + 1, 1.0), account(cash, costs), 0, n)
+    signals = Signals(sig, atr, np.ones(n), np.ones(n), np.zeros(n, dtype=np.int64))
+    return simulate_nb(bars, signals, Rules(0.5, math.inf, math.inf, n + 1, 1.0),
+                       Account(float(cash), costs.commission, costs.slippage, 1.0, 0.0), 0, n)
 
 
 def buy_and_hold_equity(period: pd.DataFrame, cash: float, costs: Costs) -> tuple[pd.Series, pd.DataFrame]:
