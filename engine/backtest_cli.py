@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from datafeeds.cli import ArgumentParser, UsageError, run_command
 from datafeeds.errors import did_you_mean, escape
 from engine.config import ENGINES, RunConfig
-from labeling.rules import MAX_BARS, BarrierRules, Costs
+from labeling.rules import MAX_BARS, SIZINGS, BarrierRules, Costs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,11 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--slippage", type=float, default=Costs.slippage, help="fraction of price, against us on every fill")
     g.add_argument("--risk-free", type=float, default=RunConfig.risk_free,
                    help="annual risk-free rate for Sharpe and Sortino, e.g. 0.02")
+    g.add_argument("--margin", type=float, default=RunConfig.margin, help="cash a position ties up per unit of its "
+                   "value, (0, 10]: 1 = fully cash-backed, 0.5 = twice the units (no margin calls)")
+    g.add_argument("--borrow", type=float, default=Costs.borrow, help="annual borrow rate on a short's entry value, "
+                   "charged per calendar day held, e.g. 0.02")
     g = p.add_argument_group("agent strategy")
     g.add_argument("--threshold", type=float, default=None, help="enter when probability >= this (None = the agent's)")
     g.add_argument("--pt", type=float, default=None, help="take-profit in ATRs (None = the agent's TBM setting)")
     g.add_argument("--sl", type=float, default=None, help="stop-loss in ATRs (None = the agent's TBM setting)")
     g.add_argument("--horizon", type=int, default=None, help="time exit in bars (None = the agent's TBM setting)")
+    g.add_argument("--sizing", default=None, choices=SIZINGS, help="fixed: every entry --size-frac of equity; "
+                   "probability: that times AFML's bet size of the probability, averaged over the last horizon's "
+                   "bets (None = probability for an agent trained on a primary rule's meta-labels, else the agent's)")
+    g.add_argument("--size-step", type=float, default=None, help="round probability sizes to multiples of this, "
+                   "[0, 1) (None = the agent's, 0 = not rounded)")
     g.add_argument("--live", action="store_true",
                    help="stream bars through the agent one at a time (slower; same trades)")
     g.add_argument("--any-frequency", action="store_true", help="run an agent on bars of another frequency than it "
@@ -141,7 +150,8 @@ def check_options(args) -> None:
     if args.live and args.engine == "fast":
         raise UsageError("--live streams bars through backtrader; drop --engine fast")
     if args.strategy != "agent":
-        given = [name for name in ("agent", "threshold", "pt", "sl", "horizon") if getattr(args, name) is not None]
+        given = [name for name in ("agent", "threshold", "pt", "sl", "horizon", "sizing", "size_step")
+                 if getattr(args, name) is not None]
         if given:
             raise UsageError(f"--{given[0]} sets the agent strategy; --strategy {args.strategy} does not use it "
                              "(baselines trade without an agent: choose their period with --start/--end)")
@@ -165,7 +175,8 @@ def check_options(args) -> None:
 _SETTINGS = {"--cash": (RunConfig, "cash"), "--risk-free": (RunConfig, "risk_free"), "--size-frac": (BarrierRules,
              "size_frac"), "--commission": (Costs, "commission"), "--slippage": (Costs, "slippage"),
              "--threshold": (BarrierRules, "threshold"), "--pt": (BarrierRules, "pt"), "--sl": (BarrierRules, "sl"),
-             "--horizon": (BarrierRules, "horizon")}
+             "--horizon": (BarrierRules, "horizon"), "--margin": (RunConfig, "margin"), "--borrow": (Costs, "borrow"),
+             "--size-step": (BarrierRules, "size_step")}
 
 
 def _check_settings(args) -> None:
@@ -184,8 +195,8 @@ def _check_settings(args) -> None:
 
 def costs_and_run(args) -> tuple[Costs, RunConfig]:
     """The options' costs, and the run's money, measurement and engine (the period comes from the plan)."""
-    return (Costs(commission=args.commission, slippage=args.slippage),
-            RunConfig(cash=args.cash, risk_free=args.risk_free, engine=args.engine))
+    return (Costs(commission=args.commission, slippage=args.slippage, borrow=args.borrow),
+            RunConfig(cash=args.cash, risk_free=args.risk_free, engine=args.engine, margin=args.margin))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,10 +232,10 @@ def _backtest(args, run: SingleRun | PortfolioRun):
     costs, settings = costs_and_run(args)
     settings = settings.replace(start=run.plan.start, end=run.plan.end)
     if isinstance(run, PortfolioRun):
-        return run_portfolio(run.frames, run.signals, rules=run.rules, costs=costs, run=settings,
+        return run_portfolio(run.frames, run.signals, sides=run.sides, rules=run.rules, costs=costs, run=settings,
                              max_positions=run.max_positions)
-    return run_backtest(run.history, args.strategy, signal=run.signal, rules=run.rules, costs=costs, run=settings,
-                        **run.params)
+    return run_backtest(run.history, args.strategy, signal=run.signal, side=run.side, rules=run.rules, costs=costs,
+                        run=settings, **run.params)
 
 
 # ------------------------------------------------------------------------------------ options to a run
@@ -235,13 +246,29 @@ def _load_agent(path: str):
         agent = OnnxAgent.load(path)
     except AgentFileError as exc:
         raise UsageError(f"--agent: {exc}") from None
-    train_config = agent.meta.get("train_config")
-    primary = train_config.get("primary") if isinstance(train_config, dict) else None
-    if primary:  # its probability says whether the primary's bet pays, not whether to buy
-        raise UsageError(f"--agent {path} was trained on the meta-labels of primary {primary!r}: it sizes that "
-                         "rule's long and short bets, which this command cannot trade yet (it is long-only); "
-                         "backtest an agent trained without --primary")
     return agent
+
+
+def _primary(agent):
+    """The primary rule an agent was trained on the meta-labels of (None: a plain agent), from its card: its
+    probability then says whether that rule's bet pays, long or short, not whether to buy."""
+    from labeling import parse_primary
+
+    train_config = agent.meta.get("train_config") if agent else None
+    spec = train_config.get("primary") if isinstance(train_config, dict) else None
+    if not spec:
+        return None
+    try:
+        return parse_primary(str(spec))
+    except ValueError as exc:
+        raise UsageError(f"--agent {agent.path}: its card's primary rule {escape(str(spec))!r}: {exc}") from None
+
+
+def _sides(rule, history):
+    """The primary rule's sides over ``history`` (None: no rule, long everywhere)."""
+    from labeling import primary_side
+
+    return None if rule is None else primary_side(history, rule)
 
 
 def _signal(agent, history):
@@ -294,9 +321,15 @@ def _check_frequency(args, agent, df, data_name: str) -> None:
 
 def trading_rules(args, agent) -> BarrierRules:
     """The rules traded: the agent's own (its card's), each option given instead; a baseline's size only."""
-    given = {k: getattr(args, k) for k in ("threshold", "pt", "sl", "horizon", "size_frac")
+    given = {k: getattr(args, k) for k in ("threshold", "pt", "sl", "horizon", "size_frac", "sizing", "size_step")
              if getattr(args, k) is not None}
-    return (agent.rules if agent else BarrierRules()).replace(**given)
+    if args.sizing is None and _primary(agent) is not None:
+        given["sizing"] = "probability"  # a meta-model's probability is a bet size (AFML 10.1)
+    rules = (agent.rules if agent else BarrierRules()).replace(**given)
+    if args.live and rules.sizing != "fixed":
+        raise UsageError("--live streams bars one at a time; sizing by probability averages the bets of the last "
+                         "horizon from batch signals: pass --sizing fixed, or drop --live")
+    return rules
 
 
 @dataclass(frozen=True)
@@ -312,6 +345,7 @@ class SingleRun:
     rules: BarrierRules
     params: dict
     signal: pd.Series | None
+    side: pd.Series | None = None  # the primary rule's sides (None: long)
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -332,6 +366,7 @@ class PortfolioRun:
     max_positions: int
     notes: tuple[str, ...]
     members: list[str]  # every member of the universe, traded or not
+    sides: dict[str, pd.Series] | None = None  # per member, the primary rule's sides (None: long)
 
 
 def prepare_run(args) -> SingleRun | PortfolioRun:
@@ -382,7 +417,7 @@ def prepare_run(args) -> SingleRun | PortfolioRun:
         else:
             signal = _signal(agent, history)
     return SingleRun(agent=agent, data_name=data_name, history=history, plan=plan, rules=trading_rules(args, agent),
-                     params=params, signal=signal)
+                     params=params, signal=signal, side=_sides(_primary(agent), history))
 
 
 def prepare_portfolio(args, agent, data_name: str) -> PortfolioRun:
@@ -427,9 +462,11 @@ def prepare_portfolio(args, agent, data_name: str) -> PortfolioRun:
     if args.max_positions is not None and max_positions > n and args.size_frac is None:
         notes.append(f"note: --max-positions {max_positions} is more than the {n} instruments traded: at most {n} "
                      f"positions at once, each equity / {max_positions}")
+    rule = _primary(agent)
+    sides = None if rule is None else {sym: _sides(rule, h) for sym, h in histories.items()}
     return PortfolioRun(agent=agent, data_name=data_name, frames=histories, signals=signals, plan=plan,
                         rules=trading_rules(args, agent), max_positions=max_positions, notes=tuple(notes),
-                        members=list(frames))
+                        members=list(frames), sides=sides)
 
 
 # ------------------------------------------------------------------------------------ printing and files

@@ -273,3 +273,20 @@ def _exposure_from_trades(index: pd.DatetimeIndex, trades: pd.DataFrame | None) 
         if reason == "end_of_data":
             held |= index == exit_  # a synthetic exit at the last close: that bar was held
     return float(held.mean())
+
+
+def side_stats(trades: pd.DataFrame, start_value: float) -> list[dict]:
+    """Per side with trades (long, short): how many, the win rate, the net pnl, its share of ``start_value`` (the
+    return contribution) and the exits by reason. A trades frame without a ``side`` column is all long."""
+    side = trades["side"] if "side" in trades else pd.Series(1, index=trades.index)
+    rows = []
+    for name, value in (("long", 1), ("short", -1)):
+        t = trades[side.to_numpy() == value]
+        if not len(t):
+            continue
+        pnl = float(t["pnl"].sum())
+        rows.append({"side": name, "trades": int(len(t)), "win_rate": float((t["pnl"] > 0).mean()), "pnl": pnl,
+                     "return_contribution": pnl / start_value,
+                     "exits": {str(k): int(v) for k, v in t["exit_reason"].value_counts().sort_index().items()}})
+    return rows
+

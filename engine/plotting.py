@@ -138,13 +138,28 @@ def _price_panel(ax, result, label: str) -> None:
         held = _held_mask(x, trades)
         ax.fill_between(x, 0, held.astype(np.float64), step="post", transform=ax.get_xaxis_transform(),
                         color="tab:blue", alpha=0.12, lw=0, label=f"in position ({held.mean():.0%} of bars)")
+        shorts = trades[trades["side"] < 0] if "side" in trades else trades.iloc[:0]
+        if len(shorts):  # short spells shaded again, in their own colour
+            held_short = _held_mask(x, shorts)
+            ax.fill_between(x, 0, held_short.astype(np.float64), step="post", transform=ax.get_xaxis_transform(),
+                            color="tab:purple", alpha=0.12, lw=0, label=f"short ({held_short.mean():.0%} of bars)")
         if len(trades) <= MAX_TRADE_MARKERS:
-            ax.scatter(trades["entry_time"], trades["entry_price"], marker="^", s=40, color="tab:blue",
-                       edgecolors="white", linewidths=0.5, zorder=3, label="entry")
+            # triangles point the way of the fill: a buy up (a long's entry, a short's exit), a sell down
+            is_short = trades.index.isin(shorts.index)
+            for side, group, colour in (("long", trades[~is_short], "tab:blue"), ("short", shorts, "tab:purple")):
+                if len(group):
+                    ax.scatter(group["entry_time"], group["entry_price"], marker="^" if side == "long" else "v", s=40,
+                               color=colour, edgecolors="white", linewidths=0.5, zorder=3,
+                               label=f"{side} entry" if len(shorts) else "entry")
             for reason, group in trades.groupby("exit_reason", sort=True):
-                ax.scatter(group["exit_time"], group["exit_price"], marker="v", s=40, zorder=3,
-                           edgecolors="white", linewidths=0.5,
-                           color=_EXIT_COLOURS.get(reason, "tab:brown"), label=f"exit: {reason}")
+                label = f"exit: {reason}"  # once per reason, on whichever side draws it first
+                for marker, part in (("v", group[~group.index.isin(shorts.index)]),
+                                     ("^", group[group.index.isin(shorts.index)])):
+                    if len(part):
+                        ax.scatter(part["exit_time"], part["exit_price"], marker=marker, s=40, zorder=3,
+                                   edgecolors="white", linewidths=0.5, color=_EXIT_COLOURS.get(reason, "tab:brown"),
+                                   label=label)
+                        label = None
         else:
             ax.add_line(Line2D([], [], ls="none",
                                label=f"{len(trades)} trades: markers hidden (> {MAX_TRADE_MARKERS})"))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from datafeeds import list_universes, write_atomic
 from engine.jsonable import jsonable
-from engine.metrics import period_returns
+from engine.metrics import period_returns, side_stats
 
 BENCH_LABEL = "buy & hold"
 PORTFOLIO_BENCH_LABEL = "equal weight"
@@ -61,7 +61,10 @@ def header_line(label: str, data_label: str, result) -> str:
     return (f"{label} on {data_label}, {pd.Timestamp(c['start']).date()} .. {pd.Timestamp(c['end']).date()} "
             f"({len(result.equity)} bars), cash {c['cash']:,.0f}, commission {c['commission']:g}, "
             f"slippage {c['slippage']:g}"
+            + _short_terms(c)
             + (f", size {params['size_frac']:g} of equity" if params["size_frac"] != 1 else "")
+            + (f", sized by probability (step {params['size_step']:g})" if params.get("sizing") == "probability"
+               else "")
             + (f", threshold {params['threshold']:.4f}" if "threshold" in params else "")
             + (f", SMA {params['fast']}/{params['slow']}" if "fast" in params else "")
             + (f", risk-free {c['risk_free']:.2%}" if c["risk_free"] else ""))
@@ -74,8 +77,15 @@ def portfolio_header_line(label: str, data_label: str, result) -> str:
     return (f"{label} on {data_label}: {len(symbols)} instruments ({', '.join(symbols)}), "
             f"{pd.Timestamp(c['start']).date()} .. {pd.Timestamp(c['end']).date()} ({len(result.equity)} times), "
             f"at most {params['max_positions']} positions, {c['sizing']}, cash {c['cash']:,.0f}, commission "
-            f"{c['commission']:g}, slippage {c['slippage']:g}, threshold {params['threshold']:.4f}"
+            f"{c['commission']:g}, slippage {c['slippage']:g}" + _short_terms(c)
+            + f", threshold {params['threshold']:.4f}"
             + (f", risk-free {c['risk_free']:.2%}" if c["risk_free"] else ""))
+
+
+def _short_terms(config: dict) -> str:
+    """The header's margin and borrow terms, where they differ from a cash account's (nothing for one)."""
+    return ((f", margin {config['margin']:g}" if config.get("margin", 1.0) != 1.0 else "")
+            + (f", borrow {config['borrow']:.2%}/yr" if config.get("borrow") else ""))
 
 
 def results_table(result, label: str, bench_label: str = BENCH_LABEL, extra_rows=()) -> str:
@@ -91,7 +101,17 @@ def results_table(result, label: str, bench_label: str = BENCH_LABEL, extra_rows
     if len(result.trades):
         counts = result.trades["exit_reason"].value_counts()
         lines.append("exits: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        sides = side_stats(result.trades, result.config["cash"])
+        if any(r["side"] == "short" for r in sides):  # a long-only run prints what it always printed
+            lines.extend(side_line(r) for r in sides)
     return "\n".join(lines)
+
+
+def side_line(row: dict) -> str:
+    """One side's trades (a row of ``engine.metrics.side_stats``) as a line."""
+    exits = ", ".join(f"{k} {v}" for k, v in row["exits"].items())
+    return (f"{row['side']}: {row['trades']} trades, win rate {row['win_rate']:.1%}, pnl {row['pnl']:,.0f} "
+            f"({row['return_contribution']:+.2%} of cash); exits: {exits}")
 
 
 def portfolio_table(result, label: str) -> str:
@@ -213,6 +233,7 @@ def build_report(result, *, agent: str | None, data: str, engine: str, notes, re
         "config": {**result.config, "agent": agent, "data": data, "engine": engine},
         "notes": notes,
         "stats": result.stats,
+        "sides": side_stats(result.trades, result.config["cash"]),
         "benchmark_stats": result.benchmark_stats,
         "returns": returns,
         "trades": result.trades.to_dict("records"),
@@ -235,6 +256,7 @@ def build_portfolio_report(result, *, about: dict, notes, signals: dict, returns
         "config": {**result.config, **about},
         "notes": notes,
         "stats": result.stats,
+        "sides": side_stats(result.trades, result.config["cash"]),
         "benchmark": benchmark_line(result).removeprefix("benchmark: "),
         "benchmark_stats": result.benchmark_stats,
         "contribution": [r for r in contribution if r["symbol"] != "total"],

@@ -442,7 +442,7 @@ def test_verdict_without_usable_validation_numbers(metrics, expected):
     assert verdict(metrics) == expected
 
 
-def test_a_meta_labelled_agent_shows_its_primary_alone_and_is_not_backtested_long_only(tiny_agent, tmp_path):
+def test_a_meta_labelled_agent_shows_its_primary_alone_and_trades_its_sides(tiny_agent, tmp_path):
     from agents.artifact.inspect import model_card
 
     def meta(card):
@@ -453,7 +453,20 @@ def test_a_meta_labelled_agent_shows_its_primary_alone_and_is_not_backtested_lon
     line = next(ln for ln in model_card(OnnxAgent.load(path)).splitlines() if ln.startswith("primary"))
     assert line.startswith("primary     momentum:lookback=20 alone: precision 0.525 over 120 validation bets; "
                            "the agent at its threshold: ")
-    done = subprocess.run([sys.executable, "run_backtest.py", "--agent", str(path), "--no-plot"], cwd=ROOT,
+    # the main command trades the primary's sides (long and short), sized by the probability
+    report = tmp_path / "meta.json"
+    done = subprocess.run([sys.executable, "run_backtest.py", "--agent", str(path), "--no-plot", "--threshold", "0",
+                           "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "sized by probability (step 0)" in done.stdout
+    sides = {r["side"]: r for r in json.loads(report.read_text())["sides"]}
+    assert sides["long"]["trades"] > 0 and sides["short"]["trades"] > 0
+    assert f"short: {sides['short']['trades']} trades, win rate" in done.stdout
+    assert {t["side"] for t in json.loads(report.read_text())["trades"]} == {1, -1}
+    # a card naming a rule that does not exist is one line
+    bad = _tampered(tiny_agent[0], tmp_path / "bad.onnx",
+                    lambda card: card["train_config"].__setitem__("primary", "momentum:lookbak=20"))
+    done = subprocess.run([sys.executable, "run_backtest.py", "--agent", str(bad), "--no-plot"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
-    assert "trained on the meta-labels of primary 'momentum:lookback=20'" in done.stderr
+    assert "its card's primary rule 'momentum:lookbak=20'" in done.stderr
