@@ -287,6 +287,7 @@ def side_stats(trades: pd.DataFrame, start_value: float) -> list[dict]:
         pnl = float(t["pnl"].sum())
         rows.append({"side": name, "trades": int(len(t)), "win_rate": float((t["pnl"] > 0).mean()), "pnl": pnl,
                      "return_contribution": pnl / start_value,
-                     "exits": {str(k): int(v) for k, v in t["exit_reason"].value_counts().sort_index().items()}})
+                     "exits": ({str(k): int(v) for k, v in t["exit_reason"].value_counts().sort_index().items()}
+                               if "exit_reason" in t else {})})
     return rows
 

@@ -149,7 +149,10 @@ def test_the_json_report_holds_the_run_and_writes_without_nan(tmp_path):
     returns = report.returns_by_period(res)
     rep = report.build_report(res, agent="models/a.onnx", data="sp500", engine="fast", notes=["note: x"],
                               returns=returns)
-    assert list(rep) == ["config", "notes", "stats", "benchmark_stats", "returns", "trades", "bars"]
+    assert list(rep) == ["config", "notes", "stats", "sides", "benchmark_stats", "returns", "trades", "bars"]
+    # a trades frame without a side column is all long: one row for the long side, its pnl on the cash
+    assert rep["sides"] == [{"side": "long", "trades": 1, "win_rate": 0.0, "pnl": -1.0, "return_contribution": -0.01,
+                             "exits": {"stop_loss": 1}}]
     assert rep["config"] == {"strategy": "agent", "engine": "fast", "cash": 100.0, "agent": "models/a.onnx",
                              "data": "sp500"}  # the option's engine, in the config's own place
     assert rep["stats"]["sharpe"] is None and rep["bars"]["signal"] == [0.2, None, 0.9]
