@@ -264,11 +264,16 @@ def _primary(agent):
         raise UsageError(f"--agent {agent.path}: its card's primary rule {escape(str(spec))!r}: {exc}") from None
 
 
-def _sides(rule, history):
-    """The primary rule's sides over ``history`` (None: no rule, long everywhere)."""
-    from labeling import primary_side
+def _bets(rule, history, signal):
+    """(probability, sides) traded over ``history``: the agent's ``signal`` and a price rule's sides; a direction
+    model traded both ways ("both") bets its own way at each bar; no rule: long everywhere (sides None)."""
+    from labeling import BothRule, direction_bets, primary_side
 
-    return None if rule is None else primary_side(history, rule)
+    if rule is None:
+        return signal, None
+    if isinstance(rule, BothRule):
+        return direction_bets(signal)
+    return signal, primary_side(history, rule)
 
 
 def _signal(agent, history):
@@ -329,6 +334,9 @@ def trading_rules(args, agent) -> BarrierRules:
     if args.live and rules.sizing != "fixed":
         raise UsageError("--live streams bars one at a time; sizing by probability averages the bets of the last "
                          "horizon from batch signals: pass --sizing fixed, or drop --live")
+    if args.live and type(_primary(agent)).__name__ == "BothRule":
+        raise UsageError("--live streams bars one at a time; an agent traded both ways ('both') sides its bets from "
+                         "batch signals: drop --live")
     return rules
 
 
@@ -416,8 +424,10 @@ def prepare_run(args) -> SingleRun | PortfolioRun:
             params.update(live=True, agent=agent)
         else:
             signal = _signal(agent, history)
-    return SingleRun(agent=agent, data_name=data_name, history=history, plan=plan, rules=trading_rules(args, agent),
-                     params=params, signal=signal, side=_sides(_primary(agent), history))
+    rules = trading_rules(args, agent)
+    signal, side = _bets(_primary(agent), history, signal)
+    return SingleRun(agent=agent, data_name=data_name, history=history, plan=plan, rules=rules, params=params,
+                     signal=signal, side=side)
 
 
 def prepare_portfolio(args, agent, data_name: str) -> PortfolioRun:
@@ -463,7 +473,11 @@ def prepare_portfolio(args, agent, data_name: str) -> PortfolioRun:
         notes.append(f"note: --max-positions {max_positions} is more than the {n} instruments traded: at most {n} "
                      f"positions at once, each equity / {max_positions}")
     rule = _primary(agent)
-    sides = None if rule is None else {sym: _sides(rule, h) for sym, h in histories.items()}
+    sides = None if rule is None else {}
+    for sym, history in histories.items():
+        signals[sym], side = _bets(rule, history, signals[sym])
+        if sides is not None:
+            sides[sym] = side
     return PortfolioRun(agent=agent, data_name=data_name, frames=histories, signals=signals, plan=plan,
                         rules=trading_rules(args, agent), max_positions=max_positions, notes=tuple(notes),
                         members=list(frames), sides=sides)

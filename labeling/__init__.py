@@ -12,7 +12,7 @@ from datafeeds.lazy import lazy_exports
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .average_true_range import atr
     from .bet_sizing import average_active, bet_size, entry_sizes
-    from .primary import PRIMARIES, MomentumRule, SmaCrossRule, parse_primary, primary_side
+    from .primary import PRIMARIES, BothRule, MomentumRule, SmaCrossRule, direction_bets, parse_primary, primary_side
     from .rules import BarrierRules, Costs, TBMConfig
     from .splits import (CPCVSplit, Fold, calendar_cut, cpcv_paths, cpcv_splits, events_within,
                          purged_train_val_split, walk_forward_folds)
@@ -34,6 +34,8 @@ _EXPORTS = {  # public name -> its module
     "MomentumRule": ".primary",
     "parse_primary": ".primary",
     "primary_side": ".primary",
+    "direction_bets": ".primary",
+    "BothRule": ".primary",
     "label_spans": ".tbm",
     "average_uniqueness": ".weights",
     "Fold": ".splits",

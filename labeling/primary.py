@@ -4,6 +4,10 @@
 A rule's side at bar t reads bars <= t only. ``parse_primary("smacross:fast=5,slow=20")`` builds a rule from
 its command-line spelling; ``primary_side(df, rule)`` gives the sides of a frame's bars as the Series the
 labels take (bars without a bet left out).
+
+``both`` is no rule of prices: the learner itself predicts the direction (the plain labels, at every bar), and
+its probability is traded on both sides, long where it says up and short where it says down
+(:func:`direction_bets`).
 """
 
 from __future__ import annotations
@@ -82,7 +86,24 @@ class MomentumRule:
         return momentum_side_nb(close, self.lookback)
 
 
-PRIMARIES = {"smacross": SmaCrossRule, "momentum": MomentumRule}  # name -> rule (its fields are the parameters)
+@dataclass(frozen=True)
+class BothRule:
+    """Long and short bets on a direction model's own probability: no sides from prices (see the module doc)."""
+
+
+PRIMARIES = {"smacross": SmaCrossRule, "momentum": MomentumRule, "both": BothRule}  # name -> rule (fields: params)
+PRICE_RULES = (SmaCrossRule, MomentumRule)  # the rules that give sides from prices (primary_side)
+
+
+def direction_bets(prob: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A direction model's probability of "up" traded both ways (``both``): the side is +1 where it is >= 1/2 and -1
+    below, and the bet's probability of paying is the larger of p and 1 - p; NaN stays no bet. Returns (that
+    probability, the sides on the bars with a bet)."""
+    p = prob.to_numpy(dtype=np.float64)
+    bet = ~np.isnan(p)
+    side = np.where(p >= 0.5, 1, -1).astype(np.int8)
+    return (pd.Series(np.maximum(p, 1.0 - p), index=prob.index, name=prob.name),
+            pd.Series(side[bet], index=prob.index[bet], name="side"))
 
 
 def parse_primary(text: str):
@@ -111,8 +132,10 @@ def parse_primary(text: str):
 def primary_side(df: pd.DataFrame, rule) -> pd.Series:
     """The side of each bar of ``df`` under ``rule`` (int8, +1/-1), bars without a bet left out: the ``side`` of
     ``triple_barrier_labels``."""
-    if not isinstance(rule, tuple(PRIMARIES.values())):
-        raise ValueError(f"rule must be one of {', '.join(c.__name__ for c in PRIMARIES.values())} "
+    if isinstance(rule, BothRule):
+        raise ValueError("primary both has no sides of its own: its bets are the model's (direction_bets)")
+    if not isinstance(rule, PRICE_RULES):
+        raise ValueError(f"rule must be one of {', '.join(c.__name__ for c in PRICE_RULES)} "
                          f"(parse_primary builds one), got {type(rule).__name__}")
     if "close" not in getattr(df, "columns", ()):
         raise ValueError("df must be a frame of bars with a close column (datafeeds.load_ohlcv)")

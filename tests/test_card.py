@@ -470,3 +470,17 @@ def test_a_meta_labelled_agent_shows_its_primary_alone_and_trades_its_sides(tiny
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
     assert "its card's primary rule 'momentum:lookbak=20'" in done.stderr
+
+
+def test_an_agent_trained_both_ways_trades_long_and_short_on_its_own_probability(tiny_agent, tmp_path):
+    path = _tampered(tiny_agent[0], tmp_path / "both.onnx",
+                     lambda card: card["train_config"].__setitem__("primary", "both"))
+    report = tmp_path / "both.json"
+    done = subprocess.run([sys.executable, "run_backtest.py", "--agent", str(path), "--no-plot", "--sizing", "fixed",
+                           "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rep = json.loads(report.read_text())
+    signal = [p for p in rep["bars"]["signal"] if p is not None]
+    assert signal and min(signal) >= 0.5  # the larger of p and 1 - p: the bet's own probability
+    assert {t["side"] for t in rep["trades"]} == {1, -1}
+

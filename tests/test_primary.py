@@ -108,3 +108,21 @@ def test_a_config_without_a_primary_records_what_it_did_before():
     cfg = TrainConfig(primary="smacross:fast=5,slow=20")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig.from_dict(TrainConfig().to_dict()).primary is None
+
+
+def test_both_trains_on_the_plain_direction_labels_and_bets_the_models_way():
+    from agents import TrainConfig
+    from agents.data.prepare import prepare
+    from labeling import BothRule, direction_bets
+
+    kw = dict(data="sp500", start="2010-01-01", end="2014-12-31", seq_len=16, features=("log_ret",))
+    both, plain = prepare(TrainConfig(primary="both", **kw)), prepare(TrainConfig(**kw))
+    np.testing.assert_array_equal(both.train_ends, plain.train_ends)  # every bar an event, as without a primary
+    np.testing.assert_array_equal(both.y[both.train_ends], plain.y[plain.train_ends])
+    assert parse_primary("both") == BothRule()
+    with pytest.raises(ValueError, match="primary both has no sides of its own"):
+        primary_side(HAND, BothRule())
+    prob = pd.Series([0.7, np.nan, 0.2, 0.5], index=IDX[:4])
+    p, side = direction_bets(prob)
+    assert p.tolist()[0] == 0.7 and np.isnan(p.iloc[1]) and p.tolist()[2:] == [0.8, 0.5]
+    assert side.to_dict() == {IDX[0]: 1, IDX[2]: -1, IDX[3]: 1}  # a coin flip (1/2) counts as up

@@ -207,7 +207,9 @@ def evaluate(cfg, prep: Prepared, model: TransformerAgent, best_epoch: int, hist
         "val_at_threshold": precision_recall(y_va, p_va, threshold),
         "label_balance": {"train_positive_rate": base_rate, "val_positive_rate": float(y_va.mean()),
                           "train_events": int(len(y_tr)), "val_events": int(len(y_va))},
-        **({"primary": primary_alone(cfg.primary, y_va)} if cfg.primary else {}),
+        # a price rule's bets alone (not "both", whose bets are the model's own)
+        **({"primary": primary_alone(cfg.primary, y_va)} if cfg.primary and cfg.primary.split(":")[0] != "both"
+           else {}),
         # features at each labelled bar: does validation look like training?
         "adversarial_auc": adversarial_auc(prep.rows("train"), prep.rows("val"), seed=cfg.seed),
         "best_epoch": best_epoch,

@@ -26,7 +26,7 @@ import pandas as pd
 from datafeeds import is_universe, load_ohlcv
 from datafeeds.frequency import bar_seconds
 from labeling import average_uniqueness, calendar_cut, events_within, purged_train_val_split, triple_barrier_labels
-from labeling.primary import parse_primary, primary_side
+from labeling.primary import BothRule, parse_primary, primary_side
 
 from .features import FeatureSpec, compute_features
 
@@ -202,7 +202,9 @@ def _featurise_and_label(cfg, df: pd.DataFrame, *, what: str):
             f"{spec.warmup} + horizon {cfg.horizon} need at least {min_bars}; use more data or lower --seq-len"
         )
     x, names = compute_features(df, spec)
-    side = primary_side(df, parse_primary(cfg.primary)) if cfg.primary else None  # meta-labels of its bets
+    rule = parse_primary(cfg.primary) if cfg.primary else None
+    # meta-labels of a price rule's bets; "both": the plain direction labels, traded both ways afterwards
+    side = primary_side(df, rule) if rule is not None and not isinstance(rule, BothRule) else None
     labels = triple_barrier_labels(df, config=cfg.tbm, side=side)
     pos = df.index.get_indexer(labels.index)
     t1 = df.index.get_indexer(labels["t1"])
@@ -390,9 +392,9 @@ def prepare_universe(cfg, frames=None, *, store_root=None) -> PooledPrepared:
 
     from .store import FeatureStore
 
-    if cfg.primary:
+    if cfg.primary and not isinstance(parse_primary(cfg.primary), BothRule):
         raise ValueError(f"--primary {cfg.primary}: meta-labels are built for one instrument; {cfg.data} is a "
-                         "universe (train on one file or sample, or drop --primary)")
+                         "universe (train on one file or sample, or drop --primary; 'both' needs no meta-labels)")
 
     frames = load_universe(cfg.data, start=cfg.start, end=cfg.end, lazy=True) if frames is None else frames
     store = FeatureStore.build_or_open(frames, cfg.feature_spec, cfg.tbm, root=store_root)
