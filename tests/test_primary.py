@@ -86,8 +86,25 @@ def test_a_primary_makes_the_training_events_its_bets_and_their_meta_labels():
     events = np.concatenate([prep.train_ends, prep.val_ends])
     assert set(fit.index[events]) <= set(labels.index)  # every event is a bet of the rule
     np.testing.assert_array_equal(prep.y[events], labels["label"].reindex(fit.index[events]).to_numpy(np.float32))
+    # each bet's return, on its side, for the card's "primary alone" Sharpe
+    side = labels["side"].reindex(fit.index[events]).to_numpy(np.float64)
+    np.testing.assert_array_equal(prep.bet_ret[events], side * labels["ret"].reindex(fit.index[events]).to_numpy())
     plain = prepare(TrainConfig(data="sp500", start="2010-01-01", end="2014-12-31", seq_len=16, features=("log_ret",)))
     assert len(plain.train_ends) > len(prep.train_ends)  # every bar was an event without it
+    assert plain.bet_ret is None
+
+
+def test_the_primary_alone_baseline_by_hand():
+    from agents.artifact.evaluation import primary_alone
+    from agents.artifact.inspect import primary_line
+
+    out = primary_alone("momentum", np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.02, -0.01, 0.01, 0.02]))
+    assert out["val_bets"] == 4 and out["val_precision"] == 0.75 and out["val_mean_return"] == pytest.approx(0.01)
+    assert out["val_sharpe_per_bet"] == pytest.approx(0.01 / np.std([0.02, -0.01, 0.01, 0.02], ddof=1))
+    assert primary_line(out, {"precision": 0.8}) == ("primary     momentum alone: precision 0.750 over 4 validation "
+                                                     "bets, Sharpe per bet 0.707 (mean +1.000%, gross); the agent at "
+                                                     "its threshold: 0.800")
+    assert "val_sharpe_per_bet" not in primary_alone("momentum", np.array([1.0]))
 
 
 def test_a_bad_primary_is_refused_when_the_config_is_built():

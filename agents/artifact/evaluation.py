@@ -159,10 +159,18 @@ def gbm_baseline_of(cfg, prep: Prepared, y_tr: np.ndarray, y_va: np.ndarray, z_v
                         weight=None if weights is None else weights[ids], block=cfg.horizon, seed=cfg.seed)
 
 
-def primary_alone(rule: str, y_val: np.ndarray) -> dict:
+def primary_alone(rule: str, y_val: np.ndarray, ret_val: np.ndarray | None = None) -> dict:
     """The second baseline of a meta-labelled agent: its primary taking every bet. Its precision is the share of
-    the bets that paid (the validation meta-labels' mean); the agent's precision at its threshold must beat it."""
-    return {"rule": rule, "val_bets": int(len(y_val)), "val_precision": float(np.mean(y_val)) if len(y_val) else None}
+    the bets that paid (the validation meta-labels' mean), which the agent's precision at its threshold must beat;
+    with the bets' returns (``ret_val``: side x return at the barrier touched, gross of costs), their mean and the
+    Sharpe of taking every bet, per bet (mean / standard deviation, not annualised: bets overlap)."""
+    out = {"rule": rule, "val_bets": int(len(y_val)), "val_precision": float(np.mean(y_val)) if len(y_val) else None}
+    if ret_val is not None:
+        r = np.asarray(ret_val, dtype=np.float64)
+        sd = float(np.std(r, ddof=1)) if len(r) > 1 else 0.0
+        out.update(val_mean_return=float(np.mean(r)) if len(r) else None,
+                   val_sharpe_per_bet=float(np.mean(r)) / sd if sd > 0 else None)
+    return out
 
 
 def evaluate(cfg, prep: Prepared, model: TransformerAgent, best_epoch: int, history: list) -> dict:
@@ -208,8 +216,9 @@ def evaluate(cfg, prep: Prepared, model: TransformerAgent, best_epoch: int, hist
         "label_balance": {"train_positive_rate": base_rate, "val_positive_rate": float(y_va.mean()),
                           "train_events": int(len(y_tr)), "val_events": int(len(y_va))},
         # a price rule's bets alone (not "both", whose bets are the model's own)
-        **({"primary": primary_alone(cfg.primary, y_va)} if cfg.primary and cfg.primary.split(":")[0] != "both"
-           else {}),
+        **({"primary": primary_alone(cfg.primary, y_va, None if getattr(prep, "bet_ret", None) is None
+                                     else prep.bet_ret[prep.val_ends])}
+           if cfg.primary and cfg.primary.split(":")[0] != "both" else {}),
         # features at each labelled bar: does validation look like training?
         "adversarial_auc": adversarial_auc(prep.rows("train"), prep.rows("val"), seed=cfg.seed),
         "best_epoch": best_epoch,

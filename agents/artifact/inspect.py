@@ -119,8 +119,11 @@ def universe_table(ds: dict) -> str:
 
 def primary_line(primary: dict, at_threshold: dict) -> str:
     """A meta-labelled agent's second baseline: its primary rule taking every bet, beside the agent's precision."""
+    sharpe = ("" if "val_sharpe_per_bet" not in primary else
+              f", Sharpe per bet {_num(primary.get('val_sharpe_per_bet'), '.3f')} (mean"
+              f" {_num(primary.get('val_mean_return'), '+.3%')}, gross)")
     return (f"primary     {primary.get('rule')} alone: precision {_num(primary.get('val_precision'), '.3f')} over"
-            f" {primary.get('val_bets')} validation bets; the agent at its threshold:"
+            f" {primary.get('val_bets')} validation bets{sharpe}; the agent at its threshold:"
             f" {_num(at_threshold.get('precision'), '.3f')}")
 
 

@@ -56,6 +56,8 @@ class Prepared:
     holdout_start: pd.Timestamp | None
     source: str
     sha256: str
+    # (N,) float64: a meta-labelled bet's return at its barrier, on its side (NaN elsewhere); None without a primary
+    bet_ret: np.ndarray | None = None
 
     def _ends(self, which: str) -> np.ndarray:
         return {"train": self.train_ends, "val": self.val_ends}[which]
@@ -138,7 +140,7 @@ def prepare(cfg) -> Prepared | PooledPrepared:
     df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
     cut = len(df) - int(round(len(df) * cfg.holdout))
     fit_df = df.iloc[:cut]
-    pos, t1, x, names, spec, y = _featurise_and_label(cfg, fit_df, what="bars before the holdout")
+    pos, t1, x, names, spec, y, bet_ret = _featurise_and_label(cfg, fit_df, what="bars before the holdout")
     train_ends, val_ends = purged_train_val_split(pos, t1, cfg.val_fraction, purge=cfg.horizon)
     u = _uniqueness(pos, t1, len(fit_df))
     for name, ends in (("training", train_ends), ("validation", val_ends)):
@@ -149,7 +151,7 @@ def prepare(cfg) -> Prepared | PooledPrepared:
                 f"--horizon {cfg.horizon}; nothing to learn: use barriers the price can reach"
             )
     return _assemble(cfg, fit_df, x, names, spec, y, u, train_ends, val_ends,
-                     holdout_start=df.index[cut] if cut < len(df) else None)
+                     holdout_start=df.index[cut] if cut < len(df) else None, bet_ret=bet_ret)
 
 
 def prepare_segments(cfg, df: pd.DataFrame, train: range, val: range | None) -> Prepared:
@@ -157,7 +159,7 @@ def prepare_segments(cfg, df: pd.DataFrame, train: range, val: range | None) -> 
     lies inside ``train`` train, those inside ``val`` validate; nothing after the last segment is used."""
     stop = (val or train).stop
     part = df.iloc[:stop]
-    pos, t1, x, names, spec, y = _featurise_and_label(cfg, part, what="bars up to the segment end")
+    pos, t1, x, names, spec, y, bet_ret = _featurise_and_label(cfg, part, what="bars up to the segment end")
     train_ends = events_within(pos, t1, train)
     val_ends = events_within(pos, t1, val) if val is not None else np.array([], dtype=np.int64)
     if train_ends.size == 0:
@@ -166,14 +168,14 @@ def prepare_segments(cfg, df: pd.DataFrame, train: range, val: range | None) -> 
     if val is not None and val_ends.size == 0:
         raise ValueError(f"no labelled validation window inside bars {val.start}..{val.stop - 1}; use longer segments")
     return _assemble(cfg, part, x, names, spec, y, _uniqueness(pos, t1, len(part)), train_ends, val_ends,
-                     holdout_start=df.index[stop] if stop < len(df) else None)
+                     holdout_start=df.index[stop] if stop < len(df) else None, bet_ret=bet_ret)
 
 
 def prepare_blocks(cfg, df: pd.DataFrame, train: Sequence[range]) -> Prepared:
     """Prepare ``df`` to train on the events lying wholly inside one of the ``train`` blocks (a
     combinatorial purged split: blocks around test groups); normalisation from the bars of those
     blocks' windows only; no validation events."""
-    pos, t1, x, names, spec, y = _featurise_and_label(cfg, df, what="bars")
+    pos, t1, x, names, spec, y, bet_ret = _featurise_and_label(cfg, df, what="bars")
     train_ends = np.sort(np.concatenate([events_within(pos, t1, r) for r in train] or [np.empty(0, np.int64)]))
     if train_ends.size == 0:
         raise ValueError("no labelled training window inside the train blocks; use fewer groups or more bars")
@@ -181,7 +183,7 @@ def prepare_blocks(cfg, df: pd.DataFrame, train: Sequence[range]) -> Prepared:
     for r in train:
         rows[max(0, r.start - cfg.seq_len + 1) : r.stop] = True
     return _assemble(cfg, df, x, names, spec, y, _uniqueness(pos, t1, len(df)), train_ends,
-                     np.array([], dtype=np.int64), holdout_start=None, norm_rows=rows)
+                     np.array([], dtype=np.int64), holdout_start=None, norm_rows=rows, bet_ret=bet_ret)
 
 
 def full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray:
@@ -193,7 +195,8 @@ def full_window_ends(x: np.ndarray, seq_len: int, segment: range) -> np.ndarray:
 
 
 def _featurise_and_label(cfg, df: pd.DataFrame, *, what: str):
-    """Features, labels and the label spans of the events that have a full window of features."""
+    """Features, labels and the label spans of the events that have a full window of features, and with a price
+    primary its bets' returns (side x the label's return at the barrier touched; None without one)."""
     spec = cfg.feature_spec.pinned(df.columns)
     min_bars = spec.warmup + cfg.seq_len + cfg.horizon + 2
     if len(df) < min_bars:
@@ -214,7 +217,11 @@ def _featurise_and_label(cfg, df: pd.DataFrame, *, what: str):
                          "lower --seq-len")
     y = np.full(len(df), np.nan, dtype=np.float32)
     y[pos] = labels["label"].to_numpy(np.float32)
-    return pos[usable], t1[usable], x, names, spec, y
+    bet_ret = None
+    if side is not None:  # what each of the primary's bets earned, gross: its baseline's Sharpe (the card)
+        bet_ret = np.full(len(df), np.nan)
+        bet_ret[pos] = labels["side"].to_numpy(np.float64) * labels["ret"].to_numpy(np.float64)
+    return pos[usable], t1[usable], x, names, spec, y, bet_ret
 
 
 def _uniqueness(pos: np.ndarray, t1: np.ndarray, n_bars: int) -> np.ndarray:
@@ -225,7 +232,7 @@ def _uniqueness(pos: np.ndarray, t1: np.ndarray, n_bars: int) -> np.ndarray:
 
 
 def _assemble(cfg, df, x, names, spec, y, uniqueness, train_ends, val_ends, *, holdout_start,
-              norm_rows: np.ndarray | None = None) -> Prepared:
+              norm_rows: np.ndarray | None = None, bet_ret: np.ndarray | None = None) -> Prepared:
     # normalisation from the bars the training windows cover, never from validation (or test)
     if norm_rows is None:
         lo, hi = int(train_ends.min()) - cfg.seq_len + 1, int(train_ends.max()) + 1
@@ -236,9 +243,10 @@ def _assemble(cfg, df, x, names, spec, y, uniqueness, train_ends, val_ends, *, h
     std = np.nanstd(rows, axis=0)
     std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. zero volume) stays 0, not NaN
     return Prepared(
-        x=((x - mean) / std).astype(np.float32), y=y, uniqueness=uniqueness, names=names, spec=spec, mean=mean, std=std,
-        train_ends=train_ends, val_ends=val_ends, index=df.index, holdout_start=holdout_start,
+        x=((x - mean) / std).astype(np.float32), y=y, uniqueness=uniqueness, names=names, spec=spec,
+        mean=mean, std=std, train_ends=train_ends, val_ends=val_ends, index=df.index, holdout_start=holdout_start,
         source=str(df.attrs.get("source", cfg.data)), sha256=str(df.attrs.get("sha256", "")),
+        bet_ret=bet_ret,
     )
 
 
