@@ -75,14 +75,18 @@ def average_active_nb(start, end, size, n):
 @njit_cached
 def entry_sizes_nb(prob, side, horizon, step):
     """Per bar, the fraction of the full size an entry there takes under AFML sizing: every bar with a probability
-    and a side (+1/-1; 0 = no bet) is a bet open for ``horizon`` bars; the sizes (10.1) of the bets open at the bar
-    are averaged (10.2), rounded to ``step`` (10.3) and read on the bar's own side: 0 where that average leans
-    the other way, or the bar has no bet. Reads bars <= t only."""
+    (that its bet pays) and a side (+1/-1; 0 = no bet) is a bet open for ``horizon`` bars, sized by 10.1 on its
+    side (0 below p = 1/2: a passed bet); the sizes of the bets open at the bar are averaged (10.2), rounded to
+    ``step`` (10.3) and read on the bar's own side: 0 where that average leans the other way, or the bar has no
+    bet. Reads bars <= t only."""
     n = prob.shape[0]
     size = np.empty(n)
+    ones = np.ones(1)
     for i in range(n):
-        size[i] = np.nan if side[i] == 0 else prob[i]
-    size = bet_size_nb(size, side, 0.0)
+        if side[i] == 0 or np.isnan(prob[i]):
+            size[i] = np.nan
+        else:  # a bet the model expects to lose (p < 1/2) is passed, size 0, not turned around (AFML 10.1's pred 0)
+            size[i] = side[i] * max(0.0, bet_size_nb(prob[i : i + 1], ones, 0.0)[0])
     out = np.zeros(n)
     total, count = 0.0, 0
     for i in range(n):

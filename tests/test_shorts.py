@@ -205,6 +205,10 @@ def test_entry_sizes_average_the_open_bets_and_read_no_future():
     # a long bet while the open bets lean short takes nothing
     lean = labeling.entry_sizes(np.array([0.9, 0.55]), np.array([-1.0, 1.0]), rules)
     assert lean[1] == 0.0
+    # a bet the model expects to lose is passed (size 0), not a bet the other way: it only dilutes the average
+    passed = labeling.entry_sizes(np.array([0.3, 0.9]), np.array([1.0, 1.0]), rules)
+    m9 = labeling.bet_size(pd.Series([0.9])).iloc[0]
+    assert passed[0] == 0.0 and passed[1] == pytest.approx(m9 / 2)
     for cut in range(1, len(prob)):  # truncating the future changes nothing before the cut
         assert labeling.entry_sizes(prob[:cut], side[:cut], rules).tolist() == sizes[:cut].tolist()
     stepped = labeling.entry_sizes(prob, side, rules.replace(size_step=0.25))
