@@ -18,6 +18,12 @@ mean of the last ``k`` signs; latent = sum over a < k of (k - a) s[t - a], the d
   volume (momentum) and -sign(r[t]) on light volume (reversal).
 - ``motif``: s[t] = +1 after a given pattern of return signs over the last bars or its mirror image,
   -1 after either with the last sign flipped, 0 otherwise: no single bar's sign tells the drift.
+
+For meta-labeling (a primary rule's bets, ``labeling.primary``), a rule right in one regime only:
+
+- ``regime_momentum``: on heavy volume (a persistent regime) each bar drifts the way of the last
+  ``lookback`` bars' move, as ``momentum:lookback=...`` bets; on light volume it drifts the other way,
+  at ``revert`` times the strength; latent = 1 on heavy-volume bars (where the rule's bets pay), else 0.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["GENERATORS", "LINEAR", "NONLINEAR", "ar1", "bars_from_returns", "motif", "random_walk", "sign_interaction",
-           "vol_regime", "volume_momentum"]
+__all__ = ["GENERATORS", "LINEAR", "NONLINEAR", "ar1", "bars_from_returns", "motif", "random_walk", "regime_momentum",
+           "sign_interaction", "vol_regime", "volume_momentum"]
 
 
 def bars_from_returns(log_returns: np.ndarray, rng: np.random.Generator, *, start: str = "2000-01-03",
@@ -164,6 +170,33 @@ def motif(n: int, seed: int = 0, pattern: str = "+-+", mu: float = 0.6, k: int =
 
     r, latent = _sign_driven(n, rng, sign_at, mu=mu, k=k, sigma=sigma)
     return bars_from_returns(r, rng), latent
+
+
+def regime_momentum(n: int, seed: int = 0, lookback: int = 20, mu: float = 0.25, revert: float = 0.5,
+                    stay: float = 0.98, heavy: float = 0.6, sigma: float = 0.01) -> tuple[pd.DataFrame, np.ndarray]:
+    """Time-series momentum that pays in one volume regime only. Bar t drifts by ``mu * sigma`` times the side
+    of ``labeling``'s ``momentum:lookback=<lookback>`` rule at bar t - 1 (the sign of close[t-1] -
+    close[t-1-lookback]; the bet that rule enters at bar t's open) on heavy volume, and by ``-revert * mu *
+    sigma`` times it on light volume; the regime keeps each bar with probability ``stay``, log volume
+    ``heavy`` higher in the heavy one. latent = 1.0 on heavy-volume bars, 0.0 on light ones: the regime the
+    rule's bets from that bar fall in (known from the volume up to it, the regime persisting)."""
+    _check_drift(mu, 1)
+    if int(lookback) != lookback or lookback < 1:
+        raise ValueError(f"lookback must be a positive integer, got {lookback}")
+    if not (np.isfinite(revert) and revert >= 0):
+        raise ValueError(f"revert must be a number >= 0, got {revert}")
+    lookback = int(lookback)
+    rng = np.random.default_rng(seed)
+    loud = _two_states(n, rng, stay)
+    e = rng.normal(0.0, sigma, n)
+    drift = np.where(loud, mu * sigma, -revert * mu * sigma)
+    r = np.empty(n)
+    level = np.zeros(n + 1)  # level[t + 1] = log(close[t] / price): the cumulative sum of r
+    for t in range(n):
+        side = np.sign(level[t] - level[t - lookback]) if t - 1 >= lookback else 0.0  # the rule's side at t - 1
+        r[t] = e[t] + drift[t] * side
+        level[t + 1] = level[t] + r[t]
+    return bars_from_returns(r, rng, log_volume=10.0 + heavy * loud), loud.astype(np.float64)
 
 
 LINEAR = {"random_walk": random_walk, "ar1": ar1, "vol_regime": vol_regime}

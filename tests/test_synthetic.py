@@ -79,3 +79,25 @@ def test_generators_refuse_bad_parameters():
         synthetic.motif(100, pattern="+x")
     with pytest.raises(ValueError, match="k must"):
         synthetic.motif(100, k=0)
+
+
+def test_regime_momentum_pays_the_momentum_rule_on_heavy_volume_only():
+    """Each bar drifts mu * sigma along the momentum rule's side of the bar before on heavy volume, and
+    revert * mu * sigma against it on light volume; the latent regime is the volume's."""
+    from labeling import parse_primary, primary_side
+
+    df, latent = synthetic.regime_momentum(40_000, seed=4, lookback=10, mu=0.25, revert=0.5)
+    side = primary_side(df, parse_primary("momentum:lookback=10")).reindex(df.index, fill_value=0).to_numpy()
+    r = _returns(df)
+    edge = r[1:] * side[:-1]  # bar t's return on the bet the rule took at t - 1
+    loud = latent[1:] == 1.0
+    assert set(np.unique(latent)) == {0.0, 1.0} and 0.3 < loud.mean() < 0.7
+    assert side[:10].tolist() == [0] * 10 and (side[11:] != 0).all()
+    np.testing.assert_allclose(edge[loud].mean(), 0.25 * 0.01, atol=3e-4)
+    np.testing.assert_allclose(edge[~loud].mean(), -0.5 * 0.25 * 0.01, atol=3e-4)
+    log_volume = np.log(df["volume"].to_numpy())
+    np.testing.assert_allclose(log_volume[latent == 1.0].mean() - log_volume[latent == 0.0].mean(), 0.6, atol=0.02)
+    with pytest.raises(ValueError, match="revert"):
+        synthetic.regime_momentum(100, revert=-1.0)
+    with pytest.raises(ValueError, match="lookback"):
+        synthetic.regime_momentum(100, lookback=0)
