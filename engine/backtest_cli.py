@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pt", type=float, default=None, help="take-profit in ATRs (None = the agent's TBM setting)")
     g.add_argument("--sl", type=float, default=None, help="stop-loss in ATRs (None = the agent's TBM setting)")
     g.add_argument("--horizon", type=int, default=None, help="time exit in bars (None = the agent's TBM setting)")
+    g.add_argument("--side", default=None, metavar="COLUMN", help="trade each bar on the side in this column of the "
+                   "data: +1 long, -1 short, 0 or empty no bet (your own primary model's; None = long, or the sides "
+                   "of the primary rule the agent was trained on)")
     g.add_argument("--sizing", default=None, choices=SIZINGS, help="fixed: every entry --size-frac of equity; "
                    "probability: that times AFML's bet size of the probability, averaged over the last horizon's "
                    "bets (None = probability for an agent trained on a primary rule's meta-labels, else the agent's)")
@@ -150,7 +153,7 @@ def check_options(args) -> None:
     if args.live and args.engine == "fast":
         raise UsageError("--live streams bars through backtrader; drop --engine fast")
     if args.strategy != "agent":
-        given = [name for name in ("agent", "threshold", "pt", "sl", "horizon", "sizing", "size_step")
+        given = [name for name in ("agent", "threshold", "pt", "sl", "horizon", "side", "sizing", "size_step")
                  if getattr(args, name) is not None]
         if given:
             raise UsageError(f"--{given[0]} sets the agent strategy; --strategy {args.strategy} does not use it "
@@ -264,11 +267,17 @@ def _primary(agent):
         raise UsageError(f"--agent {agent.path}: its card's primary rule {escape(str(spec))!r}: {exc}") from None
 
 
-def _bets(rule, history, signal):
+def _bets(rule, history, signal, column=None, where=""):
     """(probability, sides) traded over ``history``: the agent's ``signal`` and a price rule's sides; a direction
-    model traded both ways ("both") bets its own way at each bar; no rule: long everywhere (sides None)."""
+    model traded both ways ("both") bets its own way at each bar; the sides of the data's ``column`` (--side); no
+    rule: long everywhere (sides None)."""
     from labeling import BothRule, direction_bets, primary_side
 
+    if column is not None:
+        if rule is not None:
+            raise UsageError(f"--side {column}: the agent was trained on the bets of primary {_spec(rule)!r}; its "
+                             "probability is about those bets, not yours (drop --side)")
+        return signal, _side_column(history, column, where)
     if rule is None:
         return signal, None
     if isinstance(rule, BothRule):
@@ -322,6 +331,40 @@ def _check_frequency(args, agent, df, data_name: str) -> None:
                      f"on a bar every {describe_spacing(trained)}: its windows and barriers would span other periods; "
                      f"backtest it on data with a bar every {describe_spacing(trained)}, "
                      "or pass --any-frequency to run it anyway")
+
+
+def _spec(rule) -> str:
+    """A primary rule as the command line spells it."""
+    import dataclasses
+
+    from labeling import PRIMARIES
+
+    name = next(k for k, cls in PRIMARIES.items() if isinstance(rule, cls))
+    params = ",".join(f"{f.name}={getattr(rule, f.name)}" for f in dataclasses.fields(rule))
+    return f"{name}:{params}" if params else name
+
+
+def _side_column(history, column: str, where: str):
+    """The bets of the data's ``column`` (--side): +1/-1 on the bars with one (0 or empty: none); anything else is
+    one line naming the file and the first bad row."""
+    import numpy as np
+    import pandas as pd
+
+    if column not in history.columns:
+        extra = [str(c) for c in history.columns if c not in ("open", "high", "low", "close", "volume")]
+        others = f"its other columns: {', '.join(extra)}" if extra else "it has only open, high, low, close, volume"
+        raise UsageError(f"--side {column}: {where} has no column {column!r} ({others})")
+    if history[column].dtype.kind not in "biuf":
+        raise UsageError(f"--side {column}: {where}: the column holds text, not sides: use +1 (long), -1 (short), "
+                         "0 or empty (no bet)")
+    values = history[column].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~(np.isnan(values) | np.isin(values, (1.0, -1.0, 0.0)))
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise UsageError(f"--side {column}: {where}, row {history.index[k]}: {values[k]:g} is not a side; use +1 "
+                         "(long), -1 (short), 0 or empty (no bet)")
+    bet = np.isin(values, (1.0, -1.0))
+    return pd.Series(values[bet].astype(np.int8), index=history.index[bet], name="side")
 
 
 def trading_rules(args, agent) -> BarrierRules:
@@ -425,7 +468,7 @@ def prepare_run(args) -> SingleRun | PortfolioRun:
         else:
             signal = _signal(agent, history)
     rules = trading_rules(args, agent)
-    signal, side = _bets(_primary(agent), history, signal)
+    signal, side = _bets(_primary(agent), history, signal, args.side, data_name)
     return SingleRun(agent=agent, data_name=data_name, history=history, plan=plan, rules=rules, params=params,
                      signal=signal, side=side)
 
@@ -473,9 +516,9 @@ def prepare_portfolio(args, agent, data_name: str) -> PortfolioRun:
         notes.append(f"note: --max-positions {max_positions} is more than the {n} instruments traded: at most {n} "
                      f"positions at once, each equity / {max_positions}")
     rule = _primary(agent)
-    sides = None if rule is None else {}
+    sides = None if rule is None and args.side is None else {}
     for sym, history in histories.items():
-        signals[sym], side = _bets(rule, history, signals[sym])
+        signals[sym], side = _bets(rule, history, signals[sym], args.side, f"{data_name}: {sym}")
         if sides is not None:
             sides[sym] = side
     return PortfolioRun(agent=agent, data_name=data_name, frames=histories, signals=signals, plan=plan,

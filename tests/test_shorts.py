@@ -213,3 +213,39 @@ def test_entry_sizes_average_the_open_bets_and_read_no_future():
         assert labeling.entry_sizes(prob[:cut], side[:cut], rules).tolist() == sizes[:cut].tolist()
     stepped = labeling.entry_sizes(prob, side, rules.replace(size_step=0.25))
     assert set(np.round(stepped / 0.25, 9)) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+
+
+def _sides_file(tmp_path, bad=None):
+    df = datafeeds.load_ohlcv("sp500", start="2014-01-01")
+    df["side"] = np.random.default_rng(0).choice([1.0, -1.0, 0.0, np.nan], len(df))
+    if bad is not None:
+        df.iloc[5, df.columns.get_loc("side")] = bad
+    path = tmp_path / "sides.csv"
+    df.to_csv(path)
+    return path
+
+
+def test_the_main_command_trades_a_side_column_and_refuses_bad_sides_in_one_line(tmp_path, capsys):
+    from engine.backtest_cli import main
+
+    path = _sides_file(tmp_path)
+    assert main(["--data", str(path), "--side", "side", "--no-plot", "--borrow", "0.02", "--margin", "0.5",
+                 "--trades", str(tmp_path / "t.csv")]) == 0
+    out = capsys.readouterr().out
+    assert ", margin 0.5, borrow 2.00%/yr" in out and "\nshort: " in out and "\nlong: " in out
+    trades = pd.read_csv(tmp_path / "t.csv")
+    assert set(trades["side"]) == {1, -1}
+    df = pd.read_csv(path, index_col=0, parse_dates=True)
+    # every trade was signalled on a bar whose column says its side
+    assert (df.loc[pd.DatetimeIndex(trades["signal_time"]), "side"].to_numpy() == trades["side"].to_numpy()).all()
+    cases = [
+        (["--data", str(_sides_file(tmp_path, bad=2.0)), "--side", "side"], "row 2014-01-09 00:00:00: 2 is not a side"),
+        (["--data", str(path), "--side", "sid"], "has no column 'sid' (its other columns: side)"),
+        (["--margin", "0"], "--margin 0.0: must be in (0, 10]"),
+        (["--strategy", "smacross", "--side", "side"], "--side sets the agent strategy"),
+        (["--sizing", "probability", "--live"], "--live streams bars one at a time; sizing by probability"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--no-plot"]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
