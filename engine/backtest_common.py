@@ -63,10 +63,9 @@ def bet_inputs(df: pd.DataFrame, sig: pd.Series | None, side, rules: BarrierRule
 
 def day_numbers(index: pd.DatetimeIndex) -> np.ndarray:
     """Each bar's calendar day as backtrader dates it (UTC), in days since 1970-01-01: what a short's borrow counts."""
-    idx = pd.DatetimeIndex(index)
-    if idx.tz is not None:
-        idx = idx.tz_convert("UTC").tz_localize(None)
-    return idx.normalize().as_unit("s").asi8 // 86_400
+    idx = pd.DatetimeIndex(index)  # asi8 counts from the epoch (UTC if tz-aware); // floors before 1970 too
+    per_day = 86_400 * {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[idx.unit]
+    return idx.asi8 // per_day
 
 
 def run_facts(df, period, atr, rules: BarrierRules, costs: Costs, run: RunConfig, ppy: float) -> dict:

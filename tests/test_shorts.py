@@ -249,3 +249,18 @@ def test_the_main_command_trades_a_side_column_and_refuses_bad_sides_in_one_line
         assert main([*argv, "--no-plot"]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_borrow_counts_the_same_days_in_both_engines_on_intraday_bars():
+    # hourly bars with weekends: backtrader charges a short's borrow per calendar day; the fast kernel must count
+    # the same days (frames are tz-naive: datafeeds refuses others)
+    df = datafeeds.load_ohlcv("eurusd_1h").iloc[:2000]
+    prob = pd.Series(np.random.default_rng(2).random(len(df)), index=df.index)
+    kw = dict(signal=prob, side=-1, rules=BarrierRules(threshold=0.6, horizon=30),
+              costs=Costs(commission=COMM, borrow=0.5))
+    bt_ = run_backtest(df, "agent", run=RunConfig(benchmark=False), **kw)
+    fast = run_backtest(df, "agent", run=RunConfig(benchmark=False, engine="fast"), **kw)
+    free = run_backtest(df, "agent", run=RunConfig(benchmark=False, engine="fast"), **{**kw, "costs": Costs(COMM)})
+    assert (bt_.trades["commission"] > free.trades["commission"]).sum() > 10  # borrow really charged
+    pd.testing.assert_frame_equal(bt_.trades, fast.trades, check_exact=True, check_dtype=False)
+    pd.testing.assert_series_equal(bt_.equity, fast.equity, check_exact=True)
