@@ -34,7 +34,8 @@ from engine.metrics import compute_stats
 from engine.portfolio import run_portfolio
 from engine.results import BacktestResult, PortfolioResult
 from labeling.rules import BarrierRules, Costs
-from strategies import BarrierBroker, BuyAndHold, TradeLogStrategy, TransformerAgentStrategy, get_strategy
+from strategies import (BarrierBroker, BuyAndHold, CashBackBroker, TradeLogStrategy, TransformerAgentStrategy,
+                        get_strategy)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def run_backtest(
     # The stock broker's pre-check of new orders (checksubmit) would pseudo-fill the OCO take-profit after the stop
     # had closed the position, i.e. as opening the opposite position, and refuse it for cash (shorts tie up
     # cash): off, so the stock orders fill as they would on a live broker; entries are still cash-checked at the fill.
-    broker = BarrierBroker() if run.native_barriers else bt.brokers.BackBroker(checksubmit=False)
+    broker = BarrierBroker() if run.native_barriers else CashBackBroker(checksubmit=False)
     cerebro = build_cerebro({None: (period, lines)}, broker, run, costs)
     strat_params = {"rules": rules, **params} if "rules" in strat_cls.params._getkeys() else {
         "size_frac": rules.entry_fraction, **params}

@@ -9,8 +9,10 @@ instead (seconds at start-up), with one warning that says how to get the cache b
 from __future__ import annotations
 
 import logging
+import pickle
 
 from numba import njit
+from numba.core import caching
 
 _LOG = logging.getLogger(__name__)
 _warned = False
@@ -19,12 +21,28 @@ _KERNELS: list = []  # every dispatcher made here, for kernels_compiled()
 JIT_MEMORY = 32 * 2**20
 
 
+class _StaleTolerantIndex(caching.IndexDataCacheFile):
+    """numba's cache index, read as a miss where it cannot be unpickled. An index written by an older version of
+    this code names the types of its signatures (e.g. a NamedTuple since renamed); numba unpickles them before it
+    compares the source's timestamp, so a checkout updated in place would fail with AttributeError instead of
+    recompiling."""
+
+    def _load_index(self):
+        try:
+            return super()._load_index()
+        except (AttributeError, ImportError, EOFError, pickle.UnpicklingError):
+            return {}
+
+
 def njit_cached(func=None, **options):
     """``numba.njit(cache=True, **options)``; as ``@njit_cached`` or ``@njit_cached(fastmath=...)``."""
     if func is None:
         return lambda f: njit_cached(f, **options)
     try:
         kernel = njit(cache=True, **options)(func)
+        index = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+        if type(index) is caching.IndexDataCacheFile:
+            index.__class__ = _StaleTolerantIndex
         _KERNELS.append(kernel)
         return kernel
     except RuntimeError as exc:

@@ -55,8 +55,51 @@ class BuyBarriers(TripleBarrierOrder, bt.order.BuyOrder):
     """The triple-barrier exit of a short (backtrader's buy stop and buy limit, mirrored fills)."""
 
 
-class BarrierBroker(bt.brokers.BackBroker):
-    """BackBroker that also works :class:`TripleBarrierOrder` (see :meth:`exit_barriers`)."""
+class ShortValue:
+    """BackBroker's account value with a short marked right (shortcash off): the cash it ties up (its entry value /
+    leverage) plus its gain. BackBroker takes ``abs()`` of a short's value instead, which flips its sign once the
+    price passes twice the entry and overstates equity from there on. Everything else is BackBroker's."""
+
+    def _get_value(self, datas=None, lever=False):
+        if datas is not None or self.p.shortcash or self._fundhist:
+            return super()._get_value(datas=datas, lever=lever)
+        while self._cash_addition:
+            c = self._cash_addition.popleft()
+            self._fundshares += c / self._fundval
+            self.cash += c
+        pos_value = pos_value_unlever = unrealized = 0.0
+        for data, position in self.positions.items():
+            comminfo = self.getcommissioninfo(data)
+            close = data.close[0]
+            dunrealized = comminfo.profitandloss(position.size, position.price, close)
+            # a long at its close, a short at its entry value: each unlevered, plus its gain
+            dvalue = comminfo.getvalue(position, close) if position.size >= 0 else -position.size * position.price
+            pos_value += dvalue
+            unrealized += dunrealized
+            if dvalue > 0:
+                if position.size > 0:
+                    dvalue -= dunrealized
+                pos_value_unlever += dvalue / comminfo.get_leverage()
+                pos_value_unlever += dunrealized
+            else:
+                pos_value_unlever += dvalue
+        self._value = self.cash + pos_value_unlever
+        self._fundval = self._value / self._fundshares
+        self._valuemkt = pos_value_unlever
+        self._valuelever = self.cash + pos_value
+        self._valuemktlever = pos_value
+        self._leverage = pos_value / (pos_value_unlever or 1.0)
+        self._unrealized = unrealized
+        return self._value if not lever else self._valuelever
+
+
+class CashBackBroker(ShortValue, bt.brokers.BackBroker):
+    """The stock BackBroker, its shorts valued right (:class:`ShortValue`): the reference for BarrierBroker's orders."""
+
+
+class BarrierBroker(ShortValue, bt.brokers.BackBroker):
+    """BackBroker that also works :class:`TripleBarrierOrder` (see :meth:`exit_barriers`), its shorts valued right
+    (:class:`ShortValue`)."""
 
     def exit_barriers(self, owner, data, size: float, stop: float, take: float, time_bar: int):
         """Submit one order closing a position of ``size`` units (> 0 long: a sell, stop below take; < 0 short:

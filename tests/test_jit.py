@@ -65,3 +65,38 @@ HOME={ROOT}/no-such-home {sys.executable} run_backtest.py --agent models/agent1.
     warnings = [ln for ln in done.stderr.splitlines() if "numba cannot cache" in ln]
     assert len(warnings) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+_MODULE = '''
+from typing import NamedTuple
+
+import numpy as np
+from labeling.jit import njit_cached
+
+
+class {name}(NamedTuple):
+    a: np.ndarray
+    b: float
+
+
+@njit_cached
+def add_nb(t):
+    return t.a.sum() + t.b
+
+
+print(add_nb({name}(np.ones(3), 1.5)))
+'''
+
+
+def test_a_stale_cache_naming_a_renamed_type_is_a_miss_not_a_crash(tmp_path):
+    # a checkout updated in place: the kernel's cache index was written when its argument type had another name
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    mod = tmp_path / "stale_mod.py"
+    runs = []
+    for name in ("Old", "New"):
+        mod.write_text(_MODULE.format(name=name))
+        os.utime(mod, (1e9 + len(runs), 1e9 + len(runs)))  # a new source stamp, as an edit gives
+        runs.append(subprocess.run([sys.executable, "-c", "import stale_mod"], env=env, capture_output=True,
+                                   text=True, timeout=300))
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    assert [r.stdout.strip() for r in runs] == ["4.5", "4.5"]

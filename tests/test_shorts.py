@@ -264,3 +264,18 @@ def test_borrow_counts_the_same_days_in_both_engines_on_intraday_bars():
     assert (bt_.trades["commission"] > free.trades["commission"]).sum() > 10  # borrow really charged
     pd.testing.assert_frame_equal(bt_.trades, fast.trades, check_exact=True, check_dtype=False)
     pd.testing.assert_series_equal(bt_.equity, fast.equity, check_exact=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_short_past_twice_its_entry_is_marked_at_its_loss(engine):
+    # backtrader's BackBroker takes abs() of a short's value (shortcash off), which flips its sign once the price
+    # passes twice the entry; our brokers (strategies.broker.ShortValue) and the kernels mark it at its loss
+    df = flat_bars(n=12, overrides={**{i: (250.0, 250.2, 249.8, 250.0) for i in range(6, 12)},
+                                    5: (100.0, 250.0, 99.8, 250.0)})
+    res = _run(df, engine, atr=1.0, horizon=4, rules=BarrierRules(sl=1000.0, horizon=4, size_frac=0.2))
+    units = _short_size(100.0, value=0.2 * CASH)
+    entry_cost = COMM * units * 100.0
+    assert res.equity.iloc[5] == pytest.approx(CASH - entry_cost - units * 150.0, rel=1e-12)
+    t = _only(res)
+    assert (t["exit_reason"], t["exit_bar"], t["exit_price"]) == ("time_limit", 8, 250.0)
+    assert res.equity.iloc[-1] == pytest.approx(CASH + t["pnl"], rel=1e-12)

@@ -197,18 +197,15 @@ def entry_units_nb(notional, o, side, commission, slippage, lev):
 
 @njit_cached
 def position_value_nb(units, close, pos_price, lev):
-    """What BackBroker's value adds for a position (shortcash off): a long at its close, a short at its entry value
-    plus its gain, each unlevered."""
+    """What the broker's value adds for a position (``strategies.broker.ShortValue``): a long at its close, a short
+    at its entry value, each unlevered, plus its gain."""
+    unrealized = units * (close - pos_price) * 1.0
     if units > 0.0:
         dvalue = units * close
-    else:
-        dvalue = pos_price * units
-        dvalue += (pos_price - close) * units
-        dvalue = abs(dvalue)
-    unrealized = units * (close - pos_price) * 1.0
-    if dvalue > 0.0:
-        return (0.0 + (dvalue - unrealized) / lev) + unrealized
-    return 0.0 + dvalue
+        if dvalue > 0.0:
+            return (0.0 + (dvalue - unrealized) / lev) + unrealized
+        return 0.0 + dvalue
+    return (0.0 + (-units * pos_price) / lev) + unrealized
 
 
 @njit_cached

@@ -265,15 +265,11 @@ def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
         for k in range(n):
             u = units[k]
             if u != 0.0:
-                if u > 0.0:
-                    dvalue = u * last_close[k]
-                else:  # a short: its entry value plus its gain (shortcash off), always counted positive
-                    dvalue = pos_price[k] * u
-                    dvalue += (pos_price[k] - last_close[k]) * u
-                    dvalue = abs(dvalue)
                 unreal = u * (last_close[k] - pos_price[k]) * 1.0
+                # a long at its close, a short at its entry value, each unlevered, plus its gain (ShortValue)
+                dvalue = u * last_close[k] if u > 0.0 else -u * pos_price[k]
                 if dvalue > 0.0:
-                    acc += (dvalue - unreal) / lev
+                    acc += ((dvalue - unreal) if u > 0.0 else dvalue) / lev
                     acc += unreal
                 else:
                     acc += dvalue
