@@ -27,6 +27,21 @@ to reproduce our trades exactly (engine/fastsim/__init__.py's docstring has the 
 Every trade must be identical: same entry and exit bars, entry/exit prices within 1e-12 relative, else
 exit status 1. Slippage is 0 (the peers' slippage models differ from ours).
 
+Mixed sides (longs and shorts; ``--skip-mixed`` leaves it out): the same bars and signal, a side drawn +1/-1
+uniformly at random per bar (seed + 3) passed to ours as ``side=``, and asymmetric barriers (pt 2, sl 1: with
+pt == sl a short's barriers sit at a long's two levels, so a short with its barriers swapped would make the same
+trades). A short sells at ``open[t+1]``; its stop is ``entry + sl * atr[t]`` and its take-profit ``entry - pt *
+atr[t]``, the stop first when one bar spans both, gaps filled at the open; the time exit and the end of the data
+as for a long. Every trade must be identical again, the side included.
+- vectorbt: the same ``from_signals`` call (``direction="both"``; the long-only run uses it too, with no short
+  entries: one compilation); the signal function returns a short entry where the side is -1 and the time exit
+  as a short exit. vectorbt's short stop ``entry * (1 + sl_stop)`` and take-profit ``entry * (1 - tp_stop)``
+  take the same fractions as a long's. Its cash is the grid's 1e12 x (below): the random shorts in a rising
+  market take the equity down to ~1e-12 of the start.
+- backtesting.py: ``self.sell(size=...)`` where the side is -1; on the fill bar's close ``trade.tp = entry -
+  pt * atr`` then ``trade.sl = entry + sl * atr`` (its buy-stop fills at ``max(open, stop)``, its buy-limit at
+  ``min(open, limit)``: our gap rule); 1e24 x the cash for whole units at the smallest equity.
+
 ``--grid N`` (default 1000; 0 skips) then times a parameter grid on the same bars and signal: thresholds x
 pt x sl x horizon (1000 = 10 x 5 x 4 x 5) through (a) ``engine.fastsim.sweep`` (one parallel numba call;
 best of ``--grid-repeats`` after a warm-up call), (b) a loop of N ``run_backtest(engine="fast")`` calls
@@ -64,7 +79,7 @@ import pandas as pd  # noqa: E402
 import datafeeds  # noqa: E402
 import labeling  # noqa: E402
 from engine import BarrierRules, Costs, RunConfig, run_backtest  # noqa: E402
-from _common import bootstrap_bars, machine_info, reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import bootstrap_bars, load_avg, machine_info, reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 PARAMS = dict(threshold=0.6, pt=1.5, sl=1.5, horizon=20, size_frac=1.0, commission=0.0005, slippage=0.0)
 CASH = 100_000.0
@@ -73,6 +88,11 @@ RULES = BarrierRules(**{k: PARAMS[k] for k in ("threshold", "pt", "sl", "horizon
 COSTS = Costs(commission=PARAMS["commission"], slippage=PARAMS["slippage"])
 RUN = RunConfig(engine="fast", cash=CASH, benchmark=False)
 RTOL = 1e-12
+# the mixed-sides run (longs and shorts): the same bars and signal, a random side per bar, and asymmetric barriers.
+# With pt == sl a short's take-profit and stop sit at a long's stop and take-profit, so a short whose barriers were
+# swapped would make the same trades (but on bars that span both); pt != sl makes the mirror visible.
+PARAMS_MIXED = {**PARAMS, "pt": 2.0, "sl": 1.0}
+RULES_MIXED = RULES.replace(pt=PARAMS_MIXED["pt"], sl=PARAMS_MIXED["sl"])
 
 
 def best_of(fn, repeats):
@@ -87,7 +107,7 @@ def best_of(fn, repeats):
 
 def compare(name, ours: pd.DataFrame, peer: pd.DataFrame) -> bool:
     """Print how ``peer`` (entry_bar, exit_bar, entry_price, exit_price) matches ``ours``; True if identical."""
-    key = ["entry_bar", "exit_bar"]
+    key = ["entry_bar", "exit_bar"] + (["side"] if "side" in ours and "side" in peer else [])
     m = ours.merge(peer, on=key, how="outer", suffixes=("", "_peer"), indicator=True)
     both = m[m["_merge"] == "both"]
     rel = 0.0
@@ -96,7 +116,10 @@ def compare(name, ours: pd.DataFrame, peer: pd.DataFrame) -> bool:
                   for c in ("entry_price", "exit_price"))
     only_ours, only_peer = int((m["_merge"] == "left_only").sum()), int((m["_merge"] == "right_only").sum())
     same = only_ours == 0 and only_peer == 0 and rel <= RTOL
-    print(f"  {name}: {len(peer):,} trades, {len(both):,} with our entry and exit bars "
+    sides = (f" ({int((peer['side'] > 0).sum()):,} long, {int((peer['side'] < 0).sum()):,} short)"
+             if "side" in key else "")
+    bars = "entry and exit bars" + (" and side" if "side" in key else "")
+    print(f"  {name}: {len(peer):,} trades{sides}, {len(both):,} with our {bars} "
           f"({len(both) / max(len(ours), 1):.2%} of ours); only ours {only_ours}, only theirs {only_peer}; "
           f"max relative entry/exit price difference {rel:.2e} -> {'IDENTICAL' if same else 'DIFFERENT'}")
     if not same and (only_ours or only_peer):
@@ -126,21 +149,32 @@ def make_vectorbt():
         return c.curr_stop
 
     @njit
-    def signal_nb(c, enter, horizon, state):
-        # called only when no stop fired on this bar; returns (long entry, long exit, short entry, short exit)
+    def signal_nb(c, enter, short, horizon, state):
+        # called only when no stop fired on this bar; returns (long entry, long exit, short entry, short exit).
+        # ``short``: (bars, 1) or (bars, columns), True where the entry on this bar sells short
         if c.position_now == 0:
-            return enter[c.i, c.col], False, False, False
-        return False, c.i - state[c.col] >= horizon[c.col], False, False
+            if not enter[c.i, c.col]:
+                return False, False, False, False
+            s = short[c.i, min(c.col, short.shape[1] - 1)]
+            return not s, False, s, False
+        timed = c.i - state[c.col] >= horizon[c.col]
+        if c.position_now > 0:
+            return False, timed, False, False
+        return False, False, False, timed
 
-    def simulate(df, enter, sl_frac, tp_frac, horizon, p, cash=CASH):
+    def simulate(df, enter, sl_frac, tp_frac, horizon, p, cash=CASH, short=None):
         """``from_signals`` over ``enter.shape[1]`` columns: ``enter``, ``sl_frac``, ``tp_frac`` are (bars, columns)
-        (broadcast as vectorbt does), ``horizon`` one value per column."""
+        (broadcast as vectorbt does), ``horizon`` one value per column; ``short`` (bars, 1 or columns): the entries
+        that sell short (None: all long). The same compiled functions serve both: vectorbt's direction
+        ``"both"`` lets the signal function choose the side, and with no short entry the orders are long-only's."""
         horizon = np.array(horizon, np.int64)  # a writable contiguous copy: one numba specialization for all calls
         state = np.full(len(horizon), -1, np.int64)
+        if short is None:
+            short = np.zeros((len(df), 1), np.bool_)
         return vbt.Portfolio.from_signals(
-            df["close"], signal_func_nb=signal_nb, signal_args=(enter, horizon, state),
+            df["close"], signal_func_nb=signal_nb, signal_args=(enter, np.ascontiguousarray(short), horizon, state),
             price=df["open"], open=df["open"], high=df["high"], low=df["low"],
-            size=p["size_frac"], size_type="percent", direction="longonly", fees=p["commission"],
+            size=p["size_frac"], size_type="percent", direction="both", fees=p["commission"],
             slippage=0.0, min_size=0.0, init_cash=cash, sl_stop=sl_frac, tp_stop=tp_frac,
             stop_entry_price="fillprice", stop_exit_price="stoplimit", upon_stop_exit="close",
             adjust_sl_func_nb=adjust_sl_nb, adjust_sl_args=(horizon, state),
@@ -148,10 +182,12 @@ def make_vectorbt():
             freq="1min",
         )
 
-    def run(df, enter_next, sl_frac, tp_frac, p):
-        pf = simulate(df, enter_next[:, None], sl_frac[:, None], tp_frac[:, None], [p["horizon"]], p)
+    def run(df, enter_next, sl_frac, tp_frac, p, short_next=None, cash=CASH):
+        short = None if short_next is None else short_next[:, None]
+        pf = simulate(df, enter_next[:, None], sl_frac[:, None], tp_frac[:, None], [p["horizon"]], p, cash, short)
         r = pf.trades.records
         trades = pd.DataFrame({"entry_bar": r["entry_idx"], "exit_bar": r["exit_idx"],
+                               "side": np.where(r["direction"] == 0, 1, -1),  # TradeDirection: 0 long, 1 short
                                "entry_price": r["entry_price"], "exit_price": r["exit_price"],
                                "size": r["size"], "open_at_end": r["status"] == 0})
         return pf, trades
@@ -178,6 +214,7 @@ def make_backtesting():
 
     class AgentMirror(Strategy):
         enter = None  # bool per bar: signal >= threshold and atr > 0 (decision at that bar's close)
+        short = None  # bool per bar: the entry decided there sells short (None: every entry buys)
         atr = None
         pt = sl = horizon = size = None
 
@@ -190,27 +227,32 @@ def make_backtesting():
             if trades:
                 tr = trades[0]
                 if tr.entry_bar == i:  # fill bar's close: the OCO pair from the executed entry price
-                    tr.tp = tr.entry_price + self.pt * self.sig_atr  # set first ...
-                    tr.sl = tr.entry_price - self.sl * self.sig_atr  # ... so the stop is worked first
+                    d = 1.0 if tr.is_long else -1.0  # a short's take-profit below the entry, its stop above
+                    tr.tp = tr.entry_price + d * self.pt * self.sig_atr  # set first ...
+                    tr.sl = tr.entry_price - d * self.sl * self.sig_atr  # ... so the stop is worked first
                 if i - tr.entry_bar + 1 >= self.horizon:
                     tr.sl = None  # the barriers are cancelled with the time exit
                     tr.tp = None
                     tr.close()  # market: the next open
             elif self.enter[i]:
                 self.sig_atr = self.atr[i]
-                self.buy(size=self.size)
+                if self.short is not None and self.short[i]:
+                    self.sell(size=self.size)
+                else:
+                    self.buy(size=self.size)
 
-    def run(df, enter, atr, p, cash):
+    def run(df, enter, atr, p, cash, short=None):
         data = df.rename(columns=str.capitalize)[["Open", "High", "Low", "Close", "Volume"]]
         bt = Backtest(data, AgentMirror, cash=cash, commission=p["commission"], trade_on_close=False,
                       exclusive_orders=False, hedging=False, finalize_trades=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "trades remain open at the end": handled below
-            stats = bt.run(enter=enter, atr=atr, pt=p["pt"], sl=p["sl"], horizon=p["horizon"],
+            stats = bt.run(enter=enter, short=short, atr=atr, pt=p["pt"], sl=p["sl"], horizon=p["horizon"],
                            size=1 - 1e-9)
         t = stats["_trades"]
         trades = pd.DataFrame({"entry_bar": t["EntryBar"].to_numpy(np.int64),
                                "exit_bar": t["ExitBar"].to_numpy(np.int64),
+                               "side": np.sign(t["Size"].to_numpy(np.float64)).astype(np.int64),
                                "entry_price": t["EntryPrice"].to_numpy(np.float64),
                                "exit_price": t["ExitPrice"].to_numpy(np.float64),
                                "size": t["Size"].to_numpy(np.float64), "open_at_end": False})
@@ -218,6 +260,7 @@ def make_backtesting():
         if still_open:  # marked at the last close, as our end-of-data exit
             tr = still_open[0]
             last = pd.DataFrame({"entry_bar": [tr.entry_bar], "exit_bar": [len(df) - 1],
+                                 "side": [1 if tr.is_long else -1],
                                  "entry_price": [tr.entry_price], "exit_price": [df["close"].iloc[-1]],
                                  "size": [float(tr.size)], "open_at_end": [True]})
             trades = pd.concat([trades, last], ignore_index=True)
@@ -406,7 +449,91 @@ def grid_bench(args, df, signal, atr, run_grid, p) -> bool:
     return vbt_ok and loop_same == n_conf
 
 
-def main() -> None:
+def mixed_bench(args, df, signal, atr, run_vbt, run_btpy, vbt, btpy) -> bool:
+    """Longs and shorts on the same bars and signal: ours with ``side=`` (a random +1/-1 per bar), vectorbt with the
+    short entries chosen in its signal function, backtesting.py with ``sell()``; every trade must be identical
+    (entry and exit bars, side, prices within RTOL). Prints the trades and the timings; True when identical."""
+    p = PARAMS_MIXED
+    sides = np.where(np.random.default_rng(args.seed + 3).random(len(df)) < 0.5, -1, 1)
+    print(f"\nmixed sides: the same bars and signal, side +1/-1 uniformly at random per bar (seed {args.seed + 3}), "
+          f"pt {p['pt']}, sl {p['sl']} (a short's stop entry + sl * atr, its take-profit entry - pt * atr)")
+    kw = dict(signal=signal, side=sides, rules=RULES_MIXED, costs=COSTS, run=RUN)
+    t0 = time.perf_counter()
+    run_backtest(df, "agent", **kw)
+    ours_first = time.perf_counter() - t0
+    kernels = []
+
+    def ours_call():
+        r = run_backtest(df, "agent", **kw)
+        kernels.append(r.config["run_seconds"])
+        return r
+
+    ours_s, ours = best_of(ours_call, args.repeats)
+    kernel_s = min(kernels)
+    ot = ours.trades[["entry_bar", "exit_bar", "side", "entry_price", "exit_price", "size", "exit_reason"]].copy()
+    n_long, n_short = int((ot["side"] > 0).sum()), int((ot["side"] < 0).sum())
+    reasons = {name: ot.loc[ot["side"] == v, "exit_reason"].value_counts().to_dict()
+               for name, v in (("long", 1), ("short", -1))}
+    print(f"ours: {len(ot):,} trades ({n_long:,} long, {n_short:,} short); exit reasons {reasons}; "
+          f"rejected entries {ours.stats['rejected_entries']}")
+
+    o = df["open"].to_numpy(np.float64)
+    enter = (signal >= p["threshold"]) & (atr > 0)
+    short = sides < 0
+    enter_next = np.zeros_like(enter)
+    enter_next[1:] = enter[:-1]
+    short_next = np.zeros_like(short)
+    short_next[1:] = short[:-1]
+    sl_frac = np.full(len(df), np.nan)
+    tp_frac = np.full(len(df), np.nan)
+    sl_frac[1:] = np.where(enter[:-1], p["sl"] * atr[:-1] / o[1:], np.nan)
+    tp_frac[1:] = np.where(enter[:-1], p["pt"] * atr[:-1] / o[1:], np.nan)
+    # the random shorts in a market that rises ~40,000x take the equity down to ~1e-12 of the start: vectorbt gets
+    # the grid's cash so its positions stay above its 1e-12-unit tolerance (percent sizing: trades do not depend on it)
+    vbt_cash = VBT_GRID_CASH
+    run_vbt(df, enter_next, sl_frac, tp_frac, p, short_next, vbt_cash)  # the same compiled functions as the long run
+    vbt_s, (_, vt) = best_of(lambda: run_vbt(df, enter_next, sl_frac, tp_frac, p, short_next, vbt_cash), args.repeats)
+
+    print("trade match against ours (entry and exit bars and side; prices within "
+          f"{RTOL:g} relative):")
+    ok = compare(f"vectorbt {vbt.__version__}", ot, vt)
+    if len(vt) == len(ot) and ok:
+        size_rel = float(np.max(np.abs(vt["size"].to_numpy() / (vbt_cash / CASH) / ot["size"].to_numpy() - 1)))
+        print(f"    sizes, scaled by the cash ratio {vbt_cash / CASH:.0e}: max relative difference {size_rel:.1e} "
+              "(a short is sized on the equity like a long)")
+    bt_s = None
+    if not args.skip_backtesting:
+        n_bt = min(args.bt_bars or len(df), len(df))
+        df_bt = df.iloc[:n_bt]
+        bt_cash = CASH * 1e24  # whole units: the smallest equity (~1e-12 of the start) still buys >= 1 unit
+        bt_s, (_, bpt) = best_of(lambda: run_btpy(df_bt, enter[:n_bt], atr[:n_bt], p, bt_cash, short[:n_bt]),
+                                 args.bt_repeats)
+        if n_bt < len(df):
+            kw_bt = {**kw, "signal": signal[:n_bt], "side": sides[:n_bt]}
+            ours_bt_s, ours_bt = best_of(lambda: run_backtest(df_bt, "agent", **kw_bt), args.repeats)
+            ot_bt = ours_bt.trades[["entry_bar", "exit_bar", "side", "entry_price", "exit_price"]]
+        else:
+            ours_bt_s, ot_bt = ours_s, ot
+        ok &= compare(f"backtesting.py {btpy.__version__} ({n_bt:,} bars)", ot_bt, bpt)
+        print(f"    backtesting.py sizes are whole units on a {bt_cash:.0e} starting cash; "
+              f"{int(bpt['open_at_end'].sum())} trade open at the end compared by entry, marked at the last close")
+    print(f"first call: ours {ours_first:.3f} s (vectorbt reuses the long run's compiled functions)")
+    print(f"ours run_backtest(engine='fast', side=...) whole call, best of {args.repeats}: {ours_s * 1e3:9.2f} ms "
+          f"(kernel {kernel_s * 1e3:.2f} ms)")
+    print(f"vectorbt from_signals (long and short entries) + trades records, best of {args.repeats}: "
+          f"{vbt_s * 1e3:9.2f} ms")
+    if bt_s is not None:
+        print(f"backtesting.py Backtest.run (buy and sell) on {n_bt:,} bars, best of {args.bt_repeats}: "
+              f"{bt_s * 1e3:9.1f} ms"
+              + (f" (ours on the same bars: {ours_bt_s * 1e3:.2f} ms)" if n_bt < len(df) else ""))
+    print(f"ratios, mixed sides (same run): ours whole call / vectorbt {ours_s / vbt_s:.3f} (vectorbt "
+          f"{vbt_s / ours_s:.2f}x ours); our kernel / vectorbt {kernel_s / vbt_s:.4f} ({vbt_s / kernel_s:.1f}x)"
+          + (f"; ours / backtesting.py {ours_bt_s / bt_s:.5f} (backtesting.py {bt_s / ours_bt_s:,.0f}x ours)"
+             if bt_s is not None else ""))
+    return ok
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bars", type=int, default=100_000, help="synthetic bars to simulate")
     ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the signal")
@@ -415,6 +542,8 @@ def main() -> None:
     ap.add_argument("--bt-bars", type=int, default=None,
                     help="run backtesting.py on the first N bars only (default: all)")
     ap.add_argument("--skip-backtesting", action="store_true", help="leave backtesting.py out")
+    ap.add_argument("--skip-mixed", action="store_true",
+                    help="leave out the mixed-sides run (longs and shorts, random sides)")
     ap.add_argument("--grid", type=int, default=1000,
                     help="configurations of the parameter-grid comparison (sweep, a loop, vectorbt); 0 skips")
     ap.add_argument("--grid-repeats", type=int, default=3, help="timed sweep calls (best reported)")
@@ -422,7 +551,7 @@ def main() -> None:
     ap.add_argument("--vbt-cols", type=int, default=0,
                     help="columns of the vectorbt grid broadcast (default: all if they fit in memory, else 200 "
                          "sampled, extrapolated linearly)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     try:
         vbt, run_vbt, run_vbt_grid = make_vectorbt()
@@ -433,7 +562,7 @@ def main() -> None:
     df = bootstrap_bars(datafeeds.load_ohlcv("sp500"), args.bars, args.seed)
     signal = np.random.default_rng(args.seed + 1).random(len(df))
     p = PARAMS
-    print(f"machine: {machine_info(np, pd, numba, vbt, btpy)}")
+    print(f"machine: {machine_info(np, pd, numba, vbt, btpy)}; {load_avg()}")
     print(f"data: {len(df):,} bootstrapped sp500 bars, random signal, params {p}, cash {CASH:,.0f}")
 
     # ours
@@ -450,7 +579,7 @@ def main() -> None:
 
     ours_s, ours = best_of(ours_call, args.repeats)
     kernel_s = min(kernels)
-    ot = ours.trades[["entry_bar", "exit_bar", "entry_price", "exit_price", "size", "exit_reason"]].copy()
+    ot = ours.trades[["entry_bar", "exit_bar", "side", "entry_price", "exit_price", "size", "exit_reason"]].copy()
 
     # the peers' inputs: the same ATR, the decision shifted onto the fill bar
     o, h, lo, c = (df[k].to_numpy(np.float64) for k in ("open", "high", "low", "close"))
@@ -485,13 +614,13 @@ def main() -> None:
             ours_bt = run_backtest(df_bt, "agent", **{**kw, "signal": signal[:n_bt]})
             ours_bt_s, _ = best_of(lambda: run_backtest(df_bt, "agent", **{**kw, "signal": signal[:n_bt]}),
                                    args.repeats)
-            ot_bt = ours_bt.trades[["entry_bar", "exit_bar", "entry_price", "exit_price"]]
+            ot_bt = ours_bt.trades[["entry_bar", "exit_bar", "side", "entry_price", "exit_price"]]
         else:
             ours_bt_s, ot_bt = ours_s, ot
 
     print(f"ATR of our trades == labeling.atr at the decision bar: {atr_same}")
     print(f"ours: {len(ot):,} trades, exit reasons {ours.trades['exit_reason'].value_counts().to_dict()}")
-    print("trade match against ours (entry and exit bars; prices within "
+    print("trade match against ours (entry and exit bars and side; prices within "
           f"{RTOL:g} relative):")
     ok = compare(f"vectorbt {vbt.__version__}", ot, vt)
     if len(vt) == len(ot) and ok:
@@ -514,15 +643,24 @@ def main() -> None:
           f"ours); our kernel / vectorbt {kernel_s / vbt_s:.4f} ({vbt_s / kernel_s:.1f}x)"
           + (f"; ours / backtesting.py {ours_bt_s / bt_s:.5f} (backtesting.py {bt_s / ours_bt_s:,.0f}x ours)"
              if bt_s is not None else ""))
+    mixed_ok = True
+    print(f"({load_avg()})")
+    if not args.skip_mixed:
+        mixed_ok = mixed_bench(args, df, signal, atr, run_vbt, run_btpy, vbt, btpy)
     if args.grid > 0:
         grid_ok = grid_bench(args, df, signal, atr, run_vbt_grid, p)
+    print(f"end: {load_avg()}")
     if not ok:
         print("trades DIFFER from ours")
+        sys.exit(1)
+    if not mixed_ok:
+        print("mixed sides: trades DIFFER from ours")
         sys.exit(1)
     if args.grid > 0 and not grid_ok:
         print("grid: trade counts DIFFER between sweep and the loop or vectorbt")
         sys.exit(1)
-    print("trades identical in every library compared" + (", grid trade counts equal" if args.grid > 0 else ""))
+    print("trades identical in every library compared" + ("" if args.skip_mixed else ", long-only and mixed sides")
+          + (", grid trade counts equal" if args.grid > 0 else ""))
 
 
 if __name__ == "__main__":
