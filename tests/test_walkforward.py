@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -273,6 +274,197 @@ def test_cpcv_retrains_the_selection_on_every_split_and_reports_its_paths(tmp_pa
     assert seen == [] and json.loads((out / "report.json").read_text())["cpcv"] == c
 
 
+# ------------------------------------------------------------------------------------ primary rules and sizing
+# a momentum series (AR(1) returns): the meta-model of a momentum rule passes some of its shorts too
+PRIMARY_ARGS = ["--epochs", "1", "--seq-len", "8", "--d-model", "8", "--n-heads", "1", "--batch-size", "256",
+                "--folds", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def ar1_csv(tmp_path_factory):
+    from datafeeds.synthetic import ar1
+
+    path = tmp_path_factory.mktemp("ar1") / "ar1.csv"
+    ar1(1500, seed=1)[0].to_csv(path)
+    return path
+
+
+def test_a_primary_search_gives_each_trial_its_rule_its_meta_labels_and_its_sides(ar1_csv, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from labeling import parse_primary, primary_side, triple_barrier_labels
+
+    preps, backtests = [], []
+    real_prep, real_bt = wfr.prepare_segments, wfr.run_backtest
+
+    def prepare(tcfg, df, *a, **kw):
+        preps.append((tcfg, real_prep(tcfg, df, *a, **kw)))
+        return preps[-1][1]
+
+    def backtest(data, *a, **kw):
+        backtests.append((data, kw))
+        return real_bt(data, *a, **kw)
+
+    monkeypatch.setattr(wfr, "prepare_segments", prepare)
+    monkeypatch.setattr(wfr, "run_backtest", backtest)
+    out = tmp_path / "out"
+    assert wf.main(PRIMARY_ARGS + ["--data", str(ar1_csv), "--search", "primary", "--primary", "momentum",
+                                   "--trials", "2", "--study", "pm", "--out", str(out)]) == 0
+    trials = _trials(f"sqlite:///{(out / 'optuna.db').resolve()}", "pm_fold0")
+    specs = [t.user_attrs["primary"] for t in trials]
+    assert specs == [f"momentum:lookback={t.params['primary_lookback']}" for t in trials] and len(set(specs)) == 2
+    assert all(5 <= t.params["primary_lookback"] <= 60 for t in trials)
+    report = json.loads((out / "report.json").read_text())
+    fold = report["folds"][0]
+    best = min(trials, key=lambda t: t.value)  # val_loss
+    assert fold["primary"] == best.user_attrs["primary"]
+    # each trial trained on its own rule's bets and their meta-labels; the refit on the best trial's rule
+    assert [cfg.primary for cfg, _ in preps] == specs + [fold["primary"]]
+    df = load_ohlcv(str(ar1_csv))
+    labels = []
+    for cfg, prep in preps[:2]:
+        side = primary_side(df, parse_primary(cfg.primary))
+        meta = triple_barrier_labels(df, config=cfg.tbm, side=side)
+        bars = df.index[prep.train_ends]
+        assert bars.isin(side.index).all()  # the events are the rule's bets
+        np.testing.assert_array_equal(prep.y[prep.train_ends], meta["label"].reindex(bars).to_numpy(np.float32))
+        labels.append(pd.Series(prep.y[prep.train_ends], index=bars))
+    both = labels[0].index.intersection(labels[1].index)
+    assert (labels[0][both] != labels[1][both]).any()  # another lookback, other meta-labels
+    # every backtest (the trials' validation blocks, the fold's test block) trades its rule's sides, computed on
+    # its own bars, sized by probability
+    assert len(backtests) == 3 and backtests[-1][1]["run"].engine == "backtrader"
+    for (data, kw), spec in zip(backtests, specs + [fold["primary"]]):
+        pd.testing.assert_series_equal(kw["side"], primary_side(data, parse_primary(spec)))
+        assert (kw["rules"].sizing, kw["rules"].size_step) == ("probability", 0.0)
+    # the fold's test trades: each on the rule's side at its signal bar, shorts among them
+    trades = pd.DataFrame(json.loads((out / "fold0.json").read_text())["trades"])
+    side = primary_side(backtests[-1][0], parse_primary(fold["primary"]))
+    assert (trades["side"].to_numpy() == side.reindex(pd.to_datetime(trades["signal_time"])).to_numpy()).all()
+    assert (trades["side"] == -1).any() and (trades["side"] == 1).any()
+    # recorded: the fold's rule and sizing, in the report, the agent's card and the summary
+    assert (fold["execution"]["sizing"], fold["execution"]["size_step"]) == ("probability", 0.0)
+    assert report["config"]["base"]["primary"] == "momentum"
+    assert report["config"]["sizing"] == {"sizing": "probability", "size_step": 0.0}
+    card = OnnxAgent.load(out / "fold0.onnx").meta
+    assert card["train_config"]["primary"] == card["walk_forward"]["primary"] == fold["primary"]
+    assert card["walk_forward"]["execution"]["sizing"] == "probability"
+    assert f"traded: fold 0 {fold['primary']}, probability sizing (step 0)" in capsys.readouterr().out
+
+
+def test_a_strategy_search_with_a_primary_sweeps_its_sides_and_searches_the_size_step(ar1_csv, tmp_path,
+                                                                                       monkeypatch):
+    from engine import BarrierRules, Costs, RunConfig
+    from engine.walkforward import cpcv as wf_cpcv
+    from engine.walkforward import space
+    from labeling import SmaCrossRule, primary_side
+
+    sweeps, fitted, cpcv_sides = [], {}, []
+    real_sweep, real_fold, real_bt = wfr.sweep, wfr._fit_fold_model, wf_cpcv.run_backtest
+
+    def sweep(data, signal, rows, **kw):
+        sweeps.append((data, rows.copy(), kw))
+        return real_sweep(data, signal, rows, **kw)
+
+    def fold_model(ctx, fold, tcfg, on_epoch):
+        fitted[fold.fold] = res = real_fold(ctx, fold, tcfg, on_epoch)
+        return res
+
+    def cpcv_backtest(data, *a, **kw):
+        cpcv_sides.append((data, kw["side"], kw["rules"]))
+        return real_bt(data, *a, **kw)
+
+    monkeypatch.setattr(wfr, "sweep", sweep)
+    monkeypatch.setattr(wfr, "_fit_fold_model", fold_model)
+    monkeypatch.setattr(wf_cpcv, "run_backtest", cpcv_backtest)
+    out = tmp_path / "out"
+    assert wf.main(PRIMARY_ARGS + ["--data", str(ar1_csv), "--search", "strategy", "--objective", "val_sharpe",
+                                   "--primary", "smacross", "--trials", "4", "--study", "ps", "--out", str(out),
+                                   "--cpcv", "3,1"]) == 0
+    (data, rows, kw), = sweeps  # 4 trials, one sweep
+    pd.testing.assert_series_equal(kw["side"], primary_side(data, SmaCrossRule()))
+    trials = _trials(f"sqlite:///{(out / 'optuna.db').resolve()}", "ps_fold0")
+    steps = [t.params["size_step"] for t in trials]
+    assert rows["sizing"].tolist() == ["probability"] * 4 and rows["size_step"].tolist() == steps
+    assert set(steps) <= set(space.SIZE_STEPS) and len(set(steps)) > 1
+    # each trial's score is what backtrader gives with the rule's sides and the trial's size step
+    report = json.loads((out / "report.json").read_text())
+    fold = report["folds"][0]
+    first, last = (pd.Timestamp(d) for d in fold["validation"])
+    part = data.loc[:last]
+    model = fitted[0]
+    for t in trials:
+        threshold = float(np.quantile(model.train_proba, 1.0 - t.params["signal_rate"]))
+        bt = real_bt(part, "agent", signal=model.val_signal, side=primary_side(part, SmaCrossRule()),
+                     rules=BarrierRules(threshold=threshold, pt=t.params["exec_pt"], sl=t.params["exec_sl"],
+                                        sizing="probability", size_step=t.params["size_step"]),
+                     costs=Costs(commission=0.0005),
+                     run=RunConfig(engine="backtrader", cash=100_000.0, start=first, end=last,
+                                   periods_per_year=infer_periods_per_year(data.index), benchmark=False))
+        assert t.user_attrs["val_trades"] == bt.stats["n_trades"]
+        assert t.user_attrs["val_return"] == pytest.approx(bt.stats["total_return"], abs=1e-9)
+    # a meta-model near 0.5 sizes its bets at a few percent: a coarse step rounds some of them to nothing
+    assert any(t.user_attrs["val_trades"] > 0 for t in trials)
+    best = max(trials, key=lambda t: t.value)
+    assert fold["primary"] == "smacross"
+    assert (fold["execution"]["sizing"], fold["execution"]["size_step"]) == ("probability", best.params["size_step"])
+    # CPCV retrains the selection and trades the rule's sides on each test group, with its size step
+    assert len(cpcv_sides) == 3
+    for d, side, rules in cpcv_sides:
+        pd.testing.assert_series_equal(side, primary_side(d, SmaCrossRule()))
+        assert (rules.sizing, rules.size_step) == ("probability", best.params["size_step"])
+
+
+def test_the_primary_group_suggests_the_rules_parameters_and_from_params_rebuilds_them():
+    from engine.walkforward import space
+    from labeling import PRIMARIES, SmaCrossRule, parse_primary
+
+    assert set(space.PRIMARY_RANGES) == set(PRIMARIES)
+    for name, ranges in space.PRIMARY_RANGES.items():  # every parameter searched, in a range the rule accepts
+        assert list(ranges) == [f.name for f in dataclasses.fields(PRIMARIES[name])]
+        PRIMARIES[name](**{k: lo for k, (lo, hi) in ranges.items()})
+        PRIMARIES[name](**{k: hi for k, (lo, hi) in ranges.items()})
+    fast, slow = space.PRIMARY_RANGES["smacross"]["fast"], space.PRIMARY_RANGES["smacross"]["slow"]
+    assert fast[1] < slow[0]  # every draw has fast < slow
+    parse = wf_cli.build_parser().parse_args
+    cfg = wf.config_from_args(parse(["--search", "primary", "--primary", "smacross"]))
+    trial = optuna.trial.FixedTrial({"primary_fast": 4, "primary_slow": 70})
+    tcfg, execution = space.suggest(trial, cfg.search, cfg.base, cfg.execution)
+    assert tcfg.primary == "smacross:fast=4,slow=70" and parse_primary(tcfg.primary) == SmaCrossRule(4, 70)
+    assert dataclasses.replace(tcfg, primary=cfg.base.primary) == cfg.base  # nothing else changed
+    assert execution == space.Execution(sizing="probability")
+    assert space.from_params(trial.params, cfg.base, cfg.execution) == (tcfg, execution)
+    # a parameter at its default is no value given; another one would be unused: refused (test below)
+    assert wf.config_from_args(parse(["--search", "primary", "--primary", "smacross:fast=10"])).base.primary
+    # the strategy group searches the size step when the sizing is by probability, and only then
+    trial = optuna.trial.FixedTrial({"signal_rate": 0.3, "exec_pt": 2.0, "exec_sl": 1.5, "size_step": 0.25})
+    _, execution = space.suggest(trial, ("strategy",), cfg.base, space.Execution(sizing="probability"))
+    rules = execution.rules(cfg.base, 0.5)
+    assert (rules.sizing, rules.size_step, rules.pt, rules.sl) == ("probability", 0.25, 2.0, 1.5)
+    assert space.from_params(trial.params, cfg.base, space.Execution(sizing="probability"))[1] == execution
+    trial = optuna.trial.FixedTrial({"signal_rate": 0.3, "exec_pt": 2.0, "exec_sl": 1.5})
+    _, execution = space.suggest(trial, ("strategy",), cfg.base, space.Execution())
+    assert "size_step" not in trial.params and execution.rules(cfg.base, 0.5).sizing == "fixed"
+
+
+def test_sizing_is_by_probability_with_a_primary_and_fingerprinted_only_when_not_the_default():
+    from engine.walkforward.space import Execution
+
+    config = wf.config_from_args
+    parse = wf_cli.build_parser().parse_args
+    plain = config(parse([]))
+    fp = plain.fingerprint("x")  # what studies made before sizing existed recorded: they resume
+    assert plain.execution == Execution() and "primary" not in fp["base"]
+    assert "sizing" not in fp and "size_step" not in fp
+    meta = config(parse(["--primary", "momentum"]))
+    assert meta.execution == Execution(sizing="probability") and meta.base.primary == "momentum"
+    assert meta.fingerprint("x") == config(parse(["--primary", "momentum", "--sizing", "probability"])).fingerprint("x")
+    assert meta.fingerprint("x")["sizing"] == {"sizing": "probability", "size_step": 0.0}
+    assert config(parse(["--primary", "momentum", "--sizing", "fixed"])).execution == Execution()
+    stepped = config(parse(["--sizing", "probability", "--size-step", "0.1"]))
+    assert stepped.execution == Execution(sizing="probability", size_step=0.1)
+    assert stepped.fingerprint("x")["sizing"] == {"sizing": "probability", "size_step": 0.1}
+
+
 class _PruneOddTrials(optuna.pruners.BasePruner):
     """Prunes every odd-numbered trial at its first report."""
 
@@ -367,6 +559,8 @@ def test_a_changed_setting_is_refused_on_resume(first_run, capsys):
         (["--trails", "3"], "did you mean '--trials'?"),
         (["--scheme", "rollin"], "did you mean 'rolling'?"),
         (["--cpcv", "six"], "give N,K, e.g. 6,2"),
+        (["--sizing", "fixd"], "did you mean 'fixed'?"),
+        (["--search", "primery"], "did you mean 'primary'?"),
     ],
 )
 def test_misspelt_names_exit_2_with_one_line_and_a_suggestion(argv, needle, capsys):
@@ -391,6 +585,17 @@ def test_misspelt_names_exit_2_with_one_line_and_a_suggestion(argv, needle, caps
         (["--trials", str(10**7)], "--trials must be in 1..1,000,000"),
         (["--n-jobs", "100000"], "--n-jobs must be in 1..256"),
         (["--timeout", "1e300"], "--timeout must be in (0, 10,000,000] seconds"),
+        (["--primary", "momentum:lookbak=20"], "--primary: primary momentum: 'lookbak=20' is not a parameter; did "
+                                               "you mean 'lookback'?"),
+        (["--primary", "momentun"], "did you mean 'momentum'?"),
+        (["--search", "primary"], "--search primary searches the parameters of a primary rule: name one with "
+                                  "--primary (momentum or smacross)"),
+        (["--search", "primary", "--primary", "momentum:lookback=30"],
+         "lookback is searched by --search primary; name the rule alone (--primary momentum)"),
+        (["--size-step", "0.1"], "--size-step rounds the sizes of --sizing probability"),
+        (["--primary", "momentum", "--size-step", "1"], "--size-step must be in [0, 1)"),
+        (["--primary", "momentum", "--search", "strategy", "--objective", "val_sharpe", "--size-step", "0.1"],
+         "--size-step is searched by --search strategy"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv, needle, tmp_path, capsys):
@@ -408,7 +613,7 @@ def test_output_folder_that_cannot_be_made_exits_2_with_one_line(tmp_path, capsy
 
 
 @pytest.mark.parametrize("option", ["--cash", "--commission", "--slippage", "--timeout", "--test-frac", "--lr",
-                                    "--pt", "--sl"])
+                                    "--pt", "--sl", "--size-step"])
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
 def test_non_finite_numbers_are_refused_before_anything_runs(option, value, capsys, monkeypatch):
     monkeypatch.setattr(wfr, "run_walk_forward", lambda *a, **k: pytest.fail("ran with a non-finite option"))

@@ -21,6 +21,9 @@ with the fast simulator (``engine.fastsim``, parity-tested against backtrader tr
 test blocks use ``--engine`` (default backtrader, the reference). With ``--search strategy`` alone
 every trial trades the same model, so each fold's model is trained once per process and the trials
 are scored in batches of 16, one ``engine.fastsim.sweep`` call per batch (``--n-jobs`` is unused).
+With ``--primary`` (meta-labeling) every trial trains on a primary rule's meta-labels and every backtest
+trades that rule's sides, sized by probability unless ``--sizing fixed``; ``--search primary`` searches
+the rule's parameters (each trial's own rule, rebuilt for the refit).
 
 Embargo (``--embargo``, default 0): ``labeling.walk_forward_folds`` leaves that many bars out after
 each test block. No fold trains on data after its own test block, so here it only removes

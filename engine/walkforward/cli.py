@@ -18,6 +18,7 @@ from engine.walkforward import space
 from engine.config import ENGINES
 from datafeeds.errors import did_you_mean
 from engine.walkforward.config import OBJECTIVES, WalkForwardConfig, base_defaults
+from labeling.rules import SIZINGS
 
 
 def _choice(name: str, options):
@@ -87,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "val_sharpe: Sharpe of a backtest on the validation block")
     g.add_argument("--search", type=_search_arg, default=d.search, metavar="GROUPS",
                    help="comma list of: model (d_model, layers, heads, dropout, lr, seq_len, focal alpha/gamma), "
-                   "labels (pt, sl, horizon), strategy (threshold as a training signal rate, pt/sl at execution; "
-                   "needs --objective val_sharpe; alone, the fold's model is trained once and trials are scored in "
-                   "sweeps of 16)")
+                   "labels (pt, sl, horizon), strategy (threshold as a training signal rate, pt/sl at execution, "
+                   "--size-step when sizing by probability; needs --objective val_sharpe; alone, the fold's model is "
+                   "trained once and trials are scored in sweeps of 16), primary (the parameters of the --primary "
+                   "rule: momentum lookback 5..60, smacross fast 3..15 and slow 20..80; its meta-labels and sides "
+                   "follow)")
     g.add_argument("--epochs", type=int, default=d.epochs,
                    help="epochs per trial (the refit uses the best trial's best epoch)")
     g.add_argument("--seed", type=int, default=d.seed, help="sampler and model seed")
@@ -109,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engine", type=_choice("engine", ENGINES), default=d.engine,
                    help="engine of each fold's test backtest (backtrader: the reference; fast: engine.fastsim); "
                    "trials' validation backtests always use fast")
+    g.add_argument("--sizing", type=_choice("sizing", SIZINGS), default=None,
+                   help="fixed: every entry the whole equity; probability: AFML sizes from the agent's probability, "
+                   "averaged over the bets of the last horizon (None = probability with --primary, else fixed)")
+    g.add_argument("--size-step", type=float, default=d.size_step,
+                   help="round probability sizes to multiples of this, [0, 1) (0 = not rounded)")
     g = p.add_argument_group("base model and labels (used for everything not searched; an option of a "
                              "searched group is refused)")
     g.add_argument("--seq-len", type=int, default=b.seq_len)
@@ -120,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pt", type=float, default=b.pt, help="take-profit barrier in ATRs")
     g.add_argument("--sl", type=float, default=b.sl, help="stop-loss barrier in ATRs")
     g.add_argument("--horizon", type=int, default=b.horizon, help="vertical barrier in bars")
+    g.add_argument("--primary", default=b.primary, metavar="SPEC",
+                   help="meta-labeling: a primary rule whose bets become the events, labelled 1 when the bet's "
+                   "profit-taker came first, and whose sides every backtest trades: smacross[:fast=10,slow=30] or "
+                   "momentum[:lookback=20] (None = every bar, long); with --search primary, the rule whose "
+                   "parameters are searched")
     g.add_argument("--quiet", action="store_true", help="only the summary")
     return p
 
@@ -128,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> WalkForwardConfig:
     base = dataclasses.replace(
         WalkForwardConfig().base, seq_len=args.seq_len, d_model=args.d_model, n_heads=args.n_heads,
         n_layers=args.n_layers, lr=args.lr, batch_size=args.batch_size, pt=args.pt, sl=args.sl, horizon=args.horizon,
+        primary=args.primary,
     )
     return WalkForwardConfig(
         data=args.data, start=args.start, end=args.end, folds=args.folds, scheme=args.scheme,
@@ -135,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> WalkForwardConfig:
         storage=args.storage, study=args.study, n_jobs=args.n_jobs, seed=args.seed, objective=args.objective,
         search=tuple(args.search), epochs=args.epochs, out=args.out, cash=args.cash, commission=args.commission,
         slippage=args.slippage, engine=args.engine, heartbeat=args.heartbeat, base=base, cpcv=args.cpcv,
+        sizing=args.sizing, size_step=args.size_step,
     )
 
 

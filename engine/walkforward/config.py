@@ -13,7 +13,7 @@ from agents.training.config import TrainConfig, field_defaults
 from datafeeds.errors import did_you_mean
 from engine.config import RunConfig
 from engine.walkforward import space
-from labeling.rules import Costs
+from labeling.rules import BarrierRules, Costs
 
 OBJECTIVES = {  # name -> optimisation direction
     "val_loss": "minimize",  # validation focal loss / the best constant prediction's (1 = no skill)
@@ -73,6 +73,10 @@ class WalkForwardConfig:
     commission: float = Costs.commission  # fraction of traded value per side
     slippage: float = Costs.slippage
     engine: str = RunConfig.engine  # engine of each fold's test backtest (trials always use the fast one)
+    # how entries are sized (BarrierRules.sizing); None: "probability" with a primary rule in base (a meta-model's
+    # probability is a bet size, AFML 10.1: what the main command does for such an agent), else "fixed"
+    sizing: str | None = None
+    size_step: float = BarrierRules.size_step  # rounds probability sizes (AFML 10.3); --search strategy searches it
     heartbeat: int = 10  # (*) seconds between worker heartbeats; a trial silent for 3x is failed and retried
     cpcv: tuple[int, int] | None = None  # (*) (groups, test groups): CPCV of the latest selection; None = off
     base: TrainConfig = dataclasses.field(default_factory=_base)  # everything not searched
@@ -95,6 +99,16 @@ class WalkForwardConfig:
         for name, group in space.overridden_base_fields(self.search, self.base, _base()):
             raise ValueError(f"--{name.replace('_', '-')} is searched by --search {group}; drop it or remove "
                              f"{group!r} from --search")
+        space.check_primary(self.search, self.base)
+        try:  # sizing and step, checked once (space.Execution, labeling.rules)
+            execution = self.execution
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
+        if self.size_step != 0.0 and execution.sizing != "probability":
+            raise ValueError("--size-step rounds the sizes of --sizing probability (the default with a --primary); "
+                             "add --sizing probability or drop --size-step")
+        if self.size_step != 0.0 and "strategy" in self.search:
+            raise ValueError("--size-step is searched by --search strategy; drop it or remove 'strategy' from --search")
         if "strategy" in self.search and self.objective != "val_sharpe":
             raise ValueError("--search strategy only changes the trading, which only --objective val_sharpe "
                              "scores; add --objective val_sharpe or drop the strategy group")
@@ -117,6 +131,13 @@ class WalkForwardConfig:
         object.__setattr__(self, "base", dataclasses.replace(
             self.base, data=self.data, start=self.start, end=self.end, seed=self.seed, epochs=self.epochs,
             patience=self.epochs))
+
+    @property
+    def execution(self) -> space.Execution:
+        """How every backtest of the run sizes its entries (the strategy group searches the rest, and the step
+        when the sizing is by probability)."""
+        sizing = self.sizing or ("probability" if self.base.primary else "fixed")
+        return space.Execution(sizing=sizing, size_step=self.size_step)
 
     @property
     def costs(self) -> Costs:
@@ -157,6 +178,10 @@ class WalkForwardConfig:
                              "cpcv")}
         keep["search"] = list(self.search)
         keep["engines"] = {"validation": VALIDATION_ENGINE, "test": self.engine}
-        keep["base"] = self.base.to_dict()
+        keep["base"] = self.base.to_dict()  # with the primary rule, when there is one
+        # the sizing as traded, recorded only where it is not the default one: studies made before it resume
+        del keep["sizing"], keep["size_step"]
+        if self.execution != space.Execution():
+            keep["sizing"] = {"sizing": self.execution.sizing, "size_step": self.execution.size_step}
         keep["data_sha256"] = data_sha256
         return json.loads(json.dumps(keep))

@@ -9,7 +9,8 @@ the distribution of the paths' Sharpe ratios instead of one number.
 
 The configuration was chosen on the walk-forward folds' validation blocks, which CPCV also tests on:
 the distribution measures how the configuration holds up across periods, not a clean out-of-sample.
-The embargo covers every feature's warm-up and the window; recursive features (EWMs, Wilder's ATR)
+The embargo covers every feature's warm-up and the window, and a primary rule's look-back (its sides
+read it); recursive features (EWMs, Wilder's ATR)
 still carry a decaying trace of a test group past it.
 """
 
@@ -37,10 +38,11 @@ def evaluate_cpcv(cfg, df: pd.DataFrame, params: dict, best_epoch: int, ppy: flo
     """Train ``params`` (a trial's, rebuilt on ``cfg.base``) for ``best_epoch`` epochs on every CPCV split
     of ``df`` (``cfg.cpcv`` = (groups, test groups)); the paths' Sharpe ratios and what made them."""
     n_groups, k_test = cfg.cpcv
-    tcfg, execution = space.from_params(params, cfg.base)
+    tcfg, execution = space.from_params(params, cfg.base, cfg.execution)
     tcfg = dataclasses.replace(tcfg, epochs=best_epoch, patience=best_epoch)
     purge = tcfg.horizon
-    embargo = tcfg.feature_spec.pinned(df.columns).warmup + tcfg.seq_len - 1
+    # after a test group: a window of features, and the primary rule's bars before a bet's side (both read it)
+    embargo = max(tcfg.feature_spec.pinned(df.columns).warmup + tcfg.seq_len - 1, space.primary_warmup((), tcfg))
     splits = cpcv_splits(len(df), n_groups, k_test, purge=purge, embargo=embargo)
     t0 = time.perf_counter()
     returns: dict[tuple[int, int], np.ndarray] = {}  # (group, split) -> per-bar returns of that test group
@@ -62,7 +64,7 @@ def evaluate_cpcv(cfg, df: pd.DataFrame, params: dict, best_epoch: int, ppy: flo
             prob[ends] = sigmoid(logits(model, prep.x, tcfg.seq_len, ends))
             run = cfg.run_config(engine="fast", start=part.index[r.start], end=part.index[r.stop - 1],
                                  periods_per_year=ppy, benchmark=False)
-            bt = run_backtest(part, "agent", signal=pd.Series(prob, index=part.index),
+            bt = run_backtest(part, "agent", signal=pd.Series(prob, index=part.index), side=space.sides(tcfg, part),
                               rules=execution.rules(tcfg, threshold), costs=cfg.costs, run=run)
             returns[(g, sp.split)] = bt.equity.pct_change().dropna().to_numpy()
             trades += int(bt.stats["n_trades"])

@@ -199,12 +199,26 @@ def summary_lines(report: dict) -> list[str]:
         f"deflated Sharpe ratio: {fmt(d['dsr'], '.3f')}  (per-bar SR {fmt(d['sharpe'])} vs SR0 {fmt(d['sr0'])} "
         f"expected from the best of {d['n_trials']} skill-less trials, V {d['var_trial_sharpe']:.2e} within-fold; "
         "0.95+ = unlikely to be search luck)",
+        *_trading_lines(report["folds"]),
         _pbo_line(report.get("pbo")),
         *_cpcv_lines(report.get("cpcv")),
         f"new trials this run: {report['new_trials_this_run']}",
         f"wrote {report['files']['report']} and {report['files']['stitched_equity_png']}",
     ]
     return lines
+
+
+def _trading_lines(folds: list[dict]) -> list[str]:
+    """What each fold's test block traded, when not the plain long agent with fixed sizes: its primary rule
+    (the sides) and its sizing."""
+    def sizing(f: dict) -> str:
+        e = f.get("execution") or {}
+        name = e.get("sizing", "fixed")  # folds recorded before sizing existed: fixed
+        return f"{name} sizing" + (f" (step {e.get('size_step', 0.0):g})" if name == "probability" else "")
+
+    if all(not f.get("primary") and sizing(f) == "fixed sizing" for f in folds):
+        return []
+    return ["traded: " + "; ".join(f"fold {f['fold']} {f.get('primary') or 'long'}, {sizing(f)}" for f in folds)]
 
 
 def _cpcv_lines(c: dict | None) -> list[str]:

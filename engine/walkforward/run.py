@@ -175,7 +175,9 @@ MIN_BLOCK_BARS = 20
 def check_fold_geometry(cfg: WalkForwardConfig, folds: list[Fold], df: pd.DataFrame) -> None:
     """Refuse, before any trial, folds too small to train or score on (ValueError, one line)."""
     big = space.largest(cfg.search, cfg.base)
-    warmup = big.feature_spec.pinned(df.columns).warmup + big.seq_len - 1
+    # a window of features, and the primary rule's own warm-up before its first bet (events start at both)
+    warmup = max(big.feature_spec.pinned(df.columns).warmup + big.seq_len - 1,
+                 space.primary_warmup(cfg.search, cfg.base))
     need_train = warmup + cfg.purge + MIN_TRAIN_EVENTS
     f = folds[0]  # all folds' blocks have the first one's sizes (rolling) or more training (anchored)
     val, test, train = len(f.val), len(f.test), len(f.train)
@@ -279,7 +281,9 @@ class _Objective:
         trial.set_user_attr("worker", self.ctx.worker)
         trial.set_user_attr("run_id", self.ctx.run_id)
         t0 = time.perf_counter()
-        tcfg, execution = space.suggest(trial, cfg.search, cfg.base)
+        tcfg, execution = space.suggest(trial, cfg.search, cfg.base, cfg.execution)
+        if tcfg.primary:
+            trial.set_user_attr("primary", tcfg.primary)
         tcfg = dataclasses.replace(tcfg, epochs=cfg.epochs, patience=cfg.epochs)
         sign = 1.0 if cfg.direction == "minimize" else -1.0  # the pruner compares in the study's direction
 
@@ -370,8 +374,8 @@ def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) 
     part = ctx.df.iloc[: fold.val.stop]
     run = ctx.cfg.run_config(engine=VALIDATION_ENGINE, start=part.index[fold.val.start],
                              end=part.index[fold.val.stop - 1], periods_per_year=ctx.ppy, benchmark=False)
-    bt = run_backtest(part, "agent", signal=fitted.val_signal, rules=execution.rules(fitted.tcfg, threshold),
-                      costs=ctx.cfg.costs, run=run)
+    bt = run_backtest(part, "agent", signal=fitted.val_signal, side=space.sides(fitted.tcfg, part),
+                      rules=execution.rules(fitted.tcfg, threshold), costs=ctx.cfg.costs, run=run)
     returns = bt.equity.pct_change().dropna()
     return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(returns), "total_return": bt.stats["total_return"],
             "n_trades": int(bt.stats["n_trades"]), "returns": returns.tolist()}
@@ -432,7 +436,7 @@ def _search_by_sweep(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: i
                 trial.set_user_attr("worker", ctx.worker)
                 trial.set_user_attr("run_id", ctx.run_id)
                 trial.set_user_attr("batch", len(batch))
-                batch.append((trial, space.suggest(trial, cfg.search, cfg.base)[1]))
+                batch.append((trial, space.suggest(trial, cfg.search, cfg.base, cfg.execution)[1]))
             started += len(batch)
             if batch:
                 _score_batch(ctx, fold, study, fitted, batch, told)
@@ -480,11 +484,13 @@ def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _Fitted
     t0 = time.perf_counter()
     thresholds = [execution.threshold(fitted.train_proba, fitted.base_rate) for _, execution in batch]
     rules = [execution.rules(fitted.tcfg, th) for (_, execution), th in zip(batch, thresholds)]
-    rows = pd.DataFrame([{k: getattr(r, k) for k in ("threshold", "pt", "sl", "horizon")} for r in rules])
+    rows = pd.DataFrame([{k: getattr(r, k) for k in ("threshold", "pt", "sl", "horizon", "sizing", "size_step")}
+                         for r in rules])
     part = ctx.df.iloc[: fold.val.stop]
     run = ctx.cfg.run_config(start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
                              periods_per_year=ctx.ppy)
-    stats, curves = sweep(part, fitted.val_signal, rows, costs=ctx.cfg.costs, run=run, rules=rules[0], equity=True)
+    stats, curves = sweep(part, fitted.val_signal, rows, side=space.sides(fitted.tcfg, part), costs=ctx.cfg.costs,
+                          run=run, rules=rules[0], equity=True)
     each = (time.perf_counter() - t0) / len(batch)
     for j, ((trial, _), th, (_, row)) in enumerate(zip(batch, thresholds, stats.iterrows())):
         sharpe = None if np.isnan(row["sharpe"]) else float(row["sharpe"])
@@ -556,7 +562,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     cfg, df, k = ctx.cfg, ctx.df, fold.fold
     t0 = time.perf_counter()
     best = study.best_trial
-    tcfg, execution = space.from_params(best.params, cfg.base)
+    tcfg, execution = space.from_params(best.params, cfg.base, cfg.execution)
     best_epoch = int(best.user_attrs["best_epoch"])
     tcfg = dataclasses.replace(tcfg, epochs=best_epoch, patience=best_epoch)
     log.info("fold %d: refitting trial %d on train+validation for %d epoch(s)  %s", k, best.number, best_epoch,
@@ -591,7 +597,8 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
              for name, r in (("train", fold.train), ("validation", fold.val), ("test", fold.test))}
     card = build_card(tcfg, prep, model, metrics, ctx.command)  # the refit has no validation block
     card["walk_forward"] = {"study": cfg.study_name, "fold": k, **dates, "best_trial": best.number,
-                            "params": best.params, "execution": dataclasses.asdict(execution)}
+                            "params": best.params, "primary": tcfg.primary,
+                            "execution": dataclasses.asdict(execution)}
     last = LazySequenceDataset(prep.x, prep.y, tcfg.seq_len, index=prep.train_ends[-64:])
     example = last.batch(np.arange(len(last)))[0].numpy()  # parity checked on real training windows
     export_agent(model, card, onnx_tmp, example)
@@ -602,7 +609,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     probs = agent.predict_proba(hist)
     rules = execution.rules(tcfg, agent.threshold)
     run = cfg.run_config(start=hist.index[fold.test.start], end=hist.index[-1], periods_per_year=ctx.ppy)
-    bt = run_backtest(hist, "agent", signal=probs, rules=rules, costs=cfg.costs, run=run)
+    bt = run_backtest(hist, "agent", signal=probs, side=space.sides(tcfg, hist), rules=rules, costs=cfg.costs, run=run)
     c = trial_counts(study)
     plots = plot_study(study, cfg.out_dir, k, save_figure)
     trades = json.loads(bt.trades.to_json(orient="records", date_format="iso")) if len(bt.trades) else []
@@ -615,7 +622,8 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
                          for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))],
         "pbo": fold_pbo(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
         "best_trial": best.number, "best_value": best.value, "params": best.params, "best_epoch": best_epoch,
-        "execution": rules.to_dict(),
+        "primary": tcfg.primary,  # the rule whose sides the fold traded (None: long on every bar)
+        "execution": rules.to_dict(),  # threshold, barriers and sizing (sizing, size_step) of the test block
         "stats": bt.stats, "benchmark_stats": bt.benchmark_stats,
         "index": [str(t) for t in bt.equity.index], "equity": bt.equity.tolist(),
         "benchmark_equity": bt.benchmark_equity.tolist(), "trades": trades,
