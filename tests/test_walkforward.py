@@ -351,6 +351,30 @@ def test_a_primary_search_gives_each_trial_its_rule_its_meta_labels_and_its_side
     assert f"traded: fold 0 {fold['primary']}, probability sizing (step 0)" in capsys.readouterr().out
 
 
+def test_a_direction_model_trained_both_ways_is_traded_long_and_short(ar1_csv, tmp_path, monkeypatch):
+    from labeling import direction_bets
+
+    backtests = []
+    real_bt = wfr.run_backtest
+
+    def backtest(data, *a, **kw):
+        backtests.append(kw)
+        return real_bt(data, *a, **kw)
+
+    monkeypatch.setattr(wfr, "run_backtest", backtest)
+    out = tmp_path / "out"
+    assert wf.main(PRIMARY_ARGS + ["--data", str(ar1_csv), "--primary", "both", "--sizing", "fixed", "--trials", "1",
+                                   "--search", "labels", "--study", "both", "--out", str(out)]) == 0
+    probs = wfr.OnnxAgent.load(out / "fold0.onnx").predict_proba(load_ohlcv(str(ar1_csv)))
+    for kw in backtests:  # each backtest reads the probability both ways: the bet's own, on the model's side
+        assert kw["signal"].dropna().min() >= 0.5
+        assert kw["side"].index.equals(kw["signal"].dropna().index)
+    test_signal, test_side = direction_bets(probs.loc[backtests[-1]["signal"].index])
+    pd.testing.assert_series_equal(backtests[-1]["side"], test_side)  # the fold's test: the exported agent's bets
+    trades = pd.DataFrame(json.loads((out / "fold0.json").read_text())["trades"])
+    assert set(trades["side"]) == {1, -1}
+
+
 def test_a_strategy_search_with_a_primary_sweeps_its_sides_and_searches_the_size_step(ar1_csv, tmp_path,
                                                                                        monkeypatch):
     from engine import BarrierRules, Costs, RunConfig
@@ -418,7 +442,7 @@ def test_the_primary_group_suggests_the_rules_parameters_and_from_params_rebuild
     from engine.walkforward import space
     from labeling import PRIMARIES, SmaCrossRule, parse_primary
 
-    assert set(space.PRIMARY_RANGES) == set(PRIMARIES)
+    assert set(space.PRIMARY_RANGES) == set(PRIMARIES) - {"both"}  # "both" has no parameters
     for name, ranges in space.PRIMARY_RANGES.items():  # every parameter searched, in a range the rule accepts
         assert list(ranges) == [f.name for f in dataclasses.fields(PRIMARIES[name])]
         PRIMARIES[name](**{k: lo for k, (lo, hi) in ranges.items()})

@@ -64,8 +64,9 @@ def evaluate_cpcv(cfg, df: pd.DataFrame, params: dict, best_epoch: int, ppy: flo
             prob[ends] = sigmoid(logits(model, prep.x, tcfg.seq_len, ends))
             run = cfg.run_config(engine="fast", start=part.index[r.start], end=part.index[r.stop - 1],
                                  periods_per_year=ppy, benchmark=False)
-            bt = run_backtest(part, "agent", signal=pd.Series(prob, index=part.index), side=space.sides(tcfg, part),
-                              rules=execution.rules(tcfg, threshold), costs=cfg.costs, run=run)
+            signal, side = space.bets(tcfg, part, pd.Series(prob, index=part.index))
+            bt = run_backtest(part, "agent", signal=signal, side=side, rules=execution.rules(tcfg, threshold),
+                              costs=cfg.costs, run=run)
             returns[(g, sp.split)] = bt.equity.pct_change().dropna().to_numpy()
             trades += int(bt.stats["n_trades"])
         log.info("cpcv split %d/%d (test groups %s) done", sp.split + 1, len(splits), sp.test_groups)

@@ -374,8 +374,9 @@ def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) 
     part = ctx.df.iloc[: fold.val.stop]
     run = ctx.cfg.run_config(engine=VALIDATION_ENGINE, start=part.index[fold.val.start],
                              end=part.index[fold.val.stop - 1], periods_per_year=ctx.ppy, benchmark=False)
-    bt = run_backtest(part, "agent", signal=fitted.val_signal, side=space.sides(fitted.tcfg, part),
-                      rules=execution.rules(fitted.tcfg, threshold), costs=ctx.cfg.costs, run=run)
+    signal, side = space.bets(fitted.tcfg, part, fitted.val_signal)
+    bt = run_backtest(part, "agent", signal=signal, side=side, rules=execution.rules(fitted.tcfg, threshold),
+                      costs=ctx.cfg.costs, run=run)
     returns = bt.equity.pct_change().dropna()
     return {"sharpe": bt.stats["sharpe"], "sr": sharpe_ratio(returns), "total_return": bt.stats["total_return"],
             "n_trades": int(bt.stats["n_trades"]), "returns": returns.tolist()}
@@ -489,8 +490,8 @@ def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _Fitted
     part = ctx.df.iloc[: fold.val.stop]
     run = ctx.cfg.run_config(start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
                              periods_per_year=ctx.ppy)
-    stats, curves = sweep(part, fitted.val_signal, rows, side=space.sides(fitted.tcfg, part), costs=ctx.cfg.costs,
-                          run=run, rules=rules[0], equity=True)
+    signal, side = space.bets(fitted.tcfg, part, fitted.val_signal)
+    stats, curves = sweep(part, signal, rows, side=side, costs=ctx.cfg.costs, run=run, rules=rules[0], equity=True)
     each = (time.perf_counter() - t0) / len(batch)
     for j, ((trial, _), th, (_, row)) in enumerate(zip(batch, thresholds, stats.iterrows())):
         sharpe = None if np.isnan(row["sharpe"]) else float(row["sharpe"])
@@ -609,7 +610,8 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     probs = agent.predict_proba(hist)
     rules = execution.rules(tcfg, agent.threshold)
     run = cfg.run_config(start=hist.index[fold.test.start], end=hist.index[-1], periods_per_year=ctx.ppy)
-    bt = run_backtest(hist, "agent", signal=probs, side=space.sides(tcfg, hist), rules=rules, costs=cfg.costs, run=run)
+    signal, side = space.bets(tcfg, hist, probs)
+    bt = run_backtest(hist, "agent", signal=signal, side=side, rules=rules, costs=cfg.costs, run=run)
     c = trial_counts(study)
     plots = plot_study(study, cfg.out_dir, k, save_figure)
     trades = json.loads(bt.trades.to_json(orient="records", date_format="iso")) if len(bt.trades) else []

@@ -152,18 +152,24 @@ def primary_warmup(groups: tuple[str, ...], base: TrainConfig) -> int:
     from labeling.primary import parse_primary  # on use: the rules' kernels load numpy and numba
 
     rule = parse_primary(base.primary)
-    return max(int(getattr(rule, f.name)) for f in dataclasses.fields(rule))
+    return max((int(getattr(rule, f.name)) for f in dataclasses.fields(rule)), default=0)  # "both": none
 
 
-def sides(cfg: TrainConfig, bars):
-    """The sides an agent trained with ``cfg`` trades on ``bars`` (a frame of bars): its primary rule's, as
-    ``run_backtest(side=)`` and ``sweep(side=)`` take them; None (long on every bar) without a primary. Causal:
-    the side at bar t reads bars <= t, so each backtest computes them on its own data."""
+def bets(cfg: TrainConfig, bars, signal):
+    """(probability, sides) an agent trained with ``cfg`` trades on ``bars`` (a frame of bars) from its ``signal``,
+    as ``run_backtest`` and ``sweep`` take them: its primary rule's sides (None, long on every bar, without a
+    primary); a direction model trained with ``both`` bets its own way (``labeling.direction_bets``). Causal: the
+    side at bar t reads bars <= t, so each backtest computes them on its own data."""
     if not cfg.primary:
-        return None
-    from labeling.primary import parse_primary, primary_side  # on use: the rules' kernels load numpy and numba
+        return signal, None
+    import pandas as pd  # on use, as below
 
-    return primary_side(bars, parse_primary(cfg.primary))
+    from labeling.primary import BothRule, direction_bets, parse_primary, primary_side
+
+    rule = parse_primary(cfg.primary)
+    if isinstance(rule, BothRule):
+        return direction_bets(signal if isinstance(signal, pd.Series) else pd.Series(signal, index=bars.index))
+    return signal, primary_side(bars, rule)
 
 
 def suggest(trial, groups: tuple[str, ...], base: TrainConfig,
