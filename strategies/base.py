@@ -24,7 +24,7 @@ SIGNAL_EXIT = "signal_exit"
 EXIT_REASONS = (TAKE_PROFIT, STOP_LOSS, TIME_LIMIT, END_OF_DATA, SIGNAL_EXIT)
 
 TRADE_FIELDS = (
-    "entry_time", "entry_price", "exit_time", "exit_price", "size", "side", "pnl", "ret", "bars_held",
+    "entry_time", "entry_price", "exit_time", "exit_price", "size", "side", "bet_size", "pnl", "ret", "bars_held",
     "exit_reason", "signal_time", "atr", "entry_bar", "exit_bar", "commission",
 )
 
@@ -76,9 +76,10 @@ class TradeLogStrategy(bt.Strategy):
 
     Subclasses put their decision in :meth:`on_bar` (not ``next``, which records the bar first), call
     :meth:`_enter` / :meth:`_exit_market`, and may override :meth:`_on_entry_filled`.
-    ``entry_bar``/``exit_bar`` are 0-based bar positions in the feed; ``size`` counts units (> 0) and ``side`` is +1
-    (long) or -1 (short); ``pnl = side * size * (exit_price - entry_price)`` less both commissions (and a short's
-    borrow cost); ``ret = pnl / (size * entry_price)``.
+    ``entry_bar``/``exit_bar`` are 0-based bar positions in the feed; ``size`` counts units (> 0), ``side`` is +1
+    (long) or -1 (short) and ``bet_size`` the entry's size as a multiple of the usual notional (1: fixed sizing);
+    ``pnl = side * size * (exit_price - entry_price)`` less both commissions (and a short's borrow cost);
+    ``ret = pnl / (size * entry_price)``.
     """
 
     params = (
@@ -124,7 +125,7 @@ class TradeLogStrategy(bt.Strategy):
         notional = self._size_frac * self.broker.getvalue() * scale
         if notional <= 0.0:  # nothing left to invest (costs have eaten the account)
             return
-        self._intent = {"signal_time": self._now(), "atr": math.nan, **info, "side": side}
+        self._intent = {"signal_time": self._now(), "atr": math.nan, **info, "side": side, "bet_size": scale}
         self._notional = notional
 
     def start(self):

@@ -134,7 +134,8 @@ class PortfolioAgentStrategy(bt.Strategy):
                 return
             entry_bar = len(d) - 1
             self._open[k] = {"symbol": self.symbols[k], "entry_time": _time(d), "entry_price": order.executed.price,
-                             "size": abs(order.executed.size), "side": info["side"], "entry_comm": order.executed.comm,
+                             "size": abs(order.executed.size), "side": info["side"], "bet_size": info["bet_size"],
+                             "entry_comm": order.executed.comm,
                              "entry_bar": entry_bar, "signal_time": info["signal_time"], "atr": info["atr"]}
             size = order.executed.size
             stop, take = barrier_prices(self.rules, order.executed.price, info["atr"], size)
@@ -202,7 +203,8 @@ class PortfolioAgentStrategy(bt.Strategy):
                 self.skipped[k] += 1
                 continue
             available -= notional
-            self._intents[k] = {"notional": notional, "signal_time": _time(self.datas[k]), "atr": atr, "side": side}
+            self._intents[k] = {"notional": notional, "signal_time": _time(self.datas[k]), "atr": atr, "side": side,
+                                "bet_size": scale}
 
     def _settle(self, k):
         """End of this instrument's data before the backtest's end: close out at its last close through the broker

@@ -142,6 +142,10 @@ def test_mixed_sides_are_bit_equal_in_backtrader_both_brokers_and_the_fast_simul
     fast = run_backtest(df, "agent", run=run.replace(engine="fast"), **kw)
     t = native.trades
     assert (t["side"] == -1).sum() > 40 and (t["side"] == 1).sum() > 40
+    # each trade's bet size: the entry size multiple at its signal bar (1 with fixed sizing)
+    sizes = pd.Series(labeling.entry_sizes(prob.to_numpy(), labeling.event_sides(side, df.index), rules), df.index)
+    np.testing.assert_array_equal(t["bet_size"], sizes.loc[pd.DatetimeIndex(t["signal_time"])].to_numpy())
+    assert (t["bet_size"] < 1).all() if case == "sizing" else (t["bet_size"] == 1).all()
     assert {"take_profit", "stop_loss"} <= set(t.loc[t["side"] == -1, "exit_reason"])
     for other in (stock, fast):
         pd.testing.assert_frame_equal(t, other.trades, check_exact=True, check_dtype=False)

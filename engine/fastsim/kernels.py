@@ -107,6 +107,7 @@ class Trades(NamedTuple):
     atr: np.ndarray
     reason: np.ndarray
     side: np.ndarray
+    bet_size: np.ndarray
 
 
 class SimOut(NamedTuple):
@@ -244,6 +245,7 @@ def simulate_nb(bars, signals, rules, account, start, end):
     t_atr = np.empty(cap, np.float64)
     t_reason = np.empty(cap, np.int8)
     t_side = np.empty(cap, np.int8)
+    t_bet = np.empty(cap, np.float64)
     equity = np.empty(n, np.float64)
     position = np.empty(n, np.float64)
 
@@ -259,6 +261,7 @@ def simulate_nb(bars, signals, rules, account, start, end):
     sig_bar = -1
     sig_atr = 0.0
     sig_side = 1
+    sig_scale = 1.0
     stop_px = 0.0
     limit_px = 0.0
     exit_ordered = False  # time exit: market order at the next open
@@ -319,6 +322,7 @@ def simulate_nb(bars, signals, rules, account, start, end):
                 t_atr[k] = sig_atr
                 t_reason[k] = reason
                 t_side[k] = 1 if units > 0.0 else -1
+                t_bet[k] = sig_scale
                 k += 1
                 units = 0.0
                 pos_price = 0.0
@@ -342,6 +346,7 @@ def simulate_nb(bars, signals, rules, account, start, end):
                 sig_bar = j
                 sig_atr = a
                 sig_side = 1 if side[i] > 0.0 else -1
+                sig_scale = scale[i]
 
     eod_cost = 0.0
     if units != 0.0:
@@ -363,10 +368,11 @@ def simulate_nb(bars, signals, rules, account, start, end):
         t_atr[k] = sig_atr
         t_reason[k] = EOD
         t_side[k] = 1 if units > 0.0 else -1
+        t_bet[k] = sig_scale
         k += 1
         equity[n - 1] -= eod_cost
     trades = Trades(k, t_entry, t_exit, t_signal, t_eprice, t_xprice, t_size, t_pnl, t_ret, t_comm, t_atr, t_reason,
-                    t_side)
+                    t_side, t_bet)
     return SimOut(trades, equity, position, n_rejected, eod_cost)
 
 

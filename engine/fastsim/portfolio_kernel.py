@@ -15,7 +15,7 @@ from engine.fastsim.kernels import (EOD, barrier_exit_nb, close_nb, close_out_pr
 
 # columns of PortfolioOut.trade_ints
 TRADE_INTS = ("instrument", "entry_bar", "exit_bar", "signal_time", "reason", "side")
-TRADE_FLOATS = ("entry_price", "exit_price", "size", "pnl", "ret", "commission", "atr")  # of .trade_floats
+TRADE_FLOATS = ("entry_price", "exit_price", "size", "pnl", "ret", "commission", "atr", "bet_size")  # .trade_floats
 
 
 class Calendar(NamedTuple):
@@ -27,7 +27,8 @@ class Calendar(NamedTuple):
 
 class Held(NamedTuple):
     """The positions held, one slot per instrument: units (< 0 short), the broker's position price, the entry's
-    executed price and commission, borrow accrued, entry bar, bars seen, signal time and ATR of the trade."""
+    executed price and commission, borrow accrued, entry bar, bars seen, signal time, ATR and bet size of the
+    trade."""
 
     units: np.ndarray
     pos_price: np.ndarray
@@ -38,6 +39,7 @@ class Held(NamedTuple):
     nb: np.ndarray
     sig_t: np.ndarray
     sig_a: np.ndarray
+    sig_b: np.ndarray
 
 
 class PortfolioOut(NamedTuple):
@@ -57,11 +59,12 @@ class PortfolioOut(NamedTuple):
 @njit_cached
 def _book_nb(tr_i, tr_f, row, ints, floats):
     """Write one closed trade into row ``row`` of the trade tables: ``ints`` (instrument, entry bar, exit bar,
-    signal time, reason, side), ``floats`` (entry price, exit price, size, pnl, commission, atr); ret is computed."""
+    signal time, reason, side), ``floats`` (entry price, exit price, size, pnl, commission, atr, bet size); ret is
+    computed."""
     tr_i[row, 0], tr_i[row, 1], tr_i[row, 2], tr_i[row, 3], tr_i[row, 4], tr_i[row, 5] = ints
-    entry_px, exit_px, size, pnl, comm, atr = floats
+    entry_px, exit_px, size, pnl, comm, atr, bet = floats
     tr_f[row, 0], tr_f[row, 1], tr_f[row, 2], tr_f[row, 3] = entry_px, exit_px, size, pnl
-    tr_f[row, 4], tr_f[row, 5], tr_f[row, 6] = pnl / (size * entry_px), comm, atr
+    tr_f[row, 4], tr_f[row, 5], tr_f[row, 6], tr_f[row, 7] = pnl / (size * entry_px), comm, atr, bet
 
 
 @njit_cached
@@ -75,7 +78,7 @@ def _exit_nb(k, xp, reason, cash, held, account):
     comm += h.accrued[k]
     pnl = u * (exit_px - h.entry_px[k]) - h.entry_comm[k] - comm
     ints = (k, h.entry_bar[k], h.nb[k] - 1, h.sig_t[k], reason, 1 if u > 0.0 else -1)
-    floats = (h.entry_px[k], exit_px, abs(u), pnl, h.entry_comm[k] + comm, h.sig_a[k])
+    floats = (h.entry_px[k], exit_px, abs(u), pnl, h.entry_comm[k] + comm, h.sig_a[k], h.sig_b[k])
     h.units[k] = 0.0
     h.pos_price[k] = 0.0
     return cash, ints, floats
@@ -105,7 +108,7 @@ def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
     for k in range(n):
         cap += int(has_bar[:, k].sum()) // 2 + 2
     tr_i = np.empty((cap, 6), np.int64)  # instrument, entry bar, exit bar, signal time, reason, side
-    tr_f = np.empty((cap, 7), np.float64)  # entry price, exit price, size, pnl, ret, commission, atr
+    tr_f = np.empty((cap, 8), np.float64)  # entry price, exit price, size, pnl, ret, commission, atr, bet size
     equity = np.empty(T, np.float64)
     positions = np.zeros((T, n), np.float64)
     skipped = np.zeros(n, np.int64)
@@ -135,8 +138,10 @@ def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
     intent_side = np.ones(n, np.int64)
     sig_t = np.zeros(n, np.int64)  # signal time of the trade held
     sig_a = np.zeros(n, np.float64)
+    sig_b = np.ones(n, np.float64)  # bet size (entry size multiple) of the trade held
+    intent_scale = np.ones(n, np.float64)
     sig_s = np.ones(n, np.int64)
-    held = Held(units, pos_price, entry_px, entry_comm, accrued, entry_bar, nb, sig_t, sig_a)
+    held = Held(units, pos_price, entry_px, entry_comm, accrued, entry_bar, nb, sig_t, sig_a, sig_b)
     entry_size = np.zeros(n, np.float64)  # entry orders of this cycle
     entry_list = np.empty(n, np.int64)
     seq = 0
@@ -162,6 +167,7 @@ def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
             entry_size[k] = entry_units_nb(intent_notional[k], open_[t, k], intent_side[k], commission, slippage, lev)
             sig_t[k] = intent_sig[k]
             sig_a[k] = intent_atr[k]
+            sig_b[k] = intent_scale[k]
             sig_s[k] = intent_side[k]
             entry_list[n_entries] = k
             n_entries += 1
@@ -327,6 +333,7 @@ def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
                 intent_notional[k] = notional
                 intent_sig[k] = t
                 intent_atr[k] = atr[t, k]
+                intent_scale[k] = scale[t, k]
                 intent_side[k] = 1 if side[t, k] > 0.0 else -1
             rank += 1
 
@@ -343,7 +350,7 @@ def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
         comm += accrued[k]
         _book_nb(tr_i, tr_f, k_tr, (k, entry_bar[k], nb[k] - 1, sig_t[k], EOD, 1 if u > 0.0 else -1),
                  (entry_px[k], xp, abs(u), u * (xp - entry_px[k]) - entry_comm[k] - comm, entry_comm[k] + comm,
-                  sig_a[k]))
+                  sig_a[k], sig_b[k]))
         k_tr += 1
     equity[T - 1] -= eod_cost
     return PortfolioOut(k_tr, tr_i, tr_f, equity, positions, skipped, rejected)

@@ -98,7 +98,8 @@ def unpack(out: SimOut, index: pd.DatetimeIndex):
     entry, exit_ = t.entry_bar[:k], t.exit_bar[:k]
     cols = {
         "entry_time": index[entry], "entry_price": t.entry_price[:k], "exit_time": index[exit_],
-        "exit_price": t.exit_price[:k], "size": t.size[:k], "side": t.side[:k].astype(np.int64), "pnl": t.pnl[:k],
+        "exit_price": t.exit_price[:k], "size": t.size[:k], "side": t.side[:k].astype(np.int64),
+        "bet_size": t.bet_size[:k], "pnl": t.pnl[:k],
         "ret": t.ret[:k],
         "bars_held": exit_ - entry, "exit_reason": REASON_NAMES.take(t.reason[:k]),
         "signal_time": index[t.signal_bar[:k]], "atr": t.atr[:k], "entry_bar": entry, "exit_bar": exit_,
