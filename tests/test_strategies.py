@@ -260,7 +260,7 @@ def test_native_barrier_order_trades_exactly_as_the_stock_three_orders(slippage,
         # the native path really ran: one TripleBarrierOrder per trade
         assert len(submitted) == len(native.trades) and all(isinstance(o, TripleBarrierOrder) for o in submitted)
         stock = run_backtest(df, "agent", run=RunConfig(benchmark=False, native_barriers=False), **kw)
-        assert native.config["broker"] == "BarrierBroker" and stock.config["broker"] == "BackBroker"
+        assert native.config["broker"] == "BarrierBroker" and stock.config["broker"] == "CashBackBroker"
         assert len(native.trades) > 100
         if horizon > 1:
             assert {"take_profit", "stop_loss", "time_limit"} <= set(native.trades["exit_reason"])
