@@ -124,3 +124,36 @@ def test_bad_universe_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsy
     assert wf.main(TINY + argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_fold_data_from_the_whole_store_equals_that_of_data_cut_after_the_fold(tmp_path):
+    # the feature store holds every bar; a fold's training and validation data must not depend on later bars
+    import numpy as np
+
+    from agents import TrainConfig
+    from agents.data.prepare import prepare_universe_segments
+    from agents.data.store import FeatureStore
+    from datafeeds import load_universe
+
+    cfg = TrainConfig(data="sp500,goog", seq_len=8, d_model=8, n_heads=1, horizon=10, normalise="per-symbol")
+    full = dict(load_universe("sp500,goog", start="2003-01-01", end="2007-12-31"))
+    calendar = full["sp500"].index.union(full["goog"].index)
+    train_end, val_end = calendar[600], calendar[800]  # goog starts 2004-08-19, inside the training block
+    cut = {s: f.loc[:val_end] for s, f in full.items()}
+    preps = []
+    for frames in (full, cut):
+        store = FeatureStore.build_or_open(frames, cfg.feature_spec, cfg.tbm, root=tmp_path / "stores")
+        segs = {}
+        for s, f in frames.items():
+            a, b = int(f.index.searchsorted(train_end, "right")), int(f.index.searchsorted(val_end, "right"))
+            segs[s] = (range(0, a), range(a + cfg.horizon, b))
+        preps.append(prepare_universe_segments(cfg, store, segs))
+    whole, truncated = preps
+    for which in ("train", "val"):
+        assert np.array_equal(whole.ranges[which], truncated.ranges[which]) and len(whole.ranges[which])
+        assert np.array_equal(whole.labels(which), truncated.labels(which))
+        x_w, _ = whole.dataset(which, 8).batch(np.arange(len(whole.labels(which))))
+        x_t, _ = truncated.dataset(which, 8).batch(np.arange(len(truncated.labels(which))))
+        assert torch.equal(x_w, x_t)
+    assert np.array_equal(whole.mean, truncated.mean) and np.array_equal(whole.std, truncated.std)
+    assert whole.symbols["goog"]["train_events"] > 0
