@@ -45,7 +45,7 @@ def test_a_universe_of_one_is_the_single_instrument_walk_forward(tmp_path, monke
     one.mkdir()
     shutil.copy(SAMPLES / "sp500.csv.gz", one / "sp500.csv.gz")
     monkeypatch.setattr(wfr, "fit", _untrained_fit)
-    args = TINY + ["--start", "2009-01-01", "--end", "2012-12-31", "--folds", "2", "--trials", "2",
+    args = TINY + ["--start", "2010-01-01", "--end", "2012-12-31", "--folds", "2", "--trials", "2",
                    "--objective", "val_sharpe", "--study", "s"]
     runs = {}
     for name, data in (("single", str(one / "sp500.csv.gz")), ("universe", str(one))):
@@ -88,7 +88,7 @@ def test_a_universe_of_one_is_the_single_instrument_walk_forward(tmp_path, monke
 def test_a_universe_trains_pooled_and_trades_its_members_as_portfolios(tmp_path, capsys):
     # goog starts in 2004-08: it joins the calendar's folds late, at its own bars
     out = tmp_path / "out"
-    args = TINY + ["--data", "sp500,goog", "--start", "2003-01-01", "--end", "2007-12-31", "--folds", "2",
+    args = TINY + ["--data", "sp500,goog", "--start", "2003-06-01", "--end", "2006-12-31", "--folds", "2",
                    "--trials", "2", "--normalise", "per-symbol", "--max-positions", "1", "--out", str(out)]
     assert wf.main(args) == 0
     printed = capsys.readouterr().out
@@ -96,8 +96,8 @@ def test_a_universe_trains_pooled_and_trades_its_members_as_portfolios(tmp_path,
     report = json.loads((out / "report.json").read_text())
     assert report["universe"]["normalise"] == "per-symbol" and report["universe"]["max_positions"] == 1
     assert report["config"]["universe"]["symbols"] == ["sp500", "goog"]
-    goog = load_ohlcv("goog", start="2003-01-01", end="2007-12-31")
-    calendar = load_ohlcv("sp500", start="2003-01-01", end="2007-12-31").index.union(goog.index)
+    goog = load_ohlcv("goog", start="2003-06-01", end="2006-12-31")
+    calendar = load_ohlcv("sp500", start="2003-06-01", end="2006-12-31").index.union(goog.index)
     for f in report["folds"]:
         assert set(f["symbols"]) == {"sp500", "goog"}
         assert f["trials"]["complete"] == 2 and f["val_sharpe"] is not None
@@ -157,3 +157,22 @@ def test_fold_data_from_the_whole_store_equals_that_of_data_cut_after_the_fold(t
         assert torch.equal(x_w, x_t)
     assert np.array_equal(whole.mean, truncated.mean) and np.array_equal(whole.std, truncated.std)
     assert whole.symbols["goog"]["train_events"] > 0
+
+
+def test_a_universe_strategy_search_trains_one_model_per_fold(tmp_path, monkeypatch):
+    calls = []
+    real = wfr.fit
+
+    def counting(cfg, prep, **kw):
+        calls.append(cfg.seq_len)
+        return real(cfg, prep, **kw)
+
+    monkeypatch.setattr(wfr, "fit", counting)
+    out = tmp_path / "out"
+    args = [a for a in TINY if a not in ("--search", "labels")] + [
+        "--data", "sp500,nasdaq", "--start", "2009-01-01", "--end", "2012-12-31", "--folds", "1", "--trials", "3",
+        "--search", "strategy", "--objective", "val_sharpe", "--out", str(out)]
+    assert wf.main(args) == 0
+    assert len(calls) == 2  # the fold's model for its 3 trials, then the refit
+    fold = json.loads((out / "report.json").read_text())["folds"][0]
+    assert fold["trials"]["complete"] == 3 and set(fold["params"]) == {"signal_rate", "exec_pt", "exec_sl"}

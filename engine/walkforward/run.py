@@ -297,18 +297,27 @@ class _Objective:
         tcfg = dataclasses.replace(tcfg, epochs=cfg.epochs, patience=cfg.epochs)
         sign = 1.0 if cfg.direction == "minimize" else -1.0  # the pruner compares in the study's direction
 
-        with self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs) as bar:
-            def on_epoch(epoch: int, ratio: float) -> None:
-                check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
-                bar.update(1)
-                bar.set_postfix_str(f"val_loss {ratio:.4f}")
-                trial.report(sign * ratio, epoch)
-                if trial.should_prune():
-                    log.info("%s", pruned_line(fold.fold, trial.number, epoch, ratio, time.perf_counter() - t0,
-                                               trial.params))
-                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+        # a universe's strategy-only search (no portfolio sweep yet): every trial trades the fold's one model,
+        # trained by the first trial of this process and never pruned (a resumed run trains the same model)
+        once = _strategy_only(cfg) and self.ctx.universe is not None
+        fitted = self.ctx.fold_models.get(fold.fold) if once else None
+        if fitted is None:
+            with self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs) as bar:
+                def on_epoch(epoch: int, ratio: float) -> None:
+                    check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
+                    bar.update(1)
+                    bar.set_postfix_str(f"val_loss {ratio:.4f}")
+                    if once:
+                        return
+                    trial.report(sign * ratio, epoch)
+                    if trial.should_prune():
+                        log.info("%s", pruned_line(fold.fold, trial.number, epoch, ratio, time.perf_counter() - t0,
+                                                   trial.params))
+                        raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-            fitted = _fit_fold_model(self.ctx, fold, tcfg, on_epoch)
+                fitted = _fit_fold_model(self.ctx, fold, tcfg, on_epoch)
+            if once:
+                self.ctx.fold_models[fold.fold] = fitted
         threshold = execution.threshold(fitted.train_proba, fitted.base_rate)
         val = _validation_backtest(self.ctx, fold, fitted, execution, threshold)
         return _record_trial(self.ctx, fold, trial, fitted, threshold, val, time.perf_counter() - t0)
@@ -413,9 +422,13 @@ def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) 
 _SWEEP_BATCH = 16
 
 
+def _strategy_only(cfg: WalkForwardConfig) -> bool:
+    return tuple(cfg.search) == ("strategy",)
+
+
 def _scored_by_sweep(cfg: WalkForwardConfig) -> bool:
     # a universe's strategy trials are scored one portfolio backtest each (no portfolio sweep yet)
-    return tuple(cfg.search) == ("strategy",) and not is_universe(cfg.data)
+    return _strategy_only(cfg) and not is_universe(cfg.data)
 
 
 def _search_by_sweep(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int, seconds: float | None) -> None:
