@@ -20,7 +20,7 @@ from engine.jsonable import jsonable
 from engine.metrics import compute_stats, drawdown
 from engine.overfitting import probability_of_backtest_overfitting
 from engine.plotting import auto_log_scale
-from engine.walkforward.console import fmt
+from engine.walkforward.console import fmt, format_params
 
 matplotlib.use("Agg")  # headless, as engine.plotting
 from matplotlib import dates as mdates, ticker as mticker  # noqa: E402
@@ -231,8 +231,8 @@ def _universe_lines(report: dict) -> list[str]:
              f"{u['normalise']}; validation and test blocks traded as one portfolio, at most {u['max_positions']} "
              "positions, shared cash; buy and hold = equal weight of the members"]
     for f in report["folds"]:
-        params = ", ".join(f"{k}={fmt(v)}" for k, v in sorted(f["params"].items()))
-        lines.append(f"  fold {f['fold']}: trial {f['best_trial']} ({params or 'base'}), validation Sharpe "
+        params = format_params(f["params"]) or "base"
+        lines.append(f"  fold {f['fold']}: trial {f['best_trial']} ({params}), validation Sharpe "
                      f"{fmt(f.get('val_sharpe'), '.2f')}, test Sharpe {fmt(f['stats']['sharpe'], '.2f')}, "
                      f"{len(f.get('symbols') or [])} members traded")
     return lines
