@@ -17,7 +17,7 @@ holdout). Both offer the trainer the same interface: ``dataset``, ``labels``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -370,7 +370,9 @@ class PooledPrepared:
 
     def card_dataset(self, cfg) -> dict:
         span = {w: [min(v[f"{w}_first"] for v in self.symbols.values() if v[f"{w}_first"]),
-                    max(v[f"{w}_last"] for v in self.symbols.values() if v[f"{w}_last"])] for w in ("train", "val")}
+                    max(v[f"{w}_last"] for v in self.symbols.values() if v[f"{w}_last"])]
+                if any(v[f"{w}_first"] for v in self.symbols.values()) else None  # None: a refit (walk-forward)
+                for w in ("train", "val")}
         used = [v["last_bar_used"] for v in self.symbols.values() if v["last_bar_used"]]
         return {
             "name": cfg.data,
@@ -505,3 +507,76 @@ def _universe_statistics(store, train_ranges: list, cfg, symbols: list[str]):
     std = np.sqrt(np.maximum(squares / counts - mean * mean, 0.0))
     std = np.where(std > 1e-12, std, 1.0)  # a constant feature (e.g. zero volume) stays 0, not NaN
     return mean, std
+
+
+def prepare_universe_segments(cfg, store: FeatureStore, segments: Mapping, *,
+                              cuts: dict | None = None) -> PooledPrepared:
+    """A universe's bar segments (walk-forward folds, one calendar for all instruments) ready to train on.
+
+    ``store``: the universe's `FeatureStore` (features and labels over all its bars: both causal, so a
+    fold reads them as if the data ended at its last segment); ``segments``: symbol -> (train, val) bar
+    ranges in that instrument's own positions (``val`` None for a refit; a symbol left out, or an empty
+    range, adds nothing). Per instrument, as `prepare_segments` on its bars: an event trains when its
+    whole label span lies inside ``train`` (validates: inside ``val``), it has a full window of features,
+    and its vertical barrier lies before the instrument's last segment ends (a label the truncated data
+    could not have made is left out). Normalisation from the training windows' rows (``cfg.normalise``).
+    """
+    symbols = list(store.symbols)
+    first_end = store.spec.warmup + cfg.seq_len - 1
+    ranges = {"train": [], "val": []}
+    info = {}
+    for i, sym in enumerate(symbols):
+        train, val = segments.get(sym, (range(0), None))
+        val = range(train.stop, train.stop) if val is None else val
+        stop = max(train.stop, val.stop)
+        t = np.asarray(store.time(sym)[:stop], dtype=np.int64)
+        t1 = np.asarray(store.t1(sym)[:stop], dtype=np.int64)
+        y = np.asarray(store.labels(sym)[:stop])
+        pos = np.arange(stop)
+        ok = (t1 >= 0) & (pos >= first_end) & (pos + cfg.horizon < stop)
+        entry = {"sha256": store.info(sym)["sha256"], "source": store.info(sym)["source"], "bars": int(stop),
+                 "first": str(pd.Timestamp(int(t[0]))) if stop else None,
+                 "last": str(pd.Timestamp(int(t[-1]))) if stop else None,
+                 "bar_seconds": bar_seconds(t) if stop > 2 else None}
+        for which, seg in (("train", train), ("val", val)):
+            keep = pos[ok & (pos >= seg.start) & (t1 < seg.stop)]
+            ranges[which] += [(i, a, b) for a, b in _runs(keep)]
+            labels = y[keep]
+            entry.update({f"{which}_events": int(len(keep)),
+                          f"{which}_positive_rate": float(labels.mean()) if len(keep) else None,
+                          f"{which}_first": str(pd.Timestamp(int(t[keep[0]
+                                                                   - (cfg.seq_len - 1 if which == "train" else 0)])))
+                          if len(keep) else None,
+                          f"{which}_last": str(pd.Timestamp(int(t[keep[-1]]))) if len(keep) else None})
+        entry["last_bar_used"] = str(pd.Timestamp(int(t[stop - 1]))) if stop else None
+        info[sym] = entry
+        store.release()
+    if not ranges["train"]:
+        raise ValueError(f"{cfg.data}: no labelled training window in the fold's training block; use longer segments")
+    if any(s[1] is not None and len(s[1]) for s in segments.values()) and not ranges["val"]:
+        raise ValueError(f"{cfg.data}: no labelled validation window in the fold's validation block; "
+                         "use longer segments")
+    mean, std = _universe_statistics(store, ranges["train"], cfg, symbols)
+    return PooledPrepared(
+        store=store, names=list(store.names), spec=store.spec, mode=cfg.normalise, mean=mean, std=std,
+        ranges={k: np.array(v, dtype=np.int64).reshape(-1, 3) for k, v in ranges.items()},
+        symbols={s: e for s, e in info.items() if e["bars"]},
+        cuts=cuts or {"validation": None, "holdout": None}, holdout_start=None, source=cfg.data,
+        sha256=universe_sha256_of(store), seq_len=cfg.seq_len,
+    )
+
+
+def universe_sha256_of(store: FeatureStore) -> str:
+    """`datafeeds.universe_sha256` of the member files a store was built from."""
+    from datafeeds import universe_sha256
+
+    return universe_sha256({s: _Sha(store.info(s)["sha256"]) for s in store.symbols})
+
+
+def normalised_rows(prep: PooledPrepared, symbol: str, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` of ``symbol``'s features normalised as ``prep``'s windows are (float32, as `Prepared.x`)."""
+    i = list(prep.store.symbols).index(symbol)
+    mean, std = (prep.mean[i], prep.std[i]) if prep.mode == "per-symbol" else (prep.mean, prep.std)
+    x = np.asarray(prep.store.features(symbol)[lo:hi], dtype=np.float64)
+    prep.store.release()
+    return ((x - mean) / std).astype(np.float32)

@@ -62,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("data and folds")
     g.add_argument("--data", default=d.data,
-                   help="bundled sample name (sp500, nasdaq, eurusd_1h, ...) or a CSV/Parquet path")
+                   help="bundled sample name (sp500, nasdaq, eurusd_1h, ...) or a CSV/Parquet path; or a universe (a "
+                   "bundled one such as us_daily, a folder, a glob or a comma list): one calendar of folds for all its "
+                   "instruments, pooled training, validation and test traded as portfolios")
+    g.add_argument("--normalise", type=_choice("normalisation", ("pooled", "per-symbol")), default=d.normalise,
+                   help="a universe: normalise features with statistics pooled over its training bars, or per "
+                   "instrument")
+    g.add_argument("--max-positions", type=int, default=None,
+                   help="a universe: positions held at once by its portfolio, shared cash, equity / N per entry "
+                   "(default: one per instrument)")
     g.add_argument("--start", default=None, help="first date used, e.g. 2005-01-01")
     g.add_argument("--end", default=None, help="last date used")
     g.add_argument("--folds", type=int, default=d.folds, help="number of walk-forward folds (test blocks)")
@@ -149,7 +157,7 @@ def config_from_args(args: argparse.Namespace) -> WalkForwardConfig:
         storage=args.storage, study=args.study, n_jobs=args.n_jobs, seed=args.seed, objective=args.objective,
         search=tuple(args.search), epochs=args.epochs, out=args.out, cash=args.cash, commission=args.commission,
         slippage=args.slippage, engine=args.engine, heartbeat=args.heartbeat, base=base, cpcv=args.cpcv,
-        sizing=args.sizing, size_step=args.size_step,
+        sizing=args.sizing, size_step=args.size_step, normalise=args.normalise, max_positions=args.max_positions,
     )
 
 

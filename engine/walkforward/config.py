@@ -79,6 +79,10 @@ class WalkForwardConfig:
     size_step: float = BarrierRules.size_step  # rounds probability sizes (AFML 10.3); --search strategy searches it
     heartbeat: int = 10  # (*) seconds between worker heartbeats; a trial silent for 3x is failed and retried
     cpcv: tuple[int, int] | None = None  # (*) (groups, test groups): CPCV of the latest selection; None = off
+    # a universe only: how its pooled training normalises features, and the portfolio's positions at once
+    # (None: one per instrument)
+    normalise: str = "pooled"
+    max_positions: int | None = None
     base: TrainConfig = dataclasses.field(default_factory=_base)  # everything not searched
 
     def __post_init__(self):
@@ -123,6 +127,10 @@ class WalkForwardConfig:
             raise ValueError(f"--timeout must be in (0, {MAX_TIMEOUT:,}] seconds, got {self.timeout}")
         if self.cpcv is not None:
             check_cpcv(*self.cpcv)
+        if self.normalise not in ("pooled", "per-symbol"):
+            raise ValueError(f"--normalise must be pooled or per-symbol, got {self.normalise!r}")
+        if self.max_positions is not None and not 1 <= self.max_positions <= 10_000:
+            raise ValueError(f"--max-positions must be in 1..10,000, got {self.max_positions}")
         if self.study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.study):
             # it names the output folder reports/<study>: '..' or '.hidden' would land elsewhere
             raise ValueError(f"--study {self.study!r}: use letters, digits, '_', '-' and '.', starting with a "
@@ -130,7 +138,7 @@ class WalkForwardConfig:
         # the base config describes the same data, seed and epochs (recorded in every agent card)
         object.__setattr__(self, "base", dataclasses.replace(
             self.base, data=self.data, start=self.start, end=self.end, seed=self.seed, epochs=self.epochs,
-            patience=self.epochs))
+            patience=self.epochs, normalise=self.normalise))
 
     @property
     def execution(self) -> space.Execution:
@@ -171,11 +179,12 @@ class WalkForwardConfig:
     def direction(self) -> str:
         return OBJECTIVES[self.objective]
 
-    def fingerprint(self, data_sha256: str) -> dict:
-        """What a study's trials depend on; reruns must match it (the (*) fields may differ)."""
+    def fingerprint(self, data_sha256: str, universe: list[str] | None = None) -> dict:
+        """What a study's trials depend on; reruns must match it (the (*) fields may differ). ``universe``: the
+        symbols of a universe run."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("trials", "timeout", "storage", "n_jobs", "out", "heartbeat", "base", "study", "engine",
-                             "cpcv")}
+                             "cpcv", "normalise", "max_positions")}
         keep["search"] = list(self.search)
         keep["engines"] = {"validation": VALIDATION_ENGINE, "test": self.engine}
         keep["base"] = self.base.to_dict()  # with the primary rule, when there is one
@@ -184,4 +193,7 @@ class WalkForwardConfig:
         if self.execution != space.Execution():
             keep["sizing"] = {"sizing": self.execution.sizing, "size_step": self.execution.size_step}
         keep["data_sha256"] = data_sha256
+        if universe is not None:  # recorded for a universe only: single-instrument studies made before resume
+            keep["universe"] = {"symbols": list(universe), "normalise": self.normalise,
+                                "max_positions": self.max_positions}
         return json.loads(json.dumps(keep))

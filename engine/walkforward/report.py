@@ -20,7 +20,7 @@ from engine.jsonable import jsonable
 from engine.metrics import compute_stats, drawdown
 from engine.overfitting import probability_of_backtest_overfitting
 from engine.plotting import auto_log_scale
-from engine.walkforward.console import fmt
+from engine.walkforward.console import fmt, format_params
 
 matplotlib.use("Agg")  # headless, as engine.plotting
 from matplotlib import dates as mdates, ticker as mticker  # noqa: E402
@@ -200,6 +200,7 @@ def summary_lines(report: dict) -> list[str]:
         f"expected from the best of {d['n_trials']} skill-less trials, V {d['var_trial_sharpe']:.2e} within-fold; "
         "0.95+ = unlikely to be search luck)",
         *_trading_lines(report["folds"]),
+        *_universe_lines(report),
         _pbo_line(report.get("pbo")),
         *_cpcv_lines(report.get("cpcv")),
         f"new trials this run: {report['new_trials_this_run']}",
@@ -219,6 +220,22 @@ def _trading_lines(folds: list[dict]) -> list[str]:
     if all(not f.get("primary") and sizing(f) == "fixed sizing" for f in folds):
         return []
     return ["traded: " + "; ".join(f"fold {f['fold']} {f.get('primary') or 'long'}, {sizing(f)}" for f in folds)]
+
+
+def _universe_lines(report: dict) -> list[str]:
+    """A universe run: its members, the portfolio's settings, each fold's selection and validation Sharpe."""
+    u = report.get("universe")
+    if not isinstance(u, dict):
+        return []
+    lines = [f"universe of {len(u['symbols'])}: {', '.join(u['symbols'])[:200]}; one calendar of folds; normalise "
+             f"{u['normalise']}; validation and test blocks traded as one portfolio, at most {u['max_positions']} "
+             "positions, shared cash; buy and hold = equal weight of the members"]
+    for f in report["folds"]:
+        params = format_params(f["params"]) or "base"
+        lines.append(f"  fold {f['fold']}: trial {f['best_trial']} ({params}), validation Sharpe "
+                     f"{fmt(f.get('val_sharpe'), '.2f')}, test Sharpe {fmt(f['stats']['sharpe'], '.2f')}, "
+                     f"{len(f.get('symbols') or [])} members traded")
+    return lines
 
 
 def _cpcv_lines(c: dict | None) -> list[str]:

@@ -37,7 +37,7 @@ from engine.deflated_sharpe import sharpe_ratio
 from engine.fastsim import sweep
 from engine.metrics import infer_periods_per_year
 from engine.runner import run_backtest
-from engine.walkforward import space
+from engine.walkforward import space, universe
 from engine.walkforward.config import VALIDATION_ENGINE, WalkForwardConfig
 from engine.walkforward.predict import logits, sigmoid
 from engine.walkforward.space import Execution
@@ -70,6 +70,7 @@ class _Context:
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # Ctrl-C: trial threads stop too
     worker: str = dataclasses.field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     run_id: str = dataclasses.field(default_factory=lambda: os.urandom(4).hex())  # this call, for "this run" counts
+    universe: universe.Universe | None = None  # a universe run (df is then its calendar, without prices)
 
 
 def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: bool = True) -> dict:
@@ -79,11 +80,17 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     (all workers) and epochs of the running trial.
     """
     t0 = time.perf_counter()
+    members = None
     if is_universe(cfg.data):
-        raise ValueError(f"--data {cfg.data}: walk-forward tuning takes one instrument (a file or sample); "
-                         "train on a universe with python -m agents.train")
-    df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
-    check_memory(cfg, len(df))
+        universe.check_options(cfg)
+        members = universe.load(cfg)
+        df = universe.calendar_frame(members)
+        check_memory(cfg, max(len(f) for f in members.frames.values()))
+    else:
+        if cfg.normalise != "pooled" or cfg.max_positions is not None:
+            raise ValueError(f"--normalise and --max-positions apply to a universe; {cfg.data} is one instrument")
+        df = load_ohlcv(cfg.data, start=cfg.start, end=cfg.end)
+        check_memory(cfg, len(df))
     folds = walk_forward_folds(len(df), n_folds=cfg.folds, scheme=cfg.scheme, test_frac=cfg.test_frac,
                                purge=cfg.purge, embargo=cfg.embargo)
     check_fold_geometry(cfg, folds, df)
@@ -92,10 +99,13 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     except OSError as exc:
         raise OSError(f"--out {cfg.out_dir}: cannot create the folder ({exc.strerror or exc})") from None
     storage = open_storage(cfg.storage_url, cfg.heartbeat)
-    fp = cfg.fingerprint(str(df.attrs.get("sha256", "")))
+    if members is None:
+        fp = cfg.fingerprint(str(df.attrs.get("sha256", "")))
+    else:
+        fp = cfg.fingerprint(members.sha256, members.symbols)
     fp["folds_bars"] = [[f.train.start, f.val.start, f.test.start, f.test.stop] for f in folds]
     ctx = _Context(cfg, df, folds, storage, fp, infer_periods_per_year(df.index), command, {},
-                   Progress(progress, trials=cfg.trials, n_jobs=cfg.n_jobs))
+                   Progress(progress, trials=cfg.trials, n_jobs=cfg.n_jobs), universe=members)
     with ctx.progress, stop_on_interrupt(ctx.stop):
         return _run(ctx, t0)
 
@@ -287,18 +297,27 @@ class _Objective:
         tcfg = dataclasses.replace(tcfg, epochs=cfg.epochs, patience=cfg.epochs)
         sign = 1.0 if cfg.direction == "minimize" else -1.0  # the pruner compares in the study's direction
 
-        with self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs) as bar:
-            def on_epoch(epoch: int, ratio: float) -> None:
-                check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
-                bar.update(1)
-                bar.set_postfix_str(f"val_loss {ratio:.4f}")
-                trial.report(sign * ratio, epoch)
-                if trial.should_prune():
-                    log.info("%s", pruned_line(fold.fold, trial.number, epoch, ratio, time.perf_counter() - t0,
-                                               trial.params))
-                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+        # a universe's strategy-only search (no portfolio sweep yet): every trial trades the fold's one model,
+        # trained by the first trial of this process and never pruned (a resumed run trains the same model)
+        once = _strategy_only(cfg) and self.ctx.universe is not None
+        fitted = self.ctx.fold_models.get(fold.fold) if once else None
+        if fitted is None:
+            with self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs) as bar:
+                def on_epoch(epoch: int, ratio: float) -> None:
+                    check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
+                    bar.update(1)
+                    bar.set_postfix_str(f"val_loss {ratio:.4f}")
+                    if once:
+                        return
+                    trial.report(sign * ratio, epoch)
+                    if trial.should_prune():
+                        log.info("%s", pruned_line(fold.fold, trial.number, epoch, ratio, time.perf_counter() - t0,
+                                                   trial.params))
+                        raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-            fitted = _fit_fold_model(self.ctx, fold, tcfg, on_epoch)
+                fitted = _fit_fold_model(self.ctx, fold, tcfg, on_epoch)
+            if once:
+                self.ctx.fold_models[fold.fold] = fitted
         threshold = execution.threshold(fitted.train_proba, fitted.base_rate)
         val = _validation_backtest(self.ctx, fold, fitted, execution, threshold)
         return _record_trial(self.ctx, fold, trial, fitted, threshold, val, time.perf_counter() - t0)
@@ -311,7 +330,8 @@ class _FittedTrial:
     tcfg: TrainConfig
     train_proba: np.ndarray  # on the training events: the threshold comes from these only
     base_rate: float  # positive rate of the training labels
-    val_signal: pd.Series  # probability on df[:val.stop]; NaN outside the validation block's full windows
+    val_signal: pd.Series | dict  # probability on df[:val.stop]; NaN outside the validation block's full windows
+                                  # (a universe: symbol -> that on the instrument's own bars)
     val_loss: float  # best validation focal loss / the best constant prediction's (1 = no skill)
     val_auc: float | None
     best_epoch: int
@@ -319,9 +339,11 @@ class _FittedTrial:
 
 def _fit_fold_model(ctx: _Context, fold: Fold, tcfg: TrainConfig, on_epoch) -> _FittedTrial:
     """Train ``tcfg`` on the fold's train block; ``on_epoch(epoch, val_loss_ratio)`` after each epoch."""
-    prep = prepare_segments(tcfg, ctx.df, fold.train, fold.val)
-    y_tr = prep.y[prep.train_ends].astype(np.float64)
-    y_va = prep.y[prep.val_ends].astype(np.float64)
+    if ctx.universe is not None:
+        prep = universe.prepare_fold(ctx.universe, tcfg, fold)
+    else:
+        prep = prepare_segments(tcfg, ctx.df, fold.train, fold.val)
+    y_tr, y_va = prep.labels("train"), prep.labels("val")
     base_rate = float(y_tr.mean())
     loss_fn = FocalLoss(alpha=tcfg.focal_alpha, gamma=tcfg.focal_gamma)
     # focal losses with different alpha/gamma or labels are not comparable; their ratio to the best
@@ -333,6 +355,11 @@ def _fit_fold_model(ctx: _Context, fold: Fold, tcfg: TrainConfig, on_epoch) -> _
     res = fit(tcfg, prep, checkpoint_dir=None, on_epoch=lambda record, state: on_epoch(
         record["epoch"], record["val_loss"] / baseline), progress=False)
     model, state = res["model"], res["state"]
+    if ctx.universe is not None:  # signals: symbol -> probability on its bars up to its validation block's end
+        z_tr, z_va = universe.window_logits(model, prep, "train"), universe.window_logits(model, prep, "val")
+        return _FittedTrial(tcfg, sigmoid(z_tr), base_rate, universe.block_signals(ctx.universe, model, prep, fold,
+                                                                                   tcfg.seq_len),
+                            state["best_val"] / baseline, roc_auc(y_va, z_va), int(state["best_epoch"]))
     z_tr = logits(model, prep.x, tcfg.seq_len, prep.train_ends)
     z_va = logits(model, prep.x, tcfg.seq_len, prep.val_ends)
     # the validation backtest trades every bar of the block whose window is whole (history for warm-up)
@@ -370,7 +397,12 @@ def _record_trial(ctx: _Context, fold: Fold, trial, fitted: _FittedTrial, thresh
 
 
 def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) -> dict:
-    """Backtest the trial's model on every bar of the validation block (fast engine)."""
+    """Backtest the trial's model on every bar of the validation block (fast engine; a universe: as a portfolio)."""
+    if ctx.universe is not None:
+        run = ctx.cfg.run_config(engine=VALIDATION_ENGINE, periods_per_year=ctx.ppy, benchmark=False)
+        bt = universe.portfolio(ctx.universe, ctx.cfg, fitted.tcfg, fitted.val_signal, fold.val,
+                                rules=execution.rules(fitted.tcfg, threshold), run=run)
+        return universe.validation_scores(bt)
     part = ctx.df.iloc[: fold.val.stop]
     run = ctx.cfg.run_config(engine=VALIDATION_ENGINE, start=part.index[fold.val.start],
                              end=part.index[fold.val.stop - 1], periods_per_year=ctx.ppy, benchmark=False)
@@ -390,8 +422,13 @@ def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) 
 _SWEEP_BATCH = 16
 
 
-def _scored_by_sweep(cfg: WalkForwardConfig) -> bool:
+def _strategy_only(cfg: WalkForwardConfig) -> bool:
     return tuple(cfg.search) == ("strategy",)
+
+
+def _scored_by_sweep(cfg: WalkForwardConfig) -> bool:
+    # a universe's strategy trials are scored one portfolio backtest each (no portfolio sweep yet)
+    return _strategy_only(cfg) and not is_universe(cfg.data)
 
 
 def _search_by_sweep(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int, seconds: float | None) -> None:
@@ -570,7 +607,9 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
              format_params(best.params))
     # train+validation as one block: events whose label span lies inside it, nothing after it
     union = range(fold.train.start, fold.val.stop)
-    prep = prepare_segments(tcfg, df, union, None)
+    u = ctx.universe
+    prep = (prepare_segments(tcfg, df, union, None) if u is None
+            else universe.prepare_fold(u, tcfg, fold, refit=True))
     with ctx.progress.epochs(f"fold {k} refit", best_epoch) as bar:
         def on_epoch(record, state):
             check_stop(ctx.stop)
@@ -578,9 +617,10 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
 
         res = fit(tcfg, prep, checkpoint_dir=None, on_epoch=on_epoch, progress=False)
     model = res["model"]
-    y_tr = prep.y[prep.train_ends].astype(np.float64)
+    y_tr = prep.labels("train")
     base_rate = float(y_tr.mean())
-    z_tr = logits(model, prep.x, tcfg.seq_len, prep.train_ends)
+    z_tr = (logits(model, prep.x, tcfg.seq_len, prep.train_ends) if u is None
+            else universe.window_logits(model, prep, "train"))
     threshold = execution.threshold(sigmoid(z_tr), base_rate)
     loss_fn = FocalLoss(alpha=tcfg.focal_alpha, gamma=tcfg.focal_gamma)
     metrics = {
@@ -596,22 +636,34 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     }
     dates = {name: [str(df.index[r.start]), str(df.index[r.stop - 1])]
              for name, r in (("train", fold.train), ("validation", fold.val), ("test", fold.test))}
+    # (a universe's df is its calendar: the same dates for every instrument)
     card = build_card(tcfg, prep, model, metrics, ctx.command)  # the refit has no validation block
     card["walk_forward"] = {"study": cfg.study_name, "fold": k, **dates, "best_trial": best.number,
                             "params": best.params, "primary": tcfg.primary,
                             "execution": dataclasses.asdict(execution)}
-    last = LazySequenceDataset(prep.x, prep.y, tcfg.seq_len, index=prep.train_ends[-64:])
-    example = last.batch(np.arange(len(last)))[0].numpy()  # parity checked on real training windows
+    if u is None:
+        last = LazySequenceDataset(prep.x, prep.y, tcfg.seq_len, index=prep.train_ends[-64:])
+        example = last.batch(np.arange(len(last)))[0].numpy()  # parity checked on real training windows
+    else:
+        last = prep.dataset("train", tcfg.seq_len)
+        example = last.batch(np.arange(max(0, len(last) - 64), len(last)))[0].numpy()
     export_agent(model, card, onnx_tmp, example)
 
     # the exported agent on the test block; features over all bars up to the test end (warm-up from history)
     agent = OnnxAgent.load(onnx_tmp)
-    hist = df.iloc[: fold.test.stop]
-    probs = agent.predict_proba(hist)
     rules = execution.rules(tcfg, agent.threshold)
-    run = cfg.run_config(start=hist.index[fold.test.start], end=hist.index[-1], periods_per_year=ctx.ppy)
-    signal, side = space.bets(tcfg, hist, probs)
-    bt = run_backtest(hist, "agent", signal=signal, side=side, rules=rules, costs=cfg.costs, run=run)
+    extra = {}
+    if u is None:
+        hist = df.iloc[: fold.test.stop]
+        probs = agent.predict_proba(hist)
+        run = cfg.run_config(start=hist.index[fold.test.start], end=hist.index[-1], periods_per_year=ctx.ppy)
+        signal, side = space.bets(tcfg, hist, probs)
+        bt = run_backtest(hist, "agent", signal=signal, side=side, rules=rules, costs=cfg.costs, run=run)
+    else:  # the test block traded as a portfolio, each member from its own history
+        bt = universe.portfolio(u, cfg, tcfg, universe.test_signals(u, agent, fold), fold.test, rules=rules,
+                                run=cfg.run_config(periods_per_year=ctx.ppy))
+        extra = {"symbols": list(bt.contribution.index), "max_positions": u.max_positions,
+                 "contribution": json.loads(bt.contribution.reset_index().to_json(orient="records"))}
     c = trial_counts(study)
     plots = plot_study(study, cfg.out_dir, k, save_figure)
     trades = json.loads(bt.trades.to_json(orient="records", date_format="iso")) if len(bt.trades) else []
@@ -624,6 +676,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
                          for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))],
         "pbo": fold_pbo(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
         "best_trial": best.number, "best_value": best.value, "params": best.params, "best_epoch": best_epoch,
+        "val_sharpe": best.user_attrs.get("val_sharpe"),  # the selection's validation backtest
         "primary": tcfg.primary,  # the rule whose sides the fold traded (None: long on every bar)
         "execution": rules.to_dict(),  # threshold, barriers and sizing (sizing, size_step) of the test block
         "stats": bt.stats, "benchmark_stats": bt.benchmark_stats,
@@ -634,6 +687,7 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
         "plots": plots, "finalised_by": ctx.worker, "run_id": ctx.run_id,
         "finalised_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": time.perf_counter() - t0,
+        **extra,
     }
     return result
 
@@ -690,6 +744,10 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
                                                             storage=ctx.storage).get_trials(deepcopy=False,
                                                                                             states=FINISHED)
             if t.user_attrs.get("run_id") == ctx.run_id),
+        "universe": None if ctx.universe is None else {
+            "symbols": ctx.universe.symbols, "normalise": cfg.normalise, "max_positions": ctx.universe.max_positions,
+            "calendar_bars": len(ctx.universe.calendar),
+            "benchmark": "equal-weight buy-and-hold of the members traded in each test block"},
         "files": {"report": str(cfg.out_dir / "report.json"), "stitched_equity_png": str(png)},
         "seconds": seconds,
     }
