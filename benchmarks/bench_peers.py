@@ -449,6 +449,23 @@ def grid_bench(args, df, signal, atr, run_grid, p) -> bool:
     return vbt_ok and loop_same == n_conf
 
 
+def time_ours(df, kw: dict, repeats: int):
+    """Our fast ``run_backtest`` with ``kw``: (first call's seconds, best of ``repeats``, that result, best kernel
+    seconds)."""
+    t0 = time.perf_counter()
+    run_backtest(df, "agent", **kw)
+    first = time.perf_counter() - t0
+    kernels = []
+
+    def call():
+        r = run_backtest(df, "agent", **kw)
+        kernels.append(r.config["run_seconds"])
+        return r
+
+    best, result = best_of(call, repeats)
+    return first, best, result, min(kernels)
+
+
 def mixed_bench(args, df, signal, atr, run_vbt, run_btpy, vbt, btpy) -> bool:
     """Longs and shorts on the same bars and signal: ours with ``side=`` (a random +1/-1 per bar), vectorbt with the
     short entries chosen in its signal function, backtesting.py with ``sell()``; every trade must be identical
@@ -458,18 +475,7 @@ def mixed_bench(args, df, signal, atr, run_vbt, run_btpy, vbt, btpy) -> bool:
     print(f"\nmixed sides: the same bars and signal, side +1/-1 uniformly at random per bar (seed {args.seed + 3}), "
           f"pt {p['pt']}, sl {p['sl']} (a short's stop entry + sl * atr, its take-profit entry - pt * atr)")
     kw = dict(signal=signal, side=sides, rules=RULES_MIXED, costs=COSTS, run=RUN)
-    t0 = time.perf_counter()
-    run_backtest(df, "agent", **kw)
-    ours_first = time.perf_counter() - t0
-    kernels = []
-
-    def ours_call():
-        r = run_backtest(df, "agent", **kw)
-        kernels.append(r.config["run_seconds"])
-        return r
-
-    ours_s, ours = best_of(ours_call, args.repeats)
-    kernel_s = min(kernels)
+    ours_first, ours_s, ours, kernel_s = time_ours(df, kw, args.repeats)
     ot = ours.trades[["entry_bar", "exit_bar", "side", "entry_price", "exit_price", "size", "exit_reason"]].copy()
     n_long, n_short = int((ot["side"] > 0).sum()), int((ot["side"] < 0).sum())
     reasons = {name: ot.loc[ot["side"] == v, "exit_reason"].value_counts().to_dict()
@@ -567,18 +573,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ours
     kw = dict(signal=signal, rules=RULES, costs=COSTS, run=RUN)
-    t0 = time.perf_counter()
-    run_backtest(df, "agent", **kw)
-    ours_first = time.perf_counter() - t0
-    kernels = []
-
-    def ours_call():
-        r = run_backtest(df, "agent", **kw)
-        kernels.append(r.config["run_seconds"])
-        return r
-
-    ours_s, ours = best_of(ours_call, args.repeats)
-    kernel_s = min(kernels)
+    ours_first, ours_s, ours, kernel_s = time_ours(df, kw, args.repeats)
     ot = ours.trades[["entry_bar", "exit_bar", "side", "entry_price", "exit_price", "size", "exit_reason"]].copy()
 
     # the peers' inputs: the same ATR, the decision shifted onto the fill bar

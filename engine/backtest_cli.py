@@ -274,9 +274,6 @@ def _bets(rule, history, signal, column=None, where=""):
     from labeling import BothRule, direction_bets, primary_side
 
     if column is not None:
-        if rule is not None:
-            raise UsageError(f"--side {column}: the agent was trained on the bets of primary {_spec(rule)!r}; its "
-                             "probability is about those bets, not yours (drop --side)")
         return signal, _side_column(history, column, where)
     if rule is None:
         return signal, None
@@ -333,17 +330,6 @@ def _check_frequency(args, agent, df, data_name: str) -> None:
                      "or pass --any-frequency to run it anyway")
 
 
-def _spec(rule) -> str:
-    """A primary rule as the command line spells it."""
-    import dataclasses
-
-    from labeling import PRIMARIES
-
-    name = next(k for k, cls in PRIMARIES.items() if isinstance(rule, cls))
-    params = ",".join(f"{f.name}={getattr(rule, f.name)}" for f in dataclasses.fields(rule))
-    return f"{name}:{params}" if params else name
-
-
 def _side_column(history, column: str, where: str):
     """The bets of the data's ``column`` (--side): +1/-1 on the bars with one (0 or empty: none); anything else is
     one line naming the file and the first bad row."""
@@ -367,17 +353,24 @@ def _side_column(history, column: str, where: str):
     return pd.Series(values[bet].astype(np.int8), index=history.index[bet], name="side")
 
 
-def trading_rules(args, agent) -> BarrierRules:
-    """The rules traded: the agent's own (its card's), each option given instead; a baseline's size only."""
+def trading_rules(args, agent, rule=None) -> BarrierRules:
+    """The rules traded: the agent's own (its card's), each option given instead; a baseline's size only. ``rule``:
+    the primary rule the agent was trained on (``_primary``), which sets the default sizing and refuses --side."""
+    from labeling import BothRule
+
+    if rule is not None and args.side is not None:
+        spec = escape(str(agent.meta["train_config"]["primary"]))
+        raise UsageError(f"--side {args.side}: the agent was trained on the bets of primary {spec!r}; its "
+                         "probability is about those bets, not yours (drop --side)")
     given = {k: getattr(args, k) for k in ("threshold", "pt", "sl", "horizon", "size_frac", "sizing", "size_step")
              if getattr(args, k) is not None}
-    if args.sizing is None and _primary(agent) is not None:
+    if args.sizing is None and rule is not None:
         given["sizing"] = "probability"  # a meta-model's probability is a bet size (AFML 10.1)
     rules = (agent.rules if agent else BarrierRules()).replace(**given)
     if args.live and rules.sizing != "fixed":
         raise UsageError("--live streams bars one at a time; sizing by probability averages the bets of the last "
                          "horizon from batch signals: pass --sizing fixed, or drop --live")
-    if args.live and type(_primary(agent)).__name__ == "BothRule":
+    if args.live and isinstance(rule, BothRule):
         raise UsageError("--live streams bars one at a time; an agent traded both ways ('both') sides its bets from "
                          "batch signals: drop --live")
     return rules
@@ -467,8 +460,9 @@ def prepare_run(args) -> SingleRun | PortfolioRun:
             params.update(live=True, agent=agent)
         else:
             signal = _signal(agent, history)
-    rules = trading_rules(args, agent)
-    signal, side = _bets(_primary(agent), history, signal, args.side, data_name)
+    rule = _primary(agent)
+    rules = trading_rules(args, agent, rule)
+    signal, side = _bets(rule, history, signal, args.side, data_name)
     return SingleRun(agent=agent, data_name=data_name, history=history, plan=plan, rules=rules, params=params,
                      signal=signal, side=side)
 
@@ -516,13 +510,14 @@ def prepare_portfolio(args, agent, data_name: str) -> PortfolioRun:
         notes.append(f"note: --max-positions {max_positions} is more than the {n} instruments traded: at most {n} "
                      f"positions at once, each equity / {max_positions}")
     rule = _primary(agent)
+    rules = trading_rules(args, agent, rule)
     sides = None if rule is None and args.side is None else {}
     for sym, history in histories.items():
         signals[sym], side = _bets(rule, history, signals[sym], args.side, f"{data_name}: {sym}")
         if sides is not None:
             sides[sym] = side
     return PortfolioRun(agent=agent, data_name=data_name, frames=histories, signals=signals, plan=plan,
-                        rules=trading_rules(args, agent), max_positions=max_positions, notes=tuple(notes),
+                        rules=rules, max_positions=max_positions, notes=tuple(notes),
                         members=list(frames), sides=sides)
 
 

@@ -28,6 +28,14 @@ class ActiveBets(NamedTuple):
 
 
 @njit_cached
+def long_size_nb(p):
+    """AFML 10.1 for one bet of probability ``p`` (not NaN) of paying: ``2 Phi(z) - 1`` in [-1, 1]."""
+    if p <= 0.0 or p >= 1.0:  # z is +-infinite there
+        return -1.0 if p <= 0.0 else 1.0
+    return math.erf((p - 0.5) / math.sqrt(p * (1.0 - p)) / math.sqrt(2.0))
+
+
+@njit_cached
 def bet_size_nb(prob, side, step):
     """The size in [-1, 1] of a bet on ``side`` (+1/-1) with probability ``prob`` of paying, rounded to a multiple
     of ``step`` (0: not rounded); NaN probability -> NaN size."""
@@ -37,11 +45,7 @@ def bet_size_nb(prob, side, step):
         if np.isnan(p):
             out[i] = np.nan
             continue
-        if p <= 0.0 or p >= 1.0:  # z is +-infinite there
-            m = -1.0 if p <= 0.0 else 1.0
-        else:
-            m = math.erf((p - 0.5) / math.sqrt(p * (1.0 - p)) / math.sqrt(2.0))
-        m *= side[i]
+        m = long_size_nb(p) * side[i]
         if step > 0.0:
             m = min(1.0, max(-1.0, np.round(m / step) * step))
         out[i] = m
@@ -81,12 +85,11 @@ def entry_sizes_nb(prob, side, horizon, step):
     bet. Reads bars <= t only."""
     n = prob.shape[0]
     size = np.empty(n)
-    ones = np.ones(1)
     for i in range(n):
         if side[i] == 0 or np.isnan(prob[i]):
             size[i] = np.nan
         else:  # a bet the model expects to lose (p < 1/2) is passed, size 0, not turned around (AFML 10.1's pred 0)
-            size[i] = side[i] * max(0.0, bet_size_nb(prob[i : i + 1], ones, 0.0)[0])
+            size[i] = side[i] * max(0.0, long_size_nb(prob[i]))
     out = np.zeros(n)
     total, count = 0.0, 0
     for i in range(n):

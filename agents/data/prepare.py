@@ -431,14 +431,7 @@ def prepare_universe(cfg, frames=None, *, store_root=None) -> PooledPrepared:
             ends = np.arange(lo, max(lo, hi))
             keep = ends[(t1[lo:max(lo, hi)] >= 0) & (t1[lo:max(lo, hi)] < hi)]  # labelled, label ends in the segment
             ranges[which] += [(i, a, b) for a, b in _runs(keep)]
-            labels = y[keep]
-            entry.update({f"{which}_events": int(len(keep)),
-                          f"{which}_positive_rate": float(labels.mean()) if len(keep) else None,
-                          # training: from the first bar its windows read; validation: its first labelled bar
-                          f"{which}_first": str(pd.Timestamp(int(t[keep[0]
-                                                                   - (cfg.seq_len - 1 if which == "train" else 0)])))
-                          if len(keep) else None,
-                          f"{which}_last": str(pd.Timestamp(int(t[keep[-1]]))) if len(keep) else None})
+            entry.update(_split_summary(which, keep, y, t, cfg.seq_len))
         entry["last_bar_used"] = str(pd.Timestamp(int(t[stop - 1]))) if stop else None
         info[sym] = entry
         del t1, y
@@ -465,6 +458,17 @@ class _Sha:
 
     def __init__(self, sha: str):
         self.attrs = {"sha256": sha}
+
+
+def _split_summary(which: str, keep: np.ndarray, y: np.ndarray, t: np.ndarray, seq_len: int) -> dict:
+    """What the card records of one instrument's split (``which``: train or val) from its window ends ``keep``:
+    events, positive rate, first and last bar (training: from the first bar its windows read; validation: its
+    first labelled bar)."""
+    if not len(keep):
+        return {f"{which}_events": 0, f"{which}_positive_rate": None, f"{which}_first": None, f"{which}_last": None}
+    first = keep[0] - (seq_len - 1 if which == "train" else 0)
+    return {f"{which}_events": int(len(keep)), f"{which}_positive_rate": float(y[keep].mean()),
+            f"{which}_first": str(pd.Timestamp(int(t[first]))), f"{which}_last": str(pd.Timestamp(int(t[keep[-1]])))}
 
 
 def _runs(ends: np.ndarray) -> list[tuple[int, int]]:
@@ -541,13 +545,7 @@ def prepare_universe_segments(cfg, store: FeatureStore, segments: Mapping, *,
         for which, seg in (("train", train), ("val", val)):
             keep = pos[ok & (pos >= seg.start) & (t1 < seg.stop)]
             ranges[which] += [(i, a, b) for a, b in _runs(keep)]
-            labels = y[keep]
-            entry.update({f"{which}_events": int(len(keep)),
-                          f"{which}_positive_rate": float(labels.mean()) if len(keep) else None,
-                          f"{which}_first": str(pd.Timestamp(int(t[keep[0]
-                                                                   - (cfg.seq_len - 1 if which == "train" else 0)])))
-                          if len(keep) else None,
-                          f"{which}_last": str(pd.Timestamp(int(t[keep[-1]]))) if len(keep) else None})
+            entry.update(_split_summary(which, keep, y, t, cfg.seq_len))
         entry["last_bar_used"] = str(pd.Timestamp(int(t[stop - 1]))) if stop else None
         info[sym] = entry
         store.release()

@@ -16,6 +16,7 @@ from engine.backtest_common import bet_inputs, day_numbers, prepare_inputs
 from engine.config import RunConfig
 from engine.fastsim.kernels import SWEEP_STATS, Clock, RuleGrid, Signals, sweep_nb
 from engine.fastsim.inputs import account, on_period, period_bars
+from labeling.bet_sizing import entry_sizes
 from labeling.rules import BarrierRules, Costs
 
 # the BarrierRules fields a grid may vary
@@ -51,12 +52,11 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, side=None, costs
     # one row of entry sizes per distinct (sizing, horizon, size_step), on the full data like a single run's
     size_key = [(c.sizing, c.horizon if c.sizing != "fixed" else 0, c.size_step) for c in confs]
     distinct = list(dict.fromkeys(size_key))
-    side_p = None
+    sides, _ = bet_inputs(df, sig, side, base)
+    side_p = on_period(sides, df, period)
     sizes = np.empty((len(distinct), len(period)))
     for r, key in enumerate(distinct):
-        sides, size_full = bet_inputs(df, sig, side, confs[size_key.index(key)])
-        side_p = on_period(sides, df, period)
-        sizes[r] = on_period(size_full, df, period)
+        sizes[r] = on_period(entry_sizes(sig.to_numpy(np.float64), sides, confs[size_key.index(key)]), df, period)
     size_row = np.array([distinct.index(k) for k in size_key], dtype=np.int64)
     years = (period.index[-1] - period.index[0]).total_seconds() / (365.25 * 86_400.0)
     rf_bar = (1.0 + run.risk_free) ** (1.0 / ppy) - 1.0 if run.risk_free else 0.0

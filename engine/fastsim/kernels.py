@@ -147,16 +147,16 @@ def slip_down_nb(pmin, price, slip):
 
 
 @njit_cached
-def close_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission, lev):
+def close_nb(cash, units, xp, pos_price, commission, lev):
     """A position of ``units`` (< 0: short) closed at ``xp`` in BackBroker's order of float operations (shortcash
-    off): (cash after, the fill's commission, order.executed.price, the trade's pnl net of both commissions)."""
+    off): (cash after, the fill's commission, order.executed.price)."""
     pnl_b = units * (xp - pos_price) * 1.0
     cash += abs(units) * pos_price / lev + pnl_b
     comm = abs(units) * commission * xp
     cash -= comm
     cash += 0.0
     exit_px = (0.0 + (-units) * xp) / (-units)
-    return cash, comm, exit_px, units * (exit_px - entry_px) - entry_comm - comm
+    return cash, comm, exit_px
 
 
 @njit_cached
@@ -308,7 +308,7 @@ def simulate_nb(bars, signals, rules, account, start, end):
             pos_day = day[i]
             xp, reason = barrier_exit_nb(units, o, high[i], low[i], stop_px, limit_px, exit_ordered, slippage)
             if reason >= 0:
-                cash, comm, exit_px, _ = close_nb(cash, units, xp, pos_price, entry_px, entry_comm, commission, lev)
+                cash, comm, exit_px = close_nb(cash, units, xp, pos_price, commission, lev)
                 comm += accrued
                 t_entry[k] = entry_bar
                 t_exit[k] = j

@@ -73,8 +73,7 @@ def _exit_nb(k, xp, reason, cash, held, account):
     accrued): the cash after, and the trade's row for :func:`_book_nb` (ints, floats)."""
     h = held
     u = h.units[k]
-    cash, comm, exit_px, _ = close_nb(cash, u, xp, h.pos_price[k], h.entry_px[k], h.entry_comm[k], account.commission,
-                                      account.leverage)
+    cash, comm, exit_px = close_nb(cash, u, xp, h.pos_price[k], account.commission, account.leverage)
     comm += h.accrued[k]
     pnl = u * (exit_px - h.entry_px[k]) - h.entry_comm[k] - comm
     ints = (k, h.entry_bar[k], h.nb[k] - 1, h.sig_t[k], reason, 1 if u > 0.0 else -1)
