@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from engine.fastsim import simulate, sweep
     from engine.metrics import compute_stats, drawdown, infer_periods_per_year, periods_per_year_rule, period_returns
     from engine.plotting import backtest_figure, plot_backtest
-    from engine.portfolio import run_portfolio
+    from engine.portfolio import run_portfolio, sweep_portfolio
     from engine.results import BacktestResult, PortfolioResult
     from engine.runner import run_backtest
     from labeling.rules import BarrierRules, Costs
@@ -36,6 +36,7 @@ _EXPORTS = {  # public name -> its module
     "simulate": "engine.fastsim",
     "sweep": "engine.fastsim",
     "run_portfolio": "engine.portfolio",
+    "sweep_portfolio": "engine.portfolio",
 }
 
 

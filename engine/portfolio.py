@@ -21,7 +21,12 @@ import datafeeds
 from engine.backtest_common import Instrument, bet_inputs, prepare_inputs
 from engine.cerebro import build_cerebro, run_strategy
 from engine.config import RunConfig
-from engine.fastsim import buy_and_hold_equity, simulate_portfolio
+from engine.fastsim import SWEEP_PARAMS, SWEEP_STATS, buy_and_hold_equity, simulate_portfolio
+from engine.fastsim.grid import grid_configs, size_keys
+from engine.fastsim.inputs import account
+from engine.fastsim.kernels import Clock, RuleGrid
+from engine.fastsim.portfolio import portfolio_arrays
+from engine.fastsim.portfolio_kernel import portfolio_sweep_nb
 from engine.jsonable import jsonable
 from engine.metrics import compute_stats, infer_periods_per_year
 from engine.results import PortfolioResult
@@ -134,6 +139,57 @@ def run_portfolio(
     return PortfolioResult(equity=equity, trades=trades, stats=stats, contribution=contribution, positions=positions,
                            benchmark_equity=bench_equity, benchmark_stats=bench_stats, config=config,
                            periods_per_year=ppy, data={s: i.period for s, i in per.items()})
+
+
+def sweep_portfolio(
+    frames: Mapping[str, pd.DataFrame],
+    signals: Mapping[str, pd.Series],
+    grid,
+    *,
+    sides: Mapping[str, pd.Series] | None = None,
+    atr: Mapping[str, pd.Series] | None = None,
+    rules: BarrierRules | None = None,
+    costs: Costs | None = None,
+    run: RunConfig | None = None,
+    max_positions: int = 1,
+    equity: bool = False,
+):
+    """:func:`run_portfolio` on the fast engine for many rule sets in one parallel numba call.
+
+    ``grid`` as for :func:`engine.fastsim.sweep` (field -> values, or a DataFrame of rows); the other arguments as
+    for :func:`run_portfolio`. Returns one row per configuration: its parameters and the headline numbers
+    ``run_portfolio(run=RunConfig(engine="fast"))`` reports for it (``SWEEP_STATS``; NaN where that gives None);
+    with ``equity=True`` also the equity curves (a DataFrame on the portfolio's times, a column per
+    configuration).
+    """
+    base, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
+    max_positions = check_max_positions(max_positions)
+    rows, confs = grid_configs(grid, base)
+    key_of, distinct = size_keys(confs)
+    # the entry sizes of each distinct sizing, on the full data like a single run's (the rest is shared)
+    per, times, ppy = inputs(frames, signals, sides, atr, confs[key_of.index(distinct[0])], run)
+    bars, sigs, calendar = portfolio_arrays(per, times)
+    sizes = np.empty((len(distinct), *bars.close.shape))
+    sizes[0] = sigs.size
+    for r, key in enumerate(distinct[1:], start=1):
+        other, _, _ = inputs(frames, signals, sides, atr, confs[key_of.index(key)], run)
+        sizes[r] = portfolio_arrays(other, times)[1].size
+    size_frac = np.array([-1.0 if c.size_frac is None else c.size_frac for c in confs])  # -1: equity / max_positions
+    grid_ = RuleGrid(*(np.array([getattr(c, k) for c in confs], dtype=np.float64) for k in ("threshold", "pt", "sl")),
+                     np.array([c.horizon for c in confs], dtype=np.int64), size_frac,
+                     np.array([distinct.index(k) for k in key_of], dtype=np.int64))
+    years = (times[-1] - times[0]).total_seconds() / (365.25 * 86_400.0)
+    rf_bar = (1.0 + run.risk_free) ** (1.0 / ppy) - 1.0 if run.risk_free else 0.0
+    res = portfolio_sweep_nb(bars, sigs, sizes, calendar, grid_, account(run, costs), int(max_positions),
+                             Clock(float(years), float(ppy), float(rf_bar)), bool(equity))
+    out = pd.DataFrame({k: [getattr(c, k) for c in confs] for k in SWEEP_PARAMS})
+    for j, name in enumerate(SWEEP_STATS):
+        out[name] = res.stats[:, j]
+    out["n_trades"] = out["n_trades"].astype(np.int64)
+    out["rejected_entries"] = out["rejected_entries"].astype(np.int64)
+    if equity:
+        return out, pd.DataFrame(res.curves.T, index=times, columns=range(len(rows)))
+    return out
 
 
 def _run_backtrader(per, times, rules: BarrierRules, costs: Costs, run: RunConfig, max_positions: int) -> dict:

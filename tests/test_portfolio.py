@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from datafeeds import load_universe
-from engine import BarrierRules, Costs, RunConfig, run_backtest, run_portfolio
+from engine import BarrierRules, Costs, RunConfig, run_backtest, run_portfolio, sweep_portfolio
 
 DAYS = pd.date_range("2020-01-01", periods=10, freq="D", name="datetime")
 
@@ -152,6 +152,33 @@ def test_fast_equals_backtrader_on_random_calendars_and_signals(seed, k, size_fr
     kw = dict(max_positions=k, costs=Costs(slippage=slippage, commission=commission),
               rules=BarrierRules(size_frac=size_frac, threshold=0.6, horizon=7, pt=1.0, sl=1.0))
     _assert_same(run_portfolio(frames, sig, **kw), run_portfolio(frames, sig, run=RunConfig(engine="fast"), **kw))
+
+
+def test_sweep_portfolio_gives_each_configuration_the_numbers_of_its_own_run(universe):
+    frames, sig = universe
+    frames = {s: frames[s] for s in ("goog", "nvda", "yhoo")}
+    rng = np.random.default_rng(3)
+    sides = {"nvda": pd.Series(np.where(rng.random(len(frames["nvda"])) > 0.5, 1, -1), index=frames["nvda"].index)}
+    grid = pd.DataFrame({"threshold": [0.6, 0.75, 0.8, 0.6], "pt": [1.0, 2.0, 1.5, 2.0], "sl": [1.0, 1.0, 2.0, 1.5],
+                         "horizon": [10, 5, 20, 10], "sizing": ["fixed", "fixed", "probability", "probability"],
+                         "size_step": [0.0, 0.0, 0.0, 0.1],
+                         "size_frac": pd.Series([None, 0.3, None, None], dtype=object)})
+    run = RunConfig(engine="fast", start="2012-01-01", end="2016-06-30", benchmark=False)
+    kw = dict(sides=sides, run=run, max_positions=2, costs=Costs(commission=0.001, slippage=0.0005, borrow=0.02))
+    stats, curves = sweep_portfolio(frames, sig, grid, equity=True, **kw)
+    assert list(stats.columns[:7]) == ["threshold", "pt", "sl", "horizon", "size_frac", "sizing", "size_step"]
+    for i, row in enumerate(grid.to_dict("records")):
+        one = run_portfolio(frames, sig, rules=BarrierRules(**row), **kw)
+        np.testing.assert_array_equal(curves[i].to_numpy(), one.equity.to_numpy())
+        assert curves[i].index.equals(one.equity.index)
+        for key in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "n_trades", "win_rate",
+                    "profit_factor", "avg_trade_return", "exposure", "end_value", "rejected_entries"):
+            want = np.nan if one.stats[key] is None else one.stats[key]
+            # trades summed in the kernel's exit order rather than run_portfolio's (exit time, symbol): rounding
+            np.testing.assert_allclose(stats.loc[i, key], want, rtol=1e-12, err_msg=key)
+    assert stats["n_trades"].nunique() == len(grid)  # the rows differ: each ran its own rules
+    with pytest.raises(ValueError, match="configuration 1"):
+        sweep_portfolio(frames, sig, {"threshold": [0.5, 1.5]}, run=run)
 
 
 @pytest.fixture(scope="module")

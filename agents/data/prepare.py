@@ -443,7 +443,7 @@ def prepare_universe(cfg, frames=None, *, store_root=None) -> PooledPrepared:
             raise ValueError(f"{cfg.data}: {n} {name} labels, {pos:.0f} positive: nothing to learn (with the cut dates "
                              f"{pd.Timestamp(val_cut).date()} / {pd.Timestamp(holdout).date() if holdout else 'none'});"
                              " use longer histories or barriers the price can reach")
-    mean, std = _universe_statistics(store, ranges["train"], cfg, symbols)
+    mean, std = _universe_statistics(store, _row_spans(ranges["train"], cfg.seq_len), cfg, symbols)
     return PooledPrepared(
         store=store, names=list(store.names), spec=store.spec, mode=cfg.normalise, mean=mean, std=std,
         ranges={k: np.array(v, dtype=np.int64).reshape(-1, 3) for k, v in ranges.items()}, symbols=info,
@@ -482,16 +482,23 @@ def _runs(ends: np.ndarray) -> list[tuple[int, int]]:
 _CHUNK = 1 << 16  # rows per read when summing features for the statistics
 
 
-def _universe_statistics(store, train_ranges: list, cfg, symbols: list[str]):
-    """Mean and std (ddof 0, NaNs skipped) of the feature rows the training windows cover: pooled over
-    all instruments, or per instrument. Read in chunks: memory stays O(chunk), not O(bars)."""
+def _row_spans(train_ranges: list, seq_len: int) -> list[tuple[int, int, int]]:
+    """Per instrument, the feature rows its training windows (``(instrument, lo, hi)`` runs of window ends)
+    cover, first to last: one ``(instrument, lo, hi)`` span of rows each."""
+    spans = {}
+    for i, lo, hi in train_ranges:
+        a, b = spans.get(i, (lo, hi))
+        spans[i] = (min(a, lo), max(b, hi))
+    return [(i, a - seq_len + 1, b) for i, (a, b) in spans.items()]
+
+
+def _universe_statistics(store, spans: list, cfg, symbols: list[str]):
+    """Mean and std (ddof 0, NaNs skipped) of the feature rows in ``spans`` (``(instrument, lo, hi)``: what the
+    training windows cover): pooled over all instruments, or per instrument. Read in chunks: memory stays
+    O(chunk), not O(bars)."""
     n_feat = len(store.names)
     sums = np.zeros((len(symbols), 3, n_feat))  # per instrument: count, sum, sum of squares
-    for i in range(len(symbols)):
-        own = [(lo, hi) for j, lo, hi in train_ranges if j == i]
-        if not own:
-            continue
-        lo, hi = min(a for a, _ in own) - cfg.seq_len + 1, max(b for _, b in own)
+    for i, lo, hi in sorted(spans):
         x = store.features(symbols[i])
         for a in range(lo, hi, _CHUNK):
             block = np.asarray(x[a:min(hi, a + _CHUNK)], dtype=np.float64)
@@ -519,20 +526,24 @@ def prepare_universe_segments(cfg, store: FeatureStore, segments: Mapping, *,
 
     ``store``: the universe's `FeatureStore` (features and labels over all its bars: both causal, so a
     fold reads them as if the data ended at its last segment); ``segments``: symbol -> (train, val) bar
-    ranges in that instrument's own positions (``val`` None for a refit; a symbol left out, or an empty
-    range, adds nothing). Per instrument, as `prepare_segments` on its bars: an event trains when its
-    whole label span lies inside ``train`` (validates: inside ``val``), it has a full window of features,
+    ranges in that instrument's own positions (``val`` None for a refit; ``train`` may be a list of disjoint
+    ascending ranges, the blocks of a combinatorial purged split; a symbol left out, or an empty range, adds
+    nothing). Per instrument, as `prepare_segments` on its bars: an event trains when its whole label span
+    lies inside ``train`` (one of its blocks; validates: inside ``val``), it has a full window of features,
     and its vertical barrier lies before the instrument's last segment ends (a label the truncated data
     could not have made is left out). Normalisation from the training windows' rows (``cfg.normalise``).
     """
     symbols = list(store.symbols)
     first_end = store.spec.warmup + cfg.seq_len - 1
     ranges = {"train": [], "val": []}
+    spans = []  # (instrument, lo, hi): the feature rows the training windows cover, per training block
     info = {}
     for i, sym in enumerate(symbols):
         train, val = segments.get(sym, (range(0), None))
-        val = range(train.stop, train.stop) if val is None else val
-        stop = max(train.stop, val.stop)
+        trains = [train] if isinstance(train, range) else list(train)
+        last = max((r.stop for r in trains), default=0)
+        val = range(last, last) if val is None else val
+        stop = max(last, val.stop)
         t = np.asarray(store.time(sym)[:stop], dtype=np.int64)
         t1 = np.asarray(store.t1(sym)[:stop], dtype=np.int64)
         y = np.asarray(store.labels(sym)[:stop])
@@ -542,8 +553,11 @@ def prepare_universe_segments(cfg, store: FeatureStore, segments: Mapping, *,
                  "first": str(pd.Timestamp(int(t[0]))) if stop else None,
                  "last": str(pd.Timestamp(int(t[-1]))) if stop else None,
                  "bar_seconds": bar_seconds(t) if stop > 2 else None}
-        for which, seg in (("train", train), ("val", val)):
-            keep = pos[ok & (pos >= seg.start) & (t1 < seg.stop)]
+        for which, segs in (("train", trains), ("val", [val])):
+            kept = [pos[ok & (pos >= seg.start) & (t1 < seg.stop)] for seg in segs]
+            if which == "train":  # normalised from the rows each block's windows cover (not those between blocks)
+                spans += [(i, k[0] - cfg.seq_len + 1, k[-1] + 1) for k in kept if len(k)]
+            keep = np.concatenate(kept or [np.empty(0, np.int64)])
             ranges[which] += [(i, a, b) for a, b in _runs(keep)]
             entry.update(_split_summary(which, keep, y, t, cfg.seq_len))
         entry["last_bar_used"] = str(pd.Timestamp(int(t[stop - 1]))) if stop else None
@@ -554,7 +568,7 @@ def prepare_universe_segments(cfg, store: FeatureStore, segments: Mapping, *,
     if any(s[1] is not None and len(s[1]) for s in segments.values()) and not ranges["val"]:
         raise ValueError(f"{cfg.data}: no labelled validation window in the fold's validation block; "
                          "use longer segments")
-    mean, std = _universe_statistics(store, ranges["train"], cfg, symbols)
+    mean, std = _universe_statistics(store, spans, cfg, symbols)
     return PooledPrepared(
         store=store, names=list(store.names), spec=store.spec, mode=cfg.normalise, mean=mean, std=std,
         ranges={k: np.array(v, dtype=np.int64).reshape(-1, 3) for k, v in ranges.items()},

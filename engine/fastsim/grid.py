@@ -38,20 +38,13 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, side=None, costs
     """
     base, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
-    rows = _grid_rows(grid)
-    confs = []
-    for i, row in enumerate(rows.to_dict("records")):  # the checks a single run makes, naming the row
-        try:
-            confs.append(dataclasses.replace(base, **row))
-        except ValueError as exc:
-            raise ValueError(f"sweep: configuration {i}: {exc}") from None
+    rows, confs = grid_configs(grid, base)
     conf = {k: np.array([getattr(c, k) for c in confs]) for k in SWEEP_PARAMS}
     conf["size_frac"] = np.array([c.entry_fraction for c in confs])
     sig, atr_full, period, ppy = prepare_inputs(df, signal, None, base.atr_period, run)
     sig_p, atr_p = (on_period(v, df, period) for v in (sig, atr_full))
     # one row of entry sizes per distinct (sizing, horizon, size_step), on the full data like a single run's
-    size_key = [(c.sizing, c.horizon if c.sizing != "fixed" else 0, c.size_step) for c in confs]
-    distinct = list(dict.fromkeys(size_key))
+    size_key, distinct = size_keys(confs)
     sides, _ = bet_inputs(df, sig, side, base)
     side_p = on_period(sides, df, period)
     sizes = np.empty((len(distinct), len(period)))
@@ -75,6 +68,26 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, side=None, costs
     if equity:
         return out, pd.DataFrame(res.curves.T, index=period.index, columns=range(len(rows)))
     return out
+
+
+def grid_configs(grid, base: BarrierRules) -> tuple[pd.DataFrame, list[BarrierRules]]:
+    """The configurations of ``grid`` (``sweep``'s argument): its rows and each as ``base`` with them changed, checked
+    as a single run checks them (ValueError naming the row)."""
+    rows = _grid_rows(grid)
+    confs = []
+    for i, row in enumerate(rows.to_dict("records")):
+        try:
+            confs.append(dataclasses.replace(base, **row))
+        except ValueError as exc:
+            raise ValueError(f"sweep: configuration {i}: {exc}") from None
+    return rows, confs
+
+
+def size_keys(confs: list[BarrierRules]) -> tuple[list, list]:
+    """Each configuration's entry-size key (sizing, horizon where it matters, size_step) and the distinct keys in
+    first-seen order: configurations of one key share their entry sizes."""
+    keys = [(c.sizing, c.horizon if c.sizing != "fixed" else 0, c.size_step) for c in confs]
+    return keys, list(dict.fromkeys(keys))
 
 
 def _grid_rows(grid) -> pd.DataFrame:

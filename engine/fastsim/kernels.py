@@ -379,8 +379,16 @@ def simulate_nb(bars, signals, rules, account, start, end):
 @njit_cached
 def headline_nb(run, clock):
     """compute_stats' headline numbers of one :class:`SimOut` (SWEEP_STATS; NaN where compute_stats gives None)."""
-    equity, position, n_trades = run.equity, run.position, run.trades.n
-    pnl, ret = run.trades.pnl[:n_trades], run.trades.ret[:n_trades]
+    n_trades = run.trades.n
+    return stats_nb(run.equity, np.count_nonzero(run.position), run.trades.pnl[:n_trades], run.trades.ret[:n_trades],
+                    run.n_rejected, clock)
+
+
+@njit_cached
+def stats_nb(equity, bars_in_market, pnl, ret, n_rejected, clock):
+    """compute_stats' headline numbers (SWEEP_STATS; NaN where it gives None) of an equity curve, the number of its
+    bars with a position, its closed trades' pnl and returns, and its refused entries."""
+    n_trades = len(pnl)
     years, ppy, rf_bar = clock
     n = len(equity)
     out = np.full(len(SWEEP_STATS), np.nan)
@@ -402,14 +410,14 @@ def headline_nb(run, clock):
         out[6] = out[1] / abs(mdd)
     out[7] = n_trades
     if n_trades:
-        wins, gp, gl, rsum = trade_stats_nb(pnl[:n_trades], ret[:n_trades])  # as compute_stats counts them
+        wins, gp, gl, rsum = trade_stats_nb(pnl, ret)  # as compute_stats counts them
         out[8] = wins / n_trades
         if gl > 0:
             out[9] = gp / gl
         out[10] = rsum / n_trades
-    out[11] = np.count_nonzero(position) / n
+    out[11] = bars_in_market / n
     out[12] = end
-    out[13] = run.n_rejected
+    out[13] = n_rejected
     return out
 
 

@@ -25,26 +25,10 @@ def simulate_portfolio(per: dict, times: pd.DatetimeIndex, rules: BarrierRules, 
     and rejected counts per symbol, the kernel's seconds).
     """
     symbols = list(per)
-    T, n = len(times), len(symbols)
-    arrays = {c: np.full((T, n), np.nan) for c in ("open", "high", "low", "close", "signal", "atr")}
-    arrays["side"], arrays["size"] = np.zeros((T, n)), np.zeros((T, n))
-    has_bar = np.zeros((T, n), dtype=np.bool_)
-    last_t = np.empty(n, dtype=np.int64)
-    for k, sym in enumerate(symbols):
-        period = per[sym].period
-        pos = times.get_indexer(period.index)
-        has_bar[pos, k] = True
-        last_t[k] = pos[-1]
-        for c in ("open", "high", "low", "close"):
-            arrays[c][pos, k] = prices(period, c)
-        for c in ("signal", "atr", "side", "size"):
-            arrays[c][pos, k] = getattr(per[sym], c)
-    bars = Bars(arrays["open"], arrays["high"], arrays["low"], arrays["close"])
+    bars, signals, calendar = portfolio_arrays(per, times)
     t0 = time.perf_counter()
     # size_frac None: equity / max_positions per entry, which the kernel reads from a size <= 0
-    signals = Signals(arrays["signal"], arrays["atr"], arrays["side"], arrays["size"], day_numbers(times))
-    out = portfolio_nb(bars, signals, Calendar(has_bar, last_t), kernel_rules(rules, -1.0), account(run, costs),
-                       int(max_positions))
+    out = portfolio_nb(bars, signals, calendar, kernel_rules(rules, -1.0), account(run, costs), int(max_positions))
     run_seconds = time.perf_counter() - t0
     k_tr = int(out.n_trades)
     ints = dict(zip(TRADE_INTS, (out.trade_ints[:k_tr, c] for c in range(len(TRADE_INTS)))))
@@ -72,3 +56,24 @@ def simulate_portfolio(per: dict, times: pd.DatetimeIndex, rules: BarrierRules, 
     return {"equity": out.equity, "positions": out.positions, "trades": trades,
             "skipped": [int(v) for v in out.skipped], "rejected": [int(v) for v in out.rejected],
             "run_seconds": run_seconds}
+
+
+def portfolio_arrays(per: dict, times: pd.DatetimeIndex) -> tuple[Bars, Signals, Calendar]:
+    """The kernel's (times x instruments) inputs of ``per`` (symbol -> ``Instrument``): NaN prices, signals and ATR
+    where an instrument has no bar, 0 sides and sizes."""
+    T, n = len(times), len(per)
+    arrays = {c: np.full((T, n), np.nan) for c in ("open", "high", "low", "close", "signal", "atr")}
+    arrays["side"], arrays["size"] = np.zeros((T, n)), np.zeros((T, n))
+    has_bar = np.zeros((T, n), dtype=np.bool_)
+    last_t = np.empty(n, dtype=np.int64)
+    for k, inst in enumerate(per.values()):
+        pos = times.get_indexer(inst.period.index)
+        has_bar[pos, k] = True
+        last_t[k] = pos[-1]
+        for c in ("open", "high", "low", "close"):
+            arrays[c][pos, k] = prices(inst.period, c)
+        for c in ("signal", "atr", "side", "size"):
+            arrays[c][pos, k] = getattr(inst, c)
+    bars = Bars(arrays["open"], arrays["high"], arrays["low"], arrays["close"])
+    signals = Signals(arrays["signal"], arrays["atr"], arrays["side"], arrays["size"], day_numbers(times))
+    return bars, signals, Calendar(has_bar, last_t)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from labeling.jit import njit_cached
 
-from engine.fastsim.kernels import (EOD, barrier_exit_nb, close_nb, close_out_price_nb, entry_units_nb,
-                                    slip_down_nb, slip_up_nb)
+from engine.fastsim.kernels import (EOD, SWEEP_STATS, Rules, Signals, SweepOut, barrier_exit_nb, close_nb,
+                                    close_out_price_nb, entry_units_nb, slip_down_nb, slip_up_nb, stats_nb)
 
 # columns of PortfolioOut.trade_ints
 TRADE_INTS = ("instrument", "entry_bar", "exit_bar", "signal_time", "reason", "side")
@@ -353,3 +354,31 @@ def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
         k_tr += 1
     equity[T - 1] -= eod_cost
     return PortfolioOut(k_tr, tr_i, tr_f, equity, positions, skipped, rejected)
+
+
+@njit_cached(parallel=True)
+def portfolio_sweep_nb(bars, signals, sizes, calendar, grid, account, max_positions, clock, keep_equity):
+    """Every configuration (a row of the :class:`~engine.fastsim.kernels.RuleGrid`, reading row ``size_row`` of
+    ``sizes`` (rows, T, n) as its entry sizes) through :func:`portfolio_nb`, in parallel: a
+    :class:`~engine.fastsim.kernels.SweepOut` of their headline numbers, with their equity curves if
+    ``keep_equity``."""
+    n_conf = len(grid.threshold)
+    T, n = bars.close.shape
+    out = np.empty((n_conf, len(SWEEP_STATS)))
+    curves = np.empty((n_conf, T if keep_equity else 0))
+    for c in numba.prange(n_conf):
+        rules = Rules(grid.threshold[c], grid.pt[c], grid.sl[c], grid.horizon[c], grid.size_frac[c])
+        mine = Signals(signals.prob, signals.atr, signals.side, sizes[grid.size_row[c]], signals.day)
+        run = portfolio_nb(bars, mine, calendar, rules, account, max_positions)
+        in_market = 0
+        for t in range(T):
+            for k in range(n):
+                if run.positions[t, k] != 0.0:
+                    in_market += 1
+                    break
+        k_tr = run.n_trades
+        out[c, :] = stats_nb(run.equity, in_market, run.trade_floats[:k_tr, 3], run.trade_floats[:k_tr, 4],
+                             run.rejected.sum(), clock)
+        if keep_equity:
+            curves[c, :] = run.equity
+    return SweepOut(out, curves)

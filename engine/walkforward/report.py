@@ -60,6 +60,34 @@ def stitched_result(results: list[dict], cash: float, ppy: float):
     return curves, equity, bench_equity, stats, bench_stats
 
 
+def member_contributions(results: list[dict], cash: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A universe's members in the stitched out-of-sample run: per member its share of each fold's return (pnl /
+    the fold's starting cash) and of the stitched return (pnl scaled as ``stitch_equity`` scales its fold, / cash:
+    the members' overall shares add up to the stitched return), with trades and wins; and each member's
+    cumulative overall share at each trade's exit (the picture's lines)."""
+    level, rows, steps = float(cash), {}, []
+    for r in results:
+        scale = level / float(cash)
+        for t in r["trades"]:
+            row = rows.setdefault(t["symbol"], {"symbol": t["symbol"], "overall": 0.0, "trades": 0, "wins": 0})
+            row["overall"] += t["pnl"] * scale / float(cash)
+            row["trades"] += 1
+            row["wins"] += int(t["pnl"] > 0)
+            steps.append((pd.Timestamp(t["exit_time"]), t["symbol"], t["pnl"] * scale / float(cash)))
+        for c in r.get("contribution") or []:
+            row = rows.setdefault(c["symbol"], {"symbol": c["symbol"], "overall": 0.0, "trades": 0, "wins": 0})
+            row[f"fold {r['fold']}"] = c["return_contribution"]
+        level *= float(r["equity"][-1]) / float(cash)
+    table = pd.DataFrame(list(rows.values()), columns=["symbol", *(f"fold {r['fold']}" for r in results), "overall",
+                                                       "trades", "wins"]).set_index("symbol")
+    table = table.sort_values("overall", ascending=False, kind="stable")
+    if not steps:
+        return table, pd.DataFrame(columns=table.index, dtype=np.float64)
+    frame = pd.DataFrame(steps, columns=["time", "symbol", "share"]).sort_values("time", kind="stable")
+    curves = frame.pivot_table(index="time", columns="symbol", values="share", aggfunc="sum").fillna(0.0).cumsum()
+    return table, curves.reindex(columns=table.index, fill_value=0.0)
+
+
 def deflated_sharpe(equity: pd.Series, results: list[dict], n_configs: int) -> dict:
     """DSR of the stitched test returns; N = ``n_configs``, V = mean within-fold variance of trial Sharpes."""
     groups = [[s for s in r["trial_val_sr"] if s is not None] for r in results]
@@ -143,18 +171,30 @@ def plot_study(study: optuna.Study, out: Path, k: int, save) -> dict:
     return paths
 
 
-def plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, title: str, save) -> None:
+# members drawn one by one in the contributions panel (the largest overall, either way); the rest as one line
+MEMBER_LINES = 8
+
+
+def plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, title: str, save,
+                  members: pd.DataFrame | None = None) -> None:
     """Stitched equity (log scale past a 10x range, as the backtest plot) and drawdown % vs buy-and-hold,
     each fold's test block dashed off and named; ``save(fig, path)`` writes it. ``boundaries``: the first
-    bars of the blocks after the first, which starts at ``equity.index[0]``."""
-    fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(12, 7), gridspec_kw={"height_ratios": [3, 1]})
+    bars of the blocks after the first, which starts at ``equity.index[0]``. ``members`` (a universe: the
+    cumulative contributions of ``member_contributions``): a third panel of each member's share of the
+    stitched return."""
+    panels = 2 if members is None else 3
+    fig, axes = plt.subplots(panels, 1, sharex=True, figsize=(12, 7 if members is None else 9.5),
+                             gridspec_kw={"height_ratios": [3, 1, 1.6][:panels]})
+    a1, a2 = axes[0], axes[1]
     a1.plot(equity.index, equity.to_numpy(), label="walk-forward out-of-sample", color="tab:blue")
     a1.plot(bench.index, bench.to_numpy(), label="buy and hold", color="tab:gray", alpha=0.8)
     a2.fill_between(equity.index, 100.0 * drawdown(equity).to_numpy(), 0, color="tab:blue", alpha=0.4,
                     lw=0, label="walk-forward out-of-sample")
     a2.plot(bench.index, 100.0 * drawdown(bench).to_numpy(), color="tab:gray", lw=0.8, label="buy and hold")
     starts = [equity.index[0], *boundaries]
-    for ax in (a1, a2):
+    if members is not None:
+        _plot_members(axes[2], members, equity.index)
+    for ax in axes:
         for b in boundaries:
             ax.axvline(b, color="k", lw=0.6, ls="--", alpha=0.5)
     for i, start in enumerate(starts):  # at the top of the equity panel, just right of each block's start
@@ -167,9 +207,31 @@ def plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, t
     a1.legend(loc="upper left", bbox_to_anchor=(0.0, 0.93))  # below the fold names
     # above the panel's top right, where it cannot hide a drawdown (as in the backtest plot)
     a2.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=2, frameon=False, borderaxespad=0.1)
-    a1.grid(alpha=0.3)
-    a2.grid(alpha=0.3)
+    for ax in axes:
+        ax.grid(alpha=0.3)
     save(fig, path)
+
+
+def _plot_members(ax, members: pd.DataFrame, index: pd.DatetimeIndex) -> None:
+    """Each member's cumulative share of the stitched return (% of the starting cash, realised at its trades'
+    exits) as a step line; past ``MEMBER_LINES`` members, the smallest together as one line."""
+    curves = members.reindex(members.index.union(index[[0, -1]])).ffill().fillna(0.0)
+    final = curves.iloc[-1]
+    shown = list(final.abs().sort_values(ascending=False, kind="stable").index[:MEMBER_LINES])
+    rest = [c for c in curves.columns if c not in shown]
+    colours = plt.get_cmap("tab10").colors
+    for i, sym in enumerate(sorted(shown, key=lambda c: -final[c])):
+        ax.step(curves.index, 100.0 * curves[sym].to_numpy(), where="post", lw=1.2, color=colours[i % 10],
+                label=f"{sym} {100 * final[sym]:+.1f}%")
+    if rest:
+        other = curves[rest].sum(axis=1)
+        ax.step(curves.index, 100.0 * other.to_numpy(), where="post", lw=1.0, ls=":", color="0.3",
+                label=f"{len(rest)} others {100 * other.iloc[-1]:+.1f}%")
+    ax.axhline(0.0, color="0.5", lw=0.6)
+    ax.set_ylabel("member share %")
+    ax.set_title("members' contributions to the stitched return (realised at each exit, % of starting cash)",
+                 fontsize=9, loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
 
 
 def _pct(x):
@@ -235,6 +297,19 @@ def _universe_lines(report: dict) -> list[str]:
         lines.append(f"  fold {f['fold']}: trial {f['best_trial']} ({params}), validation Sharpe "
                      f"{fmt(f.get('val_sharpe'), '.2f')}, test Sharpe {fmt(f['stats']['sharpe'], '.2f')}, "
                      f"{len(f.get('symbols') or [])} members traded")
+    rows = u.get("contribution") or []
+    if rows:
+        folds = [k for k in rows[0] if k.startswith("fold ")]
+        lines.append("members' share of each fold's return and of the stitched return (pnl / starting cash):")
+        lines.append(f"  {'member':<12}" + "".join(f"{k:>9}" for k in folds) + f"{'overall':>9}{'trades':>8}{'won':>6}")
+        shown = rows if len(rows) <= 2 * MEMBER_LINES else rows[:MEMBER_LINES] + rows[-MEMBER_LINES:]
+        for r in shown:
+            if len(rows) > 2 * MEMBER_LINES and r is rows[-MEMBER_LINES]:
+                lines.append(f"  ... {len(rows) - 2 * MEMBER_LINES} more in report.json")
+            won = f"{r['wins'] / r['trades']:.0%}" if r["trades"] else "-"
+            lines.append(f"  {r['symbol'][:12]:<12}"  # "-": not a member with bars in that fold's test block
+                         + "".join(f"{_pct(r[k]) if r.get(k) is not None else '-':>9}" for k in folds)
+                         + f"{_pct(r['overall']):>9}{r['trades']:>8}{won:>6}")
     return lines
 
 

@@ -43,8 +43,8 @@ from engine.walkforward.predict import logits, sigmoid
 from engine.walkforward.space import Execution
 from engine.walkforward.cpcv import evaluate_cpcv
 from engine.walkforward.console import Progress, check_stop, format_params, pruned_line, stop_on_interrupt, trial_line
-from engine.walkforward.report import (deflated_sharpe, fold_pbo, pbo_summary, plot_stitched, plot_study,
-                                       save_figure, stitched_result, write_csv, write_json)
+from engine.walkforward.report import (deflated_sharpe, fold_pbo, member_contributions, pbo_summary, plot_stitched,
+                                       plot_study, save_figure, stitched_result, write_csv, write_json)
 from engine.walkforward.search import (FINISHED, LIVE, StopWhenFull, SurplusTrial, TrialSeededTPE, check_not_surplus,
                                        fail_interrupted)
 from engine.walkforward.storage import (disk_full, fail_stale, fold_result, holds_claim, keep_alive, open_storage,
@@ -94,6 +94,8 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     folds = walk_forward_folds(len(df), n_folds=cfg.folds, scheme=cfg.scheme, test_frac=cfg.test_frac,
                                purge=cfg.purge, embargo=cfg.embargo)
     check_fold_geometry(cfg, folds, df)
+    if members is not None:  # a window and a label at least, per member and fold
+        universe.check_members(members, folds, _warmup(cfg, df) + cfg.purge + 2, cfg.normalise)
     try:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -184,10 +186,7 @@ MIN_BLOCK_BARS = 20
 
 def check_fold_geometry(cfg: WalkForwardConfig, folds: list[Fold], df: pd.DataFrame) -> None:
     """Refuse, before any trial, folds too small to train or score on (ValueError, one line)."""
-    big = space.largest(cfg.search, cfg.base)
-    # a window of features, and the primary rule's own warm-up before its first bet (events start at both)
-    warmup = max(big.feature_spec.pinned(df.columns).warmup + big.seq_len - 1,
-                 space.primary_warmup(cfg.search, cfg.base))
+    warmup = _warmup(cfg, df)
     need_train = warmup + cfg.purge + MIN_TRAIN_EVENTS
     f = folds[0]  # all folds' blocks have the first one's sizes (rolling) or more training (anchored)
     val, test, train = len(f.val), len(f.test), len(f.train)
@@ -197,6 +196,13 @@ def check_fold_geometry(cfg: WalkForwardConfig, folds: list[Fold], df: pd.DataFr
             f"bars; each fold needs >= {need_train} training bars (warm-up {warmup} + horizon {cfg.purge} + "
             f"{MIN_TRAIN_EVENTS} events) and >= {MIN_BLOCK_BARS} validation and test bars: use fewer --folds, a "
             "different --test-frac or more data")
+
+
+def _warmup(cfg: WalkForwardConfig, df: pd.DataFrame) -> int:
+    """Bars before the first event of the largest searched configuration: a window of features, and the primary
+    rule's own warm-up before its first bet (events start at both)."""
+    big = space.largest(cfg.search, cfg.base)
+    return max(big.feature_spec.pinned(df.columns).warmup + big.seq_len - 1, space.primary_warmup(cfg.search, cfg.base))
 
 
 def _fold_study(ctx: _Context, fold: Fold) -> optuna.Study:
@@ -256,7 +262,7 @@ def _search(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int) -> No
     left = None if cfg.timeout is None else cfg.timeout - ctx.spent.get(fold.fold, 0.0)
     t0 = time.perf_counter()
     try:
-        if (left is None or left > 0) and _scored_by_sweep(cfg):
+        if (left is None or left > 0) and _strategy_only(cfg):
             _search_by_sweep(ctx, fold, study, n_trials, left)
         elif left is None or left > 0:
             study.optimize(
@@ -297,27 +303,18 @@ class _Objective:
         tcfg = dataclasses.replace(tcfg, epochs=cfg.epochs, patience=cfg.epochs)
         sign = 1.0 if cfg.direction == "minimize" else -1.0  # the pruner compares in the study's direction
 
-        # a universe's strategy-only search (no portfolio sweep yet): every trial trades the fold's one model,
-        # trained by the first trial of this process and never pruned (a resumed run trains the same model)
-        once = _strategy_only(cfg) and self.ctx.universe is not None
-        fitted = self.ctx.fold_models.get(fold.fold) if once else None
-        if fitted is None:
-            with self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs) as bar:
-                def on_epoch(epoch: int, ratio: float) -> None:
-                    check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
-                    bar.update(1)
-                    bar.set_postfix_str(f"val_loss {ratio:.4f}")
-                    if once:
-                        return
-                    trial.report(sign * ratio, epoch)
-                    if trial.should_prune():
-                        log.info("%s", pruned_line(fold.fold, trial.number, epoch, ratio, time.perf_counter() - t0,
-                                                   trial.params))
-                        raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+        with self.ctx.progress.epochs(f"fold {fold.fold} trial {trial.number}", tcfg.epochs) as bar:
+            def on_epoch(epoch: int, ratio: float) -> None:
+                check_stop(self.ctx.stop)  # after Ctrl-C: --n-jobs threads stop here too
+                bar.update(1)
+                bar.set_postfix_str(f"val_loss {ratio:.4f}")
+                trial.report(sign * ratio, epoch)
+                if trial.should_prune():
+                    log.info("%s", pruned_line(fold.fold, trial.number, epoch, ratio, time.perf_counter() - t0,
+                                               trial.params))
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-                fitted = _fit_fold_model(self.ctx, fold, tcfg, on_epoch)
-            if once:
-                self.ctx.fold_models[fold.fold] = fitted
+            fitted = _fit_fold_model(self.ctx, fold, tcfg, on_epoch)
         threshold = execution.threshold(fitted.train_proba, fitted.base_rate)
         val = _validation_backtest(self.ctx, fold, fitted, execution, threshold)
         return _record_trial(self.ctx, fold, trial, fitted, threshold, val, time.perf_counter() - t0)
@@ -357,9 +354,9 @@ def _fit_fold_model(ctx: _Context, fold: Fold, tcfg: TrainConfig, on_epoch) -> _
     model, state = res["model"], res["state"]
     if ctx.universe is not None:  # signals: symbol -> probability on its bars up to its validation block's end
         z_tr, z_va = universe.window_logits(model, prep, "train"), universe.window_logits(model, prep, "val")
-        return _FittedTrial(tcfg, sigmoid(z_tr), base_rate, universe.block_signals(ctx.universe, model, prep, fold,
-                                                                                   tcfg.seq_len),
-                            state["best_val"] / baseline, roc_auc(y_va, z_va), int(state["best_epoch"]))
+        signals = universe.block_signals(ctx.universe, model, prep, fold.val, tcfg.seq_len)
+        return _FittedTrial(tcfg, sigmoid(z_tr), base_rate, signals, state["best_val"] / baseline, roc_auc(y_va, z_va),
+                            int(state["best_epoch"]))
     z_tr = logits(model, prep.x, tcfg.seq_len, prep.train_ends)
     z_va = logits(model, prep.x, tcfg.seq_len, prep.val_ends)
     # the validation backtest trades every bar of the block whose window is whole (history for warm-up)
@@ -424,11 +421,6 @@ _SWEEP_BATCH = 16
 
 def _strategy_only(cfg: WalkForwardConfig) -> bool:
     return tuple(cfg.search) == ("strategy",)
-
-
-def _scored_by_sweep(cfg: WalkForwardConfig) -> bool:
-    # a universe's strategy trials are scored one portfolio backtest each (no portfolio sweep yet)
-    return _strategy_only(cfg) and not is_universe(cfg.data)
 
 
 def _search_by_sweep(ctx: _Context, fold: Fold, study: optuna.Study, n_trials: int, seconds: float | None) -> None:
@@ -524,11 +516,17 @@ def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _Fitted
     rules = [execution.rules(fitted.tcfg, th) for (_, execution), th in zip(batch, thresholds)]
     rows = pd.DataFrame([{k: getattr(r, k) for k in ("threshold", "pt", "sl", "horizon", "sizing", "size_step")}
                          for r in rules])
-    part = ctx.df.iloc[: fold.val.stop]
-    run = ctx.cfg.run_config(start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
-                             periods_per_year=ctx.ppy)
-    signal, side = space.bets(fitted.tcfg, part, fitted.val_signal)
-    stats, curves = sweep(part, signal, rows, side=side, costs=ctx.cfg.costs, run=run, rules=rules[0], equity=True)
+    if ctx.universe is None:
+        part = ctx.df.iloc[: fold.val.stop]
+        run = ctx.cfg.run_config(start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
+                                 periods_per_year=ctx.ppy)
+        signal, side = space.bets(fitted.tcfg, part, fitted.val_signal)
+        stats, curves = sweep(part, signal, rows, side=side, costs=ctx.cfg.costs, run=run, rules=rules[0],
+                              equity=True)
+    else:  # the validation block traded as a portfolio by every configuration
+        run = ctx.cfg.run_config(periods_per_year=ctx.ppy, benchmark=False)
+        stats, curves = universe.sweep_block(ctx.universe, ctx.cfg, fitted.tcfg, fitted.val_signal, fold.val, rows,
+                                             rules=rules[0], run=run)
     each = (time.perf_counter() - t0) / len(batch)
     for j, ((trial, _), th, (_, row)) in enumerate(zip(batch, thresholds, stats.iterrows())):
         sharpe = None if np.isnan(row["sharpe"]) else float(row["sharpe"])
@@ -705,7 +703,8 @@ def _cpcv(ctx: _Context, results: list[dict]) -> dict | None:
         return kept
     log.info("cpcv: retraining fold %d's selection on every split of %d groups, %d tested", last["fold"],
              *ctx.cfg.cpcv)
-    result = evaluate_cpcv(ctx.cfg, ctx.df, last["params"], int(last["best_epoch"]), ctx.ppy, stop=ctx.stop)
+    result = evaluate_cpcv(ctx.cfg, ctx.df, last["params"], int(last["best_epoch"]), ctx.ppy, stop=ctx.stop,
+                           members=ctx.universe)
     study.set_user_attr(key, json.loads(json.dumps(result)))
     return result
 
@@ -721,8 +720,13 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
     n_configs = sum(r["trials"]["complete"] + r["trials"]["pruned"] for r in results)
     dsr = deflated_sharpe(equity, results, n_configs)
     png = cfg.out_dir / "stitched_equity.png"
+    table = shares = None
+    if ctx.universe is not None:
+        table, shares = member_contributions(results, cfg.cash)
     plot_stitched(equity, bench_equity, [c.index[0] for c in curves[1:]], png,
-                   f"{cfg.study_name}: walk-forward out-of-sample ({len(results)} folds) vs buy-and-hold", save_figure)
+                  f"{cfg.study_name}: walk-forward out-of-sample ({len(results)} folds) vs "
+                  + ("equal-weight buy-and-hold" if ctx.universe is not None else "buy-and-hold"), save_figure,
+                  members=shares)
     report = {
         "study": cfg.study_name,
         "storage": redact(cfg.storage_url),
@@ -747,7 +751,12 @@ def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) ->
         "universe": None if ctx.universe is None else {
             "symbols": ctx.universe.symbols, "normalise": cfg.normalise, "max_positions": ctx.universe.max_positions,
             "calendar_bars": len(ctx.universe.calendar),
-            "benchmark": "equal-weight buy-and-hold of the members traded in each test block"},
+            "benchmark": "equal-weight buy-and-hold of the members traded in each test block",
+            "contribution": [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+                             for row in table.reset_index().to_dict("records")],
+            "contribution_note": ("fold k: the member's pnl / the fold's starting cash; overall: its pnl scaled as "
+                                  "the stitched curve scales its fold, / the starting cash (the members' overall "
+                                  "shares add up to the stitched return)")},
         "files": {"report": str(cfg.out_dir / "report.json"), "stitched_equity_png": str(png)},
         "seconds": seconds,
     }

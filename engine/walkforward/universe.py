@@ -27,7 +27,7 @@ from agents.data.prepare import normalised_rows, prepare_universe_segments
 from agents.data.store import FeatureStore
 from datafeeds import load_universe, universe_sha256
 from engine.deflated_sharpe import sharpe_ratio
-from engine.portfolio import run_portfolio
+from engine.portfolio import run_portfolio, sweep_portfolio
 from engine.walkforward import space
 from engine.walkforward.predict import logits, sigmoid
 from labeling import Fold
@@ -59,8 +59,6 @@ def check_options(cfg) -> None:
     if "primary" in cfg.search:
         raise ValueError(f"--search primary searches a primary rule's meta-labels, built for one instrument; "
                          f"{cfg.data} is a universe")
-    if cfg.cpcv is not None:
-        raise ValueError(f"--cpcv is not offered for a universe yet ({cfg.data}); drop it")
 
 
 def load(cfg, *, store_root: str | None = None) -> Universe:
@@ -73,26 +71,39 @@ def load(cfg, *, store_root: str | None = None) -> Universe:
     return Universe(frames, calendar, most, universe_sha256(frames), store_root)
 
 
+def check_members(u: Universe, folds: list, need: int, normalise: str) -> None:
+    """Refuse, before any trial, a per-symbol normalisation that a fold cannot make: a member with fewer than
+    ``need`` bars in a fold's training block (the warm-up, a window and a label) has no statistics of its own
+    there (ValueError, one line)."""
+    if normalise != "per-symbol":
+        return
+    for fold in folds:
+        for sym in u.frames:
+            n = len(own_range(u, sym, fold.train))
+            if n < need:
+                raise ValueError(
+                    f"--normalise per-symbol: {sym} has {n} bars in fold {fold.fold}'s training block "
+                    f"({u.calendar[fold.train.start].date()} to {u.calendar[fold.train.stop - 1].date()}), fewer than "
+                    f"the {need} its own statistics need; use --normalise pooled, a later --start or fewer --folds")
+
+
 def calendar_frame(u: Universe) -> pd.DataFrame:
     """An empty frame on the calendar with the members' columns (what the fold checks read)."""
     first = next(iter(u.frames.values()))
     return pd.DataFrame(index=u.calendar, columns=first.columns)
 
 
+def own_range(u: Universe, sym: str, block: range) -> range:
+    """The calendar ``block`` in ``sym``'s own bar positions: its bars whose times lie in the block."""
+    t, cal = u.frames[sym].index.asi8, u.calendar.asi8
+    lo, hi = int(np.searchsorted(t, cal[block.start], "left")), int(np.searchsorted(t, cal[block.stop - 1], "right"))
+    return range(lo, max(lo, hi))
+
+
 def segments(u: Universe, fold: Fold) -> dict:
     """symbol -> (train, val, test) bar ranges in that instrument's own positions: its bars whose times lie
     in the fold's blocks of the calendar."""
-    cal = u.calendar.asi8
-    out = {}
-    for sym, df in u.frames.items():
-        t = df.index.asi8
-
-        def own(r: range) -> range:
-            lo, hi = int(np.searchsorted(t, cal[r.start], "left")), int(np.searchsorted(t, cal[r.stop - 1], "right"))
-            return range(lo, max(lo, hi))
-
-        out[sym] = (own(fold.train), own(fold.val), own(fold.test))
-    return out
+    return {sym: tuple(own_range(u, sym, r) for r in (fold.train, fold.val, fold.test)) for sym in u.frames}
 
 
 def fold_dates(u: Universe, fold: Fold) -> dict:
@@ -132,12 +143,14 @@ def window_logits(model, prep, which: str) -> np.ndarray:
     return torch.cat(out).numpy().astype(np.float64) if out else np.array([], dtype=np.float64)
 
 
-def block_signals(u: Universe, model, prep, fold: Fold, seq_len: int) -> dict:
-    """symbol -> the model's probability on that instrument's bars up to its validation block's end, NaN but
-    on the block's bars whose window of normalised features is whole (as the single-instrument trials)."""
+def block_signals(u: Universe, model, prep, block: range, seq_len: int) -> dict:
+    """symbol -> the model's probability on that instrument's bars up to the calendar ``block``'s end, NaN but
+    on the block's bars whose window of normalised features is whole (as the single-instrument trials), for the
+    instruments with bars in the block."""
     out = {}
-    for sym, (_, val, _) in segments(u, fold).items():
-        if not len(val):
+    for sym in u.frames:
+        val = own_range(u, sym, block)
+        if len(val) < 2:  # a portfolio instrument needs two bars in the period (engine.portfolio.inputs)
             continue
         lo = max(0, val.start - seq_len + 1)
         x = normalised_rows(prep, sym, lo, val.stop)
@@ -151,9 +164,28 @@ def block_signals(u: Universe, model, prep, fold: Fold, seq_len: int) -> dict:
     return out
 
 
-def portfolio(u: Universe, cfg, tcfg, signals: dict, block: range, *, rules, run):
-    """The portfolio backtest of ``signals`` (symbol -> probability on that instrument's bars up to the block's
-    end) over the calendar ``block``; each instrument's sides as ``space.bets`` gives them."""
+def prepare_blocks(u: Universe, tcfg, split, embargo: int):
+    """A combinatorial purged split's pooled training data: each instrument's events inside the split's training
+    blocks (calendar ranges, purged before each test group), less ``embargo`` of the instrument's own bars after
+    each test group (an instrument with gaps spans more calendar bars per window than the calendar embargo)."""
+    parts = {}
+    for sym in u.frames:
+        blocks = []
+        for r in split.train:
+            own = own_range(u, sym, r)
+            before = [t for t in split.test if t.stop <= r.start]
+            if before:  # the windows of the block's first events must not read the test group's bars
+                lo = own_range(u, sym, range(0, before[-1].stop)).stop + embargo
+                own = range(max(own.start, lo), max(own.stop, lo))
+            if len(own):
+                blocks.append(own)
+        parts[sym] = (blocks, None)
+    return prepare_universe_segments(tcfg, store(u, tcfg), parts)
+
+
+def _bets(u: Universe, tcfg, signals: dict):
+    """The portfolio's inputs from ``signals``: each instrument's bars up to the signal's end, its probabilities and
+    its sides as ``space.bets`` gives them (no sides: long)."""
     frames, probs, sides = {}, {}, {}
     for sym, prob in signals.items():
         bars = u.frames[sym].iloc[: len(prob)]
@@ -161,9 +193,25 @@ def portfolio(u: Universe, cfg, tcfg, signals: dict, block: range, *, rules, run
         probs[sym], side = space.bets(tcfg, bars, prob)
         if side is not None:
             sides[sym] = side
+    return frames, probs, sides or None
+
+
+def portfolio(u: Universe, cfg, tcfg, signals: dict, block: range, *, rules, run):
+    """The portfolio backtest of ``signals`` (symbol -> probability on that instrument's bars up to the block's
+    end) over the calendar ``block``; each instrument's sides as ``space.bets`` gives them."""
+    frames, probs, sides = _bets(u, tcfg, signals)
     run = run.replace(start=u.calendar[block.start], end=u.calendar[block.stop - 1])
-    return run_portfolio(frames, probs, sides=sides or None, rules=rules, costs=cfg.costs, run=run,
+    return run_portfolio(frames, probs, sides=sides, rules=rules, costs=cfg.costs, run=run,
                          max_positions=u.max_positions)
+
+
+def sweep_block(u: Universe, cfg, tcfg, signals: dict, block: range, grid, *, rules, run):
+    """``portfolio`` for every row of ``grid`` in one call (``engine.sweep_portfolio``): the rows' headline numbers
+    and equity curves."""
+    frames, probs, sides = _bets(u, tcfg, signals)
+    run = run.replace(start=u.calendar[block.start], end=u.calendar[block.stop - 1])
+    return sweep_portfolio(frames, probs, grid, sides=sides, rules=rules, costs=cfg.costs, run=run,
+                           max_positions=u.max_positions, equity=True)
 
 
 def validation_scores(bt) -> dict:
@@ -178,7 +226,7 @@ def test_signals(u: Universe, agent, fold: Fold) -> dict:
     history), for the instruments with bars in the block."""
     out = {}
     for sym, (_, _, test) in segments(u, fold).items():
-        if not len(test):
+        if len(test) < 2:
             continue
         if agent.symbols is not None:
             if sym not in agent.symbols:
