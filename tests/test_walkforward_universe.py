@@ -322,30 +322,32 @@ def test_ctrl_c_of_a_universe_run_prints_one_line_exits_130_and_fails_the_runnin
 
 def test_a_universe_fold_on_data_cut_after_its_test_block_is_that_fold_on_all_the_data(tmp_path, monkeypatch):
     # Nothing of a fold (features, normalisation, labels, training, signals, the validation and test portfolios)
-    # may read a bar after its test block: fold 0 of a run on 2003-06..2008-12 (goog joins in its training
-    # block, 2004-08; 2008's crash follows its test block) against fold 0 of a run on the same data cut at the
-    # test block's last bar. The cuts are the full calendar's in both runs (fewer bars would move them).
+    # may read a bar after its test block: fold 1 of 3 of a run on 2003-06..2009-12 (a rolling training block
+    # that goog joins, 2004-08; its test block ends in 2009, after the crash) against fold 1 of a run on the
+    # same data cut at that block's last bar. Both runs cut the full calendar's folds (fewer bars would move the
+    # cuts) and run fold 1 alone.
     real = wfr.walk_forward_folds
     cuts = {}
 
     def full_calendar_folds(n_bars, **kw):
-        return cuts.setdefault("folds", real(n_bars, **kw))[:1]  # the first call: the full calendar's folds
+        return cuts.setdefault("folds", real(n_bars, **kw))[1:2]  # the first call: the full calendar's folds
 
     monkeypatch.setattr(wfr, "walk_forward_folds", full_calendar_folds)
     args = TINY + ["--data", "sp500,goog", "--start", "2003-06-01", "--folds", "3", "--trials", "2",
                    "--objective", "val_sharpe", "--study", "cut"]
     runs = {}
-    for name, end in (("full", "2008-12-31"), ("cut", None)):
-        if end is None:  # the last bar of fold 0's test block
+    for name, end in (("full", "2009-12-31"), ("cut", None)):
+        if end is None:  # the last bar of fold 1's test block
             end = str(pd.Timestamp(runs["full"][1]["folds"][0]["test"][1]).date())
         monkeypatch.setenv("TBM_CACHE", str(tmp_path / f"cache_{name}"))  # each its own feature store
         out = tmp_path / name
         assert wf.main(args + ["--end", end, "--out", str(out)]) == 0
         runs[name] = (out, json.loads((out / "report.json").read_text()))
     (f_out, full), (c_out, cut) = runs["full"], runs["cut"]
-    fold = cuts["folds"][0]
+    fold = cuts["folds"][1]
+    assert fold.fold == 1 and fold.train.start > 0 and [f["fold"] for f in full["folds"] + cut["folds"]] == [1, 1]
     assert cut["universe"]["calendar_bars"] == fold.test.stop  # the cut data ends with the test block
-    assert full["universe"]["calendar_bars"] > fold.test.stop + 250  # and the full data goes on for 250+ bars
+    assert full["universe"]["calendar_bars"] > fold.test.stop + 150  # and the full data goes on for 150+ bars
     assert cut["config"]["folds_bars"] == full["config"]["folds_bars"] == [
         [fold.train.start, fold.val.start, fold.test.start, fold.test.stop]]
     ff, fc = full["folds"][0], cut["folds"][0]
@@ -362,7 +364,7 @@ def test_a_universe_fold_on_data_cut_after_its_test_block_is_that_fold_on_all_th
     for key in ("best_value", "val_sharpe"):
         assert fc[key] == pytest.approx(ff[key] * scale, rel=1e-12, abs=0), key
     # the same trials: parameters, objective, and every validation and training number
-    tf, tc = _trials(f_out, "cut", 0), _trials(c_out, "cut", 0)
+    tf, tc = _trials(f_out, "cut", 1), _trials(c_out, "cut", 1)
     assert len(tf) == len(tc) == 2 and [t.params for t in tc] == [t.params for t in tf]
     for a, b in zip(tf, tc):
         assert b.state == a.state and b.value == pytest.approx(a.value * scale, rel=1e-12, abs=0)
@@ -373,10 +375,10 @@ def test_a_universe_fold_on_data_cut_after_its_test_block_is_that_fold_on_all_th
         assert len(a.user_attrs["val_returns"]) == len(fold.val) - 1  # the validation portfolio, bar for bar
     # the same refit agent (its graph and weights; its card names the data's end) and the same test block:
     # its trades (both members) and its equity, bar for bar
-    graph_f, graph_c = (onnx.load(out / "fold0.onnx").graph.SerializeToString() for out in (f_out, c_out))
+    graph_f, graph_c = (onnx.load(out / "fold1.onnx").graph.SerializeToString() for out in (f_out, c_out))
     assert graph_c == graph_f
-    card_f = json.loads((f_out / "fold0.json").read_text())
-    card_c = json.loads((c_out / "fold0.json").read_text())
+    card_f = json.loads((f_out / "fold1.json").read_text())
+    card_c = json.loads((c_out / "fold1.json").read_text())
     assert card_c["trades"] == card_f["trades"] and {t["symbol"] for t in card_f["trades"]} == {"sp500", "goog"}
     for key in ("index", "equity", "benchmark_equity"):
         assert card_c[key] == card_f[key], key
