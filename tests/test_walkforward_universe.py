@@ -200,8 +200,8 @@ def _command(out: Path, study: str, *extra: str) -> list[str]:
             "--heartbeat", "1", *extra]
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONWARNINGS": "ignore"}  # TBM_CACHE: the test's feature store, set by _cache
+def _env(**extra: str) -> dict:
+    return {**os.environ, "PYTHONWARNINGS": "ignore", **extra}  # TBM_CACHE: the test's feature store (_cache)
 
 
 def _wait_for_running_trial(db: Path, proc: subprocess.Popen, first: int) -> None:
@@ -226,8 +226,9 @@ def test_a_universe_run_killed_mid_fold_and_resumed_reports_what_an_uninterrupte
     extra = ("--epochs", "2", "--trials", "3", "--quiet")
     assert wf.main(_command(tmp_path / "clean", "u", *extra)[3:]) == 0  # uninterrupted (here: no imports twice)
     killed = tmp_path / "killed"
+    env = _env(TBM_CACHE=str(tmp_path / "killed_cache"))  # the killed run builds its own feature store
     proc = subprocess.Popen(_command(killed, "u", *extra), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env())
+                            stderr=subprocess.DEVNULL, env=env)
     _wait_for_running_trial(killed / "optuna.db", proc, first=1)
     proc.kill()  # SIGKILL: no clean-up
     proc.wait(timeout=30)
@@ -236,7 +237,7 @@ def test_a_universe_run_killed_mid_fold_and_resumed_reports_what_an_uninterrupte
     assert not (killed / "report.json").exists()
     time.sleep(3.5)  # the dead worker's heartbeat goes stale (3 heartbeats of 1 s)
     resumed = subprocess.run(_command(killed, "u", *extra), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                             env=_env())
+                             env=env)
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "clean" / "report.json").read_text())
     b = json.loads((killed / "report.json").read_text())
