@@ -21,6 +21,7 @@ import optuna
 import pytest
 
 from test_walkforward import check_shared_study, start_worker
+from test_walkforward_universe import UniverseWorker
 
 
 def _server_bin() -> Path | None:
@@ -82,3 +83,14 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url, tmp_path):
     trials = check_shared_study(postgres_url, "pg", 4, procs)
     failed = [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("surplus")]
     assert not failed, f"trials {failed} failed"
+
+
+def test_two_universe_workers_share_one_study_on_postgresql(postgres_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("TBM_CACHE", str(tmp_path / "cache"))  # the universe's feature store, built by both at once
+    procs = [UniverseWorker(postgres_url, "pgu", tmp_path / "out", trials=4) for _ in range(2)]
+    trials = check_shared_study(postgres_url, "pgu", 4, procs)  # trials split, none twice, one "finalised here"
+    assert sum(p.text.count("fold 0: refitting trial") for p in procs) == 1  # one refit of the fold
+    failed = [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("surplus")]
+    assert not failed, f"trials {failed} failed"
+    fold = optuna.load_study(study_name="pgu_fold0", storage=postgres_url).user_attrs["fold_result"]
+    assert set(fold["symbols"]) == {"sp500", "goog"} and fold["trials"]["complete"] == 4

@@ -4,9 +4,16 @@ single-instrument walk-forward."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import onnx
 import optuna
 import pandas as pd
 import pytest
@@ -16,6 +23,9 @@ from agents import TransformerAgent
 from datafeeds import load_ohlcv
 from engine import walkforward as wf
 from engine.walkforward import run as wfr
+import test_walkforward as wt  # the single-instrument tests' worker helpers
+
+ROOT = wt.ROOT
 
 SAMPLES = Path(__file__).resolve().parents[1] / "datafeeds" / "samples"
 TINY = ["--epochs", "1", "--seq-len", "8", "--d-model", "8", "--n-heads", "1", "--batch-size", "256",
@@ -176,3 +186,215 @@ def test_a_universe_strategy_search_trains_one_model_per_fold(tmp_path, monkeypa
     assert len(calls) == 2  # the fold's model for its 3 trials, then the refit
     fold = json.loads((out / "report.json").read_text())["folds"][0]
     assert fold["trials"]["complete"] == 3 and set(fold["params"]) == {"signal_rate", "exec_pt", "exec_sl"}
+
+
+# ------------------------------------------------------------------------------------ a universe run killed,
+# shared, interrupted, and cut after a fold
+# sp500 and goog, 2005-2007: one fold whose trials take about a second each
+UNI_ARGS = ["--data", "sp500,goog", "--start", "2005-01-01", "--end", "2007-12-31", "--folds", "1", "--epochs", "1",
+            "--seq-len", "8", "--d-model", "8", "--n-heads", "1", "--batch-size", "256", "--search", "labels"]
+
+
+def _command(out: Path, study: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "engine.walkforward", *UNI_ARGS, "--study", study, "--out", str(out),
+            "--heartbeat", "1", *extra]
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "PYTHONWARNINGS": "ignore", **extra}  # TBM_CACHE: the test's feature store (_cache)
+
+
+def _wait_for_running_trial(db: Path, proc: subprocess.Popen, first: int) -> None:
+    """Until a trial numbered >= ``first`` runs and has beaten once (optuna records a trial's first heartbeat
+    just after creating it: one killed before that could never go stale)."""
+    running = ("SELECT t.number FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+               f"WHERE t.state = 'RUNNING' AND t.number >= {first}")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        try:  # read-only: connecting must not create the file before the run does
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                if conn.execute(running).fetchall():
+                    return
+        except sqlite3.Error:  # the database or its tables do not exist yet
+            continue
+    raise AssertionError(f"no trial >= {first} ran (exit {proc.poll()})")
+
+
+def test_a_universe_run_killed_mid_fold_and_resumed_reports_what_an_uninterrupted_run_reports(tmp_path):
+    # 2 epochs: trials long enough to be killed in the middle of one
+    extra = ("--epochs", "2", "--trials", "3", "--quiet")
+    assert wf.main(_command(tmp_path / "clean", "u", *extra)[3:]) == 0  # uninterrupted (here: no imports twice)
+    killed = tmp_path / "killed"
+    env = _env(TBM_CACHE=str(tmp_path / "killed_cache"))  # the killed run builds its own feature store
+    proc = subprocess.Popen(_command(killed, "u", *extra), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    _wait_for_running_trial(killed / "optuna.db", proc, first=1)
+    proc.kill()  # SIGKILL: no clean-up
+    proc.wait(timeout=30)
+    url = f"sqlite:///{(killed / 'optuna.db').resolve()}"
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in wt._trials(url, "u_fold0"))
+    assert not (killed / "report.json").exists()
+    time.sleep(3.5)  # the dead worker's heartbeat goes stale (3 heartbeats of 1 s)
+    resumed = subprocess.run(_command(killed, "u", *extra), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "clean" / "report.json").read_text())
+    b = json.loads((killed / "report.json").read_text())
+    assert b["universe"] == a["universe"] and b["universe"]["symbols"] == ["sp500", "goog"]
+    assert b["trials"]["failed"] == 1 and a["trials"]["failed"] == 0
+    assert b["configurations_tried"] == a["configurations_tried"] == 3
+
+    def done(url_):
+        return sorted((t.params["horizon"], round(t.params["pt"], 12), round(t.params["sl"], 12), t.value,
+                       t.user_attrs.get("val_sharpe"), t.user_attrs.get("val_trades"))
+                      for t in wt._finished(wt._trials(url_, "u_fold0")))
+
+    assert done(url) == done(f"sqlite:///{(tmp_path / 'clean' / 'optuna.db').resolve()}")
+    fa, fb = a["folds"][0], b["folds"][0]
+    for key in ("params", "best_value", "best_trial", "val_sharpe", "stats", "contribution", "execution"):
+        assert fb[key] == fa[key], key
+    trades_a = json.loads((tmp_path / "clean" / "fold0.json").read_text())["trades"]
+    trades_b = json.loads((killed / "fold0.json").read_text())["trades"]
+    assert trades_b == trades_a and {t["symbol"] for t in trades_a} == {"sp500", "goog"}
+    assert b["stitched"]["stats"] == a["stitched"]["stats"]
+    assert b["deflated_sharpe"]["dsr"] == a["deflated_sharpe"]["dsr"]
+
+
+class UniverseWorker:
+    """A `python -m engine.walkforward` worker on the one fold of sp500,goog (not --quiet: its trial lines),
+    keeping what it printed."""
+
+    def __init__(self, storage: str, study: str, out: Path, trials: int):
+        self.proc = subprocess.Popen(_command(out, study, "--trials", str(trials), "--storage", storage), cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+        self.pid, self.text = self.proc.pid, None
+
+    def communicate(self, timeout: float):
+        self.text = self.proc.communicate(timeout=timeout)[0]
+        return self.text, None
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the planted trial comes from ask()
+def test_two_universe_workers_share_one_study_refit_once_and_retry_a_dead_workers_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    dead = wt.plant_dead_workers_trial(storage, "tw")
+    procs = [UniverseWorker(storage, "tw", tmp_path / "out", trials=4) for _ in range(2)]
+    # (both build the universe's feature store at once, into one cache)
+    all_trials = wt.check_shared_study(storage, "tw", 4, procs)  # trials split, none twice, one "finalised here"
+    assert sum(p.text.count("fold 0: refitting trial") for p in procs) == 1  # one refit of the fold
+    by_number = {t.number: t for t in all_trials}
+    assert by_number[dead.number].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in wt._finished(all_trials) if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].params["pt"] == dead.params["pt"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["universe"]["symbols"] == ["sp500", "goog"]
+    assert report["folds"][0]["trials"] == {"complete": 4, "pruned": 0, "failed": 1}  # failed: the dead worker's
+    assert {c["symbol"] for c in report["folds"][0]["contribution"]} == {"sp500", "goog"}
+
+
+def test_ctrl_c_of_a_universe_run_prints_one_line_exits_130_and_fails_the_running_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'int.db'}"
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(_command(tmp_path / "out", "ci", "--epochs", "30", "--trials", "2", "--storage",
+                                         storage), cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=_env())
+        _wait_for_running_trial(tmp_path / "int.db", proc, first=0)
+        running = next(t for t in wt._trials(storage, "ci_fold0") if t.state == optuna.trial.TrialState.RUNNING)
+        before = err_path.stat().st_size  # stderr is written line by line
+        proc.send_signal(signal.SIGINT)
+        stdout = proc.communicate(timeout=120)[0]
+    stderr = err_path.read_text()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.rstrip("\n").endswith("\ninterrupted; finished trials are kept: rerun the same command to resume")
+    assert len(stderr[before:].strip("\n").splitlines()) <= 3, stderr[before:]
+    assert stdout == ""
+    # the interrupted trial is failed at once, not left RUNNING (a rerun fills its slot)
+    states = {t.number: t.state for t in wt._trials(storage, "ci_fold0")}
+    assert states[running.number] == optuna.trial.TrialState.FAIL
+    assert optuna.trial.TrialState.RUNNING not in states.values()
+
+
+def test_a_universe_fold_on_data_cut_after_its_test_block_is_that_fold_on_all_the_data(tmp_path, monkeypatch):
+    # Nothing of a fold (features, normalisation, labels, training, signals, the validation and test portfolios)
+    # may read a bar after its test block: fold 1 of 3 of a run on 2003-06..2009-12 (a rolling training block
+    # that goog joins, 2004-08; its test block ends in 2009, after the crash) against fold 1 of a run on the
+    # same data cut at that block's last bar. Both runs cut the full calendar's folds (fewer bars would move the
+    # cuts) and run fold 1 alone.
+    real = wfr.walk_forward_folds
+    cuts = {}
+
+    def full_calendar_folds(n_bars, **kw):
+        return cuts.setdefault("folds", real(n_bars, **kw))[1:2]  # the first call: the full calendar's folds
+
+    monkeypatch.setattr(wfr, "walk_forward_folds", full_calendar_folds)
+    args = TINY + ["--data", "sp500,goog", "--start", "2003-06-01", "--folds", "3", "--trials", "2",
+                   "--objective", "val_sharpe", "--study", "cut"]
+    runs = {}
+    for name, end in (("full", "2009-12-31"), ("cut", None)):
+        if end is None:  # the last bar of fold 1's test block
+            end = str(pd.Timestamp(runs["full"][1]["folds"][0]["test"][1]).date())
+        monkeypatch.setenv("TBM_CACHE", str(tmp_path / f"cache_{name}"))  # each its own feature store
+        out = tmp_path / name
+        assert wf.main(args + ["--end", end, "--out", str(out)]) == 0
+        runs[name] = (out, json.loads((out / "report.json").read_text()))
+    (f_out, full), (c_out, cut) = runs["full"], runs["cut"]
+    fold = cuts["folds"][1]
+    assert fold.fold == 1 and fold.train.start > 0 and [f["fold"] for f in full["folds"] + cut["folds"]] == [1, 1]
+    assert cut["universe"]["calendar_bars"] == fold.test.stop  # the cut data ends with the test block
+    assert full["universe"]["calendar_bars"] > fold.test.stop + 150  # and the full data goes on for 150+ bars
+    assert cut["config"]["folds_bars"] == full["config"]["folds_bars"] == [
+        [fold.train.start, fold.val.start, fold.test.start, fold.test.stop]]
+    ff, fc = full["folds"][0], cut["folds"][0]
+    for key in ("train", "validation", "test", "symbols", "params", "best_trial", "trial_val_sr", "execution",
+                "contribution", "pbo"):
+        assert fc[key] == ff[key], key
+    assert pd.Timestamp(ff["train"][0]) < pd.Timestamp("2004-08-19") < pd.Timestamp(ff["train"][1])  # goog joins
+    # Annualised numbers scale per-bar ones by the run's bars per year, inferred from all the bars it loaded:
+    # a scale common to every trial of the run (no choice depends on it), the one number of a fold that more
+    # data moves. Everything else is identical.
+    scale = (fc["stats"]["periods_per_year"] / ff["stats"]["periods_per_year"]) ** 0.5
+    for stats in ("stats", "benchmark_stats"):
+        _same_but_annualised(fc[stats], ff[stats], scale)
+    for key in ("best_value", "val_sharpe"):
+        assert fc[key] == pytest.approx(ff[key] * scale, rel=1e-12, abs=0), key
+    # the same trials: parameters, objective, and every validation and training number
+    tf, tc = _trials(f_out, "cut", 1), _trials(c_out, "cut", 1)
+    assert len(tf) == len(tc) == 2 and [t.params for t in tc] == [t.params for t in tf]
+    for a, b in zip(tf, tc):
+        assert b.state == a.state and b.value == pytest.approx(a.value * scale, rel=1e-12, abs=0)
+        assert b.user_attrs["val_sharpe"] == pytest.approx(a.user_attrs["val_sharpe"] * scale, rel=1e-12, abs=0)
+        for key in ("val_loss", "val_auc", "val_sr", "val_return", "val_trades", "val_returns", "threshold",
+                    "best_epoch"):
+            assert b.user_attrs[key] == a.user_attrs[key], key
+        assert len(a.user_attrs["val_returns"]) == len(fold.val) - 1  # the validation portfolio, bar for bar
+    # the same refit agent (its graph and weights; its card names the data's end) and the same test block:
+    # its trades (both members) and its equity, bar for bar
+    graph_f, graph_c = (onnx.load(out / "fold1.onnx").graph.SerializeToString() for out in (f_out, c_out))
+    assert graph_c == graph_f
+    card_f = json.loads((f_out / "fold1.json").read_text())
+    card_c = json.loads((c_out / "fold1.json").read_text())
+    assert card_c["trades"] == card_f["trades"] and {t["symbol"] for t in card_f["trades"]} == {"sp500", "goog"}
+    for key in ("index", "equity", "benchmark_equity"):
+        assert card_c[key] == card_f[key], key
+    assert card_f["index"][-1] == ff["test"][1] and len(card_f["equity"]) == len(fold.test)
+    _same_but_annualised(cut["stitched"]["stats"], full["stitched"]["stats"], scale)
+    assert cut["deflated_sharpe"] == full["deflated_sharpe"]  # per-bar Sharpe ratios
+
+
+ANNUALISED = ("sharpe", "sortino", "ann_volatility")  # per-bar statistics times sqrt(bars per year)
+
+
+def _same_but_annualised(got: dict, want: dict, scale: float) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key in ANNUALISED:
+            assert got[key] == pytest.approx(value * scale, rel=1e-12, abs=0), key
+        elif key != "periods_per_year":
+            assert got[key] == value, key
