@@ -8,6 +8,7 @@ python benchmarks/bench_fastsim.py --bars 100000 --seed 0
 ``--universe 50x20000``: the portfolio case instead: 50 instruments of 20,000 bootstrapped bars each, on
 calendars with gaps (each instrument drops ~5% of the days at random), random signals, at most 10
 positions; ``engine.run_portfolio`` on backtrader vs the fast simulator, trades and equity identical.
+With ``--sweep N`` too: ``engine.sweep_portfolio`` over N configurations against N fast ``run_portfolio`` calls.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main() -> None:
                     help="the portfolio case instead, e.g. 50x20000 (N instruments of BARS bars each)")
     ap.add_argument("--max-positions", type=int, default=10, help="portfolio case: positions at once")
     ap.add_argument("--sweep", type=int, default=0, metavar="N",
-                    help="also time engine.fastsim.sweep over N configurations (e.g. 1000) against N single calls")
+                    help="also time engine.fastsim.sweep (with --universe: engine.sweep_portfolio) over N "
+                         "configurations (e.g. 1000; 64 for a universe) against N single calls")
     args = ap.parse_args()
     if args.universe:
         universe_case(args)
@@ -158,6 +160,35 @@ def universe_case(args) -> None:
     print(f"speed-up, whole run_portfolio: {bt_s / fast_s:,.0f}x; backtrader run vs kernel alone: "
           f"{ref.config['run_seconds'] / kernel_s:,.0f}x; whole fast call / kernel: {ratio:.1f}x (median over the "
           "calls of each call's ratio)")
+    if args.sweep:
+        portfolio_sweep_case(frames, signals, kw, args.sweep)
+
+
+def portfolio_sweep_case(frames, signals, kw, n_conf: int) -> None:
+    """``engine.sweep_portfolio`` over ``n_conf`` configurations vs one fast ``run_portfolio`` call each."""
+    from engine import run_portfolio, sweep_portfolio
+
+    rng = np.random.default_rng(123)
+    grid = pd.DataFrame({"threshold": rng.uniform(0.5, 0.95, n_conf), "pt": rng.uniform(0.5, 4.0, n_conf),
+                         "sl": rng.uniform(0.5, 4.0, n_conf), "horizon": rng.integers(5, 100, n_conf)})
+    base = dict(kw, run=RUN.replace(engine="fast"))
+    sweep_portfolio(frames, signals, grid.head(2), **base)  # compile or load the parallel kernel
+    t0 = time.perf_counter()
+    res = sweep_portfolio(frames, signals, grid, **base)
+    sweep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    worst = 0.0
+    for i, row in grid.iterrows():
+        rules = kw["rules"].replace(threshold=row.threshold, pt=row.pt, sl=row.sl, horizon=int(row.horizon))
+        one = run_portfolio(frames, signals, **dict(base, rules=rules))
+        for name in ("total_return", "sharpe", "max_drawdown", "n_trades"):
+            want, got = one.stats[name], res.at[i, name]
+            if want is not None:
+                worst = max(worst, abs(got - want) / max(abs(want), 1e-300))
+    loop_s = time.perf_counter() - t0
+    print(f"portfolio sweep of {n_conf:,} configurations in one call ({numba.get_num_threads()} threads): "
+          f"{sweep_s:.3f} s; {n_conf:,} fast run_portfolio calls: {loop_s:.2f} s: **{loop_s / sweep_s:.1f}x**; "
+          f"trades {int(res['n_trades'].sum()):,} in all; max relative difference of the headline stats {worst:.1e}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import optuna
 import pandas as pd
@@ -138,8 +139,6 @@ def test_bad_universe_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsy
 
 def test_fold_data_from_the_whole_store_equals_that_of_data_cut_after_the_fold(tmp_path):
     # the feature store holds every bar; a fold's training and validation data must not depend on later bars
-    import numpy as np
-
     from agents import TrainConfig
     from agents.data.prepare import prepare_universe_segments
     from agents.data.store import FeatureStore
@@ -356,22 +355,16 @@ def test_a_universe_fold_on_data_cut_after_its_test_block_is_that_fold_on_all_th
                 "contribution", "pbo"):
         assert fc[key] == ff[key], key
     assert pd.Timestamp(ff["train"][0]) < pd.Timestamp("2004-08-19") < pd.Timestamp(ff["train"][1])  # goog joins
-    # Annualised numbers scale per-bar ones by the run's bars per year, inferred from all the bars it loaded:
-    # a scale common to every trial of the run (no choice depends on it), the one number of a fold that more
-    # data moves. Everything else is identical.
-    scale = (fc["stats"]["periods_per_year"] / ff["stats"]["periods_per_year"]) ** 0.5
-    for stats in ("stats", "benchmark_stats"):
-        _same_but_annualised(fc[stats], ff[stats], scale)
-    for key in ("best_value", "val_sharpe"):
-        assert fc[key] == pytest.approx(ff[key] * scale, rel=1e-12, abs=0), key
+    # annualised numbers too: a fold's bars per year are inferred from the bars up to its test block's end
+    for key in ("stats", "benchmark_stats", "best_value", "val_sharpe"):
+        assert fc[key] == ff[key], key
     # the same trials: parameters, objective, and every validation and training number
     tf, tc = _trials(f_out, "cut", 1), _trials(c_out, "cut", 1)
     assert len(tf) == len(tc) == 2 and [t.params for t in tc] == [t.params for t in tf]
     for a, b in zip(tf, tc):
-        assert b.state == a.state and b.value == pytest.approx(a.value * scale, rel=1e-12, abs=0)
-        assert b.user_attrs["val_sharpe"] == pytest.approx(a.user_attrs["val_sharpe"] * scale, rel=1e-12, abs=0)
-        for key in ("val_loss", "val_auc", "val_sr", "val_return", "val_trades", "val_returns", "threshold",
-                    "best_epoch"):
+        assert b.state == a.state and b.value == a.value
+        for key in ("val_sharpe", "val_loss", "val_auc", "val_sr", "val_return", "val_trades", "val_returns",
+                    "threshold", "best_epoch"):
             assert b.user_attrs[key] == a.user_attrs[key], key
         assert len(a.user_attrs["val_returns"]) == len(fold.val) - 1  # the validation portfolio, bar for bar
     # the same refit agent (its graph and weights; its card names the data's end) and the same test block:
@@ -384,17 +377,91 @@ def test_a_universe_fold_on_data_cut_after_its_test_block_is_that_fold_on_all_th
     for key in ("index", "equity", "benchmark_equity"):
         assert card_c[key] == card_f[key], key
     assert card_f["index"][-1] == ff["test"][1] and len(card_f["equity"]) == len(fold.test)
-    _same_but_annualised(cut["stitched"]["stats"], full["stitched"]["stats"], scale)
-    assert cut["deflated_sharpe"] == full["deflated_sharpe"]  # per-bar Sharpe ratios
+    assert cut["stitched"]["stats"] == full["stitched"]["stats"]
+    assert cut["deflated_sharpe"] == full["deflated_sharpe"]
 
 
-ANNUALISED = ("sharpe", "sortino", "ann_volatility")  # per-bar statistics times sqrt(bars per year)
+def test_cpcv_splits_of_a_universe_never_train_on_a_test_groups_bars(tmp_path):
+    # nasdaq keeps every third bar: its windows span three calendar bars per bar, so an embargo counted in
+    # calendar bars alone would let its first training windows after a test group read that group
+    from agents import TrainConfig
+    from datafeeds import load_universe
+    from engine.walkforward.universe import Universe, prepare_blocks
+    from labeling import cpcv_splits
+
+    frames = dict(load_universe("sp500,nasdaq", start="2008-01-01", end="2011-12-31"))
+    frames["nasdaq"] = frames["nasdaq"].iloc[::3]
+    calendar = frames["sp500"].index.union(frames["nasdaq"].index)
+    u = Universe(frames, calendar, 2, "x", store_root=str(tmp_path / "stores"))
+    tcfg = TrainConfig(data="sp500,nasdaq", seq_len=8, d_model=8, n_heads=1, horizon=10, normalise="per-symbol")
+    reach = tcfg.feature_spec.pinned(frames["sp500"].columns).warmup + tcfg.seq_len - 1  # rows a window reads
+    splits = cpcv_splits(len(calendar), 4, 2, purge=tcfg.horizon, embargo=reach)
+    checked = 0
+    for sp in splits:
+        prep = prepare_blocks(u, tcfg, sp, reach)
+        test_times = [(calendar[r.start], calendar[r.stop - 1]) for r in sp.test]
+        for i, a, b in prep.ranges["train"]:
+            sym = list(prep.store.symbols)[i]
+            idx = frames[sym].index
+            t1 = np.asarray(prep.store.t1(sym))
+            for e in range(a, b):  # every training event: from its window's first input to its label's end
+                lo, hi = idx[max(0, e - reach)], idx[t1[e]]
+                assert not any(lo <= t_hi and t_lo <= hi for t_lo, t_hi in test_times), (sym, e)
+                checked += 1
+        assert prep.symbols["nasdaq"]["train_events"] > 0
+    assert checked > 1000
 
 
-def _same_but_annualised(got: dict, want: dict, scale: float) -> None:
-    assert got.keys() == want.keys()
-    for key, value in want.items():
-        if key in ANNUALISED:
-            assert got[key] == pytest.approx(value * scale, rel=1e-12, abs=0), key
-        elif key != "periods_per_year":
-            assert got[key] == value, key
+def test_cpcv_over_a_universe_reports_its_paths(tmp_path):
+    out = tmp_path / "out"
+    args = TINY + ["--data", "sp500,goog", "--start", "2005-01-01", "--end", "2008-12-31", "--folds", "1",
+                   "--trials", "2", "--cpcv", "4,2", "--max-positions", "1", "--out", str(out)]
+    assert wf.main(args) == 0
+    c = json.loads((out / "report.json").read_text())["cpcv"]
+    assert (c["n_splits"], c["n_paths"]) == (6, 3) and len(c["path_sharpes"]) == 3
+    assert np.isfinite(c["path_sharpes"]).all() and c["test_trades"] > 0
+
+
+def test_per_symbol_normalisation_with_a_member_absent_from_a_training_block_is_refused_up_front(tmp_path, capsys):
+    # goog starts 2004-08-19: fold 0's training block (2001-01 to 2003-04) holds none of its bars
+    out = tmp_path / "out"
+    args = TINY + ["--data", "sp500,goog", "--start", "2001-01-01", "--end", "2005-06-30", "--folds", "2",
+                   "--normalise", "per-symbol", "--out", str(out)]
+    assert wf.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "goog has 0 bars in fold 0's training block" in err and "pooled" in err
+    assert not (out / "optuna.db").exists()  # refused before any study
+
+
+def test_members_contributions_add_up_to_the_stitched_return_and_are_drawn(tmp_path, capsys):
+    from engine.walkforward.report import member_contributions
+
+    out = tmp_path / "out"
+    args = [a for a in TINY if a not in ("--search", "labels")] + [
+        "--data", "sp500,nasdaq,goog", "--start", "2009-01-01", "--end", "2013-12-31", "--folds", "2",
+        "--trials", "3", "--search", "strategy", "--objective", "val_sharpe", "--max-positions", "2",
+        "--out", str(out)]
+    assert wf.main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    rows = report["universe"]["contribution"]
+    assert {r["symbol"] for r in rows} <= {"sp500", "nasdaq", "goog"} and rows
+    assert sum(r["overall"] for r in rows) == pytest.approx(report["stitched"]["stats"]["total_return"], abs=1e-9)
+    for f in report["folds"]:  # a fold's column is the member's pnl over that fold's starting cash
+        for c in f["contribution"]:
+            mine = next(r for r in rows if r["symbol"] == c["symbol"])
+            assert mine[f"fold {f['fold']}"] == c["return_contribution"]
+    assert sum(r["trades"] for r in rows) == report["stitched"]["stats"]["n_trades"]
+    assert "members' share of each fold's return" in printed
+    top = rows[0]
+    assert any(line.split()[0] == top["symbol"] and f"{100 * top['overall']:+.1f}%" in line
+               for line in printed.splitlines() if line.startswith("  "))
+    # by hand: fold 1's pnl counts at the level fold 0 ended at
+    results = [{"fold": 0, "equity": [100.0, 110.0], "contribution": [{"symbol": "a", "return_contribution": 0.1}],
+                "trades": [{"symbol": "a", "pnl": 10.0, "exit_time": "2020-01-02"}]},
+               {"fold": 1, "equity": [100.0, 95.0], "contribution": [{"symbol": "b", "return_contribution": -0.05}],
+                "trades": [{"symbol": "b", "pnl": -5.0, "exit_time": "2020-02-03"}]}]
+    table, curves = member_contributions(results, 100.0)
+    assert table.loc["a", "overall"] == pytest.approx(0.10) and table.loc["b", "overall"] == pytest.approx(-0.055)
+    assert np.isnan(table.loc["a", "fold 1"]) and table.loc["b", "fold 1"] == -0.05
+    assert curves.loc[pd.Timestamp("2020-02-03")].tolist() == pytest.approx([0.10, -0.055])

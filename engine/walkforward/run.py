@@ -62,7 +62,8 @@ class _Context:
     folds: list[Fold]
     storage: optuna.storages.RDBStorage
     fingerprint: dict
-    ppy: float
+    ppy: dict  # fold -> bars per year, inferred from the bars up to its test block's end (nothing later moves a
+               # fold's numbers); "all": from every bar (the stitched curve, CPCV)
     command: str
     spent: dict  # fold -> seconds of search in this process
     progress: Progress
@@ -106,7 +107,9 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     else:
         fp = cfg.fingerprint(members.sha256, members.symbols)
     fp["folds_bars"] = [[f.train.start, f.val.start, f.test.start, f.test.stop] for f in folds]
-    ctx = _Context(cfg, df, folds, storage, fp, infer_periods_per_year(df.index), command, {},
+    ppy = {f.fold: infer_periods_per_year(df.index[: f.test.stop]) for f in folds} | {
+        "all": infer_periods_per_year(df.index)}
+    ctx = _Context(cfg, df, folds, storage, fp, ppy, command, {},
                    Progress(progress, trials=cfg.trials, n_jobs=cfg.n_jobs), universe=members)
     with ctx.progress, stop_on_interrupt(ctx.stop):
         return _run(ctx, t0)
@@ -396,13 +399,13 @@ def _record_trial(ctx: _Context, fold: Fold, trial, fitted: _FittedTrial, thresh
 def _validation_backtest(ctx, fold, fitted: _FittedTrial, execution, threshold) -> dict:
     """Backtest the trial's model on every bar of the validation block (fast engine; a universe: as a portfolio)."""
     if ctx.universe is not None:
-        run = ctx.cfg.run_config(engine=VALIDATION_ENGINE, periods_per_year=ctx.ppy, benchmark=False)
+        run = ctx.cfg.run_config(engine=VALIDATION_ENGINE, periods_per_year=ctx.ppy[fold.fold], benchmark=False)
         bt = universe.portfolio(ctx.universe, ctx.cfg, fitted.tcfg, fitted.val_signal, fold.val,
                                 rules=execution.rules(fitted.tcfg, threshold), run=run)
         return universe.validation_scores(bt)
     part = ctx.df.iloc[: fold.val.stop]
     run = ctx.cfg.run_config(engine=VALIDATION_ENGINE, start=part.index[fold.val.start],
-                             end=part.index[fold.val.stop - 1], periods_per_year=ctx.ppy, benchmark=False)
+                             end=part.index[fold.val.stop - 1], periods_per_year=ctx.ppy[fold.fold], benchmark=False)
     signal, side = space.bets(fitted.tcfg, part, fitted.val_signal)
     bt = run_backtest(part, "agent", signal=signal, side=side, rules=execution.rules(fitted.tcfg, threshold),
                       costs=ctx.cfg.costs, run=run)
@@ -519,19 +522,19 @@ def _score_batch(ctx: _Context, fold: Fold, study: optuna.Study, fitted: _Fitted
     if ctx.universe is None:
         part = ctx.df.iloc[: fold.val.stop]
         run = ctx.cfg.run_config(start=part.index[fold.val.start], end=part.index[fold.val.stop - 1],
-                                 periods_per_year=ctx.ppy)
+                                 periods_per_year=ctx.ppy[fold.fold])
         signal, side = space.bets(fitted.tcfg, part, fitted.val_signal)
         stats, curves = sweep(part, signal, rows, side=side, costs=ctx.cfg.costs, run=run, rules=rules[0],
                               equity=True)
     else:  # the validation block traded as a portfolio by every configuration
-        run = ctx.cfg.run_config(periods_per_year=ctx.ppy, benchmark=False)
+        run = ctx.cfg.run_config(periods_per_year=ctx.ppy[fold.fold], benchmark=False)
         stats, curves = universe.sweep_block(ctx.universe, ctx.cfg, fitted.tcfg, fitted.val_signal, fold.val, rows,
                                              rules=rules[0], run=run)
     each = (time.perf_counter() - t0) / len(batch)
     for j, ((trial, _), th, (_, row)) in enumerate(zip(batch, thresholds, stats.iterrows())):
         sharpe = None if np.isnan(row["sharpe"]) else float(row["sharpe"])
         # sweep's Sharpe is annualised from the same per-bar returns: / sqrt(ppy) is the per-bar one
-        val = {"sharpe": sharpe, "sr": None if sharpe is None else sharpe / float(np.sqrt(ctx.ppy)),
+        val = {"sharpe": sharpe, "sr": None if sharpe is None else sharpe / float(np.sqrt(ctx.ppy[fold.fold])),
                "total_return": float(row["total_return"]), "n_trades": int(row["n_trades"]),
                "returns": curves[j].pct_change().dropna().tolist()}
         try:
@@ -654,12 +657,12 @@ def _finalise(ctx: _Context, fold: Fold, study: optuna.Study, onnx_tmp: Path) ->
     if u is None:
         hist = df.iloc[: fold.test.stop]
         probs = agent.predict_proba(hist)
-        run = cfg.run_config(start=hist.index[fold.test.start], end=hist.index[-1], periods_per_year=ctx.ppy)
+        run = cfg.run_config(start=hist.index[fold.test.start], end=hist.index[-1], periods_per_year=ctx.ppy[k])
         signal, side = space.bets(tcfg, hist, probs)
         bt = run_backtest(hist, "agent", signal=signal, side=side, rules=rules, costs=cfg.costs, run=run)
     else:  # the test block traded as a portfolio, each member from its own history
         bt = universe.portfolio(u, cfg, tcfg, universe.test_signals(u, agent, fold), fold.test, rules=rules,
-                                run=cfg.run_config(periods_per_year=ctx.ppy))
+                                run=cfg.run_config(periods_per_year=ctx.ppy[k]))
         extra = {"symbols": list(bt.contribution.index), "max_positions": u.max_positions,
                  "contribution": json.loads(bt.contribution.reset_index().to_json(orient="records"))}
     c = trial_counts(study)
@@ -703,7 +706,7 @@ def _cpcv(ctx: _Context, results: list[dict]) -> dict | None:
         return kept
     log.info("cpcv: retraining fold %d's selection on every split of %d groups, %d tested", last["fold"],
              *ctx.cfg.cpcv)
-    result = evaluate_cpcv(ctx.cfg, ctx.df, last["params"], int(last["best_epoch"]), ctx.ppy, stop=ctx.stop,
+    result = evaluate_cpcv(ctx.cfg, ctx.df, last["params"], int(last["best_epoch"]), ctx.ppy["all"], stop=ctx.stop,
                            members=ctx.universe)
     study.set_user_attr(key, json.loads(json.dumps(result)))
     return result
@@ -716,7 +719,8 @@ def _sha256(path: Path) -> str:
 # ------------------------------------------------------------------------------------ output
 def _report(ctx: _Context, results: list[dict], status: dict, seconds: float) -> dict:
     cfg = ctx.cfg
-    curves, equity, bench_equity, stats, bench_stats = stitched_result(results, cfg.cash, ctx.ppy)
+    # the stitched curve ends with the last fold's test block: its bars per year
+    curves, equity, bench_equity, stats, bench_stats = stitched_result(results, cfg.cash, ctx.ppy[ctx.folds[-1].fold])
     n_configs = sum(r["trials"]["complete"] + r["trials"]["pruned"] for r in results)
     dsr = deflated_sharpe(equity, results, n_configs)
     png = cfg.out_dir / "stitched_equity.png"

@@ -18,6 +18,7 @@ spec and label barriers and shared by all trials and folds of the run: no trial 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,7 @@ class Universe:
     sha256: str  # datafeeds.universe_sha256 of the member files
     store_root: str | None = None  # the feature store cache (None: agents.data.store's default)
     stores: dict = field(default_factory=dict)  # (spec, tbm) JSON -> FeatureStore
+    lock: threading.Lock = field(default_factory=threading.Lock)  # --n-jobs threads build a store once
 
     @property
     def symbols(self) -> list[str]:
@@ -114,9 +116,10 @@ def fold_dates(u: Universe, fold: Fold) -> dict:
 def store(u: Universe, tcfg) -> FeatureStore:
     """The feature store of ``tcfg``'s features and label barriers (built on first use, then shared)."""
     key = json.dumps([tcfg.feature_spec.to_dict(), tcfg.tbm.to_dict()], sort_keys=True)
-    if key not in u.stores:
-        u.stores[key] = FeatureStore.build_or_open(u.frames, tcfg.feature_spec, tcfg.tbm, root=u.store_root)
-    return u.stores[key]
+    with u.lock:
+        if key not in u.stores:
+            u.stores[key] = FeatureStore.build_or_open(u.frames, tcfg.feature_spec, tcfg.tbm, root=u.store_root)
+        return u.stores[key]
 
 
 def prepare_fold(u: Universe, tcfg, fold: Fold, *, refit: bool = False):
