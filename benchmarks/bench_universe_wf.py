@@ -32,6 +32,9 @@ out-of-sample line of report.json; ``--json`` also prints the measurements as on
 
     python benchmarks/bench_universe_wf.py [--instruments 50] [--bars 5000] [--folds 2] [--trials 4]
         [--epochs 2] [--search labels|strategy|...] [--seed 0] [--keep]
+
+Training is most of the time (docs/PERFORMANCE.md): on 2 cores ``--trials 2 --epochs 1`` took ~10
+minutes at the default size; the defaults (4 trials of 2 epochs) train four times as much in the search.
 """
 
 from __future__ import annotations
