@@ -12,8 +12,8 @@ them as any universe folder (`datafeeds.load_universe`).
 
 The walk-forward runs in a fresh child process (its peak RSS, VmHWM, is its own) as
 ``python -m engine.walkforward --data <folder>`` with small settings that still exercise every
-step (defaults: ``--folds 2 --trials 4 --search labels --objective val_sharpe``, a tiny model
-``--epochs 2 --seq-len 16 --d-model 16 --n-heads 2``, ``--quiet``): the feature store built from
+step (defaults: ``--folds 2 --trials 2 --search labels --objective val_sharpe``, a tiny model
+``--epochs 1 --seq-len 16 --d-model 16 --n-heads 2``, ``--quiet``): the feature store built from
 the CSVs (into the temporary folder, ``TBM_CACHE``; a searched label setting builds its own),
 pooled training per trial, each trial's validation block traded as one fast-engine portfolio, the
 refit on train+validation, its ONNX export and the test block traded as a portfolio, the report.
@@ -30,11 +30,11 @@ It prints the machine, the load average before and after, a table of the steps (
 peak RSS), the total wall time of the child, its peak RSS, the trades and the stitched
 out-of-sample line of report.json; ``--json`` also prints the measurements as one JSON line.
 
-    python benchmarks/bench_universe_wf.py [--instruments 50] [--bars 5000] [--folds 2] [--trials 4]
-        [--epochs 2] [--search labels|strategy|...] [--seed 0] [--keep]
+    python benchmarks/bench_universe_wf.py [--instruments 50] [--bars 5000] [--folds 2] [--trials 2]
+        [--epochs 1] [--search labels|strategy|...] [--seed 0] [--keep]
 
-Training is most of the time (docs/PERFORMANCE.md): on 2 cores ``--trials 2 --epochs 1`` took ~10
-minutes at the default size; the defaults (4 trials of 2 epochs) train four times as much in the search.
+Training is most of the time (docs/PERFORMANCE.md): on 2 cores the defaults took ~10 minutes at the default
+size; ``--trials 4 --epochs 2`` trains four times as much in the search.
 """
 
 from __future__ import annotations
@@ -238,8 +238,8 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=5000,
                         help="days of the calendar; a member has them all but the cut ones (default: %(default)s)")
     parser.add_argument("--folds", type=int, default=2, help="walk-forward folds (default: %(default)s)")
-    parser.add_argument("--trials", type=int, default=4, help="trials per fold (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per trial (default: %(default)s)")
+    parser.add_argument("--trials", type=int, default=2, help="trials per fold (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per trial (default: %(default)s)")
     parser.add_argument("--search", default="labels",
                         help="--search of the walk-forward: labels (each trial its own barriers, so its own feature "
                         "store and training), strategy (each fold's model trained once, every trial's trading "

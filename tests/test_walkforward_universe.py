@@ -126,7 +126,6 @@ def test_a_universe_trains_pooled_and_trades_its_members_as_portfolios(tmp_path,
 
 @pytest.mark.parametrize("argv, needle", [
     (["--data", "sp500,goog", "--primary", "momentum"], "meta-labels are built for one instrument"),
-    (["--data", "sp500,goog", "--cpcv", "4,2"], "--cpcv is not offered for a universe"),
     (["--data", "sp500,goog", "--max-positions", "3"], "--max-positions must be in 1..2"),
     (["--data", "sp500", "--normalise", "per-symbol"], "apply to a universe"),
     (["--data", "sp500,nosuch"], "nosuch"),

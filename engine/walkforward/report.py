@@ -187,10 +187,11 @@ def plot_stitched(equity: pd.Series, bench: pd.Series, boundaries, path: Path, t
                              gridspec_kw={"height_ratios": [3, 1, 1.6][:panels]})
     a1, a2 = axes[0], axes[1]
     a1.plot(equity.index, equity.to_numpy(), label="walk-forward out-of-sample", color="tab:blue")
-    a1.plot(bench.index, bench.to_numpy(), label="buy and hold", color="tab:gray", alpha=0.8)
+    bench_label = "buy and hold" if members is None else "equal-weight buy and hold"
+    a1.plot(bench.index, bench.to_numpy(), label=bench_label, color="tab:gray", alpha=0.8)
     a2.fill_between(equity.index, 100.0 * drawdown(equity).to_numpy(), 0, color="tab:blue", alpha=0.4,
                     lw=0, label="walk-forward out-of-sample")
-    a2.plot(bench.index, 100.0 * drawdown(bench).to_numpy(), color="tab:gray", lw=0.8, label="buy and hold")
+    a2.plot(bench.index, 100.0 * drawdown(bench).to_numpy(), color="tab:gray", lw=0.8, label=bench_label)
     starts = [equity.index[0], *boundaries]
     if members is not None:
         _plot_members(axes[2], members, equity.index)
