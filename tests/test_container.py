@@ -137,8 +137,9 @@ def test_backtest_of_the_shipped_agent_in_488_mib_finishes(tmp_path):
     assert "buy & hold" in done.stdout and (tmp_path / "bt.png").is_file()
 
 
-def test_walk_forward_in_488_mib_refuses_up_front_in_one_line(tmp_path):
-    args = [sys.executable, "-m", "engine.walkforward", "--folds", "3", "--trials", "5", "--quiet",
+@pytest.mark.parametrize("data", ["sp500", "us_daily"])
+def test_walk_forward_in_488_mib_refuses_up_front_in_one_line(tmp_path, data):
+    args = [sys.executable, "-m", "engine.walkforward", "--data", data, "--folds", "3", "--trials", "5", "--quiet",
             "--out", str(tmp_path / "wf")]
     with memory_cgroup(488) as group:
         t0 = time.monotonic()

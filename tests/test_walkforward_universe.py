@@ -464,3 +464,28 @@ def test_members_contributions_add_up_to_the_stitched_return_and_are_drawn(tmp_p
     assert table.loc["a", "overall"] == pytest.approx(0.10) and table.loc["b", "overall"] == pytest.approx(-0.055)
     assert np.isnan(table.loc["a", "fold 1"]) and table.loc["b", "fold 1"] == -0.05
     assert curves.loc[pd.Timestamp("2020-02-03")].tolist() == pytest.approx([0.10, -0.055])
+
+
+def test_two_trial_threads_of_a_universe_share_its_feature_stores(tmp_path, monkeypatch):
+    # --n-jobs 2: two trials at once in one process, each reading (or first building) its label setting's store
+    builds = []
+    from agents.data.store import FeatureStore
+
+    real = FeatureStore._build.__func__
+
+    def counting(cls, *a, **kw):
+        builds.append(a[-1])  # the store key
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(FeatureStore, "_build", classmethod(counting))
+    out = tmp_path / "out"
+    # --search model: every trial labels alike, so both threads ask for the same store at once
+    args = ["--epochs", "1", "--batch-size", "256", "--search", "model", "--quiet", "--data", "sp500,goog",
+            "--start", "2005-01-01", "--end", "2008-12-31", "--folds", "1", "--trials", "2", "--n-jobs", "2",
+            "--out", str(out)]
+    assert wf.main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["folds"][0]["trials"]["complete"] + report["folds"][0]["trials"]["pruned"] == 2
+    assert report["folds"][0]["contribution"]
+    assert len(builds) == 1  # built once, shared by both trials and the refit
+    assert not [p for p in (tmp_path / "cache").rglob(".*tmp*")]  # no half-built store left behind
