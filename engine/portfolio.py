@@ -142,7 +142,7 @@ def run_portfolio(
 
 
 def sweep_portfolio(
-    frames: Mapping[str, pd.DataFrame],
+    frames: Mapping[str, pd.DataFrame] | str,
     signals: Mapping[str, pd.Series],
     grid,
     *,
@@ -164,6 +164,8 @@ def sweep_portfolio(
     """
     base, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
     max_positions = check_max_positions(max_positions)
+    if isinstance(frames, (str, bytes)) or not isinstance(frames, Mapping):
+        frames = datafeeds.load_universe(frames)
     rows, confs = grid_configs(grid, base)
     key_of, distinct = size_keys(confs)
     # the entry sizes of each distinct sizing, on the full data like a single run's (the rest is shared)

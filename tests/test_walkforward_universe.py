@@ -489,3 +489,20 @@ def test_two_trial_threads_of_a_universe_share_its_feature_stores(tmp_path, monk
     assert report["folds"][0]["contribution"]
     assert len(builds) == 1  # built once, shared by both trials and the refit
     assert not [p for p in (tmp_path / "cache").rglob(".*tmp*")]  # no half-built store left behind
+
+
+def test_per_symbol_normalisation_with_a_member_absent_from_a_cpcv_splits_training_is_refused_up_front(tmp_path,
+                                                                                                     capsys):
+    # goog cut to 2004-08..2006-12 inside 2003..2012: in the walk-forward's training block, but all of it in
+    # CPCV groups 1 and 2 of 6: the split testing them leaves goog nothing to normalise by
+    data = tmp_path / "data"
+    data.mkdir()
+    load_ohlcv("sp500", start="2003-01-01", end="2012-12-31").to_csv(data / "sp500.csv")
+    load_ohlcv("goog", end="2006-12-31").to_csv(data / "goog.csv")
+    out = tmp_path / "out"
+    args = TINY + ["--data", str(data), "--folds", "1", "--cpcv", "6,2", "--normalise", "per-symbol",
+                   "--out", str(out)]
+    assert wf.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "goog has 0 bars in the training blocks of CPCV split" in err, err
+    assert not (out / "optuna.db").exists()

@@ -509,8 +509,8 @@ def _universe_statistics(store, spans: list, cfg, symbols: list[str]):
     if cfg.normalise == "per-symbol":
         missing = [s for i, s in enumerate(symbols) if sums[i, 0].min() == 0]
         if missing:
-            raise ValueError(f"--normalise per-symbol: {', '.join(missing)} has no training bars before the validation "
-                             "cut; drop it from the universe or use --normalise pooled")
+            raise ValueError(f"--normalise per-symbol: {', '.join(missing)} has no training rows in this training set; "
+                             "drop it from the universe or use --normalise pooled")
         counts, total, squares = sums[:, 0], sums[:, 1], sums[:, 2]
     else:
         counts, total, squares = sums[:, 0].sum(axis=0), sums[:, 1].sum(axis=0), sums[:, 2].sum(axis=0)

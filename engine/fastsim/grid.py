@@ -76,6 +76,8 @@ def grid_configs(grid, base: BarrierRules) -> tuple[pd.DataFrame, list[BarrierRu
     rows = _grid_rows(grid)
     confs = []
     for i, row in enumerate(rows.to_dict("records")):
+        if "size_frac" in row and row["size_frac"] is not None and np.isnan(row["size_frac"]):
+            row["size_frac"] = None  # None in a column of fractions: pandas stores it as NaN
         try:
             confs.append(dataclasses.replace(base, **row))
         except ValueError as exc:

@@ -49,7 +49,7 @@ from engine.walkforward.search import (FINISHED, LIVE, StopWhenFull, SurplusTria
                                        fail_interrupted)
 from engine.walkforward.storage import (disk_full, fail_stale, fold_result, holds_claim, keep_alive, open_storage,
                                         record_fold_result, redact, release_claim, take_claim, trial_counts)
-from labeling import Fold, walk_forward_folds
+from labeling import Fold, cpcv_splits, walk_forward_folds
 
 log = logging.getLogger("engine.walkforward")  # one logger for the modules of the walk-forward CLI
 
@@ -63,7 +63,7 @@ class _Context:
     storage: optuna.storages.RDBStorage
     fingerprint: dict
     ppy: dict  # fold -> bars per year, inferred from the bars up to its test block's end (nothing later moves a
-               # fold's numbers); "all": from every bar (the stitched curve, CPCV)
+               # fold's numbers; the last fold's, up to the last test bar, also the stitched curve's); "all": CPCV's
     command: str
     spent: dict  # fold -> seconds of search in this process
     progress: Progress
@@ -95,8 +95,10 @@ def run_walk_forward(cfg: WalkForwardConfig, *, command: str = "", progress: boo
     folds = walk_forward_folds(len(df), n_folds=cfg.folds, scheme=cfg.scheme, test_frac=cfg.test_frac,
                                purge=cfg.purge, embargo=cfg.embargo)
     check_fold_geometry(cfg, folds, df)
-    if members is not None:  # a window and a label at least, per member and fold
-        universe.check_members(members, folds, _warmup(cfg, df) + cfg.purge + 2, cfg.normalise)
+    if members is not None:  # a window and a label at least, per member and fold (and CPCV split)
+        warmup = _warmup(cfg, df)
+        splits = cpcv_splits(len(df), *cfg.cpcv, purge=cfg.purge, embargo=warmup) if cfg.cpcv else []
+        universe.check_members(members, folds, warmup + cfg.purge + 2, cfg.normalise, splits, warmup)
     try:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -73,12 +73,13 @@ def load(cfg, *, store_root: str | None = None) -> Universe:
     return Universe(frames, calendar, most, universe_sha256(frames), store_root)
 
 
-def check_members(u: Universe, folds: list, need: int, normalise: str) -> None:
-    """Refuse, before any trial, a per-symbol normalisation that a fold cannot make: a member with fewer than
-    ``need`` bars in a fold's training block (the warm-up, a window and a label) has no statistics of its own
-    there (ValueError, one line)."""
+def check_members(u: Universe, folds: list, need: int, normalise: str, splits: list = (), embargo: int = 0) -> None:
+    """Refuse, before any trial, a per-symbol normalisation that a fold (or a CPCV split of ``splits``, embargoed
+    by ``embargo``) cannot make: a member with fewer than ``need`` bars in its training blocks (the warm-up, a
+    window and a label) has no statistics of its own there (ValueError, one line)."""
     if normalise != "per-symbol":
         return
+    fix = "use --normalise pooled, or other --start/--end, --folds or --cpcv"
     for fold in folds:
         for sym in u.frames:
             n = len(own_range(u, sym, fold.train))
@@ -86,7 +87,16 @@ def check_members(u: Universe, folds: list, need: int, normalise: str) -> None:
                 raise ValueError(
                     f"--normalise per-symbol: {sym} has {n} bars in fold {fold.fold}'s training block "
                     f"({u.calendar[fold.train.start].date()} to {u.calendar[fold.train.stop - 1].date()}), fewer than "
-                    f"the {need} its own statistics need; use --normalise pooled, a later --start or fewer --folds")
+                    f"the {need} its own statistics need; {fix}")
+    for split in splits:
+        for sym in u.frames:
+            n = sum(len(b) for b in split_blocks(u, sym, split, embargo))
+            if n < need:
+                cal = u.calendar
+                groups = ", ".join(f"{cal[r.start].date()} to {cal[r.stop - 1].date()}" for r in split.test)
+                raise ValueError(f"--normalise per-symbol: {sym} has {n} bars in the training blocks of CPCV split "
+                                 f"{split.split} (test groups {groups}), fewer than the {need} its own statistics "
+                                 f"need; {fix}")
 
 
 def calendar_frame(u: Universe) -> pd.DataFrame:
@@ -167,22 +177,25 @@ def block_signals(u: Universe, model, prep, block: range, seq_len: int) -> dict:
     return out
 
 
-def prepare_blocks(u: Universe, tcfg, split, embargo: int):
-    """A combinatorial purged split's pooled training data: each instrument's events inside the split's training
+def split_blocks(u: Universe, sym: str, split, embargo: int) -> list[range]:
+    """``sym``'s training blocks of a combinatorial purged split, in its own bar positions: the split's training
     blocks (calendar ranges, purged before each test group), less ``embargo`` of the instrument's own bars after
     each test group (an instrument with gaps spans more calendar bars per window than the calendar embargo)."""
-    parts = {}
-    for sym in u.frames:
-        blocks = []
-        for r in split.train:
-            own = own_range(u, sym, r)
-            before = [t for t in split.test if t.stop <= r.start]
-            if before:  # the windows of the block's first events must not read the test group's bars
-                lo = own_range(u, sym, range(0, before[-1].stop)).stop + embargo
-                own = range(max(own.start, lo), max(own.stop, lo))
-            if len(own):
-                blocks.append(own)
-        parts[sym] = (blocks, None)
+    blocks = []
+    for r in split.train:
+        own = own_range(u, sym, r)
+        before = [t for t in split.test if t.stop <= r.start]
+        if before:  # the windows of the block's first events must not read the test group's bars
+            lo = own_range(u, sym, range(0, before[-1].stop)).stop + embargo
+            own = range(max(own.start, lo), max(own.stop, lo))
+        if len(own):
+            blocks.append(own)
+    return blocks
+
+
+def prepare_blocks(u: Universe, tcfg, split, embargo: int):
+    """A combinatorial purged split's pooled training data: each instrument's events inside its ``split_blocks``."""
+    parts = {sym: (split_blocks(u, sym, split, embargo), None) for sym in u.frames}
     return prepare_universe_segments(tcfg, store(u, tcfg), parts)
 
 
