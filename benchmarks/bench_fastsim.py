@@ -172,6 +172,8 @@ def portfolio_sweep_case(frames, signals, kw, n_conf: int) -> None:
     grid = pd.DataFrame({"threshold": rng.uniform(0.5, 0.95, n_conf), "pt": rng.uniform(0.5, 4.0, n_conf),
                          "sl": rng.uniform(0.5, 4.0, n_conf), "horizon": rng.integers(5, 100, n_conf)})
     base = dict(kw, run=RUN.replace(engine="fast"))
+    most = base.pop("max_positions")
+    grid["max_positions"] = most
     sweep_portfolio(frames, signals, grid.head(2), **base)  # compile or load the parallel kernel
     t0 = time.perf_counter()
     res = sweep_portfolio(frames, signals, grid, **base)
@@ -180,7 +182,7 @@ def portfolio_sweep_case(frames, signals, kw, n_conf: int) -> None:
     worst = 0.0
     for i, row in grid.iterrows():
         rules = kw["rules"].replace(threshold=row.threshold, pt=row.pt, sl=row.sl, horizon=int(row.horizon))
-        one = run_portfolio(frames, signals, **dict(base, rules=rules))
+        one = run_portfolio(frames, signals, **dict(base, rules=rules), max_positions=most)
         for name in ("total_return", "sharpe", "max_drawdown", "n_trades"):
             want, got = one.stats[name], res.at[i, name]
             if want is not None:

@@ -147,34 +147,37 @@ def sweep_portfolio(
     grid,
     *,
     sides: Mapping[str, pd.Series] | None = None,
-    atr: Mapping[str, pd.Series] | None = None,
     rules: BarrierRules | None = None,
     costs: Costs | None = None,
     run: RunConfig | None = None,
-    max_positions: int = 1,
     equity: bool = False,
 ):
-    """:func:`run_portfolio` on the fast engine for many rule sets in one parallel numba call.
+    """:func:`run_portfolio` on the fast engine for many configurations in one parallel numba call.
 
-    ``grid`` as for :func:`engine.fastsim.sweep` (field -> values, or a DataFrame of rows); the other arguments as
-    for :func:`run_portfolio`. Returns one row per configuration: its parameters and the headline numbers
+    ``grid`` as for :func:`engine.fastsim.sweep` (field -> values: their product, or a DataFrame of rows), whose
+    fields may also include ``max_positions`` (default 1, as for ``run_portfolio``); the other arguments as for
+    :func:`run_portfolio`. Returns one row per configuration: its parameters and the headline numbers
     ``run_portfolio(run=RunConfig(engine="fast"))`` reports for it (``SWEEP_STATS``; NaN where that gives None);
     with ``equity=True`` also the equity curves (a DataFrame on the portfolio's times, a column per
-    configuration).
+    configuration: 8 bytes x times x configurations).
     """
     base, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
-    max_positions = check_max_positions(max_positions)
     if isinstance(frames, (str, bytes)) or not isinstance(frames, Mapping):
         frames = datafeeds.load_universe(frames)
-    rows, confs = grid_configs(grid, base)
+    rows, confs = grid_configs(grid, base, extra=("max_positions",))
+    most = rows["max_positions"].tolist() if "max_positions" in rows else [1] * len(confs)
+    try:
+        most = np.array([check_max_positions(k) for k in most], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"sweep: {exc}") from None
     key_of, distinct = size_keys(confs)
     # the entry sizes of each distinct sizing, on the full data like a single run's (the rest is shared)
-    per, times, ppy = inputs(frames, signals, sides, atr, confs[key_of.index(distinct[0])], run)
+    per, times, ppy = inputs(frames, signals, sides, None, confs[key_of.index(distinct[0])], run)
     bars, sigs, calendar = portfolio_arrays(per, times)
     sizes = np.empty((len(distinct), *bars.close.shape))
     sizes[0] = sigs.size
     for r, key in enumerate(distinct[1:], start=1):
-        other, _, _ = inputs(frames, signals, sides, atr, confs[key_of.index(key)], run)
+        other, _, _ = inputs(frames, signals, sides, None, confs[key_of.index(key)], run)
         sizes[r] = portfolio_arrays(other, times)[1].size
     size_frac = np.array([-1.0 if c.size_frac is None else c.size_frac for c in confs])  # -1: equity / max_positions
     grid_ = RuleGrid(*(np.array([getattr(c, k) for c in confs], dtype=np.float64) for k in ("threshold", "pt", "sl")),
@@ -182,15 +185,16 @@ def sweep_portfolio(
                      np.array([distinct.index(k) for k in key_of], dtype=np.int64))
     years = (times[-1] - times[0]).total_seconds() / (365.25 * 86_400.0)
     rf_bar = (1.0 + run.risk_free) ** (1.0 / ppy) - 1.0 if run.risk_free else 0.0
-    res = portfolio_sweep_nb(bars, sigs, sizes, calendar, grid_, account(run, costs), int(max_positions),
+    res = portfolio_sweep_nb(bars, sigs._replace(size=sizes), calendar, grid_, most, account(run, costs),
                              Clock(float(years), float(ppy), float(rf_bar)), bool(equity))
     out = pd.DataFrame({k: [getattr(c, k) for c in confs] for k in SWEEP_PARAMS})
+    out["max_positions"] = most
     for j, name in enumerate(SWEEP_STATS):
         out[name] = res.stats[:, j]
     out["n_trades"] = out["n_trades"].astype(np.int64)
     out["rejected_entries"] = out["rejected_entries"].astype(np.int64)
     if equity:
-        return out, pd.DataFrame(res.curves.T, index=times, columns=range(len(rows)))
+        return out, pd.DataFrame(res.curves.T, index=times, columns=range(len(confs)))
     return out
 
 

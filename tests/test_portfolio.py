@@ -164,12 +164,15 @@ def test_sweep_portfolio_gives_each_configuration_the_numbers_of_its_own_run(uni
                          "size_step": [0.0, 0.0, 0.0, 0.1],
                          "size_frac": [None, 0.3, None, None]})  # None (equity / max_positions) held as NaN
     run = RunConfig(engine="fast", start="2012-01-01", end="2016-06-30", benchmark=False)
-    kw = dict(sides=sides, run=run, max_positions=2, costs=Costs(commission=0.001, slippage=0.0005, borrow=0.02))
+    grid["max_positions"] = [2, 2, 1, 3]
+    kw = dict(sides=sides, run=run, costs=Costs(commission=0.001, slippage=0.0005, borrow=0.02))
     stats, curves = sweep_portfolio(frames, sig, grid, equity=True, **kw)
-    assert list(stats.columns[:7]) == ["threshold", "pt", "sl", "horizon", "size_frac", "sizing", "size_step"]
+    assert list(stats.columns[:8]) == ["threshold", "pt", "sl", "horizon", "size_frac", "sizing", "size_step",
+                                       "max_positions"]
     for i, row in enumerate(grid.to_dict("records")):
         row["size_frac"] = None if np.isnan(row["size_frac"]) else row["size_frac"]
-        one = run_portfolio(frames, sig, rules=BarrierRules(**row), **kw)
+        most = row.pop("max_positions")
+        one = run_portfolio(frames, sig, rules=BarrierRules(**row), max_positions=most, **kw)
         np.testing.assert_array_equal(curves[i].to_numpy(), one.equity.to_numpy())
         assert curves[i].index.equals(one.equity.index)
         for key in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "n_trades", "win_rate",
@@ -180,6 +183,8 @@ def test_sweep_portfolio_gives_each_configuration_the_numbers_of_its_own_run(uni
     assert stats["n_trades"].nunique() == len(grid)  # the rows differ: each ran its own rules
     with pytest.raises(ValueError, match="configuration 1"):
         sweep_portfolio(frames, sig, {"threshold": [0.5, 1.5]}, run=run)
+    with pytest.raises(ValueError, match="max_positions"):
+        sweep_portfolio(frames, sig, {"max_positions": [2, 0]}, run=run)
     by_name = sweep_portfolio("goog,nvda", {s: sig[s] for s in ("goog", "nvda")}, {"threshold": [0.7]}, run=run)
     assert by_name.loc[0, "n_trades"] > 0  # a universe's name, loaded as run_portfolio loads it
 

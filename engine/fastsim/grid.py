@@ -38,7 +38,7 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, side=None, costs
     """
     base, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
-    rows, confs = grid_configs(grid, base)
+    _, confs = grid_configs(grid, base)
     conf = {k: np.array([getattr(c, k) for c in confs]) for k in SWEEP_PARAMS}
     conf["size_frac"] = np.array([c.entry_fraction for c in confs])
     sig, atr_full, period, ppy = prepare_inputs(df, signal, None, base.atr_period, run)
@@ -66,16 +66,17 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, side=None, costs
     out["n_trades"] = out["n_trades"].astype(np.int64)
     out["rejected_entries"] = out["rejected_entries"].astype(np.int64)
     if equity:
-        return out, pd.DataFrame(res.curves.T, index=period.index, columns=range(len(rows)))
+        return out, pd.DataFrame(res.curves.T, index=period.index, columns=range(len(confs)))
     return out
 
 
-def grid_configs(grid, base: BarrierRules) -> tuple[pd.DataFrame, list[BarrierRules]]:
-    """The configurations of ``grid`` (``sweep``'s argument): its rows and each as ``base`` with them changed, checked
-    as a single run checks them (ValueError naming the row)."""
-    rows = _grid_rows(grid)
+def grid_configs(grid, base: BarrierRules, extra: tuple = ()) -> tuple[pd.DataFrame, list[BarrierRules]]:
+    """The configurations of ``grid`` (``sweep``'s argument; ``extra``: more column names the caller reads itself):
+    its rows and each as ``base`` with its rule columns changed, checked as a single run checks them (ValueError
+    naming the row)."""
+    rows = _grid_rows(grid, SWEEP_PARAMS + tuple(extra))
     confs = []
-    for i, row in enumerate(rows.to_dict("records")):
+    for i, row in enumerate(rows.drop(columns=list(extra), errors="ignore").to_dict("records")):
         if "size_frac" in row and row["size_frac"] is not None and np.isnan(row["size_frac"]):
             row["size_frac"] = None  # None in a column of fractions: pandas stores it as NaN
         try:
@@ -92,7 +93,7 @@ def size_keys(confs: list[BarrierRules]) -> tuple[list, list]:
     return keys, list(dict.fromkeys(keys))
 
 
-def _grid_rows(grid) -> pd.DataFrame:
+def _grid_rows(grid, names: tuple = SWEEP_PARAMS) -> pd.DataFrame:
     """The configurations of ``grid`` (a dict of value lists: their product; or a DataFrame), names checked."""
     if isinstance(grid, pd.DataFrame):
         rows = grid
@@ -101,11 +102,11 @@ def _grid_rows(grid) -> pd.DataFrame:
         rows = pd.DataFrame(list(itertools.product(*values)), columns=list(grid))
     else:
         raise TypeError(f"grid must be a dict of parameter -> values or a DataFrame, got {type(grid).__name__}")
-    unknown = [k for k in rows.columns if k not in SWEEP_PARAMS]
+    unknown = [k for k in rows.columns if k not in names]
     if unknown:
-        hint = difflib.get_close_matches(str(unknown[0]), SWEEP_PARAMS, n=1)
+        hint = difflib.get_close_matches(str(unknown[0]), names, n=1)
         raise ValueError(f"sweep: unknown parameter {unknown[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; the parameters are {', '.join(SWEEP_PARAMS)}")
+                         + f"; the parameters are {', '.join(names)}")
     if not len(rows):
         raise ValueError("sweep: the grid is empty")
     if "horizon" in rows and rows["horizon"].dtype.kind == "f":  # a float frame (np.array of a product) holds 20.0

@@ -357,9 +357,10 @@ def portfolio_nb(bars, signals, calendar, rules, account, max_positions):
 
 
 @njit_cached(parallel=True)
-def portfolio_sweep_nb(bars, signals, sizes, calendar, grid, account, max_positions, clock, keep_equity):
-    """Every configuration (a row of the :class:`~engine.fastsim.kernels.RuleGrid`, reading row ``size_row`` of
-    ``sizes`` (rows, T, n) as its entry sizes) through :func:`portfolio_nb`, in parallel: a
+def portfolio_sweep_nb(bars, signals, calendar, grid, max_positions, account, clock, keep_equity):
+    """Every configuration (a row of the :class:`~engine.fastsim.kernels.RuleGrid`, with ``max_positions[row]``
+    positions at most) through :func:`portfolio_nb`, in parallel; ``signals.size`` holds one (T, n) matrix of entry
+    sizes per sizing, (rows, T, n), of which a configuration reads row ``size_row``. A
     :class:`~engine.fastsim.kernels.SweepOut` of their headline numbers, with their equity curves if
     ``keep_equity``."""
     n_conf = len(grid.threshold)
@@ -368,8 +369,8 @@ def portfolio_sweep_nb(bars, signals, sizes, calendar, grid, account, max_positi
     curves = np.empty((n_conf, T if keep_equity else 0))
     for c in numba.prange(n_conf):
         rules = Rules(grid.threshold[c], grid.pt[c], grid.sl[c], grid.horizon[c], grid.size_frac[c])
-        mine = Signals(signals.prob, signals.atr, signals.side, sizes[grid.size_row[c]], signals.day)
-        run = portfolio_nb(bars, mine, calendar, rules, account, max_positions)
+        mine = Signals(signals.prob, signals.atr, signals.side, signals.size[grid.size_row[c]], signals.day)
+        run = portfolio_nb(bars, mine, calendar, rules, account, max_positions[c])
         in_market = 0
         for t in range(T):
             for k in range(n):

@@ -226,8 +226,8 @@ def sweep_block(u: Universe, cfg, tcfg, signals: dict, block: range, grid, *, ru
     and equity curves."""
     frames, probs, sides = _bets(u, tcfg, signals)
     run = run.replace(start=u.calendar[block.start], end=u.calendar[block.stop - 1])
-    return sweep_portfolio(frames, probs, grid, sides=sides, rules=rules, costs=cfg.costs, run=run,
-                           max_positions=u.max_positions, equity=True)
+    return sweep_portfolio(frames, probs, grid.assign(max_positions=u.max_positions), sides=sides, rules=rules,
+                           costs=cfg.costs, run=run, equity=True)
 
 
 def validation_scores(bt) -> dict:
