@@ -21,10 +21,9 @@ import datafeeds
 from engine.backtest_common import Instrument, bet_inputs, prepare_inputs
 from engine.cerebro import build_cerebro, run_strategy
 from engine.config import RunConfig
-from engine.fastsim import SWEEP_PARAMS, SWEEP_STATS, buy_and_hold_equity, simulate_portfolio
-from engine.fastsim.grid import grid_configs, size_keys
-from engine.fastsim.inputs import account
-from engine.fastsim.kernels import Clock, RuleGrid
+from engine.fastsim import SWEEP_PARAMS, buy_and_hold_equity, simulate_portfolio
+from engine.fastsim.grid import grid_configs, size_groups, sweep_result
+from engine.fastsim.inputs import account, clock, rule_grid
 from engine.fastsim.portfolio import portfolio_arrays
 from engine.fastsim.portfolio_kernel import portfolio_sweep_nb
 from engine.jsonable import jsonable
@@ -93,8 +92,7 @@ def run_portfolio(
     t0 = time.perf_counter()
     rules, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
     max_positions = check_max_positions(max_positions)
-    if isinstance(frames, (str, bytes)) or not isinstance(frames, Mapping):
-        frames = datafeeds.load_universe(frames)
+    frames = _as_frames(frames)
     per, times, ppy = inputs(frames, signals, sides, atr, rules, run)
     symbols = list(per)
     simulator = simulate_portfolio if run.engine == "fast" else _run_backtrader
@@ -162,40 +160,31 @@ def sweep_portfolio(
     configuration: 8 bytes x times x configurations).
     """
     base, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
-    if isinstance(frames, (str, bytes)) or not isinstance(frames, Mapping):
-        frames = datafeeds.load_universe(frames)
+    frames = _as_frames(frames)
     rows, confs = grid_configs(grid, base, extra=("max_positions",))
     most = rows["max_positions"].tolist() if "max_positions" in rows else [1] * len(confs)
     try:
         most = np.array([check_max_positions(k) for k in most], dtype=np.int64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"sweep: {exc}") from None
-    key_of, distinct = size_keys(confs)
-    # the entry sizes of each distinct sizing, on the full data like a single run's (the rest is shared)
-    per, times, ppy = inputs(frames, signals, sides, None, confs[key_of.index(distinct[0])], run)
+    firsts, size_row = size_groups(confs)
+    # the entry sizes of each group sizing alike, on the full data like a single run's (the rest is shared)
+    per, times, ppy = inputs(frames, signals, sides, None, firsts[0], run)
     bars, sigs, calendar = portfolio_arrays(per, times)
-    sizes = np.empty((len(distinct), *bars.close.shape))
-    sizes[0] = sigs.size
-    for r, key in enumerate(distinct[1:], start=1):
-        other, _, _ = inputs(frames, signals, sides, None, confs[key_of.index(key)], run)
-        sizes[r] = portfolio_arrays(other, times)[1].size
-    size_frac = np.array([-1.0 if c.size_frac is None else c.size_frac for c in confs])  # -1: equity / max_positions
-    grid_ = RuleGrid(*(np.array([getattr(c, k) for c in confs], dtype=np.float64) for k in ("threshold", "pt", "sl")),
-                     np.array([c.horizon for c in confs], dtype=np.int64), size_frac,
-                     np.array([distinct.index(k) for k in key_of], dtype=np.int64))
-    years = (times[-1] - times[0]).total_seconds() / (365.25 * 86_400.0)
-    rf_bar = (1.0 + run.risk_free) ** (1.0 / ppy) - 1.0 if run.risk_free else 0.0
-    res = portfolio_sweep_nb(bars, sigs._replace(size=sizes), calendar, grid_, most, account(run, costs),
-                             Clock(float(years), float(ppy), float(rf_bar)), bool(equity))
-    out = pd.DataFrame({k: [getattr(c, k) for c in confs] for k in SWEEP_PARAMS})
-    out["max_positions"] = most
-    for j, name in enumerate(SWEEP_STATS):
-        out[name] = res.stats[:, j]
-    out["n_trades"] = out["n_trades"].astype(np.int64)
-    out["rejected_entries"] = out["rejected_entries"].astype(np.int64)
-    if equity:
-        return out, pd.DataFrame(res.curves.T, index=times, columns=range(len(confs)))
-    return out
+    sizes = np.array([sigs.size] + [portfolio_arrays(inputs(frames, signals, sides, None, c, run)[0], times)[1].size
+                                    for c in firsts[1:]])
+    # size_frac None (-1 to the kernel): equity / max_positions per entry
+    res = portfolio_sweep_nb(bars, sigs._replace(size=sizes), calendar, rule_grid(confs, -1.0, size_row), most,
+                             account(run, costs), clock(times, ppy, run.risk_free), bool(equity))
+    params = {k: [getattr(c, k) for c in confs] for k in SWEEP_PARAMS} | {"max_positions": most}
+    return sweep_result(params, res, times, equity)
+
+
+def _as_frames(frames) -> Mapping[str, pd.DataFrame]:
+    """``frames`` as symbol -> OHLCV frame: a universe's name, path or glob loaded by ``datafeeds.load_universe``."""
+    if isinstance(frames, (str, bytes)) or not isinstance(frames, Mapping):
+        return datafeeds.load_universe(frames)
+    return frames
 
 
 def _run_backtrader(per, times, rules: BarrierRules, costs: Costs, run: RunConfig, max_positions: int) -> dict:

@@ -14,8 +14,8 @@ import pandas as pd
 import datafeeds
 from engine.backtest_common import bet_inputs, day_numbers, prepare_inputs
 from engine.config import RunConfig
-from engine.fastsim.kernels import SWEEP_STATS, Clock, RuleGrid, Signals, sweep_nb
-from engine.fastsim.inputs import account, on_period, period_bars
+from engine.fastsim.kernels import SWEEP_STATS, Signals, sweep_nb
+from engine.fastsim.inputs import account, clock, on_period, period_bars, rule_grid
 from labeling.bet_sizing import entry_sizes
 from labeling.rules import BarrierRules, Costs
 
@@ -39,34 +39,33 @@ def sweep(data: pd.DataFrame | str | PathLike, signal, grid, *, side=None, costs
     base, costs, run = rules or BarrierRules(), costs or Costs(), run or RunConfig()
     df = data if isinstance(data, pd.DataFrame) else datafeeds.load_ohlcv(data)
     _, confs = grid_configs(grid, base)
-    conf = {k: np.array([getattr(c, k) for c in confs]) for k in SWEEP_PARAMS}
-    conf["size_frac"] = np.array([c.entry_fraction for c in confs])
     sig, atr_full, period, ppy = prepare_inputs(df, signal, None, base.atr_period, run)
     sig_p, atr_p = (on_period(v, df, period) for v in (sig, atr_full))
-    # one row of entry sizes per distinct (sizing, horizon, size_step), on the full data like a single run's
-    size_key, distinct = size_keys(confs)
+    # one row of entry sizes per group of configurations sizing alike, on the full data like a single run's
+    firsts, size_row = size_groups(confs)
     sides, _ = bet_inputs(df, sig, side, base)
     side_p = on_period(sides, df, period)
-    sizes = np.empty((len(distinct), len(period)))
-    for r, key in enumerate(distinct):
-        sizes[r] = on_period(entry_sizes(sig.to_numpy(np.float64), sides, confs[size_key.index(key)]), df, period)
-    size_row = np.array([distinct.index(k) for k in size_key], dtype=np.int64)
-    years = (period.index[-1] - period.index[0]).total_seconds() / (365.25 * 86_400.0)
-    rf_bar = (1.0 + run.risk_free) ** (1.0 / ppy) - 1.0 if run.risk_free else 0.0
-    rule_grid = RuleGrid(conf["threshold"].astype(np.float64), conf["pt"].astype(np.float64),
-                         conf["sl"].astype(np.float64), conf["horizon"].astype(np.int64),
-                         conf["size_frac"].astype(np.float64), size_row)
+    sizes = np.array([on_period(entry_sizes(sig.to_numpy(np.float64), sides, c), df, period) for c in firsts])
     signals = Signals(sig_p, atr_p, side_p, sizes[0], day_numbers(period.index))
-    res = sweep_nb(period_bars(period), signals, sizes, rule_grid, account(run, costs),
-                   Clock(float(years), float(ppy), float(rf_bar)), bool(equity))
-    out = pd.DataFrame({k: conf[k] for k in SWEEP_PARAMS})
+    res = sweep_nb(period_bars(period), signals, sizes, rule_grid(confs, 1.0, size_row), account(run, costs),
+                   clock(period.index, ppy, run.risk_free), bool(equity))
+    params = {k: [getattr(c, k) for c in confs] for k in SWEEP_PARAMS}
+    params["size_frac"] = [c.entry_fraction for c in confs]
+    return sweep_result(params, res, period.index, equity)
+
+
+def sweep_result(params: dict, res, index: pd.DatetimeIndex, equity: bool):
+    """A sweep's answer from its kernel's :class:`~engine.fastsim.kernels.SweepOut`: one row per configuration, its
+    ``params`` then the ``SWEEP_STATS`` (counts as integers); with ``equity`` also the curves on ``index``, a column
+    per configuration."""
+    out = pd.DataFrame(params)
     out["horizon"] = out["horizon"].astype(np.int64)
     for j, name in enumerate(SWEEP_STATS):
         out[name] = res.stats[:, j]
     out["n_trades"] = out["n_trades"].astype(np.int64)
     out["rejected_entries"] = out["rejected_entries"].astype(np.int64)
     if equity:
-        return out, pd.DataFrame(res.curves.T, index=period.index, columns=range(len(confs)))
+        return out, pd.DataFrame(res.curves.T, index=index, columns=range(len(out)))
     return out
 
 
@@ -86,11 +85,12 @@ def grid_configs(grid, base: BarrierRules, extra: tuple = ()) -> tuple[pd.DataFr
     return rows, confs
 
 
-def size_keys(confs: list[BarrierRules]) -> tuple[list, list]:
-    """Each configuration's entry-size key (sizing, horizon where it matters, size_step) and the distinct keys in
-    first-seen order: configurations of one key share their entry sizes."""
+def size_groups(confs: list[BarrierRules]) -> tuple[list[BarrierRules], np.ndarray]:
+    """Configurations that share their entry sizes (one sizing, horizon where it matters, size_step): the first
+    of each group, in first-seen order, and each configuration's group (its row of the sizes matrix)."""
     keys = [(c.sizing, c.horizon if c.sizing != "fixed" else 0, c.size_step) for c in confs]
-    return keys, list(dict.fromkeys(keys))
+    distinct = list(dict.fromkeys(keys))
+    return [confs[keys.index(k)] for k in distinct], np.array([distinct.index(k) for k in keys], dtype=np.int64)
 
 
 def _grid_rows(grid, names: tuple = SWEEP_PARAMS) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import RunConfig
-from engine.fastsim.kernels import Account, Bars, Rules
+from engine.fastsim.kernels import Account, Bars, Clock, RuleGrid, Rules
 from labeling.rules import BarrierRules, Costs
 from strategies import EXIT_REASONS
 
@@ -18,6 +18,21 @@ def kernel_rules(rules: BarrierRules, default_size: float) -> Rules:
     """``rules`` as the kernels read them; ``default_size`` stands for ``size_frac=None``."""
     size = default_size if rules.size_frac is None else rules.size_frac
     return Rules(rules.threshold, rules.pt, rules.sl, rules.horizon, float(size))
+
+
+def rule_grid(confs: list[BarrierRules], default_size: float, size_row: np.ndarray) -> RuleGrid:
+    """``confs`` as one :class:`RuleGrid` (``kernel_rules`` of each, ``default_size`` standing for None); row ``c``
+    reads row ``size_row[c]`` of the sweep's entry sizes."""
+    rows = [kernel_rules(c, default_size) for c in confs]
+    return RuleGrid(*(np.array([r[j] for r in rows], dtype=np.int64 if name == "horizon" else np.float64)
+                      for j, name in enumerate(Rules._fields)), np.asarray(size_row, dtype=np.int64))
+
+
+def clock(index: pd.DatetimeIndex, ppy: float, risk_free: float) -> Clock:
+    """What annualises a run over ``index``: its calendar years, ``ppy`` bars per year, the per-bar risk-free rate."""
+    years = (index[-1] - index[0]).total_seconds() / (365.25 * 86_400.0)
+    rf_bar = (1.0 + risk_free) ** (1.0 / ppy) - 1.0 if risk_free else 0.0
+    return Clock(float(years), float(ppy), float(rf_bar))
 
 
 def account(run: RunConfig, costs: Costs) -> Account:
